@@ -1,0 +1,135 @@
+//! The SMTP server side as a sans-IO state machine over the `smtp-proto` parser.
+//!
+//! Bytes and time go in; replies and actions come out. Nothing here touches a socket or reads a
+//! clock, so every behaviour is tested by transcripts (`src/tests.rs`).
+//!
+//! Layout:
+//! - [`session`]: [`ServerSession`], the state machine. Call order, for the driver:
+//!   1. [`ServerSession::new`], then [`ServerSession::greet`] once any greeting delay has passed;
+//!   2. [`ServerSession::handle_bytes`] with whatever the socket read;
+//!   3. drain [`ServerSession::poll_output`] and act on each [`Output`]; some outputs
+//!      ([`Output::Authenticate`], [`Output::Enqueue`], [`Output::StartTls`]) wait for their
+//!      answer ([`ServerSession::handle_auth`], [`ServerSession::handle_enqueued`],
+//!      [`ServerSession::tls_established`]) before more input is processed;
+//!   4. when [`ServerSession::read_timeout`] passes without input, call
+//!      [`ServerSession::handle_timeout`].
+//! - [`data`]: the DATA and BDAT framers. Only `CRLF . CRLF` ends DATA; a bare CR, a bare LF or a
+//!   NUL anywhere in the data gets the whole message refused (SMTP smuggling).
+//! - [`sasl`]: decoding of AUTH PLAIN and LOGIN exchanges.
+//! - [`received`]: the `Received:` trace header (RFC 5321 4.4, RFC 3848).
+
+pub mod data;
+pub mod received;
+pub mod sasl;
+pub mod session;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use backstop_types::{Domain, Envelope, TlsInfo};
+
+pub use session::ServerSession;
+
+/// What a session needs from the configuration. Built once per listener; a session keeps the
+/// one it started with for its whole life, so a config reload never changes rules mid-session.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Our name in the greeting, the EHLO reply and `Received:`.
+    pub hostname: String,
+    /// The name of the listener (`mx`, `submission`, ...), recorded in the envelope.
+    pub listener: String,
+    /// Longest command line accepted, CRLF included.
+    pub max_line_length: usize,
+    pub max_recipients: usize,
+    /// Largest message accepted, in octets of data as sent by the client.
+    pub max_message_size: u64,
+    /// Errors allowed before the session is closed with 421.
+    pub max_errors: u32,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    /// Whether STARTTLS can be offered (a certificate is configured) on this listener.
+    pub starttls: bool,
+    pub auth: AuthPolicy,
+    /// Submission: MAIL is refused until the client has authenticated (or is a local submitter).
+    pub require_auth: bool,
+    /// Domains we accept mail for from anyone. Until the policy filter lands, unauthenticated
+    /// clients may send only to these.
+    pub local_domains: Vec<Domain>,
+}
+
+/// When AUTH is offered on a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthPolicy {
+    /// Never (a port-25 listener).
+    Disabled,
+    /// Only once TLS is active (the default for submission).
+    RequireTls,
+    /// Also in plain text: only when a listener is explicitly configured so.
+    AllowPlaintext,
+}
+
+/// Who is connecting, as the listener knows before the first byte.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub ip: IpAddr,
+    /// The client's address is in a network configured as local submitters.
+    pub local_submitter: bool,
+    /// Set for implicit TLS (port 465): the handshake happened before the session began.
+    pub tls: Option<TlsInfo>,
+}
+
+/// What the driver must do next.
+#[derive(Debug)]
+pub enum Output {
+    /// Write this reply to the client.
+    Reply(backstop_types::Reply),
+    /// Write any replies before this, then run the TLS handshake and call
+    /// [`ServerSession::tls_established`].
+    StartTls,
+    /// Check these credentials and call [`ServerSession::handle_auth`].
+    Authenticate(Credentials),
+    /// Store this message durably, then call [`ServerSession::handle_enqueued`]. The client gets
+    /// no reply until then.
+    Enqueue(Box<Message>),
+    /// Write any replies before this, then close the connection.
+    Close,
+}
+
+/// Credentials from AUTH PLAIN or LOGIN. Only a username equal to the authorization identity
+/// (or with none given) reaches the driver: proxy authorization is refused in the session.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub mechanism: sasl::Mechanism,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    /// Never prints the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The answer to [`Output::Authenticate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthOutcome {
+    Success,
+    /// Wrong user or password.
+    Failure,
+    /// The credential store could not answer.
+    TemporaryFailure,
+}
+
+/// An accepted message, ready for the queue: the `Received:` header is already at the front.
+#[derive(Debug)]
+pub struct Message {
+    pub envelope: Envelope,
+    pub body: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,845 @@
+//! [`ServerSession`]: one SMTP connection, from greeting to close.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backstop_types::{
+    Address, AuthInfo, BodyType, ClientInfo, Domain, DsnParams, Envelope, Notify, Recipient, Reply,
+    Ret, ReversePath, TlsInfo, TrustClass, UnixTime,
+};
+use smtp_proto::{MailFrom, RcptTo, Request};
+
+use crate::data::{DataFramer, Progress, Verdict};
+use crate::sasl::{self, Mechanism, SaslError};
+use crate::{AuthOutcome, AuthPolicy, Credentials, Message, Output, Peer, SessionConfig};
+
+/// The server side of one SMTP connection. See the crate docs for the call order.
+pub struct ServerSession {
+    config: Arc<SessionConfig>,
+    peer: Peer,
+    phase: Phase,
+    helo: Option<Helo>,
+    tls: Option<TlsInfo>,
+    auth: Option<AuthInfo>,
+    /// The mail transaction: present from an accepted MAIL until the message is done or reset,
+    /// so a recipient can only ever be added to a transaction that has a sender.
+    txn: Option<Transaction>,
+    /// Received, not yet processed.
+    input: Vec<u8>,
+    /// The rest of an over-long command line is being skipped up to its LF.
+    skipping_line: bool,
+    outputs: VecDeque<Output>,
+    errors: u32,
+    now: UnixTime,
+}
+
+enum Phase {
+    /// The greeting has not been sent yet: any input is an early talker.
+    BeforeGreeting,
+    Command,
+    /// Reading the client's next AUTH response line.
+    Sasl(SaslStep),
+    Data(DataFramer),
+    /// Reading the octets of a BDAT chunk. Without a usable transaction they are discarded.
+    Bdat {
+        chunk_size: usize,
+        remaining: usize,
+        last: bool,
+        /// The refusal to send once the chunk has been read and thrown away.
+        discard: Option<Reply>,
+    },
+    /// An output is waiting for the driver's answer; input is held until then.
+    Waiting,
+    Closed,
+}
+
+enum SaslStep {
+    PlainResponse,
+    LoginUsername,
+    LoginPassword { username: String },
+}
+
+struct Helo {
+    name: String,
+    /// EHLO rather than HELO: the extensions, PIPELINING among them, are in force.
+    esmtp: bool,
+}
+
+struct Transaction {
+    sender: ReversePath,
+    dsn: DsnParams,
+    body_type: BodyType,
+    smtputf8: bool,
+    recipients: Vec<Recipient>,
+    /// The message as it will be queued: our `Received:` header, then the client's data.
+    body: Vec<u8>,
+    /// Set once the first BDAT chunk arrives; carries line-ending state across chunks.
+    bdat: Option<DataFramer>,
+}
+
+/// What reading one command line produced.
+enum Line {
+    Complete(Vec<u8>),
+    TooLong,
+    BareNewline,
+}
+
+impl ServerSession {
+    pub fn new(config: Arc<SessionConfig>, peer: Peer, now: UnixTime) -> ServerSession {
+        let tls = peer.tls.clone();
+        ServerSession {
+            config,
+            peer,
+            phase: Phase::BeforeGreeting,
+            helo: None,
+            tls,
+            auth: None,
+            txn: None,
+            input: Vec::new(),
+            skipping_line: false,
+            outputs: VecDeque::new(),
+            errors: 0,
+            now,
+        }
+    }
+
+    /// Sends the greeting. Call once, after the greeting delay (if any) has passed.
+    pub fn greet(&mut self) {
+        if matches!(self.phase, Phase::BeforeGreeting) {
+            self.reply(Reply::greeting(&self.config.hostname));
+            self.phase = Phase::Command;
+        }
+    }
+
+    /// Input from the client.
+    pub fn handle_bytes(&mut self, bytes: &[u8], now: UnixTime) {
+        self.now = now;
+        if matches!(self.phase, Phase::Closed) {
+            return;
+        }
+        self.input.extend_from_slice(bytes);
+        self.process();
+    }
+
+    /// The next thing for the driver to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// How long to wait for the client's next input before calling
+    /// [`ServerSession::handle_timeout`] (RFC 5321 4.5.3.2).
+    pub fn read_timeout(&self) -> Duration {
+        match self.phase {
+            Phase::Data(_) | Phase::Bdat { .. } => self.config.data_timeout,
+            _ => self.config.command_timeout,
+        }
+    }
+
+    pub fn handle_timeout(&mut self) {
+        self.close_with(Reply::timeout());
+    }
+
+    /// The server is shutting down: tell the client and close.
+    pub fn shutdown(&mut self) {
+        self.close_with(Reply::shutting_down());
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed)
+    }
+
+    /// The TLS handshake after STARTTLS succeeded: the session starts over (RFC 3207 4.2).
+    pub fn tls_established(&mut self, tls: TlsInfo) {
+        self.tls = Some(tls);
+        self.helo = None;
+        self.txn = None;
+        self.auth = None;
+        self.phase = Phase::Command;
+        self.process();
+    }
+
+    /// The answer to [`Output::Authenticate`].
+    pub fn handle_auth(&mut self, credentials: Credentials, outcome: AuthOutcome) {
+        self.phase = Phase::Command;
+        match outcome {
+            AuthOutcome::Success => {
+                self.auth = Some(AuthInfo {
+                    user: credentials.username,
+                    mechanism: credentials.mechanism.name().to_owned(),
+                });
+                self.reply(Reply::auth_succeeded());
+            }
+            AuthOutcome::Failure => self.error(Reply::auth_failed()),
+            AuthOutcome::TemporaryFailure => self.reply(Reply::auth_temporary_failure()),
+        }
+        self.process();
+    }
+
+    /// The answer to [`Output::Enqueue`]: the queue id once the message is durably stored.
+    pub fn handle_enqueued(&mut self, result: Result<backstop_types::QueueId, ()>) {
+        self.phase = Phase::Command;
+        self.txn = None;
+        match result {
+            Ok(id) => self.reply(Reply::queued(id)),
+            Err(()) => self.reply(Reply::queue_unavailable()),
+        }
+        self.process();
+    }
+
+    // --- Input processing -------------------------------------------------------------------
+
+    fn process(&mut self) {
+        loop {
+            match &mut self.phase {
+                Phase::Closed | Phase::Waiting => return,
+                Phase::BeforeGreeting => {
+                    if !self.input.is_empty() {
+                        self.close_with(Reply::early_talker());
+                    }
+                    return;
+                }
+                Phase::Command | Phase::Sasl(_) => {
+                    let Some(line) = self.take_line() else { return };
+                    match line {
+                        Line::TooLong => {
+                            self.error(Reply::line_too_long(self.config.max_line_length))
+                        }
+                        Line::BareNewline => self.error(Reply::bare_newline_in_command()),
+                        Line::Complete(line) => {
+                            if matches!(self.phase, Phase::Sasl(_)) {
+                                self.sasl_line(&line);
+                            } else {
+                                self.command(&line);
+                            }
+                        }
+                    }
+                }
+                Phase::Data(framer) => {
+                    // The transaction exists for as long as the phase is Data.
+                    let Some(txn) = self.txn.as_mut() else { return };
+                    match framer.feed(&self.input, &mut txn.body) {
+                        Progress::NeedMore => {
+                            self.input.clear();
+                            return;
+                        }
+                        Progress::End { consumed } => {
+                            self.input.drain(..consumed);
+                            let Phase::Data(framer) =
+                                std::mem::replace(&mut self.phase, Phase::Command)
+                            else {
+                                unreachable!("matched above")
+                            };
+                            let verdict = framer.finish(&mut txn.body);
+                            self.end_of_data(verdict);
+                            self.check_pipelining(false);
+                        }
+                    }
+                }
+                Phase::Bdat {
+                    remaining, discard, ..
+                } => {
+                    let take = self.input.len().min(*remaining);
+                    if take == 0 && *remaining > 0 {
+                        return;
+                    }
+                    *remaining -= take;
+                    if discard.is_none() {
+                        if let Some(txn) = self.txn.as_mut() {
+                            if let Some(framer) = txn.bdat.as_mut() {
+                                framer.feed(&self.input[..take], &mut txn.body);
+                            }
+                        }
+                    }
+                    self.input.drain(..take);
+                    if *remaining > 0 {
+                        return;
+                    }
+                    let Phase::Bdat {
+                        chunk_size,
+                        last,
+                        discard,
+                        ..
+                    } = std::mem::replace(&mut self.phase, Phase::Command)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    match discard {
+                        Some(reply) => self.error(reply),
+                        None => self.end_of_chunk(chunk_size, last),
+                    }
+                    self.check_pipelining(false);
+                }
+            }
+        }
+    }
+
+    /// Takes the next complete command line off the input, if there is one.
+    fn take_line(&mut self) -> Option<Line> {
+        let max = self.config.max_line_length;
+        let Some(lf) = self.input.iter().position(|&b| b == b'\n') else {
+            if self.input.len() > max {
+                self.input.clear();
+                self.skipping_line = true;
+                return Some(Line::TooLong);
+            }
+            return None;
+        };
+        let line: Vec<u8> = self.input.drain(..=lf).collect();
+        if std::mem::take(&mut self.skipping_line) {
+            // The tail of a line already refused as too long.
+            return self.take_line();
+        }
+        if line.len() > max {
+            return Some(Line::TooLong);
+        }
+        let body = &line[..line.len() - 1];
+        match body.split_last() {
+            Some((b'\r', text)) if !text.contains(&b'\r') => Some(Line::Complete(line)),
+            _ => Some(Line::BareNewline),
+        }
+    }
+
+    /// Input left over after a command the client had to wait on is a protocol violation
+    /// (RFC 2920 3.1, RFC 5321 4.3); without PIPELINING every command is such a command.
+    fn check_pipelining(&mut self, must_be_last: bool) {
+        if matches!(self.phase, Phase::Closed | Phase::Bdat { .. }) || self.input.is_empty() {
+            return;
+        }
+        let pipelining = self.helo.as_ref().is_some_and(|h| h.esmtp);
+        if must_be_last || !pipelining {
+            self.input.clear();
+            self.close_with(Reply::pipelining_violation());
+        }
+    }
+
+    fn command(&mut self, line: &[u8]) {
+        let request = match Request::parse(&mut line.iter()) {
+            Ok(request) => request.into_owned(),
+            Err(e) => {
+                self.error(parse_error_reply(e));
+                self.check_pipelining(false);
+                return;
+            }
+        };
+        let must_be_last = matches!(
+            request,
+            Request::Ehlo { .. }
+                | Request::Helo { .. }
+                | Request::Data
+                | Request::StartTls
+                | Request::Auth { .. }
+                | Request::Quit
+        );
+        match request {
+            Request::Ehlo { host } => self.ehlo(host, true),
+            Request::Helo { host } => self.ehlo(host, false),
+            Request::Lhlo { .. } => self.error(Reply::unknown_command()),
+            Request::Mail { from } => self.mail(from, line),
+            Request::Rcpt { to } => self.rcpt(to, line),
+            Request::Data => self.data(),
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => self.bdat(chunk_size, is_last),
+            Request::Rset => {
+                self.txn = None;
+                self.reply(Reply::ok());
+            }
+            Request::Noop { .. } => self.reply(Reply::ok()),
+            Request::Quit => self.close_with(Reply::bye()),
+            Request::Vrfy { .. } => self.reply(Reply::cannot_verify()),
+            Request::Help { .. } => self.reply(Reply::help()),
+            Request::StartTls => {
+                self.starttls();
+                return;
+            }
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, initial_response),
+            Request::Expn { .. } => self.error(Reply::not_implemented("EXPN")),
+            Request::Etrn { .. } => self.error(Reply::not_implemented("ETRN")),
+            Request::Atrn { .. } => self.error(Reply::not_implemented("ATRN")),
+            Request::Burl { .. } => self.error(Reply::not_implemented("BURL")),
+        }
+        self.check_pipelining(must_be_last);
+    }
+
+    fn ehlo(&mut self, host: String, esmtp: bool) {
+        // A new EHLO resets any transaction in progress (RFC 5321 4.1.4).
+        self.txn = None;
+        let reply = if esmtp {
+            Reply::ehlo(&self.config.hostname, &host, self.capabilities())
+        } else {
+            Reply::helo(&self.config.hostname, &host)
+        };
+        self.helo = Some(Helo { name: host, esmtp });
+        self.reply(reply);
+    }
+
+    fn capabilities(&self) -> Vec<String> {
+        let mut caps = vec![
+            "PIPELINING".to_owned(),
+            format!("SIZE {}", self.config.max_message_size),
+            "8BITMIME".to_owned(),
+            "SMTPUTF8".to_owned(),
+            "ENHANCEDSTATUSCODES".to_owned(),
+            "CHUNKING".to_owned(),
+            "DSN".to_owned(),
+        ];
+        if self.config.starttls && self.tls.is_none() {
+            caps.push("STARTTLS".to_owned());
+        }
+        if self.auth_offered() && self.auth.is_none() {
+            caps.push("AUTH PLAIN LOGIN".to_owned());
+        }
+        caps.push("HELP".to_owned());
+        caps
+    }
+
+    fn auth_offered(&self) -> bool {
+        match self.config.auth {
+            AuthPolicy::Disabled => false,
+            AuthPolicy::RequireTls => self.tls.is_some(),
+            AuthPolicy::AllowPlaintext => true,
+        }
+    }
+
+    fn mail(&mut self, from: MailFrom<String>, line: &[u8]) {
+        if self.helo.is_none() {
+            return self.error(Reply::bad_sequence("Send HELO or EHLO first"));
+        }
+        if self.txn.is_some() {
+            return self.error(Reply::bad_sequence("Nested MAIL command"));
+        }
+        if self.config.require_auth && self.auth.is_none() && !self.peer.local_submitter {
+            return self.error(Reply::auth_required());
+        }
+        if let Some(param) = unsupported_mail_param(&from) {
+            return self.error(Reply::unsupported_parameter(param));
+        }
+        let sender = if from.address.is_empty() {
+            if !bracketed(line).is_some_and(str::is_empty) {
+                // smtp-proto maps `<postmaster>` to "" too; it is no valid reverse path.
+                return self.error(Reply::bad_sender_syntax());
+            }
+            ReversePath::Null
+        } else {
+            match Address::parse(&from.address) {
+                Ok(a) => ReversePath::Address(a),
+                Err(_) => return self.error(Reply::bad_sender_syntax()),
+            }
+        };
+        let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
+        if !smtputf8 && sender.address().is_some_and(|a| !a.is_ascii()) {
+            return self.error(Reply::smtputf8_required());
+        }
+        if from.size as u64 > self.config.max_message_size {
+            return self.error(Reply::message_too_big(self.config.max_message_size));
+        }
+        let body_type = if from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0 {
+            BodyType::EightBitMime
+        } else {
+            BodyType::SevenBit
+        };
+        let ret = if from.flags & smtp_proto::MAIL_RET_FULL != 0 {
+            Some(Ret::Full)
+        } else if from.flags & smtp_proto::MAIL_RET_HDRS != 0 {
+            Some(Ret::Headers)
+        } else {
+            None
+        };
+        self.txn = Some(Transaction {
+            sender,
+            dsn: DsnParams {
+                ret,
+                envid: from.env_id,
+            },
+            body_type,
+            smtputf8,
+            recipients: Vec::new(),
+            body: Vec::new(),
+            bdat: None,
+        });
+        self.reply(Reply::sender_ok());
+    }
+
+    fn rcpt(&mut self, to: RcptTo<String>, line: &[u8]) {
+        if self.helo.is_none() {
+            return self.error(Reply::bad_sequence("Send HELO or EHLO first"));
+        }
+        let Some(txn) = self.txn.as_ref() else {
+            return self.error(Reply::bad_sequence("Need MAIL before RCPT"));
+        };
+        let unsupported = to.flags
+            & (smtp_proto::RCPT_CONNEG
+                | smtp_proto::RCPT_RRVS_REJECT
+                | smtp_proto::RCPT_RRVS_CONTINUE);
+        if unsupported != 0 || to.rrvs != 0 {
+            return self.error(Reply::unsupported_parameter(if to.rrvs != 0 {
+                "RRVS"
+            } else {
+                "CONNEG"
+            }));
+        }
+        let address = if to.address.is_empty() {
+            // `<postmaster>` without a domain must always be accepted (RFC 5321 4.5.1).
+            if !bracketed(line).is_some_and(|a| a.eq_ignore_ascii_case("postmaster")) {
+                return self.error(Reply::bad_recipient_syntax());
+            }
+            match Domain::parse(&self.config.hostname).and_then(|d| Address::new("postmaster", d)) {
+                Ok(a) => a,
+                Err(_) => return self.error(Reply::bad_recipient_syntax()),
+            }
+        } else {
+            match Address::parse(&to.address) {
+                Ok(a) => a,
+                Err(_) => return self.error(Reply::bad_recipient_syntax()),
+            }
+        };
+        if !txn.smtputf8 && !address.is_ascii() {
+            return self.error(Reply::smtputf8_required());
+        }
+        if txn.recipients.len() >= self.config.max_recipients {
+            return self.reply(Reply::too_many_recipients(self.config.max_recipients));
+        }
+        let trusted = self.auth.is_some() || self.peer.local_submitter;
+        let is_postmaster = address.local_part().eq_ignore_ascii_case("postmaster")
+            && address.domain().as_str() == self.config.hostname.to_ascii_lowercase();
+        if !trusted && !is_postmaster && !self.config.local_domains.contains(address.domain()) {
+            return self.error(Reply::relay_denied());
+        }
+        let notify = if to.flags & smtp_proto::RCPT_NOTIFY_NEVER != 0 {
+            Notify::Never
+        } else if to.flags
+            & (smtp_proto::RCPT_NOTIFY_SUCCESS
+                | smtp_proto::RCPT_NOTIFY_FAILURE
+                | smtp_proto::RCPT_NOTIFY_DELAY)
+            != 0
+        {
+            Notify::On {
+                success: to.flags & smtp_proto::RCPT_NOTIFY_SUCCESS != 0,
+                failure: to.flags & smtp_proto::RCPT_NOTIFY_FAILURE != 0,
+                delay: to.flags & smtp_proto::RCPT_NOTIFY_DELAY != 0,
+            }
+        } else {
+            Notify::Default
+        };
+        let Some(txn) = self.txn.as_mut() else { return };
+        if !txn.recipients.iter().any(|r| r.address == address) {
+            txn.recipients.push(Recipient {
+                address,
+                notify,
+                orcpt: to.orcpt,
+            });
+        }
+        self.reply(Reply::recipient_ok());
+    }
+
+    /// Whether a DATA or BDAT may start now; the refusal otherwise.
+    fn data_refusal(&self) -> Option<Reply> {
+        if self.helo.is_none() {
+            return Some(Reply::bad_sequence("Send HELO or EHLO first"));
+        }
+        match &self.txn {
+            None => Some(Reply::bad_sequence("Need MAIL command")),
+            Some(txn) if txn.recipients.is_empty() => Some(Reply::bad_sequence(
+                "Need RCPT command (no valid recipients)",
+            )),
+            Some(_) => None,
+        }
+    }
+
+    fn data(&mut self) {
+        if let Some(refusal) = self.data_refusal() {
+            return self.error(refusal);
+        }
+        if self.txn.as_ref().is_some_and(|t| t.bdat.is_some()) {
+            return self.error(Reply::bad_sequence("DATA cannot follow BDAT"));
+        }
+        self.start_body();
+        self.phase = Phase::Data(DataFramer::data(self.config.max_message_size));
+        self.reply(Reply::start_data());
+    }
+
+    fn bdat(&mut self, chunk_size: usize, last: bool) {
+        let discard = match self.data_refusal() {
+            Some(refusal) => Some(refusal),
+            None if self.helo.as_ref().is_some_and(|h| !h.esmtp) => {
+                Some(Reply::bad_sequence("BDAT needs EHLO"))
+            }
+            None => None,
+        };
+        if discard.is_none() && self.txn.as_ref().is_some_and(|t| t.bdat.is_none()) {
+            self.start_body();
+            if let Some(txn) = self.txn.as_mut() {
+                txn.bdat = Some(DataFramer::bdat(self.config.max_message_size));
+            }
+        }
+        self.phase = Phase::Bdat {
+            chunk_size,
+            remaining: chunk_size,
+            last,
+            discard,
+        };
+    }
+
+    /// Puts our `Received:` header at the front of the body. Stamped when the data begins, as
+    /// Postfix does, so the body never has to be copied to prepend it.
+    fn start_body(&mut self) {
+        let client = self.client_info();
+        let esmtp = self.helo.as_ref().is_some_and(|h| h.esmtp);
+        let Some(txn) = self.txn.as_mut() else { return };
+        txn.body = crate::received::header(
+            &self.config.hostname,
+            &client,
+            esmtp,
+            txn.smtputf8,
+            &txn.recipients,
+            self.now,
+        );
+    }
+
+    fn end_of_chunk(&mut self, chunk_size: usize, last: bool) {
+        let Some(txn) = self.txn.as_mut() else { return };
+        let Some(framer) = txn.bdat.as_ref() else {
+            return;
+        };
+        // Bad line endings or too much data are refused at once, not only after the last
+        // chunk, so the client stops sending chunks (RFC 3030 2).
+        let refused = framer.is_tainted() || framer.size() > self.config.max_message_size;
+        if last || refused {
+            let Some(framer) = txn.bdat.take() else {
+                return;
+            };
+            let verdict = framer.finish(&mut txn.body);
+            self.end_of_data(verdict);
+        } else {
+            self.reply(Reply::chunk_received(chunk_size));
+        }
+    }
+
+    fn end_of_data(&mut self, verdict: Verdict) {
+        match verdict {
+            Verdict::Clean => {}
+            Verdict::BadLineEndings => {
+                self.txn = None;
+                return self.error(Reply::bad_line_endings());
+            }
+            Verdict::TooBig => {
+                self.txn = None;
+                return self.error(Reply::message_too_big(self.config.max_message_size));
+            }
+        }
+        let Some(txn) = self.txn.take() else { return };
+        let trust = match (&self.auth, self.peer.local_submitter) {
+            (Some(auth), _) => TrustClass::Authenticated {
+                user: auth.user.clone(),
+            },
+            (None, true) => TrustClass::LocalNetwork,
+            (None, false) => TrustClass::Unverified,
+        };
+        let envelope = Envelope {
+            sender: txn.sender,
+            recipients: txn.recipients,
+            dsn: txn.dsn,
+            body_type: txn.body_type,
+            smtputf8: txn.smtputf8,
+            client: self.client_info(),
+            arrival: self.now,
+            trust,
+        };
+        self.phase = Phase::Waiting;
+        self.outputs.push_back(Output::Enqueue(Box::new(Message {
+            envelope,
+            body: txn.body,
+        })));
+    }
+
+    fn starttls(&mut self) {
+        if self.tls.is_some() {
+            self.error(Reply::tls_already_active());
+        } else if !self.config.starttls {
+            self.error(Reply::tls_not_available());
+        } else if !self.input.is_empty() {
+            // CVE-2011-0411: never carry plain-text input over into the TLS session.
+            self.input.clear();
+            self.close_with(Reply::pipelined_after_starttls());
+        } else {
+            self.reply(Reply::ready_for_tls());
+            self.phase = Phase::Waiting;
+            self.outputs.push_back(Output::StartTls);
+        }
+    }
+
+    fn auth(&mut self, mechanism: u64, initial_response: String) {
+        if self.config.auth == AuthPolicy::Disabled {
+            return self.error(Reply::auth_not_offered());
+        }
+        if !self.auth_offered() {
+            return self.error(Reply::encryption_required());
+        }
+        if self.auth.is_some() {
+            return self.error(Reply::bad_sequence("Already authenticated"));
+        }
+        if !self.helo.as_ref().is_some_and(|h| h.esmtp) {
+            return self.error(Reply::bad_sequence("Send EHLO first"));
+        }
+        if self.txn.is_some() {
+            return self.error(Reply::bad_sequence(
+                "AUTH not allowed during a mail transaction",
+            ));
+        }
+        let initial = (!initial_response.is_empty()).then_some(initial_response);
+        match (mechanism, initial) {
+            (smtp_proto::AUTH_PLAIN, None) => {
+                self.phase = Phase::Sasl(SaslStep::PlainResponse);
+                self.reply(Reply::auth_challenge(""));
+            }
+            (smtp_proto::AUTH_PLAIN, Some(initial)) => {
+                self.phase = Phase::Sasl(SaslStep::PlainResponse);
+                self.sasl_line(initial.as_bytes());
+            }
+            (smtp_proto::AUTH_LOGIN, None) => {
+                self.phase = Phase::Sasl(SaslStep::LoginUsername);
+                self.reply(Reply::auth_challenge(sasl::LOGIN_USERNAME_CHALLENGE));
+            }
+            (smtp_proto::AUTH_LOGIN, Some(initial)) => {
+                self.phase = Phase::Sasl(SaslStep::LoginUsername);
+                self.sasl_line(initial.as_bytes());
+            }
+            _ => self.error(Reply::auth_mechanism_unsupported()),
+        }
+    }
+
+    /// One client response in an AUTH exchange (the line without CRLF, or with it).
+    fn sasl_line(&mut self, line: &[u8]) {
+        let Phase::Sasl(step) = std::mem::replace(&mut self.phase, Phase::Command) else {
+            return;
+        };
+        let decoded = sasl::decode_line(line);
+        let result = decoded.and_then(|message| match step {
+            SaslStep::PlainResponse => {
+                let (username, password) = sasl::parse_plain(&message)?;
+                Ok(Some(Credentials {
+                    mechanism: Mechanism::Plain,
+                    username,
+                    password,
+                }))
+            }
+            SaslStep::LoginUsername => {
+                let username = sasl::parse_login_field(message)?;
+                self.phase = Phase::Sasl(SaslStep::LoginPassword { username });
+                self.reply(Reply::auth_challenge(sasl::LOGIN_PASSWORD_CHALLENGE));
+                Ok(None)
+            }
+            SaslStep::LoginPassword { username } => Ok(Some(Credentials {
+                mechanism: Mechanism::Login,
+                username,
+                password: sasl::parse_login_field(message)?,
+            })),
+        });
+        match result {
+            Ok(Some(credentials)) => {
+                self.phase = Phase::Waiting;
+                self.outputs.push_back(Output::Authenticate(credentials));
+            }
+            Ok(None) => {}
+            Err(SaslError::Cancelled) => self.error(Reply::auth_cancelled()),
+            Err(SaslError::Malformed) => self.error(Reply::auth_bad_response()),
+            Err(SaslError::ProxyRefused) => self.error(Reply::auth_failed()),
+        }
+    }
+
+    // --- Helpers ----------------------------------------------------------------------------
+
+    fn client_info(&self) -> ClientInfo {
+        ClientInfo {
+            ip: self.peer.ip,
+            helo: self
+                .helo
+                .as_ref()
+                .map(|h| h.name.clone())
+                .unwrap_or_default(),
+            ptr: None,
+            tls: self.tls.clone(),
+            auth: self.auth.clone(),
+            listener: self.config.listener.clone(),
+        }
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        self.outputs.push_back(Output::Reply(reply));
+    }
+
+    /// A refusal that counts towards the error limit.
+    fn error(&mut self, reply: Reply) {
+        self.reply(reply);
+        self.errors += 1;
+        if self.errors >= self.config.max_errors {
+            self.close_with(Reply::too_many_errors());
+        }
+    }
+
+    fn close_with(&mut self, reply: Reply) {
+        if matches!(self.phase, Phase::Closed) {
+            return;
+        }
+        self.reply(reply);
+        self.outputs.push_back(Output::Close);
+        self.phase = Phase::Closed;
+        self.input.clear();
+    }
+}
+
+/// The address between `<` and `>` in a MAIL or RCPT line, as sent.
+fn bracketed(line: &[u8]) -> Option<&str> {
+    let start = line.iter().position(|&b| b == b'<')? + 1;
+    let end = start + line[start..].iter().position(|&b| b == b'>')?;
+    std::str::from_utf8(&line[start..end]).ok().map(str::trim)
+}
+
+/// MAIL parameters smtp-proto understands but backstop does not advertise.
+fn unsupported_mail_param(from: &MailFrom<String>) -> Option<&'static str> {
+    if from.flags & smtp_proto::MAIL_BODY_BINARYMIME != 0 {
+        Some("BODY=BINARYMIME")
+    } else if from.flags & smtp_proto::MAIL_REQUIRETLS != 0 {
+        Some("REQUIRETLS")
+    } else if from.flags & smtp_proto::MAIL_CONPERM != 0 {
+        Some("CONPERM")
+    } else if from.by != 0
+        || from.flags & (smtp_proto::MAIL_BY_NOTIFY | smtp_proto::MAIL_BY_RETURN) != 0
+    {
+        Some("BY")
+    } else if from.hold_for != 0 {
+        Some("HOLDFOR")
+    } else if from.hold_until != 0 {
+        Some("HOLDUNTIL")
+    } else if from.mt_priority != 0 {
+        Some("MT-PRIORITY")
+    } else if from.mtrk.is_some() {
+        Some("MTRK")
+    } else if from.solicit.is_some() {
+        Some("SOLICIT")
+    } else if from.trans_id.is_some() {
+        Some("TRANSID")
+    } else {
+        None
+    }
+}
+
+fn parse_error_reply(e: smtp_proto::Error) -> Reply {
+    use smtp_proto::Error;
+    match e {
+        Error::UnknownCommand => Reply::unknown_command(),
+        Error::InvalidSenderAddress => Reply::bad_sender_syntax(),
+        Error::InvalidRecipientAddress => Reply::bad_recipient_syntax(),
+        Error::SyntaxError { syntax } => Reply::syntax_error(syntax),
+        Error::InvalidParameter { param } => Reply::invalid_parameter(param),
+        Error::UnsupportedParameter { param } => Reply::unsupported_parameter(&param),
+        Error::NeedsMoreData { .. } | Error::ResponseTooLong | Error::InvalidResponse { .. } => {
+            Reply::syntax_error("command")
+        }
+    }
+}

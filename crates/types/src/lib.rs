@@ -1,0 +1,25 @@
+//! Domain types shared by every backstop crate.
+//!
+//! Layout:
+//! - [`address`]: [`Domain`], [`Address`] and the SMTP [`ReversePath`] (which may be null).
+//! - [`envelope`]: the [`Envelope`] recorded for every accepted message: sender, recipients with
+//!   their DSN parameters, who the client was and how far the sender is trusted ([`TrustClass`]).
+//! - [`reply`]: [`Reply`], an SMTP reply with its enhanced status code. Every reply backstop sends
+//!   is built by a constructor here, never from a literal at the call site.
+//! - [`queue_id`]: [`QueueId`], the name of a message in the queue.
+//!
+//! Architecture invariant: this crate does no I/O, reads no clock and knows no async runtime.
+//! Time is passed in as [`UnixTime`].
+
+pub mod address;
+pub mod envelope;
+pub mod queue_id;
+pub mod reply;
+
+pub use address::{Address, AddressError, Domain, ReversePath};
+pub use envelope::{
+    AuthInfo, BodyType, ClientInfo, DsnParams, Envelope, Notify, Recipient, Ret, TlsInfo,
+    TrustClass, UnixTime,
+};
+pub use queue_id::QueueId;
+pub use reply::{EnhancedStatus, Reply};

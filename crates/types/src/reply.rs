@@ -1,0 +1,452 @@
+//! SMTP replies. Every reply backstop sends is built by a constructor in this file, so the
+//! codes, enhanced status codes (RFC 3463, RFC 2034) and texts are all in one place.
+
+use std::fmt;
+
+use crate::QueueId;
+
+/// An enhanced mail system status code `class.subject.detail` (RFC 3463).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnhancedStatus(pub u8, pub u16, pub u16);
+
+impl fmt::Display for EnhancedStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
+/// An SMTP reply: a code, an enhanced status code and one or more lines of text.
+///
+/// The greeting and the EHLO reply carry no enhanced status code (RFC 2034 section 3); every
+/// other reply does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    code: u16,
+    status: Option<EnhancedStatus>,
+    lines: Vec<String>,
+}
+
+impl Reply {
+    fn new(code: u16, status: EnhancedStatus, text: impl Into<String>) -> Reply {
+        Reply {
+            code,
+            status: Some(status),
+            lines: vec![text.into()],
+        }
+    }
+
+    pub fn code(&self) -> u16 {
+        self.code
+    }
+
+    pub fn status(&self) -> Option<EnhancedStatus> {
+        self.status
+    }
+
+    pub fn lines(&self) -> &[String] {
+        &self.lines
+    }
+
+    /// 2xx.
+    pub fn is_positive(&self) -> bool {
+        (200..300).contains(&self.code)
+    }
+
+    /// 4xx: the client should try again later.
+    pub fn is_transient(&self) -> bool {
+        (400..500).contains(&self.code)
+    }
+
+    /// Appends the reply in wire form, `code[-| ]status text CRLF` per line.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let last = self.lines.len().saturating_sub(1);
+        for (i, line) in self.lines.iter().enumerate() {
+            let sep = if i == last { ' ' } else { '-' };
+            // Writing into a Vec cannot fail.
+            let _ = match self.status {
+                Some(status) => write!(out, "{}{sep}{status} {line}\r\n", self.code),
+                None => write!(out, "{}{sep}{line}\r\n", self.code),
+            };
+        }
+    }
+
+    // --- Connection -------------------------------------------------------------------------
+
+    /// `220` banner (RFC 5321 4.2: no enhanced status code).
+    pub fn greeting(hostname: &str) -> Reply {
+        Reply {
+            code: 220,
+            status: None,
+            lines: vec![format!("{hostname} ESMTP backstop")],
+        }
+    }
+
+    /// The EHLO reply: the first line greets, the others are the capabilities.
+    pub fn ehlo(hostname: &str, client: &str, capabilities: Vec<String>) -> Reply {
+        let mut lines = Vec::with_capacity(capabilities.len() + 1);
+        lines.push(format!("{hostname} Hello {client}"));
+        lines.extend(capabilities);
+        Reply {
+            code: 250,
+            status: None,
+            lines,
+        }
+    }
+
+    pub fn helo(hostname: &str, client: &str) -> Reply {
+        Reply::new(
+            250,
+            EnhancedStatus(2, 0, 0),
+            format!("{hostname} Hello {client}"),
+        )
+    }
+
+    pub fn bye() -> Reply {
+        Reply::new(221, EnhancedStatus(2, 0, 0), "Bye")
+    }
+
+    pub fn ok() -> Reply {
+        Reply::new(250, EnhancedStatus(2, 0, 0), "Ok")
+    }
+
+    pub fn help() -> Reply {
+        Reply::new(
+            214,
+            EnhancedStatus(2, 0, 0),
+            "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH; see RFC 5321",
+        )
+    }
+
+    /// VRFY never tells whether a user exists (RFC 5321 3.5.3, 7.3).
+    pub fn cannot_verify() -> Reply {
+        Reply::new(
+            252,
+            EnhancedStatus(2, 5, 0),
+            "Cannot VRFY user, but will accept message and attempt delivery",
+        )
+    }
+
+    pub fn too_many_connections() -> Reply {
+        Reply::new(
+            421,
+            EnhancedStatus(4, 7, 0),
+            "Too many connections, try again later",
+        )
+    }
+
+    pub fn too_many_connections_from_ip() -> Reply {
+        Reply::new(
+            421,
+            EnhancedStatus(4, 7, 0),
+            "Too many connections from your address, try again later",
+        )
+    }
+
+    pub fn too_many_errors() -> Reply {
+        Reply::new(
+            421,
+            EnhancedStatus(4, 7, 0),
+            "Too many errors, closing connection",
+        )
+    }
+
+    pub fn timeout() -> Reply {
+        Reply::new(
+            421,
+            EnhancedStatus(4, 4, 2),
+            "Timeout exceeded, closing connection",
+        )
+    }
+
+    pub fn shutting_down() -> Reply {
+        Reply::new(
+            421,
+            EnhancedStatus(4, 3, 2),
+            "Service shutting down, try again later",
+        )
+    }
+
+    // --- Protocol errors --------------------------------------------------------------------
+
+    pub fn unknown_command() -> Reply {
+        Reply::new(500, EnhancedStatus(5, 5, 2), "Command unrecognized")
+    }
+
+    pub fn line_too_long(limit: usize) -> Reply {
+        Reply::new(
+            500,
+            EnhancedStatus(5, 5, 2),
+            format!("Line too long (the limit is {limit} octets)"),
+        )
+    }
+
+    /// A command line that ends in a bare LF instead of CRLF (RFC 5321 2.3.8).
+    pub fn bare_newline_in_command() -> Reply {
+        Reply::new(
+            500,
+            EnhancedStatus(5, 5, 2),
+            "Command refused: lines must end with CRLF, not a bare CR or LF",
+        )
+    }
+
+    pub fn syntax_error(expected: &str) -> Reply {
+        Reply::new(501, EnhancedStatus(5, 5, 4), format!("Syntax: {expected}"))
+    }
+
+    pub fn not_implemented(command: &str) -> Reply {
+        Reply::new(
+            502,
+            EnhancedStatus(5, 5, 1),
+            format!("{command} not implemented"),
+        )
+    }
+
+    pub fn bad_sequence(why: &str) -> Reply {
+        Reply::new(503, EnhancedStatus(5, 5, 1), why.to_owned())
+    }
+
+    pub fn unsupported_parameter(param: &str) -> Reply {
+        Reply::new(
+            555,
+            EnhancedStatus(5, 5, 4),
+            format!("Unsupported parameter {param}"),
+        )
+    }
+
+    pub fn invalid_parameter(param: &str) -> Reply {
+        Reply::new(
+            501,
+            EnhancedStatus(5, 5, 4),
+            format!("Invalid parameter {param}"),
+        )
+    }
+
+    /// Input arrived where the client had to wait for our reply (RFC 2920, RFC 5321 4.3).
+    pub fn pipelining_violation() -> Reply {
+        Reply::new(
+            554,
+            EnhancedStatus(5, 5, 0),
+            "Protocol synchronization error: input sent before our reply",
+        )
+    }
+
+    /// Bytes sent behind STARTTLS before the TLS handshake (CVE-2011-0411).
+    pub fn pipelined_after_starttls() -> Reply {
+        Reply::new(
+            554,
+            EnhancedStatus(5, 5, 0),
+            "Protocol synchronization error: input sent after STARTTLS before the TLS handshake",
+        )
+    }
+
+    pub fn early_talker() -> Reply {
+        Reply::new(
+            554,
+            EnhancedStatus(5, 5, 0),
+            "Protocol synchronization error: input sent before the greeting",
+        )
+    }
+
+    // --- STARTTLS and AUTH ------------------------------------------------------------------
+
+    pub fn ready_for_tls() -> Reply {
+        Reply::new(220, EnhancedStatus(2, 0, 0), "Ready to start TLS")
+    }
+
+    pub fn tls_not_available() -> Reply {
+        Reply::new(454, EnhancedStatus(4, 7, 0), "TLS not available")
+    }
+
+    pub fn tls_already_active() -> Reply {
+        Reply::new(503, EnhancedStatus(5, 5, 1), "TLS already active")
+    }
+
+    pub fn auth_challenge(base64: &str) -> Reply {
+        Reply {
+            code: 334,
+            status: None,
+            lines: vec![base64.to_owned()],
+        }
+    }
+
+    pub fn auth_succeeded() -> Reply {
+        Reply::new(235, EnhancedStatus(2, 7, 0), "Authentication successful")
+    }
+
+    pub fn auth_failed() -> Reply {
+        Reply::new(
+            535,
+            EnhancedStatus(5, 7, 8),
+            "Authentication credentials invalid",
+        )
+    }
+
+    pub fn auth_temporary_failure() -> Reply {
+        Reply::new(
+            454,
+            EnhancedStatus(4, 7, 0),
+            "Temporary authentication failure",
+        )
+    }
+
+    pub fn auth_cancelled() -> Reply {
+        Reply::new(501, EnhancedStatus(5, 0, 0), "Authentication cancelled")
+    }
+
+    pub fn auth_bad_response() -> Reply {
+        Reply::new(
+            501,
+            EnhancedStatus(5, 5, 2),
+            "Invalid base64 data in authentication",
+        )
+    }
+
+    pub fn auth_mechanism_unsupported() -> Reply {
+        Reply::new(
+            504,
+            EnhancedStatus(5, 5, 4),
+            "Unrecognized authentication mechanism",
+        )
+    }
+
+    /// AUTH on a listener that offers it only under TLS (RFC 4954 4: 538 5.7.11).
+    pub fn encryption_required() -> Reply {
+        Reply::new(
+            538,
+            EnhancedStatus(5, 7, 11),
+            "Encryption required for requested authentication mechanism",
+        )
+    }
+
+    pub fn auth_not_offered() -> Reply {
+        Reply::new(
+            503,
+            EnhancedStatus(5, 5, 1),
+            "AUTH not available on this port",
+        )
+    }
+
+    pub fn auth_required() -> Reply {
+        Reply::new(530, EnhancedStatus(5, 7, 0), "Authentication required")
+    }
+
+    // --- The transaction --------------------------------------------------------------------
+
+    pub fn sender_ok() -> Reply {
+        Reply::new(250, EnhancedStatus(2, 1, 0), "Sender ok")
+    }
+
+    pub fn recipient_ok() -> Reply {
+        Reply::new(250, EnhancedStatus(2, 1, 5), "Recipient ok")
+    }
+
+    pub fn bad_sender_syntax() -> Reply {
+        Reply::new(501, EnhancedStatus(5, 1, 7), "Bad sender address syntax")
+    }
+
+    pub fn bad_recipient_syntax() -> Reply {
+        Reply::new(501, EnhancedStatus(5, 1, 3), "Bad recipient address syntax")
+    }
+
+    /// A non-ASCII address without `SMTPUTF8` on MAIL FROM (RFC 6531 3.5).
+    pub fn smtputf8_required() -> Reply {
+        Reply::new(
+            553,
+            EnhancedStatus(5, 6, 7),
+            "Non-ASCII address requires the SMTPUTF8 parameter",
+        )
+    }
+
+    pub fn too_many_recipients(limit: usize) -> Reply {
+        Reply::new(
+            452,
+            EnhancedStatus(4, 5, 3),
+            format!("Too many recipients (at most {limit} per message)"),
+        )
+    }
+
+    pub fn relay_denied() -> Reply {
+        Reply::new(554, EnhancedStatus(5, 7, 1), "Relay access denied")
+    }
+
+    pub fn message_too_big(limit: u64) -> Reply {
+        Reply::new(
+            552,
+            EnhancedStatus(5, 3, 4),
+            format!("Message size exceeds the fixed maximum of {limit} octets"),
+        )
+    }
+
+    pub fn start_data() -> Reply {
+        Reply::new(
+            354,
+            EnhancedStatus(2, 0, 0),
+            "End data with <CR><LF>.<CR><LF>",
+        )
+    }
+
+    pub fn chunk_received(octets: usize) -> Reply {
+        Reply::new(
+            250,
+            EnhancedStatus(2, 0, 0),
+            format!("{octets} octets received"),
+        )
+    }
+
+    /// The data held a bare CR, a bare LF or a NUL: the forms SMTP smuggling uses to hide an
+    /// end-of-data marker (RFC 5321 2.3.8, 4.1.1.4).
+    pub fn bad_line_endings() -> Reply {
+        Reply::new(
+            554,
+            EnhancedStatus(5, 6, 0),
+            "Message refused: bare CR, bare LF or NUL in the message data",
+        )
+    }
+
+    pub fn queued(id: QueueId) -> Reply {
+        Reply::new(250, EnhancedStatus(2, 0, 0), format!("Ok: queued as {id}"))
+    }
+
+    pub fn queue_unavailable() -> Reply {
+        Reply::new(
+            451,
+            EnhancedStatus(4, 3, 0),
+            "Message not accepted: queue write failed, try again later",
+        )
+    }
+}
+
+impl fmt::Display for Reply {
+    /// The reply as on the wire without the final CRLF, lines joined by `\n`; for logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = Vec::new();
+        self.write_to(&mut out);
+        let text = String::from_utf8_lossy(&out);
+        f.write_str(text.trim_end().replace("\r\n", "\n").as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_form_has_status_on_every_line() {
+        let mut out = Vec::new();
+        Reply::queued(QueueId(0xABC)).write_to(&mut out);
+        assert_eq!(out, b"250 2.0.0 Ok: queued as 0000000000000ABC\r\n");
+
+        let mut out = Vec::new();
+        Reply::ehlo(
+            "mx.test",
+            "c.test",
+            vec!["PIPELINING".into(), "SIZE 10".into()],
+        )
+        .write_to(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "250-mx.test Hello c.test\r\n250-PIPELINING\r\n250 SIZE 10\r\n"
+        );
+    }
+}
