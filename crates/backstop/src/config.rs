@@ -1,0 +1,538 @@
+//! The configuration file: TOML read into [`RawConfig`] (serde, unknown keys refused), then
+//! checked into [`Config`] of validated values. Every error names the file, the line and the key.
+//!
+//! The embedded default ([`DEFAULT`]) is `etc/backstop.toml`, so the file admins read is the one
+//! the binary runs on when started without `--config`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use backstop_listener::IpNetwork;
+use backstop_types::Domain;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The embedded default configuration.
+pub const DEFAULT: &str = include_str!("../../../etc/backstop.toml");
+/// How the embedded default is named in messages.
+pub const DEFAULT_NAME: &str = "<embedded default config>";
+
+/// A configuration that cannot be used.
+#[derive(Debug)]
+pub struct ConfigError {
+    file: String,
+    /// 1-based; `None` when the error is about the file as a whole.
+    line: Option<usize>,
+    key: Option<String>,
+    message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": {key}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The checked configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub hostname: String,
+    pub data_dir: PathBuf,
+    pub smtp: Smtp,
+    pub tls: Tls,
+    pub auth: Auth,
+    pub listeners: Vec<ListenerConfig>,
+    pub log: Log,
+}
+
+#[derive(Debug)]
+pub struct Smtp {
+    pub local_domains: Vec<Domain>,
+    pub local_networks: Vec<IpNetwork>,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub max_line_length: usize,
+    pub max_errors: u32,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub greeting_delay: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+}
+
+#[derive(Debug)]
+pub enum Tls {
+    /// Certificate chain and key from PEM files.
+    Files { cert: PathBuf, key: PathBuf },
+    /// None configured: a self-signed one under the data directory.
+    SelfSigned,
+}
+
+#[derive(Debug)]
+pub struct Auth {
+    /// `name:hash` lines; see `backstop_listener::users`.
+    pub users_file: Option<PathBuf>,
+    /// Users given in the config itself, as `name:hash` lines (with the line they came from).
+    pub inline_users: String,
+    /// Offer AUTH without TLS. Off unless explicitly configured.
+    pub allow_plaintext: bool,
+}
+
+#[derive(Debug)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+    pub kind: ListenerKind,
+}
+
+/// The three listener roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// Port 25 style: mail for our domains from anyone; STARTTLS offered, no AUTH.
+    Mx,
+    /// Port 587: STARTTLS, then AUTH required before MAIL (RFC 6409).
+    Submission,
+    /// Port 465: implicit TLS, AUTH required (RFC 8314).
+    Submissions,
+}
+
+impl ListenerKind {
+    /// The name as written in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::Mx => "mx",
+            ListenerKind::Submission => "submission",
+            ListenerKind::Submissions => "submissions",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Log {
+    /// A tracing filter such as `info` or `backstop=debug,info`.
+    pub level: String,
+}
+
+// --- The raw form ---------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    /// Our name in greetings and `Received:`; the machine's host name when absent.
+    hostname: Option<Spanned<String>>,
+    /// Where the queue and generated files live; relative to the working directory.
+    #[serde(default = "default_data_dir")]
+    data_dir: PathBuf,
+    #[serde(default)]
+    smtp: RawSmtp,
+    #[serde(default)]
+    tls: RawTls,
+    #[serde(default)]
+    auth: RawAuth,
+    listener: Spanned<Vec<RawListener>>,
+    #[serde(default)]
+    log: RawLog,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("var")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSmtp {
+    local_domains: Vec<Spanned<String>>,
+    local_networks: Vec<Spanned<String>>,
+    max_message_size: ByteSize,
+    max_recipients: usize,
+    max_line_length: usize,
+    max_errors: u32,
+    command_timeout: Seconds,
+    data_timeout: Seconds,
+    greeting_delay: Seconds,
+    max_connections: usize,
+    max_connections_per_ip: usize,
+}
+
+impl Default for RawSmtp {
+    /// The defaults of Postfix where it has one (message size 50 MB like Stalwart rather than
+    /// Postfix's 10 MB, which is too small for today's attachments).
+    fn default() -> RawSmtp {
+        RawSmtp {
+            local_domains: Vec::new(),
+            local_networks: Vec::new(),
+            max_message_size: ByteSize(50 * 1024 * 1024),
+            max_recipients: 100,
+            max_line_length: 2048,
+            max_errors: 20,
+            command_timeout: Seconds(Duration::from_secs(300)),
+            data_timeout: Seconds(Duration::from_secs(600)),
+            greeting_delay: Seconds(Duration::ZERO),
+            max_connections: 1000,
+            max_connections_per_ip: 50,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Option<Spanned<PathBuf>>,
+    key: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    users_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    user: Vec<RawUser>,
+    #[serde(default)]
+    allow_plaintext: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: Spanned<String>,
+    password_hash: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: String,
+    address: Spanned<String>,
+    kind: ListenerKind,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> RawLog {
+        RawLog {
+            level: "info".into(),
+        }
+    }
+}
+
+/// A size: a number of octets, or a string with a unit (`"10M"`, `"512k"`, `"1G"`; powers of
+/// 1024, as Postfix and most admins mean them).
+#[derive(Debug, Clone, Copy)]
+struct ByteSize(u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(s) => parse_size(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 1048576, \"512k\", \"10M\" or \"1G\""))?;
+    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("{s:?}: unknown unit (use k, M or G)")),
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// A duration: seconds as a number, or a string with a unit (`"30s"`, `"5m"`, `"1h"`, `"2d"`).
+#[derive(Debug, Clone, Copy)]
+struct Seconds(Duration);
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Seconds, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(Seconds(Duration::from_secs(n))),
+            Raw::Text(s) => parse_duration(&s)
+                .map(Seconds)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| {
+        format!("{s:?} is not a duration like 30, \"30s\", \"5m\", \"1h\" or \"2d\"")
+    })?;
+    let factor = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: unknown unit (use s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(n.saturating_mul(factor)))
+}
+
+// --- Loading --------------------------------------------------------------------------------
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: None,
+            key: None,
+            message: e.to_string(),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// The embedded default.
+    pub fn embedded() -> Result<Config, ConfigError> {
+        Config::parse(DEFAULT, DEFAULT_NAME)
+    }
+
+    /// Checks config text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let at = |span: std::ops::Range<usize>, message: String| locate(text, file, span, message);
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let message = e.message().to_owned();
+            match e.span() {
+                Some(span) if span != (0..0) => at(span, message),
+                _ => ConfigError {
+                    file: file.to_owned(),
+                    line: None,
+                    key: None,
+                    message,
+                },
+            }
+        })?;
+
+        let hostname = match raw.hostname {
+            Some(h) => {
+                let span = h.span();
+                let h = h.into_inner();
+                Domain::parse(&h).map_err(|e| at(span, format!("{h:?}: {e}")))?;
+                h
+            }
+            None => system_hostname(),
+        };
+
+        let mut local_domains = Vec::new();
+        for d in &raw.smtp.local_domains {
+            let span = d.span();
+            let domain = Domain::parse(d.get_ref())
+                .map_err(|e| at(span, format!("{:?}: {e}", d.get_ref())))?;
+            local_domains.push(domain);
+        }
+        let mut local_networks = Vec::new();
+        for n in &raw.smtp.local_networks {
+            let span = n.span();
+            local_networks.push(n.get_ref().parse().map_err(|e| at(span, format!("{e}")))?);
+        }
+        let s = &raw.smtp;
+        if s.max_recipients == 0 || s.max_line_length < 512 || s.max_errors == 0 {
+            return Err(ConfigError {
+                file: file.to_owned(),
+                line: None,
+                key: Some("smtp".into()),
+                message: "max_recipients and max_errors must be at least 1, max_line_length at \
+                          least 512 (RFC 5321 4.5.3.1)"
+                    .into(),
+            });
+        }
+        if s.max_connections == 0 || s.max_connections_per_ip == 0 {
+            return Err(ConfigError {
+                file: file.to_owned(),
+                line: None,
+                key: Some("smtp".into()),
+                message: "max_connections and max_connections_per_ip must be at least 1".into(),
+            });
+        }
+
+        let tls = match (raw.tls.cert, raw.tls.key) {
+            (Some(cert), Some(key)) => Tls::Files {
+                cert: cert.into_inner(),
+                key: key.into_inner(),
+            },
+            (None, None) => Tls::SelfSigned,
+            (Some(only), None) => return Err(at(only.span(), "cert needs a key too".into())),
+            (None, Some(only)) => return Err(at(only.span(), "key needs a cert too".into())),
+        };
+
+        let mut inline_users = String::new();
+        for user in &raw.auth.user {
+            let name = user.name.get_ref();
+            if name.contains(':') || name.trim().is_empty() {
+                return Err(at(user.name.span(), format!("{name:?} is not a user name")));
+            }
+            let line = format!("{name}:{}\n", user.password_hash.get_ref());
+            // Checked here, so that a bad hash is reported at its line in this file.
+            match backstop_listener::UserStore::parse(&line, Path::new(file)) {
+                Ok(_) => inline_users.push_str(&line),
+                Err(backstop_listener::users::UsersError::Line { message, .. }) => {
+                    return Err(at(user.password_hash.span(), message));
+                }
+                Err(e) => return Err(at(user.password_hash.span(), e.to_string())),
+            }
+        }
+
+        let listener_span = raw.listener.span();
+        let raw_listeners = raw.listener.into_inner();
+        if raw_listeners.is_empty() {
+            return Err(at(
+                listener_span,
+                "at least one [[listener]] is needed".into(),
+            ));
+        }
+        let mut listeners: Vec<ListenerConfig> = Vec::new();
+        for l in raw_listeners {
+            let span = l.address.span();
+            let address: SocketAddr = l.address.get_ref().parse().map_err(|_| {
+                at(
+                    span.clone(),
+                    format!(
+                        "{:?} is not an address like 127.0.0.1:25 or [::1]:25",
+                        l.address.get_ref()
+                    ),
+                )
+            })?;
+            if listeners.iter().any(|o| o.name == l.name) {
+                return Err(at(
+                    span,
+                    format!("a listener is already named {:?}", l.name),
+                ));
+            }
+            if address.port() != 0 && listeners.iter().any(|o| o.address == address) {
+                return Err(at(span, format!("another listener already uses {address}")));
+            }
+            listeners.push(ListenerConfig {
+                name: l.name,
+                address,
+                kind: l.kind,
+            });
+        }
+        let needs_users = listeners.iter().any(|l| l.kind != ListenerKind::Mx);
+        if needs_users && raw.auth.users_file.is_none() && raw.auth.user.is_empty() {
+            return Err(at(
+                listener_span,
+                "a submission listener needs users: set auth.users_file or add [[auth.user]]"
+                    .into(),
+            ));
+        }
+
+        Ok(Config {
+            hostname,
+            data_dir: raw.data_dir,
+            smtp: Smtp {
+                local_domains,
+                local_networks,
+                max_message_size: raw.smtp.max_message_size.0,
+                max_recipients: raw.smtp.max_recipients,
+                max_line_length: raw.smtp.max_line_length,
+                max_errors: raw.smtp.max_errors,
+                command_timeout: raw.smtp.command_timeout.0,
+                data_timeout: raw.smtp.data_timeout.0,
+                greeting_delay: raw.smtp.greeting_delay.0,
+                max_connections: raw.smtp.max_connections,
+                max_connections_per_ip: raw.smtp.max_connections_per_ip,
+            },
+            tls,
+            auth: Auth {
+                users_file: raw.auth.users_file.map(Spanned::into_inner),
+                inline_users,
+                allow_plaintext: raw.auth.allow_plaintext,
+            },
+            listeners,
+            log: Log {
+                level: raw.log.level,
+            },
+        })
+    }
+}
+
+/// An error at a place in the text: its line, and the key written there (with its table).
+fn locate(text: &str, file: &str, span: std::ops::Range<usize>, message: String) -> ConfigError {
+    let start = span.start.min(text.len());
+    let line = text[..start].matches('\n').count() + 1;
+    let line_text = text.lines().nth(line - 1).unwrap_or("");
+    let table = text[..start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    let header = line_text.trim();
+    let key = match line_text.split_once('=') {
+        _ if header.starts_with('[') => Some(
+            header
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_owned(),
+        ),
+        Some((k, _)) => {
+            let k = k.trim().trim_matches('"');
+            Some(match &table {
+                Some(t) => format!("{t}.{k}"),
+                None => k.to_owned(),
+            })
+        }
+        _ => table,
+    };
+    ConfigError {
+        file: file.to_owned(),
+        line: Some(line),
+        key,
+        message,
+    }
+}
+
+fn system_hostname() -> String {
+    let name = gethostname::gethostname().to_string_lossy().into_owned();
+    if Domain::parse(&name).is_ok() {
+        name
+    } else {
+        "localhost".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests;

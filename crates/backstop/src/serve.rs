@@ -1,0 +1,205 @@
+//! `backstop serve`: builds every part from the config and runs until SIGTERM or SIGINT.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use backstop_listener::tls::CertSource;
+use backstop_listener::{
+    ConnectionLimits, Context, Listener, ListenerMode, MessageSink, UserStore,
+};
+use backstop_queue::Queue;
+use backstop_session::{AuthOutcome, AuthPolicy, Message, SessionConfig};
+use backstop_types::QueueId;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, ListenerKind, Tls};
+
+pub fn run(config: Config) -> anyhow::Result<()> {
+    init_tracing(&config.log.level)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(config))
+}
+
+fn init_tracing(level: &str) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.is_empty() => tracing_subscriber::EnvFilter::try_new(env),
+        _ => tracing_subscriber::EnvFilter::try_new(level),
+    }
+    .with_context(|| format!("log.level {level:?} is not a tracing filter"))?;
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    Ok(())
+}
+
+/// Puts accepted messages into the queue.
+struct QueueSink {
+    queue: Queue,
+}
+
+impl MessageSink for QueueSink {
+    fn enqueue(&self, message: Message) -> impl Future<Output = Result<QueueId, ()>> + Send {
+        let queue = self.queue.clone();
+        async move {
+            queue
+                .enqueue(&message.envelope, message.body)
+                .await
+                .map_err(|e| error!(error = %e, "queue write failed"))
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
+    let data_dir = config
+        .data_dir
+        .canonicalize()
+        .with_context(|| format!("data directory {}", config.data_dir.display()))?;
+    let queue_dir = data_dir.join("queue");
+    let queue = Queue::open(&queue_dir)?;
+    println!(
+        "backstop {}: queue in {}",
+        env!("CARGO_PKG_VERSION"),
+        queue_dir.display()
+    );
+
+    let source = match &config.tls {
+        Tls::Files { cert, key } => CertSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        Tls::SelfSigned => CertSource::SelfSigned {
+            dir: data_dir.join("tls"),
+            hostname: config.hostname.clone(),
+        },
+    };
+    let tls = backstop_listener::tls::load(&source)?;
+    match (&source, &tls.generated) {
+        (_, Some(path)) => warn!(
+            path = %path.display(),
+            hostname = %config.hostname,
+            "no certificate configured: generated a self-signed certificate"
+        ),
+        (CertSource::SelfSigned { dir, .. }, None) => warn!(
+            dir = %dir.display(),
+            "no certificate configured: using the self-signed certificate generated earlier"
+        ),
+        (CertSource::Files { .. }, None) => {}
+    }
+
+    let users = load_users(&config)?;
+
+    let limits = ConnectionLimits::new(
+        config.smtp.max_connections,
+        config.smtp.max_connections_per_ip,
+    );
+    let mut listeners = Vec::new();
+    for l in &config.listeners {
+        let socket = TcpListener::bind(l.address)
+            .await
+            .with_context(|| format!("listener {:?}: cannot listen on {}", l.name, l.address))?;
+        let address = socket.local_addr()?;
+        println!(
+            "backstop: listener {} ({}) on {address}",
+            l.name,
+            l.kind.name()
+        );
+        info!(listener = %l.name, %address, "listening");
+        listeners.push(Listener {
+            socket,
+            mode: match l.kind {
+                ListenerKind::Submissions => ListenerMode::ImplicitTls,
+                ListenerKind::Mx | ListenerKind::Submission => ListenerMode::Plain,
+            },
+            session: Arc::new(session_config(&config, &l.name, l.kind)),
+            greeting_delay: config.smtp.greeting_delay,
+        });
+    }
+
+    let context = Arc::new(Context {
+        sink: QueueSink { queue },
+        tls: Some(tls.acceptor),
+        users: Arc::new(users),
+        limits,
+        local_networks: config.smtp.local_networks.clone(),
+    });
+    let (stop, shutdown) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutting down");
+        let _ = stop.send(true);
+    });
+    backstop_listener::serve(listeners, context, shutdown).await;
+    info!("stopped");
+    Ok(())
+}
+
+fn session_config(config: &Config, name: &str, kind: ListenerKind) -> SessionConfig {
+    let submission_auth = if config.auth.allow_plaintext {
+        AuthPolicy::AllowPlaintext
+    } else {
+        AuthPolicy::RequireTls
+    };
+    let (starttls, auth, require_auth) = match kind {
+        ListenerKind::Mx => (true, AuthPolicy::Disabled, false),
+        ListenerKind::Submission => (true, submission_auth, true),
+        // TLS is on from the start: no STARTTLS to offer.
+        ListenerKind::Submissions => (false, submission_auth, true),
+    };
+    SessionConfig {
+        hostname: config.hostname.clone(),
+        listener: name.to_owned(),
+        max_line_length: config.smtp.max_line_length,
+        max_recipients: config.smtp.max_recipients,
+        max_message_size: config.smtp.max_message_size,
+        max_errors: config.smtp.max_errors,
+        command_timeout: config.smtp.command_timeout,
+        data_timeout: config.smtp.data_timeout,
+        starttls,
+        auth,
+        require_auth,
+        local_domains: config.smtp.local_domains.clone(),
+    }
+}
+
+fn load_users(config: &Config) -> anyhow::Result<UserStore> {
+    let inline = UserStore::parse(&config.auth.inline_users, Path::new("[[auth.user]]"))?;
+    let users = match &config.auth.users_file {
+        Some(file) => UserStore::load(file)?.merge(inline)?,
+        None => inline,
+    };
+    if users.verify("demo", "demo") == AuthOutcome::Success {
+        warn!("user demo with password demo (from the default config) can log in: remove it for real use");
+    }
+    Ok(users)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            error!("cannot install signal handlers; stop with SIGKILL");
+            std::future::pending::<()>().await;
+        }
+    }
+}

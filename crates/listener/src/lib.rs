@@ -1,0 +1,31 @@
+//! The network side of the SMTP server: tokio accept loops, TLS, AUTH and connection limits.
+//! It drives a [`backstop_session::ServerSession`] per connection and knows nothing of storage:
+//! accepted messages go to a [`MessageSink`] that the binary provides.
+//!
+//! Layout:
+//! - [`server`]: [`serve`], the accept loops for already-bound sockets, and the per-connection
+//!   driver that turns session outputs into socket I/O.
+//! - [`tls`]: the rustls server config: certificate and key from files, or a self-signed pair
+//!   generated once and kept under the data directory.
+//! - [`users`]: the AUTH user file (argon2 or SHA-512-crypt hashes, never plain text).
+//! - [`limits`]: connection limits (total and per client IP) and client networks.
+
+pub mod limits;
+pub mod server;
+pub mod tls;
+pub mod users;
+
+use std::future::Future;
+
+use backstop_session::Message;
+use backstop_types::QueueId;
+
+pub use limits::{ConnectionLimits, IpNetwork};
+pub use server::{serve, Context, Listener, ListenerMode};
+pub use users::UserStore;
+
+/// Where accepted messages go. `enqueue` must return only once the message is durably stored:
+/// its `Ok` is what the client hears as `250`.
+pub trait MessageSink: Send + Sync + 'static {
+    fn enqueue(&self, message: Message) -> impl Future<Output = Result<QueueId, ()>> + Send;
+}

@@ -1,0 +1,348 @@
+//! Accept loops and the per-connection driver.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backstop_session::{AuthOutcome, Output, Peer, ServerSession, SessionConfig};
+use backstop_types::{Reply, UnixTime};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::limits::{ConnectionLimits, IpNetwork, Refusal};
+use crate::users::UserStore;
+use crate::{tls, MessageSink};
+
+/// How a listener starts its sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerMode {
+    /// Plain text first; STARTTLS when the session config offers it (ports 25 and 587).
+    Plain,
+    /// TLS from the first byte (port 465, RFC 8314).
+    ImplicitTls,
+}
+
+/// One bound socket and the rules for its sessions.
+pub struct Listener {
+    pub socket: TcpListener,
+    pub mode: ListenerMode,
+    pub session: Arc<SessionConfig>,
+    /// Wait this long before the greeting; a client that talks first is refused.
+    pub greeting_delay: Duration,
+}
+
+/// What all listeners share.
+pub struct Context<S> {
+    pub sink: S,
+    /// `None` when no listener uses TLS.
+    pub tls: Option<TlsAcceptor>,
+    pub users: Arc<UserStore>,
+    pub limits: ConnectionLimits,
+    /// Clients in these networks are local submitters: they may relay without AUTH, and their
+    /// mail is trusted for DSNs.
+    pub local_networks: Vec<IpNetwork>,
+}
+
+/// Runs the accept loops until `shutdown` turns true, then tells open sessions (421) and waits
+/// for them to end. Sessions in the middle of storing a message finish that first.
+pub async fn serve<S: MessageSink>(
+    listeners: Vec<Listener>,
+    context: Arc<Context<S>>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut loops = JoinSet::new();
+    for listener in listeners {
+        loops.spawn(accept_loop(
+            listener,
+            Arc::clone(&context),
+            shutdown.clone(),
+        ));
+    }
+    while loops.join_next().await.is_some() {}
+}
+
+static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
+
+async fn accept_loop<S: MessageSink>(
+    listener: Listener,
+    context: Arc<Context<S>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let listener = Arc::new(listener);
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.socket.accept() => accepted,
+            _ = shutdown.changed() => break,
+            // Reap finished connection tasks so the set does not grow without bound.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
+        let span = info_span!("session", id, peer = %peer, listener = %listener.session.listener);
+        connections.spawn(
+            connection(
+                tcp,
+                peer,
+                Arc::clone(&listener),
+                Arc::clone(&context),
+                shutdown.clone(),
+            )
+            .instrument(span),
+        );
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+async fn connection<S: MessageSink>(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<Listener>,
+    context: Arc<Context<S>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let ip = peer.ip();
+    let _slot = match context.limits.admit(ip) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            let reply = match refusal {
+                Refusal::Total => Reply::too_many_connections(),
+                Refusal::PerIp => Reply::too_many_connections_from_ip(),
+            };
+            info!(%reply, "connection refused");
+            let mut out = Vec::new();
+            reply.write_to(&mut out);
+            let _ = tcp.write_all(&out).await;
+            return;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let local_submitter = context.local_networks.iter().any(|n| n.contains(ip));
+    debug!(local_submitter, "connected");
+    let result = match listener.mode {
+        ListenerMode::ImplicitTls => {
+            implicit_tls(tcp, ip, local_submitter, &listener, &context, &mut shutdown).await
+        }
+        ListenerMode::Plain => {
+            plain(tcp, ip, local_submitter, &listener, &context, &mut shutdown).await
+        }
+    };
+    match result {
+        Ok(()) => debug!("disconnected"),
+        Err(e) => debug!(error = %e, "connection ended with an error"),
+    }
+}
+
+async fn plain<S: MessageSink>(
+    mut tcp: TcpStream,
+    ip: std::net::IpAddr,
+    local_submitter: bool,
+    listener: &Listener,
+    context: &Context<S>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> io::Result<()> {
+    let peer = Peer {
+        ip,
+        local_submitter,
+        tls: None,
+    };
+    let mut session = ServerSession::new(Arc::clone(&listener.session), peer, now());
+    greet(&mut tcp, &mut session, listener.greeting_delay).await?;
+    match drive(&mut tcp, &mut session, context, shutdown).await? {
+        Next::Closed => Ok(()),
+        Next::StartTls => {
+            let Some(acceptor) = &context.tls else {
+                return Err(io::Error::other("STARTTLS offered without a TLS config"));
+            };
+            let handshake =
+                tokio::time::timeout(listener.session.command_timeout, acceptor.accept(tcp));
+            let mut stream = match handshake.await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    info!(error = %e, "TLS handshake failed");
+                    return Ok(());
+                }
+                Err(_) => {
+                    info!("TLS handshake timed out");
+                    return Ok(());
+                }
+            };
+            let info = tls::session_info(stream.get_ref().1);
+            debug!(version = %info.version, cipher = %info.cipher, "TLS established");
+            session.tls_established(info);
+            drive(&mut stream, &mut session, context, shutdown).await?;
+            Ok(())
+        }
+    }
+}
+
+async fn implicit_tls<S: MessageSink>(
+    tcp: TcpStream,
+    ip: std::net::IpAddr,
+    local_submitter: bool,
+    listener: &Listener,
+    context: &Context<S>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> io::Result<()> {
+    let Some(acceptor) = &context.tls else {
+        return Err(io::Error::other(
+            "implicit TLS listener without a TLS config",
+        ));
+    };
+    let mut stream =
+        match tokio::time::timeout(listener.session.command_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                info!(error = %e, "TLS handshake failed");
+                return Ok(());
+            }
+            Err(_) => {
+                info!("TLS handshake timed out");
+                return Ok(());
+            }
+        };
+    let info = tls::session_info(stream.get_ref().1);
+    let peer = Peer {
+        ip,
+        local_submitter,
+        tls: Some(info),
+    };
+    let mut session = ServerSession::new(Arc::clone(&listener.session), peer, now());
+    greet(&mut stream, &mut session, listener.greeting_delay).await?;
+    drive(&mut stream, &mut session, context, shutdown).await?;
+    Ok(())
+}
+
+/// Waits out the greeting delay; input arriving before it ends makes an early talker.
+async fn greet<T: AsyncRead + Unpin>(
+    stream: &mut T,
+    session: &mut ServerSession,
+    delay: Duration,
+) -> io::Result<()> {
+    if !delay.is_zero() {
+        let mut buf = [0u8; 512];
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            read = stream.read(&mut buf) => {
+                let n = read?;
+                if n > 0 {
+                    session.handle_bytes(&buf[..n], now());
+                }
+            }
+        }
+    }
+    session.greet();
+    Ok(())
+}
+
+enum Next {
+    Closed,
+    StartTls,
+}
+
+/// Runs a session over a stream until it closes or asks for TLS.
+async fn drive<T, S>(
+    stream: &mut T,
+    session: &mut ServerSession,
+    context: &Context<S>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> io::Result<Next>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    S: MessageSink,
+{
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut out = Vec::with_capacity(1024);
+    loop {
+        while let Some(output) = session.poll_output() {
+            match output {
+                Output::Reply(reply) => {
+                    debug!(%reply, "reply");
+                    reply.write_to(&mut out);
+                }
+                Output::StartTls => {
+                    flush(stream, &mut out).await?;
+                    return Ok(Next::StartTls);
+                }
+                Output::Authenticate(credentials) => {
+                    flush(stream, &mut out).await?;
+                    let users = Arc::clone(&context.users);
+                    let (user, password) =
+                        (credentials.username.clone(), credentials.password.clone());
+                    let outcome =
+                        tokio::task::spawn_blocking(move || users.verify(&user, &password))
+                            .await
+                            .unwrap_or(AuthOutcome::TemporaryFailure);
+                    info!(user = %credentials.username, mechanism = credentials.mechanism.name(), ?outcome, "authentication");
+                    session.handle_auth(credentials, outcome);
+                }
+                Output::Enqueue(message) => {
+                    let sender = message.envelope.sender.to_string();
+                    let recipients = message.envelope.recipients.len();
+                    let size = message.body.len();
+                    let result = context.sink.enqueue(*message).await;
+                    match result {
+                        Ok(id) => {
+                            info!(queue_id = %id, from = %sender, recipients, size, "accepted")
+                        }
+                        Err(()) => warn!(from = %sender, "not accepted: queue write failed"),
+                    }
+                    session.handle_enqueued(result);
+                }
+                Output::Close => {
+                    flush(stream, &mut out).await?;
+                    let _ = stream.shutdown().await;
+                    return Ok(Next::Closed);
+                }
+            }
+        }
+        flush(stream, &mut out).await?;
+        let read = tokio::select! {
+            read = tokio::time::timeout(session.read_timeout(), stream.read(&mut buf)) => read,
+            _ = shutdown.changed() => {
+                session.shutdown();
+                continue;
+            }
+        };
+        match read {
+            Err(_elapsed) => {
+                info!("timeout");
+                session.handle_timeout();
+            }
+            Ok(Ok(0)) => return Ok(Next::Closed),
+            Ok(Ok(n)) => session.handle_bytes(&buf[..n], now()),
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+}
+
+async fn flush<T: AsyncWrite + Unpin>(stream: &mut T, out: &mut Vec<u8>) -> io::Result<()> {
+    if !out.is_empty() {
+        stream.write_all(out).await?;
+        stream.flush().await?;
+        out.clear();
+    }
+    Ok(())
+}
+
+fn now() -> UnixTime {
+    UnixTime(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
+}

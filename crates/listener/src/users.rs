@@ -1,0 +1,182 @@
+//! The AUTH user file: one `name:hash` per line, `#` comments and blank lines allowed.
+//!
+//! Hashes are argon2 in PHC form (`$argon2id$...`, as `backstop hash-password` writes them) or
+//! SHA-512-crypt (`$6$...`, as `mkpasswd -m sha-512` writes them). Plain-text passwords are
+//! refused when the file is loaded.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use backstop_session::AuthOutcome;
+
+/// A user file that cannot be used, with the place to look.
+#[derive(Debug, thiserror::Error)]
+pub enum UsersError {
+    #[error("{file}: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("user {0} is both in the users file and in the config")]
+    Duplicate(String),
+    #[error("{file}:{line}: {message}")]
+    Line {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+/// The users who may AUTH, by name.
+#[derive(Debug, Clone, Default)]
+pub struct UserStore {
+    users: HashMap<String, Hash>,
+}
+
+#[derive(Debug, Clone)]
+enum Hash {
+    Argon2(String),
+    ShaCrypt512(String),
+}
+
+/// Verified against when the user does not exist, so that a wrong name costs as much time as a
+/// wrong password and names cannot be probed by timing.
+const DUMMY_ARGON2: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Ks2G8QxFSGNeLdPSR6d8Cmvn1vvx8M0lI3VZxrfzmhM";
+
+impl UserStore {
+    pub fn load(file: &Path) -> Result<UserStore, UsersError> {
+        let text = std::fs::read_to_string(file).map_err(|source| UsersError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
+        UserStore::parse(&text, file)
+    }
+
+    /// Parses the file's text; `file` only names it in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<UserStore, UsersError> {
+        let mut users = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let err = |message: String| UsersError::Line {
+                file: file.to_owned(),
+                line: i + 1,
+                message,
+            };
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((name, hash)) = line.split_once(':') else {
+                return Err(err("expected name:hash".into()));
+            };
+            let (name, hash) = (name.trim(), hash.trim());
+            if name.is_empty() {
+                return Err(err("empty user name".into()));
+            }
+            let hash = if hash.starts_with("$argon2") {
+                PasswordHash::new(hash)
+                    .map_err(|e| err(format!("bad argon2 hash for {name}: {e}")))?;
+                Hash::Argon2(hash.to_owned())
+            } else if hash.starts_with("$6$") {
+                Hash::ShaCrypt512(hash.to_owned())
+            } else {
+                return Err(err(format!(
+                    "the password of {name} is not an argon2 ($argon2id$...) or SHA-512-crypt ($6$...) hash; \
+                     plain-text passwords are not accepted (make one with `backstop hash-password`)"
+                )));
+            };
+            if users.insert(name.to_owned(), hash).is_some() {
+                return Err(err(format!("user {name} is listed twice")));
+            }
+        }
+        Ok(UserStore { users })
+    }
+
+    /// Both stores in one; a name in both is an error.
+    pub fn merge(mut self, other: UserStore) -> Result<UserStore, UsersError> {
+        for (name, hash) in other.users {
+            if self.users.contains_key(&name) {
+                return Err(UsersError::Duplicate(name));
+            }
+            self.users.insert(name, hash);
+        }
+        Ok(self)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// Checks a password. CPU-heavy by design (tens of milliseconds): call it off the async
+    /// runtime's worker threads.
+    pub fn verify(&self, user: &str, password: &str) -> AuthOutcome {
+        let ok = match self.users.get(user) {
+            Some(Hash::Argon2(hash)) => verify_argon2(hash, password),
+            Some(Hash::ShaCrypt512(hash)) => sha_crypt::sha512_check(password, hash).is_ok(),
+            None => {
+                verify_argon2(DUMMY_ARGON2, password);
+                false
+            }
+        };
+        if ok {
+            AuthOutcome::Success
+        } else {
+            AuthOutcome::Failure
+        }
+    }
+}
+
+fn verify_argon2(hash: &str, password: &str) -> bool {
+    match PasswordHash::new(hash) {
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// An argon2id hash of `password` in PHC form, for the user file.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argon2_and_sha512_crypt() {
+        let argon = hash_password("s3cret").unwrap();
+        // `mkpasswd -m sha-512 -S saltsalt s3cret`
+        let sha = "$6$saltsalt$As4wrv0kZlfch1du9WeH7qhskyLriQWySXrZzynnvi46nFnNxjdpl6ksRegrrKexvhIa/Iny8S8uF3fVWTMuC1";
+        let text = format!("# users\nalice:{argon}\n\nbob : {sha}\n");
+        let store = UserStore::parse(&text, Path::new("users")).unwrap();
+        assert_eq!(store.verify("alice", "s3cret"), AuthOutcome::Success);
+        assert_eq!(store.verify("alice", "wrong"), AuthOutcome::Failure);
+        assert_eq!(store.verify("bob", "s3cret"), AuthOutcome::Success);
+        assert_eq!(store.verify("bob", "S3cret"), AuthOutcome::Failure);
+        assert_eq!(store.verify("mallory", "s3cret"), AuthOutcome::Failure);
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let err = UserStore::parse("# x\nalice:plaintext\n", Path::new("/etc/backstop/users"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/etc/backstop/users:2: the password of alice is not"),
+            "{err}"
+        );
+        let err = UserStore::parse("nocolon\n", Path::new("u"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "u:1: expected name:hash");
+    }
+}
