@@ -49,10 +49,26 @@ pub struct StoredMessage {
 /// The queue. Cheap to clone; all clones share one database and one writer thread.
 #[derive(Clone)]
 pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     db: Arc<DB>,
     /// `None` for a read-only queue.
     writer: Option<mpsc::Sender<Accept>>,
-    last_id: Arc<AtomicU64>,
+    thread: Option<thread::JoinHandle<()>>,
+    last_id: AtomicU64,
+}
+
+impl Drop for Inner {
+    /// The last handle stops the writer and waits for it, so the database is closed before
+    /// the process can exit: RocksDB aborts if it is torn down under a running thread.
+    fn drop(&mut self) {
+        self.writer.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// One message waiting for the group commit.
@@ -79,17 +95,20 @@ impl Queue {
             source,
         })?;
         let db = Arc::new(db);
-        let last_id = Arc::new(AtomicU64::new(highest_id(&db)?.map_or(0, |id| id.0)));
+        let last_id = AtomicU64::new(highest_id(&db)?.map_or(0, |id| id.0));
         let (tx, rx) = mpsc::channel();
         let writer_db = Arc::clone(&db);
-        thread::Builder::new()
+        let thread = thread::Builder::new()
             .name("queue-writer".into())
             .spawn(move || group_commit(&writer_db, &rx))
             .map_err(QueueError::WriterThread)?;
         Ok(Queue {
-            db,
-            writer: Some(tx),
-            last_id,
+            inner: Arc::new(Inner {
+                db,
+                writer: Some(tx),
+                thread: Some(thread),
+                last_id,
+            }),
         })
     }
 
@@ -101,16 +120,19 @@ impl Queue {
                 source,
             })?;
         Ok(Queue {
-            db: Arc::new(db),
-            writer: None,
-            last_id: Arc::new(AtomicU64::new(0)),
+            inner: Arc::new(Inner {
+                db: Arc::new(db),
+                writer: None,
+                thread: None,
+                last_id: AtomicU64::new(0),
+            }),
         })
     }
 
     /// Stores a message durably: when this returns `Ok`, body and envelope are synced to disk
     /// and the message is scheduled for delivery now. Only then may the client hear `250`.
     pub async fn enqueue(&self, envelope: &Envelope, body: Vec<u8>) -> Result<QueueId, QueueError> {
-        let writer = self.writer.as_ref().ok_or(QueueError::WriterGone)?;
+        let writer = self.inner.writer.as_ref().ok_or(QueueError::WriterGone)?;
         let id = self.next_id();
         let (done, wait) = oneshot::channel();
         writer
@@ -130,7 +152,7 @@ impl Queue {
     pub fn list(&self) -> Result<Vec<(QueueId, Envelope)>, QueueError> {
         let cf = self.cf(CF_ENVELOPES);
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+        for item in self.inner.db.iterator_cf(cf, IteratorMode::Start) {
             let (key, value) = item?;
             let id = id_from_key(&key);
             let envelope = record::decode_envelope(&value)
@@ -143,12 +165,13 @@ impl Queue {
     /// One message with its body, if it is in the queue.
     pub fn message(&self, id: QueueId) -> Result<Option<StoredMessage>, QueueError> {
         let key = id.to_be_bytes();
-        let Some(envelope) = self.db.get_cf(self.cf(CF_ENVELOPES), key)? else {
+        let Some(envelope) = self.inner.db.get_cf(self.cf(CF_ENVELOPES), key)? else {
             return Ok(None);
         };
         let envelope = record::decode_envelope(&envelope)
             .map_err(|source| QueueError::Record { id, source })?;
         let body = self
+            .inner
             .db
             .get_cf(self.cf(CF_MESSAGES), key)?
             .unwrap_or_default();
@@ -161,10 +184,10 @@ impl Queue {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
-        let mut last = self.last_id.load(Ordering::Relaxed);
+        let mut last = self.inner.last_id.load(Ordering::Relaxed);
         loop {
             let next = now.max(last + 1);
-            match self.last_id.compare_exchange_weak(
+            match self.inner.last_id.compare_exchange_weak(
                 last,
                 next,
                 Ordering::Relaxed,
@@ -178,7 +201,8 @@ impl Queue {
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         // The column families are created at open; a missing one is a bug, not a runtime state.
-        self.db
+        self.inner
+            .db
             .cf_handle(name)
             .unwrap_or_else(|| panic!("column family {name} was created at open"))
     }

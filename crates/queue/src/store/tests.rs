@@ -11,8 +11,7 @@ async fn an_accepted_message_survives_reopening() {
             .await
             .unwrap()
     };
-    // The writer thread holds the database until its channel closes; wait for the lock.
-    let queue = reopen(dir.path());
+    let queue = Queue::open(dir.path()).unwrap();
     let stored = queue.message(id).unwrap().unwrap();
     assert_eq!(stored.envelope, sample());
     assert_eq!(stored.body, b"Subject: x\r\n\r\nbody\r\n");
@@ -50,17 +49,7 @@ async fn concurrent_accepts_get_distinct_increasing_ids() {
     assert_eq!(listed, ids);
     drop(queue);
     // After a restart, new ids stay above the old ones.
-    let queue = reopen(dir.path());
+    let queue = Queue::open(dir.path()).unwrap();
     let next = queue.enqueue(&sample(), b"later".to_vec()).await.unwrap();
     assert!(next > *ids.last().unwrap());
-}
-
-fn reopen(path: &Path) -> Queue {
-    for _ in 0..100 {
-        match Queue::open(path) {
-            Ok(q) => return q,
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
-        }
-    }
-    Queue::open(path).unwrap()
 }

@@ -1,0 +1,277 @@
+//! Starting and stopping the server, and small SMTP helpers.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use backstop_queue::Queue;
+use backstop_types::{Envelope, QueueId};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_backstop");
+
+/// Whether `tool` is on PATH. Missing in CI is a failure; elsewhere the test is skipped, loudly.
+pub fn have(tool: &str, test: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        if std::env::var_os("CI").is_some() {
+            panic!("{test}: {tool} is not installed, and CI must run every test (cargo xtask test installs it)");
+        }
+        eprintln!(
+            "\n*** SKIPPED {test}: {tool} is not installed (cargo xtask test installs it) ***\n"
+        );
+    }
+    found
+}
+
+/// Whether we are root. Tests that start Postfix need it, as its master drops privileges.
+pub fn is_root(test: &str) -> bool {
+    let out = Command::new("id").arg("-u").output().expect("id -u");
+    let root = String::from_utf8_lossy(&out.stdout).trim() == "0";
+    if !root {
+        if std::env::var_os("CI").is_some() {
+            panic!("{test}: needs root in CI");
+        }
+        eprintln!("\n*** SKIPPED {test}: needs root (it starts Postfix) ***\n");
+    }
+    root
+}
+
+/// A running `backstop serve`. Killed when dropped.
+pub struct Server {
+    child: Child,
+    pub mx: SocketAddr,
+    pub submission: SocketAddr,
+    pub dir: PathBuf,
+}
+
+/// A config with an mx and a submission listener on loopback port 0, plus `extra` lines for
+/// `[smtp]`.
+pub fn config(dir: &Path, smtp_extra: &str) -> String {
+    // Password "secret", argon2id.
+    let hash = hash_password("secret");
+    format!(
+        r#"hostname = "mx.backstop.test"
+data_dir = "{data}"
+
+[smtp]
+local_domains = ["example.test"]
+{smtp_extra}
+
+[[auth.user]]
+name = "alice"
+password_hash = "{hash}"
+
+[[listener]]
+name = "mx"
+address = "127.0.0.1:0"
+kind = "mx"
+
+[[listener]]
+name = "submission"
+address = "127.0.0.1:0"
+kind = "submission"
+"#,
+        data = dir.join("var").display()
+    )
+}
+
+fn hash_password(password: &str) -> String {
+    let mut child = Command::new(BIN)
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("backstop hash-password");
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+impl Server {
+    /// Writes `config` to `dir/backstop.toml` and starts the server on it.
+    pub fn start(dir: &Path, config: &str) -> Server {
+        let path = dir.join("backstop.toml");
+        std::fs::write(&path, config).unwrap();
+        Server::start_with(dir, &path)
+    }
+
+    /// Starts the server on the config file already in `dir`.
+    pub fn restart(dir: &Path) -> Server {
+        Server::start_with(dir, &dir.join("backstop.toml"))
+    }
+
+    fn start_with(dir: &Path, config: &Path) -> Server {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .unwrap();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(config)
+            .current_dir(dir)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("starting backstop");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut mx, mut submission) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while mx.is_none() || submission.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+                panic!("backstop did not start; its log:\n{log}");
+            };
+            // "backstop: listener mx (mx) on 127.0.0.1:40123"
+            if let Some(rest) = line.strip_prefix("backstop: listener ") {
+                let addr: SocketAddr = rest.rsplit(' ').next().unwrap().parse().unwrap();
+                if rest.starts_with("mx ") {
+                    mx = Some(addr);
+                } else if rest.starts_with("submission ") {
+                    submission = Some(addr);
+                }
+            }
+        }
+        Server {
+            child,
+            mx: mx.unwrap(),
+            submission: submission.unwrap(),
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// SIGKILL: no chance to flush or clean up, as in a crash or power loss of the process.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "backstop exited with {status}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "backstop did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The messages in the queue under `dir`, read without disturbing a running server.
+pub fn queued(dir: &Path) -> Vec<(QueueId, Envelope, Vec<u8>)> {
+    let queue = Queue::open_read_only(&dir.join("var/queue")).expect("opening the queue");
+    queue
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|(id, envelope)| {
+            let body = queue.message(id).unwrap().unwrap().body;
+            (id, envelope, body)
+        })
+        .collect()
+}
+
+/// The queue id in a `250 2.0.0 Ok: queued as ID` reply somewhere in `text`.
+pub fn queue_id_in(text: &str) -> QueueId {
+    let at = text
+        .find("queued as ")
+        .unwrap_or_else(|| panic!("no queue id in:\n{text}"));
+    text[at + 10..at + 26].parse().unwrap()
+}
+
+/// A raw SMTP client for sending exactly the bytes a test wants.
+pub struct RawClient {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    pub fn connect(addr: SocketAddr) -> RawClient {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        RawClient {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads one complete reply (all its lines); "" when the server closed the connection.
+    pub fn reply(&mut self) -> String {
+        loop {
+            if let Some(end) = complete_reply(&self.buf) {
+                let reply: Vec<u8> = self.buf.drain(..end).collect();
+                return String::from_utf8_lossy(&reply).into_owned();
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => {
+                    return String::from_utf8_lossy(&std::mem::take(&mut self.buf)).into_owned()
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Sends a command line and returns the reply.
+    pub fn command(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+}
+
+/// The length of the first complete reply in `buf`: lines up to one with a space after the code.
+fn complete_reply(buf: &[u8]) -> Option<usize> {
+    let mut start = 0;
+    while let Some(lf) = buf[start..].iter().position(|&b| b == b'\n') {
+        let line = &buf[start..start + lf + 1];
+        start += lf + 1;
+        if line.len() >= 4 && line[3] == b' ' || line.len() < 4 {
+            return Some(start);
+        }
+    }
+    None
+}

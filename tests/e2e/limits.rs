@@ -1,0 +1,35 @@
+//! Connection limits, seen from the client.
+
+use crate::harness::{config, RawClient, Server};
+
+#[test]
+fn connections_over_the_per_ip_limit_get_421() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &config(dir.path(), "max_connections_per_ip = 2"),
+    );
+    let mut first = RawClient::connect(server.mx);
+    let mut second = RawClient::connect(server.mx);
+    assert!(first.reply().starts_with("220 "));
+    assert!(second.reply().starts_with("220 "));
+    let mut third = RawClient::connect(server.mx);
+    let reply = third.reply();
+    assert!(
+        reply.starts_with("421 4.7.0 Too many connections from your address"),
+        "{reply:?}"
+    );
+    drop(first);
+    // The freed place is usable again once the server has seen the close.
+    let mut admitted = false;
+    for _ in 0..50 {
+        let mut again = RawClient::connect(server.mx);
+        if again.reply().starts_with("220 ") {
+            admitted = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(admitted);
+    server.stop();
+}

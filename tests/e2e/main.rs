@@ -1,0 +1,15 @@
+//! End-to-end tests of the `backstop` binary with real clients and peers on loopback.
+//!
+//! Each test starts the real binary on a fresh data directory with listeners on port 0, talks
+//! to it with a real client (swaks, Python's smtplib, a raw socket for protocol abuse, Postfix
+//! as a sending MTA) and checks the queue on disk afterwards. Peers that are missing make a
+//! test fail in CI (`CI` set) and skip loudly elsewhere; `cargo xtask test` installs them.
+
+mod harness;
+
+mod cli;
+mod limits;
+mod postfix;
+mod receive;
+mod smuggling;
+mod submission;
