@@ -1,0 +1,98 @@
+//! Developer commands, for what cargo alone cannot do:
+//!
+//! - `cargo xtask run [ARGS]`: install the build's system packages when missing, build
+//!   release, and run `backstop serve` (on the embedded default config unless ARGS say
+//!   otherwise, e.g. `-- --config etc/backstop.toml`).
+//! - `cargo xtask test`: install the build's system packages and the test peers (Postfix,
+//!   swaks, Python) when missing, then run every test of the workspace.
+//! - `cargo xtask tidy`: the repository's own rules (also run as a test).
+//!
+//! Set-up uses apt-get when running as root; otherwise it prints the exact command to run.
+
+mod setup;
+mod tidy;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("run") => run(&args[1..]),
+        Some("test") => test(&args[1..]),
+        Some("tidy") => tidy::check(&root()).map_err(|problems| problems.join("\n")),
+        _ => {
+            Err("usage: cargo xtask run [-- SERVE-ARGS] | test [-- CARGO-TEST-ARGS] | tidy".into())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    setup::ensure(setup::BUILD)?;
+    let root = root();
+    cargo(&root, &["build", "--release", "--package", "backstop"])?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let binary = target.join("release/backstop");
+    let args: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--")
+        .collect();
+    let mut serve = Command::new(&binary);
+    serve.arg("serve").args(&args).current_dir(&root);
+    println!(
+        "xtask: running {} serve {} in {}",
+        binary.display(),
+        args.join(" "),
+        root.display()
+    );
+    println!("xtask: try `swaks --server 127.0.0.1:2525 --to user@example.test`; stop with Ctrl-C");
+    let status = serve
+        .status()
+        .map_err(|e| format!("{}: {e}", binary.display()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("backstop exited with {status}"))
+    }
+}
+
+fn test(args: &[String]) -> Result<(), String> {
+    setup::ensure(setup::BUILD)?;
+    setup::ensure(setup::TEST_PEERS)?;
+    let root = root();
+    let mut cargo_args = vec!["test", "--workspace"];
+    cargo_args.extend(args.iter().map(String::as_str).filter(|a| *a != "--"));
+    cargo(&root, &cargo_args)
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(root)
+        .status()
+        .map_err(|e| format!("{cargo}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("cargo {} failed ({status})", args.join(" ")))
+    }
+}

@@ -1,0 +1,118 @@
+//! Installing the Debian packages the build and the tests need, when they are missing.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// A Debian package and how to tell that it is installed.
+pub struct Requirement {
+    pub package: &'static str,
+    /// Installed when any of these paths exists.
+    pub present_if: &'static [&'static str],
+}
+
+/// What building needs: a C++ compiler for RocksDB and libclang for its bindings.
+pub const BUILD: &[Requirement] = &[
+    Requirement {
+        package: "g++",
+        present_if: &["/usr/bin/g++", "/usr/bin/c++"],
+    },
+    Requirement {
+        package: "libclang-dev",
+        present_if: &[
+            "/usr/lib/llvm-14/lib/libclang.so",
+            "/usr/lib/llvm-15/lib/libclang.so",
+            "/usr/lib/llvm-16/lib/libclang.so",
+            "/usr/lib/llvm-17/lib/libclang.so",
+            "/usr/lib/llvm-18/lib/libclang.so",
+            "/usr/lib/llvm-19/lib/libclang.so",
+        ],
+    },
+];
+
+/// The real peers the end-to-end tests talk to.
+pub const TEST_PEERS: &[Requirement] = &[
+    Requirement {
+        package: "postfix",
+        present_if: &["/usr/sbin/postfix"],
+    },
+    Requirement {
+        package: "swaks",
+        present_if: &["/usr/bin/swaks"],
+    },
+    // swaks --tls needs these.
+    Requirement {
+        package: "libnet-ssleay-perl",
+        present_if: &["/usr/share/doc/libnet-ssleay-perl"],
+    },
+    Requirement {
+        package: "libio-socket-ssl-perl",
+        present_if: &["/usr/share/perl5/IO/Socket/SSL.pm"],
+    },
+    // Python's smtplib, a TLS client on OpenSSL.
+    Requirement {
+        package: "python3",
+        present_if: &["/usr/bin/python3"],
+    },
+];
+
+/// Installs what is missing (as root), or says exactly what to run.
+pub fn ensure(requirements: &[Requirement]) -> Result<(), String> {
+    let missing: Vec<&str> = requirements
+        .iter()
+        .filter(|r| !r.present_if.iter().any(|p| Path::new(p).exists()))
+        .map(|r| r.package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let command = format!("apt-get install -y {}", missing.join(" "));
+    if !is_root() {
+        return Err(format!(
+            "missing Debian packages: {}. Run: sudo apt-get update && sudo {command}",
+            missing.join(" ")
+        ));
+    }
+    println!("xtask: installing {}", missing.join(" "));
+    if missing.contains(&"postfix") {
+        // Install Postfix without configuring or starting a system instance: the tests run
+        // their own throw-away instances.
+        sh("echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections")?;
+    }
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let own_policy = !policy.exists();
+    if own_policy {
+        // Keep package scripts from starting services.
+        std::fs::write(policy, "#!/bin/sh\nexit 101\n").map_err(|e| e.to_string())?;
+        sh("chmod 755 /usr/sbin/policy-rc.d")?;
+    }
+    let result = sh("apt-get update -qq").and_then(|()| {
+        sh(&format!(
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {}",
+            missing.join(" ")
+        ))
+    });
+    if own_policy {
+        let _ = std::fs::remove_file(policy);
+    }
+    result
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn sh(command: &str) -> Result<(), String> {
+    let status = Command::new("sh")
+        .args(["-c", command])
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("{command}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{command}` failed ({status})"))
+    }
+}
