@@ -33,3 +33,23 @@ fn connections_over_the_per_ip_limit_get_421() {
     assert!(admitted);
     server.stop();
 }
+
+#[test]
+fn early_talkers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &config(dir.path(), "greeting_delay = \"1s\""));
+    let mut hasty = RawClient::connect(server.mx);
+    hasty.send(b"EHLO hasty.example\r\n");
+    let reply = hasty.reply();
+    assert!(
+        reply.starts_with(
+            "554 5.5.0 Protocol synchronization error: input sent before the greeting"
+        ),
+        "{reply:?}"
+    );
+    assert_eq!(hasty.reply(), "", "the connection must be closed");
+    // A patient client gets the greeting after the delay.
+    let mut patient = RawClient::connect(server.mx);
+    assert!(patient.reply().starts_with("220 mx.backstop.test ESMTP"));
+    server.stop();
+}

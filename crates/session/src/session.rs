@@ -151,6 +151,9 @@ impl ServerSession {
 
     /// The TLS handshake after STARTTLS succeeded: the session starts over (RFC 3207 4.2).
     pub fn tls_established(&mut self, tls: TlsInfo) {
+        if self.is_closed() {
+            return;
+        }
         self.tls = Some(tls);
         self.helo = None;
         self.txn = None;
@@ -161,6 +164,9 @@ impl ServerSession {
 
     /// The answer to [`Output::Authenticate`].
     pub fn handle_auth(&mut self, credentials: Credentials, outcome: AuthOutcome) {
+        if self.is_closed() {
+            return;
+        }
         self.phase = Phase::Command;
         match outcome {
             AuthOutcome::Success => {
@@ -178,6 +184,9 @@ impl ServerSession {
 
     /// The answer to [`Output::Enqueue`]: the queue id once the message is durably stored.
     pub fn handle_enqueued(&mut self, result: Result<backstop_types::QueueId, ()>) {
+        if self.is_closed() {
+            return;
+        }
         self.phase = Phase::Command;
         self.txn = None;
         match result {
@@ -302,8 +311,15 @@ impl ServerSession {
 
     /// Input left over after a command the client had to wait on is a protocol violation
     /// (RFC 2920 3.1, RFC 5321 4.3); without PIPELINING every command is such a command.
+    ///
+    /// Not judged while an output waits for the driver (after the end of data): the message was
+    /// received correctly and is being stored; what follows is read after the reply.
     fn check_pipelining(&mut self, must_be_last: bool) {
-        if matches!(self.phase, Phase::Closed | Phase::Bdat { .. }) || self.input.is_empty() {
+        if matches!(
+            self.phase,
+            Phase::Closed | Phase::Bdat { .. } | Phase::Waiting
+        ) || self.input.is_empty()
+        {
             return;
         }
         let pipelining = self.helo.as_ref().is_some_and(|h| h.esmtp);

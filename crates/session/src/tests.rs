@@ -651,6 +651,45 @@ fn pipelining_without_ehlo_is_refused() {
 }
 
 #[test]
+fn a_helo_client_that_quits_behind_the_data_still_gets_its_message_queued() {
+    check(
+        config(),
+        &[
+            b"HELO client.test\r\n",
+            b"MAIL FROM:<a@example.org>\r\n",
+            b"RCPT TO:<b@local.test>\r\n",
+            b"DATA\r\n",
+            b"Subject: x\r\n\r\n.\r\nQUIT\r\n",
+        ],
+        expect![[r#"
+            S: 220 mx.test ESMTP backstop
+            C: HELO client.test\r\n
+            S: 250 2.0.0 mx.test Hello client.test
+            C: MAIL FROM:<a@example.org>\r\n
+            S: 250 2.1.0 Sender ok
+            C: RCPT TO:<b@local.test>\r\n
+            S: 250 2.1.5 Recipient ok
+            C: DATA\r\n
+            S: 354 2.0.0 End data with <CR><LF>.<CR><LF>
+            C: Subject: x\r\n
+            C: \r\n
+            C: .\r\n
+            C: QUIT\r\n
+            [enqueue from=<a@example.org> to=b@local.test trust=Unverified]
+            Received: from client.test (unknown [192.0.2.1])\r
+            	by mx.test (backstop) with SMTP\r
+            	for <b@local.test>; Sun, 22 Nov 2026 17:19:59 +0000\r
+            Subject: x\r
+            \r
+            [end]
+            S: 250 2.0.0 Ok: queued as 0000000000000001
+            S: 221 2.0.0 Bye
+            [close]
+        "#]],
+    );
+}
+
+#[test]
 fn data_must_end_a_pipelined_group() {
     check(
         config(),
