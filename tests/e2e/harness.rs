@@ -48,11 +48,12 @@ pub struct Server {
     child: Child,
     pub mx: SocketAddr,
     pub submission: SocketAddr,
+    pub submissions: SocketAddr,
     pub dir: PathBuf,
 }
 
-/// A config with an mx and a submission listener on loopback port 0, plus `extra` lines for
-/// `[smtp]`.
+/// A config with mx, submission and submissions listeners on loopback port 0, plus
+/// `smtp_extra` lines for `[smtp]`.
 pub fn config(dir: &Path, smtp_extra: &str) -> String {
     // Password "secret", argon2id.
     let hash = hash_password("secret");
@@ -77,6 +78,11 @@ kind = "mx"
 name = "submission"
 address = "127.0.0.1:0"
 kind = "submission"
+
+[[listener]]
+name = "submissions"
+address = "127.0.0.1:0"
+kind = "submissions"
 "#,
         data = dir.join("var").display()
     )
@@ -132,9 +138,9 @@ impl Server {
                 }
             }
         });
-        let (mut mx, mut submission) = (None, None);
+        let (mut mx, mut submission, mut submissions) = (None, None, None);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while mx.is_none() || submission.is_none() {
+        while mx.is_none() || submission.is_none() || submissions.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let Ok(line) = rx.recv_timeout(left) else {
                 let _ = child.kill();
@@ -148,6 +154,8 @@ impl Server {
                     mx = Some(addr);
                 } else if rest.starts_with("submission ") {
                     submission = Some(addr);
+                } else if rest.starts_with("submissions ") {
+                    submissions = Some(addr);
                 }
             }
         }
@@ -155,6 +163,7 @@ impl Server {
             child,
             mx: mx.unwrap(),
             submission: submission.unwrap(),
+            submissions: submissions.unwrap(),
             dir: dir.to_owned(),
         }
     }

@@ -107,3 +107,54 @@ fn submission_refuses_mail_without_auth() {
     );
     server.stop();
 }
+
+const IMPLICIT_TLS_CLIENT: &str = r#"
+import smtplib, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = smtplib.SMTP_SSL(sys.argv[1], int(sys.argv[2]), context=ctx, timeout=20)
+s.ehlo("client.example")
+print("tls:", s.sock.version())
+print("starttls offered:", s.has_extn("starttls"))
+print("auth offered:", s.esmtp_features.get("auth", "").strip())
+s.login("alice", "secret")
+print("refused:", s.sendmail("alice@example.test", ["friend@elsewhere.example"], "Subject: 465\r\n\r\nhi\r\n"))
+s.quit()
+"#;
+
+#[test]
+fn implicit_tls_submission() {
+    if !have("/usr/bin/python3", "implicit_tls_submission") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &config(dir.path(), ""));
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", IMPLICIT_TLS_CLIENT])
+        .arg(server.submissions.ip().to_string())
+        .arg(server.submissions.port().to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "tls: TLSv1.3",
+            "starttls offered: False",
+            "auth offered: PLAIN LOGIN",
+            "refused: {}"
+        ]
+    );
+    let messages = queued(dir.path());
+    server.stop();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].1.client.listener, "submissions");
+    assert!(String::from_utf8_lossy(&messages[0].2).contains(" with ESMTPSA\r\n"));
+}

@@ -239,19 +239,26 @@ struct ByteSize(u64);
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Number(n) => Ok(ByteSize(n)),
-            Raw::Text(s) => parse_size(&s)
-                .map(ByteSize)
-                .map_err(serde::de::Error::custom),
-        }
+        number_or_text(d, parse_size).map(ByteSize)
     }
+}
+
+/// A plain number, or text with a unit read by `parse` (which also reads plain digits).
+fn number_or_text<'de, D: serde::Deserializer<'de>, T>(
+    d: D,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<T, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u64),
+        Text(String),
+    }
+    let text = match Raw::deserialize(d)? {
+        Raw::Number(n) => n.to_string(),
+        Raw::Text(s) => s,
+    };
+    parse(&text).map_err(serde::de::Error::custom)
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -278,18 +285,7 @@ struct Seconds(Duration);
 
 impl<'de> Deserialize<'de> for Seconds {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Seconds, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Number(n) => Ok(Seconds(Duration::from_secs(n))),
-            Raw::Text(s) => parse_duration(&s)
-                .map(Seconds)
-                .map_err(serde::de::Error::custom),
-        }
+        number_or_text(d, parse_duration).map(Seconds)
     }
 }
 

@@ -165,21 +165,8 @@ async fn plain<S: MessageSink>(
     match drive(&mut tcp, &mut session, context, shutdown).await? {
         Next::Closed => Ok(()),
         Next::StartTls => {
-            let Some(acceptor) = &context.tls else {
-                return Err(io::Error::other("STARTTLS offered without a TLS config"));
-            };
-            let handshake =
-                tokio::time::timeout(listener.session.command_timeout, acceptor.accept(tcp));
-            let mut stream = match handshake.await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    info!(error = %e, "TLS handshake failed");
-                    return Ok(());
-                }
-                Err(_) => {
-                    info!("TLS handshake timed out");
-                    return Ok(());
-                }
+            let Some(mut stream) = handshake(tcp, listener, context).await? else {
+                return Ok(());
             };
             let info = tls::session_info(stream.get_ref().1);
             debug!(version = %info.version, cipher = %info.cipher, "TLS established");
@@ -198,23 +185,9 @@ async fn implicit_tls<S: MessageSink>(
     context: &Context<S>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> io::Result<()> {
-    let Some(acceptor) = &context.tls else {
-        return Err(io::Error::other(
-            "implicit TLS listener without a TLS config",
-        ));
+    let Some(mut stream) = handshake(tcp, listener, context).await? else {
+        return Ok(());
     };
-    let mut stream =
-        match tokio::time::timeout(listener.session.command_timeout, acceptor.accept(tcp)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                info!(error = %e, "TLS handshake failed");
-                return Ok(());
-            }
-            Err(_) => {
-                info!("TLS handshake timed out");
-                return Ok(());
-            }
-        };
     let info = tls::session_info(stream.get_ref().1);
     let peer = Peer {
         ip,
@@ -225,6 +198,31 @@ async fn implicit_tls<S: MessageSink>(
     greet(&mut stream, &mut session, listener.greeting_delay).await?;
     drive(&mut stream, &mut session, context, shutdown).await?;
     Ok(())
+}
+
+/// The server side of a TLS handshake, bounded by the command timeout. `None` when the client
+/// failed it or took too long (logged; the connection is then simply closed).
+async fn handshake<S: MessageSink>(
+    tcp: TcpStream,
+    listener: &Listener,
+    context: &Context<S>,
+) -> io::Result<Option<tokio_rustls::server::TlsStream<TcpStream>>> {
+    let Some(acceptor) = &context.tls else {
+        return Err(io::Error::other(
+            "a TLS listener or STARTTLS without a TLS config",
+        ));
+    };
+    match tokio::time::timeout(listener.session.command_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => Ok(Some(stream)),
+        Ok(Err(e)) => {
+            info!(error = %e, "TLS handshake failed");
+            Ok(None)
+        }
+        Err(_) => {
+            info!("TLS handshake timed out");
+            Ok(None)
+        }
+    }
 }
 
 /// Waits out the greeting delay; input arriving before it ends makes an early talker.

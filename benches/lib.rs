@@ -1,0 +1,41 @@
+//! Inputs shared by the benchmarks in `benches/`: a session config and SMTP transcripts.
+//!
+//! Run them with `cargo bench -p backstop-benches`. The comparison against Postfix on the same
+//! machine is a separate harness (issue 9); these measure single hot paths in isolation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backstop_session::{AuthPolicy, SessionConfig};
+use backstop_types::Domain;
+
+pub fn session_config() -> Arc<SessionConfig> {
+    Arc::new(SessionConfig {
+        hostname: "mx.bench.test".into(),
+        listener: "mx".into(),
+        max_line_length: 2048,
+        max_recipients: 100,
+        max_message_size: 50 << 20,
+        max_errors: 20,
+        command_timeout: Duration::from_secs(300),
+        data_timeout: Duration::from_secs(600),
+        starttls: false,
+        auth: AuthPolicy::Disabled,
+        require_auth: false,
+        local_domains: vec![Domain::parse("bench.test").unwrap()],
+    })
+}
+
+/// A message body of about `size` octets in 76-character lines, dot-stuffed where needed,
+/// followed by the end-of-data line.
+pub fn data(size: usize) -> Vec<u8> {
+    let mut out = b"From: a@example.org\r\nTo: b@bench.test\r\nSubject: bench\r\n\r\n".to_vec();
+    let line = b".abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklm\r\n";
+    while out.len() < size {
+        // Every line starts with a dot, which the client stuffs: the worst case for unstuffing.
+        out.push(b'.');
+        out.extend_from_slice(line);
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
