@@ -211,9 +211,9 @@ pub fn queued(dir: &Path) -> Vec<(QueueId, Envelope, Vec<u8>)> {
         .list()
         .unwrap()
         .into_iter()
-        .map(|(id, envelope)| {
+        .map(|(id, entry)| {
             let body = queue.message(id).unwrap().unwrap().body;
-            (id, envelope, body)
+            (id, entry.envelope, body)
         })
         .collect()
 }

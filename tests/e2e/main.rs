@@ -8,6 +8,7 @@
 mod harness;
 
 mod cli;
+mod disk_full;
 mod limits;
 mod postfix;
 mod receive;

@@ -9,8 +9,8 @@ use backstop_listener::tls::CertSource;
 use backstop_listener::{
     ConnectionLimits, Context, Listener, ListenerMode, MessageSink, UserStore,
 };
-use backstop_queue::Queue;
-use backstop_session::{AuthOutcome, AuthPolicy, Message, SessionConfig};
+use backstop_queue::{Queue, QueueError};
+use backstop_session::{AuthOutcome, AuthPolicy, EnqueueFailure, Message, SessionConfig};
 use backstop_types::QueueId;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -48,13 +48,22 @@ struct QueueSink {
 }
 
 impl MessageSink for QueueSink {
-    fn enqueue(&self, message: Message) -> impl Future<Output = Result<QueueId, ()>> + Send {
+    fn enqueue(
+        &self,
+        message: Message,
+    ) -> impl Future<Output = Result<QueueId, EnqueueFailure>> + Send {
         let queue = self.queue.clone();
         async move {
             queue
                 .enqueue(&message.envelope, message.body)
                 .await
-                .map_err(|e| error!(error = %e, "queue write failed"))
+                .map_err(|e| {
+                    error!(error = %e, "queue write failed");
+                    match e {
+                        QueueError::DiskFull(_) => EnqueueFailure::StorageFull,
+                        _ => EnqueueFailure::Unavailable,
+                    }
+                })
         }
     }
 }

@@ -17,7 +17,7 @@ pub mod users;
 
 use std::future::Future;
 
-use backstop_session::Message;
+use backstop_session::{EnqueueFailure, Message};
 use backstop_types::QueueId;
 
 pub use limits::{ConnectionLimits, IpNetwork};
@@ -27,5 +27,8 @@ pub use users::UserStore;
 /// Where accepted messages go. `enqueue` must return only once the message is durably stored:
 /// its `Ok` is what the client hears as `250`.
 pub trait MessageSink: Send + Sync + 'static {
-    fn enqueue(&self, message: Message) -> impl Future<Output = Result<QueueId, ()>> + Send;
+    fn enqueue(
+        &self,
+        message: Message,
+    ) -> impl Future<Output = Result<QueueId, EnqueueFailure>> + Send;
 }

@@ -297,7 +297,9 @@ where
                         Ok(id) => {
                             info!(queue_id = %id, from = %sender, recipients, size, "accepted")
                         }
-                        Err(()) => warn!(from = %sender, "not accepted: queue write failed"),
+                        Err(failure) => {
+                            warn!(from = %sender, ?failure, "not accepted: queue write failed")
+                        }
                     }
                     session.handle_enqueued(result);
                 }

@@ -4,16 +4,30 @@
 //! - [`store`]: [`Queue`], opening the database and the accept path. An accept is one
 //!   `WriteBatch` (body, envelope, schedule entry) written with `sync = true` by the group-commit
 //!   writer thread, which folds the accepts of all concurrent sessions into one fsync.
+//! - [`schedule`]: leases for the delivery agent, attempts, retries and expiry, and the
+//!   administrator's hold, release, flush and delete. Delivery is at least once.
+//! - [`quarantine`]: messages that are neither delivered nor bounced, with their reason.
+//! - [`state`]: the sent-Message-ID index and a key-value area for other crates.
 //! - [`record`]: the on-disk records. They are versioned byte formats of their own, not the
 //!   in-memory types, so the types can change without breaking queues already on disk.
 //!
 //! Column families:
 //! - `messages`: queue id (8 octets, big-endian) → message body as received.
-//! - `envelopes`: queue id → envelope record.
+//! - `envelopes`: queue id → entry record (envelope, per-recipient state, hold flag).
 //! - `schedule`: due time (8 octets, big-endian Unix seconds) ++ queue id → empty: the order in
-//!   which the delivery agent will pick messages up.
+//!   which the delivery agent picks messages up. Held messages are not in it.
+//! - `due`: queue id → its due time, to find its schedule key.
+//! - `quarantine`: queue id ++ 0 → quarantine record, queue id ++ 1 → body.
+//! - `sent_message_ids`: Message-ID hash → time sent.
+//! - `state`: key → expiry time ++ value.
+//! - `damaged`: records that could not be decoded, moved aside with the reason.
 
+pub mod quarantine;
 pub mod record;
+pub mod schedule;
+pub mod state;
 pub mod store;
 
+pub use record::{Entry, QuarantineRecord};
+pub use schedule::{AfterAttempts, RetryPolicy};
 pub use store::{Queue, QueueError, StoredMessage};

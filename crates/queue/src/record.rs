@@ -1,13 +1,19 @@
 //! On-disk records: a version octet, then length-prefixed fields.
 //!
-//! Version 1 of the envelope record is the only one so far. A later version gets a new decoder
-//! beside this one; the old decoder stays so existing queues keep working.
+//! The queue entry record (envelope, per-recipient state, hold flag):
+//! - version 1: the envelope alone (written by the first release); read with every recipient
+//!   pending and due at arrival;
+//! - version 2: the envelope as in version 1, then the hold flag and one state per recipient.
+//!
+//! Only the newest version is written; every older decoder stays, with a committed fixture, so
+//! queues written by earlier releases keep working.
 
 use std::net::IpAddr;
 
 use backstop_types::{
-    Address, AuthInfo, BodyType, ClientInfo, Domain, DsnParams, Envelope, Notify, Recipient, Ret,
-    ReversePath, TlsInfo, TrustClass, UnixTime,
+    Address, Attempt, AuthInfo, BodyType, ClientInfo, Domain, DsnParams, EnhancedStatus, Envelope,
+    Notify, Recipient, RecipientState, RemoteReply, Ret, ReversePath, TlsInfo, TrustClass,
+    UnixTime,
 };
 
 /// A record that cannot be read back.
@@ -21,11 +27,196 @@ pub enum RecordError {
     Invalid(&'static str),
 }
 
-const ENVELOPE_V1: u8 = 1;
+const ENTRY_V1: u8 = 1;
+const ENTRY_V2: u8 = 2;
 
-pub fn encode_envelope(e: &Envelope) -> Vec<u8> {
+/// A message's record in the queue: its envelope, where each recipient stands, and whether an
+/// administrator holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub envelope: Envelope,
+    /// One per recipient of the envelope, in the same order.
+    pub states: Vec<RecipientState>,
+    pub held: bool,
+}
+
+impl Entry {
+    /// A newly accepted message: every recipient pending, due at arrival.
+    pub fn new(envelope: Envelope) -> Entry {
+        let states = vec![
+            RecipientState::Pending {
+                attempts: 0,
+                next_attempt: envelope.arrival,
+                last: None,
+            };
+            envelope.recipients.len()
+        ];
+        Entry {
+            envelope,
+            states,
+            held: false,
+        }
+    }
+}
+
+pub fn encode_entry(entry: &Entry) -> Vec<u8> {
     let mut w = Writer(Vec::with_capacity(256));
-    w.u8(ENVELOPE_V1);
+    w.u8(ENTRY_V2);
+    write_envelope(&mut w, &entry.envelope);
+    w.u8(u8::from(entry.held));
+    w.u32(entry.states.len() as u32);
+    for state in &entry.states {
+        match state {
+            RecipientState::Pending {
+                attempts,
+                next_attempt,
+                last,
+            } => {
+                w.u8(0);
+                w.u32(*attempts);
+                w.u64(next_attempt.0);
+                match last {
+                    None => w.u8(0),
+                    Some(a) => {
+                        w.u8(1);
+                        write_attempt(&mut w, a);
+                    }
+                }
+            }
+            RecipientState::Delivered { at, last } => {
+                w.u8(1);
+                w.u64(at.0);
+                write_attempt(&mut w, last);
+            }
+            RecipientState::Failed { at, last } => {
+                w.u8(2);
+                w.u64(at.0);
+                write_attempt(&mut w, last);
+            }
+        }
+    }
+    w.0
+}
+
+pub fn decode_entry(bytes: &[u8]) -> Result<Entry, RecordError> {
+    let mut r = Reader(bytes);
+    let version = r.u8()?;
+    if version != ENTRY_V1 && version != ENTRY_V2 {
+        return Err(RecordError::UnknownVersion(version));
+    }
+    let envelope = read_envelope(&mut r)?;
+    if version == ENTRY_V1 {
+        return Ok(Entry::new(envelope));
+    }
+    let held = r.u8()? != 0;
+    let count = r.u32()? as usize;
+    if count != envelope.recipients.len() {
+        return Err(RecordError::Invalid("recipient state count"));
+    }
+    let mut states = Vec::with_capacity(count);
+    for _ in 0..count {
+        states.push(match r.u8()? {
+            0 => RecipientState::Pending {
+                attempts: r.u32()?,
+                next_attempt: UnixTime(r.u64()?),
+                last: match r.u8()? {
+                    0 => None,
+                    _ => Some(read_attempt(&mut r)?),
+                },
+            },
+            1 => RecipientState::Delivered {
+                at: UnixTime(r.u64()?),
+                last: read_attempt(&mut r)?,
+            },
+            2 => RecipientState::Failed {
+                at: UnixTime(r.u64()?),
+                last: read_attempt(&mut r)?,
+            },
+            _ => return Err(RecordError::Invalid("recipient state")),
+        });
+    }
+    if !r.0.is_empty() {
+        return Err(RecordError::Invalid("trailing bytes"));
+    }
+    Ok(Entry {
+        envelope,
+        states,
+        held,
+    })
+}
+
+const QUARANTINE_V1: u8 = 1;
+
+/// A quarantined message's record: why and since when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantineRecord {
+    pub envelope: Envelope,
+    pub reason: String,
+    pub at: UnixTime,
+}
+
+pub fn encode_quarantine(q: &QuarantineRecord) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(256));
+    w.u8(QUARANTINE_V1);
+    write_envelope(&mut w, &q.envelope);
+    w.str(&q.reason);
+    w.u64(q.at.0);
+    w.0
+}
+
+pub fn decode_quarantine(bytes: &[u8]) -> Result<QuarantineRecord, RecordError> {
+    let mut r = Reader(bytes);
+    match r.u8()? {
+        QUARANTINE_V1 => {}
+        v => return Err(RecordError::UnknownVersion(v)),
+    }
+    let envelope = read_envelope(&mut r)?;
+    Ok(QuarantineRecord {
+        envelope,
+        reason: r.str()?,
+        at: UnixTime(r.u64()?),
+    })
+}
+
+fn write_attempt(w: &mut Writer, a: &Attempt) {
+    w.opt_str(a.remote_host.as_deref());
+    w.u32(u32::from(a.reply.code));
+    match a.reply.status {
+        None => w.u8(0),
+        Some(EnhancedStatus(class, subject, detail)) => {
+            w.u8(1);
+            w.u8(class);
+            w.u32(u32::from(subject));
+            w.u32(u32::from(detail));
+        }
+    }
+    w.str(&a.reply.text);
+}
+
+fn read_attempt(r: &mut Reader<'_>) -> Result<Attempt, RecordError> {
+    let remote_host = r.opt_str()?;
+    let code = u16::try_from(r.u32()?).map_err(|_| RecordError::Invalid("reply code"))?;
+    let status = match r.u8()? {
+        0 => None,
+        _ => {
+            let class = r.u8()?;
+            let subject = u16::try_from(r.u32()?).map_err(|_| RecordError::Invalid("status"))?;
+            let detail = u16::try_from(r.u32()?).map_err(|_| RecordError::Invalid("status"))?;
+            Some(EnhancedStatus(class, subject, detail))
+        }
+    };
+    Ok(Attempt {
+        remote_host,
+        reply: RemoteReply {
+            code,
+            status,
+            text: r.str()?,
+        },
+    })
+}
+
+/// The envelope fields, the same in versions 1 and 2.
+fn write_envelope(w: &mut Writer, e: &Envelope) {
     w.opt_str(e.sender.address().map(|a| a.to_string()).as_deref());
     w.u32(e.recipients.len() as u32);
     for r in &e.recipients {
@@ -82,15 +273,9 @@ pub fn encode_envelope(e: &Envelope) -> Vec<u8> {
             w.str(user);
         }
     }
-    w.0
 }
 
-pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, RecordError> {
-    let mut r = Reader(bytes);
-    match r.u8()? {
-        ENVELOPE_V1 => {}
-        v => return Err(RecordError::UnknownVersion(v)),
-    }
+fn read_envelope(r: &mut Reader<'_>) -> Result<Envelope, RecordError> {
     let sender = match r.opt_str()? {
         None => ReversePath::Null,
         Some(s) => ReversePath::Address(address(&s, "sender")?),

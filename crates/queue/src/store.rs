@@ -1,26 +1,42 @@
-//! [`Queue`]: the RocksDB database, and the durable accept path with group commit.
+//! [`Queue`]: the RocksDB database, the durable accept path with group commit, and reading.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use backstop_types::{Envelope, QueueId, UnixTime};
-use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use backstop_types::{Envelope, QueueId};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 use tokio::sync::oneshot;
 
-use crate::record::{self, RecordError};
+use crate::record::{self, Entry, RecordError};
 
-const CF_MESSAGES: &str = "messages";
-const CF_ENVELOPES: &str = "envelopes";
-const CF_SCHEDULE: &str = "schedule";
-const COLUMN_FAMILIES: [&str; 3] = [CF_MESSAGES, CF_ENVELOPES, CF_SCHEDULE];
+pub(crate) const CF_MESSAGES: &str = "messages";
+pub(crate) const CF_ENTRIES: &str = "envelopes";
+pub(crate) const CF_SCHEDULE: &str = "schedule";
+pub(crate) const CF_DUE: &str = "due";
+pub(crate) const CF_QUARANTINE: &str = "quarantine";
+pub(crate) const CF_SENT_IDS: &str = "sent_message_ids";
+pub(crate) const CF_STATE: &str = "state";
+pub(crate) const CF_DAMAGED: &str = "damaged";
+const COLUMN_FAMILIES: [&str; 8] = [
+    CF_MESSAGES,
+    CF_ENTRIES,
+    CF_SCHEDULE,
+    CF_DUE,
+    CF_QUARANTINE,
+    CF_SENT_IDS,
+    CF_STATE,
+    CF_DAMAGED,
+];
 
 /// At most this many accepts share one fsync; more wait for the next.
 const MAX_GROUP: usize = 512;
 
-/// A queue failure. Every one of them means the message is *not* accepted.
+/// A queue failure. For `enqueue`, every one of them means the message is *not* accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     #[error("queue database at {path}: {source}")]
@@ -28,36 +44,55 @@ pub enum QueueError {
         path: String,
         source: rocksdb::Error,
     },
+    /// The disk (or the file system's quota) is full: try again later (452 4.3.1).
+    #[error("queue database: disk full: {0}")]
+    DiskFull(rocksdb::Error),
     #[error("queue database: {0}")]
-    Db(#[from] rocksdb::Error),
+    Db(rocksdb::Error),
     #[error("queue record of {id}: {source}")]
     Record { id: QueueId, source: RecordError },
     #[error("cannot start the queue writer thread: {0}")]
     WriterThread(std::io::Error),
     #[error("the queue writer has stopped")]
     WriterGone,
+    #[error("the queue is open read-only")]
+    ReadOnly,
+}
+
+impl From<rocksdb::Error> for QueueError {
+    fn from(e: rocksdb::Error) -> QueueError {
+        // RocksDB reports ENOSPC as an IO error whose text carries the OS message.
+        if e.as_ref().contains("No space left on device") {
+            QueueError::DiskFull(e)
+        } else {
+            QueueError::Db(e)
+        }
+    }
 }
 
 /// A message as stored.
 #[derive(Debug)]
 pub struct StoredMessage {
     pub id: QueueId,
-    pub envelope: Envelope,
+    pub entry: Entry,
     pub body: Vec<u8>,
 }
 
 /// The queue. Cheap to clone; all clones share one database and one writer thread.
 #[derive(Clone)]
 pub struct Queue {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    db: Arc<DB>,
+pub(crate) struct Inner {
+    pub(crate) db: Arc<DB>,
     /// `None` for a read-only queue.
     writer: Option<mpsc::Sender<Accept>>,
     thread: Option<thread::JoinHandle<()>>,
     last_id: AtomicU64,
+    /// Serialises read-modify-write of existing entries (leases, attempts, admin commands).
+    /// Accepts only add new keys and do not take it.
+    pub(crate) update: Mutex<()>,
 }
 
 impl Drop for Inner {
@@ -74,9 +109,9 @@ impl Drop for Inner {
 /// One message waiting for the group commit.
 struct Accept {
     id: QueueId,
-    envelope: Vec<u8>,
+    entry: Vec<u8>,
     body: Vec<u8>,
-    due: UnixTime,
+    due: u64,
     done: oneshot::Sender<Result<(), rocksdb::Error>>,
 }
 
@@ -108,6 +143,7 @@ impl Queue {
                 writer: Some(tx),
                 thread: Some(thread),
                 last_id,
+                update: Mutex::new(()),
             }),
         })
     }
@@ -125,22 +161,24 @@ impl Queue {
                 writer: None,
                 thread: None,
                 last_id: AtomicU64::new(0),
+                update: Mutex::new(()),
             }),
         })
     }
 
-    /// Stores a message durably: when this returns `Ok`, body and envelope are synced to disk
-    /// and the message is scheduled for delivery now. Only then may the client hear `250`.
+    /// Stores a message durably: when this returns `Ok`, body and entry are synced to disk and
+    /// the message is scheduled for delivery at its arrival time. Only then may the client hear
+    /// `250`.
     pub async fn enqueue(&self, envelope: &Envelope, body: Vec<u8>) -> Result<QueueId, QueueError> {
-        let writer = self.inner.writer.as_ref().ok_or(QueueError::WriterGone)?;
+        let writer = self.inner.writer.as_ref().ok_or(QueueError::ReadOnly)?;
         let id = self.next_id();
         let (done, wait) = oneshot::channel();
         writer
             .send(Accept {
                 id,
-                envelope: record::encode_envelope(envelope),
+                entry: record::encode_entry(&Entry::new(envelope.clone())),
                 body,
-                due: envelope.arrival,
+                due: envelope.arrival.0,
                 done,
             })
             .map_err(|_| QueueError::WriterGone)?;
@@ -148,34 +186,102 @@ impl Queue {
         Ok(id)
     }
 
-    /// Every message in the queue, oldest first.
-    pub fn list(&self) -> Result<Vec<(QueueId, Envelope)>, QueueError> {
-        let cf = self.cf(CF_ENVELOPES);
+    /// Every message in the queue, oldest first. Records that cannot be read are moved aside
+    /// (see [`Queue::damaged`]) and left out.
+    pub fn list(&self) -> Result<Vec<(QueueId, Entry)>, QueueError> {
         let mut out = Vec::new();
-        for item in self.inner.db.iterator_cf(cf, IteratorMode::Start) {
+        let mut damaged = Vec::new();
+        for item in self
+            .inner
+            .db
+            .iterator_cf(self.cf(CF_ENTRIES), IteratorMode::Start)
+        {
             let (key, value) = item?;
             let id = id_from_key(&key);
-            let envelope = record::decode_envelope(&value)
-                .map_err(|source| QueueError::Record { id, source })?;
-            out.push((id, envelope));
+            match record::decode_entry(&value) {
+                Ok(entry) => out.push((id, entry)),
+                Err(source) => damaged.push((id, source)),
+            }
+        }
+        for (id, source) in damaged {
+            self.move_aside(id, &source)?;
         }
         Ok(out)
     }
 
     /// One message with its body, if it is in the queue.
     pub fn message(&self, id: QueueId) -> Result<Option<StoredMessage>, QueueError> {
-        let key = id.to_be_bytes();
-        let Some(envelope) = self.inner.db.get_cf(self.cf(CF_ENVELOPES), key)? else {
+        let Some(entry) = self.entry(id)? else {
             return Ok(None);
         };
-        let envelope = record::decode_envelope(&envelope)
-            .map_err(|source| QueueError::Record { id, source })?;
         let body = self
             .inner
             .db
-            .get_cf(self.cf(CF_MESSAGES), key)?
+            .get_cf(self.cf(CF_MESSAGES), id.to_be_bytes())?
             .unwrap_or_default();
-        Ok(Some(StoredMessage { id, envelope, body }))
+        Ok(Some(StoredMessage { id, entry, body }))
+    }
+
+    /// Keys of records that could not be decoded and were moved aside, with the reason.
+    pub fn damaged(&self) -> Result<Vec<(String, String)>, QueueError> {
+        let mut out = Vec::new();
+        for item in self
+            .inner
+            .db
+            .iterator_cf(self.cf(CF_DAMAGED), IteratorMode::Start)
+        {
+            let (key, value) = item?;
+            out.push((
+                String::from_utf8_lossy(&key).into_owned(),
+                String::from_utf8_lossy(&value).into_owned(),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The entry of `id`; a damaged one is moved aside and reads as absent.
+    pub(crate) fn entry(&self, id: QueueId) -> Result<Option<Entry>, QueueError> {
+        let Some(bytes) = self
+            .inner
+            .db
+            .get_cf(self.cf(CF_ENTRIES), id.to_be_bytes())?
+        else {
+            return Ok(None);
+        };
+        match record::decode_entry(&bytes) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(source) => {
+                self.move_aside(id, &source)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// A record that cannot be decoded must not stop the server: its raw bytes go to the
+    /// `damaged` column family (keyed by id, with the reason), out of the schedule, and the
+    /// server carries on. Nothing is deleted, so an administrator can still recover it.
+    fn move_aside(&self, id: QueueId, source: &RecordError) -> Result<(), QueueError> {
+        tracing::error!(queue_id = %id, key = %hex(&id.to_be_bytes()), error = %source,
+            "undecodable queue record moved aside");
+        if self.inner.writer.is_none() {
+            return Ok(());
+        }
+        let _guard = self.lock();
+        let key = id.to_be_bytes();
+        let db = &self.inner.db;
+        let mut batch = WriteBatch::default();
+        let reason = format!("{source}");
+        if let Some(raw) = db.get_cf(self.cf(CF_ENTRIES), key)? {
+            batch.put_cf(self.cf(CF_DAMAGED), format!("entry:{id}"), &reason);
+            batch.put_cf(self.cf(CF_DAMAGED), format!("entry:{id}:raw"), raw);
+        }
+        if let Some(body) = db.get_cf(self.cf(CF_MESSAGES), key)? {
+            batch.put_cf(self.cf(CF_DAMAGED), format!("entry:{id}:body"), body);
+        }
+        batch.delete_cf(self.cf(CF_ENTRIES), key);
+        batch.delete_cf(self.cf(CF_MESSAGES), key);
+        self.set_due(&mut batch, id, None)?;
+        self.write_synced(batch)
     }
 
     /// Ids are microseconds since the epoch, bumped to stay unique and increasing even if the
@@ -184,45 +290,100 @@ impl Queue {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
-        let mut last = self.inner.last_id.load(Ordering::Relaxed);
+        let last_id = &self.inner.last_id;
+        let mut last = last_id.load(Ordering::Relaxed);
         loop {
             let next = now.max(last + 1);
-            match self.inner.last_id.compare_exchange_weak(
-                last,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
+            match last_id.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return QueueId(next),
                 Err(actual) => last = actual,
             }
         }
     }
 
-    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        // The column families are created at open; a missing one is a bug, not a runtime state.
-        self.inner
-            .db
-            .cf_handle(name)
-            .unwrap_or_else(|| panic!("column family {name} was created at open"))
+    pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
+        cf(&self.inner.db, name)
     }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, ()> {
+        // The guard protects no data of its own; a panic while holding it leaves nothing broken.
+        self.inner
+            .update
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn write_synced(&self, batch: WriteBatch) -> Result<(), QueueError> {
+        if self.inner.writer.is_none() {
+            return Err(QueueError::ReadOnly);
+        }
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        self.inner.db.write_opt(batch, &sync)?;
+        Ok(())
+    }
+
+    /// Moves `id` in the schedule to `due` (Unix seconds), or takes it out with `None`.
+    pub(crate) fn set_due(
+        &self,
+        batch: &mut WriteBatch,
+        id: QueueId,
+        due: Option<u64>,
+    ) -> Result<(), QueueError> {
+        let key = id.to_be_bytes();
+        if let Some(old) = self.inner.db.get_cf(self.cf(CF_DUE), key)? {
+            if let Ok(old) = <[u8; 8]>::try_from(old.as_slice()) {
+                batch.delete_cf(
+                    self.cf(CF_SCHEDULE),
+                    schedule_key(u64::from_be_bytes(old), id),
+                );
+            }
+        }
+        match due {
+            Some(due) => {
+                batch.put_cf(self.cf(CF_SCHEDULE), schedule_key(due, id), []);
+                batch.put_cf(self.cf(CF_DUE), key, due.to_be_bytes());
+            }
+            None => batch.delete_cf(self.cf(CF_DUE), key),
+        }
+        Ok(())
+    }
+}
+
+/// `due ++ id`, both big-endian, so the schedule iterates in due order.
+pub(crate) fn schedule_key(due: u64, id: QueueId) -> [u8; 16] {
+    let mut key = [0; 16];
+    key[..8].copy_from_slice(&due.to_be_bytes());
+    key[8..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> &'a ColumnFamily {
+    // Every column family is created at open; a missing one is a bug, not a runtime state.
+    db.cf_handle(name)
+        .unwrap_or_else(|| panic!("column family {name} was created at open"))
 }
 
 fn highest_id(db: &DB) -> Result<Option<QueueId>, QueueError> {
-    let cf = db
-        .cf_handle(CF_ENVELOPES)
-        .unwrap_or_else(|| panic!("column family {CF_ENVELOPES} was created at open"));
-    match db.iterator_cf(cf, IteratorMode::End).next() {
-        Some(item) => Ok(Some(id_from_key(&item?.0))),
-        None => Ok(None),
+    let mut highest = None;
+    for name in [CF_ENTRIES, CF_QUARANTINE] {
+        if let Some(item) = db.iterator_cf(cf(db, name), IteratorMode::End).next() {
+            let id = id_from_key(&item?.0);
+            highest = highest.max(Some(id));
+        }
     }
+    Ok(highest)
 }
 
-fn id_from_key(key: &[u8]) -> QueueId {
+pub(crate) fn id_from_key(key: &[u8]) -> QueueId {
     let mut a = [0; 8];
     let n = key.len().min(8);
     a[..n].copy_from_slice(&key[..n]);
     QueueId::from_be_bytes(a)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The writer thread: takes every accept that is waiting, writes them all in one synced batch,
@@ -230,15 +391,12 @@ fn id_from_key(key: &[u8]) -> QueueId {
 fn group_commit(db: &DB, rx: &mpsc::Receiver<Accept>) {
     let mut sync = WriteOptions::default();
     sync.set_sync(true);
-    let (messages, envelopes, schedule) = (
-        db.cf_handle(CF_MESSAGES),
-        db.cf_handle(CF_ENVELOPES),
-        db.cf_handle(CF_SCHEDULE),
+    let (messages, entries, schedule, due) = (
+        cf(db, CF_MESSAGES),
+        cf(db, CF_ENTRIES),
+        cf(db, CF_SCHEDULE),
+        cf(db, CF_DUE),
     );
-    let (Some(messages), Some(envelopes), Some(schedule)) = (messages, envelopes, schedule) else {
-        tracing::error!("queue column families missing; the writer cannot run");
-        return;
-    };
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -251,10 +409,9 @@ fn group_commit(db: &DB, rx: &mpsc::Receiver<Accept>) {
         for a in &group {
             let key = a.id.to_be_bytes();
             batch.put_cf(messages, key, &a.body);
-            batch.put_cf(envelopes, key, &a.envelope);
-            let mut due = a.due.0.to_be_bytes().to_vec();
-            due.extend_from_slice(&key);
-            batch.put_cf(schedule, due, []);
+            batch.put_cf(entries, key, &a.entry);
+            batch.put_cf(schedule, schedule_key(a.due, a.id), []);
+            batch.put_cf(due, key, a.due.to_be_bytes());
         }
         let result = db.write_opt(batch, &sync);
         if let Err(e) = &result {

@@ -124,6 +124,16 @@ pub enum AuthOutcome {
     TemporaryFailure,
 }
 
+/// Why the driver could not store a message. Either way the client is told to try again later,
+/// so nothing is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnqueueFailure {
+    /// The disk is full: `452 4.3.1`.
+    StorageFull,
+    /// Any other storage failure: `451 4.3.0`.
+    Unavailable,
+}
+
 /// An accepted message, ready for the queue: the `Received:` header is already at the front.
 #[derive(Debug)]
 pub struct Message {

@@ -12,7 +12,9 @@ use smtp_proto::{MailFrom, RcptTo, Request};
 
 use crate::data::{DataFramer, Progress, Verdict};
 use crate::sasl::{self, Mechanism, SaslError};
-use crate::{AuthOutcome, AuthPolicy, Credentials, Message, Output, Peer, SessionConfig};
+use crate::{
+    AuthOutcome, AuthPolicy, Credentials, EnqueueFailure, Message, Output, Peer, SessionConfig,
+};
 
 /// The server side of one SMTP connection. See the crate docs for the call order.
 pub struct ServerSession {
@@ -183,7 +185,7 @@ impl ServerSession {
     }
 
     /// The answer to [`Output::Enqueue`]: the queue id once the message is durably stored.
-    pub fn handle_enqueued(&mut self, result: Result<backstop_types::QueueId, ()>) {
+    pub fn handle_enqueued(&mut self, result: Result<backstop_types::QueueId, EnqueueFailure>) {
         if self.is_closed() {
             return;
         }
@@ -191,7 +193,8 @@ impl ServerSession {
         self.txn = None;
         match result {
             Ok(id) => self.reply(Reply::queued(id)),
-            Err(()) => self.reply(Reply::queue_unavailable()),
+            Err(EnqueueFailure::StorageFull) => self.reply(Reply::insufficient_storage()),
+            Err(EnqueueFailure::Unavailable) => self.reply(Reply::queue_unavailable()),
         }
         self.process();
     }

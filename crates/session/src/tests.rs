@@ -946,3 +946,32 @@ fn timeouts_depend_on_the_phase_and_close() {
         .log
         .ends_with("S: 421 4.4.2 Timeout exceeded, closing connection\n[close]\n"));
 }
+
+#[test]
+fn a_full_disk_gets_452_and_the_session_goes_on() {
+    let mut h = Harness::new(config());
+    h.send(b"EHLO client.test\r\n");
+    h.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@local.test>\r\nDATA\r\n");
+    h.session
+        .handle_bytes(b"Subject: x\r\n\r\n.\r\n", UnixTime(0));
+    let mut replies = Vec::new();
+    while let Some(output) = h.session.poll_output() {
+        match output {
+            Output::Enqueue(_) => h
+                .session
+                .handle_enqueued(Err(crate::EnqueueFailure::StorageFull)),
+            Output::Reply(reply) => replies.push(reply.to_string()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        replies,
+        ["452 4.3.1 Insufficient system storage, try again later"]
+    );
+    h.log.clear();
+    h.send(b"RSET\r\n");
+    h.check(expect![[r#"
+        C: RSET\r\n
+        S: 250 2.0.0 Ok
+    "#]]);
+}

@@ -7,16 +7,20 @@
 //! - [`reply`]: [`Reply`], an SMTP reply with its enhanced status code. Every reply backstop sends
 //!   is built by a constructor here, never from a literal at the call site.
 //! - [`queue_id`]: [`QueueId`], the name of a message in the queue.
+//! - [`delivery`]: [`RecipientState`], where each recipient of a queued message stands, and
+//!   [`AttemptOutcome`], what one delivery attempt came to.
 //!
 //! Architecture invariant: this crate does no I/O, reads no clock and knows no async runtime.
 //! Time is passed in as [`UnixTime`].
 
 pub mod address;
+pub mod delivery;
 pub mod envelope;
 pub mod queue_id;
 pub mod reply;
 
 pub use address::{Address, AddressError, Domain, ReversePath};
+pub use delivery::{Attempt, AttemptOutcome, RecipientState, RemoteReply};
 pub use envelope::{
     AuthInfo, BodyType, ClientInfo, DsnParams, Envelope, Notify, Recipient, Ret, TlsInfo,
     TrustClass, UnixTime,

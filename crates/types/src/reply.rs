@@ -408,6 +408,15 @@ impl Reply {
         Reply::new(250, EnhancedStatus(2, 0, 0), format!("Ok: queued as {id}"))
     }
 
+    /// The disk is full (RFC 3463 4.3.1): the client keeps the message and tries later.
+    pub fn insufficient_storage() -> Reply {
+        Reply::new(
+            452,
+            EnhancedStatus(4, 3, 1),
+            "Insufficient system storage, try again later",
+        )
+    }
+
     pub fn queue_unavailable() -> Reply {
         Reply::new(
             451,

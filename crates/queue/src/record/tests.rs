@@ -47,45 +47,110 @@ pub(crate) fn sample() -> Envelope {
     }
 }
 
-#[test]
-fn round_trip() {
-    let e = sample();
-    assert_eq!(decode_envelope(&encode_envelope(&e)), Ok(e));
-    let mut plain = sample();
-    plain.sender = ReversePath::Null;
-    plain.client.tls = None;
-    plain.client.auth = None;
-    plain.client.ptr = None;
-    plain.trust = TrustClass::Unverified;
-    plain.recipients[0].notify = Notify::Default;
-    assert_eq!(decode_envelope(&encode_envelope(&plain)), Ok(plain));
+/// A v2 entry with every kind of recipient state.
+fn sample_entry() -> Entry {
+    let attempt = |code, status, text: &str| Attempt {
+        remote_host: Some("mx1.example.org[192.0.2.25]".into()),
+        reply: RemoteReply {
+            code,
+            status,
+            text: text.into(),
+        },
+    };
+    let mut envelope = sample();
+    envelope.recipients.push(Recipient {
+        address: Address::parse("dave@local.test").unwrap(),
+        notify: Notify::Default,
+        orcpt: None,
+    });
+    Entry {
+        envelope,
+        states: vec![
+            RecipientState::Pending {
+                attempts: 2,
+                next_attempt: UnixTime(1_795_368_599),
+                last: Some(attempt(451, Some(EnhancedStatus(4, 3, 0)), "try later")),
+            },
+            RecipientState::Delivered {
+                at: UnixTime(1_795_368_000),
+                last: attempt(250, Some(EnhancedStatus(2, 0, 0)), "ok"),
+            },
+            RecipientState::Failed {
+                at: UnixTime(1_795_368_001),
+                last: attempt(550, None, "no such user"),
+            },
+        ],
+        held: true,
+    }
 }
 
-/// Records written by version 1 must stay readable by every later version of backstop.
-/// `BACKSTOP_WRITE_FIXTURES=1` writes the fixture anew; only do that for a new version's file.
+#[test]
+fn round_trip() {
+    let e = sample_entry();
+    assert_eq!(decode_entry(&encode_entry(&e)), Ok(e));
+    let mut plain = Entry::new(sample());
+    plain.envelope.sender = ReversePath::Null;
+    plain.envelope.client.tls = None;
+    plain.envelope.client.auth = None;
+    plain.envelope.client.ptr = None;
+    plain.envelope.trust = TrustClass::Unverified;
+    plain.envelope.recipients[0].notify = Notify::Default;
+    assert_eq!(decode_entry(&encode_entry(&plain)), Ok(plain));
+    let q = QuarantineRecord {
+        envelope: sample(),
+        reason: "virus: Eicar-Test-Signature".into(),
+        at: UnixTime(1_795_368_000),
+    };
+    assert_eq!(decode_quarantine(&encode_quarantine(&q)), Ok(q));
+}
+
+/// Records written by each version must stay readable by every later version of backstop.
+/// `BACKSTOP_WRITE_FIXTURES=1` writes the newest version's fixture anew; only do that when a
+/// new version is introduced, and keep the old files.
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
 #[test]
 fn reads_the_committed_v1_fixture() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/envelope-v1.bin"
-    );
+    // Written by the first release (the envelope alone): every recipient reads as pending.
+    let bytes = std::fs::read(fixture("envelope-v1.bin")).unwrap();
+    assert_eq!(decode_entry(&bytes), Ok(Entry::new(sample())));
+}
+
+#[test]
+fn reads_the_committed_v2_fixture() {
     if std::env::var_os("BACKSTOP_WRITE_FIXTURES").is_some() {
-        std::fs::write(path, encode_envelope(&sample())).unwrap();
+        std::fs::write(fixture("entry-v2.bin"), encode_entry(&sample_entry())).unwrap();
+        std::fs::write(
+            fixture("quarantine-v1.bin"),
+            encode_quarantine(&sample_quarantine()),
+        )
+        .unwrap();
     }
-    let bytes = std::fs::read(path).unwrap();
-    assert_eq!(decode_envelope(&bytes), Ok(sample()));
+    let bytes = std::fs::read(fixture("entry-v2.bin")).unwrap();
+    assert_eq!(decode_entry(&bytes), Ok(sample_entry()));
+    let bytes = std::fs::read(fixture("quarantine-v1.bin")).unwrap();
+    assert_eq!(decode_quarantine(&bytes), Ok(sample_quarantine()));
+}
+
+fn sample_quarantine() -> QuarantineRecord {
+    QuarantineRecord {
+        envelope: sample(),
+        reason: "content filter: quarantine".into(),
+        at: UnixTime(1_795_368_000),
+    }
 }
 
 #[test]
 fn damaged_records_are_errors_not_panics() {
-    let bytes = encode_envelope(&sample());
+    let bytes = encode_entry(&sample_entry());
     for len in 0..bytes.len() {
-        assert!(decode_envelope(&bytes[..len]).is_err(), "length {len}");
+        assert!(decode_entry(&bytes[..len]).is_err(), "length {len}");
     }
     let mut future = bytes.clone();
     future[0] = 99;
-    assert_eq!(
-        decode_envelope(&future),
-        Err(RecordError::UnknownVersion(99))
-    );
+    assert_eq!(decode_entry(&future), Err(RecordError::UnknownVersion(99)));
 }

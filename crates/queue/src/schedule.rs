@@ -1,0 +1,306 @@
+//! Scheduling: leasing due messages to the delivery agent, recording what attempts came to,
+//! retries with backoff, expiry, and the administrator's hold, release, flush and delete.
+//!
+//! Delivery is at least once. A lease moves the message's schedule entry to the end of the
+//! lease; when the agent reports back the entry is rescheduled or removed. If the process dies
+//! in between, the message simply becomes due again when the lease runs out and is delivered
+//! again: a recipient may then get it twice, but no accepted message is ever lost.
+
+use std::time::Duration;
+
+use backstop_types::{
+    Attempt, AttemptOutcome, EnhancedStatus, QueueId, RecipientState, RemoteReply, UnixTime,
+};
+use rocksdb::{IteratorMode, WriteBatch};
+
+use crate::record::{self, Entry};
+use crate::store::{
+    id_from_key, Queue, QueueError, StoredMessage, CF_DUE, CF_ENTRIES, CF_MESSAGES, CF_SCHEDULE,
+};
+
+/// When to try again and when to give up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Wait after the first failed attempt; doubled after each further one...
+    pub min_backoff: Duration,
+    /// ...up to this.
+    pub max_backoff: Duration,
+    /// A recipient still not delivered this long after arrival fails with 4.4.7.
+    pub lifetime: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait after `attempts` failed attempts (1 or more).
+    pub fn backoff(&self, attempts: u32) -> Duration {
+        let doublings = attempts.saturating_sub(1).min(30);
+        self.min_backoff
+            .saturating_mul(1 << doublings)
+            .min(self.max_backoff)
+    }
+}
+
+/// What is left after recording attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterAttempts {
+    /// Some recipients are still pending; the message is due again at this time.
+    Rescheduled { entry: Entry, due: UnixTime },
+    /// Every recipient is delivered or failed: the message has left the queue. The entry says
+    /// how each recipient ended, for the DSN generator.
+    Finished(Entry),
+    /// The message is no longer in the queue (deleted by an administrator meanwhile).
+    Gone,
+}
+
+impl Queue {
+    /// Hands out up to `max` messages due at `now`, each leased until `now + lease`: it will
+    /// not be handed out again before then unless the lease is settled by
+    /// [`Queue::record_attempts`]. Held messages are never due.
+    pub fn lease_due(
+        &self,
+        now: UnixTime,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<StoredMessage>, QueueError> {
+        let _guard = self.lock();
+        let mut due_ids = Vec::new();
+        for item in self
+            .inner
+            .db
+            .iterator_cf(self.cf(CF_SCHEDULE), IteratorMode::Start)
+        {
+            let (key, _) = item?;
+            let due = u64::from_be_bytes(key[..8].try_into().unwrap_or([0xff; 8]));
+            if due > now.0 || due_ids.len() >= max {
+                break;
+            }
+            due_ids.push(id_from_key(&key[8..]));
+        }
+        let until = now.0.saturating_add(lease.as_secs());
+        let mut leased = Vec::new();
+        let mut batch = WriteBatch::default();
+        for id in due_ids {
+            let Some(entry) = self.entry_locked(id)? else {
+                // No entry: a stale schedule key. Drop it.
+                self.set_due(&mut batch, id, None)?;
+                continue;
+            };
+            self.set_due(&mut batch, id, Some(until))?;
+            let body = self
+                .inner
+                .db
+                .get_cf(self.cf(CF_MESSAGES), id.to_be_bytes())?
+                .unwrap_or_default();
+            leased.push(StoredMessage { id, entry, body });
+        }
+        // Not synced: a lease lost in a crash only makes the message due again at once.
+        self.inner.db.write(batch)?;
+        Ok(leased)
+    }
+
+    /// Records what an attempt came to for some recipients (by index in the envelope), and
+    /// reschedules the message or, when no recipient is pending any more, removes it.
+    pub fn record_attempts(
+        &self,
+        id: QueueId,
+        outcomes: &[(usize, AttemptOutcome)],
+        now: UnixTime,
+        policy: &RetryPolicy,
+    ) -> Result<AfterAttempts, QueueError> {
+        let _guard = self.lock();
+        let Some(mut entry) = self.entry_locked(id)? else {
+            return Ok(AfterAttempts::Gone);
+        };
+        let expires = entry
+            .envelope
+            .arrival
+            .0
+            .saturating_add(policy.lifetime.as_secs());
+        for (index, outcome) in outcomes {
+            let Some(state) = entry.states.get_mut(*index) else {
+                continue;
+            };
+            let attempts = match state {
+                RecipientState::Pending { attempts, .. } => *attempts,
+                // Already settled (a duplicate report after a lease ran out): keep it.
+                _ => continue,
+            };
+            *state = match outcome.clone() {
+                AttemptOutcome::Delivered(last) => RecipientState::Delivered { at: now, last },
+                AttemptOutcome::Permanent(last) => RecipientState::Failed { at: now, last },
+                AttemptOutcome::Transient(last) if now.0 >= expires => RecipientState::Failed {
+                    at: now,
+                    last: expired(last, policy.lifetime),
+                },
+                AttemptOutcome::Transient(last) => {
+                    let attempts = attempts + 1;
+                    let next = now.0.saturating_add(policy.backoff(attempts).as_secs());
+                    RecipientState::Pending {
+                        attempts,
+                        next_attempt: UnixTime(next.min(expires.max(now.0))),
+                        last: Some(last),
+                    }
+                }
+            };
+        }
+        let mut batch = WriteBatch::default();
+        let key = id.to_be_bytes();
+        let next = entry
+            .states
+            .iter()
+            .filter_map(|s| match s {
+                RecipientState::Pending { next_attempt, .. } => Some(next_attempt.0),
+                _ => None,
+            })
+            .min();
+        let after = match next {
+            Some(due) => {
+                batch.put_cf(self.cf(CF_ENTRIES), key, record::encode_entry(&entry));
+                let due = if entry.held { None } else { Some(due) };
+                self.set_due(&mut batch, id, due)?;
+                AfterAttempts::Rescheduled {
+                    entry,
+                    due: UnixTime(next.unwrap_or(now.0)),
+                }
+            }
+            None => {
+                self.remove(&mut batch, id)?;
+                AfterAttempts::Finished(entry)
+            }
+        };
+        self.write_synced(batch)?;
+        Ok(after)
+    }
+
+    /// Keeps a message from being delivered until [`Queue::release`]. False if not queued.
+    pub fn hold(&self, id: QueueId) -> Result<bool, QueueError> {
+        self.update(id, |queue, batch, entry| {
+            entry.held = true;
+            queue.set_due(batch, id, None)
+        })
+    }
+
+    /// Makes a held message deliverable again, due now.
+    pub fn release(&self, id: QueueId, now: UnixTime) -> Result<bool, QueueError> {
+        self.update(id, |queue, batch, entry| {
+            entry.held = false;
+            queue.set_due(batch, id, Some(now.0))
+        })
+    }
+
+    /// Makes messages due now (`None`: all that are not held), like `postqueue -f`. Returns
+    /// how many.
+    pub fn flush(&self, id: Option<QueueId>, now: UnixTime) -> Result<usize, QueueError> {
+        let ids = match id {
+            Some(id) => vec![id],
+            None => self.list()?.into_iter().map(|(id, _)| id).collect(),
+        };
+        let mut flushed = 0;
+        for id in ids {
+            self.update(id, |queue, batch, entry| {
+                if !entry.held {
+                    flushed += 1;
+                    queue.set_due(batch, id, Some(now.0))?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(flushed)
+    }
+
+    /// Removes a message from the queue for good, like `postsuper -d`. False if not queued.
+    pub fn delete(&self, id: QueueId) -> Result<bool, QueueError> {
+        let _guard = self.lock();
+        if self.entry_locked(id)?.is_none() {
+            return Ok(false);
+        }
+        let mut batch = WriteBatch::default();
+        self.remove(&mut batch, id)?;
+        self.write_synced(batch)?;
+        Ok(true)
+    }
+
+    /// The schedule as (due, id), soonest first; for administration and tests.
+    pub fn schedule(&self) -> Result<Vec<(UnixTime, QueueId)>, QueueError> {
+        let mut out = Vec::new();
+        for item in self
+            .inner
+            .db
+            .iterator_cf(self.cf(CF_SCHEDULE), IteratorMode::Start)
+        {
+            let (key, _) = item?;
+            let due = u64::from_be_bytes(key[..8].try_into().unwrap_or([0; 8]));
+            out.push((UnixTime(due), id_from_key(&key[8..])));
+        }
+        Ok(out)
+    }
+
+    /// Read-modify-write of one entry under the update lock; false if it is not queued.
+    fn update(
+        &self,
+        id: QueueId,
+        change: impl FnOnce(&Queue, &mut WriteBatch, &mut Entry) -> Result<(), QueueError>,
+    ) -> Result<bool, QueueError> {
+        let _guard = self.lock();
+        let Some(mut entry) = self.entry_locked(id)? else {
+            return Ok(false);
+        };
+        let mut batch = WriteBatch::default();
+        change(self, &mut batch, &mut entry)?;
+        batch.put_cf(
+            self.cf(CF_ENTRIES),
+            id.to_be_bytes(),
+            record::encode_entry(&entry),
+        );
+        self.write_synced(batch)?;
+        Ok(true)
+    }
+
+    /// Deletes every key of `id` from the queue proper (body, entry, schedule).
+    pub(crate) fn remove(&self, batch: &mut WriteBatch, id: QueueId) -> Result<(), QueueError> {
+        let key = id.to_be_bytes();
+        batch.delete_cf(self.cf(CF_ENTRIES), key);
+        batch.delete_cf(self.cf(CF_MESSAGES), key);
+        self.set_due(batch, id, None)?;
+        batch.delete_cf(self.cf(CF_DUE), key);
+        Ok(())
+    }
+
+    /// [`Queue::entry`] for callers that already hold the update lock: a damaged record reads
+    /// as absent here and is moved aside by the next [`Queue::list`].
+    pub(crate) fn entry_locked(&self, id: QueueId) -> Result<Option<Entry>, QueueError> {
+        let Some(bytes) = self
+            .inner
+            .db
+            .get_cf(self.cf(CF_ENTRIES), id.to_be_bytes())?
+        else {
+            return Ok(None);
+        };
+        match record::decode_entry(&bytes) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(e) => {
+                tracing::error!(queue_id = %id, error = %e, "undecodable queue record skipped");
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// The last transient reply, turned into the final failure of an expired recipient.
+fn expired(last: Attempt, lifetime: Duration) -> Attempt {
+    let days = lifetime.as_secs() / 86_400;
+    Attempt {
+        remote_host: last.remote_host,
+        // The code stays the last transient one; the status says what the DSN must say.
+        reply: RemoteReply {
+            code: last.reply.code,
+            status: Some(EnhancedStatus(4, 4, 7)),
+            text: format!(
+                "Message expired: not delivered in {days} days; last reply: {} {}",
+                last.reply.code, last.reply.text
+            ),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,254 @@
+use std::time::Duration;
+
+use backstop_types::{Attempt, AttemptOutcome, EnhancedStatus, RecipientState, RemoteReply};
+
+use super::*;
+use crate::record::tests::sample;
+
+const POLICY: RetryPolicy = RetryPolicy {
+    min_backoff: Duration::from_secs(300),
+    max_backoff: Duration::from_secs(3600),
+    lifetime: Duration::from_secs(5 * 86_400),
+};
+
+fn reply(code: u16, text: &str) -> Attempt {
+    Attempt {
+        remote_host: Some("mx.example.org[192.0.2.25]".into()),
+        reply: RemoteReply {
+            code,
+            status: Some(EnhancedStatus((code / 100) as u8, 0, 0)),
+            text: text.into(),
+        },
+    }
+}
+
+async fn queue_with_one() -> (tempfile::TempDir, Queue, QueueId, UnixTime) {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path()).unwrap();
+    let id = queue.enqueue(&sample(), b"body".to_vec()).await.unwrap();
+    (dir, queue, id, sample().arrival)
+}
+
+#[test]
+fn backoff_doubles_from_five_minutes_to_an_hour() {
+    let waits: Vec<u64> = (1..=6).map(|n| POLICY.backoff(n).as_secs()).collect();
+    assert_eq!(waits, [300, 600, 1200, 2400, 3600, 3600]);
+    assert_eq!(POLICY.backoff(1000).as_secs(), 3600);
+}
+
+#[tokio::test]
+async fn a_lease_hides_the_message_until_it_runs_out() {
+    let (_dir, queue, id, t0) = queue_with_one().await;
+    assert!(queue
+        .lease_due(UnixTime(t0.0 - 1), Duration::from_secs(600), 10)
+        .unwrap()
+        .is_empty());
+    let leased = queue.lease_due(t0, Duration::from_secs(600), 10).unwrap();
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].id, id);
+    assert_eq!(leased[0].body, b"body");
+    // Leased: not handed out again while the lease runs...
+    assert!(queue
+        .lease_due(UnixTime(t0.0 + 599), Duration::from_secs(600), 10)
+        .unwrap()
+        .is_empty());
+    // ...but again once it has run out (the agent died): at least once, never lost.
+    assert_eq!(
+        queue
+            .lease_due(UnixTime(t0.0 + 600), Duration::from_secs(600), 10)
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_lease_survives_a_restart() {
+    let (dir, queue, id, t0) = queue_with_one().await;
+    queue.lease_due(t0, Duration::from_secs(600), 10).unwrap();
+    drop(queue);
+    let queue = Queue::open(dir.path()).unwrap();
+    assert_eq!(
+        queue
+            .lease_due(UnixTime(t0.0 + 600), Duration::from_secs(600), 10)
+            .unwrap()[0]
+            .id,
+        id
+    );
+}
+
+#[tokio::test]
+async fn attempts_reschedule_with_backoff_then_finish() {
+    let (_dir, queue, id, t0) = queue_with_one().await;
+    // Recipient 0 is deferred, recipient 1 delivered.
+    let after = queue
+        .record_attempts(
+            id,
+            &[
+                (0, AttemptOutcome::Transient(reply(451, "greylisted"))),
+                (1, AttemptOutcome::Delivered(reply(250, "ok"))),
+            ],
+            t0,
+            &POLICY,
+        )
+        .unwrap();
+    let AfterAttempts::Rescheduled { entry, due } = after else {
+        panic!("expected a reschedule, got {after:?}")
+    };
+    assert_eq!(due, UnixTime(t0.0 + 300));
+    assert!(matches!(
+        entry.states[0],
+        RecipientState::Pending { attempts: 1, .. }
+    ));
+    assert!(matches!(entry.states[1], RecipientState::Delivered { .. }));
+    assert_eq!(queue.schedule().unwrap(), vec![(UnixTime(t0.0 + 300), id)]);
+    // The second deferral waits twice as long.
+    let t1 = UnixTime(t0.0 + 300);
+    let after = queue
+        .record_attempts(
+            id,
+            &[(0, AttemptOutcome::Transient(reply(451, "again")))],
+            t1,
+            &POLICY,
+        )
+        .unwrap();
+    assert!(matches!(after, AfterAttempts::Rescheduled { due, .. } if due == UnixTime(t1.0 + 600)));
+    // A permanent failure settles the last pending recipient: the message leaves the queue.
+    let after = queue
+        .record_attempts(
+            id,
+            &[(0, AttemptOutcome::Permanent(reply(550, "no such user")))],
+            t1,
+            &POLICY,
+        )
+        .unwrap();
+    let AfterAttempts::Finished(entry) = after else {
+        panic!("expected the end, got {after:?}")
+    };
+    assert!(
+        matches!(&entry.states[0], RecipientState::Failed { last, .. } if last.reply.code == 550)
+    );
+    assert!(queue.list().unwrap().is_empty());
+    assert!(queue.schedule().unwrap().is_empty());
+    assert!(queue.message(id).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn recipients_expire_after_the_lifetime_with_4_4_7() {
+    let (_dir, queue, id, t0) = queue_with_one().await;
+    let late = UnixTime(t0.0 + 5 * 86_400);
+    let after = queue
+        .record_attempts(
+            id,
+            &[
+                (0, AttemptOutcome::Transient(reply(451, "still greylisted"))),
+                (1, AttemptOutcome::Transient(reply(421, "busy"))),
+            ],
+            late,
+            &POLICY,
+        )
+        .unwrap();
+    let AfterAttempts::Finished(entry) = after else {
+        panic!("expected expiry, got {after:?}")
+    };
+    let RecipientState::Failed { last, .. } = &entry.states[0] else {
+        panic!("{:?}", entry.states[0])
+    };
+    assert_eq!(last.reply.status, Some(EnhancedStatus(4, 4, 7)));
+    assert_eq!(
+        last.reply.text,
+        "Message expired: not delivered in 5 days; last reply: 451 still greylisted"
+    );
+    // The next attempt of a pending recipient is never scheduled past the expiry.
+    let (_dir, queue, id, t0) = queue_with_one().await;
+    let near_end = UnixTime(t0.0 + 5 * 86_400 - 60);
+    let after = queue
+        .record_attempts(
+            id,
+            &[(0, AttemptOutcome::Transient(reply(451, "x")))],
+            near_end,
+            &POLICY,
+        )
+        .unwrap();
+    assert!(
+        matches!(after, AfterAttempts::Rescheduled { due, .. } if due == UnixTime(t0.0)),
+        "recipient 1 was never tried and is still due at arrival: {after:?}"
+    );
+}
+
+#[tokio::test]
+async fn held_messages_are_never_due_until_released() {
+    let (_dir, queue, id, t0) = queue_with_one().await;
+    assert!(queue.hold(id).unwrap());
+    assert!(queue.message(id).unwrap().unwrap().entry.held);
+    assert!(queue
+        .lease_due(UnixTime(t0.0 + 86_400), Duration::from_secs(600), 10)
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        queue.flush(None, t0).unwrap(),
+        0,
+        "flush leaves held messages alone"
+    );
+    // A deferral recorded while held does not put it back in the schedule.
+    queue
+        .record_attempts(
+            id,
+            &[(0, AttemptOutcome::Transient(reply(451, "x")))],
+            t0,
+            &POLICY,
+        )
+        .unwrap();
+    assert!(queue.schedule().unwrap().is_empty());
+    let later = UnixTime(t0.0 + 10);
+    assert!(queue.release(id, later).unwrap());
+    assert_eq!(
+        queue
+            .lease_due(later, Duration::from_secs(600), 10)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(!queue.hold(QueueId(42)).unwrap());
+}
+
+#[tokio::test]
+async fn flush_makes_messages_due_now_and_delete_removes_them() {
+    let (_dir, queue, id, t0) = queue_with_one().await;
+    queue
+        .record_attempts(
+            id,
+            &[
+                (0, AttemptOutcome::Transient(reply(451, "x"))),
+                (1, AttemptOutcome::Transient(reply(451, "x"))),
+            ],
+            t0,
+            &POLICY,
+        )
+        .unwrap();
+    assert!(queue
+        .lease_due(UnixTime(t0.0 + 1), Duration::from_secs(600), 10)
+        .unwrap()
+        .is_empty());
+    assert_eq!(queue.flush(Some(id), UnixTime(t0.0 + 1)).unwrap(), 1);
+    assert_eq!(
+        queue
+            .lease_due(UnixTime(t0.0 + 1), Duration::from_secs(600), 10)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(queue.delete(id).unwrap());
+    assert!(!queue.delete(id).unwrap());
+    assert!(queue.list().unwrap().is_empty() && queue.schedule().unwrap().is_empty());
+    // A report arriving after the delete changes nothing.
+    let after = queue
+        .record_attempts(
+            id,
+            &[(0, AttemptOutcome::Delivered(reply(250, "ok")))],
+            t0,
+            &POLICY,
+        )
+        .unwrap();
+    assert_eq!(after, AfterAttempts::Gone);
+}
