@@ -7,6 +7,7 @@
 
 mod harness;
 
+mod admin;
 mod cli;
 mod disk_full;
 mod limits;

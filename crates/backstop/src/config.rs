@@ -53,7 +53,23 @@ pub struct Config {
     pub tls: Tls,
     pub auth: Auth,
     pub listeners: Vec<ListenerConfig>,
+    pub queue: QueueConfig,
+    /// The admin API's Unix socket (relative paths are under `data_dir`).
+    pub admin_socket: PathBuf,
     pub log: Log,
+}
+
+/// Retries and delay notices are read by the delivery agent and the DSN generator, which are
+/// not built yet: the values are parsed and checked now so configs stay valid when they land.
+#[derive(Debug)]
+#[allow(dead_code)]
+pub struct QueueConfig {
+    pub retry: backstop_queue::RetryPolicy,
+    /// When to tell a sender that a message is delayed. Only senders the bounce gate trusts
+    /// ever get such a notice; empty means never.
+    pub delay_warnings: Vec<Duration>,
+    /// How long quarantined messages are kept before they are deleted.
+    pub quarantine_retention: Duration,
 }
 
 #[derive(Debug)]
@@ -143,7 +159,49 @@ struct RawConfig {
     auth: RawAuth,
     listener: Spanned<Vec<RawListener>>,
     #[serde(default)]
+    queue: RawQueue,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
     log: RawLog,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawQueue {
+    min_backoff: Seconds,
+    max_backoff: Seconds,
+    lifetime: Seconds,
+    delay_warnings: Vec<Seconds>,
+    quarantine_retention: Seconds,
+}
+
+impl Default for RawQueue {
+    /// Postfix's retry shape (5 minutes doubling to an hour, 5 days in all), no delay notices,
+    /// and a month of quarantine.
+    fn default() -> RawQueue {
+        RawQueue {
+            min_backoff: Seconds(Duration::from_secs(300)),
+            max_backoff: Seconds(Duration::from_secs(3600)),
+            lifetime: Seconds(Duration::from_secs(5 * 86_400)),
+            delay_warnings: Vec::new(),
+            quarantine_retention: Seconds(Duration::from_secs(30 * 86_400)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    socket: PathBuf,
+}
+
+impl Default for RawAdmin {
+    fn default() -> RawAdmin {
+        RawAdmin {
+            socket: PathBuf::from("admin.sock"),
+        }
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -455,9 +513,34 @@ impl Config {
             ));
         }
 
+        let q = &raw.queue;
+        if q.min_backoff.0.is_zero() || q.max_backoff.0 < q.min_backoff.0 || q.lifetime.0.is_zero()
+        {
+            return Err(ConfigError {
+                file: file.to_owned(),
+                line: None,
+                key: Some("queue".into()),
+                message: "min_backoff must be above zero and at most max_backoff, and lifetime \
+                          above zero"
+                    .into(),
+            });
+        }
+        let queue = QueueConfig {
+            retry: backstop_queue::RetryPolicy {
+                min_backoff: q.min_backoff.0,
+                max_backoff: q.max_backoff.0,
+                lifetime: q.lifetime.0,
+            },
+            delay_warnings: q.delay_warnings.iter().map(|d| d.0).collect(),
+            quarantine_retention: q.quarantine_retention.0,
+        };
+        let admin_socket = raw.data_dir.join(&raw.admin.socket);
+
         Ok(Config {
             hostname,
             data_dir: raw.data_dir,
+            queue,
+            admin_socket,
             smtp: Smtp {
                 local_domains,
                 local_networks,

@@ -3,8 +3,11 @@
 //! Layout:
 //! - `main.rs`: the command line (`serve`, `check-config`, `version`, `hash-password`).
 //! - [`config`]: the TOML configuration, checked into validated values with file:line:key errors.
-//! - [`serve`]: wiring: tracing, the queue, TLS, users, listeners, signals.
+//! - [`serve`]: wiring: tracing, the queue, TLS, users, listeners, the admin API, signals.
+//! - [`admin`]: the admin API on a Unix socket, and the `queue` and `quarantine` commands that
+//!   talk to it.
 
+mod admin;
 mod config;
 mod serve;
 
@@ -12,7 +15,7 @@ use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
 
@@ -39,10 +42,85 @@ enum Command {
         /// The config file (TOML).
         file: PathBuf,
     },
+    /// The queue of the running server (like mailq, postqueue and postsuper).
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
+    /// Messages held back from delivery and from bouncing.
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
     /// Print the version.
     Version,
     /// Read a password from standard input and print its argon2id hash for the users file.
     HashPassword,
+}
+
+/// Which server to ask, and how to print the answer.
+#[derive(Args)]
+struct AdminTarget {
+    /// The server's config file (its admin socket is found from it); the embedded default
+    /// config when absent.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Every queued message.
+    List,
+    /// A message's envelope, per-recipient state and last error, and its headers.
+    Show { id: String },
+    /// Make messages due now (all unless an id is given); held ones stay held.
+    Flush { id: Option<String> },
+    /// Keep a message from being delivered until released.
+    Hold { id: String },
+    /// Let a held message be delivered again.
+    Release { id: String },
+    /// Remove a message for good.
+    Delete { id: String },
+}
+
+#[derive(Subcommand)]
+enum QuarantineCommand {
+    /// Every quarantined message with its reason.
+    List,
+    /// A quarantined message's reason, envelope and headers.
+    Show { id: String },
+    /// Put a message back in the queue for delivery.
+    Release { id: String },
+    /// Remove a message for good.
+    Delete { id: String },
+}
+
+fn admin(target: &AdminTarget, request: admin::Request) -> ExitCode {
+    let config = match &target.config {
+        Some(path) => Config::load(path),
+        None => Config::embedded(),
+    };
+    let config = match config {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("backstop: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match admin::run(&config.admin_socket, request, target.json) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("backstop: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -77,6 +155,26 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Queue { command, target } => {
+            let request = match command {
+                QueueCommand::List => admin::Request::QueueList,
+                QueueCommand::Show { id } => admin::Request::QueueShow { id },
+                QueueCommand::Flush { id } => admin::Request::QueueFlush { id },
+                QueueCommand::Hold { id } => admin::Request::QueueHold { id },
+                QueueCommand::Release { id } => admin::Request::QueueRelease { id },
+                QueueCommand::Delete { id } => admin::Request::QueueDelete { id },
+            };
+            admin(&target, request)
+        }
+        Command::Quarantine { command, target } => {
+            let request = match command {
+                QuarantineCommand::List => admin::Request::QuarantineList,
+                QuarantineCommand::Show { id } => admin::Request::QuarantineShow { id },
+                QuarantineCommand::Release { id } => admin::Request::QuarantineRelease { id },
+                QuarantineCommand::Delete { id } => admin::Request::QuarantineDelete { id },
+            };
+            admin(&target, request)
+        }
         Command::Version => {
             println!("backstop {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

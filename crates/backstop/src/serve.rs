@@ -136,6 +136,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         });
     }
 
+    let (stop, shutdown) = watch::channel(false);
+    let admin = tokio::spawn(crate::admin::serve(
+        config.admin_socket.clone(),
+        queue.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(expire_quarantine(
+        queue.clone(),
+        config.queue.quarantine_retention,
+    ));
     let context = Arc::new(Context {
         sink: QueueSink { queue },
         tls: Some(tls.acceptor),
@@ -143,15 +153,39 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         limits,
         local_networks: config.smtp.local_networks.clone(),
     });
-    let (stop, shutdown) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
         info!("shutting down");
         let _ = stop.send(true);
     });
     backstop_listener::serve(listeners, context, shutdown).await;
+    match admin.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => error!(error = %e, "admin API"),
+        Err(e) => error!(error = %e, "admin API task"),
+    }
     info!("stopped");
     Ok(())
+}
+
+/// Deletes quarantined messages past their retention: at start, then every hour.
+async fn expire_quarantine(queue: Queue, retention: std::time::Duration) {
+    let mut every_hour = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        every_hour.tick().await;
+        let queue = queue.clone();
+        let now = backstop_types::UnixTime(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        );
+        match tokio::task::spawn_blocking(move || queue.expire_quarantine(now, retention)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => info!(deleted = n, "quarantine retention"),
+            Ok(Err(e)) => error!(error = %e, "quarantine retention"),
+            Err(e) => error!(error = %e, "quarantine retention task"),
+        }
+    }
 }
 
 fn session_config(config: &Config, name: &str, kind: ListenerKind) -> SessionConfig {

@@ -1,0 +1,495 @@
+//! The admin API: the running server answers on a Unix socket (mode 0600), one JSON request
+//! line in, one JSON response line out; `backstop queue ...` and `backstop quarantine ...` are
+//! its clients, printing a table or, with `--json`, the response data.
+//!
+//! The wire types here are the API's own; the queue's types never derive serde.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use backstop_queue::{Entry, QuarantineRecord, Queue};
+use backstop_types::{Envelope, QueueId, RecipientState, UnixTime};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// A request, as the CLI sends it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum Request {
+    QueueList,
+    QueueShow { id: String },
+    QueueFlush { id: Option<String> },
+    QueueHold { id: String },
+    QueueRelease { id: String },
+    QueueDelete { id: String },
+    QuarantineList,
+    QuarantineShow { id: String },
+    QuarantineRelease { id: String },
+    QuarantineDelete { id: String },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Response {
+    ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(default)]
+    data: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct MessageSummary {
+    id: String,
+    arrival: u64,
+    size: usize,
+    sender: String,
+    recipients: Vec<String>,
+    held: bool,
+    /// Recipients still pending.
+    pending: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct MessageDetail {
+    #[serde(flatten)]
+    summary: MessageSummary,
+    client_ip: String,
+    helo: String,
+    listener: String,
+    tls: Option<String>,
+    authenticated: Option<String>,
+    trust: String,
+    recipient_states: Vec<RecipientDetail>,
+    headers: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RecipientDetail {
+    address: String,
+    state: String,
+    attempts: u32,
+    next_attempt: Option<u64>,
+    remote_host: Option<String>,
+    last_reply: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct QuarantineSummary {
+    id: String,
+    quarantined: u64,
+    reason: String,
+    sender: String,
+    recipients: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct QuarantineDetail {
+    #[serde(flatten)]
+    summary: QuarantineSummary,
+    size: usize,
+    client_ip: String,
+    helo: String,
+    headers: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Count {
+    count: usize,
+}
+
+// --- Server -------------------------------------------------------------------------------
+
+/// Serves the admin API on `path` until `shutdown` turns true.
+pub async fn serve(
+    path: PathBuf,
+    queue: Queue,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    // A socket left by a previous run that was killed is stale: nobody listens on it.
+    if path.exists() && UnixStream::connect(&path).await.is_err() {
+        std::fs::remove_file(&path)
+            .with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(&path).with_context(|| format!("admin socket {}", path.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    println!("backstop: admin socket {}", path.display());
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, queue).await {
+                warn!(error = %e, "admin connection failed");
+            }
+        });
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+async fn connection(stream: UnixStream, queue: Queue) -> anyhow::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(read).read_line(&mut line).await?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(request) => {
+            info!(?request, "admin request");
+            // The queue calls block on RocksDB: keep them off the async workers.
+            tokio::task::spawn_blocking(move || handle(&queue, request)).await?
+        }
+        Err(e) => Response {
+            ok: false,
+            error: Some(format!("bad request: {e}")),
+            data: serde_json::Value::Null,
+        },
+    };
+    let mut out = serde_json::to_vec(&response)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    Ok(())
+}
+
+fn handle(queue: &Queue, request: Request) -> Response {
+    match answer(queue, request) {
+        Ok(data) => Response {
+            ok: true,
+            error: None,
+            data,
+        },
+        Err(e) => Response {
+            ok: false,
+            error: Some(format!("{e:#}")),
+            data: serde_json::Value::Null,
+        },
+    }
+}
+
+fn answer(queue: &Queue, request: Request) -> anyhow::Result<serde_json::Value> {
+    let now = now();
+    let value = match request {
+        Request::QueueList => {
+            let mut list = Vec::new();
+            for (id, entry) in queue.list()? {
+                let size = queue.message(id)?.map_or(0, |m| m.body.len());
+                list.push(summary(id, &entry, size));
+            }
+            serde_json::to_value(list)?
+        }
+        Request::QueueShow { id } => {
+            let id = parse_id(&id)?;
+            let Some(m) = queue.message(id)? else {
+                bail!("{id}: not in the queue");
+            };
+            serde_json::to_value(detail(id, &m.entry, &m.body))?
+        }
+        Request::QueueFlush { id } => {
+            let id = id.as_deref().map(parse_id).transpose()?;
+            let count = queue.flush(id, now)?;
+            if let (Some(id), 0) = (id, count) {
+                bail!("{id}: not in the queue, or held");
+            }
+            serde_json::to_value(Count { count })?
+        }
+        Request::QueueHold { id } => done(queue.hold(parse_id(&id)?)?, &id, "in the queue")?,
+        Request::QueueRelease { id } => {
+            done(queue.release(parse_id(&id)?, now)?, &id, "in the queue")?
+        }
+        Request::QueueDelete { id } => done(queue.delete(parse_id(&id)?)?, &id, "in the queue")?,
+        Request::QuarantineList => {
+            let list: Vec<QuarantineSummary> = queue
+                .quarantine_list()?
+                .iter()
+                .map(|(id, r)| quarantine_summary(*id, r))
+                .collect();
+            serde_json::to_value(list)?
+        }
+        Request::QuarantineShow { id } => {
+            let id = parse_id(&id)?;
+            let Some((record, body)) = queue.quarantine_show(id)? else {
+                bail!("{id}: not in quarantine");
+            };
+            serde_json::to_value(QuarantineDetail {
+                summary: quarantine_summary(id, &record),
+                size: body.len(),
+                client_ip: record.envelope.client.ip.to_string(),
+                helo: record.envelope.client.helo.clone(),
+                headers: headers(&body),
+            })?
+        }
+        Request::QuarantineRelease { id } => done(
+            queue.quarantine_release(parse_id(&id)?, now)?,
+            &id,
+            "in quarantine",
+        )?,
+        Request::QuarantineDelete { id } => done(
+            queue.quarantine_delete(parse_id(&id)?)?,
+            &id,
+            "in quarantine",
+        )?,
+    };
+    Ok(value)
+}
+
+fn done(found: bool, id: &str, place: &str) -> anyhow::Result<serde_json::Value> {
+    if !found {
+        bail!("{id}: not {place}");
+    }
+    Ok(serde_json::to_value(Count { count: 1 })?)
+}
+
+fn parse_id(id: &str) -> anyhow::Result<QueueId> {
+    id.parse::<QueueId>().map_err(anyhow::Error::from)
+}
+
+fn summary(id: QueueId, entry: &Entry, size: usize) -> MessageSummary {
+    MessageSummary {
+        id: id.to_string(),
+        arrival: entry.envelope.arrival.0,
+        size,
+        sender: entry.envelope.sender.to_string(),
+        recipients: recipients(&entry.envelope),
+        held: entry.held,
+        pending: entry.states.iter().filter(|s| s.is_pending()).count(),
+    }
+}
+
+fn detail(id: QueueId, entry: &Entry, body: &[u8]) -> MessageDetail {
+    let e = &entry.envelope;
+    let recipient_states = e
+        .recipients
+        .iter()
+        .zip(&entry.states)
+        .map(|(r, state)| {
+            let (name, attempts, next, last) = match state {
+                RecipientState::Pending {
+                    attempts,
+                    next_attempt,
+                    last,
+                } => ("pending", *attempts, Some(next_attempt.0), last.as_ref()),
+                RecipientState::Delivered { last, .. } => ("delivered", 0, None, Some(last)),
+                RecipientState::Failed { last, .. } => ("failed", 0, None, Some(last)),
+            };
+            RecipientDetail {
+                address: r.address.to_string(),
+                state: name.to_owned(),
+                attempts,
+                next_attempt: next,
+                remote_host: last.and_then(|a| a.remote_host.clone()),
+                last_reply: last.map(|a| match a.reply.status {
+                    Some(s) => format!("{} {s} {}", a.reply.code, a.reply.text),
+                    None => format!("{} {}", a.reply.code, a.reply.text),
+                }),
+            }
+        })
+        .collect();
+    MessageDetail {
+        summary: summary(id, entry, body.len()),
+        client_ip: e.client.ip.to_string(),
+        helo: e.client.helo.clone(),
+        listener: e.client.listener.clone(),
+        tls: e
+            .client
+            .tls
+            .as_ref()
+            .map(|t| format!("{} {}", t.version, t.cipher)),
+        authenticated: e.client.auth.as_ref().map(|a| a.user.clone()),
+        trust: match &e.trust {
+            backstop_types::TrustClass::Authenticated { user } => format!("authenticated ({user})"),
+            backstop_types::TrustClass::LocalNetwork => "local network".to_owned(),
+            backstop_types::TrustClass::Unverified => "unverified".to_owned(),
+        },
+        recipient_states,
+        headers: headers(body),
+    }
+}
+
+fn quarantine_summary(id: QueueId, r: &QuarantineRecord) -> QuarantineSummary {
+    QuarantineSummary {
+        id: id.to_string(),
+        quarantined: r.at.0,
+        reason: r.reason.clone(),
+        sender: r.envelope.sender.to_string(),
+        recipients: recipients(&r.envelope),
+    }
+}
+
+fn recipients(e: &Envelope) -> Vec<String> {
+    e.recipients.iter().map(|r| r.address.to_string()).collect()
+}
+
+/// The header section of a message (up to the first empty line), as text.
+fn headers(body: &[u8]) -> String {
+    let end = body
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(body.len(), |p| p + 2);
+    String::from_utf8_lossy(&body[..end]).into_owned()
+}
+
+fn now() -> UnixTime {
+    UnixTime(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
+}
+
+// --- Client -------------------------------------------------------------------------------
+
+/// Sends one request to the server at `socket` and prints the answer, as a table or as JSON.
+pub fn run(socket: &Path, request: Request, json: bool) -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
+        format!("cannot reach the server's admin socket {} (is backstop serve running with this config?)", socket.display())
+    })?;
+    let mut line = serde_json::to_vec(&request)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut answer = String::new();
+    std::io::BufReader::new(stream).read_line(&mut answer)?;
+    let response: Response = serde_json::from_str(&answer).context("the server's answer")?;
+    if !response.ok {
+        bail!("{}", response.error.unwrap_or_else(|| "failed".into()));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&response.data)?);
+        return Ok(());
+    }
+    print!("{}", render(&request, response.data)?);
+    Ok(())
+}
+
+/// The human form of an answer.
+fn render(request: &Request, data: serde_json::Value) -> anyhow::Result<String> {
+    let mut out = String::new();
+    match request {
+        Request::QueueList => {
+            let list: Vec<MessageSummary> = serde_json::from_value(data)?;
+            if list.is_empty() {
+                return Ok("Mail queue is empty\n".into());
+            }
+            out.push_str(&format!(
+                "{:<16}  {:>9}  {:<31}  {:<8}  {}\n",
+                "ID", "SIZE", "ARRIVAL", "STATE", "SENDER -> RECIPIENTS"
+            ));
+            for m in &list {
+                let state = if m.held { "held" } else { "queued" };
+                out.push_str(&format!(
+                    "{:<16}  {:>9}  {:<31}  {:<8}  {} -> {}\n",
+                    m.id,
+                    m.size,
+                    UnixTime(m.arrival).to_rfc5322(),
+                    state,
+                    m.sender,
+                    m.recipients.join(", ")
+                ));
+            }
+            out.push_str(&format!("-- {} message(s)\n", list.len()));
+        }
+        Request::QueueShow { .. } => {
+            let d: MessageDetail = serde_json::from_value(data)?;
+            let s = &d.summary;
+            out.push_str(&format!("id:            {}\n", s.id));
+            out.push_str(&format!(
+                "arrival:       {}\n",
+                UnixTime(s.arrival).to_rfc5322()
+            ));
+            out.push_str(&format!("size:          {}\n", s.size));
+            out.push_str(&format!(
+                "held:          {}\n",
+                if s.held { "yes" } else { "no" }
+            ));
+            out.push_str(&format!("sender:        {}\n", s.sender));
+            out.push_str(&format!(
+                "client:        {} ({}) on {}\n",
+                d.client_ip, d.helo, d.listener
+            ));
+            out.push_str(&format!(
+                "tls:           {}\n",
+                d.tls.as_deref().unwrap_or("none")
+            ));
+            out.push_str(&format!("trust:         {}\n", d.trust));
+            for r in &d.recipient_states {
+                out.push_str(&format!("recipient:     {}  {}", r.address, r.state));
+                if r.state == "pending" {
+                    out.push_str(&format!(", {} attempt(s)", r.attempts));
+                    if let Some(next) = r.next_attempt {
+                        out.push_str(&format!(", next {}", UnixTime(next).to_rfc5322()));
+                    }
+                }
+                out.push('\n');
+                if let Some(reply) = &r.last_reply {
+                    let host = r.remote_host.as_deref().unwrap_or("-");
+                    out.push_str(&format!("  last reply:  {host}: {reply}\n"));
+                }
+            }
+            out.push_str("\n");
+            out.push_str(&d.headers.replace("\r\n", "\n"));
+        }
+        Request::QuarantineList => {
+            let list: Vec<QuarantineSummary> = serde_json::from_value(data)?;
+            if list.is_empty() {
+                return Ok("Quarantine is empty\n".into());
+            }
+            out.push_str(&format!(
+                "{:<16}  {:<31}  {:<40}  {}\n",
+                "ID", "QUARANTINED", "REASON", "SENDER -> RECIPIENTS"
+            ));
+            for q in &list {
+                out.push_str(&format!(
+                    "{:<16}  {:<31}  {:<40}  {} -> {}\n",
+                    q.id,
+                    UnixTime(q.quarantined).to_rfc5322(),
+                    q.reason,
+                    q.sender,
+                    q.recipients.join(", ")
+                ));
+            }
+            out.push_str(&format!("-- {} message(s)\n", list.len()));
+        }
+        Request::QuarantineShow { .. } => {
+            let d: QuarantineDetail = serde_json::from_value(data)?;
+            let s = &d.summary;
+            out.push_str(&format!("id:            {}\n", s.id));
+            out.push_str(&format!(
+                "quarantined:   {}\n",
+                UnixTime(s.quarantined).to_rfc5322()
+            ));
+            out.push_str(&format!("reason:        {}\n", s.reason));
+            out.push_str(&format!("size:          {}\n", d.size));
+            out.push_str(&format!("sender:        {}\n", s.sender));
+            out.push_str(&format!("recipients:    {}\n", s.recipients.join(", ")));
+            out.push_str(&format!("client:        {} ({})\n", d.client_ip, d.helo));
+            out.push_str("\n");
+            out.push_str(&d.headers.replace("\r\n", "\n"));
+        }
+        Request::QueueFlush { .. } => {
+            let c: Count = serde_json::from_value(data)?;
+            out.push_str(&format!("flushed {} message(s)\n", c.count));
+        }
+        Request::QueueHold { id } => out.push_str(&format!("{id}: held\n")),
+        Request::QueueRelease { id } => out.push_str(&format!("{id}: released\n")),
+        Request::QueueDelete { id } => out.push_str(&format!("{id}: deleted\n")),
+        Request::QuarantineRelease { id } => {
+            out.push_str(&format!("{id}: released from quarantine into the queue\n"))
+        }
+        Request::QuarantineDelete { id } => out.push_str(&format!("{id}: deleted\n")),
+    }
+    Ok(out)
+}

@@ -1,0 +1,170 @@
+//! The admin commands (`backstop queue ...`, `backstop quarantine ...`) against a running server.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use backstop_queue::Queue;
+use backstop_types::{QueueId, UnixTime};
+
+use crate::harness::{config, queue_id_in, RawClient, Server, BIN};
+
+fn cli(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(dir.join("backstop.toml"))
+        .output()
+        .unwrap()
+}
+
+/// Runs a command that must succeed; returns its standard output.
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let out = cli(dir, args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "backstop {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Runs a command that must fail; returns its standard error.
+fn fails(dir: &Path, args: &[&str]) -> String {
+    let out = cli(dir, args);
+    assert!(!out.status.success(), "backstop {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn send(server: &Server, subject: &str) -> QueueId {
+    let mut c = RawClient::connect(server.mx);
+    c.reply();
+    c.command("EHLO client.example");
+    c.command("MAIL FROM:<sender@example.org>");
+    c.command("RCPT TO:<user@example.test>");
+    c.command("RCPT TO:<other@example.test>");
+    c.command("DATA");
+    c.send(format!("Subject: {subject}\r\n\r\nbody\r\n.\r\n").as_bytes());
+    let reply = c.reply();
+    c.command("QUIT");
+    queue_id_in(&reply)
+}
+
+#[test]
+fn queue_verbs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::start(d, &config(d, ""));
+    assert_eq!(ok(d, &["queue", "list"]), "Mail queue is empty\n");
+    let first = send(&server, "first").to_string();
+    let second = send(&server, "second").to_string();
+
+    let list = ok(d, &["queue", "list"]);
+    assert!(list.starts_with("ID "), "{list}");
+    assert!(list.contains(&first) && list.contains(&second), "{list}");
+    assert!(
+        list.contains("queued    <sender@example.org> -> user@example.test, other@example.test"),
+        "{list}"
+    );
+    assert!(list.ends_with("-- 2 message(s)\n"), "{list}");
+    let json = ok(d, &["queue", "list", "--json"]);
+    assert!(json.contains(&format!("\"id\": \"{first}\"")), "{json}");
+    assert!(json.contains("\"pending\": 2"), "{json}");
+
+    let show = ok(d, &["queue", "show", &first]);
+    assert!(
+        show.contains(&format!("id:            {first}\n")),
+        "{show}"
+    );
+    assert!(
+        show.contains("sender:        <sender@example.org>\n"),
+        "{show}"
+    );
+    assert!(
+        show.contains("recipient:     user@example.test  pending, 0 attempt(s), next "),
+        "{show}"
+    );
+    assert!(show.contains("trust:         unverified\n"), "{show}");
+    assert!(show.contains("Subject: first\n"), "{show}");
+
+    assert_eq!(
+        ok(d, &["queue", "hold", &first]),
+        format!("{first}: held\n")
+    );
+    assert!(ok(d, &["queue", "list"]).contains(&format!("{first}  ")));
+    let list = ok(d, &["queue", "list", "--json"]);
+    assert!(list.contains("\"held\": true"), "{list}");
+    // Flush leaves the held message alone.
+    assert_eq!(ok(d, &["queue", "flush"]), "flushed 1 message(s)\n");
+    assert!(fails(d, &["queue", "flush", &first]).contains("not in the queue, or held"));
+    assert_eq!(
+        ok(d, &["queue", "release", &first]),
+        format!("{first}: released\n")
+    );
+    assert_eq!(ok(d, &["queue", "flush", &first]), "flushed 1 message(s)\n");
+
+    assert_eq!(
+        ok(d, &["queue", "delete", &second]),
+        format!("{second}: deleted\n")
+    );
+    let list = ok(d, &["queue", "list"]);
+    assert!(
+        !list.contains(&second) && list.ends_with("-- 1 message(s)\n"),
+        "{list}"
+    );
+    assert!(
+        fails(d, &["queue", "delete", &second]).contains(&format!("{second}: not in the queue"))
+    );
+    assert!(fails(d, &["queue", "show", "nonsense"]).contains("a queue id is 16 hex digits"));
+    server.stop();
+
+    // Without a running server the commands say what is wrong.
+    assert!(fails(d, &["queue", "list"]).contains("cannot reach the server's admin socket"));
+}
+
+#[test]
+fn quarantine_verbs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::start(d, &config(d, ""));
+    let keep = send(&server, "to release");
+    let drop_it = send(&server, "to delete");
+    server.stop();
+    // Nothing in backstop quarantines yet (the content filter and the bounce gate will): put
+    // two messages there through the queue itself while the server is down.
+    {
+        let queue = Queue::open(&d.join("var/queue")).unwrap();
+        for id in [keep, drop_it] {
+            assert!(queue
+                .quarantine(id, "test: suspicious attachment", UnixTime(1_800_000_000))
+                .unwrap());
+        }
+    }
+    let server = Server::restart(d);
+    let (keep, drop_it) = (keep.to_string(), drop_it.to_string());
+    assert_eq!(ok(d, &["queue", "list"]), "Mail queue is empty\n");
+    let list = ok(d, &["quarantine", "list"]);
+    assert!(list.contains(&keep) && list.contains(&drop_it), "{list}");
+    assert!(list.contains("test: suspicious attachment"), "{list}");
+    let show = ok(d, &["quarantine", "show", &keep]);
+    assert!(
+        show.contains("reason:        test: suspicious attachment\n"),
+        "{show}"
+    );
+    assert!(show.contains("Subject: to release\n"), "{show}");
+    assert!(ok(d, &["quarantine", "list", "--json"])
+        .contains("\"reason\": \"test: suspicious attachment\""));
+
+    assert_eq!(
+        ok(d, &["quarantine", "release", &keep]),
+        format!("{keep}: released from quarantine into the queue\n")
+    );
+    assert!(ok(d, &["queue", "list"]).contains(&keep));
+    assert_eq!(
+        ok(d, &["quarantine", "delete", &drop_it]),
+        format!("{drop_it}: deleted\n")
+    );
+    assert_eq!(ok(d, &["quarantine", "list"]), "Quarantine is empty\n");
+    assert!(fails(d, &["quarantine", "show", &drop_it]).contains("not in quarantine"));
+    server.stop();
+}
