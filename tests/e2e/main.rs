@@ -9,6 +9,7 @@ mod harness;
 
 mod admin;
 mod cli;
+mod crash;
 mod disk_full;
 mod limits;
 mod postfix;
