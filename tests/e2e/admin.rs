@@ -168,3 +168,68 @@ fn quarantine_verbs() {
     assert!(fails(d, &["quarantine", "show", &drop_it]).contains("not in quarantine"));
     server.stop();
 }
+
+#[test]
+fn admin_api_over_loopback_http_needs_the_token() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let token = "0123456789abcdef-test-token";
+    std::fs::write(d.join("admin.token"), format!("{token}\n")).unwrap();
+    // A free loopback port for the admin API (the CLI must know it, so not port 0).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let extra = format!(
+        "\n[admin]\nhttp = \"127.0.0.1:{port}\"\ntoken_file = \"{}\"\n",
+        d.join("admin.token").display()
+    );
+    let server = Server::start(d, &(config(d, "") + &extra));
+    let id = send(&server, "over http").to_string();
+    assert!(ok(d, &["queue", "list"]).contains(&id));
+    assert_eq!(ok(d, &["queue", "hold", &id]), format!("{id}: held\n"));
+    assert!(
+        !d.join("var/admin.sock").exists(),
+        "HTTP replaces the socket"
+    );
+
+    let raw = |request: String| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let body = r#"{"command":"queue-delete","id":"ID"}"#.replace("ID", &id);
+    let without = raw(format!(
+        "POST /v1 HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    assert!(
+        without.starts_with("HTTP/1.1 401 Unauthorized\r\n"),
+        "{without}"
+    );
+    let wrong = raw(format!(
+        "POST /v1 HTTP/1.1\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\n\r\n{body}",
+        "x".repeat(token.len()),
+        body.len()
+    ));
+    assert!(wrong.starts_with("HTTP/1.1 401 "), "{wrong}");
+    let path = raw("GET / HTTP/1.1\r\n\r\n".into());
+    assert!(path.starts_with("HTTP/1.1 404 "), "{path}");
+    // The refused requests changed nothing.
+    assert!(ok(d, &["queue", "list"]).contains(&id));
+    let right = raw(format!(
+        "POST /v1 HTTP/1.1\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    assert!(right.starts_with("HTTP/1.1 200 OK\r\n"), "{right}");
+    assert!(
+        right.ends_with(r#"{"ok":true,"data":{"count":1}}"#),
+        "{right}"
+    );
+    assert_eq!(ok(d, &["queue", "list"]), "Mail queue is empty\n");
+    server.stop();
+}

@@ -1,6 +1,7 @@
 //! The admin API: the running server answers on a Unix socket (mode 0600), one JSON request
-//! line in, one JSON response line out; `backstop queue ...` and `backstop quarantine ...` are
-//! its clients, printing a table or, with `--json`, the response data.
+//! line in, one JSON response line out; or, when configured, on loopback HTTP (`POST /v1`, the
+//! same JSON as body, `Authorization: Bearer <token>`). `backstop queue ...` and
+//! `backstop quarantine ...` are its clients, printing a table or, with `--json`, the data.
 //!
 //! The wire types here are the API's own; the queue's types never derive serde.
 
@@ -11,8 +12,10 @@ use anyhow::{bail, Context as _};
 use backstop_queue::{Entry, QuarantineRecord, Queue};
 use backstop_types::{Envelope, QueueId, RecipientState, UnixTime};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+use crate::config::AdminEndpoint;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -103,8 +106,135 @@ struct Count {
 
 // --- Server -------------------------------------------------------------------------------
 
-/// Serves the admin API on `path` until `shutdown` turns true.
+/// Serves the admin API until `shutdown` turns true.
 pub async fn serve(
+    endpoint: AdminEndpoint,
+    queue: Queue,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    match endpoint {
+        AdminEndpoint::Unix(path) => serve_unix(path, queue, shutdown).await,
+        AdminEndpoint::Http { address, token } => serve_http(address, token, queue, shutdown).await,
+    }
+}
+
+async fn serve_http(
+    address: std::net::SocketAddr,
+    token: String,
+    queue: Queue,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("admin API on {address}"))?;
+    println!("backstop: admin API on http://{}", listener.local_addr()?);
+    let token = std::sync::Arc::new(token);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    warn!(error = %e, "admin accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let (queue, token) = (queue.clone(), std::sync::Arc::clone(&token));
+        tokio::spawn(async move {
+            let exchange = http_exchange(stream, &token, queue);
+            match tokio::time::timeout(std::time::Duration::from_secs(30), exchange).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "admin HTTP request failed"),
+                Err(_) => warn!("admin HTTP request timed out"),
+            }
+        });
+    }
+}
+
+/// One HTTP/1.1 request and its response; the connection is closed after it.
+async fn http_exchange(stream: TcpStream, token: &str, queue: Queue) -> anyhow::Result<()> {
+    const MAX_BODY: usize = 1 << 20;
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read.take(MAX_BODY as u64 + 64 * 1024));
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).await?;
+    let mut length = 0usize;
+    let mut authorized = false;
+    for _ in 0..100 {
+        let mut header = String::new();
+        if reader.read_line(&mut header).await? == 0 || header.trim().is_empty() {
+            break;
+        }
+        let Some((name, value)) = header.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.parse().unwrap_or(usize::MAX);
+        } else if name.eq_ignore_ascii_case("authorization") {
+            authorized = value
+                .strip_prefix("Bearer ")
+                .is_some_and(|given| same_secret(given.trim(), token));
+        }
+    }
+    let (status, body) = if !request_line.starts_with("POST /v1 ") {
+        ("404 Not Found", error_json("use POST /v1"))
+    } else if !authorized {
+        warn!("admin HTTP request without the right token");
+        (
+            "401 Unauthorized",
+            error_json("a valid bearer token is required"),
+        )
+    } else if length > MAX_BODY {
+        ("413 Content Too Large", error_json("request too large"))
+    } else {
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).await?;
+        let response = match serde_json::from_slice::<Request>(&body) {
+            Ok(request) => {
+                info!(?request, "admin request");
+                tokio::task::spawn_blocking(move || handle(&queue, request)).await?
+            }
+            Err(e) => Response {
+                ok: false,
+                error: Some(format!("bad request: {e}")),
+                data: serde_json::Value::Null,
+            },
+        };
+        ("200 OK", serde_json::to_vec(&response)?)
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    write.write_all(head.as_bytes()).await?;
+    write.write_all(&body).await?;
+    write.shutdown().await?;
+    Ok(())
+}
+
+fn error_json(message: &str) -> Vec<u8> {
+    let response = Response {
+        ok: false,
+        error: Some(message.to_owned()),
+        data: serde_json::Value::Null,
+    };
+    serde_json::to_vec(&response).unwrap_or_default()
+}
+
+/// Compares without stopping at the first difference, so timing does not tell how much of a
+/// guess was right.
+fn same_secret(given: &str, token: &str) -> bool {
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn serve_unix(
     path: PathBuf,
     queue: Queue,
     mut shutdown: watch::Receiver<bool>,
@@ -352,17 +482,12 @@ fn now() -> UnixTime {
 
 // --- Client -------------------------------------------------------------------------------
 
-/// Sends one request to the server at `socket` and prints the answer, as a table or as JSON.
-pub fn run(socket: &Path, request: Request, json: bool) -> anyhow::Result<()> {
-    use std::io::{BufRead, Write};
-    let mut stream = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
-        format!("cannot reach the server's admin socket {} (is backstop serve running with this config?)", socket.display())
-    })?;
-    let mut line = serde_json::to_vec(&request)?;
-    line.push(b'\n');
-    stream.write_all(&line)?;
-    let mut answer = String::new();
-    std::io::BufReader::new(stream).read_line(&mut answer)?;
+/// Sends one request to the server and prints the answer, as a table or as JSON.
+pub fn run(endpoint: &AdminEndpoint, request: Request, json: bool) -> anyhow::Result<()> {
+    let answer = match endpoint {
+        AdminEndpoint::Unix(socket) => ask_unix(socket, &request)?,
+        AdminEndpoint::Http { address, token } => ask_http(*address, token, &request)?,
+    };
     let response: Response = serde_json::from_str(&answer).context("the server's answer")?;
     if !response.ok {
         bail!("{}", response.error.unwrap_or_else(|| "failed".into()));
@@ -373,6 +498,54 @@ pub fn run(socket: &Path, request: Request, json: bool) -> anyhow::Result<()> {
     }
     print!("{}", render(&request, response.data)?);
     Ok(())
+}
+
+fn ask_unix(socket: &Path, request: &Request) -> anyhow::Result<String> {
+    use std::io::{BufRead, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
+        format!(
+            "cannot reach the server's admin socket {} (is backstop serve running with this config?)",
+            socket.display()
+        )
+    })?;
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut answer = String::new();
+    std::io::BufReader::new(stream).read_line(&mut answer)?;
+    Ok(answer)
+}
+
+fn ask_http(
+    address: std::net::SocketAddr,
+    token: &str,
+    request: &Request,
+) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).with_context(|| {
+        format!("cannot reach the server's admin API on {address} (is backstop serve running with this config?)")
+    })?;
+    let body = serde_json::to_vec(request)?;
+    let head = format!(
+        "POST /v1 HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(&body)?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let Some((head, body)) = answer.split_once("\r\n\r\n") else {
+        bail!("the admin API sent no HTTP response");
+    };
+    let status = head.lines().next().unwrap_or_default();
+    if !status.starts_with("HTTP/1.1 200") {
+        let reason = serde_json::from_str::<Response>(body)
+            .ok()
+            .and_then(|r| r.error)
+            .unwrap_or_default();
+        bail!("admin API: {status}: {reason}");
+    }
+    Ok(body.to_owned())
 }
 
 /// The human form of an answer.

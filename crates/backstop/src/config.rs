@@ -54,9 +54,17 @@ pub struct Config {
     pub auth: Auth,
     pub listeners: Vec<ListenerConfig>,
     pub queue: QueueConfig,
-    /// The admin API's Unix socket (relative paths are under `data_dir`).
-    pub admin_socket: PathBuf,
+    pub admin: AdminEndpoint,
     pub log: Log,
+}
+
+/// Where the admin API listens.
+#[derive(Debug, Clone)]
+pub enum AdminEndpoint {
+    /// A Unix socket only its owner may use (the default: `data_dir/admin.sock`).
+    Unix(PathBuf),
+    /// HTTP on a loopback address; every request must carry `Authorization: Bearer <token>`.
+    Http { address: SocketAddr, token: String },
 }
 
 /// Retries and delay notices are read by the delivery agent and the DSN generator, which are
@@ -194,12 +202,16 @@ impl Default for RawQueue {
 #[serde(deny_unknown_fields, default)]
 struct RawAdmin {
     socket: PathBuf,
+    http: Option<Spanned<String>>,
+    token_file: Option<Spanned<PathBuf>>,
 }
 
 impl Default for RawAdmin {
     fn default() -> RawAdmin {
         RawAdmin {
             socket: PathBuf::from("admin.sock"),
+            http: None,
+            token_file: None,
         }
     }
 }
@@ -534,13 +546,50 @@ impl Config {
             delay_warnings: q.delay_warnings.iter().map(|d| d.0).collect(),
             quarantine_retention: q.quarantine_retention.0,
         };
-        let admin_socket = raw.data_dir.join(&raw.admin.socket);
+        let admin = match (raw.admin.http, raw.admin.token_file) {
+            (None, None) => AdminEndpoint::Unix(raw.data_dir.join(&raw.admin.socket)),
+            (None, Some(t)) => return Err(at(t.span(), "token_file goes with http".into())),
+            (Some(h), None) => {
+                return Err(at(
+                    h.span(),
+                    "http needs a token_file (the bearer token)".into(),
+                ));
+            }
+            (Some(h), Some(t)) => {
+                let address: SocketAddr = h.get_ref().parse().map_err(|_| {
+                    at(
+                        h.span(),
+                        format!("{:?} is not an address like 127.0.0.1:8025", h.get_ref()),
+                    )
+                })?;
+                if !address.ip().is_loopback() {
+                    return Err(at(
+                        h.span(),
+                        format!("{address}: the admin API listens on loopback only"),
+                    ));
+                }
+                let token = std::fs::read_to_string(t.get_ref())
+                    .map_err(|e| at(t.span(), format!("{}: {e}", t.get_ref().display())))?
+                    .trim()
+                    .to_owned();
+                if token.len() < 16 {
+                    return Err(at(
+                        t.span(),
+                        format!(
+                            "{}: the token must be at least 16 characters",
+                            t.get_ref().display()
+                        ),
+                    ));
+                }
+                AdminEndpoint::Http { address, token }
+            }
+        };
 
         Ok(Config {
             hostname,
             data_dir: raw.data_dir,
             queue,
-            admin_socket,
+            admin,
             smtp: Smtp {
                 local_domains,
                 local_networks,

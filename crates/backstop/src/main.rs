@@ -114,7 +114,7 @@ fn admin(target: &AdminTarget, request: admin::Request) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match admin::run(&config.admin_socket, request, target.json) {
+    match admin::run(&config.admin, request, target.json) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("backstop: {e:#}");

@@ -138,7 +138,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let (stop, shutdown) = watch::channel(false);
     let admin = tokio::spawn(crate::admin::serve(
-        config.admin_socket.clone(),
+        config.admin.clone(),
         queue.clone(),
         shutdown.clone(),
     ));

@@ -109,6 +109,35 @@ fn errors_name_file_line_and_key() {
 }
 
 #[test]
+fn the_admin_api_is_a_socket_or_loopback_http_with_a_token() {
+    let c = Config::parse(MINIMAL, "test.toml").unwrap();
+    assert!(matches!(&c.admin, AdminEndpoint::Unix(p) if p == Path::new("var/admin.sock")));
+    assert_eq!(
+        error(&format!("{MINIMAL}[admin]\nhttp = \"127.0.0.1:8025\"\n")),
+        "test.toml:6: admin.http: http needs a token_file (the bearer token)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "short").unwrap();
+    let with = |addr: &str| {
+        format!(
+            "{MINIMAL}[admin]\nhttp = \"{addr}\"\ntoken_file = \"{}\"\n",
+            token.display()
+        )
+    };
+    assert_eq!(
+        error(&with("192.0.2.1:8025")),
+        "test.toml:6: admin.http: 192.0.2.1:8025: the admin API listens on loopback only"
+    );
+    assert!(error(&with("127.0.0.1:8025")).ends_with("the token must be at least 16 characters"));
+    std::fs::write(&token, "a-long-enough-secret-token\n").unwrap();
+    let c = Config::parse(&with("[::1]:8025"), "test.toml").unwrap();
+    assert!(
+        matches!(&c.admin, AdminEndpoint::Http { token, .. } if token == "a-long-enough-secret-token")
+    );
+}
+
+#[test]
 fn sizes_and_durations() {
     assert_eq!(parse_size("10M"), Ok(10 << 20));
     assert_eq!(parse_size("512k"), Ok(512 << 10));
