@@ -14,5 +14,6 @@ mod disk_full;
 mod limits;
 mod postfix;
 mod receive;
+mod relay;
 mod smuggling;
 mod submission;

@@ -529,6 +529,11 @@ impl ServerSession {
         if !trusted && !is_postmaster && !self.config.local_domains.contains(address.domain()) {
             return self.error(Reply::relay_denied());
         }
+        // `user%foreign@local`, `foreign!user@local` and `"user@foreign"@local` ask a relay to
+        // route onward (the percent hack, bang paths). Never on behalf of untrusted clients.
+        if !trusted && address.local_part().contains(['%', '!', '@']) {
+            return self.error(Reply::relay_denied());
+        }
         let notify = if to.flags & smtp_proto::RCPT_NOTIFY_NEVER != 0 {
             Notify::Never
         } else if to.flags

@@ -342,6 +342,54 @@ fn relaying_is_refused_without_auth_but_postmaster_is_accepted() {
 }
 
 #[test]
+fn address_tricks_do_not_relay() {
+    check(
+        SessionConfig {
+            max_errors: 20,
+            ..config()
+        },
+        &[
+            b"EHLO client.test\r\n",
+            b"MAIL FROM:<a@example.org>\r\n",
+            b"RCPT TO:<victim%elsewhere.example@local.test>\r\n",
+            b"RCPT TO:<elsewhere.example!victim@local.test>\r\n",
+            b"RCPT TO:<\"victim@elsewhere.example\"@local.test>\r\n",
+            b"RCPT TO:<@local.test:victim@elsewhere.example>\r\n",
+            b"RCPT TO:<victim@elsewhere.example@local.test>\r\n",
+            b"RCPT TO:<bob@local.test>\r\n",
+        ],
+        expect![[r#"
+            S: 220 mx.test ESMTP backstop
+            C: EHLO client.test\r\n
+            S: 250-mx.test Hello client.test
+            S: 250-PIPELINING
+            S: 250-SIZE 1000
+            S: 250-8BITMIME
+            S: 250-SMTPUTF8
+            S: 250-ENHANCEDSTATUSCODES
+            S: 250-CHUNKING
+            S: 250-DSN
+            S: 250-STARTTLS
+            S: 250 HELP
+            C: MAIL FROM:<a@example.org>\r\n
+            S: 250 2.1.0 Sender ok
+            C: RCPT TO:<victim%elsewhere.example@local.test>\r\n
+            S: 554 5.7.1 Relay access denied
+            C: RCPT TO:<elsewhere.example!victim@local.test>\r\n
+            S: 554 5.7.1 Relay access denied
+            C: RCPT TO:<"victim@elsewhere.example"@local.test>\r\n
+            S: 554 5.7.1 Relay access denied
+            C: RCPT TO:<@local.test:victim@elsewhere.example>\r\n
+            S: 554 5.7.1 Relay access denied
+            C: RCPT TO:<victim@elsewhere.example@local.test>\r\n
+            S: 501 5.1.3 Bad recipient address syntax
+            C: RCPT TO:<bob@local.test>\r\n
+            S: 250 2.1.5 Recipient ok
+        "#]],
+    );
+}
+
+#[test]
 fn size_limits_at_mail_and_after_data() {
     check(
         config(),
