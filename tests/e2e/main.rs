@@ -14,6 +14,7 @@ mod disk_full;
 mod limits;
 mod postfix;
 mod receive;
+mod recipients;
 mod relay;
 mod smuggling;
 mod submission;

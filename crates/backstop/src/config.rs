@@ -54,6 +54,8 @@ pub struct Config {
     pub auth: Auth,
     pub listeners: Vec<ListenerConfig>,
     pub queue: QueueConfig,
+    /// The recipient table, loaded; `None`: every local part of a local domain is accepted.
+    pub recipients: Option<backstop_filter::recipients::TableFile>,
     pub admin: AdminEndpoint,
     pub log: Log,
 }
@@ -169,6 +171,8 @@ struct RawConfig {
     #[serde(default)]
     queue: RawQueue,
     #[serde(default)]
+    recipients: RawRecipients,
+    #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
     log: RawLog,
@@ -196,6 +200,12 @@ impl Default for RawQueue {
             quarantine_retention: Seconds(Duration::from_secs(30 * 86_400)),
         }
     }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRecipients {
+    table: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize)]
@@ -546,6 +556,13 @@ impl Config {
             delay_warnings: q.delay_warnings.iter().map(|d| d.0).collect(),
             quarantine_retention: q.quarantine_retention.0,
         };
+        let recipients = match &raw.recipients.table {
+            None => None,
+            Some(path) => Some(
+                backstop_filter::recipients::TableFile::open(path.get_ref())
+                    .map_err(|e| at(path.span(), e.to_string()))?,
+            ),
+        };
         let admin = match (raw.admin.http, raw.admin.token_file) {
             (None, None) => AdminEndpoint::Unix(raw.data_dir.join(&raw.admin.socket)),
             (None, Some(t)) => return Err(at(t.span(), "token_file goes with http".into())),
@@ -589,6 +606,7 @@ impl Config {
             hostname,
             data_dir: raw.data_dir,
             queue,
+            recipients,
             admin,
             smtp: Smtp {
                 local_domains,

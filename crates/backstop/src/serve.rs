@@ -5,13 +5,16 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use backstop_filter::recipients::{TableFile, Verdict};
 use backstop_listener::tls::CertSource;
 use backstop_listener::{
-    ConnectionLimits, Context, Listener, ListenerMode, MessageSink, UserStore,
+    ConnectionLimits, Context, Listener, ListenerMode, MessageSink, Policy, UserStore,
 };
 use backstop_queue::{Queue, QueueError};
-use backstop_session::{AuthOutcome, AuthPolicy, EnqueueFailure, Message, SessionConfig};
-use backstop_types::QueueId;
+use backstop_session::{
+    AuthOutcome, AuthPolicy, EnqueueFailure, Message, RecipientVerdict, SessionConfig,
+};
+use backstop_types::{Address, QueueId};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -40,6 +43,59 @@ fn init_tracing(level: &str) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     Ok(())
+}
+
+/// Answers the session's in-session checks from the filter.
+struct Filter {
+    recipients: Option<TableFile>,
+}
+
+impl Policy for Filter {
+    fn check_recipient(&self, address: Address) -> impl Future<Output = RecipientVerdict> + Send {
+        let verdict = match &self.recipients {
+            None => RecipientVerdict::Accept(vec![address]),
+            Some(file) => match file.table().check(&address) {
+                Verdict::Accept(targets) => RecipientVerdict::Accept(targets),
+                Verdict::Unknown => RecipientVerdict::Unknown,
+                Verdict::Unavailable(why) => {
+                    warn!(%address, why, "recipient lookup failed");
+                    RecipientVerdict::Unavailable
+                }
+            },
+        };
+        std::future::ready(verdict)
+    }
+}
+
+/// Reloads the recipient table on SIGHUP and whenever the file changes (polled every two
+/// seconds). A table that fails to load is logged; the one in force stays.
+async fn reload_recipients(file: TableFile) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(hup) => Some(hup),
+        Err(e) => {
+            error!(error = %e, "cannot watch SIGHUP; the recipient table reloads on change only");
+            None
+        }
+    };
+    let mut poll = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        let on_signal = async {
+            match &mut hup {
+                Some(hup) => hup.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let result = tokio::select! {
+            _ = on_signal => file.reload().map(|()| true),
+            _ = poll.tick() => file.reload_if_changed(),
+        };
+        match result {
+            Ok(true) => info!(table = %file.path().display(), "recipient table reloaded"),
+            Ok(false) => {}
+            Err(e) => error!(error = %e, "recipient table not reloaded; the previous one stays"),
+        }
+    }
 }
 
 /// Puts accepted messages into the queue.
@@ -146,8 +202,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         queue.clone(),
         config.queue.quarantine_retention,
     ));
+    if let Some(file) = &config.recipients {
+        tokio::spawn(reload_recipients(file.clone()));
+    }
     let context = Arc::new(Context {
         sink: QueueSink { queue },
+        policy: Filter {
+            recipients: config.recipients.clone(),
+        },
         tls: Some(tls.acceptor),
         users: Arc::new(users),
         limits,
@@ -213,6 +275,7 @@ fn session_config(config: &Config, name: &str, kind: ListenerKind) -> SessionCon
         auth,
         require_auth,
         local_domains: config.smtp.local_domains.clone(),
+        verify_recipients: config.recipients.is_some(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The network side of the SMTP server: tokio accept loops, TLS, AUTH and connection limits.
 //! It drives a [`backstop_session::ServerSession`] per connection and knows nothing of storage:
-//! accepted messages go to a [`MessageSink`] that the binary provides.
+//! accepted messages go to a [`MessageSink`], and in-session checks to a [`Policy`], both
+//! provided by the binary.
 //!
 //! Layout:
 //! - [`server`]: [`serve`], the accept loops for already-bound sockets, and the per-connection
@@ -17,8 +18,8 @@ pub mod users;
 
 use std::future::Future;
 
-use backstop_session::{EnqueueFailure, Message};
-use backstop_types::QueueId;
+use backstop_session::{EnqueueFailure, Message, RecipientVerdict};
+use backstop_types::{Address, QueueId};
 
 pub use limits::{ConnectionLimits, IpNetwork};
 pub use server::{serve, Context, Listener, ListenerMode};
@@ -31,4 +32,12 @@ pub trait MessageSink: Send + Sync + 'static {
         &self,
         message: Message,
     ) -> impl Future<Output = Result<QueueId, EnqueueFailure>> + Send;
+}
+
+/// The in-session checks the listener asks for while the client waits. The binary provides
+/// them (from `backstop-filter`); the listener only carries the answers to the session.
+pub trait Policy: Send + Sync + 'static {
+    /// Whether a recipient in a local domain exists. A source that cannot answer must say
+    /// [`RecipientVerdict::Unavailable`], never accept.
+    fn check_recipient(&self, address: Address) -> impl Future<Output = RecipientVerdict> + Send;
 }

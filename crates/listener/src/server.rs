@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use backstop_session::{AuthOutcome, Output, Peer, ServerSession, SessionConfig};
+use backstop_session::{AuthOutcome, Output, Peer, RecipientVerdict, ServerSession, SessionConfig};
 use backstop_types::{Reply, UnixTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -17,7 +17,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::limits::{ConnectionLimits, IpNetwork, Refusal};
 use crate::users::UserStore;
-use crate::{tls, MessageSink};
+use crate::{tls, MessageSink, Policy};
 
 /// How a listener starts its sessions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,8 +38,9 @@ pub struct Listener {
 }
 
 /// What all listeners share.
-pub struct Context<S> {
+pub struct Context<S, P> {
     pub sink: S,
+    pub policy: P,
     /// `None` when no listener uses TLS.
     pub tls: Option<TlsAcceptor>,
     pub users: Arc<UserStore>,
@@ -51,9 +52,9 @@ pub struct Context<S> {
 
 /// Runs the accept loops until `shutdown` turns true, then tells open sessions (421) and waits
 /// for them to end. Sessions in the middle of storing a message finish that first.
-pub async fn serve<S: MessageSink>(
+pub async fn serve<S: MessageSink, P: Policy>(
     listeners: Vec<Listener>,
-    context: Arc<Context<S>>,
+    context: Arc<Context<S, P>>,
     shutdown: watch::Receiver<bool>,
 ) {
     let mut loops = JoinSet::new();
@@ -69,9 +70,9 @@ pub async fn serve<S: MessageSink>(
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 
-async fn accept_loop<S: MessageSink>(
+async fn accept_loop<S: MessageSink, P: Policy>(
     listener: Listener,
-    context: Arc<Context<S>>,
+    context: Arc<Context<S, P>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let listener = Arc::new(listener);
@@ -108,11 +109,11 @@ async fn accept_loop<S: MessageSink>(
     while connections.join_next().await.is_some() {}
 }
 
-async fn connection<S: MessageSink>(
+async fn connection<S: MessageSink, P: Policy>(
     mut tcp: TcpStream,
     peer: SocketAddr,
     listener: Arc<Listener>,
-    context: Arc<Context<S>>,
+    context: Arc<Context<S, P>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let ip = peer.ip();
@@ -147,12 +148,12 @@ async fn connection<S: MessageSink>(
     }
 }
 
-async fn plain<S: MessageSink>(
+async fn plain<S: MessageSink, P: Policy>(
     mut tcp: TcpStream,
     ip: std::net::IpAddr,
     local_submitter: bool,
     listener: &Listener,
-    context: &Context<S>,
+    context: &Context<S, P>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> io::Result<()> {
     let peer = Peer {
@@ -177,12 +178,12 @@ async fn plain<S: MessageSink>(
     }
 }
 
-async fn implicit_tls<S: MessageSink>(
+async fn implicit_tls<S: MessageSink, P: Policy>(
     tcp: TcpStream,
     ip: std::net::IpAddr,
     local_submitter: bool,
     listener: &Listener,
-    context: &Context<S>,
+    context: &Context<S, P>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> io::Result<()> {
     let Some(mut stream) = handshake(tcp, listener, context).await? else {
@@ -202,10 +203,10 @@ async fn implicit_tls<S: MessageSink>(
 
 /// The server side of a TLS handshake, bounded by the command timeout. `None` when the client
 /// failed it or took too long (logged; the connection is then simply closed).
-async fn handshake<S: MessageSink>(
+async fn handshake<S: MessageSink, P: Policy>(
     tcp: TcpStream,
     listener: &Listener,
-    context: &Context<S>,
+    context: &Context<S, P>,
 ) -> io::Result<Option<tokio_rustls::server::TlsStream<TcpStream>>> {
     let Some(acceptor) = &context.tls else {
         return Err(io::Error::other(
@@ -253,15 +254,16 @@ enum Next {
 }
 
 /// Runs a session over a stream until it closes or asks for TLS.
-async fn drive<T, S>(
+async fn drive<T, S, P>(
     stream: &mut T,
     session: &mut ServerSession,
-    context: &Context<S>,
+    context: &Context<S, P>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> io::Result<Next>
 where
     T: AsyncRead + AsyncWrite + Unpin,
     S: MessageSink,
+    P: Policy,
 {
     let mut buf = vec![0u8; 16 * 1024];
     let mut out = Vec::with_capacity(1024);
@@ -287,6 +289,17 @@ where
                             .unwrap_or(AuthOutcome::TemporaryFailure);
                     info!(user = %credentials.username, mechanism = credentials.mechanism.name(), ?outcome, "authentication");
                     session.handle_auth(credentials, outcome);
+                }
+                Output::CheckRecipient(address) => {
+                    let verdict = context.policy.check_recipient(address.clone()).await;
+                    match &verdict {
+                        RecipientVerdict::Accept(_) => debug!(%address, "recipient known"),
+                        RecipientVerdict::Unknown => info!(%address, "recipient unknown: 550"),
+                        RecipientVerdict::Unavailable => {
+                            warn!(%address, "recipient lookup failed: 451")
+                        }
+                    }
+                    session.handle_recipient(verdict);
                 }
                 Output::Enqueue(message) => {
                     let sender = message.envelope.sender.to_string();

@@ -52,9 +52,11 @@ pub struct SessionConfig {
     pub auth: AuthPolicy,
     /// Submission: MAIL is refused until the client has authenticated (or is a local submitter).
     pub require_auth: bool,
-    /// Domains we accept mail for from anyone. Until the policy filter lands, unauthenticated
-    /// clients may send only to these.
+    /// Domains we accept mail for from anyone. Unauthenticated clients may send only to these.
     pub local_domains: Vec<Domain>,
+    /// Ask the driver ([`Output::CheckRecipient`]) whether each recipient in a local domain
+    /// exists, instead of accepting every local part.
+    pub verify_recipients: bool,
 }
 
 /// When AUTH is offered on a listener.
@@ -88,6 +90,8 @@ pub enum Output {
     StartTls,
     /// Check these credentials and call [`ServerSession::handle_auth`].
     Authenticate(Credentials),
+    /// Look this local recipient up and call [`ServerSession::handle_recipient`].
+    CheckRecipient(backstop_types::Address),
     /// Store this message durably, then call [`ServerSession::handle_enqueued`]. The client gets
     /// no reply until then.
     Enqueue(Box<Message>),
@@ -122,6 +126,17 @@ pub enum AuthOutcome {
     Failure,
     /// The credential store could not answer.
     TemporaryFailure,
+}
+
+/// The answer to [`Output::CheckRecipient`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecipientVerdict {
+    /// It exists: record these addresses (the one asked about, or its alias targets).
+    Accept(Vec<backstop_types::Address>),
+    /// No such recipient: `550 5.1.1`.
+    Unknown,
+    /// The lookup failed: `451 4.4.3`, so the client tries again. Never an accept.
+    Unavailable,
 }
 
 /// Why the driver could not store a message. Either way the client is told to try again later,

@@ -13,7 +13,8 @@ use smtp_proto::{MailFrom, RcptTo, Request};
 use crate::data::{DataFramer, Progress, Verdict};
 use crate::sasl::{self, Mechanism, SaslError};
 use crate::{
-    AuthOutcome, AuthPolicy, Credentials, EnqueueFailure, Message, Output, Peer, SessionConfig,
+    AuthOutcome, AuthPolicy, Credentials, EnqueueFailure, Message, Output, Peer, RecipientVerdict,
+    SessionConfig,
 };
 
 /// The server side of one SMTP connection. See the crate docs for the call order.
@@ -34,6 +35,14 @@ pub struct ServerSession {
     outputs: VecDeque<Output>,
     errors: u32,
     now: UnixTime,
+    /// A RCPT waiting for [`ServerSession::handle_recipient`].
+    pending_rcpt: Option<PendingRcpt>,
+}
+
+struct PendingRcpt {
+    address: Address,
+    notify: Notify,
+    orcpt: Option<String>,
 }
 
 enum Phase {
@@ -74,6 +83,8 @@ struct Transaction {
     body_type: BodyType,
     smtputf8: bool,
     recipients: Vec<Recipient>,
+    /// RCPT commands accepted: the recipient limit counts these, not alias expansions.
+    accepted_rcpts: usize,
     /// The message as it will be queued: our `Received:` header, then the client's data.
     body: Vec<u8>,
     /// Set once the first BDAT chunk arrives; carries line-ending state across chunks.
@@ -103,6 +114,7 @@ impl ServerSession {
             outputs: VecDeque::new(),
             errors: 0,
             now,
+            pending_rcpt: None,
         }
     }
 
@@ -180,6 +192,37 @@ impl ServerSession {
             }
             AuthOutcome::Failure => self.error(Reply::auth_failed()),
             AuthOutcome::TemporaryFailure => self.reply(Reply::auth_temporary_failure()),
+        }
+        self.process();
+    }
+
+    /// The answer to [`Output::CheckRecipient`].
+    pub fn handle_recipient(&mut self, verdict: RecipientVerdict) {
+        if self.is_closed() {
+            return;
+        }
+        self.phase = Phase::Command;
+        let Some(pending) = self.pending_rcpt.take() else {
+            return;
+        };
+        match verdict {
+            RecipientVerdict::Accept(targets) => {
+                for target in targets {
+                    // An alias keeps the address the client gave as ORCPT (RFC 3461 4.2).
+                    let orcpt = match &pending.orcpt {
+                        Some(orcpt) => Some(orcpt.clone()),
+                        None if target != pending.address => {
+                            Some(format!("rfc822;{}", pending.address))
+                        }
+                        None => None,
+                    };
+                    self.add_recipient(target, pending.notify, orcpt);
+                }
+                self.count_rcpt();
+                self.reply(Reply::recipient_ok());
+            }
+            RecipientVerdict::Unknown => self.error(Reply::unknown_recipient()),
+            RecipientVerdict::Unavailable => self.reply(Reply::recipient_lookup_failed()),
         }
         self.process();
     }
@@ -478,6 +521,7 @@ impl ServerSession {
             body_type,
             smtputf8,
             recipients: Vec::new(),
+            accepted_rcpts: 0,
             body: Vec::new(),
             bdat: None,
         });
@@ -520,12 +564,14 @@ impl ServerSession {
         if !txn.smtputf8 && !address.is_ascii() {
             return self.error(Reply::smtputf8_required());
         }
-        if txn.recipients.len() >= self.config.max_recipients {
+        if txn.accepted_rcpts >= self.config.max_recipients {
             return self.reply(Reply::too_many_recipients(self.config.max_recipients));
         }
         let trusted = self.auth.is_some() || self.peer.local_submitter;
+        // RFC 5321 4.5.1: postmaster must be accepted for every domain we serve, unverified.
         let is_postmaster = address.local_part().eq_ignore_ascii_case("postmaster")
-            && address.domain().as_str() == self.config.hostname.to_ascii_lowercase();
+            && (address.domain().as_str() == self.config.hostname.to_ascii_lowercase()
+                || self.config.local_domains.contains(address.domain()));
         if !trusted && !is_postmaster && !self.config.local_domains.contains(address.domain()) {
             return self.error(Reply::relay_denied());
         }
@@ -550,15 +596,37 @@ impl ServerSession {
         } else {
             Notify::Default
         };
+        let local = self.config.local_domains.contains(address.domain());
+        if self.config.verify_recipients && local && !is_postmaster {
+            self.pending_rcpt = Some(PendingRcpt {
+                address: address.clone(),
+                notify,
+                orcpt: to.orcpt,
+            });
+            self.phase = Phase::Waiting;
+            self.outputs.push_back(Output::CheckRecipient(address));
+            return;
+        }
+        self.add_recipient(address, notify, to.orcpt);
+        self.count_rcpt();
+        self.reply(Reply::recipient_ok());
+    }
+
+    fn count_rcpt(&mut self) {
+        if let Some(txn) = self.txn.as_mut() {
+            txn.accepted_rcpts += 1;
+        }
+    }
+
+    fn add_recipient(&mut self, address: Address, notify: Notify, orcpt: Option<String>) {
         let Some(txn) = self.txn.as_mut() else { return };
         if !txn.recipients.iter().any(|r| r.address == address) {
             txn.recipients.push(Recipient {
                 address,
                 notify,
-                orcpt: to.orcpt,
+                orcpt,
             });
         }
-        self.reply(Reply::recipient_ok());
     }
 
     /// Whether a DATA or BDAT may start now; the refusal otherwise.

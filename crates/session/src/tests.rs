@@ -7,7 +7,9 @@ use std::time::Duration;
 use backstop_types::{Domain, QueueId, TlsInfo, UnixTime};
 use expect_test::{expect, Expect};
 
-use crate::{AuthOutcome, AuthPolicy, Output, Peer, ServerSession, SessionConfig};
+use crate::{
+    AuthOutcome, AuthPolicy, Output, Peer, RecipientVerdict, ServerSession, SessionConfig,
+};
 
 fn config() -> SessionConfig {
     SessionConfig {
@@ -23,6 +25,7 @@ fn config() -> SessionConfig {
         auth: AuthPolicy::Disabled,
         require_auth: false,
         local_domains: vec![Domain::parse("local.test").unwrap()],
+        verify_recipients: false,
     }
 }
 
@@ -110,6 +113,20 @@ impl Harness {
                     .unwrap();
                     self.queued += 1;
                     self.session.handle_enqueued(Ok(QueueId(self.queued)));
+                }
+                Output::CheckRecipient(address) => {
+                    writeln!(self.log, "[check {address}]").unwrap();
+                    let a = |s: &str| backstop_types::Address::parse(s).unwrap();
+                    let verdict = match address.to_string().as_str() {
+                        "bob@local.test" => RecipientVerdict::Accept(vec![a("bob@local.test")]),
+                        "sales@local.test" => RecipientVerdict::Accept(vec![
+                            a("alice@local.test"),
+                            a("bob@local.test"),
+                        ]),
+                        "down@local.test" => RecipientVerdict::Unavailable,
+                        _ => RecipientVerdict::Unknown,
+                    };
+                    self.session.handle_recipient(verdict);
                 }
                 Output::Close => writeln!(self.log, "[close]").unwrap(),
             }
@@ -1021,5 +1038,49 @@ fn a_full_disk_gets_452_and_the_session_goes_on() {
     h.check(expect![[r#"
         C: RSET\r\n
         S: 250 2.0.0 Ok
+    "#]]);
+}
+
+#[test]
+fn local_recipients_are_verified_when_configured() {
+    let mut h = Harness::new(SessionConfig {
+        verify_recipients: true,
+        ..config()
+    });
+    h.send(b"EHLO client.test\r\n");
+    h.send(b"MAIL FROM:<a@example.org>\r\n");
+    h.log.clear();
+    h.send(b"RCPT TO:<nobody@local.test>\r\n");
+    h.send(b"RCPT TO:<down@local.test>\r\n");
+    h.send(b"RCPT TO:<postmaster@local.test>\r\n");
+    h.send(b"RCPT TO:<sales@local.test> NOTIFY=FAILURE\r\nRCPT TO:<bob@local.test>\r\nDATA\r\n");
+    h.send(b"Subject: x\r\n\r\n.\r\n");
+    h.check(expect![[r#"
+        C: RCPT TO:<nobody@local.test>\r\n
+        [check nobody@local.test]
+        S: 550 5.1.1 Recipient address rejected: user unknown
+        C: RCPT TO:<down@local.test>\r\n
+        [check down@local.test]
+        S: 451 4.4.3 Recipient lookup failed, try again later
+        C: RCPT TO:<postmaster@local.test>\r\n
+        S: 250 2.1.5 Recipient ok
+        C: RCPT TO:<sales@local.test> NOTIFY=FAILURE\r\n
+        C: RCPT TO:<bob@local.test>\r\n
+        C: DATA\r\n
+        [check sales@local.test]
+        S: 250 2.1.5 Recipient ok
+        [check bob@local.test]
+        S: 250 2.1.5 Recipient ok
+        S: 354 2.0.0 End data with <CR><LF>.<CR><LF>
+        C: Subject: x\r\n
+        C: \r\n
+        C: .\r\n
+        [enqueue from=<a@example.org> to=postmaster@local.test,alice@local.test,bob@local.test trust=Unverified]
+        Received: from client.test (unknown [192.0.2.1])\r
+        	by mx.test (backstop) with ESMTP; Sun, 22 Nov 2026 17:19:59 +0000\r
+        Subject: x\r
+        \r
+        [end]
+        S: 250 2.0.0 Ok: queued as 0000000000000001
     "#]]);
 }

@@ -366,6 +366,24 @@ impl Reply {
         )
     }
 
+    /// No such local recipient (RFC 3463 5.1.1).
+    pub fn unknown_recipient() -> Reply {
+        Reply::new(
+            550,
+            EnhancedStatus(5, 1, 1),
+            "Recipient address rejected: user unknown",
+        )
+    }
+
+    /// The recipient source could not answer: never accept on a failed lookup.
+    pub fn recipient_lookup_failed() -> Reply {
+        Reply::new(
+            451,
+            EnhancedStatus(4, 4, 3),
+            "Recipient lookup failed, try again later",
+        )
+    }
+
     pub fn relay_denied() -> Reply {
         Reply::new(554, EnhancedStatus(5, 7, 1), "Relay access denied")
     }

@@ -1,0 +1,11 @@
+//! The in-session filter: what is decided while the client is still connected, so that a
+//! refusal reaches the real sender through the sending server instead of becoming a bounce.
+//!
+//! Layout:
+//! - [`recipients`]: recipient validation at RCPT: the recipient table (addresses, catch-alls,
+//!   aliases) and the [`recipients::Verdict`] every source answers with.
+//!
+//! Architecture invariant: a lookup that cannot answer is [`recipients::Verdict::Unavailable`]
+//! (the client hears 451 and retries), never an accept.
+
+pub mod recipients;
