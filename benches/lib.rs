@@ -23,6 +23,7 @@ pub fn session_config() -> Arc<SessionConfig> {
         auth: AuthPolicy::Disabled,
         require_auth: false,
         local_domains: vec![Domain::parse("bench.test").unwrap()],
+        relay_domains: Vec::new(),
         verify_recipients: false,
     })
 }

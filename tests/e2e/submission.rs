@@ -158,3 +158,33 @@ fn implicit_tls_submission() {
     assert_eq!(messages[0].1.client.listener, "submissions");
     assert!(String::from_utf8_lossy(&messages[0].2).contains(" with ESMTPSA\r\n"));
 }
+
+#[test]
+fn authenticated_users_send_only_as_themselves() {
+    if !have("swaks", "authenticated_users_send_only_as_themselves") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &config(dir.path(), ""));
+    let swaks = |from: &str| {
+        let out = Command::new("swaks")
+            .args(["--server", &server.submission.to_string(), "--tls"])
+            .args(["--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "secret"])
+            .args(["--from", from, "--to", "friend@elsewhere.example"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // alice owns alice@<each local domain> (the harness lists no addresses for her).
+    let forged = swaks("ceo@example.test");
+    assert!(
+        forged.contains("<~* 553 5.7.1 Sender address rejected: not owned by user alice"),
+        "{forged}"
+    );
+    let own = swaks("alice@example.test");
+    assert!(own.contains("<~  250 2.0.0 Ok: queued as "), "{own}");
+    let messages = queued(dir.path());
+    server.stop();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].1.sender.to_string(), "<alice@example.test>");
+}

@@ -85,6 +85,7 @@ pub struct QueueConfig {
 #[derive(Debug)]
 pub struct Smtp {
     pub local_domains: Vec<Domain>,
+    pub relay_domains: Vec<Domain>,
     pub local_networks: Vec<IpNetwork>,
     pub max_message_size: u64,
     pub max_recipients: usize,
@@ -113,6 +114,8 @@ pub struct Auth {
     pub inline_users: String,
     /// Offer AUTH without TLS. Off unless explicitly configured.
     pub allow_plaintext: bool,
+    /// Hold authenticated users to the envelope senders they own.
+    pub restrict_sender: bool,
 }
 
 #[derive(Debug)]
@@ -234,6 +237,7 @@ fn default_data_dir() -> PathBuf {
 #[serde(deny_unknown_fields, default)]
 struct RawSmtp {
     local_domains: Vec<Spanned<String>>,
+    relay_domains: Vec<Spanned<String>>,
     local_networks: Vec<Spanned<String>>,
     max_message_size: ByteSize,
     max_recipients: usize,
@@ -252,6 +256,7 @@ impl Default for RawSmtp {
     fn default() -> RawSmtp {
         RawSmtp {
             local_domains: Vec::new(),
+            relay_domains: Vec::new(),
             local_networks: Vec::new(),
             max_message_size: ByteSize(50 * 1024 * 1024),
             max_recipients: 100,
@@ -281,6 +286,12 @@ struct RawAuth {
     user: Vec<RawUser>,
     #[serde(default)]
     allow_plaintext: bool,
+    #[serde(default = "yes")]
+    restrict_sender: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -288,6 +299,9 @@ struct RawAuth {
 struct RawUser {
     name: Spanned<String>,
     password_hash: Spanned<String>,
+    /// Envelope senders the user may use (addresses, `@domain`); see `auth.restrict_sender`.
+    #[serde(default)]
+    addresses: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -432,13 +446,16 @@ impl Config {
             None => system_hostname(),
         };
 
-        let mut local_domains = Vec::new();
-        for d in &raw.smtp.local_domains {
-            let span = d.span();
-            let domain = Domain::parse(d.get_ref())
-                .map_err(|e| at(span, format!("{:?}: {e}", d.get_ref())))?;
-            local_domains.push(domain);
-        }
+        let domains = |list: &[Spanned<String>]| -> Result<Vec<Domain>, ConfigError> {
+            list.iter()
+                .map(|d| {
+                    Domain::parse(d.get_ref())
+                        .map_err(|e| at(d.span(), format!("{:?}: {e}", d.get_ref())))
+                })
+                .collect()
+        };
+        let local_domains = domains(&raw.smtp.local_domains)?;
+        let relay_domains = domains(&raw.smtp.relay_domains)?;
         let mut local_networks = Vec::new();
         for n in &raw.smtp.local_networks {
             let span = n.span();
@@ -480,7 +497,21 @@ impl Config {
             if name.contains(':') || name.trim().is_empty() {
                 return Err(at(user.name.span(), format!("{name:?} is not a user name")));
             }
-            let line = format!("{name}:{}\n", user.password_hash.get_ref());
+            let mut senders = Vec::new();
+            for sender in &user.addresses {
+                let text = sender.get_ref();
+                let valid = match text.strip_prefix('@') {
+                    Some(domain) => Domain::parse(domain).map(|_| ()),
+                    None => backstop_types::Address::parse(text).map(|_| ()),
+                };
+                valid.map_err(|e| at(sender.span(), format!("{text:?}: {e}")))?;
+                senders.push(text.as_str());
+            }
+            let line = format!(
+                "{name}:{}:{}\n",
+                user.password_hash.get_ref(),
+                senders.join(",")
+            );
             // Checked here, so that a bad hash is reported at its line in this file.
             match backstop_listener::UserStore::parse(&line, Path::new(file)) {
                 Ok(_) => inline_users.push_str(&line),
@@ -610,6 +641,7 @@ impl Config {
             admin,
             smtp: Smtp {
                 local_domains,
+                relay_domains,
                 local_networks,
                 max_message_size: raw.smtp.max_message_size.0,
                 max_recipients: raw.smtp.max_recipients,
@@ -626,6 +658,7 @@ impl Config {
                 users_file: raw.auth.users_file.map(Spanned::into_inner),
                 inline_users,
                 allow_plaintext: raw.auth.allow_plaintext,
+                restrict_sender: raw.auth.restrict_sender,
             },
             listeners,
             log: Log {

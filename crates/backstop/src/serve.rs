@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use backstop_filter::recipients::{TableFile, Verdict};
 use backstop_listener::tls::CertSource;
+use backstop_listener::users::SenderPolicy;
 use backstop_listener::{
     ConnectionLimits, Context, Listener, ListenerMode, MessageSink, Policy, UserStore,
 };
@@ -275,6 +276,7 @@ fn session_config(config: &Config, name: &str, kind: ListenerKind) -> SessionCon
         auth,
         require_auth,
         local_domains: config.smtp.local_domains.clone(),
+        relay_domains: config.smtp.relay_domains.clone(),
         verify_recipients: config.recipients.is_some(),
     }
 }
@@ -285,7 +287,14 @@ fn load_users(config: &Config) -> anyhow::Result<UserStore> {
         Some(file) => UserStore::load(file)?.merge(inline)?,
         None => inline,
     };
-    if users.verify("demo", "demo") == AuthOutcome::Success {
+    let users = if config.auth.restrict_sender {
+        users.with_sender_policy(SenderPolicy::Owned {
+            local_domains: config.smtp.local_domains.clone(),
+        })
+    } else {
+        users
+    };
+    if matches!(users.verify("demo", "demo"), AuthOutcome::Success(_)) {
         warn!("user demo with password demo (from the default config) can log in: remove it for real use");
     }
     Ok(users)

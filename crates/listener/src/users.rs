@@ -1,4 +1,7 @@
-//! The AUTH user file: one `name:hash` per line, `#` comments and blank lines allowed.
+//! The AUTH user file: one `name:hash` or `name:hash:senders` per line, `#` comments and blank
+//! lines allowed. `senders` lists, comma-separated, the envelope senders the user may use:
+//! addresses, and `@domain` for a whole domain. Without it a user owns their name at each local
+//! domain (or the name itself when it is an address).
 //!
 //! Hashes are argon2 in PHC form (`$argon2id$...`, as `backstop hash-password` writes them) or
 //! SHA-512-crypt (`$6$...`, as `mkpasswd -m sha-512` writes them). Plain-text passwords are
@@ -10,7 +13,8 @@ use std::path::{Path, PathBuf};
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use backstop_session::AuthOutcome;
+use backstop_session::{AuthOutcome, SenderRights};
+use backstop_types::{Address, Domain};
 
 /// A user file that cannot be used, with the place to look.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +37,26 @@ pub enum UsersError {
 /// The users who may AUTH, by name.
 #[derive(Debug, Clone, Default)]
 pub struct UserStore {
-    users: HashMap<String, Hash>,
+    users: HashMap<String, User>,
+    policy: SenderPolicy,
+}
+
+#[derive(Debug, Clone)]
+struct User {
+    hash: Hash,
+    /// Senders listed for the user; empty: the default for the name.
+    addresses: Vec<Address>,
+    domains: Vec<Domain>,
+}
+
+/// Whether authenticated users are held to their own envelope senders.
+#[derive(Debug, Clone, Default)]
+pub enum SenderPolicy {
+    /// Any sender (Postfix without `reject_sender_login_mismatch`).
+    #[default]
+    Any,
+    /// Only the senders a user owns; unlisted users own their name at these domains.
+    Owned { local_domains: Vec<Domain> },
 }
 
 #[derive(Debug, Clone)]
@@ -69,10 +92,28 @@ impl UserStore {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let Some((name, hash)) = line.split_once(':') else {
-                return Err(err("expected name:hash".into()));
+            let mut fields = line.splitn(3, ':');
+            let (Some(name), Some(hash)) = (fields.next(), fields.next()) else {
+                return Err(err("expected name:hash or name:hash:senders".into()));
             };
             let (name, hash) = (name.trim(), hash.trim());
+            let mut addresses = Vec::new();
+            let mut domains = Vec::new();
+            for sender in fields.next().unwrap_or("").split(',').map(str::trim) {
+                if sender.is_empty() {
+                    continue;
+                }
+                match sender.strip_prefix('@') {
+                    Some(domain) => domains.push(
+                        Domain::parse(domain)
+                            .map_err(|e| err(format!("sender {sender:?}: {e}")))?,
+                    ),
+                    None => addresses.push(
+                        Address::parse(sender)
+                            .map_err(|e| err(format!("sender {sender:?}: {e}")))?,
+                    ),
+                }
+            }
             if name.is_empty() {
                 return Err(err("empty user name".into()));
             }
@@ -88,11 +129,49 @@ impl UserStore {
                      plain-text passwords are not accepted (make one with `backstop hash-password`)"
                 )));
             };
-            if users.insert(name.to_owned(), hash).is_some() {
+            let user = User {
+                hash,
+                addresses,
+                domains,
+            };
+            if users.insert(name.to_owned(), user).is_some() {
                 return Err(err(format!("user {name} is listed twice")));
             }
         }
-        Ok(UserStore { users })
+        Ok(UserStore {
+            users,
+            policy: SenderPolicy::Any,
+        })
+    }
+
+    /// Sets whether users are held to their own senders.
+    pub fn with_sender_policy(mut self, policy: SenderPolicy) -> UserStore {
+        self.policy = policy;
+        self
+    }
+
+    /// The senders `name` may use, under the store's policy.
+    fn rights(&self, name: &str, user: &User) -> SenderRights {
+        let SenderPolicy::Owned { local_domains } = &self.policy else {
+            return SenderRights::Any;
+        };
+        if !user.addresses.is_empty() || !user.domains.is_empty() {
+            return SenderRights::Only {
+                addresses: user.addresses.clone(),
+                domains: user.domains.clone(),
+            };
+        }
+        let addresses = match Address::parse(name) {
+            Ok(address) => vec![address],
+            Err(_) => local_domains
+                .iter()
+                .filter_map(|d| Address::new(name, d.clone()).ok())
+                .collect(),
+        };
+        SenderRights::Only {
+            addresses,
+            domains: Vec::new(),
+        }
     }
 
     /// Both stores in one; a name in both is an error.
@@ -113,16 +192,16 @@ impl UserStore {
     /// Checks a password. CPU-heavy by design (tens of milliseconds): call it off the async
     /// runtime's worker threads.
     pub fn verify(&self, user: &str, password: &str) -> AuthOutcome {
-        let ok = match self.users.get(user) {
-            Some(Hash::Argon2(hash)) => verify_argon2(hash, password),
-            Some(Hash::ShaCrypt512(hash)) => sha_crypt::sha512_check(password, hash).is_ok(),
-            None => {
-                verify_argon2(DUMMY_ARGON2, password);
-                false
-            }
+        let Some(found) = self.users.get(user) else {
+            verify_argon2(DUMMY_ARGON2, password);
+            return AuthOutcome::Failure;
+        };
+        let ok = match &found.hash {
+            Hash::Argon2(hash) => verify_argon2(hash, password),
+            Hash::ShaCrypt512(hash) => sha_crypt::sha512_check(password, hash).is_ok(),
         };
         if ok {
-            AuthOutcome::Success
+            AuthOutcome::Success(self.rights(user, found))
         } else {
             AuthOutcome::Failure
         }
@@ -158,9 +237,10 @@ mod tests {
         let sha = "$6$saltsalt$As4wrv0kZlfch1du9WeH7qhskyLriQWySXrZzynnvi46nFnNxjdpl6ksRegrrKexvhIa/Iny8S8uF3fVWTMuC1";
         let text = format!("# users\nalice:{argon}\n\nbob : {sha}\n");
         let store = UserStore::parse(&text, Path::new("users")).unwrap();
-        assert_eq!(store.verify("alice", "s3cret"), AuthOutcome::Success);
+        let any = AuthOutcome::Success(SenderRights::Any);
+        assert_eq!(store.verify("alice", "s3cret"), any);
         assert_eq!(store.verify("alice", "wrong"), AuthOutcome::Failure);
-        assert_eq!(store.verify("bob", "s3cret"), AuthOutcome::Success);
+        assert_eq!(store.verify("bob", "s3cret"), any);
         assert_eq!(store.verify("bob", "S3cret"), AuthOutcome::Failure);
         assert_eq!(store.verify("mallory", "s3cret"), AuthOutcome::Failure);
     }
@@ -177,6 +257,50 @@ mod tests {
         let err = UserStore::parse("nocolon\n", Path::new("u"))
             .unwrap_err()
             .to_string();
-        assert_eq!(err, "u:1: expected name:hash");
+        assert_eq!(err, "u:1: expected name:hash or name:hash:senders");
+        let hash = hash_password("x").unwrap();
+        let err = UserStore::parse(&format!("a:{hash}:@bad..domain\n"), Path::new("u"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("u:1: sender \"@bad..domain\": "), "{err}");
+    }
+
+    #[test]
+    fn sender_rights_follow_the_policy() {
+        let hash = hash_password("pw").unwrap();
+        let text = format!(
+            "alice:{hash}\nbob@example.org:{hash}\ncarol:{hash}:carol@example.net, @sales.example\n"
+        );
+        let local = vec![
+            Domain::parse("example.com").unwrap(),
+            Domain::parse("example.net").unwrap(),
+        ];
+        let store = UserStore::parse(&text, Path::new("users"))
+            .unwrap()
+            .with_sender_policy(SenderPolicy::Owned {
+                local_domains: local,
+            });
+        let a = |s: &str| Address::parse(s).unwrap();
+        let only = |addresses: Vec<Address>, domains: Vec<&str>| {
+            AuthOutcome::Success(SenderRights::Only {
+                addresses,
+                domains: domains
+                    .into_iter()
+                    .map(|d| Domain::parse(d).unwrap())
+                    .collect(),
+            })
+        };
+        assert_eq!(
+            store.verify("alice", "pw"),
+            only(vec![a("alice@example.com"), a("alice@example.net")], vec![])
+        );
+        assert_eq!(
+            store.verify("bob@example.org", "pw"),
+            only(vec![a("bob@example.org")], vec![])
+        );
+        assert_eq!(
+            store.verify("carol", "pw"),
+            only(vec![a("carol@example.net")], vec!["sales.example"])
+        );
     }
 }

@@ -52,8 +52,11 @@ pub struct SessionConfig {
     pub auth: AuthPolicy,
     /// Submission: MAIL is refused until the client has authenticated (or is a local submitter).
     pub require_auth: bool,
-    /// Domains we accept mail for from anyone. Unauthenticated clients may send only to these.
+    /// Domains we deliver locally and accept mail for from anyone.
     pub local_domains: Vec<Domain>,
+    /// Domains we accept from anyone to relay onward (an edge relay's internal domains).
+    /// Unauthenticated clients may send only to local and relay domains.
+    pub relay_domains: Vec<Domain>,
     /// Ask the driver ([`Output::CheckRecipient`]) whether each recipient in a local domain
     /// exists, instead of accepting every local part.
     pub verify_recipients: bool,
@@ -119,9 +122,10 @@ impl std::fmt::Debug for Credentials {
 }
 
 /// The answer to [`Output::Authenticate`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthOutcome {
-    Success,
+    /// Logged in; may use these envelope senders.
+    Success(SenderRights),
     /// Wrong user or password.
     Failure,
     /// The credential store could not answer.
@@ -147,6 +151,35 @@ pub enum EnqueueFailure {
     StorageFull,
     /// Any other storage failure: `451 4.3.0`.
     Unavailable,
+}
+
+/// Which envelope senders an authenticated user may use in MAIL FROM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SenderRights {
+    /// Any sender: the restriction is turned off.
+    Any,
+    /// These addresses and any address in these domains; the null sender is always allowed.
+    Only {
+        addresses: Vec<backstop_types::Address>,
+        domains: Vec<Domain>,
+    },
+}
+
+impl SenderRights {
+    pub fn allows(&self, sender: &backstop_types::ReversePath) -> bool {
+        let (addresses, domains) = match self {
+            SenderRights::Any => return true,
+            SenderRights::Only { addresses, domains } => (addresses, domains),
+        };
+        let Some(sender) = sender.address() else {
+            return true;
+        };
+        domains.contains(sender.domain())
+            || addresses.iter().any(|a| {
+                a.domain() == sender.domain()
+                    && a.local_part().eq_ignore_ascii_case(sender.local_part())
+            })
+    }
 }
 
 /// An accepted message, ready for the queue: the `Received:` header is already at the front.

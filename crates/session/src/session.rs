@@ -14,7 +14,7 @@ use crate::data::{DataFramer, Progress, Verdict};
 use crate::sasl::{self, Mechanism, SaslError};
 use crate::{
     AuthOutcome, AuthPolicy, Credentials, EnqueueFailure, Message, Output, Peer, RecipientVerdict,
-    SessionConfig,
+    SenderRights, SessionConfig,
 };
 
 /// The server side of one SMTP connection. See the crate docs for the call order.
@@ -25,6 +25,8 @@ pub struct ServerSession {
     helo: Option<Helo>,
     tls: Option<TlsInfo>,
     auth: Option<AuthInfo>,
+    /// What the authenticated user may use as envelope sender (set with `auth`).
+    sender_rights: SenderRights,
     /// The mail transaction: present from an accepted MAIL until the message is done or reset,
     /// so a recipient can only ever be added to a transaction that has a sender.
     txn: Option<Transaction>,
@@ -108,6 +110,7 @@ impl ServerSession {
             helo: None,
             tls,
             auth: None,
+            sender_rights: SenderRights::Any,
             txn: None,
             input: Vec::new(),
             skipping_line: false,
@@ -183,7 +186,8 @@ impl ServerSession {
         }
         self.phase = Phase::Command;
         match outcome {
-            AuthOutcome::Success => {
+            AuthOutcome::Success(rights) => {
+                self.sender_rights = rights;
                 self.auth = Some(AuthInfo {
                     user: credentials.username,
                     mechanism: credentials.mechanism.name().to_owned(),
@@ -493,6 +497,12 @@ impl ServerSession {
                 Err(_) => return self.error(Reply::bad_sender_syntax()),
             }
         };
+        if let Some(auth) = &self.auth {
+            if !self.sender_rights.allows(&sender) {
+                let reply = Reply::sender_not_owned(&auth.user);
+                return self.error(reply);
+            }
+        }
         let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
         if !smtputf8 && sender.address().is_some_and(|a| !a.is_ascii()) {
             return self.error(Reply::smtputf8_required());
@@ -572,7 +582,9 @@ impl ServerSession {
         let is_postmaster = address.local_part().eq_ignore_ascii_case("postmaster")
             && (address.domain().as_str() == self.config.hostname.to_ascii_lowercase()
                 || self.config.local_domains.contains(address.domain()));
-        if !trusted && !is_postmaster && !self.config.local_domains.contains(address.domain()) {
+        let ours = self.config.local_domains.contains(address.domain())
+            || self.config.relay_domains.contains(address.domain());
+        if !trusted && !is_postmaster && !ours {
             return self.error(Reply::relay_denied());
         }
         // `user%foreign@local`, `foreign!user@local` and `"user@foreign"@local` ask a relay to

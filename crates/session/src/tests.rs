@@ -8,7 +8,8 @@ use backstop_types::{Domain, QueueId, TlsInfo, UnixTime};
 use expect_test::{expect, Expect};
 
 use crate::{
-    AuthOutcome, AuthPolicy, Output, Peer, RecipientVerdict, ServerSession, SessionConfig,
+    AuthOutcome, AuthPolicy, Output, Peer, RecipientVerdict, SenderRights, ServerSession,
+    SessionConfig,
 };
 
 fn config() -> SessionConfig {
@@ -25,6 +26,7 @@ fn config() -> SessionConfig {
         auth: AuthPolicy::Disabled,
         require_auth: false,
         local_domains: vec![Domain::parse("local.test").unwrap()],
+        relay_domains: vec![Domain::parse("internal.test").unwrap()],
         verify_recipients: false,
     }
 }
@@ -92,7 +94,12 @@ impl Harness {
                 Output::Authenticate(credentials) => {
                     writeln!(self.log, "[authenticate {credentials:?}]").unwrap();
                     let outcome = if credentials.password == "secret" {
-                        AuthOutcome::Success
+                        AuthOutcome::Success(SenderRights::Only {
+                            addresses: vec![
+                                backstop_types::Address::parse("alice@local.test").unwrap()
+                            ],
+                            domains: vec![Domain::parse("alice.test").unwrap()],
+                        })
                     } else {
                         AuthOutcome::Failure
                     };
@@ -1083,4 +1090,87 @@ fn local_recipients_are_verified_when_configured() {
         [end]
         S: 250 2.0.0 Ok: queued as 0000000000000001
     "#]]);
+}
+
+#[test]
+fn authenticated_users_send_only_as_themselves() {
+    check(
+        SessionConfig {
+            auth: AuthPolicy::AllowPlaintext,
+            ..submission()
+        },
+        &[
+            b"EHLO client.test\r\n",
+            b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n",
+            b"MAIL FROM:<ceo@local.test>\r\n",
+            b"MAIL FROM:<Alice@LOCAL.test>\r\n",
+            b"RSET\r\n",
+            b"MAIL FROM:<anyone@alice.test>\r\n",
+            b"RSET\r\n",
+            b"MAIL FROM:<>\r\n",
+        ],
+        expect![[r#"
+            S: 220 mx.test ESMTP backstop
+            C: EHLO client.test\r\n
+            S: 250-mx.test Hello client.test
+            S: 250-PIPELINING
+            S: 250-SIZE 1000
+            S: 250-8BITMIME
+            S: 250-SMTPUTF8
+            S: 250-ENHANCEDSTATUSCODES
+            S: 250-CHUNKING
+            S: 250-DSN
+            S: 250-STARTTLS
+            S: 250-AUTH PLAIN LOGIN
+            S: 250 HELP
+            C: AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n
+            [authenticate Credentials { mechanism: Plain, username: "alice", .. }]
+            S: 235 2.7.0 Authentication successful
+            C: MAIL FROM:<ceo@local.test>\r\n
+            S: 553 5.7.1 Sender address rejected: not owned by user alice
+            C: MAIL FROM:<Alice@LOCAL.test>\r\n
+            S: 250 2.1.0 Sender ok
+            C: RSET\r\n
+            S: 250 2.0.0 Ok
+            C: MAIL FROM:<anyone@alice.test>\r\n
+            S: 250 2.1.0 Sender ok
+            C: RSET\r\n
+            S: 250 2.0.0 Ok
+            C: MAIL FROM:<>\r\n
+            S: 250 2.1.0 Sender ok
+        "#]],
+    );
+}
+
+#[test]
+fn relay_domains_are_accepted_from_anyone() {
+    check(
+        config(),
+        &[
+            b"EHLO client.test\r\n",
+            b"MAIL FROM:<a@example.org>\r\n",
+            b"RCPT TO:<someone@internal.test>\r\n",
+            b"RCPT TO:<someone@other.test>\r\n",
+        ],
+        expect![[r#"
+            S: 220 mx.test ESMTP backstop
+            C: EHLO client.test\r\n
+            S: 250-mx.test Hello client.test
+            S: 250-PIPELINING
+            S: 250-SIZE 1000
+            S: 250-8BITMIME
+            S: 250-SMTPUTF8
+            S: 250-ENHANCEDSTATUSCODES
+            S: 250-CHUNKING
+            S: 250-DSN
+            S: 250-STARTTLS
+            S: 250 HELP
+            C: MAIL FROM:<a@example.org>\r\n
+            S: 250 2.1.0 Sender ok
+            C: RCPT TO:<someone@internal.test>\r\n
+            S: 250 2.1.5 Recipient ok
+            C: RCPT TO:<someone@other.test>\r\n
+            S: 554 5.7.1 Relay access denied
+        "#]],
+    );
 }

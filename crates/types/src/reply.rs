@@ -333,6 +333,15 @@ impl Reply {
 
     // --- The transaction --------------------------------------------------------------------
 
+    /// An authenticated user used an envelope sender that is not theirs.
+    pub fn sender_not_owned(user: &str) -> Reply {
+        Reply::new(
+            553,
+            EnhancedStatus(5, 7, 1),
+            format!("Sender address rejected: not owned by user {user}"),
+        )
+    }
+
     pub fn sender_ok() -> Reply {
         Reply::new(250, EnhancedStatus(2, 1, 0), "Sender ok")
     }
