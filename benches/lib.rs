@@ -24,7 +24,7 @@ pub fn session_config() -> Arc<SessionConfig> {
         require_auth: false,
         local_domains: vec![Domain::parse("bench.test").unwrap()],
         relay_domains: Vec::new(),
-        verify_recipients: false,
+        check_recipients: false,
     })
 }
 

@@ -11,6 +11,7 @@ mod admin;
 mod cli;
 mod crash;
 mod disk_full;
+mod greylist;
 mod limits;
 mod postfix;
 mod receive;

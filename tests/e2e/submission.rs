@@ -169,7 +169,14 @@ fn authenticated_users_send_only_as_themselves() {
     let swaks = |from: &str| {
         let out = Command::new("swaks")
             .args(["--server", &server.submission.to_string(), "--tls"])
-            .args(["--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "secret"])
+            .args([
+                "--auth",
+                "PLAIN",
+                "--auth-user",
+                "alice",
+                "--auth-password",
+                "secret",
+            ])
             .args(["--from", from, "--to", "friend@elsewhere.example"])
             .output()
             .unwrap();

@@ -56,6 +56,8 @@ pub struct Config {
     pub queue: QueueConfig,
     /// The recipient table, loaded; `None`: every local part of a local domain is accepted.
     pub recipients: Option<backstop_filter::recipients::TableFile>,
+    /// Greylisting of unauthenticated clients, when enabled.
+    pub greylist: Option<backstop_filter::greylist::GreylistPolicy>,
     pub admin: AdminEndpoint,
     pub log: Log,
 }
@@ -176,6 +178,8 @@ struct RawConfig {
     #[serde(default)]
     recipients: RawRecipients,
     #[serde(default)]
+    greylist: RawGreylist,
+    #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
     log: RawLog,
@@ -201,6 +205,27 @@ impl Default for RawQueue {
             lifetime: Seconds(Duration::from_secs(5 * 86_400)),
             delay_warnings: Vec::new(),
             quarantine_retention: Seconds(Duration::from_secs(30 * 86_400)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawGreylist {
+    enabled: bool,
+    delay: Seconds,
+    retry_window: Seconds,
+    auto_pass: Seconds,
+}
+
+impl Default for RawGreylist {
+    /// Off; when on, postgrey's long-standing values: 5 minutes, 2 days, 35 days.
+    fn default() -> RawGreylist {
+        RawGreylist {
+            enabled: false,
+            delay: Seconds(Duration::from_secs(300)),
+            retry_window: Seconds(Duration::from_secs(2 * 86_400)),
+            auto_pass: Seconds(Duration::from_secs(35 * 86_400)),
         }
     }
 }
@@ -594,6 +619,22 @@ impl Config {
                     .map_err(|e| at(path.span(), e.to_string()))?,
             ),
         };
+        let g = &raw.greylist;
+        let greylist = g
+            .enabled
+            .then_some(backstop_filter::greylist::GreylistPolicy {
+                delay: g.delay.0,
+                retry_window: g.retry_window.0,
+                auto_pass: g.auto_pass.0,
+            });
+        if greylist.is_some() && g.retry_window.0 <= g.delay.0 {
+            return Err(ConfigError {
+                file: file.to_owned(),
+                line: None,
+                key: Some("greylist".into()),
+                message: "retry_window must be longer than delay".into(),
+            });
+        }
         let admin = match (raw.admin.http, raw.admin.token_file) {
             (None, None) => AdminEndpoint::Unix(raw.data_dir.join(&raw.admin.socket)),
             (None, Some(t)) => return Err(at(t.span(), "token_file goes with http".into())),
@@ -638,6 +679,7 @@ impl Config {
             data_dir: raw.data_dir,
             queue,
             recipients,
+            greylist,
             admin,
             smtp: Smtp {
                 local_domains,

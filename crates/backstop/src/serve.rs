@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use backstop_filter::greylist::{self, GreyStore, GreyVerdict, GreylistPolicy};
 use backstop_filter::recipients::{TableFile, Verdict};
 use backstop_listener::tls::CertSource;
 use backstop_listener::users::SenderPolicy;
@@ -13,9 +14,10 @@ use backstop_listener::{
 };
 use backstop_queue::{Queue, QueueError};
 use backstop_session::{
-    AuthOutcome, AuthPolicy, EnqueueFailure, Message, RecipientVerdict, SessionConfig,
+    AuthOutcome, AuthPolicy, EnqueueFailure, Message, RecipientQuery, RecipientVerdict,
+    SessionConfig,
 };
-use backstop_types::{Address, QueueId};
+use backstop_types::QueueId;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -49,22 +51,74 @@ fn init_tracing(level: &str) -> anyhow::Result<()> {
 /// Answers the session's in-session checks from the filter.
 struct Filter {
     recipients: Option<TableFile>,
+    greylist: Option<GreylistPolicy>,
+    queue: Queue,
 }
 
 impl Policy for Filter {
-    fn check_recipient(&self, address: Address) -> impl Future<Output = RecipientVerdict> + Send {
-        let verdict = match &self.recipients {
-            None => RecipientVerdict::Accept(vec![address]),
-            Some(file) => match file.table().check(&address) {
-                Verdict::Accept(targets) => RecipientVerdict::Accept(targets),
-                Verdict::Unknown => RecipientVerdict::Unknown,
+    fn check_recipient(
+        &self,
+        query: RecipientQuery,
+    ) -> impl Future<Output = RecipientVerdict> + Send {
+        std::future::ready(self.decide(&query))
+    }
+}
+
+impl Filter {
+    /// Recipient validation first (an unknown recipient is refused at once and leaves no
+    /// greylisting state), then greylisting for clients we do not trust.
+    fn decide(&self, query: &RecipientQuery) -> RecipientVerdict {
+        let address = &query.recipient;
+        let targets = match (&self.recipients, query.local) {
+            (Some(file), true) => match file.table().check(address) {
+                Verdict::Accept(targets) => targets,
+                Verdict::Unknown => return RecipientVerdict::Unknown,
                 Verdict::Unavailable(why) => {
                     warn!(%address, why, "recipient lookup failed");
-                    RecipientVerdict::Unavailable
+                    return RecipientVerdict::Unavailable;
                 }
             },
+            _ => vec![address.clone()],
         };
-        std::future::ready(verdict)
+        if let (Some(policy), false) = (&self.greylist, query.trusted) {
+            let now = backstop_types::UnixTime(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            );
+            let store = QueueGreyStore(&self.queue);
+            match greylist::check(&store, policy, query.client, &query.sender, address, now) {
+                GreyVerdict::Pass => {}
+                GreyVerdict::Defer { retry_after } => {
+                    return RecipientVerdict::Defer { retry_after };
+                }
+                GreyVerdict::Unavailable(why) => {
+                    warn!(%address, why, "greylisting state unavailable");
+                    return RecipientVerdict::Unavailable;
+                }
+            }
+        }
+        RecipientVerdict::Accept(targets)
+    }
+}
+
+/// Greylisting state in the queue's key-value area.
+struct QueueGreyStore<'a>(&'a Queue);
+
+impl GreyStore for QueueGreyStore<'_> {
+    fn get(&self, key: &[u8], now: backstop_types::UnixTime) -> Result<Option<Vec<u8>>, String> {
+        self.0.state_get(key, now).map_err(|e| e.to_string())
+    }
+
+    fn put(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        expires: backstop_types::UnixTime,
+    ) -> Result<(), String> {
+        self.0
+            .state_put(key, value, expires)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -207,9 +261,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tokio::spawn(reload_recipients(file.clone()));
     }
     let context = Arc::new(Context {
-        sink: QueueSink { queue },
+        sink: QueueSink {
+            queue: queue.clone(),
+        },
         policy: Filter {
             recipients: config.recipients.clone(),
+            greylist: config.greylist,
+            queue: queue.clone(),
         },
         tls: Some(tls.acceptor),
         users: Arc::new(users),
@@ -277,7 +335,7 @@ fn session_config(config: &Config, name: &str, kind: ListenerKind) -> SessionCon
         require_auth,
         local_domains: config.smtp.local_domains.clone(),
         relay_domains: config.smtp.relay_domains.clone(),
-        verify_recipients: config.recipients.is_some(),
+        check_recipients: config.recipients.is_some() || config.greylist.is_some(),
     }
 }
 
@@ -316,5 +374,51 @@ async fn wait_for_signal() {
             error!("cannot install signal handlers; stop with SIGKILL");
             std::future::pending::<()>().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use backstop_types::{Address, ReversePath};
+
+    use super::*;
+
+    #[test]
+    fn trusted_clients_are_never_greylisted_and_unknown_recipients_leave_no_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(dir.path()).unwrap();
+        let table = dir.path().join("recipients");
+        std::fs::write(&table, "bob@example.com\n").unwrap();
+        let filter = Filter {
+            recipients: Some(TableFile::open(&table).unwrap()),
+            greylist: Some(GreylistPolicy {
+                delay: Duration::from_secs(300),
+                retry_window: Duration::from_secs(86_400),
+                auto_pass: Duration::from_secs(86_400),
+            }),
+            queue,
+        };
+        let query = |recipient: &str, trusted: bool| RecipientQuery {
+            recipient: Address::parse(recipient).unwrap(),
+            sender: ReversePath::Null,
+            client: "192.0.2.1".parse().unwrap(),
+            local: true,
+            trusted,
+        };
+        let bob = Address::parse("bob@example.com").unwrap();
+        assert_eq!(
+            filter.decide(&query("bob@example.com", true)),
+            RecipientVerdict::Accept(vec![bob])
+        );
+        assert_eq!(
+            filter.decide(&query("nobody@example.com", false)),
+            RecipientVerdict::Unknown
+        );
+        assert_eq!(
+            filter.decide(&query("bob@example.com", false)),
+            RecipientVerdict::Defer { retry_after: 300 }
+        );
     }
 }

@@ -2,10 +2,13 @@
 //! refusal reaches the real sender through the sending server instead of becoming a bounce.
 //!
 //! Layout:
+//! - [`greylist`]: greylisting of (client network, sender, recipient) triplets, with auto-pass
+//!   for networks that retried, over a [`greylist::GreyStore`].
 //! - [`recipients`]: recipient validation at RCPT: the recipient table (addresses, catch-alls,
 //!   aliases) and the [`recipients::Verdict`] every source answers with.
 //!
 //! Architecture invariant: a lookup that cannot answer is [`recipients::Verdict::Unavailable`]
 //! (the client hears 451 and retries), never an accept.
 
+pub mod greylist;
 pub mod recipients;

@@ -18,8 +18,8 @@ pub mod users;
 
 use std::future::Future;
 
-use backstop_session::{EnqueueFailure, Message, RecipientVerdict};
-use backstop_types::{Address, QueueId};
+use backstop_session::{EnqueueFailure, Message, RecipientQuery, RecipientVerdict};
+use backstop_types::QueueId;
 
 pub use limits::{ConnectionLimits, IpNetwork};
 pub use server::{serve, Context, Listener, ListenerMode};
@@ -37,7 +37,11 @@ pub trait MessageSink: Send + Sync + 'static {
 /// The in-session checks the listener asks for while the client waits. The binary provides
 /// them (from `backstop-filter`); the listener only carries the answers to the session.
 pub trait Policy: Send + Sync + 'static {
-    /// Whether a recipient in a local domain exists. A source that cannot answer must say
-    /// [`RecipientVerdict::Unavailable`], never accept.
-    fn check_recipient(&self, address: Address) -> impl Future<Output = RecipientVerdict> + Send;
+    /// Whether to take a recipient in a local or relay domain: does it exist, is it
+    /// greylisted. A source that cannot answer must say [`RecipientVerdict::Unavailable`],
+    /// never accept.
+    fn check_recipient(
+        &self,
+        query: RecipientQuery,
+    ) -> impl Future<Output = RecipientVerdict> + Send;
 }

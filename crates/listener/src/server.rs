@@ -290,13 +290,17 @@ where
                     info!(user = %credentials.username, mechanism = credentials.mechanism.name(), ?outcome, "authentication");
                     session.handle_auth(credentials, outcome);
                 }
-                Output::CheckRecipient(address) => {
-                    let verdict = context.policy.check_recipient(address.clone()).await;
+                Output::CheckRecipient(query) => {
+                    let address = query.recipient.clone();
+                    let verdict = context.policy.check_recipient(query).await;
                     match &verdict {
                         RecipientVerdict::Accept(_) => debug!(%address, "recipient known"),
                         RecipientVerdict::Unknown => info!(%address, "recipient unknown: 550"),
                         RecipientVerdict::Unavailable => {
                             warn!(%address, "recipient lookup failed: 451")
+                        }
+                        RecipientVerdict::Defer { retry_after } => {
+                            info!(%address, retry_after, "greylisted: 451")
                         }
                     }
                     session.handle_recipient(verdict);

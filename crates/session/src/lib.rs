@@ -57,9 +57,9 @@ pub struct SessionConfig {
     /// Domains we accept from anyone to relay onward (an edge relay's internal domains).
     /// Unauthenticated clients may send only to local and relay domains.
     pub relay_domains: Vec<Domain>,
-    /// Ask the driver ([`Output::CheckRecipient`]) whether each recipient in a local domain
-    /// exists, instead of accepting every local part.
-    pub verify_recipients: bool,
+    /// Ask the driver ([`Output::CheckRecipient`]) about each recipient in a local or relay
+    /// domain (does it exist, is it greylisted) instead of accepting it at once.
+    pub check_recipients: bool,
 }
 
 /// When AUTH is offered on a listener.
@@ -93,8 +93,8 @@ pub enum Output {
     StartTls,
     /// Check these credentials and call [`ServerSession::handle_auth`].
     Authenticate(Credentials),
-    /// Look this local recipient up and call [`ServerSession::handle_recipient`].
-    CheckRecipient(backstop_types::Address),
+    /// Decide on this recipient and call [`ServerSession::handle_recipient`].
+    CheckRecipient(RecipientQuery),
     /// Store this message durably, then call [`ServerSession::handle_enqueued`]. The client gets
     /// no reply until then.
     Enqueue(Box<Message>),
@@ -132,6 +132,18 @@ pub enum AuthOutcome {
     TemporaryFailure,
 }
 
+/// A recipient to decide on, with what is known of the transaction so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecipientQuery {
+    pub recipient: backstop_types::Address,
+    pub sender: backstop_types::ReversePath,
+    pub client: IpAddr,
+    /// In a local domain (delivered here) rather than a relay domain.
+    pub local: bool,
+    /// The client authenticated or is a local submitter.
+    pub trusted: bool,
+}
+
 /// The answer to [`Output::CheckRecipient`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecipientVerdict {
@@ -141,6 +153,8 @@ pub enum RecipientVerdict {
     Unknown,
     /// The lookup failed: `451 4.4.3`, so the client tries again. Never an accept.
     Unavailable,
+    /// Greylisted: `451 4.7.1`, try again in this many seconds.
+    Defer { retry_after: u64 },
 }
 
 /// Why the driver could not store a message. Either way the client is told to try again later,

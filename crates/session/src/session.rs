@@ -13,8 +13,8 @@ use smtp_proto::{MailFrom, RcptTo, Request};
 use crate::data::{DataFramer, Progress, Verdict};
 use crate::sasl::{self, Mechanism, SaslError};
 use crate::{
-    AuthOutcome, AuthPolicy, Credentials, EnqueueFailure, Message, Output, Peer, RecipientVerdict,
-    SenderRights, SessionConfig,
+    AuthOutcome, AuthPolicy, Credentials, EnqueueFailure, Message, Output, Peer, RecipientQuery,
+    RecipientVerdict, SenderRights, SessionConfig,
 };
 
 /// The server side of one SMTP connection. See the crate docs for the call order.
@@ -227,6 +227,7 @@ impl ServerSession {
             }
             RecipientVerdict::Unknown => self.error(Reply::unknown_recipient()),
             RecipientVerdict::Unavailable => self.reply(Reply::recipient_lookup_failed()),
+            RecipientVerdict::Defer { retry_after } => self.reply(Reply::greylisted(retry_after)),
         }
         self.process();
     }
@@ -609,14 +610,25 @@ impl ServerSession {
             Notify::Default
         };
         let local = self.config.local_domains.contains(address.domain());
-        if self.config.verify_recipients && local && !is_postmaster {
+        if self.config.check_recipients && ours && !is_postmaster {
+            let sender = match &self.txn {
+                Some(txn) => txn.sender.clone(),
+                None => return,
+            };
             self.pending_rcpt = Some(PendingRcpt {
                 address: address.clone(),
                 notify,
                 orcpt: to.orcpt,
             });
             self.phase = Phase::Waiting;
-            self.outputs.push_back(Output::CheckRecipient(address));
+            self.outputs
+                .push_back(Output::CheckRecipient(RecipientQuery {
+                    recipient: address,
+                    sender,
+                    client: self.peer.ip,
+                    local,
+                    trusted,
+                }));
             return;
         }
         self.add_recipient(address, notify, to.orcpt);

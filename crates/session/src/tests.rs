@@ -27,7 +27,7 @@ fn config() -> SessionConfig {
         require_auth: false,
         local_domains: vec![Domain::parse("local.test").unwrap()],
         relay_domains: vec![Domain::parse("internal.test").unwrap()],
-        verify_recipients: false,
+        check_recipients: false,
     }
 }
 
@@ -121,8 +121,14 @@ impl Harness {
                     self.queued += 1;
                     self.session.handle_enqueued(Ok(QueueId(self.queued)));
                 }
-                Output::CheckRecipient(address) => {
-                    writeln!(self.log, "[check {address}]").unwrap();
+                Output::CheckRecipient(query) => {
+                    let address = query.recipient;
+                    writeln!(
+                        self.log,
+                        "[check {address} from {} local={} trusted={}]",
+                        query.sender, query.local, query.trusted
+                    )
+                    .unwrap();
                     let a = |s: &str| backstop_types::Address::parse(s).unwrap();
                     let verdict = match address.to_string().as_str() {
                         "bob@local.test" => RecipientVerdict::Accept(vec![a("bob@local.test")]),
@@ -131,6 +137,7 @@ impl Harness {
                             a("bob@local.test"),
                         ]),
                         "down@local.test" => RecipientVerdict::Unavailable,
+                        "grey@local.test" => RecipientVerdict::Defer { retry_after: 300 },
                         _ => RecipientVerdict::Unknown,
                     };
                     self.session.handle_recipient(verdict);
@@ -1051,7 +1058,7 @@ fn a_full_disk_gets_452_and_the_session_goes_on() {
 #[test]
 fn local_recipients_are_verified_when_configured() {
     let mut h = Harness::new(SessionConfig {
-        verify_recipients: true,
+        check_recipients: true,
         ..config()
     });
     h.send(b"EHLO client.test\r\n");
@@ -1059,24 +1066,32 @@ fn local_recipients_are_verified_when_configured() {
     h.log.clear();
     h.send(b"RCPT TO:<nobody@local.test>\r\n");
     h.send(b"RCPT TO:<down@local.test>\r\n");
+    h.send(b"RCPT TO:<grey@local.test>\r\n");
+    h.send(b"RCPT TO:<someone@internal.test>\r\n");
     h.send(b"RCPT TO:<postmaster@local.test>\r\n");
     h.send(b"RCPT TO:<sales@local.test> NOTIFY=FAILURE\r\nRCPT TO:<bob@local.test>\r\nDATA\r\n");
     h.send(b"Subject: x\r\n\r\n.\r\n");
     h.check(expect![[r#"
         C: RCPT TO:<nobody@local.test>\r\n
-        [check nobody@local.test]
+        [check nobody@local.test from <a@example.org> local=true trusted=false]
         S: 550 5.1.1 Recipient address rejected: user unknown
         C: RCPT TO:<down@local.test>\r\n
-        [check down@local.test]
+        [check down@local.test from <a@example.org> local=true trusted=false]
         S: 451 4.4.3 Recipient lookup failed, try again later
+        C: RCPT TO:<grey@local.test>\r\n
+        [check grey@local.test from <a@example.org> local=true trusted=false]
+        S: 451 4.7.1 Greylisted, please try again in 300 seconds
+        C: RCPT TO:<someone@internal.test>\r\n
+        [check someone@internal.test from <a@example.org> local=false trusted=false]
+        S: 550 5.1.1 Recipient address rejected: user unknown
         C: RCPT TO:<postmaster@local.test>\r\n
         S: 250 2.1.5 Recipient ok
         C: RCPT TO:<sales@local.test> NOTIFY=FAILURE\r\n
         C: RCPT TO:<bob@local.test>\r\n
         C: DATA\r\n
-        [check sales@local.test]
+        [check sales@local.test from <a@example.org> local=true trusted=false]
         S: 250 2.1.5 Recipient ok
-        [check bob@local.test]
+        [check bob@local.test from <a@example.org> local=true trusted=false]
         S: 250 2.1.5 Recipient ok
         S: 354 2.0.0 End data with <CR><LF>.<CR><LF>
         C: Subject: x\r\n

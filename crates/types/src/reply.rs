@@ -393,6 +393,15 @@ impl Reply {
         )
     }
 
+    /// Greylisting: a real mail server retries; most spam software does not.
+    pub fn greylisted(retry_after: u64) -> Reply {
+        Reply::new(
+            451,
+            EnhancedStatus(4, 7, 1),
+            format!("Greylisted, please try again in {retry_after} seconds"),
+        )
+    }
+
     pub fn relay_denied() -> Reply {
         Reply::new(554, EnhancedStatus(5, 7, 1), "Relay access denied")
     }

@@ -1,0 +1,146 @@
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::*;
+
+/// An in-memory store with expiry, as the real one behaves.
+#[derive(Default)]
+struct Memory(Mutex<HashMap<Vec<u8>, (Vec<u8>, UnixTime)>>);
+
+impl GreyStore for Memory {
+    fn get(&self, key: &[u8], now: UnixTime) -> Result<Option<Vec<u8>>, String> {
+        let map = self.0.lock().unwrap();
+        Ok(map
+            .get(key)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(v, _)| v.clone()))
+    }
+    fn put(&self, key: &[u8], value: &[u8], expires: UnixTime) -> Result<(), String> {
+        self.0
+            .lock()
+            .unwrap()
+            .insert(key.to_vec(), (value.to_vec(), expires));
+        Ok(())
+    }
+}
+
+struct Broken;
+
+impl GreyStore for Broken {
+    fn get(&self, _: &[u8], _: UnixTime) -> Result<Option<Vec<u8>>, String> {
+        Err("store down".into())
+    }
+    fn put(&self, _: &[u8], _: &[u8], _: UnixTime) -> Result<(), String> {
+        Err("store down".into())
+    }
+}
+
+const POLICY: GreylistPolicy = GreylistPolicy {
+    delay: Duration::from_secs(300),
+    retry_window: Duration::from_secs(2 * 86_400),
+    auto_pass: Duration::from_secs(35 * 86_400),
+};
+
+fn sender() -> ReversePath {
+    ReversePath::Address(Address::parse("news@example.org").unwrap())
+}
+
+fn rcpt(s: &str) -> Address {
+    Address::parse(s).unwrap()
+}
+
+#[test]
+fn first_deferred_early_retry_deferred_real_retry_passes() {
+    let store = Memory::default();
+    let ip: IpAddr = "192.0.2.10".parse().unwrap();
+    let t0 = UnixTime(1_800_000_000);
+    let bob = rcpt("bob@example.com");
+    assert_eq!(
+        check(&store, &POLICY, ip, &sender(), &bob, t0),
+        GreyVerdict::Defer { retry_after: 300 }
+    );
+    assert_eq!(
+        check(&store, &POLICY, ip, &sender(), &bob, UnixTime(t0.0 + 100)),
+        GreyVerdict::Defer { retry_after: 200 }
+    );
+    // The retry comes from a neighbour in the same /24, as big senders' pools do.
+    let neighbour: IpAddr = "192.0.2.77".parse().unwrap();
+    assert_eq!(
+        check(
+            &store,
+            &POLICY,
+            neighbour,
+            &sender(),
+            &bob,
+            UnixTime(t0.0 + 300)
+        ),
+        GreyVerdict::Pass
+    );
+    // Auto-pass: the network retried once, so new triplets from it pass at once...
+    let later = UnixTime(t0.0 + 400);
+    assert_eq!(
+        check(
+            &store,
+            &POLICY,
+            ip,
+            &ReversePath::Null,
+            &rcpt("carol@example.com"),
+            later
+        ),
+        GreyVerdict::Pass
+    );
+    // ...until the auto-pass runs out.
+    let much_later = UnixTime(t0.0 + 300 + 35 * 86_400);
+    assert_eq!(
+        check(
+            &store,
+            &POLICY,
+            ip,
+            &ReversePath::Null,
+            &rcpt("dave@example.com"),
+            much_later
+        ),
+        GreyVerdict::Defer { retry_after: 300 }
+    );
+}
+
+#[test]
+fn other_networks_and_forgotten_attempts_start_over() {
+    let store = Memory::default();
+    let t0 = UnixTime(1_800_000_000);
+    let bob = rcpt("bob@example.com");
+    let a: IpAddr = "192.0.2.10".parse().unwrap();
+    let b: IpAddr = "198.51.100.10".parse().unwrap();
+    check(&store, &POLICY, a, &sender(), &bob, t0);
+    assert_eq!(
+        check(&store, &POLICY, b, &sender(), &bob, UnixTime(t0.0 + 600)),
+        GreyVerdict::Defer { retry_after: 300 }
+    );
+    // A retry after the window is a first attempt again.
+    let too_late = UnixTime(t0.0 + 2 * 86_400 + 1);
+    assert_eq!(
+        check(&store, &POLICY, a, &sender(), &bob, too_late),
+        GreyVerdict::Defer { retry_after: 300 }
+    );
+    // IPv6 clients are grouped by /64.
+    let v6a: IpAddr = "2001:db8:1:2::25".parse().unwrap();
+    let v6b: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
+    check(&store, &POLICY, v6a, &sender(), &bob, t0);
+    assert_eq!(
+        check(&store, &POLICY, v6b, &sender(), &bob, UnixTime(t0.0 + 300)),
+        GreyVerdict::Pass
+    );
+}
+
+#[test]
+fn a_store_that_cannot_answer_is_unavailable_not_a_pass() {
+    let verdict = check(
+        &Broken,
+        &POLICY,
+        "192.0.2.1".parse().unwrap(),
+        &sender(),
+        &rcpt("bob@example.com"),
+        UnixTime(0),
+    );
+    assert_eq!(verdict, GreyVerdict::Unavailable("store down".into()));
+}
