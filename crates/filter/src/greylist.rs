@@ -40,7 +40,8 @@ pub enum GreyVerdict {
     Unavailable(String),
 }
 
-/// Decides one triplet and records what it learns.
+/// Decides one triplet and records what it learns. A store that fails makes the verdict
+/// [`GreyVerdict::Unavailable`], never a pass.
 pub fn check(
     store: &dyn GreyStore,
     policy: &GreylistPolicy,
@@ -49,55 +50,44 @@ pub fn check(
     recipient: &Address,
     now: UnixTime,
 ) -> GreyVerdict {
-    match decide(store, policy, client, sender, recipient, now) {
-        Ok(verdict) => verdict,
-        Err(e) => GreyVerdict::Unavailable(e),
-    }
-}
-
-fn decide(
-    store: &dyn GreyStore,
-    policy: &GreylistPolicy,
-    client: IpAddr,
-    sender: &ReversePath,
-    recipient: &Address,
-    now: UnixTime,
-) -> Result<GreyVerdict, String> {
-    let network = network(client);
-    let pass_key = format!("grey:pass:{network}");
-    if store.get(pass_key.as_bytes(), now)?.is_some() {
-        return Ok(GreyVerdict::Pass);
-    }
-    let sender = match sender.address() {
-        Some(a) => a.to_string().to_lowercase(),
-        None => String::new(),
+    let decide = || -> Result<GreyVerdict, String> {
+        let network = network(client);
+        let pass_key = format!("grey:pass:{network}");
+        if store.get(pass_key.as_bytes(), now)?.is_some() {
+            return Ok(GreyVerdict::Pass);
+        }
+        let sender = match sender.address() {
+            Some(a) => a.to_string().to_lowercase(),
+            None => String::new(),
+        };
+        let triplet = format!(
+            "grey:triplet:{network}/{sender}/{}",
+            recipient.to_string().to_lowercase()
+        );
+        let first_seen = store
+            .get(triplet.as_bytes(), now)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_be_bytes);
+        match first_seen {
+            Some(first) if now.0 >= first + policy.delay.as_secs() => {
+                // A real retry: this client network is a mail server that retries.
+                let until = UnixTime(now.0 + policy.auto_pass.as_secs());
+                store.put(pass_key.as_bytes(), b"1", until)?;
+                Ok(GreyVerdict::Pass)
+            }
+            Some(first) => Ok(GreyVerdict::Defer {
+                retry_after: first + policy.delay.as_secs() - now.0,
+            }),
+            None => {
+                let forget = UnixTime(now.0 + policy.retry_window.as_secs());
+                store.put(triplet.as_bytes(), &now.0.to_be_bytes(), forget)?;
+                Ok(GreyVerdict::Defer {
+                    retry_after: policy.delay.as_secs(),
+                })
+            }
+        }
     };
-    let triplet = format!(
-        "grey:triplet:{network}/{sender}/{}",
-        recipient.to_string().to_lowercase()
-    );
-    let first_seen = store
-        .get(triplet.as_bytes(), now)?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-        .map(u64::from_be_bytes);
-    match first_seen {
-        Some(first) if now.0 >= first + policy.delay.as_secs() => {
-            // A real retry: this client network is a mail server that retries.
-            let until = UnixTime(now.0 + policy.auto_pass.as_secs());
-            store.put(pass_key.as_bytes(), b"1", until)?;
-            Ok(GreyVerdict::Pass)
-        }
-        Some(first) => Ok(GreyVerdict::Defer {
-            retry_after: first + policy.delay.as_secs() - now.0,
-        }),
-        None => {
-            let forget = UnixTime(now.0 + policy.retry_window.as_secs());
-            store.put(triplet.as_bytes(), &now.0.to_be_bytes(), forget)?;
-            Ok(GreyVerdict::Defer {
-                retry_after: policy.delay.as_secs(),
-            })
-        }
-    }
+    decide().unwrap_or_else(GreyVerdict::Unavailable)
 }
 
 /// The client's network: IPv4 /24, IPv6 /64 (big senders retry from a neighbouring address).

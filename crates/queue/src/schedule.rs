@@ -268,16 +268,10 @@ impl Queue {
     /// [`Queue::entry`] for callers that already hold the update lock: a damaged record reads
     /// as absent here and is moved aside by the next [`Queue::list`].
     pub(crate) fn entry_locked(&self, id: QueueId) -> Result<Option<Entry>, QueueError> {
-        let Some(bytes) = self
-            .inner
-            .db
-            .get_cf(self.cf(CF_ENTRIES), id.to_be_bytes())?
-        else {
-            return Ok(None);
-        };
-        match record::decode_entry(&bytes) {
-            Ok(entry) => Ok(Some(entry)),
-            Err(e) => {
+        match self.decoded_entry(id)? {
+            None => Ok(None),
+            Some(Ok(entry)) => Ok(Some(entry)),
+            Some(Err(e)) => {
                 tracing::error!(queue_id = %id, error = %e, "undecodable queue record skipped");
                 Ok(None)
             }

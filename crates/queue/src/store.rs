@@ -241,20 +241,26 @@ impl Queue {
 
     /// The entry of `id`; a damaged one is moved aside and reads as absent.
     pub(crate) fn entry(&self, id: QueueId) -> Result<Option<Entry>, QueueError> {
-        let Some(bytes) = self
-            .inner
-            .db
-            .get_cf(self.cf(CF_ENTRIES), id.to_be_bytes())?
-        else {
-            return Ok(None);
-        };
-        match record::decode_entry(&bytes) {
-            Ok(entry) => Ok(Some(entry)),
-            Err(source) => {
+        match self.decoded_entry(id)? {
+            None => Ok(None),
+            Some(Ok(entry)) => Ok(Some(entry)),
+            Some(Err(source)) => {
                 self.move_aside(id, &source)?;
                 Ok(None)
             }
         }
+    }
+
+    /// The stored entry of `id` as decoded, `None` when there is none.
+    pub(crate) fn decoded_entry(
+        &self,
+        id: QueueId,
+    ) -> Result<Option<Result<Entry, RecordError>>, QueueError> {
+        let bytes = self
+            .inner
+            .db
+            .get_cf(self.cf(CF_ENTRIES), id.to_be_bytes())?;
+        Ok(bytes.map(|b| record::decode_entry(&b)))
     }
 
     /// A record that cannot be decoded must not stop the server: its raw bytes go to the
