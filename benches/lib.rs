@@ -25,6 +25,7 @@ pub fn session_config() -> Arc<SessionConfig> {
         local_domains: vec![Domain::parse("bench.test").unwrap()],
         relay_domains: Vec::new(),
         check_recipients: false,
+        check_senders: false,
     })
 }
 

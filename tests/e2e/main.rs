@@ -14,6 +14,7 @@ mod disk_full;
 mod greylist;
 mod limits;
 mod postfix;
+mod rates;
 mod receive;
 mod recipients;
 mod relay;

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use backstop_filter::rate::Limit;
 use backstop_listener::IpNetwork;
 use backstop_types::Domain;
 use serde::Deserialize;
@@ -58,8 +59,34 @@ pub struct Config {
     pub recipients: Option<backstop_filter::recipients::TableFile>,
     /// Greylisting of unauthenticated clients, when enabled.
     pub greylist: Option<backstop_filter::greylist::GreylistPolicy>,
+    pub rate_limits: RateLimits,
     pub admin: AdminEndpoint,
     pub log: Log,
+}
+
+/// Rate limits; `None` means no limit. Client limits apply to clients that neither
+/// authenticated nor are in the local networks; user limits to authenticated users.
+#[derive(Debug, Clone, Default)]
+pub struct RateLimits {
+    pub client_connections: Option<Limit>,
+    pub client_messages: Option<Limit>,
+    pub client_recipients: Option<Limit>,
+    pub user_messages: Option<Limit>,
+    pub user_recipients: Option<Limit>,
+}
+
+impl RateLimits {
+    pub fn any(&self) -> bool {
+        [
+            self.client_connections,
+            self.client_messages,
+            self.client_recipients,
+            self.user_messages,
+            self.user_recipients,
+        ]
+        .iter()
+        .any(Option::is_some)
+    }
 }
 
 /// Where the admin API listens.
@@ -180,6 +207,8 @@ struct RawConfig {
     #[serde(default)]
     greylist: RawGreylist,
     #[serde(default)]
+    rate_limits: RawRateLimits,
+    #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
     log: RawLog,
@@ -207,6 +236,16 @@ impl Default for RawQueue {
             quarantine_retention: Seconds(Duration::from_secs(30 * 86_400)),
         }
     }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimits {
+    client_connections: Option<Spanned<String>>,
+    client_messages: Option<Spanned<String>>,
+    client_recipients: Option<Spanned<String>>,
+    user_messages: Option<Spanned<String>>,
+    user_recipients: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -635,6 +674,22 @@ impl Config {
                 message: "retry_window must be longer than delay".into(),
             });
         }
+        let limit = |raw: &Option<Spanned<String>>| -> Result<Option<Limit>, ConfigError> {
+            match raw {
+                None => Ok(None),
+                Some(text) => Limit::parse(text.get_ref())
+                    .map(Some)
+                    .map_err(|e| at(text.span(), e)),
+            }
+        };
+        let r = &raw.rate_limits;
+        let rate_limits = RateLimits {
+            client_connections: limit(&r.client_connections)?,
+            client_messages: limit(&r.client_messages)?,
+            client_recipients: limit(&r.client_recipients)?,
+            user_messages: limit(&r.user_messages)?,
+            user_recipients: limit(&r.user_recipients)?,
+        };
         let admin = match (raw.admin.http, raw.admin.token_file) {
             (None, None) => AdminEndpoint::Unix(raw.data_dir.join(&raw.admin.socket)),
             (None, Some(t)) => return Err(at(t.span(), "token_file goes with http".into())),
@@ -680,6 +735,7 @@ impl Config {
             queue,
             recipients,
             greylist,
+            rate_limits,
             admin,
             smtp: Smtp {
                 local_domains,

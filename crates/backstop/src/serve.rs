@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use backstop_filter::greylist::{self, GreyStore, GreyVerdict, GreylistPolicy};
+use backstop_filter::rate::{self, Limit, MemoryRates};
 use backstop_filter::recipients::{TableFile, Verdict};
 use backstop_listener::tls::CertSource;
 use backstop_listener::users::SenderPolicy;
@@ -15,14 +16,14 @@ use backstop_listener::{
 use backstop_queue::{Queue, QueueError};
 use backstop_session::{
     AuthOutcome, AuthPolicy, EnqueueFailure, Message, RecipientQuery, RecipientVerdict,
-    SessionConfig,
+    SenderQuery, SenderVerdict, SessionConfig,
 };
 use backstop_types::QueueId;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ListenerKind, Tls};
+use crate::config::{Config, ListenerKind, RateLimits, Tls};
 
 pub fn run(config: Config) -> anyhow::Result<()> {
     init_tracing(&config.log.level)?;
@@ -52,10 +53,37 @@ fn init_tracing(level: &str) -> anyhow::Result<()> {
 struct Filter {
     recipients: Option<TableFile>,
     greylist: Option<GreylistPolicy>,
+    rate_limits: RateLimits,
+    rates: MemoryRates,
     queue: Queue,
 }
 
 impl Policy for Filter {
+    fn allow_connection(&self, ip: std::net::IpAddr, local_submitter: bool) -> bool {
+        match (&self.rate_limits.client_connections, local_submitter) {
+            (Some(limit), false) => self.count(&format!("conn:{ip}"), limit),
+            _ => true,
+        }
+    }
+
+    fn check_sender(&self, query: SenderQuery) -> impl Future<Output = SenderVerdict> + Send {
+        let limits = &self.rate_limits;
+        let allowed = match (&query.user, query.trusted) {
+            (Some(user), _) => limits
+                .user_messages
+                .is_none_or(|l| self.count(&format!("msg:user:{user}"), &l)),
+            (None, true) => true,
+            (None, false) => limits
+                .client_messages
+                .is_none_or(|l| self.count(&format!("msg:ip:{}", query.client), &l)),
+        };
+        std::future::ready(if allowed {
+            SenderVerdict::Accept
+        } else {
+            SenderVerdict::RateLimited
+        })
+    }
+
     fn check_recipient(
         &self,
         query: RecipientQuery,
@@ -65,8 +93,21 @@ impl Policy for Filter {
 }
 
 impl Filter {
+    /// Counts one event against a limit; false when it goes over. A counter that fails lets
+    /// the event through: rate limits shape traffic, they do not guard correctness.
+    fn count(&self, key: &str, limit: &Limit) -> bool {
+        match rate::allow(&self.rates, key, limit, now()) {
+            Ok(allowed) => allowed,
+            Err(e) => {
+                warn!(error = %e, key, "rate counter failed");
+                true
+            }
+        }
+    }
+
     /// Recipient validation first (an unknown recipient is refused at once and leaves no
-    /// greylisting state), then greylisting for clients we do not trust.
+    /// greylisting state), then greylisting for clients we do not trust, then the recipient
+    /// rate limits.
     fn decide(&self, query: &RecipientQuery) -> RecipientVerdict {
         let address = &query.recipient;
         let targets = match (&self.recipients, query.local) {
@@ -81,11 +122,7 @@ impl Filter {
             _ => vec![address.clone()],
         };
         if let (Some(policy), false) = (&self.greylist, query.trusted) {
-            let now = backstop_types::UnixTime(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
-            );
+            let now = now();
             let store = QueueGreyStore(&self.queue);
             match greylist::check(&store, policy, query.client, &query.sender, address, now) {
                 GreyVerdict::Pass => {}
@@ -98,8 +135,29 @@ impl Filter {
                 }
             }
         }
+        let limits = &self.rate_limits;
+        let allowed = match (&query.user, query.trusted) {
+            (Some(user), _) => limits
+                .user_recipients
+                .is_none_or(|l| self.count(&format!("rcpt:user:{user}"), &l)),
+            (None, true) => true,
+            (None, false) => limits
+                .client_recipients
+                .is_none_or(|l| self.count(&format!("rcpt:ip:{}", query.client), &l)),
+        };
+        if !allowed {
+            return RecipientVerdict::RateLimited;
+        }
         RecipientVerdict::Accept(targets)
     }
+}
+
+fn now() -> backstop_types::UnixTime {
+    backstop_types::UnixTime(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
 }
 
 /// Greylisting state in the queue's key-value area.
@@ -267,6 +325,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         policy: Filter {
             recipients: config.recipients.clone(),
             greylist: config.greylist,
+            rate_limits: config.rate_limits.clone(),
+            rates: MemoryRates::default(),
             queue: queue.clone(),
         },
         tls: Some(tls.acceptor),
@@ -335,7 +395,10 @@ fn session_config(config: &Config, name: &str, kind: ListenerKind) -> SessionCon
         require_auth,
         local_domains: config.smtp.local_domains.clone(),
         relay_domains: config.smtp.relay_domains.clone(),
-        check_recipients: config.recipients.is_some() || config.greylist.is_some(),
+        check_recipients: config.recipients.is_some()
+            || config.greylist.is_some()
+            || config.rate_limits.any(),
+        check_senders: config.rate_limits.any(),
     }
 }
 
@@ -398,6 +461,8 @@ mod tests {
                 retry_window: Duration::from_secs(86_400),
                 auto_pass: Duration::from_secs(86_400),
             }),
+            rate_limits: RateLimits::default(),
+            rates: MemoryRates::default(),
             queue,
         };
         let query = |recipient: &str, trusted: bool| RecipientQuery {
@@ -406,6 +471,7 @@ mod tests {
             client: "192.0.2.1".parse().unwrap(),
             local: true,
             trusted,
+            user: None,
         };
         let bob = Address::parse("bob@example.com").unwrap();
         assert_eq!(
@@ -420,5 +486,50 @@ mod tests {
             filter.decide(&query("bob@example.com", false)),
             RecipientVerdict::Defer { retry_after: 300 }
         );
+    }
+
+    #[tokio::test]
+    async fn users_are_limited_apart_from_clients_and_local_networks_are_exempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let one_a_day = Some(Limit::parse("1/1d").unwrap());
+        let filter = Filter {
+            recipients: None,
+            greylist: None,
+            rate_limits: RateLimits {
+                client_messages: one_a_day,
+                user_messages: one_a_day,
+                ..RateLimits::default()
+            },
+            rates: MemoryRates::default(),
+            queue: Queue::open(dir.path()).unwrap(),
+        };
+        let query = |user: Option<&str>, trusted: bool| SenderQuery {
+            sender: ReversePath::Null,
+            client: "192.0.2.1".parse().unwrap(),
+            user: user.map(str::to_owned),
+            trusted,
+        };
+        let alice = || query(Some("alice"), true);
+        assert_eq!(filter.check_sender(alice()).await, SenderVerdict::Accept);
+        assert_eq!(
+            filter.check_sender(alice()).await,
+            SenderVerdict::RateLimited
+        );
+        // The same address without AUTH has its own count; a local network has none.
+        assert_eq!(
+            filter.check_sender(query(None, false)).await,
+            SenderVerdict::Accept
+        );
+        assert_eq!(
+            filter.check_sender(query(None, false)).await,
+            SenderVerdict::RateLimited
+        );
+        for _ in 0..3 {
+            assert_eq!(
+                filter.check_sender(query(None, true)).await,
+                SenderVerdict::Accept
+            );
+        }
+        assert!(filter.allow_connection("192.0.2.1".parse().unwrap(), false));
     }
 }

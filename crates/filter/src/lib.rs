@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`greylist`]: greylisting of (client network, sender, recipient) triplets, with auto-pass
 //!   for networks that retried, over a [`greylist::GreyStore`].
+//! - [`rate`]: rate limits per client address and per user, over a [`rate::RateStore`].
 //! - [`recipients`]: recipient validation at RCPT: the recipient table (addresses, catch-alls,
 //!   aliases) and the [`recipients::Verdict`] every source answers with.
 //!
@@ -11,4 +12,5 @@
 //! (the client hears 451 and retries), never an accept.
 
 pub mod greylist;
+pub mod rate;
 pub mod recipients;

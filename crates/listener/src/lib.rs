@@ -18,7 +18,9 @@ pub mod users;
 
 use std::future::Future;
 
-use backstop_session::{EnqueueFailure, Message, RecipientQuery, RecipientVerdict};
+use backstop_session::{
+    EnqueueFailure, Message, RecipientQuery, RecipientVerdict, SenderQuery, SenderVerdict,
+};
 use backstop_types::QueueId;
 
 pub use limits::{ConnectionLimits, IpNetwork};
@@ -37,6 +39,13 @@ pub trait MessageSink: Send + Sync + 'static {
 /// The in-session checks the listener asks for while the client waits. The binary provides
 /// them (from `backstop-filter`); the listener only carries the answers to the session.
 pub trait Policy: Send + Sync + 'static {
+    /// Whether a new connection from `ip` may start (connection rate limits). Clients in the
+    /// local networks are exempt.
+    fn allow_connection(&self, ip: std::net::IpAddr, local_submitter: bool) -> bool;
+
+    /// Whether to take a MAIL FROM (message rate limits).
+    fn check_sender(&self, query: SenderQuery) -> impl Future<Output = SenderVerdict> + Send;
+
     /// Whether to take a recipient in a local or relay domain: does it exist, is it
     /// greylisted. A source that cannot answer must say [`RecipientVerdict::Unavailable`],
     /// never accept.

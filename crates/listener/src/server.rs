@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use backstop_session::{AuthOutcome, Output, Peer, RecipientVerdict, ServerSession, SessionConfig};
+use backstop_session::{
+    AuthOutcome, Output, Peer, RecipientVerdict, SenderVerdict, ServerSession, SessionConfig,
+};
 use backstop_types::{Reply, UnixTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -133,6 +135,14 @@ async fn connection<S: MessageSink, P: Policy>(
     };
     let _ = tcp.set_nodelay(true);
     let local_submitter = context.local_networks.iter().any(|n| n.contains(ip));
+    if !context.policy.allow_connection(ip, local_submitter) {
+        let reply = Reply::connection_rate_limited();
+        info!(%reply, "connection refused: rate limit");
+        let mut out = Vec::new();
+        reply.write_to(&mut out);
+        let _ = tcp.write_all(&out).await;
+        return;
+    }
     debug!(local_submitter, "connected");
     let result = match listener.mode {
         ListenerMode::ImplicitTls => {
@@ -290,6 +300,16 @@ where
                     info!(user = %credentials.username, mechanism = credentials.mechanism.name(), ?outcome, "authentication");
                     session.handle_auth(credentials, outcome);
                 }
+                Output::CheckSender(query) => {
+                    let sender = query.sender.clone();
+                    let verdict = context.policy.check_sender(query).await;
+                    match &verdict {
+                        SenderVerdict::Accept => {}
+                        SenderVerdict::RateLimited => info!(%sender, "message rate limit: 451"),
+                        SenderVerdict::Unavailable => warn!(%sender, "sender check failed: 451"),
+                    }
+                    session.handle_sender(verdict);
+                }
                 Output::CheckRecipient(query) => {
                     let address = query.recipient.clone();
                     let verdict = context.policy.check_recipient(query).await;
@@ -301,6 +321,9 @@ where
                         }
                         RecipientVerdict::Defer { retry_after } => {
                             info!(%address, retry_after, "greylisted: 451")
+                        }
+                        RecipientVerdict::RateLimited => {
+                            info!(%address, "recipient rate limit: 451")
                         }
                     }
                     session.handle_recipient(verdict);

@@ -60,6 +60,8 @@ pub struct SessionConfig {
     /// Ask the driver ([`Output::CheckRecipient`]) about each recipient in a local or relay
     /// domain (does it exist, is it greylisted) instead of accepting it at once.
     pub check_recipients: bool,
+    /// Ask the driver ([`Output::CheckSender`]) about each MAIL FROM (rate limits).
+    pub check_senders: bool,
 }
 
 /// When AUTH is offered on a listener.
@@ -93,6 +95,8 @@ pub enum Output {
     StartTls,
     /// Check these credentials and call [`ServerSession::handle_auth`].
     Authenticate(Credentials),
+    /// Decide on this sender and call [`ServerSession::handle_sender`].
+    CheckSender(SenderQuery),
     /// Decide on this recipient and call [`ServerSession::handle_recipient`].
     CheckRecipient(RecipientQuery),
     /// Store this message durably, then call [`ServerSession::handle_enqueued`]. The client gets
@@ -132,6 +136,27 @@ pub enum AuthOutcome {
     TemporaryFailure,
 }
 
+/// A MAIL FROM to decide on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SenderQuery {
+    pub sender: backstop_types::ReversePath,
+    pub client: IpAddr,
+    /// The authenticated user, if any.
+    pub user: Option<String>,
+    /// The client authenticated or is a local submitter.
+    pub trusted: bool,
+}
+
+/// The answer to [`Output::CheckSender`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SenderVerdict {
+    Accept,
+    /// Over a rate limit: `451 4.7.1`, slow down.
+    RateLimited,
+    /// The check could not be made: `451 4.3.0`.
+    Unavailable,
+}
+
 /// A recipient to decide on, with what is known of the transaction so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecipientQuery {
@@ -142,6 +167,8 @@ pub struct RecipientQuery {
     pub local: bool,
     /// The client authenticated or is a local submitter.
     pub trusted: bool,
+    /// The authenticated user, if any.
+    pub user: Option<String>,
 }
 
 /// The answer to [`Output::CheckRecipient`].
@@ -155,6 +182,8 @@ pub enum RecipientVerdict {
     Unavailable,
     /// Greylisted: `451 4.7.1`, try again in this many seconds.
     Defer { retry_after: u64 },
+    /// Over a rate limit: `451 4.7.1`, slow down.
+    RateLimited,
 }
 
 /// Why the driver could not store a message. Either way the client is told to try again later,

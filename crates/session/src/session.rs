@@ -14,7 +14,7 @@ use crate::data::{DataFramer, Progress, Verdict};
 use crate::sasl::{self, Mechanism, SaslError};
 use crate::{
     AuthOutcome, AuthPolicy, Credentials, EnqueueFailure, Message, Output, Peer, RecipientQuery,
-    RecipientVerdict, SenderRights, SessionConfig,
+    RecipientVerdict, SenderQuery, SenderRights, SenderVerdict, SessionConfig,
 };
 
 /// The server side of one SMTP connection. See the crate docs for the call order.
@@ -39,6 +39,8 @@ pub struct ServerSession {
     now: UnixTime,
     /// A RCPT waiting for [`ServerSession::handle_recipient`].
     pending_rcpt: Option<PendingRcpt>,
+    /// A MAIL waiting for [`ServerSession::handle_sender`]: the transaction it would open.
+    pending_mail: Option<Transaction>,
 }
 
 struct PendingRcpt {
@@ -118,6 +120,7 @@ impl ServerSession {
             errors: 0,
             now,
             pending_rcpt: None,
+            pending_mail: None,
         }
     }
 
@@ -200,6 +203,26 @@ impl ServerSession {
         self.process();
     }
 
+    /// The answer to [`Output::CheckSender`].
+    pub fn handle_sender(&mut self, verdict: SenderVerdict) {
+        if self.is_closed() {
+            return;
+        }
+        self.phase = Phase::Command;
+        let Some(txn) = self.pending_mail.take() else {
+            return;
+        };
+        match verdict {
+            SenderVerdict::Accept => {
+                self.txn = Some(txn);
+                self.reply(Reply::sender_ok());
+            }
+            SenderVerdict::RateLimited => self.reply(Reply::rate_limited()),
+            SenderVerdict::Unavailable => self.reply(Reply::check_unavailable()),
+        }
+        self.process();
+    }
+
     /// The answer to [`Output::CheckRecipient`].
     pub fn handle_recipient(&mut self, verdict: RecipientVerdict) {
         if self.is_closed() {
@@ -228,6 +251,7 @@ impl ServerSession {
             RecipientVerdict::Unknown => self.error(Reply::unknown_recipient()),
             RecipientVerdict::Unavailable => self.reply(Reply::recipient_lookup_failed()),
             RecipientVerdict::Defer { retry_after } => self.reply(Reply::greylisted(retry_after)),
+            RecipientVerdict::RateLimited => self.reply(Reply::rate_limited()),
         }
         self.process();
     }
@@ -523,7 +547,7 @@ impl ServerSession {
         } else {
             None
         };
-        self.txn = Some(Transaction {
+        let txn = Transaction {
             sender,
             dsn: DsnParams {
                 ret,
@@ -535,7 +559,20 @@ impl ServerSession {
             accepted_rcpts: 0,
             body: Vec::new(),
             bdat: None,
-        });
+        };
+        if self.config.check_senders {
+            let query = SenderQuery {
+                sender: txn.sender.clone(),
+                client: self.peer.ip,
+                user: self.auth.as_ref().map(|a| a.user.clone()),
+                trusted: self.auth.is_some() || self.peer.local_submitter,
+            };
+            self.pending_mail = Some(txn);
+            self.phase = Phase::Waiting;
+            self.outputs.push_back(Output::CheckSender(query));
+            return;
+        }
+        self.txn = Some(txn);
         self.reply(Reply::sender_ok());
     }
 
@@ -628,6 +665,7 @@ impl ServerSession {
                     client: self.peer.ip,
                     local,
                     trusted,
+                    user: self.auth.as_ref().map(|a| a.user.clone()),
                 }));
             return;
         }

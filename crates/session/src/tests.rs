@@ -8,8 +8,8 @@ use backstop_types::{Domain, QueueId, TlsInfo, UnixTime};
 use expect_test::{expect, Expect};
 
 use crate::{
-    AuthOutcome, AuthPolicy, Output, Peer, RecipientVerdict, SenderRights, ServerSession,
-    SessionConfig,
+    AuthOutcome, AuthPolicy, Output, Peer, RecipientVerdict, SenderRights, SenderVerdict,
+    ServerSession, SessionConfig,
 };
 
 fn config() -> SessionConfig {
@@ -28,6 +28,7 @@ fn config() -> SessionConfig {
         local_domains: vec![Domain::parse("local.test").unwrap()],
         relay_domains: vec![Domain::parse("internal.test").unwrap()],
         check_recipients: false,
+        check_senders: false,
     }
 }
 
@@ -120,6 +121,20 @@ impl Harness {
                     .unwrap();
                     self.queued += 1;
                     self.session.handle_enqueued(Ok(QueueId(self.queued)));
+                }
+                Output::CheckSender(query) => {
+                    writeln!(
+                        self.log,
+                        "[check sender {} user={:?}]",
+                        query.sender, query.user
+                    )
+                    .unwrap();
+                    let verdict = match query.sender.to_string().as_str() {
+                        "<busy@example.org>" => SenderVerdict::RateLimited,
+                        "<broken@example.org>" => SenderVerdict::Unavailable,
+                        _ => SenderVerdict::Accept,
+                    };
+                    self.session.handle_sender(verdict);
                 }
                 Output::CheckRecipient(query) => {
                     let address = query.recipient;
@@ -1186,6 +1201,50 @@ fn relay_domains_are_accepted_from_anyone() {
             S: 250 2.1.5 Recipient ok
             C: RCPT TO:<someone@other.test>\r\n
             S: 554 5.7.1 Relay access denied
+        "#]],
+    );
+}
+
+#[test]
+fn senders_are_checked_when_configured() {
+    check(
+        SessionConfig {
+            check_senders: true,
+            ..config()
+        },
+        &[
+            b"EHLO client.test\r\n",
+            b"MAIL FROM:<busy@example.org>\r\n",
+            b"MAIL FROM:<broken@example.org>\r\n",
+            b"RCPT TO:<bob@local.test>\r\n",
+            b"MAIL FROM:<calm@example.org>\r\nRCPT TO:<bob@local.test>\r\n",
+        ],
+        expect![[r#"
+            S: 220 mx.test ESMTP backstop
+            C: EHLO client.test\r\n
+            S: 250-mx.test Hello client.test
+            S: 250-PIPELINING
+            S: 250-SIZE 1000
+            S: 250-8BITMIME
+            S: 250-SMTPUTF8
+            S: 250-ENHANCEDSTATUSCODES
+            S: 250-CHUNKING
+            S: 250-DSN
+            S: 250-STARTTLS
+            S: 250 HELP
+            C: MAIL FROM:<busy@example.org>\r\n
+            [check sender <busy@example.org> user=None]
+            S: 451 4.7.1 Rate limit exceeded, slow down and try again later
+            C: MAIL FROM:<broken@example.org>\r\n
+            [check sender <broken@example.org> user=None]
+            S: 451 4.3.0 Temporary failure, try again later
+            C: RCPT TO:<bob@local.test>\r\n
+            S: 503 5.5.1 Need MAIL before RCPT
+            C: MAIL FROM:<calm@example.org>\r\n
+            C: RCPT TO:<bob@local.test>\r\n
+            [check sender <calm@example.org> user=None]
+            S: 250 2.1.0 Sender ok
+            S: 250 2.1.5 Recipient ok
         "#]],
     );
 }

@@ -402,6 +402,33 @@ impl Reply {
         )
     }
 
+    /// Over a rate limit (connections, messages or recipients in a time window).
+    pub fn rate_limited() -> Reply {
+        Reply::new(
+            451,
+            EnhancedStatus(4, 7, 1),
+            "Rate limit exceeded, slow down and try again later",
+        )
+    }
+
+    /// Too many new connections from one address in a short time.
+    pub fn connection_rate_limited() -> Reply {
+        Reply::new(
+            421,
+            EnhancedStatus(4, 7, 0),
+            "Too many connections from your address in a short time, try again later",
+        )
+    }
+
+    /// A check could not be made: try again later.
+    pub fn check_unavailable() -> Reply {
+        Reply::new(
+            451,
+            EnhancedStatus(4, 3, 0),
+            "Temporary failure, try again later",
+        )
+    }
+
     pub fn relay_denied() -> Reply {
         Reply::new(554, EnhancedStatus(5, 7, 1), "Relay access denied")
     }
