@@ -53,7 +53,8 @@ pub struct Server {
 }
 
 /// A config with mx, submission and submissions listeners on loopback port 0, plus
-/// `smtp_extra` lines for `[smtp]`.
+/// `smtp_extra` lines for `[smtp]`. Delivery is paused, so that what is received stays in the
+/// queue to be looked at: these tests are about the receive path (`delivery.rs` delivers).
 pub fn config(dir: &Path, smtp_extra: &str) -> String {
     // Password "secret", argon2id.
     let hash = hash_password("secret");
@@ -64,6 +65,9 @@ data_dir = "{data}"
 [smtp]
 local_domains = ["example.test"]
 {smtp_extra}
+
+[delivery]
+paused = true
 
 [[auth.user]]
 name = "alice"

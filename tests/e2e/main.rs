@@ -10,6 +10,7 @@ mod harness;
 mod admin;
 mod cli;
 mod crash;
+mod delivery;
 mod disk_full;
 mod greylist;
 mod limits;

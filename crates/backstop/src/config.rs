@@ -60,6 +60,10 @@ pub struct Config {
     /// Greylisting of unauthenticated clients, when enabled.
     pub greylist: Option<backstop_filter::greylist::GreylistPolicy>,
     pub rate_limits: RateLimits,
+    /// Where local domains' mail is delivered: Maildirs under this directory.
+    pub maildir: PathBuf,
+    /// Accept and queue, but deliver nothing (maintenance, like Postfix's defer_transports).
+    pub delivery_paused: bool,
     pub admin: AdminEndpoint,
     pub log: Log,
 }
@@ -98,14 +102,14 @@ pub enum AdminEndpoint {
     Http { address: SocketAddr, token: String },
 }
 
-/// Retries and delay notices are read by the delivery agent and the DSN generator, which are
-/// not built yet: the values are parsed and checked now so configs stay valid when they land.
+/// How the queue retries and keeps messages.
 #[derive(Debug)]
-#[allow(dead_code)]
 pub struct QueueConfig {
     pub retry: backstop_queue::RetryPolicy,
     /// When to tell a sender that a message is delayed. Only senders the bounce gate trusts
-    /// ever get such a notice; empty means never.
+    /// ever get such a notice; empty means never. Read by the DSN generator, which is not
+    /// built yet: checked now so that configs stay valid when it lands.
+    #[allow(dead_code)]
     pub delay_warnings: Vec<Duration>,
     /// How long quarantined messages are kept before they are deleted.
     pub quarantine_retention: Duration,
@@ -209,6 +213,8 @@ struct RawConfig {
     #[serde(default)]
     rate_limits: RawRateLimits,
     #[serde(default)]
+    delivery: RawDelivery,
+    #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
     log: RawLog,
@@ -234,6 +240,22 @@ impl Default for RawQueue {
             lifetime: Seconds(Duration::from_secs(5 * 86_400)),
             delay_warnings: Vec::new(),
             quarantine_retention: Seconds(Duration::from_secs(30 * 86_400)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDelivery {
+    maildir: PathBuf,
+    paused: bool,
+}
+
+impl Default for RawDelivery {
+    fn default() -> RawDelivery {
+        RawDelivery {
+            maildir: PathBuf::from("maildir"),
+            paused: false,
         }
     }
 }
@@ -690,6 +712,7 @@ impl Config {
             user_messages: limit(&r.user_messages)?,
             user_recipients: limit(&r.user_recipients)?,
         };
+        let maildir = raw.data_dir.join(&raw.delivery.maildir);
         let admin = match (raw.admin.http, raw.admin.token_file) {
             (None, None) => AdminEndpoint::Unix(raw.data_dir.join(&raw.admin.socket)),
             (None, Some(t)) => return Err(at(t.span(), "token_file goes with http".into())),
@@ -736,6 +759,8 @@ impl Config {
             recipients,
             greylist,
             rate_limits,
+            maildir,
+            delivery_paused: raw.delivery.paused,
             admin,
             smtp: Smtp {
                 local_domains,

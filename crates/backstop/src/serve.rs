@@ -311,6 +311,29 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         queue.clone(),
         shutdown.clone(),
     ));
+    let maildir = std::path::absolute(&config.maildir)?;
+    let agent = backstop_delivery::agent::run(
+        backstop_delivery::agent::Agent {
+            queue: queue.clone(),
+            routes: backstop_delivery::agent::Routes {
+                local_domains: config.smtp.local_domains.clone(),
+                maildir: maildir.clone(),
+            },
+            retry: config.queue.retry,
+            hostname: config.hostname.clone(),
+        },
+        shutdown.clone(),
+    );
+    let delivery = if config.delivery_paused {
+        warn!("delivery is paused: messages are accepted and queued, nothing is delivered");
+        None
+    } else {
+        println!(
+            "backstop: local mail is delivered into {}",
+            maildir.display()
+        );
+        Some(tokio::spawn(agent))
+    };
     tokio::spawn(expire_quarantine(
         queue.clone(),
         config.queue.quarantine_retention,
@@ -340,6 +363,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = stop.send(true);
     });
     backstop_listener::serve(listeners, context, shutdown).await;
+    if let Some(Err(e)) = match delivery {
+        Some(task) => Some(task.await),
+        None => None,
+    } {
+        error!(error = %e, "delivery agent task");
+    }
     match admin.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => error!(error = %e, "admin API"),

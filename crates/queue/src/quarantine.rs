@@ -151,7 +151,7 @@ impl Queue {
         Ok(expired)
     }
 
-    fn put_quarantined(
+    pub(crate) fn put_quarantined(
         &self,
         batch: &mut WriteBatch,
         id: QueueId,

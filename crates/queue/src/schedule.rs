@@ -163,6 +163,18 @@ impl Queue {
                 }
             }
             None => {
+                // Recipients that failed are never bounced here: until the DSN generator
+                // decides who may get a report, the message goes to quarantine with the
+                // reason, in the same write that takes it out of the queue.
+                if let Some(reason) = failure_reason(&entry) {
+                    let body = self
+                        .inner
+                        .db
+                        .get_cf(self.cf(CF_MESSAGES), key)?
+                        .unwrap_or_default();
+                    self.put_quarantined(&mut batch, id, &entry.envelope, &body, &reason, now);
+                    tracing::warn!(queue_id = %id, reason = %reason, "delivery failed: quarantined, no bounce");
+                }
                 self.remove(&mut batch, id)?;
                 AfterAttempts::Finished(entry)
             }
@@ -277,6 +289,24 @@ impl Queue {
             }
         }
     }
+}
+
+/// Why a finished message's failed recipients failed, or `None` when none did.
+fn failure_reason(entry: &Entry) -> Option<String> {
+    let failures: Vec<String> = entry
+        .envelope
+        .recipients
+        .iter()
+        .zip(&entry.states)
+        .filter_map(|(r, s)| match s {
+            RecipientState::Failed { last, .. } => Some(format!(
+                "{}: {} {}",
+                r.address, last.reply.code, last.reply.text
+            )),
+            _ => None,
+        })
+        .collect();
+    (!failures.is_empty()).then(|| format!("delivery failed: {}", failures.join("; ")))
 }
 
 /// The last transient reply, turned into the final failure of an expired recipient.

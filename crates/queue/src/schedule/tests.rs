@@ -131,6 +131,14 @@ async fn attempts_reschedule_with_backoff_then_finish() {
     assert!(queue.list().unwrap().is_empty());
     assert!(queue.schedule().unwrap().is_empty());
     assert!(queue.message(id).unwrap().is_none());
+    // Not bounced: kept in quarantine with the reason, body and all.
+    let (record, body) = queue.quarantine_show(id).unwrap().unwrap();
+    let failed = &sample().recipients[0].address;
+    assert_eq!(
+        record.reason,
+        format!("delivery failed: {failed}: 550 no such user")
+    );
+    assert_eq!(body, b"body");
 }
 
 #[tokio::test]

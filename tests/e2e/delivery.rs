@@ -1,0 +1,101 @@
+//! Local delivery: mail for a local domain ends up in the recipient's Maildir and leaves the
+//! queue; mail for other domains waits in the queue with the reason.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::harness::{config, have, queued, RawClient, Server, BIN};
+
+#[test]
+fn local_mail_is_delivered_into_maildirs() {
+    if !have("swaks", "local_mail_is_delivered_into_maildirs") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = config(d, "").replace("[delivery]\npaused = true", "[delivery]\npaused = false");
+    let server = Server::start(d, &config);
+
+    let mut c = RawClient::connect(server.mx);
+    c.reply();
+    c.command("EHLO client.example");
+    c.command("MAIL FROM:<sender@example.org>");
+    c.command("RCPT TO:<User@example.test>");
+    c.command("DATA");
+    c.send(b"Subject: to the maildir\r\n\r\nhello\r\n.\r\n");
+    assert!(c.reply().starts_with("250 2.0.0 Ok: queued as "));
+    c.command("QUIT");
+
+    let new = d.join("var/maildir/example.test/user/new");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let file = loop {
+        if let Some(Ok(entry)) = std::fs::read_dir(&new).ok().and_then(|mut r| r.next()) {
+            break entry.path();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not delivered:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.starts_with("Return-Path: <sender@example.org>\r\nDelivered-To: User@example.test\r\nReceived: from client.example"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("Subject: to the maildir\r\n\r\nhello\r\n"),
+        "{text}"
+    );
+    // Delivered: out of the queue (give the agent a moment to record it).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !queued(d).is_empty() {
+        assert!(Instant::now() < deadline, "still queued after delivery");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A foreign recipient (authenticated submission) has no route yet: it waits, with why.
+    let out = Command::new("swaks")
+        .args(["--server", &server.submission.to_string(), "--tls"])
+        .args([
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            "alice",
+            "--auth-password",
+            "secret",
+        ])
+        .args([
+            "--from",
+            "alice@example.test",
+            "--to",
+            "friend@elsewhere.example",
+        ])
+        .output()
+        .unwrap();
+    {
+        let transcript = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            transcript.contains("250 2.0.0 Ok: queued as "),
+            "{transcript}"
+        );
+        let id = crate::harness::queue_id_in(&transcript).to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let show = Command::new(BIN)
+                .args(["queue", "show", &id, "--config"])
+                .arg(d.join("backstop.toml"))
+                .output()
+                .unwrap();
+            let show = String::from_utf8_lossy(&show.stdout).into_owned();
+            if show.contains("1 attempt(s)") {
+                assert!(show.contains("451 4.4.0 no route to this domain"), "{show}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "never attempted:\n{show}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    server.stop();
+}
