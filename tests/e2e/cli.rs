@@ -69,3 +69,48 @@ fn a_bad_config_stops_serve_with_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// A daemon must not die because nobody reads its standard output any more.
+#[test]
+fn serve_survives_a_closed_stdout() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The address is announced on stdout, which is closed here: pick a free port up front.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = crate::harness::config(d, "").replacen(
+        "address = \"127.0.0.1:0\"",
+        &format!("address = \"127.0.0.1:{port}\""),
+        1,
+    );
+    std::fs::write(d.join("backstop.toml"), config).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(d.join("backstop.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut greeting = String::new();
+    for _ in 0..100 {
+        if let Ok(stream) = std::net::TcpStream::connect(addr) {
+            let mut c = crate::harness::RawClient::from_stream(stream);
+            greeting = c.reply();
+            c.command("QUIT");
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let alive = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(greeting.starts_with("220 "), "{greeting:?}");
+    assert!(alive, "backstop died after its stdout was closed");
+}

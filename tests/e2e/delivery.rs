@@ -17,11 +17,24 @@ fn local_mail_is_delivered_into_maildirs() {
     let server = Server::start(d, &config);
 
     let mut c = RawClient::connect(server.mx);
-    c.reply();
-    c.command("EHLO client.example");
-    c.command("MAIL FROM:<sender@example.org>");
-    c.command("RCPT TO:<User@example.test>");
-    c.command("DATA");
+    let greeting = c.reply();
+    assert!(
+        greeting.starts_with("220 "),
+        "{greeting:?}\n{}",
+        server.log()
+    );
+    let ehlo = c.command("EHLO client.example");
+    assert!(ehlo.starts_with("250"), "{ehlo:?}\n{}", server.log());
+    assert_eq!(
+        c.command("MAIL FROM:<sender@example.org>"),
+        "250 2.1.0 Sender ok\r\n"
+    );
+    assert_eq!(
+        c.command("RCPT TO:<User@example.test>"),
+        "250 2.1.5 Recipient ok\r\n"
+    );
+    let data = c.command("DATA");
+    assert!(data.starts_with("354"), "{data:?}\n{}", server.log());
     c.send(b"Subject: to the maildir\r\n\r\nhello\r\n.\r\n");
     assert!(c.reply().starts_with("250 2.0.0 Ok: queued as "));
     c.command("QUIT");
@@ -88,12 +101,17 @@ fn local_mail_is_delivered_into_maildirs() {
                 .arg(d.join("backstop.toml"))
                 .output()
                 .unwrap();
-            let show = String::from_utf8_lossy(&show.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&show.stderr).into_owned();
+            let show = String::from_utf8_lossy(&show.stdout).into_owned() + &stderr;
             if show.contains("1 attempt(s)") {
                 assert!(show.contains("451 4.4.0 no route to this domain"), "{show}");
                 break;
             }
-            assert!(Instant::now() < deadline, "never attempted:\n{show}");
+            assert!(
+                Instant::now() < deadline,
+                "never attempted:\n{show}\n{}",
+                server.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

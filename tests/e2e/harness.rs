@@ -136,10 +136,10 @@ impl Server {
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            // Keep reading to the end, also after the test has what it needs, so that the
+            // server never writes into a closed pipe.
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
+                let _ = tx.send(line);
             }
         });
         let (mut mx, mut submission, mut submissions) = (None, None, None);
@@ -242,7 +242,10 @@ pub struct RawClient {
 
 impl RawClient {
     pub fn connect(addr: SocketAddr) -> RawClient {
-        let stream = TcpStream::connect(addr).unwrap();
+        RawClient::from_stream(TcpStream::connect(addr).unwrap())
+    }
+
+    pub fn from_stream(stream: TcpStream) -> RawClient {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();

@@ -127,7 +127,7 @@ async fn serve_http(
     let listener = TcpListener::bind(address)
         .await
         .with_context(|| format!("admin API on {address}"))?;
-    println!("backstop: admin API on http://{}", listener.local_addr()?);
+    crate::serve::announce!("backstop: admin API on http://{}", listener.local_addr()?);
     let token = std::sync::Arc::new(token);
     loop {
         let stream = tokio::select! {
@@ -250,7 +250,7 @@ async fn serve_unix(
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     }
-    println!("backstop: admin socket {}", path.display());
+    crate::serve::announce!("backstop: admin socket {}", path.display());
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {

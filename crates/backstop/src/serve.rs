@@ -25,6 +25,17 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, ListenerKind, RateLimits, Tls};
 
+/// Tells the operator something on standard output (where it listens, where data lives).
+/// A write error is ignored: a daemon must not die because its stdout was closed (a finished
+/// pipe reader, a detached terminal), as `println!` would make it.
+macro_rules! announce {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+pub(crate) use announce;
+
 pub fn run(config: Config) -> anyhow::Result<()> {
     init_tracing(&config.log.level)?;
     tokio::runtime::Builder::new_multi_thread()
@@ -246,7 +257,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("data directory {}", config.data_dir.display()))?;
     let queue_dir = data_dir.join("queue");
     let queue = Queue::open(&queue_dir)?;
-    println!(
+    announce!(
         "backstop {}: queue in {}",
         env!("CARGO_PKG_VERSION"),
         queue_dir.display()
@@ -288,7 +299,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listener {:?}: cannot listen on {}", l.name, l.address))?;
         let address = socket.local_addr()?;
-        println!(
+        announce!(
             "backstop: listener {} ({}) on {address}",
             l.name,
             l.kind.name()
@@ -328,7 +339,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         warn!("delivery is paused: messages are accepted and queued, nothing is delivered");
         None
     } else {
-        println!(
+        announce!(
             "backstop: local mail is delivered into {}",
             maildir.display()
         );
