@@ -177,3 +177,225 @@ fn postfix_relays_a_message_into_backstop() {
     assert!(body.contains("Subject: relayed by postfix\r\n"), "{body}");
     assert!(body.contains("\r\n\r\nhello from postfix\r\n"), "{body}");
 }
+
+/// A Postfix instance that receives for `example.net` (bob only) on 127.0.0.2, with STARTTLS.
+struct PostfixMx {
+    conf: PathBuf,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl PostfixMx {
+    fn start(dir: &Path) -> PostfixMx {
+        let conf = dir.join("etc");
+        for d in ["etc", "spool", "data", "mail"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        run(
+            "chown",
+            &["postfix", &dir.join("data").display().to_string()],
+        );
+        run(
+            "chown",
+            &["nobody:nogroup", &dir.join("mail").display().to_string()],
+        );
+        let port = std::net::TcpListener::bind("127.0.0.2:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        run(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=peer-mx.example.net",
+                "-keyout",
+                &key.display().to_string(),
+                "-out",
+                &cert.display().to_string(),
+            ],
+        );
+        let main_cf = format!(
+            "compatibility_level = 3.6
+queue_directory = {dir}/spool
+data_directory = {dir}/data
+maillog_file = {dir}/maillog
+maillog_file_prefixes = {dir}
+myhostname = peer-mx.example.net
+mydomain = example.net
+mydestination =
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_recipient_restrictions = reject_unlisted_recipient
+alias_maps =
+alias_database =
+local_transport = error:5.1.1 no local delivery here
+default_transport = error:5.7.1 this peer does not relay
+relay_domains =
+virtual_mailbox_domains = example.net
+virtual_mailbox_base = {dir}/mail
+virtual_mailbox_maps = inline:{{ bob@example.net=example.net/bob/ }}
+virtual_uid_maps = static:65534
+virtual_gid_maps = static:65534
+smtpd_tls_cert_file = {cert}
+smtpd_tls_key_file = {key}
+smtpd_tls_security_level = may
+smtpd_tls_received_header = yes
+smtpd_forbid_bare_newline = yes
+smtpd_forbid_bare_newline_exclusions =
+",
+            dir = dir.display(),
+            cert = cert.display(),
+            key = key.display(),
+        );
+        std::fs::write(conf.join("main.cf"), main_cf).unwrap();
+        let master_cf = format!(
+            "127.0.0.2:{port} inet n - n - - smtpd
+pickup    unix n - n 60 1 pickup
+cleanup   unix n - n - 0 cleanup
+qmgr      unix n - n 300 1 qmgr
+rewrite   unix - - n - - trivial-rewrite
+bounce    unix - - n - 0 bounce
+defer     unix - - n - 0 bounce
+trace     unix - - n - 0 bounce
+verify    unix - - n - 1 verify
+flush     unix n - n 1000? 0 flush
+proxymap  unix - - n - - proxymap
+smtp      unix - - n - - smtp
+showq     unix n - n - - showq
+error     unix - - n - - error
+retry     unix - - n - - error
+discard   unix - - n - - discard
+virtual   unix - n n - - virtual
+anvil     unix - - n - 1 anvil
+scache    unix - - n - 1 scache
+postlog   unix-dgram n - n - 1 postlogd
+tlsmgr    unix - - n 1000? 1 tlsmgr
+"
+        );
+        std::fs::write(conf.join("master.cf"), master_cf).unwrap();
+        let conf_arg = conf.display().to_string();
+        run("postfix", &["-c", &conf_arg, "check"]);
+        run("postfix", &["-c", &conf_arg, "start"]);
+        // Wait for its greeting.
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.2", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        PostfixMx {
+            conf,
+            dir: dir.to_owned(),
+            port,
+        }
+    }
+}
+
+impl Drop for PostfixMx {
+    fn drop(&mut self) {
+        let _ = Command::new("postfix")
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("stop")
+            .status();
+    }
+}
+
+#[test]
+fn backstop_relays_to_postfix_over_starttls() {
+    let test = "backstop_relays_to_postfix_over_starttls";
+    if !have("/usr/sbin/postfix", test) || !have("swaks", test) || !is_root(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mx = PostfixMx::start(&d.join("postfix"));
+    let config = config(d, "").replace("[delivery]\npaused = true", "[delivery]\npaused = false")
+        + &format!(
+            "\n[[route]]\ndomains = [\"example.net\"]\nrelay = \"127.0.0.2:{}\"\nhost = \"peer-mx.example.net\"\n",
+            mx.port
+        );
+    let server = Server::start(d, &config);
+    let out = Command::new("swaks")
+        .args(["--server", &server.submission.to_string(), "--tls"])
+        .args([
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            "alice",
+            "--auth-password",
+            "secret",
+        ])
+        .args([
+            "--from",
+            "alice@example.test",
+            "--to",
+            "bob@example.net,nobody@example.net",
+        ])
+        .args(["--header", "Subject: relayed to postfix"])
+        .output()
+        .unwrap();
+    let transcript = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        transcript.contains("250 2.0.0 Ok: queued as "),
+        "{transcript}"
+    );
+    let id = crate::harness::queue_id_in(&transcript);
+
+    // bob's copy lands in Postfix's mailbox, received over TLS.
+    let new = mx.dir.join("mail/example.net/bob/new");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let delivered = loop {
+        if let Some(Ok(entry)) = std::fs::read_dir(&new).ok().and_then(|mut r| r.next()) {
+            break std::fs::read_to_string(entry.path()).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not delivered to postfix; backstop:\n{}\npostfix:\n{}",
+            server.log(),
+            std::fs::read_to_string(mx.dir.join("maillog")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        delivered.contains("Subject: relayed to postfix"),
+        "{delivered}"
+    );
+    assert!(
+        delivered.contains("by peer-mx.example.net (Postfix) with ESMTPS"),
+        "{delivered}"
+    );
+    assert!(
+        delivered.contains("by mx.backstop.test (backstop) with ESMTPSA"),
+        "{delivered}"
+    );
+
+    // nobody@ was refused by Postfix with 550: not bounced, quarantined with the reason.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reason = loop {
+        let queue = backstop_queue::Queue::open_read_only(&d.join("var/queue")).unwrap();
+        if let Some((record, _)) = queue.quarantine_show(id).unwrap() {
+            break record.reason;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not quarantined:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(reason.contains("nobody@example.net: 550"), "{reason}");
+    assert!(!reason.contains("bob@"), "{reason}");
+    server.stop();
+}

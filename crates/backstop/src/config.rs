@@ -64,8 +64,20 @@ pub struct Config {
     pub maildir: PathBuf,
     /// Accept and queue, but deliver nothing (maintenance, like Postfix's defer_transports).
     pub delivery_paused: bool,
+    /// Relay routes for domains that are not local, first match wins.
+    pub routes: Vec<RouteConfig>,
     pub admin: AdminEndpoint,
     pub log: Log,
+}
+
+/// A relay route: recipients in `domains` (or in any domain) go to `relay` over SMTP.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub domains: Vec<Domain>,
+    pub any_domain: bool,
+    pub relay: SocketAddr,
+    /// The next hop's name, for TLS and logs.
+    pub host: String,
 }
 
 /// Rate limits; `None` means no limit. Client limits apply to clients that neither
@@ -215,6 +227,8 @@ struct RawConfig {
     #[serde(default)]
     delivery: RawDelivery,
     #[serde(default)]
+    route: Vec<RawRoute>,
+    #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
     log: RawLog,
@@ -242,6 +256,17 @@ impl Default for RawQueue {
             quarantine_retention: Seconds(Duration::from_secs(30 * 86_400)),
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    /// Domains, or "*" for every domain no earlier route and no local domain covers.
+    domains: Vec<Spanned<String>>,
+    /// The next hop, `address:port`.
+    relay: Spanned<String>,
+    /// Its name (for TLS); the address when absent.
+    host: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -713,6 +738,36 @@ impl Config {
             user_recipients: limit(&r.user_recipients)?,
         };
         let maildir = raw.data_dir.join(&raw.delivery.maildir);
+        let mut routes = Vec::new();
+        for route in &raw.route {
+            let relay: SocketAddr = route.relay.get_ref().parse().map_err(|_| {
+                at(
+                    route.relay.span(),
+                    format!(
+                        "{:?} is not an address like 192.0.2.25:25",
+                        route.relay.get_ref()
+                    ),
+                )
+            })?;
+            let mut domains = Vec::new();
+            let mut any_domain = false;
+            for d in &route.domains {
+                if d.get_ref() == "*" {
+                    any_domain = true;
+                } else {
+                    domains.push(
+                        Domain::parse(d.get_ref())
+                            .map_err(|e| at(d.span(), format!("{:?}: {e}", d.get_ref())))?,
+                    );
+                }
+            }
+            routes.push(RouteConfig {
+                domains,
+                any_domain,
+                relay,
+                host: route.host.clone().unwrap_or_else(|| relay.ip().to_string()),
+            });
+        }
         let admin = match (raw.admin.http, raw.admin.token_file) {
             (None, None) => AdminEndpoint::Unix(raw.data_dir.join(&raw.admin.socket)),
             (None, Some(t)) => return Err(at(t.span(), "token_file goes with http".into())),
@@ -761,6 +816,7 @@ impl Config {
             rate_limits,
             maildir,
             delivery_paused: raw.delivery.paused,
+            routes,
             admin,
             smtp: Smtp {
                 local_domains,

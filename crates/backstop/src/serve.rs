@@ -329,6 +329,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             routes: backstop_delivery::agent::Routes {
                 local_domains: config.smtp.local_domains.clone(),
                 maildir: maildir.clone(),
+                relays: config
+                    .routes
+                    .iter()
+                    .map(|r| backstop_delivery::agent::RelayRoute {
+                        domains: r.domains.clone(),
+                        any_domain: r.any_domain,
+                        relay: backstop_delivery::smtp::Relay {
+                            address: r.relay,
+                            host: r.host.clone(),
+                            helo: config.hostname.clone(),
+                            timeout: std::time::Duration::from_secs(300),
+                        },
+                    })
+                    .collect(),
             },
             retry: config.queue.retry,
             hostname: config.hostname.clone(),

@@ -23,6 +23,24 @@ pub struct Routes {
     /// Recipients in these domains are delivered into Maildirs under `maildir`.
     pub local_domains: Vec<Domain>,
     pub maildir: PathBuf,
+    /// Relay routes, first match wins.
+    pub relays: Vec<RelayRoute>,
+}
+
+/// Recipients in these domains (or all, with `any_domain`) go to this next hop over SMTP.
+#[derive(Debug, Clone)]
+pub struct RelayRoute {
+    pub domains: Vec<Domain>,
+    pub any_domain: bool,
+    pub relay: crate::smtp::Relay,
+}
+
+impl Routes {
+    fn relay_for(&self, domain: &Domain) -> Option<usize> {
+        self.relays
+            .iter()
+            .position(|r| r.any_domain || r.domains.contains(domain))
+    }
 }
 
 /// What the agent needs.
@@ -96,6 +114,9 @@ impl Agent {
     ) -> Result<(), backstop_queue::QueueError> {
         let envelope = &message.entry.envelope;
         let mut outcomes = Vec::new();
+        // Recipients for each relay route, sent in one transaction per route.
+        let mut relayed: Vec<Vec<(usize, backstop_types::Address)>> =
+            vec![Vec::new(); self.routes.relays.len()];
         for (index, (recipient, state)) in envelope
             .recipients
             .iter()
@@ -109,8 +130,8 @@ impl Agent {
                 continue;
             }
             let address = &recipient.address;
-            let outcome = if self.routes.local_domains.contains(address.domain()) {
-                crate::maildir::deliver(
+            if self.routes.local_domains.contains(address.domain()) {
+                let outcome = crate::maildir::deliver(
                     &self.routes.maildir,
                     &self.hostname,
                     message.id,
@@ -118,11 +139,27 @@ impl Agent {
                     address,
                     &message.body,
                     now,
-                )
+                );
+                outcomes.push((index, outcome));
+            } else if let Some(route) = self.routes.relay_for(address.domain()) {
+                relayed[route].push((index, address.clone()));
             } else {
-                no_route()
-            };
-            match &outcome {
+                outcomes.push((index, no_route()));
+            }
+        }
+        for (route, recipients) in self.routes.relays.iter().zip(relayed) {
+            if !recipients.is_empty() {
+                outcomes.extend(crate::smtp::deliver(
+                    &route.relay,
+                    envelope,
+                    &recipients,
+                    &message.body,
+                ));
+            }
+        }
+        for (index, outcome) in &outcomes {
+            let address = &envelope.recipients[*index].address;
+            match outcome {
                 AttemptOutcome::Delivered(a) => {
                     report.delivered += 1;
                     info!(to = %address, reply = %a.reply.text, "delivered");
@@ -136,7 +173,6 @@ impl Agent {
                     warn!(to = %address, reply = %a.reply.text, "failed");
                 }
             }
-            outcomes.push((index, outcome));
         }
         match self
             .queue
@@ -157,8 +193,7 @@ fn no_route() -> AttemptOutcome {
         reply: RemoteReply {
             code: 451,
             status: Some(EnhancedStatus(4, 4, 0)),
-            text: "no route to this domain: onward delivery (SMTP, LMTP, MX) is not built yet"
-                .into(),
+            text: "no route to this domain: delivery by MX lookup is not built yet".into(),
         },
     })
 }

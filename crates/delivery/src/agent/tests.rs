@@ -42,6 +42,7 @@ fn agent(dir: &std::path::Path) -> Agent {
         routes: Routes {
             local_domains: vec![Domain::parse("example.test").unwrap()],
             maildir: dir.join("maildir"),
+            relays: Vec::new(),
         },
         retry: RetryPolicy {
             min_backoff: Duration::from_secs(300),
