@@ -14,6 +14,7 @@ mod delivery;
 mod disk_full;
 mod greylist;
 mod limits;
+mod lmtp;
 mod postfix;
 mod rates;
 mod receive;

@@ -48,6 +48,15 @@ pub const TEST_PEERS: &[Requirement] = &[
         package: "libio-socket-ssl-perl",
         present_if: &["/usr/share/perl5/IO/Socket/SSL.pm"],
     },
+    // Dovecot's LMTP server, the mailbox server an MX hands mail to.
+    Requirement {
+        package: "dovecot-core",
+        present_if: &["/usr/sbin/dovecot"],
+    },
+    Requirement {
+        package: "dovecot-lmtpd",
+        present_if: &["/usr/lib/dovecot/lmtp"],
+    },
     // Python's smtplib, a TLS client on OpenSSL.
     Requirement {
         package: "python3",

@@ -78,6 +78,8 @@ pub struct RouteConfig {
     pub relay: SocketAddr,
     /// The next hop's name, for TLS and logs.
     pub host: String,
+    /// LMTP instead of SMTP.
+    pub lmtp: bool,
 }
 
 /// Rate limits; `None` means no limit. Client limits apply to clients that neither
@@ -267,6 +269,17 @@ struct RawRoute {
     relay: Spanned<String>,
     /// Its name (for TLS); the address when absent.
     host: Option<String>,
+    /// "smtp" (the default) or "lmtp".
+    #[serde(default)]
+    protocol: Protocol,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Protocol {
+    #[default]
+    Smtp,
+    Lmtp,
 }
 
 #[derive(Deserialize)]
@@ -766,6 +779,7 @@ impl Config {
                 any_domain,
                 relay,
                 host: route.host.clone().unwrap_or_else(|| relay.ip().to_string()),
+                lmtp: route.protocol == Protocol::Lmtp,
             });
         }
         let admin = match (raw.admin.http, raw.admin.token_file) {

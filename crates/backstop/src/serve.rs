@@ -340,6 +340,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                             host: r.host.clone(),
                             helo: config.hostname.clone(),
                             timeout: std::time::Duration::from_secs(300),
+                            lmtp: r.lmtp,
                         },
                     })
                     .collect(),

@@ -1,5 +1,6 @@
-//! The SMTP client for relay routes: one transaction to a fixed next hop, with an outcome for
-//! every recipient.
+//! The SMTP and LMTP client for relay routes: one transaction to a fixed next hop, with an
+//! outcome for every recipient. LMTP (RFC 2033) differs in two places: LHLO instead of EHLO,
+//! and one reply per accepted recipient after the data instead of one for all.
 //!
 //! Blocking I/O (the delivery pass runs on the blocking pool). STARTTLS is used whenever the
 //! server offers it; like Postfix's `may` level the certificate is not verified (an
@@ -29,6 +30,8 @@ pub struct Relay {
     /// Our name in EHLO.
     pub helo: String,
     pub timeout: Duration,
+    /// Speak LMTP (to a mailbox server such as Dovecot) instead of SMTP.
+    pub lmtp: bool,
 }
 
 /// Delivers `body` for `recipients` (index in the envelope, address) in one transaction and
@@ -102,12 +105,12 @@ fn transaction(
     tcp.set_write_timeout(Some(relay.timeout))?;
     let mut conn = Connection::Plain(BufReader::new(tcp));
     expect(conn.reply()?, 2)?;
-    let mut caps = ehlo(&mut conn, &relay.helo)?;
+    let mut caps = ehlo(&mut conn, &relay.helo, relay.lmtp)?;
     if caps.starttls {
         conn.command("STARTTLS")?;
         expect(conn.reply()?, 2)?;
         conn = conn.start_tls(&relay.host)?;
-        caps = ehlo(&mut conn, &relay.helo)?;
+        caps = ehlo(&mut conn, &relay.helo, relay.lmtp)?;
     }
     let needs_utf8 = envelope.smtputf8;
     if needs_utf8 && !caps.smtputf8 {
@@ -158,9 +161,16 @@ fn transaction(
     conn.command("DATA")?;
     expect(conn.reply()?, 3)?;
     conn.write_all(&dot_stuff(body))?;
-    let reply = conn.reply()?;
-    for n in accepted {
-        outcomes[n].1 = Some(outcome(remote, reply.clone()));
+    if relay.lmtp {
+        // One reply per accepted recipient, in RCPT order (RFC 2033 4.2).
+        for n in accepted {
+            outcomes[n].1 = Some(outcome(remote, conn.reply()?));
+        }
+    } else {
+        let reply = conn.reply()?;
+        for n in accepted {
+            outcomes[n].1 = Some(outcome(remote, reply.clone()));
+        }
     }
     let _ = conn.command("QUIT");
     Ok(())
@@ -175,9 +185,13 @@ struct Capabilities {
     smtputf8: bool,
 }
 
-fn ehlo(conn: &mut Connection, name: &str) -> Result<Capabilities, Failure> {
-    conn.command(&format!("EHLO {name}"))?;
+fn ehlo(conn: &mut Connection, name: &str, lmtp: bool) -> Result<Capabilities, Failure> {
+    let verb = if lmtp { "LHLO" } else { "EHLO" };
+    conn.command(&format!("{verb} {name}"))?;
     let reply = conn.reply()?;
+    if lmtp {
+        expect(reply.clone(), 2)?;
+    }
     if reply.code / 100 != 2 {
         // An old server: plain HELO, no extensions.
         conn.command(&format!("HELO {name}"))?;
