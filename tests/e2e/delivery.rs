@@ -69,26 +69,9 @@ fn local_mail_is_delivered_into_maildirs() {
     }
 
     // A foreign recipient (authenticated submission) has no route yet: it waits, with why.
-    let out = Command::new("swaks")
-        .args(["--server", &server.submission.to_string(), "--tls"])
-        .args([
-            "--auth",
-            "PLAIN",
-            "--auth-user",
-            "alice",
-            "--auth-password",
-            "secret",
-        ])
-        .args([
-            "--from",
-            "alice@example.test",
-            "--to",
-            "friend@elsewhere.example",
-        ])
-        .output()
-        .unwrap();
     {
-        let transcript = String::from_utf8_lossy(&out.stdout).into_owned();
+        let transcript =
+            server.submit_as_alice("alice@example.test", "friend@elsewhere.example", &[]);
         assert!(
             transcript.contains("250 2.0.0 Ok: queued as "),
             "{transcript}"

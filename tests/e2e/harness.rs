@@ -196,6 +196,26 @@ impl Server {
         }
     }
 
+    /// Sends a message with swaks as alice (password "secret") over the submission port,
+    /// STARTTLS and AUTH PLAIN; `extra` are more swaks arguments. Returns the transcript.
+    pub fn submit_as_alice(&self, from: &str, to: &str, extra: &[&str]) -> String {
+        let out = Command::new("swaks")
+            .args(["--server", &self.submission.to_string(), "--tls"])
+            .args([
+                "--auth",
+                "PLAIN",
+                "--auth-user",
+                "alice",
+                "--auth-password",
+                "secret",
+            ])
+            .args(["--from", from, "--to", to])
+            .args(extra)
+            .output()
+            .expect("running swaks");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -50,28 +50,8 @@ local_transport = error:5.1.1 no local delivery here
             port = relay.port()
         );
         std::fs::write(conf.join("main.cf"), main_cf).unwrap();
-        // Only what sending needs; no smtpd: this instance never receives.
-        let master_cf = "pickup    unix n - n 60 1 pickup
-cleanup   unix n - n - 0 cleanup
-qmgr      unix n - n 300 1 qmgr
-rewrite   unix - - n - - trivial-rewrite
-bounce    unix - - n - 0 bounce
-defer     unix - - n - 0 bounce
-trace     unix - - n - 0 bounce
-verify    unix - - n - 1 verify
-flush     unix n - n 1000? 0 flush
-proxymap  unix - - n - - proxymap
-smtp      unix - - n - - smtp
-relay     unix - - n - - smtp
-showq     unix n - n - - showq
-error     unix - - n - - error
-retry     unix - - n - - error
-discard   unix - - n - - discard
-anvil     unix - - n - 1 anvil
-scache    unix - - n - 1 scache
-postlog   unix-dgram n - n - 1 postlogd
-tlsmgr    unix - - n 1000? 1 tlsmgr
-";
+        // No smtpd: this instance never receives.
+        let master_cf = master_cf(None);
         std::fs::write(conf.join("master.cf"), master_cf).unwrap();
         let conf_arg = conf.display().to_string();
         run("postfix", &["-c", &conf_arg, "check"]);
@@ -113,6 +93,36 @@ impl Drop for Postfix {
             .arg("stop")
             .status();
     }
+}
+
+/// Postfix's services for a throw-away instance; with a port, an smtpd on 127.0.0.2 too.
+fn master_cf(smtpd_port: Option<u16>) -> String {
+    let smtpd = smtpd_port.map_or(String::new(), |port| {
+        format!("127.0.0.2:{port} inet n - n - - smtpd\n")
+    });
+    smtpd
+        + "pickup    unix n - n 60 1 pickup
+cleanup   unix n - n - 0 cleanup
+qmgr      unix n - n 300 1 qmgr
+rewrite   unix - - n - - trivial-rewrite
+bounce    unix - - n - 0 bounce
+defer     unix - - n - 0 bounce
+trace     unix - - n - 0 bounce
+verify    unix - - n - 1 verify
+flush     unix n - n 1000? 0 flush
+proxymap  unix - - n - - proxymap
+smtp      unix - - n - - smtp
+relay     unix - - n - - smtp
+showq     unix n - n - - showq
+error     unix - - n - - error
+retry     unix - - n - - error
+discard   unix - - n - - discard
+virtual   unix - n n - - virtual
+anvil     unix - - n - 1 anvil
+scache    unix - - n - 1 scache
+postlog   unix-dgram n - n - 1 postlogd
+tlsmgr    unix - - n 1000? 1 tlsmgr
+"
 }
 
 fn run(program: &str, args: &[&str]) {
@@ -259,30 +269,7 @@ smtpd_forbid_bare_newline_exclusions =
             key = key.display(),
         );
         std::fs::write(conf.join("main.cf"), main_cf).unwrap();
-        let master_cf = format!(
-            "127.0.0.2:{port} inet n - n - - smtpd
-pickup    unix n - n 60 1 pickup
-cleanup   unix n - n - 0 cleanup
-qmgr      unix n - n 300 1 qmgr
-rewrite   unix - - n - - trivial-rewrite
-bounce    unix - - n - 0 bounce
-defer     unix - - n - 0 bounce
-trace     unix - - n - 0 bounce
-verify    unix - - n - 1 verify
-flush     unix n - n 1000? 0 flush
-proxymap  unix - - n - - proxymap
-smtp      unix - - n - - smtp
-showq     unix n - n - - showq
-error     unix - - n - - error
-retry     unix - - n - - error
-discard   unix - - n - - discard
-virtual   unix - n n - - virtual
-anvil     unix - - n - 1 anvil
-scache    unix - - n - 1 scache
-postlog   unix-dgram n - n - 1 postlogd
-tlsmgr    unix - - n 1000? 1 tlsmgr
-"
-        );
+        let master_cf = master_cf(Some(port));
         std::fs::write(conf.join("master.cf"), master_cf).unwrap();
         let conf_arg = conf.display().to_string();
         run("postfix", &["-c", &conf_arg, "check"]);
@@ -327,26 +314,11 @@ fn backstop_relays_to_postfix_over_starttls() {
             mx.port
         );
     let server = Server::start(d, &config);
-    let out = Command::new("swaks")
-        .args(["--server", &server.submission.to_string(), "--tls"])
-        .args([
-            "--auth",
-            "PLAIN",
-            "--auth-user",
-            "alice",
-            "--auth-password",
-            "secret",
-        ])
-        .args([
-            "--from",
-            "alice@example.test",
-            "--to",
-            "bob@example.net,nobody@example.net",
-        ])
-        .args(["--header", "Subject: relayed to postfix"])
-        .output()
-        .unwrap();
-    let transcript = String::from_utf8_lossy(&out.stdout);
+    let transcript = server.submit_as_alice(
+        "alice@example.test",
+        "bob@example.net,nobody@example.net",
+        &["--header", "Subject: relayed to postfix"],
+    );
     assert!(
         transcript.contains("250 2.0.0 Ok: queued as "),
         "{transcript}"

@@ -166,22 +166,7 @@ fn authenticated_users_send_only_as_themselves() {
     }
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &config(dir.path(), ""));
-    let swaks = |from: &str| {
-        let out = Command::new("swaks")
-            .args(["--server", &server.submission.to_string(), "--tls"])
-            .args([
-                "--auth",
-                "PLAIN",
-                "--auth-user",
-                "alice",
-                "--auth-password",
-                "secret",
-            ])
-            .args(["--from", from, "--to", "friend@elsewhere.example"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let swaks = |from: &str| server.submit_as_alice(from, "friend@elsewhere.example", &[]);
     // alice owns alice@<each local domain> (the harness lists no addresses for her).
     let forged = swaks("ceo@example.test");
     assert!(
