@@ -26,6 +26,7 @@ pub fn session_config() -> Arc<SessionConfig> {
         relay_domains: Vec::new(),
         check_recipients: false,
         check_senders: false,
+        check_messages: false,
     })
 }
 

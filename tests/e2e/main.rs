@@ -9,6 +9,7 @@ mod harness;
 
 mod admin;
 mod cli;
+mod content;
 mod crash;
 mod delivery;
 mod disk_full;

@@ -60,6 +60,8 @@ pub struct Config {
     /// Greylisting of unauthenticated clients, when enabled.
     pub greylist: Option<backstop_filter::greylist::GreylistPolicy>,
     pub rate_limits: RateLimits,
+    /// What to do with messages that are not well-formed RFC 5322.
+    pub rfc5322: ContentAction,
     /// Where local domains' mail is delivered: Maildirs under this directory.
     pub maildir: PathBuf,
     /// Accept and queue, but deliver nothing (maintenance, like Postfix's defer_transports).
@@ -68,6 +70,19 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub admin: AdminEndpoint,
     pub log: Log,
+}
+
+/// What a content check does with a message that fails it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentAction {
+    /// No check.
+    #[default]
+    Off,
+    /// 550 5.6.0 before the reply to DATA: the sending server reports it to the sender.
+    Reject,
+    /// Accept it into quarantine: never delivered, never bounced.
+    Quarantine,
 }
 
 /// A relay route: recipients in `domains` (or in any domain) go to `relay` over SMTP.
@@ -229,6 +244,8 @@ struct RawConfig {
     #[serde(default)]
     delivery: RawDelivery,
     #[serde(default)]
+    content: RawContent,
+    #[serde(default)]
     route: Vec<RawRoute>,
     #[serde(default)]
     admin: RawAdmin,
@@ -258,6 +275,13 @@ impl Default for RawQueue {
             quarantine_retention: Seconds(Duration::from_secs(30 * 86_400)),
         }
     }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawContent {
+    #[serde(default)]
+    rfc5322: ContentAction,
 }
 
 #[derive(Deserialize)]
@@ -828,6 +852,7 @@ impl Config {
             recipients,
             greylist,
             rate_limits,
+            rfc5322: raw.content.rfc5322,
             maildir,
             delivery_paused: raw.delivery.paused,
             routes,

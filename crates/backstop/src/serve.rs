@@ -15,15 +15,15 @@ use backstop_listener::{
 };
 use backstop_queue::{Queue, QueueError};
 use backstop_session::{
-    AuthOutcome, AuthPolicy, EnqueueFailure, Message, RecipientQuery, RecipientVerdict,
-    SenderQuery, SenderVerdict, SessionConfig,
+    AuthOutcome, AuthPolicy, ContentVerdict, EnqueueFailure, Message, RecipientQuery,
+    RecipientVerdict, SenderQuery, SenderVerdict, SessionConfig,
 };
-use backstop_types::QueueId;
+use backstop_types::{QueueId, Reply};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ListenerKind, RateLimits, Tls};
+use crate::config::{Config, ContentAction, ListenerKind, RateLimits, Tls};
 
 /// Tells the operator something on standard output (where it listens, where data lives).
 /// A write error is ignored: a daemon must not die because its stdout was closed (a finished
@@ -62,6 +62,7 @@ fn init_tracing(level: &str) -> anyhow::Result<()> {
 
 /// Answers the session's in-session checks from the filter.
 struct Filter {
+    rfc5322: ContentAction,
     recipients: Option<TableFile>,
     greylist: Option<GreylistPolicy>,
     rate_limits: RateLimits,
@@ -70,6 +71,22 @@ struct Filter {
 }
 
 impl Policy for Filter {
+    fn check_message(&self, message: &Message) -> impl Future<Output = ContentVerdict> + Send {
+        let verdict = match (
+            self.rfc5322,
+            backstop_filter::content::rfc5322(&message.body),
+        ) {
+            (ContentAction::Off, _) | (_, Ok(())) => ContentVerdict::Accept,
+            (ContentAction::Reject, Err(v)) => {
+                ContentVerdict::Refuse(Reply::content_refused(&v.to_string()))
+            }
+            (ContentAction::Quarantine, Err(v)) => {
+                ContentVerdict::Quarantine(format!("RFC 5322: {v}"))
+            }
+        };
+        std::future::ready(verdict)
+    }
+
     fn allow_connection(&self, ip: std::net::IpAddr, local_submitter: bool) -> bool {
         match (&self.rate_limits.client_connections, local_submitter) {
             (Some(limit), false) => self.count(&format!("conn:{ip}"), limit),
@@ -228,6 +245,32 @@ struct QueueSink {
 }
 
 impl MessageSink for QueueSink {
+    fn quarantine(
+        &self,
+        message: Message,
+        reason: String,
+    ) -> impl Future<Output = Result<QueueId, EnqueueFailure>> + Send {
+        let queue = self.queue.clone();
+        async move {
+            let store = move || queue.quarantine_new(&message.envelope, &message.body, &reason);
+            match tokio::task::spawn_blocking(store).await {
+                Ok(Ok(id)) => Ok(id),
+                Ok(Err(QueueError::DiskFull(e))) => {
+                    error!(error = %e, "quarantine write failed");
+                    Err(EnqueueFailure::StorageFull)
+                }
+                Ok(Err(e)) => {
+                    error!(error = %e, "quarantine write failed");
+                    Err(EnqueueFailure::Unavailable)
+                }
+                Err(e) => {
+                    error!(error = %e, "quarantine write task failed");
+                    Err(EnqueueFailure::Unavailable)
+                }
+            }
+        }
+    }
+
     fn enqueue(
         &self,
         message: Message,
@@ -372,6 +415,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             queue: queue.clone(),
         },
         policy: Filter {
+            rfc5322: config.rfc5322,
             recipients: config.recipients.clone(),
             greylist: config.greylist,
             rate_limits: config.rate_limits.clone(),
@@ -454,6 +498,7 @@ fn session_config(config: &Config, name: &str, kind: ListenerKind) -> SessionCon
             || config.greylist.is_some()
             || config.rate_limits.any(),
         check_senders: config.rate_limits.any(),
+        check_messages: config.rfc5322 != ContentAction::Off,
     }
 }
 
@@ -510,6 +555,7 @@ mod tests {
         let table = dir.path().join("recipients");
         std::fs::write(&table, "bob@example.com\n").unwrap();
         let filter = Filter {
+            rfc5322: ContentAction::Off,
             recipients: Some(TableFile::open(&table).unwrap()),
             greylist: Some(GreylistPolicy {
                 delay: Duration::from_secs(300),
@@ -548,6 +594,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let one_a_day = Some(Limit::parse("1/1d").unwrap());
         let filter = Filter {
+            rfc5322: ContentAction::Off,
             recipients: None,
             greylist: None,
             rate_limits: RateLimits {

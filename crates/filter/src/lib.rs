@@ -2,6 +2,8 @@
 //! refusal reaches the real sender through the sending server instead of becoming a bounce.
 //!
 //! Layout:
+//! - [`content`]: built-in content checks on the whole message before the reply to DATA
+//!   (RFC 5322 sanity).
 //! - [`greylist`]: greylisting of (client network, sender, recipient) triplets, with auto-pass
 //!   for networks that retried, over a [`greylist::GreyStore`].
 //! - [`rate`]: rate limits per client address and per user, over a [`rate::RateStore`].
@@ -11,6 +13,7 @@
 //! Architecture invariant: a lookup that cannot answer is [`recipients::Verdict::Unavailable`]
 //! (the client hears 451 and retries), never an accept.
 
+pub mod content;
 pub mod greylist;
 pub mod rate;
 pub mod recipients;

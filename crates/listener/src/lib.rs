@@ -19,7 +19,8 @@ pub mod users;
 use std::future::Future;
 
 use backstop_session::{
-    EnqueueFailure, Message, RecipientQuery, RecipientVerdict, SenderQuery, SenderVerdict,
+    ContentVerdict, EnqueueFailure, Message, RecipientQuery, RecipientVerdict, SenderQuery,
+    SenderVerdict,
 };
 use backstop_types::QueueId;
 
@@ -34,6 +35,13 @@ pub trait MessageSink: Send + Sync + 'static {
         &self,
         message: Message,
     ) -> impl Future<Output = Result<QueueId, EnqueueFailure>> + Send;
+
+    /// Stores a message durably in quarantine (never delivered, never bounced).
+    fn quarantine(
+        &self,
+        message: Message,
+        reason: String,
+    ) -> impl Future<Output = Result<QueueId, EnqueueFailure>> + Send;
 }
 
 /// The in-session checks the listener asks for while the client waits. The binary provides
@@ -42,6 +50,9 @@ pub trait Policy: Send + Sync + 'static {
     /// Whether a new connection from `ip` may start (connection rate limits). Clients in the
     /// local networks are exempt.
     fn allow_connection(&self, ip: std::net::IpAddr, local_submitter: bool) -> bool;
+
+    /// The content checks on a whole message, before the reply to DATA.
+    fn check_message(&self, message: &Message) -> impl Future<Output = ContentVerdict> + Send;
 
     /// Whether to take a MAIL FROM (message rate limits).
     fn check_sender(&self, query: SenderQuery) -> impl Future<Output = SenderVerdict> + Send;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backstop_session::{
-    AuthOutcome, Output, Peer, RecipientVerdict, SenderVerdict, ServerSession, SessionConfig,
+    AuthOutcome, ContentVerdict, Output, Peer, RecipientVerdict, SenderVerdict, ServerSession,
+    SessionConfig,
 };
 use backstop_types::{Reply, UnixTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -299,6 +300,26 @@ where
                             .unwrap_or(AuthOutcome::TemporaryFailure);
                     info!(user = %credentials.username, mechanism = credentials.mechanism.name(), ?outcome, "authentication");
                     session.handle_auth(credentials, outcome);
+                }
+                Output::CheckMessage(message) => {
+                    let verdict = context.policy.check_message(&message).await;
+                    match &verdict {
+                        ContentVerdict::Accept => {}
+                        ContentVerdict::Refuse(reply) => info!(%reply, "message refused"),
+                        ContentVerdict::Quarantine(reason) => {
+                            info!(reason, "message goes to quarantine")
+                        }
+                    }
+                    session.handle_message(message, verdict);
+                }
+                Output::Quarantine { message, reason } => {
+                    let sender = message.envelope.sender.to_string();
+                    let result = context.sink.quarantine(*message, reason).await;
+                    match result {
+                        Ok(id) => info!(queue_id = %id, from = %sender, "accepted into quarantine"),
+                        Err(failure) => warn!(from = %sender, ?failure, "quarantine write failed"),
+                    }
+                    session.handle_enqueued(result);
                 }
                 Output::CheckSender(query) => {
                     let sender = query.sender.clone();

@@ -42,8 +42,21 @@ impl Queue {
         Ok(true)
     }
 
-    /// Stores a message straight into quarantine (an in-session "quarantine" verdict): synced
-    /// before it returns, like [`Queue::enqueue`].
+    /// Stores a new message straight into quarantine under a new queue id (an in-session
+    /// "quarantine" verdict): synced before it returns, like [`Queue::enqueue`].
+    pub fn quarantine_new(
+        &self,
+        envelope: &Envelope,
+        body: &[u8],
+        reason: &str,
+    ) -> Result<QueueId, QueueError> {
+        let id = self.next_id();
+        self.enqueue_quarantined(id, envelope, body, reason)?;
+        tracing::warn!(queue_id = %id, reason, "message accepted into quarantine");
+        Ok(id)
+    }
+
+    /// Stores a message straight into quarantine under `id`: synced before it returns.
     pub fn enqueue_quarantined(
         &self,
         id: QueueId,

@@ -292,7 +292,7 @@ impl Queue {
 
     /// Ids are microseconds since the epoch, bumped to stay unique and increasing even if the
     /// clock steps back (the highest id on disk is the floor after a restart).
-    fn next_id(&self) -> QueueId {
+    pub(crate) fn next_id(&self) -> QueueId {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);

@@ -62,6 +62,8 @@ pub struct SessionConfig {
     pub check_recipients: bool,
     /// Ask the driver ([`Output::CheckSender`]) about each MAIL FROM (rate limits).
     pub check_senders: bool,
+    /// Ask the driver ([`Output::CheckMessage`]) about each message before the reply to DATA.
+    pub check_messages: bool,
 }
 
 /// When AUTH is offered on a listener.
@@ -99,6 +101,15 @@ pub enum Output {
     CheckSender(SenderQuery),
     /// Decide on this recipient and call [`ServerSession::handle_recipient`].
     CheckRecipient(RecipientQuery),
+    /// Run the content checks and call [`ServerSession::handle_message`] with the message and
+    /// the verdict. The client gets no reply until then.
+    CheckMessage(Box<Message>),
+    /// Store this message durably in quarantine (never delivered, never bounced), then call
+    /// [`ServerSession::handle_enqueued`].
+    Quarantine {
+        message: Box<Message>,
+        reason: String,
+    },
     /// Store this message durably, then call [`ServerSession::handle_enqueued`]. The client gets
     /// no reply until then.
     Enqueue(Box<Message>),
@@ -184,6 +195,16 @@ pub enum RecipientVerdict {
     Defer { retry_after: u64 },
     /// Over a rate limit: `451 4.7.1`, slow down.
     RateLimited,
+}
+
+/// The answer to [`Output::CheckMessage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContentVerdict {
+    Accept,
+    /// Refuse the message with this reply (5xx, or 4xx when a check could not be made).
+    Refuse(backstop_types::Reply),
+    /// Accept it into quarantine, for this reason.
+    Quarantine(String),
 }
 
 /// Why the driver could not store a message. Either way the client is told to try again later,

@@ -13,8 +13,8 @@ use smtp_proto::{MailFrom, RcptTo, Request};
 use crate::data::{DataFramer, Progress, Verdict};
 use crate::sasl::{self, Mechanism, SaslError};
 use crate::{
-    AuthOutcome, AuthPolicy, Credentials, EnqueueFailure, Message, Output, Peer, RecipientQuery,
-    RecipientVerdict, SenderQuery, SenderRights, SenderVerdict, SessionConfig,
+    AuthOutcome, AuthPolicy, ContentVerdict, Credentials, EnqueueFailure, Message, Output, Peer,
+    RecipientQuery, RecipientVerdict, SenderQuery, SenderRights, SenderVerdict, SessionConfig,
 };
 
 /// The server side of one SMTP connection. See the crate docs for the call order.
@@ -256,7 +256,31 @@ impl ServerSession {
         self.process();
     }
 
-    /// The answer to [`Output::Enqueue`]: the queue id once the message is durably stored.
+    /// The answer to [`Output::CheckMessage`]: store the message, quarantine it, or refuse it.
+    pub fn handle_message(&mut self, message: Box<Message>, verdict: ContentVerdict) {
+        if self.is_closed() {
+            return;
+        }
+        match verdict {
+            ContentVerdict::Accept => self.outputs.push_back(Output::Enqueue(message)),
+            ContentVerdict::Quarantine(reason) => {
+                self.outputs
+                    .push_back(Output::Quarantine { message, reason });
+            }
+            ContentVerdict::Refuse(reply) => {
+                self.phase = Phase::Command;
+                if reply.is_transient() {
+                    self.reply(reply);
+                } else {
+                    self.error(reply);
+                }
+                self.process();
+            }
+        }
+    }
+
+    /// The answer to [`Output::Enqueue`] and [`Output::Quarantine`]: the queue id once the
+    /// message is durably stored.
     pub fn handle_enqueued(&mut self, result: Result<backstop_types::QueueId, EnqueueFailure>) {
         if self.is_closed() {
             return;
@@ -805,10 +829,15 @@ impl ServerSession {
             trust,
         };
         self.phase = Phase::Waiting;
-        self.outputs.push_back(Output::Enqueue(Box::new(Message {
+        let message = Box::new(Message {
             envelope,
             body: txn.body,
-        })));
+        });
+        if self.config.check_messages {
+            self.outputs.push_back(Output::CheckMessage(message));
+        } else {
+            self.outputs.push_back(Output::Enqueue(message));
+        }
     }
 
     fn starttls(&mut self) {

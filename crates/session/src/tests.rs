@@ -8,8 +8,8 @@ use backstop_types::{Domain, QueueId, TlsInfo, UnixTime};
 use expect_test::{expect, Expect};
 
 use crate::{
-    AuthOutcome, AuthPolicy, Output, Peer, RecipientVerdict, SenderRights, SenderVerdict,
-    ServerSession, SessionConfig,
+    AuthOutcome, AuthPolicy, ContentVerdict, Output, Peer, RecipientVerdict, SenderRights,
+    SenderVerdict, ServerSession, SessionConfig,
 };
 
 fn config() -> SessionConfig {
@@ -29,6 +29,7 @@ fn config() -> SessionConfig {
         relay_domains: vec![Domain::parse("internal.test").unwrap()],
         check_recipients: false,
         check_senders: false,
+        check_messages: false,
     }
 }
 
@@ -117,6 +118,28 @@ impl Harness {
                         rcpts.join(","),
                         e.trust,
                         String::from_utf8_lossy(&message.body).replace('\r', "\\r")
+                    )
+                    .unwrap();
+                    self.queued += 1;
+                    self.session.handle_enqueued(Ok(QueueId(self.queued)));
+                }
+                Output::CheckMessage(message) => {
+                    let body = String::from_utf8_lossy(&message.body).into_owned();
+                    writeln!(self.log, "[check message]").unwrap();
+                    let verdict = if body.contains("Subject: spam") {
+                        ContentVerdict::Refuse(backstop_types::Reply::content_refused("spam"))
+                    } else if body.contains("Subject: odd") {
+                        ContentVerdict::Quarantine("odd".into())
+                    } else {
+                        ContentVerdict::Accept
+                    };
+                    self.session.handle_message(message, verdict);
+                }
+                Output::Quarantine { message, reason } => {
+                    writeln!(
+                        self.log,
+                        "[quarantine from={} reason={reason}]",
+                        message.envelope.sender
                     )
                     .unwrap();
                     self.queued += 1;
@@ -1247,4 +1270,37 @@ fn senders_are_checked_when_configured() {
             S: 250 2.1.5 Recipient ok
         "#]],
     );
+}
+
+#[test]
+fn messages_are_checked_before_the_reply_to_data() {
+    let mut h = Harness::new(SessionConfig {
+        check_messages: true,
+        ..config()
+    });
+    h.send(b"EHLO client.test\r\n");
+    h.log.clear();
+    for subject in ["spam", "odd", "fine"] {
+        h.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@local.test>\r\nDATA\r\n");
+        h.send(format!("Subject: {subject}\r\n\r\n.\r\n").as_bytes());
+    }
+    let replies: Vec<&str> = h
+        .log
+        .lines()
+        .filter(|l| l.starts_with("S: 5") || l.starts_with("S: 250 2.0.0") || l.starts_with('['))
+        .collect();
+    expect![[r#"
+        [
+            "[check message]",
+            "S: 550 5.6.0 Message refused: spam",
+            "[check message]",
+            "[quarantine from=<a@example.org> reason=odd]",
+            "S: 250 2.0.0 Ok: queued as 0000000000000001",
+            "[check message]",
+            "[enqueue from=<a@example.org> to=b@local.test trust=Unverified]",
+            "[end]",
+            "S: 250 2.0.0 Ok: queued as 0000000000000002",
+        ]
+    "#]]
+    .assert_debug_eq(&replies);
 }

@@ -467,6 +467,15 @@ impl Reply {
         )
     }
 
+    /// The content checks found the message malformed or unwanted.
+    pub fn content_refused(why: &str) -> Reply {
+        Reply::new(
+            550,
+            EnhancedStatus(5, 6, 0),
+            format!("Message refused: {why}"),
+        )
+    }
+
     pub fn queued(id: QueueId) -> Reply {
         Reply::new(250, EnhancedStatus(2, 0, 0), format!("Ok: queued as {id}"))
     }

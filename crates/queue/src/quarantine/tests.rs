@@ -63,4 +63,7 @@ async fn a_quarantine_verdict_stores_straight_into_quarantine() {
     assert!(queue.list().unwrap().is_empty());
     assert_eq!(queue.quarantine_list().unwrap()[0].0, QueueId(7));
     assert!(queue.quarantine_delete(QueueId(7)).unwrap());
+    let id = queue.quarantine_new(&sample(), b"ham?", "rfc5322").unwrap();
+    assert_eq!(queue.quarantine_show(id).unwrap().unwrap().1, b"ham?");
+    assert!(queue.list().unwrap().is_empty());
 }
