@@ -6,7 +6,6 @@
 //! The wire types here are the API's own; the queue's types never derive serde.
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
 use backstop_queue::{Entry, QuarantineRecord, Queue};
@@ -311,7 +310,7 @@ fn handle(queue: &Queue, request: Request) -> Response {
 }
 
 fn answer(queue: &Queue, request: Request) -> anyhow::Result<serde_json::Value> {
-    let now = now();
+    let now = crate::serve::now();
     let value = match request {
         Request::QueueList => {
             let mut list = Vec::new();
@@ -470,14 +469,6 @@ fn headers(body: &[u8]) -> String {
         .position(|w| w == b"\r\n\r\n")
         .map_or(body.len(), |p| p + 2);
     String::from_utf8_lossy(&body[..end]).into_owned()
-}
-
-fn now() -> UnixTime {
-    UnixTime(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    )
 }
 
 // --- Client -------------------------------------------------------------------------------

@@ -96,15 +96,13 @@ impl Policy for Filter {
 
     fn check_sender(&self, query: SenderQuery) -> impl Future<Output = SenderVerdict> + Send {
         let limits = &self.rate_limits;
-        let allowed = match (&query.user, query.trusted) {
-            (Some(user), _) => limits
-                .user_messages
-                .is_none_or(|l| self.count(&format!("msg:user:{user}"), &l)),
-            (None, true) => true,
-            (None, false) => limits
-                .client_messages
-                .is_none_or(|l| self.count(&format!("msg:ip:{}", query.client), &l)),
-        };
+        let allowed = self.within_limits(
+            "msg",
+            (limits.user_messages, limits.client_messages),
+            query.user.as_deref(),
+            query.trusted,
+            query.client,
+        );
         std::future::ready(if allowed {
             SenderVerdict::Accept
         } else {
@@ -121,6 +119,27 @@ impl Policy for Filter {
 }
 
 impl Filter {
+    /// Counts one event of `kind` for whoever sent it: an authenticated user against the user
+    /// limit, an untrusted client address against the client limit; local networks are free.
+    fn within_limits(
+        &self,
+        kind: &str,
+        (user_limit, client_limit): (Option<Limit>, Option<Limit>),
+        user: Option<&str>,
+        trusted: bool,
+        client: std::net::IpAddr,
+    ) -> bool {
+        match (user, trusted) {
+            (Some(user), _) => {
+                user_limit.is_none_or(|l| self.count(&format!("{kind}:user:{user}"), &l))
+            }
+            (None, true) => true,
+            (None, false) => {
+                client_limit.is_none_or(|l| self.count(&format!("{kind}:ip:{client}"), &l))
+            }
+        }
+    }
+
     /// Counts one event against a limit; false when it goes over. A counter that fails lets
     /// the event through: rate limits shape traffic, they do not guard correctness.
     fn count(&self, key: &str, limit: &Limit) -> bool {
@@ -164,15 +183,13 @@ impl Filter {
             }
         }
         let limits = &self.rate_limits;
-        let allowed = match (&query.user, query.trusted) {
-            (Some(user), _) => limits
-                .user_recipients
-                .is_none_or(|l| self.count(&format!("rcpt:user:{user}"), &l)),
-            (None, true) => true,
-            (None, false) => limits
-                .client_recipients
-                .is_none_or(|l| self.count(&format!("rcpt:ip:{}", query.client), &l)),
-        };
+        let allowed = self.within_limits(
+            "rcpt",
+            (limits.user_recipients, limits.client_recipients),
+            query.user.as_deref(),
+            query.trusted,
+            query.client,
+        );
         if !allowed {
             return RecipientVerdict::RateLimited;
         }
@@ -180,7 +197,8 @@ impl Filter {
     }
 }
 
-fn now() -> backstop_types::UnixTime {
+/// The time now, for the checks and jobs of the binary.
+pub(crate) fn now() -> backstop_types::UnixTime {
     backstop_types::UnixTime(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -454,11 +472,7 @@ async fn expire_quarantine(queue: Queue, retention: std::time::Duration) {
     loop {
         every_hour.tick().await;
         let queue = queue.clone();
-        let now = backstop_types::UnixTime(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-        );
+        let now = now();
         match tokio::task::spawn_blocking(move || queue.expire_quarantine(now, retention)).await {
             Ok(Ok(0)) => {}
             Ok(Ok(n)) => info!(deleted = n, "quarantine retention"),

@@ -128,9 +128,7 @@ async fn connection<S: MessageSink, P: Policy>(
                 Refusal::PerIp => Reply::too_many_connections_from_ip(),
             };
             info!(%reply, "connection refused");
-            let mut out = Vec::new();
-            reply.write_to(&mut out);
-            let _ = tcp.write_all(&out).await;
+            refuse(&mut tcp, &reply).await;
             return;
         }
     };
@@ -139,9 +137,7 @@ async fn connection<S: MessageSink, P: Policy>(
     if !context.policy.allow_connection(ip, local_submitter) {
         let reply = Reply::connection_rate_limited();
         info!(%reply, "connection refused: rate limit");
-        let mut out = Vec::new();
-        reply.write_to(&mut out);
-        let _ = tcp.write_all(&out).await;
+        refuse(&mut tcp, &reply).await;
         return;
     }
     debug!(local_submitter, "connected");
@@ -157,6 +153,14 @@ async fn connection<S: MessageSink, P: Policy>(
         Ok(()) => debug!("disconnected"),
         Err(e) => debug!(error = %e, "connection ended with an error"),
     }
+}
+
+/// Sends a refusal before the greeting; the caller then drops the connection. A client that
+/// is already gone needs no reply.
+async fn refuse(tcp: &mut TcpStream, reply: &Reply) {
+    let mut out = Vec::new();
+    reply.write_to(&mut out);
+    let _ = tcp.write_all(&out).await;
 }
 
 async fn plain<S: MessageSink, P: Policy>(
