@@ -42,8 +42,8 @@ fn client(addr: SocketAddr, messages: usize, tag: usize) -> Vec<QueueId> {
         stream.write_all(b"EHLO load.example\r\n")?;
         reply()?;
         for n in 0..messages {
-            let body =
-                format!("MAIL FROM:<load@example.org>\r\nRCPT TO:<user@example.test>\r\nDATA\r\n");
+            let body = "MAIL FROM:<load@example.org>\r\nRCPT TO:<user@example.test>\r\nDATA\r\n"
+                .to_string();
             stream.write_all(body.as_bytes())?;
             for _ in 0..3 {
                 reply()?;

@@ -603,7 +603,7 @@ fn render(request: &Request, data: serde_json::Value) -> anyhow::Result<String> 
                     out.push_str(&format!("  last reply:  {host}: {reply}\n"));
                 }
             }
-            out.push_str("\n");
+            out.push('\n');
             out.push_str(&d.headers.replace("\r\n", "\n"));
         }
         Request::QuarantineList => {
@@ -640,7 +640,7 @@ fn render(request: &Request, data: serde_json::Value) -> anyhow::Result<String> 
             out.push_str(&format!("sender:        {}\n", s.sender));
             out.push_str(&format!("recipients:    {}\n", s.recipients.join(", ")));
             out.push_str(&format!("client:        {} ({})\n", d.client_ip, d.helo));
-            out.push_str("\n");
+            out.push('\n');
             out.push_str(&d.headers.replace("\r\n", "\n"));
         }
         Request::QueueFlush { .. } => {

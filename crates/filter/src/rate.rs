@@ -126,7 +126,8 @@ mod tests {
             count: 2,
             window: Duration::from_secs(60),
         };
-        let t = UnixTime(1_800_000_000 - 1_800_000_000 % 60);
+        // The start of a minute: 1_800_000_000 is a multiple of 60.
+        let t = UnixTime(1_800_000_000);
         assert!(allow(&store, "a", &limit, t).unwrap());
         assert!(allow(&store, "a", &limit, UnixTime(t.0 + 10)).unwrap());
         assert!(!allow(&store, "a", &limit, UnixTime(t.0 + 20)).unwrap());

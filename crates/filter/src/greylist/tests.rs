@@ -4,8 +4,11 @@ use std::sync::Mutex;
 use super::*;
 
 /// An in-memory store with expiry, as the real one behaves.
+/// Key → (value, expiry).
+type Entries = HashMap<Vec<u8>, (Vec<u8>, UnixTime)>;
+
 #[derive(Default)]
-struct Memory(Mutex<HashMap<Vec<u8>, (Vec<u8>, UnixTime)>>);
+struct Memory(Mutex<Entries>);
 
 impl GreyStore for Memory {
     fn get(&self, key: &[u8], now: UnixTime) -> Result<Option<Vec<u8>>, String> {
