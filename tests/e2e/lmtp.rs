@@ -120,7 +120,21 @@ impl Drop for Dovecot {
 
 #[test]
 fn an_mx_hands_mail_to_dovecot_over_lmtp() {
-    let test = "an_mx_hands_mail_to_dovecot_over_lmtp";
+    hand_mail_to_dovecot("an_mx_hands_mail_to_dovecot_over_lmtp", |dovecot| {
+        format!("127.0.0.1:{}", dovecot.port)
+    });
+}
+
+#[test]
+fn an_mx_hands_mail_to_dovecot_over_a_unix_socket() {
+    hand_mail_to_dovecot(
+        "an_mx_hands_mail_to_dovecot_over_a_unix_socket",
+        |dovecot| format!("unix:{}", dovecot.dir.join("run/lmtp").display()),
+    );
+}
+
+/// Sends to bob@ and full@example.com through backstop to Dovecot at `relay(dovecot)`.
+fn hand_mail_to_dovecot(test: &str, relay: fn(&Dovecot) -> String) {
     if !have("dovecot", test) || !is_root(test) {
         return;
     }
@@ -130,8 +144,8 @@ fn an_mx_hands_mail_to_dovecot_over_lmtp() {
     let config = config(d, "relay_domains = [\"example.com\"]")
         .replace("[delivery]\npaused = true", "[delivery]\npaused = false")
         + &format!(
-            "\n[[route]]\ndomains = [\"example.com\"]\nrelay = \"127.0.0.1:{}\"\nprotocol = \"lmtp\"\n",
-            dovecot.port
+            "\n[[route]]\ndomains = [\"example.com\"]\nrelay = \"{}\"\nprotocol = \"lmtp\"\n",
+            relay(&dovecot)
         );
     let server = Server::start(d, &config);
     let mut c = RawClient::connect(server.mx);
@@ -165,6 +179,16 @@ fn an_mx_hands_mail_to_dovecot_over_lmtp() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(delivered.contains("Subject: over lmtp"), "{delivered}");
+    assert!(
+        server
+            .log()
+            .contains(&format!("relay=\"localhost[{}]\"", relay(&dovecot)))
+            || server
+                .log()
+                .contains(&format!("relay=\"127.0.0.1[{}]\"", relay(&dovecot))),
+        "{}",
+        server.log()
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let reason = loop {
         let queue = backstop_queue::Queue::open_read_only(&d.join("var/queue")).unwrap();

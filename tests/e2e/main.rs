@@ -5,9 +5,11 @@
 //! as a sending MTA) and checks the queue on disk afterwards. Peers that are missing make a
 //! test fail in CI (`CI` set) and skip loudly elsewhere; `cargo xtask test` installs them.
 
+mod dns;
 mod harness;
 
 mod admin;
+mod batv;
 mod cli;
 mod content;
 mod crash;
@@ -16,6 +18,7 @@ mod disk_full;
 mod greylist;
 mod limits;
 mod lmtp;
+mod mx;
 mod postfix;
 mod rates;
 mod receive;

@@ -125,7 +125,7 @@ tlsmgr    unix - - n 1000? 1 tlsmgr
 "
 }
 
-fn run(program: &str, args: &[&str]) {
+pub fn run(program: &str, args: &[&str]) {
     let out = Command::new(program).args(args).output().unwrap();
     assert!(
         out.status.success(),
@@ -188,15 +188,19 @@ fn postfix_relays_a_message_into_backstop() {
     assert!(body.contains("\r\n\r\nhello from postfix\r\n"), "{body}");
 }
 
-/// A Postfix instance that receives for `example.net` (bob only) on 127.0.0.2, with STARTTLS.
-struct PostfixMx {
+/// A Postfix instance that receives for `example.net` and `implicit.example` (bob only) on
+/// 127.0.0.2, with STARTTLS under a certificate for `peer-mx.example.net` and
+/// `mx1.example.net` signed by a test CA (`ca`). Stopped when dropped.
+pub struct PostfixMx {
     conf: PathBuf,
-    dir: PathBuf,
-    port: u16,
+    pub dir: PathBuf,
+    pub port: u16,
+    /// The CA that signed its certificate, PEM.
+    pub ca: PathBuf,
 }
 
 impl PostfixMx {
-    fn start(dir: &Path) -> PostfixMx {
+    pub fn start(dir: &Path) -> PostfixMx {
         let conf = dir.join("etc");
         for d in ["etc", "spool", "data", "mail"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
@@ -214,25 +218,7 @@ impl PostfixMx {
             .local_addr()
             .unwrap()
             .port();
-        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        run(
-            "openssl",
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=peer-mx.example.net",
-                "-keyout",
-                &key.display().to_string(),
-                "-out",
-                &cert.display().to_string(),
-            ],
-        );
+        let (ca, cert, key) = test_certificate(dir);
         let main_cf = format!(
             "compatibility_level = 3.6
 queue_directory = {dir}/spool
@@ -252,9 +238,9 @@ alias_database =
 local_transport = error:5.1.1 no local delivery here
 default_transport = error:5.7.1 this peer does not relay
 relay_domains =
-virtual_mailbox_domains = example.net
+virtual_mailbox_domains = example.net, implicit.example
 virtual_mailbox_base = {dir}/mail
-virtual_mailbox_maps = inline:{{ bob@example.net=example.net/bob/ }}
+virtual_mailbox_maps = inline:{{ bob@example.net=example.net/bob/, bob@implicit.example=implicit.example/bob/ }}
 virtual_uid_maps = static:65534
 virtual_gid_maps = static:65534
 smtpd_tls_cert_file = {cert}
@@ -285,7 +271,38 @@ smtpd_forbid_bare_newline_exclusions =
             conf,
             dir: dir.to_owned(),
             port,
+            ca,
         }
+    }
+
+    /// Changes main.cf settings (`name = value` lines) and reloads.
+    pub fn reconfigure(&self, settings: &[&str]) {
+        let conf_arg = self.conf.display().to_string();
+        for setting in settings {
+            run("postconf", &["-c", &conf_arg, "-e", setting]);
+        }
+        run("postfix", &["-c", &conf_arg, "reload"]);
+        // The running smtpd processes finish their sessions on the old settings; new ones
+        // start with the new.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    /// The messages in a mailbox, e.g. `example.net/bob`.
+    pub fn mailbox(&self, mailbox: &str) -> Vec<String> {
+        let new = self.dir.join("mail").join(mailbox).join("new");
+        let mut messages: Vec<String> = std::fs::read_dir(new)
+            .map(|r| {
+                r.filter_map(Result::ok)
+                    .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        messages.sort();
+        messages
+    }
+
+    pub fn maillog(&self) -> String {
+        std::fs::read_to_string(self.dir.join("maillog")).unwrap_or_default()
     }
 }
 
@@ -297,6 +314,72 @@ impl Drop for PostfixMx {
             .arg("stop")
             .status();
     }
+}
+
+/// A test CA and a certificate it signed for the peer's names: (ca, cert, key), PEM.
+fn test_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let path = |name: &str| dir.join(name).display().to_string();
+    run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=backstop test CA",
+            "-keyout",
+            &path("ca.key"),
+            "-out",
+            &path("ca.pem"),
+        ],
+    );
+    run(
+        "openssl",
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=peer-mx.example.net",
+            "-addext",
+            "subjectAltName=DNS:peer-mx.example.net,DNS:mx1.example.net",
+            "-keyout",
+            &path("key.pem"),
+            "-out",
+            &path("cert.csr"),
+        ],
+    );
+    run(
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &path("cert.csr"),
+            "-CA",
+            &path("ca.pem"),
+            "-CAkey",
+            &path("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-copy_extensions",
+            "copy",
+            "-out",
+            &path("cert.pem"),
+        ],
+    );
+    (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    )
 }
 
 #[test]

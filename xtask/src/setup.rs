@@ -62,6 +62,16 @@ pub const TEST_PEERS: &[Requirement] = &[
         package: "python3",
         present_if: &["/usr/bin/python3"],
     },
+    // An authoritative DNS server on loopback, for MX routing.
+    Requirement {
+        package: "knot",
+        present_if: &["/usr/sbin/knotd"],
+    },
+    // An independent DKIM verifier (dkimpy) for what backstop signs.
+    Requirement {
+        package: "python3-dkim",
+        present_if: &["/usr/lib/python3/dist-packages/dkim"],
+    },
 ];
 
 /// Installs what is missing (as root), or says exactly what to run.

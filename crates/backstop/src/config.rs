@@ -66,8 +66,15 @@ pub struct Config {
     pub maildir: PathBuf,
     /// Accept and queue, but deliver nothing (maintenance, like Postfix's defer_transports).
     pub delivery_paused: bool,
-    /// Relay routes for domains that are not local, first match wins.
+    /// Routes for domains that are not local, first match wins.
     pub routes: Vec<RouteConfig>,
+    pub delivery: DeliveryConfig,
+    /// Nameservers for delivery's MX lookups; empty: the system's.
+    pub nameservers: Vec<SocketAddr>,
+    /// BATV tags on the return path of our users' mail; `None` when turned off.
+    pub batv: Option<Batv>,
+    /// DKIM keys for our users' mail, by From domain.
+    pub dkim: std::sync::Arc<backstop_delivery::dkim::Keys>,
     pub admin: AdminEndpoint,
     pub log: Log,
 }
@@ -85,16 +92,33 @@ pub enum ContentAction {
     Quarantine,
 }
 
-/// A relay route: recipients in `domains` (or in any domain) go to `relay` over SMTP.
+/// A route: recipients in `domains` (or in any domain) go to a fixed next hop or by MX.
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
     pub domains: Vec<Domain>,
     pub any_domain: bool,
-    pub relay: SocketAddr,
-    /// The next hop's name, for TLS and logs.
-    pub host: String,
+    /// The fixed next hop; `None`: the recipient domain's MX hosts.
+    pub relay: Option<backstop_delivery::smtp::NextHop>,
     /// LMTP instead of SMTP.
     pub lmtp: bool,
+    pub tls: backstop_delivery::smtp::TlsPolicy,
+}
+
+/// How delivery connects.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// The port of MX hosts: 25, but in tests.
+    pub mx_port: u16,
+    pub connect_timeout: Duration,
+}
+
+/// Where the BATV keys come from.
+#[derive(Debug, Clone)]
+pub enum Batv {
+    /// Keys from the files the config names.
+    Keys(Box<backstop_batv::Keys>),
+    /// No key named: key 0 from this file, made with a random secret on first use.
+    Generated { file: PathBuf, lifetime_days: u16 },
 }
 
 /// Rate limits; `None` means no limit. Client limits apply to clients that neither
@@ -248,6 +272,12 @@ struct RawConfig {
     #[serde(default)]
     route: Vec<RawRoute>,
     #[serde(default)]
+    dns: RawDns,
+    #[serde(default)]
+    batv: RawBatv,
+    #[serde(default)]
+    dkim: Vec<RawDkim>,
+    #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
     log: RawLog,
@@ -289,13 +319,74 @@ struct RawContent {
 struct RawRoute {
     /// Domains, or "*" for every domain no earlier route and no local domain covers.
     domains: Vec<Spanned<String>>,
-    /// The next hop, `address:port`.
-    relay: Spanned<String>,
-    /// Its name (for TLS); the address when absent.
+    /// The next hop, `address:port` or `unix:/path`; or else `mx = true`.
+    relay: Option<Spanned<String>>,
+    /// Deliver to the recipient domain's MX hosts.
+    mx: Option<Spanned<bool>>,
+    /// The next hop's name (for TLS); the address when absent.
     host: Option<String>,
     /// "smtp" (the default) or "lmtp".
     #[serde(default)]
     protocol: Protocol,
+    /// "may" (the default), "require" or "none".
+    tls: Option<Spanned<RouteTls>>,
+    /// Trust anchors for `tls = "require"`, PEM; the system's bundle when absent.
+    tls_ca_file: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum RouteTls {
+    None,
+    #[default]
+    May,
+    Require,
+}
+
+/// Debian's bundle of the system's trusted CAs.
+const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    /// `address:port` of each; the system's (/etc/resolv.conf) when empty.
+    #[serde(default)]
+    nameservers: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBatv {
+    enabled: bool,
+    sign_with: Spanned<u8>,
+    lifetime_days: Spanned<u16>,
+    key: Vec<RawBatvKey>,
+}
+
+impl Default for RawBatv {
+    fn default() -> RawBatv {
+        RawBatv {
+            enabled: true,
+            sign_with: Spanned::new(0..0, 0),
+            lifetime_days: Spanned::new(0..0, 7),
+            key: Vec::new(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatvKey {
+    number: u8,
+    secret_file: Spanned<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDkim {
+    domain: Spanned<String>,
+    selector: String,
+    key_file: Spanned<PathBuf>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -311,6 +402,8 @@ enum Protocol {
 struct RawDelivery {
     maildir: PathBuf,
     paused: bool,
+    mx_port: u16,
+    connect_timeout: Seconds,
 }
 
 impl Default for RawDelivery {
@@ -318,6 +411,9 @@ impl Default for RawDelivery {
         RawDelivery {
             maildir: PathBuf::from("maildir"),
             paused: false,
+            mx_port: 25,
+            // Postfix's smtp_connect_timeout.
+            connect_timeout: Seconds(Duration::from_secs(30)),
         }
     }
 }
@@ -777,34 +873,40 @@ impl Config {
         let maildir = raw.data_dir.join(&raw.delivery.maildir);
         let mut routes = Vec::new();
         for route in &raw.route {
-            let relay: SocketAddr = route.relay.get_ref().parse().map_err(|_| {
+            routes.push(check_route(route, &at)?);
+        }
+        let mut nameservers = Vec::new();
+        for n in &raw.dns.nameservers {
+            nameservers.push(n.get_ref().parse().map_err(|_| {
                 at(
-                    route.relay.span(),
-                    format!(
-                        "{:?} is not an address like 192.0.2.25:25",
-                        route.relay.get_ref()
-                    ),
+                    n.span(),
+                    format!("{:?} is not an address like 127.0.0.1:53", n.get_ref()),
+                )
+            })?);
+        }
+        let batv = check_batv(&raw.batv, &raw.data_dir, &at)?;
+        let mut dkim = Vec::new();
+        for key in &raw.dkim {
+            let domain = Domain::parse(key.domain.get_ref()).map_err(|e| {
+                at(
+                    key.domain.span(),
+                    format!("{:?}: {e}", key.domain.get_ref()),
                 )
             })?;
-            let mut domains = Vec::new();
-            let mut any_domain = false;
-            for d in &route.domains {
-                if d.get_ref() == "*" {
-                    any_domain = true;
-                } else {
-                    domains.push(
-                        Domain::parse(d.get_ref())
-                            .map_err(|e| at(d.span(), format!("{:?}: {e}", d.get_ref())))?,
-                    );
-                }
+            if dkim
+                .iter()
+                .any(|k: &backstop_delivery::dkim::DomainKey| k.domain == domain)
+            {
+                return Err(at(key.domain.span(), format!("{domain} has a key already")));
             }
-            routes.push(RouteConfig {
-                domains,
-                any_domain,
-                relay,
-                host: route.host.clone().unwrap_or_else(|| relay.ip().to_string()),
-                lmtp: route.protocol == Protocol::Lmtp,
-            });
+            dkim.push(
+                backstop_delivery::dkim::DomainKey::load(
+                    domain,
+                    &key.selector,
+                    key.key_file.get_ref(),
+                )
+                .map_err(|e| at(key.key_file.span(), e))?,
+            );
         }
         let admin = match (raw.admin.http, raw.admin.token_file) {
             (None, None) => AdminEndpoint::Unix(raw.data_dir.join(&raw.admin.socket)),
@@ -856,6 +958,13 @@ impl Config {
             maildir,
             delivery_paused: raw.delivery.paused,
             routes,
+            delivery: DeliveryConfig {
+                mx_port: raw.delivery.mx_port,
+                connect_timeout: raw.delivery.connect_timeout.0,
+            },
+            nameservers,
+            batv,
+            dkim: std::sync::Arc::new(backstop_delivery::dkim::Keys::new(dkim)),
             admin,
             smtp: Smtp {
                 local_domains,
@@ -884,6 +993,144 @@ impl Config {
             },
         })
     }
+}
+
+type At<'a> = dyn Fn(std::ops::Range<usize>, String) -> ConfigError + 'a;
+
+fn check_route(route: &RawRoute, at: &At<'_>) -> Result<RouteConfig, ConfigError> {
+    use backstop_delivery::smtp::{Endpoint, NextHop, TlsPolicy};
+    let mut domains = Vec::new();
+    let mut any_domain = false;
+    for d in &route.domains {
+        if d.get_ref() == "*" {
+            any_domain = true;
+        } else {
+            domains.push(
+                Domain::parse(d.get_ref())
+                    .map_err(|e| at(d.span(), format!("{:?}: {e}", d.get_ref())))?,
+            );
+        }
+    }
+    let lmtp = route.protocol == Protocol::Lmtp;
+    let mx = route.mx.as_ref().is_some_and(|m| *m.get_ref());
+    let mx_span = route.mx.as_ref().map_or(0..0, Spanned::span);
+    let relay = match (&route.relay, mx) {
+        (Some(relay), false) => {
+            let text = relay.get_ref();
+            let endpoint = match text.strip_prefix("unix:") {
+                Some(path) if path.starts_with('/') => Endpoint::Unix(PathBuf::from(path)),
+                Some(_) => {
+                    return Err(at(
+                        relay.span(),
+                        format!("{text:?}: a Unix socket needs an absolute path"),
+                    ));
+                }
+                None => Endpoint::Tcp(text.parse().map_err(|_| {
+                    at(
+                        relay.span(),
+                        format!("{text:?} is not an address like 192.0.2.25:25 or unix:/run/lmtp"),
+                    )
+                })?),
+            };
+            let host = route.host.clone().unwrap_or_else(|| match &endpoint {
+                Endpoint::Tcp(a) => a.ip().to_string(),
+                Endpoint::Unix(_) => "localhost".to_owned(),
+            });
+            Some(NextHop { endpoint, host })
+        }
+        (None, true) if lmtp => {
+            return Err(at(
+                mx_span,
+                "LMTP goes to a fixed next hop (relay), not to MX hosts".into(),
+            ));
+        }
+        (None, true) => None,
+        (Some(relay), true) => {
+            return Err(at(
+                relay.span(),
+                "a route has relay or mx = true, not both".into(),
+            ));
+        }
+        (None, false) => {
+            let span = route.domains.first().map_or(0..0, Spanned::span);
+            return Err(at(
+                span,
+                "a route needs relay = \"host:port\" or mx = true".into(),
+            ));
+        }
+    };
+    let tls_setting = route.tls.as_ref().map_or(RouteTls::May, |t| *t.get_ref());
+    let tls_span = route.tls.as_ref().map_or(0..0, Spanned::span);
+    let tls = match tls_setting {
+        RouteTls::None => TlsPolicy::Off,
+        RouteTls::May => TlsPolicy::Opportunistic,
+        RouteTls::Require => {
+            let (file, span) = match &route.tls_ca_file {
+                Some(f) => (f.get_ref().clone(), f.span()),
+                None => (PathBuf::from(SYSTEM_CA_FILE), tls_span),
+            };
+            TlsPolicy::Require(
+                backstop_delivery::smtp::verifying_config(&file).map_err(|e| at(span, e))?,
+            )
+        }
+    };
+    if let (Some(f), false) = (&route.tls_ca_file, tls_setting == RouteTls::Require) {
+        return Err(at(
+            f.span(),
+            "tls_ca_file goes with tls = \"require\"".into(),
+        ));
+    }
+    Ok(RouteConfig {
+        domains,
+        any_domain,
+        relay,
+        lmtp,
+        tls,
+    })
+}
+
+fn check_batv(raw: &RawBatv, data_dir: &Path, at: &At<'_>) -> Result<Option<Batv>, ConfigError> {
+    if !raw.enabled {
+        return Ok(None);
+    }
+    let lifetime = *raw.lifetime_days.get_ref();
+    if raw.key.is_empty() {
+        if !(1..=365).contains(&lifetime) {
+            return Err(at(
+                raw.lifetime_days.span(),
+                "the lifetime must be between 1 and 365 days".into(),
+            ));
+        }
+        return Ok(Some(Batv::Generated {
+            file: data_dir.join("batv").join("0.key"),
+            lifetime_days: lifetime,
+        }));
+    }
+    let mut secrets = Vec::new();
+    for key in &raw.key {
+        let secret = std::fs::read(key.secret_file.get_ref()).map_err(|e| {
+            at(
+                key.secret_file.span(),
+                format!("{}: {e}", key.secret_file.get_ref().display()),
+            )
+        })?;
+        secrets.push((key.number, trim_ascii(&secret).to_vec()));
+    }
+    backstop_batv::Keys::new(&secrets, *raw.sign_with.get_ref(), lifetime)
+        .map(|k| Some(Batv::Keys(Box::new(k))))
+        .map_err(|e| {
+            let span = match e {
+                backstop_batv::KeyError::BadLifetime => raw.lifetime_days.span(),
+                backstop_batv::KeyError::NoSigningKey(_) => raw.sign_with.span(),
+                _ => raw.key[0].secret_file.span(),
+            };
+            at(span, format!("batv: {e}"))
+        })
+}
+
+/// A secret file's content without the line end an editor adds.
+pub fn trim_ascii(bytes: &[u8]) -> &[u8] {
+    bytes.trim_ascii()
 }
 
 /// An error at a place in the text: its line, and the key written there (with its table).

@@ -6,8 +6,10 @@
 //! - [`serve`]: wiring: tracing, the queue, TLS, users, listeners, the admin API, signals.
 //! - [`admin`]: the admin API on a Unix socket, and the `queue` and `quarantine` commands that
 //!   talk to it.
+//! - [`batv`]: BATV keys from the config (made on first use by default), `batv sign|verify`.
 
 mod admin;
+mod batv;
 mod config;
 mod serve;
 
@@ -56,6 +58,14 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// BATV tags with this config's keys: sign an address, or check a tagged one.
+    Batv {
+        #[command(subcommand)]
+        command: BatvCommand,
+        /// The config file; the embedded default config when absent.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+    },
     /// Print the version.
     Version,
     /// Read a password from standard input and print its argon2id hash for the users file.
@@ -100,6 +110,46 @@ enum QuarantineCommand {
     Release { id: String },
     /// Remove a message for good.
     Delete { id: String },
+}
+
+#[derive(Subcommand)]
+enum BatvCommand {
+    /// Print ADDRESS with a tag, as backstop sends it today.
+    Sign { address: String },
+    /// Check ADDRESS's tag: print the address without it, or say why it is not valid.
+    Verify { address: String },
+}
+
+fn batv_command(config: Option<&std::path::Path>, command: BatvCommand) -> ExitCode {
+    let config = match config {
+        Some(path) => Config::load(path),
+        None => Config::embedded(),
+    };
+    let config = match config {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("backstop: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match command {
+        BatvCommand::Sign { address } => batv::sign(&config, &address).map(Ok),
+        BatvCommand::Verify { address } => batv::verify(&config, &address),
+    };
+    match result {
+        Ok(Ok(address)) => {
+            println!("{address}");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(why)) => {
+            eprintln!("backstop: {why}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("backstop: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn admin(target: &AdminTarget, request: admin::Request) -> ExitCode {
@@ -175,6 +225,7 @@ fn main() -> ExitCode {
             };
             admin(&target, request)
         }
+        Command::Batv { command, config } => batv_command(config.as_deref(), command),
         Command::Version => {
             println!("backstop {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

@@ -385,30 +385,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     ));
     let maildir = std::path::absolute(&config.maildir)?;
     let agent = backstop_delivery::agent::run(
-        backstop_delivery::agent::Agent {
-            queue: queue.clone(),
-            routes: backstop_delivery::agent::Routes {
-                local_domains: config.smtp.local_domains.clone(),
-                maildir: maildir.clone(),
-                relays: config
-                    .routes
-                    .iter()
-                    .map(|r| backstop_delivery::agent::RelayRoute {
-                        domains: r.domains.clone(),
-                        any_domain: r.any_domain,
-                        relay: backstop_delivery::smtp::Relay {
-                            address: r.relay,
-                            host: r.host.clone(),
-                            helo: config.hostname.clone(),
-                            timeout: std::time::Duration::from_secs(300),
-                            lmtp: r.lmtp,
-                        },
-                    })
-                    .collect(),
-            },
-            retry: config.queue.retry,
-            hostname: config.hostname.clone(),
-        },
+        delivery_agent(&config, &queue, maildir.clone())?,
         shutdown.clone(),
     );
     let delivery = if config.delivery_paused {
@@ -480,6 +457,63 @@ async fn expire_quarantine(queue: Queue, retention: std::time::Duration) {
             Err(e) => error!(error = %e, "quarantine retention task"),
         }
     }
+}
+
+/// The delivery agent as the config describes it.
+fn delivery_agent(
+    config: &Config,
+    queue: &Queue,
+    maildir: std::path::PathBuf,
+) -> anyhow::Result<backstop_delivery::agent::Agent> {
+    use backstop_delivery::agent::{Agent, Route, Routes, Signing, Via};
+    use backstop_delivery::smtp::{Client, Timeouts};
+    let routes = config
+        .routes
+        .iter()
+        .map(|r| Route {
+            domains: r.domains.clone(),
+            any_domain: r.any_domain,
+            via: match &r.relay {
+                Some(hop) => Via::Relay(hop.clone()),
+                None => Via::Mx {
+                    port: config.delivery.mx_port,
+                },
+            },
+            client: Client {
+                helo: config.hostname.clone(),
+                lmtp: r.lmtp,
+                tls: r.tls.clone(),
+                connect_timeout: config.delivery.connect_timeout,
+                timeouts: Timeouts::RFC5321,
+            },
+        })
+        .collect::<Vec<_>>();
+    let resolver = if config.routes.iter().any(|r| r.relay.is_none()) {
+        Some(
+            backstop_delivery::mx::Resolver::new(
+                &config.nameservers,
+                tokio::runtime::Handle::current(),
+            )
+            .map_err(anyhow::Error::msg)?,
+        )
+    } else {
+        None
+    };
+    Ok(Agent {
+        queue: queue.clone(),
+        routes: Routes {
+            local_domains: config.smtp.local_domains.clone(),
+            maildir,
+            routes,
+        },
+        retry: config.queue.retry,
+        hostname: config.hostname.clone(),
+        resolver,
+        signing: Arc::new(Signing {
+            batv: crate::batv::keys(config)?,
+            dkim: Arc::clone(&config.dkim),
+        }),
+    })
 }
 
 fn session_config(config: &Config, name: &str, kind: ListenerKind) -> SessionConfig {

@@ -1,12 +1,18 @@
 //! The delivery loop: lease what is due, deliver, record.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backstop_queue::{AfterAttempts, Queue, RetryPolicy, StoredMessage};
 use backstop_types::{
-    Attempt, AttemptOutcome, Domain, EnhancedStatus, RecipientState, RemoteReply, UnixTime,
+    Attempt, AttemptOutcome, Domain, EnhancedStatus, Envelope, Recipient, RecipientState,
+    RemoteReply, ReversePath, TrustClass, UnixTime,
 };
+
+use crate::mx::{Resolver, Unroutable};
+use crate::smtp::{self, Client, Endpoint, Message, NextHop};
 use tokio::sync::watch;
 use tracing::{error, info, info_span, warn};
 
@@ -23,24 +29,41 @@ pub struct Routes {
     /// Recipients in these domains are delivered into Maildirs under `maildir`.
     pub local_domains: Vec<Domain>,
     pub maildir: PathBuf,
-    /// Relay routes, first match wins.
-    pub relays: Vec<RelayRoute>,
+    /// Routes for other domains, first match wins.
+    pub routes: Vec<Route>,
 }
 
-/// Recipients in these domains (or all, with `any_domain`) go to this next hop over SMTP.
+/// Recipients in these domains (or all, with `any_domain`) go this way.
 #[derive(Debug, Clone)]
-pub struct RelayRoute {
+pub struct Route {
     pub domains: Vec<Domain>,
     pub any_domain: bool,
-    pub relay: crate::smtp::Relay,
+    pub via: Via,
+    pub client: Client,
+}
+
+/// A route's next hop.
+#[derive(Debug, Clone)]
+pub enum Via {
+    /// A fixed next hop (an internal server, a smarthost, an LMTP mailbox server).
+    Relay(NextHop),
+    /// The recipient domain's MX hosts, on this port (25 but in tests).
+    Mx { port: u16 },
 }
 
 impl Routes {
-    fn relay_for(&self, domain: &Domain) -> Option<usize> {
-        self.relays
+    fn route_for(&self, domain: &Domain) -> Option<usize> {
+        self.routes
             .iter()
             .position(|r| r.any_domain || r.domains.contains(domain))
     }
+}
+
+/// What identifies the mail we send as ours: BATV tags on the return path and DKIM signatures,
+/// for mail from authenticated submitters (and local networks) in our own domains.
+pub struct Signing {
+    pub batv: Option<backstop_batv::Keys>,
+    pub dkim: Arc<crate::dkim::Keys>,
 }
 
 /// What the agent needs.
@@ -51,6 +74,9 @@ pub struct Agent {
     pub retry: RetryPolicy,
     /// Our name, for Maildir file names.
     pub hostname: String,
+    /// For MX routes; `None` when no route uses MX.
+    pub resolver: Option<Resolver>,
+    pub signing: Arc<Signing>,
 }
 
 /// What one pass did, for logs and tests.
@@ -114,9 +140,9 @@ impl Agent {
     ) -> Result<(), backstop_queue::QueueError> {
         let envelope = &message.entry.envelope;
         let mut outcomes = Vec::new();
-        // Recipients for each relay route, sent in one transaction per route.
-        let mut relayed: Vec<Vec<(usize, backstop_types::Address)>> =
-            vec![Vec::new(); self.routes.relays.len()];
+        // Recipients that travel together: one transaction per route, and per domain on MX
+        // routes.
+        let mut batches: Vec<Batch<'_>> = Vec::new();
         for (index, (recipient, state)) in envelope
             .recipients
             .iter()
@@ -130,7 +156,8 @@ impl Agent {
                 continue;
             }
             let address = &recipient.address;
-            if self.routes.local_domains.contains(address.domain()) {
+            let domain = address.domain();
+            if self.routes.local_domains.contains(domain) {
                 let outcome = crate::maildir::deliver(
                     &self.routes.maildir,
                     &self.hostname,
@@ -141,20 +168,52 @@ impl Agent {
                     now,
                 );
                 outcomes.push((index, outcome));
-            } else if let Some(route) = self.routes.relay_for(address.domain()) {
-                relayed[route].push((index, address.clone()));
-            } else {
-                outcomes.push((index, no_route()));
+                continue;
+            }
+            let Some(route) = self.routes.route_for(domain) else {
+                outcomes.push((index, no_route(domain)));
+                continue;
+            };
+            let key = match self.routes.routes[route].via {
+                Via::Relay(_) => None,
+                Via::Mx { .. } => Some(domain),
+            };
+            match batches
+                .iter_mut()
+                .find(|b| b.route == route && b.domain == key)
+            {
+                Some(batch) => batch.recipients.push((index, recipient)),
+                None => batches.push(Batch {
+                    route,
+                    domain: key,
+                    recipients: vec![(index, recipient)],
+                }),
             }
         }
-        for (route, recipients) in self.routes.relays.iter().zip(relayed) {
-            if !recipients.is_empty() {
-                outcomes.extend(crate::smtp::deliver(
-                    &route.relay,
-                    envelope,
-                    &recipients,
-                    &message.body,
-                ));
+        if !batches.is_empty() {
+            let (sender, prefix) = self.identify(envelope, &message.body, now);
+            let outbound = Message {
+                sender: &sender,
+                envelope,
+                prefix: prefix.as_bytes(),
+                body: &message.body,
+            };
+            for Batch {
+                route,
+                domain,
+                recipients,
+            } in &batches
+            {
+                let route = &self.routes.routes[*route];
+                outcomes.extend(match (&route.via, domain) {
+                    (Via::Relay(hop), _) => {
+                        smtp::deliver(&route.client, hop, &outbound, recipients).outcomes
+                    }
+                    (Via::Mx { port }, Some(domain)) => {
+                        self.deliver_mx(&route.client, *port, domain, &outbound, recipients)
+                    }
+                    (Via::Mx { .. }, None) => unreachable!("MX batches are keyed by domain"),
+                });
             }
         }
         for (index, outcome) in &outcomes {
@@ -162,15 +221,15 @@ impl Agent {
             match outcome {
                 AttemptOutcome::Delivered(a) => {
                     report.delivered += 1;
-                    info!(to = %address, reply = %a.reply.text, "delivered");
+                    info!(to = %address, relay = a.remote_host.as_deref().unwrap_or("local"), reply = %a.reply.text, "delivered");
                 }
                 AttemptOutcome::Transient(a) => {
                     report.deferred += 1;
-                    warn!(to = %address, reply = %a.reply.text, "deferred");
+                    warn!(to = %address, relay = a.remote_host.as_deref().unwrap_or("none"), reply = %a.reply.text, "deferred");
                 }
                 AttemptOutcome::Permanent(a) => {
                     report.failed += 1;
-                    warn!(to = %address, reply = %a.reply.text, "failed");
+                    warn!(to = %address, relay = a.remote_host.as_deref().unwrap_or("none"), reply = %a.reply.text, "failed");
                 }
             }
         }
@@ -182,18 +241,197 @@ impl Agent {
             AfterAttempts::Rescheduled { due, .. } => info!(due = due.0, "rescheduled"),
             AfterAttempts::Gone => info!("deleted meanwhile"),
         }
+        if outcomes
+            .iter()
+            .any(|(_, o)| matches!(o, AttemptOutcome::Delivered(a) if a.remote_host.is_some()))
+        {
+            self.remember_message_id(envelope, &message.body, now)?;
+        }
         Ok(())
+    }
+
+    /// The return path and the header fields to send mail from our own users with: a BATV tag
+    /// and a DKIM signature, when configured. Others' mail goes out as it came.
+    fn identify(&self, envelope: &Envelope, body: &[u8], now: UnixTime) -> (ReversePath, String) {
+        if !ours(envelope, &self.routes.local_domains) {
+            return (envelope.sender.clone(), String::new());
+        }
+        let sender = match (&self.signing.batv, &envelope.sender) {
+            (Some(keys), ReversePath::Address(a)) => {
+                ReversePath::Address(keys.sign(a, backstop_batv::day_of(now)))
+            }
+            _ => envelope.sender.clone(),
+        };
+        let signature = match self.signing.dkim.sign(body) {
+            Some(Ok(header)) => header,
+            Some(Err(e)) => {
+                // Sent unsigned rather than not at all; the log says why.
+                error!(error = %e, "not DKIM-signed");
+                String::new()
+            }
+            None => String::new(),
+        };
+        (sender, signature)
+    }
+
+    /// Records the Message-ID of mail our users sent, so that replies and bounces to it can be
+    /// recognised later.
+    fn remember_message_id(
+        &self,
+        envelope: &Envelope,
+        body: &[u8],
+        now: UnixTime,
+    ) -> Result<(), backstop_queue::QueueError> {
+        if !ours(envelope, &self.routes.local_domains) {
+            return Ok(());
+        }
+        let Some(id) = mail_parser::MessageParser::new()
+            .parse_headers(body)
+            .and_then(|m| m.message_id().map(str::to_owned))
+        else {
+            return Ok(());
+        };
+        self.queue
+            .record_sent_message_id(backstop_queue::message_id_hash(&id), now)
+    }
+
+    /// Delivers to `domain`'s MX hosts: the first that takes the transaction decides.
+    fn deliver_mx(
+        &self,
+        client: &Client,
+        port: u16,
+        domain: &Domain,
+        message: &Message<'_>,
+        recipients: &[(usize, &Recipient)],
+    ) -> Vec<(usize, AttemptOutcome)> {
+        let all = |outcome: AttemptOutcome| -> Vec<(usize, AttemptOutcome)> {
+            recipients
+                .iter()
+                .map(|(i, _)| (*i, outcome.clone()))
+                .collect()
+        };
+        let Some(resolver) = &self.resolver else {
+            return all(unroutable(
+                domain,
+                Unroutable::Temporary("no resolver".into()),
+            ));
+        };
+        let hosts = match resolver.mx_hosts(domain) {
+            Ok(hosts) => hosts,
+            Err(why) => return all(unroutable(domain, why)),
+        };
+        let mut last = None;
+        let mut tried = 0;
+        for host in hosts {
+            let ips = match resolver.addresses(&host) {
+                Ok(ips) => ips,
+                Err(why) => {
+                    warn!(host = %host, "{}", describe(&why));
+                    last.get_or_insert_with(|| all(unroutable(domain, why)));
+                    continue;
+                }
+            };
+            for ip in ips {
+                if tried == MAX_MX_ADDRESSES {
+                    break;
+                }
+                tried += 1;
+                let hop = NextHop {
+                    endpoint: Endpoint::Tcp(SocketAddr::new(ip, port)),
+                    host: host.clone(),
+                };
+                let delivery = smtp::deliver(client, &hop, message, recipients);
+                if !delivery.try_next {
+                    return delivery.outcomes;
+                }
+                if let Some((_, o)) = delivery.outcomes.first() {
+                    warn!(host = %host, %ip, reply = %reply_of(o).text, "trying the next MX address");
+                }
+                last = Some(delivery.outcomes);
+            }
+        }
+        last.unwrap_or_else(|| {
+            all(unroutable(
+                domain,
+                Unroutable::Temporary(format!("no MX host of {domain} could be reached")),
+            ))
+        })
     }
 }
 
-/// Recipients outside the local domains cannot be delivered yet.
-fn no_route() -> AttemptOutcome {
+/// Recipients of one message that travel in one transaction: same route, and on MX routes the
+/// same domain.
+struct Batch<'a> {
+    route: usize,
+    domain: Option<&'a Domain>,
+    recipients: Vec<(usize, &'a Recipient)>,
+}
+
+/// How many addresses of a domain's MX hosts one attempt tries (Postfix's
+/// smtp_mx_address_limit).
+const MAX_MX_ADDRESSES: usize = 5;
+
+/// Whether the message is our own users' mail, which we sign and tag.
+fn ours(envelope: &Envelope, local_domains: &[Domain]) -> bool {
+    let trusted = matches!(
+        envelope.trust,
+        TrustClass::Authenticated { .. } | TrustClass::LocalNetwork
+    );
+    trusted
+        && envelope
+            .sender
+            .address()
+            .is_some_and(|a| local_domains.contains(a.domain()))
+}
+
+fn reply_of(outcome: &AttemptOutcome) -> &RemoteReply {
+    match outcome {
+        AttemptOutcome::Delivered(a)
+        | AttemptOutcome::Transient(a)
+        | AttemptOutcome::Permanent(a) => &a.reply,
+    }
+}
+
+fn describe(why: &Unroutable) -> String {
+    match why {
+        Unroutable::NullMx => "the domain accepts no mail (null MX)".into(),
+        Unroutable::NoSuchDomain(e) | Unroutable::Temporary(e) => e.clone(),
+    }
+}
+
+/// The outcome for every recipient of a domain without a host to try.
+fn unroutable(domain: &Domain, why: Unroutable) -> AttemptOutcome {
+    let text = describe(&why);
+    let (code, status) = match why {
+        // RFC 7505 3.
+        Unroutable::NullMx => (556, EnhancedStatus(5, 1, 10)),
+        Unroutable::NoSuchDomain(_) => (550, EnhancedStatus(5, 1, 2)),
+        Unroutable::Temporary(_) => (451, EnhancedStatus(4, 4, 3)),
+    };
+    let attempt = Attempt {
+        remote_host: None,
+        reply: RemoteReply {
+            code,
+            status: Some(status),
+            text: format!("{text} (delivering to {domain})"),
+        },
+    };
+    if code >= 500 {
+        AttemptOutcome::Permanent(attempt)
+    } else {
+        AttemptOutcome::Transient(attempt)
+    }
+}
+
+/// A domain no route covers: the configuration lacks a route (a `"*"` route with `mx = true`
+/// is the usual default), which an administrator can add while the message waits.
+fn no_route(domain: &Domain) -> AttemptOutcome {
     AttemptOutcome::Transient(Attempt {
         remote_host: None,
         reply: RemoteReply {
             code: 451,
             status: Some(EnhancedStatus(4, 4, 0)),
-            text: "no route to this domain: delivery by MX lookup is not built yet".into(),
+            text: format!("no route to {domain}: no [[route]] covers it"),
         },
     })
 }

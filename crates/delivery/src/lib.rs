@@ -3,18 +3,25 @@
 //!
 //! Layout:
 //! - [`agent`]: the loop ([`agent::run`]) and one pass over the due messages
-//!   ([`agent::Agent::pass`]): routing, delivery, recording.
+//!   ([`agent::Agent::pass`]): routing, signing, delivery, recording.
 //! - [`maildir`]: local delivery into Maildir folders under the data directory.
-//! - [`smtp`]: the SMTP client for relay routes (a fixed next hop).
+//! - [`smtp`]: the SMTP and LMTP client: one transaction with one next hop.
+//! - [`mx`]: MX lookup through hickory-resolver (null MX, implicit MX, IPv4 and IPv6).
+//! - [`dkim`]: DKIM signing of our own users' mail, by the key of the From domain.
 //!
-//! Routes today: recipients in a local domain go to their Maildir; domains with a relay route
-//! go over SMTP to that next hop; other domains have no route yet (MX lookup and LMTP are
-//! still to come) and are deferred with 4.4.0, so they wait in the queue and, after the queue
-//! lifetime, go to quarantine: never a bounce.
+//! Routes: recipients in a local domain go to their Maildir; other domains go by the first
+//! `[[route]]` that covers them, to a fixed next hop (SMTP or LMTP, TCP or Unix socket) or to
+//! the domain's MX hosts. A domain no route covers is deferred with 4.4.0, so it waits in the
+//! queue and, after the queue lifetime, goes to quarantine: never a bounce.
+//!
+//! Mail from our own users (authenticated, or from a local network, with a sender in a local
+//! domain) leaves with a BATV-tagged return path and a DKIM signature, when keys are set.
 //!
 //! Architecture invariant: never touches the listener; talks to the queue only through
 //! `backstop-queue`'s lease and attempt API. Delivery is at least once.
 
 pub mod agent;
+pub mod dkim;
 pub mod maildir;
+pub mod mx;
 pub mod smtp;

@@ -1,65 +1,173 @@
-//! The SMTP and LMTP client for relay routes: one transaction to a fixed next hop, with an
-//! outcome for every recipient. LMTP (RFC 2033) differs in two places: LHLO instead of EHLO,
-//! and one reply per accepted recipient after the data instead of one for all.
+//! The SMTP and LMTP client: one transaction to one next hop, with an outcome for every
+//! recipient. LMTP (RFC 2033) differs in two places: LHLO instead of EHLO, and one reply per
+//! accepted recipient after the data instead of one for all.
 //!
-//! Blocking I/O (the delivery pass runs on the blocking pool). STARTTLS is used whenever the
-//! server offers it; like Postfix's `may` level the certificate is not verified (an
-//! unauthenticated encrypted channel is still better than plain text), but the handshake
-//! signatures are. Bytes a server sends behind its `220` to STARTTLS are refused
-//! (CVE-2011-0411, client side). The message is sent dot-stuffed; stored messages never hold a
-//! bare CR or LF (the session refuses them), so none is ever sent.
+//! Blocking I/O (the delivery pass runs on the blocking pool), with the timeouts of RFC 5321
+//! 4.5.3.2 per step. What the server offers is used: PIPELINING (MAIL, every RCPT and DATA in
+//! one write), CHUNKING (`BDAT`), SIZE (a message over the limit is not sent), 8BITMIME and
+//! SMTPUTF8 (a message that needs one the server lacks fails with a clear status), and DSN
+//! (NOTIFY, ORCPT, RET and ENVID passed on).
+//!
+//! TLS per [`TlsPolicy`]: by default STARTTLS is used whenever offered and the certificate is
+//! not verified (Postfix's `may`: an unauthenticated encrypted channel is still better than
+//! plain text), but the handshake signatures are; `require` refuses to go on without TLS and
+//! verifies the certificate against the route's trust anchors and the next hop's name. Bytes a
+//! server sends behind its `220` to STARTTLS are refused (CVE-2011-0411, client side). The
+//! message is sent dot-stuffed; stored messages never hold a bare CR or LF (the session refuses
+//! them), so none is ever sent.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use backstop_types::{
-    Address, Attempt, AttemptOutcome, BodyType, EnhancedStatus, Envelope, RemoteReply,
+    Attempt, AttemptOutcome, BodyType, EnhancedStatus, Envelope, Notify, Recipient, RemoteReply,
+    Ret, ReversePath,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
 
-/// Where and how to relay.
-#[derive(Debug, Clone)]
-pub struct Relay {
-    pub address: SocketAddr,
-    /// Used as the TLS server name and in `remote_host`.
-    pub host: String,
-    /// Our name in EHLO.
-    pub helo: String,
-    pub timeout: Duration,
-    /// Speak LMTP (to a mailbox server such as Dovecot) instead of SMTP.
-    pub lmtp: bool,
+/// Where a next hop listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Tcp(SocketAddr),
+    /// A Unix socket, e.g. Dovecot's LMTP socket.
+    Unix(PathBuf),
 }
 
-/// Delivers `body` for `recipients` (index in the envelope, address) in one transaction and
-/// returns an outcome for each.
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp(a) => write!(f, "{a}"),
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// One next hop: where, and its name (for TLS verification and the logs).
+#[derive(Debug, Clone)]
+pub struct NextHop {
+    pub endpoint: Endpoint,
+    pub host: String,
+}
+
+/// How TLS is used with a next hop.
+#[derive(Debug, Clone)]
+pub enum TlsPolicy {
+    /// Never STARTTLS (a Unix socket, or a peer known to be broken).
+    Off,
+    /// STARTTLS when offered, any certificate (the default).
+    Opportunistic,
+    /// STARTTLS or no delivery, with the certificate verified by this configuration.
+    Require(Arc<ClientConfig>),
+}
+
+/// How to talk to next hops of a route.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// Our name in EHLO/LHLO.
+    pub helo: String,
+    /// Speak LMTP (to a mailbox server such as Dovecot) instead of SMTP.
+    pub lmtp: bool,
+    pub tls: TlsPolicy,
+    pub connect_timeout: Duration,
+    /// The reply timeouts; [`Timeouts::RFC5321`] unless a test needs shorter ones.
+    pub timeouts: Timeouts,
+}
+
+/// How long to wait for each reply (RFC 5321 4.5.3.2).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// The greeting, EHLO, STARTTLS, MAIL and RCPT.
+    pub command: Duration,
+    /// The 354 to DATA.
+    pub data_start: Duration,
+    /// Sending each block of the message.
+    pub data_block: Duration,
+    /// The reply after the end of the message.
+    pub data_end: Duration,
+}
+
+impl Timeouts {
+    pub const RFC5321: Timeouts = Timeouts {
+        command: Duration::from_secs(300),
+        data_start: Duration::from_secs(120),
+        data_block: Duration::from_secs(180),
+        data_end: Duration::from_secs(600),
+    };
+}
+
+/// One message to send: the return path to give (maybe BATV-tagged), header fields to put on
+/// top (a DKIM signature), and the stored message.
+pub struct Message<'a> {
+    pub sender: &'a ReversePath,
+    pub envelope: &'a Envelope,
+    pub prefix: &'a [u8],
+    pub body: &'a [u8],
+}
+
+impl Message<'_> {
+    fn len(&self) -> usize {
+        self.prefix.len() + self.body.len()
+    }
+}
+
+/// What a transaction with one next hop came to.
+#[derive(Debug)]
+pub struct Delivery {
+    /// An outcome for every recipient (index in the envelope).
+    pub outcomes: Vec<(usize, AttemptOutcome)>,
+    /// The next hop failed before taking any recipient (connection, greeting, EHLO, TLS or
+    /// MAIL refused for a passing reason): another host of the same destination may do better.
+    pub try_next: bool,
+}
+
+/// Delivers `message` to `recipients` (index in the envelope, recipient) at `hop` in one
+/// transaction.
 pub fn deliver(
-    relay: &Relay,
-    envelope: &Envelope,
-    recipients: &[(usize, Address)],
-    body: &[u8],
-) -> Vec<(usize, AttemptOutcome)> {
-    let remote = format!("{}[{}]", relay.host, relay.address);
+    client: &Client,
+    hop: &NextHop,
+    message: &Message<'_>,
+    recipients: &[(usize, &Recipient)],
+) -> Delivery {
+    let remote = format!("{}[{}]", hop.host, hop.endpoint);
     let mut outcomes: Vec<(usize, Option<AttemptOutcome>)> =
         recipients.iter().map(|(i, _)| (*i, None)).collect();
-    let result = transaction(relay, &remote, envelope, recipients, body, &mut outcomes);
-    let fallback = match result {
-        Ok(()) => None,
-        Err(Failure::Reply(reply)) => Some(outcome(&remote, reply)),
-        Err(Failure::Io(e)) => Some(AttemptOutcome::Transient(attempt(
-            &remote,
-            RemoteReply {
-                code: 451,
-                status: Some(EnhancedStatus(4, 4, 1)),
-                text: format!("connection to {remote} failed: {e}"),
-            },
-        ))),
-        Err(Failure::Local(reply)) => Some(outcome(&remote, reply)),
+    let mut reached_mail = false;
+    let result = transaction(
+        client,
+        hop,
+        &remote,
+        message,
+        recipients,
+        &mut outcomes,
+        &mut reached_mail,
+    );
+    let (fallback, try_next) = match result {
+        Ok(()) => (None, false),
+        Err(Failure::Reply(reply)) => {
+            let passing = reply.code / 100 != 5;
+            (Some(outcome(&remote, reply)), !reached_mail && passing)
+        }
+        Err(Failure::Io(e)) => (
+            Some(AttemptOutcome::Transient(attempt(
+                &remote,
+                RemoteReply {
+                    code: 451,
+                    status: Some(EnhancedStatus(4, 4, 1)),
+                    text: format!("connection to {remote} failed: {e}"),
+                },
+            ))),
+            !reached_mail,
+        ),
+        Err(Failure::Local(reply)) => (Some(outcome(&remote, reply)), false),
+        Err(Failure::Tls(reply)) => (Some(outcome(&remote, reply)), true),
     };
-    outcomes
+    let outcomes = outcomes
         .into_iter()
         .map(|(i, o)| {
             let o = o.or_else(|| fallback.clone()).unwrap_or_else(|| {
@@ -74,7 +182,8 @@ pub fn deliver(
             });
             (i, o)
         })
-        .collect()
+        .collect();
+    Delivery { outcomes, try_next }
 }
 
 /// Why a transaction stopped before every recipient had its outcome.
@@ -83,6 +192,8 @@ enum Failure {
     Reply(RemoteReply),
     /// We cannot send this message there (e.g. SMTPUTF8 not offered).
     Local(RemoteReply),
+    /// TLS was required and could not be had with this host.
+    Tls(RemoteReply),
     Io(io::Error),
 }
 
@@ -92,82 +203,178 @@ impl From<io::Error> for Failure {
     }
 }
 
+fn local(code: u16, status: EnhancedStatus, text: String) -> Failure {
+    Failure::Local(RemoteReply {
+        code,
+        status: Some(status),
+        text,
+    })
+}
+
 fn transaction(
-    relay: &Relay,
+    client: &Client,
+    hop: &NextHop,
     remote: &str,
-    envelope: &Envelope,
-    recipients: &[(usize, Address)],
-    body: &[u8],
+    message: &Message<'_>,
+    recipients: &[(usize, &Recipient)],
     outcomes: &mut [(usize, Option<AttemptOutcome>)],
+    reached_mail: &mut bool,
 ) -> Result<(), Failure> {
-    let tcp = TcpStream::connect_timeout(&relay.address, relay.timeout)?;
-    tcp.set_read_timeout(Some(relay.timeout))?;
-    tcp.set_write_timeout(Some(relay.timeout))?;
-    let mut conn = Connection::Plain(BufReader::new(tcp));
-    expect(conn.reply()?, 2)?;
-    let mut caps = ehlo(&mut conn, &relay.helo, relay.lmtp)?;
-    if caps.starttls {
-        conn.command("STARTTLS")?;
-        expect(conn.reply()?, 2)?;
-        conn = conn.start_tls(&relay.host)?;
-        caps = ehlo(&mut conn, &relay.helo, relay.lmtp)?;
-    }
-    let needs_utf8 = envelope.smtputf8;
-    if needs_utf8 && !caps.smtputf8 {
-        return Err(Failure::Local(RemoteReply {
-            code: 550,
-            status: Some(EnhancedStatus(5, 6, 7)),
-            text: format!("{remote} does not support SMTPUTF8, which this message needs"),
-        }));
-    }
-    if let Some(limit) = caps.size {
-        if body.len() as u64 > limit {
-            return Err(Failure::Local(RemoteReply {
-                code: 552,
-                status: Some(EnhancedStatus(5, 3, 4)),
-                text: format!(
-                    "message size {} exceeds {remote}'s limit of {limit}",
-                    body.len()
-                ),
+    let t = client.timeouts;
+    let stream = match &hop.endpoint {
+        Endpoint::Tcp(address) => {
+            Stream::Tcp(TcpStream::connect_timeout(address, client.connect_timeout)?)
+        }
+        Endpoint::Unix(path) => Stream::Unix(UnixStream::connect(path)?),
+    };
+    stream.set_write_timeout(Some(t.data_block))?;
+    let mut conn = Connection::Plain(BufReader::new(stream));
+    expect(conn.reply(t.command)?, 2)?;
+    let mut caps = ehlo(&mut conn, &client.helo, client.lmtp, t.command)?;
+    match (&client.tls, caps.starttls) {
+        (TlsPolicy::Off, _) | (TlsPolicy::Opportunistic, false) => {}
+        (TlsPolicy::Require(_), false) => {
+            return Err(Failure::Tls(RemoteReply {
+                code: 451,
+                status: Some(EnhancedStatus(4, 7, 4)),
+                text: format!("TLS is required, but {remote} does not offer STARTTLS"),
             }));
         }
+        (TlsPolicy::Opportunistic | TlsPolicy::Require(_), true) => {
+            conn.command("STARTTLS")?;
+            expect(conn.reply(t.command)?, 2)?;
+            let config = match &client.tls {
+                TlsPolicy::Require(config) => Arc::clone(config),
+                _ => opportunistic_config(),
+            };
+            conn = conn.start_tls(&hop.host, config, remote)?;
+            caps = ehlo(&mut conn, &client.helo, client.lmtp, t.command)?;
+        }
     }
-    let mut mail = format!("MAIL FROM:{}", envelope.sender);
+    check_fit(message, &caps, remote)?;
+
+    let mut mail = format!("MAIL FROM:{}", message.sender);
+    let envelope = message.envelope;
     if caps.size.is_some() {
-        mail.push_str(&format!(" SIZE={}", body.len()));
+        mail.push_str(&format!(" SIZE={}", message.len()));
     }
-    if caps.eightbitmime && envelope.body_type == BodyType::EightBitMime {
-        mail.push_str(" BODY=8BITMIME");
+    match envelope.body_type {
+        BodyType::SevenBit => {}
+        BodyType::EightBitMime if caps.eightbitmime => mail.push_str(" BODY=8BITMIME"),
+        BodyType::EightBitMime => {}
+        BodyType::BinaryMime => mail.push_str(" BODY=BINARYMIME"),
     }
-    if needs_utf8 {
+    if envelope.smtputf8 {
         mail.push_str(" SMTPUTF8");
     }
-    conn.command(&mail)?;
-    expect(conn.reply()?, 2)?;
+    if caps.dsn {
+        match envelope.dsn.ret {
+            Some(Ret::Full) => mail.push_str(" RET=FULL"),
+            Some(Ret::Headers) => mail.push_str(" RET=HDRS"),
+            None => {}
+        }
+        if let Some(envid) = &envelope.dsn.envid {
+            mail.push_str(&format!(" ENVID={}", xtext(envid)));
+        }
+    }
+    let rcpts: Vec<String> = recipients
+        .iter()
+        .map(|(_, r)| rcpt_command(r, caps.dsn))
+        .collect();
+    // BDAT when offered: no dot-stuffing, and the only way to send BINARYMIME.
+    let chunking = caps.chunking;
+    let pipelining = caps.pipelining || client.lmtp;
+
     let mut accepted = Vec::new();
-    for (n, (_, address)) in recipients.iter().enumerate() {
-        conn.command(&format!("RCPT TO:<{address}>"))?;
-        let reply = conn.reply()?;
-        if reply.code / 100 == 2 {
-            accepted.push(n);
+    if pipelining {
+        let mut batch = format!("{mail}\r\n");
+        for rcpt in &rcpts {
+            batch.push_str(rcpt);
+            batch.push_str("\r\n");
+        }
+        if !chunking {
+            batch.push_str("DATA\r\n");
+        }
+        conn.write_all(batch.as_bytes())?;
+        // Every command gets its reply, even after a refused MAIL.
+        let mail_reply = conn.reply(t.command)?;
+        let mut rcpt_replies = Vec::with_capacity(rcpts.len());
+        for _ in &rcpts {
+            rcpt_replies.push(conn.reply(t.command)?);
+        }
+        let data_reply = if chunking {
+            None
         } else {
-            outcomes[n].1 = Some(outcome(remote, reply));
+            Some(conn.reply(t.data_start)?)
+        };
+        if mail_reply.code / 100 != 2 {
+            if data_reply.as_ref().is_some_and(|r| r.code / 100 == 3) {
+                conn.write_all(b".\r\n")?;
+                let _ = conn.reply(t.data_end)?;
+            }
+            return Err(Failure::Reply(mail_reply));
+        }
+        *reached_mail = true;
+        for (n, reply) in rcpt_replies.into_iter().enumerate() {
+            if reply.code / 100 == 2 {
+                accepted.push(n);
+            } else {
+                outcomes[n].1 = Some(outcome(remote, reply));
+            }
+        }
+        if let Some(data_reply) = data_reply {
+            if data_reply.code / 100 != 3 {
+                if accepted.is_empty() {
+                    let _ = conn.command("QUIT");
+                    return Ok(());
+                }
+                return Err(Failure::Reply(data_reply));
+            }
+            if accepted.is_empty() {
+                // A 354 with no recipient: end the empty message and let it go.
+                conn.write_all(b".\r\n")?;
+                let _ = conn.reply(t.data_end)?;
+                let _ = conn.command("QUIT");
+                return Ok(());
+            }
+        }
+    } else {
+        conn.command(&mail)?;
+        expect(conn.reply(t.command)?, 2)?;
+        *reached_mail = true;
+        for (n, rcpt) in rcpts.iter().enumerate() {
+            conn.command(rcpt)?;
+            let reply = conn.reply(t.command)?;
+            if reply.code / 100 == 2 {
+                accepted.push(n);
+            } else {
+                outcomes[n].1 = Some(outcome(remote, reply));
+            }
         }
     }
     if accepted.is_empty() {
         let _ = conn.command("QUIT");
         return Ok(());
     }
-    conn.command("DATA")?;
-    expect(conn.reply()?, 3)?;
-    conn.write_all(&dot_stuff(body))?;
-    if relay.lmtp {
+    if chunking {
+        conn.write_all(format!("BDAT {} LAST\r\n", message.len()).as_bytes())?;
+        conn.write_all_unflushed(message.prefix)?;
+        conn.write_all(message.body)?;
+    } else {
+        if !pipelining {
+            conn.command("DATA")?;
+            expect(conn.reply(t.data_start)?, 3)?;
+        }
+        conn.write_all_unflushed(&dot_stuff(message.prefix, false))?;
+        conn.write_all(&dot_stuff(message.body, true))?;
+    }
+    if client.lmtp {
         // One reply per accepted recipient, in RCPT order (RFC 2033 4.2).
         for n in accepted {
-            outcomes[n].1 = Some(outcome(remote, conn.reply()?));
+            outcomes[n].1 = Some(outcome(remote, conn.reply(t.data_end)?));
         }
     } else {
-        let reply = conn.reply()?;
+        let reply = conn.reply(t.data_end)?;
         for n in accepted {
             outcomes[n].1 = Some(outcome(remote, reply.clone()));
         }
@@ -176,26 +383,120 @@ fn transaction(
     Ok(())
 }
 
+/// Refuses to send what the server said it cannot take.
+fn check_fit(message: &Message<'_>, caps: &Capabilities, remote: &str) -> Result<(), Failure> {
+    let envelope = message.envelope;
+    if envelope.smtputf8 && !caps.smtputf8 {
+        return Err(local(
+            550,
+            EnhancedStatus(5, 6, 7),
+            format!("{remote} does not support SMTPUTF8, which this message needs"),
+        ));
+    }
+    match envelope.body_type {
+        BodyType::EightBitMime if !caps.eightbitmime => {
+            return Err(local(
+                554,
+                EnhancedStatus(5, 6, 3),
+                format!("{remote} does not support 8BITMIME, which this message needs"),
+            ));
+        }
+        BodyType::BinaryMime if !(caps.binarymime && caps.chunking) => {
+            return Err(local(
+                554,
+                EnhancedStatus(5, 6, 3),
+                format!("{remote} does not support BINARYMIME, which this message needs"),
+            ));
+        }
+        _ => {}
+    }
+    if let Some(limit) = caps.size {
+        if message.len() as u64 > limit {
+            return Err(local(
+                552,
+                EnhancedStatus(5, 3, 4),
+                format!(
+                    "message size {} exceeds {remote}'s limit of {limit}",
+                    message.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `RCPT TO`, with the recipient's DSN parameters when the server takes them.
+fn rcpt_command(recipient: &Recipient, dsn: bool) -> String {
+    let mut rcpt = format!("RCPT TO:<{}>", recipient.address);
+    if dsn {
+        match recipient.notify {
+            Notify::Default => {}
+            Notify::Never => rcpt.push_str(" NOTIFY=NEVER"),
+            Notify::On {
+                success,
+                failure,
+                delay,
+            } => {
+                let kinds: Vec<&str> =
+                    [(success, "SUCCESS"), (failure, "FAILURE"), (delay, "DELAY")]
+                        .into_iter()
+                        .filter_map(|(on, name)| on.then_some(name))
+                        .collect();
+                rcpt.push_str(&format!(" NOTIFY={}", kinds.join(",")));
+            }
+        }
+        if let Some(orcpt) = &recipient.orcpt {
+            // `addr-type;address`: the type as it is, the address as xtext (RFC 3461 4.2).
+            if let Some((kind, address)) = orcpt.split_once(';') {
+                rcpt.push_str(&format!(" ORCPT={kind};{}", xtext(address)));
+            }
+        }
+    }
+    rcpt
+}
+
+/// RFC 3461 xtext: printable ASCII except `+` and `=` as is, everything else as `+HH`.
+fn xtext(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (33..=126).contains(&b) && b != b'+' && b != b'=' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
 /// What EHLO told us the server can do.
 #[derive(Debug, Default)]
 struct Capabilities {
     starttls: bool,
     size: Option<u64>,
     eightbitmime: bool,
+    binarymime: bool,
     smtputf8: bool,
+    pipelining: bool,
+    chunking: bool,
+    dsn: bool,
 }
 
-fn ehlo(conn: &mut Connection, name: &str, lmtp: bool) -> Result<Capabilities, Failure> {
+fn ehlo(
+    conn: &mut Connection,
+    name: &str,
+    lmtp: bool,
+    timeout: Duration,
+) -> Result<Capabilities, Failure> {
     let verb = if lmtp { "LHLO" } else { "EHLO" };
     conn.command(&format!("{verb} {name}"))?;
-    let reply = conn.reply()?;
+    let reply = conn.reply(timeout)?;
     if lmtp {
         expect(reply.clone(), 2)?;
     }
     if reply.code / 100 != 2 {
         // An old server: plain HELO, no extensions.
         conn.command(&format!("HELO {name}"))?;
-        expect(conn.reply()?, 2)?;
+        expect(conn.reply(timeout)?, 2)?;
         return Ok(Capabilities::default());
     }
     let mut caps = Capabilities::default();
@@ -207,7 +508,11 @@ fn ehlo(conn: &mut Connection, name: &str, lmtp: bool) -> Result<Capabilities, F
                 caps.size = words.next().and_then(|n| n.parse().ok()).filter(|n| *n > 0)
             }
             Some("8BITMIME") => caps.eightbitmime = true,
+            Some("BINARYMIME") => caps.binarymime = true,
             Some("SMTPUTF8") => caps.smtputf8 = true,
+            Some("PIPELINING") => caps.pipelining = true,
+            Some("CHUNKING") => caps.chunking = true,
+            Some("DSN") => caps.dsn = true,
             _ => {}
         }
     }
@@ -238,9 +543,10 @@ fn attempt(remote: &str, reply: RemoteReply) -> Attempt {
     }
 }
 
-/// The message as DATA sends it: a dot doubled at the start of every line, a final CRLF if
-/// missing, and the end-of-data line.
-fn dot_stuff(body: &[u8]) -> Vec<u8> {
+/// Text as DATA sends it: a dot doubled at the start of every line. With `last`, also a final
+/// CRLF if missing and the end-of-data line. Header fields put in front of the message end in
+/// CRLF, so a piece that is not the last leaves the next one at the start of a line.
+fn dot_stuff(body: &[u8], last: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 5);
     let mut at_line_start = true;
     for &b in body {
@@ -250,17 +556,66 @@ fn dot_stuff(body: &[u8]) -> Vec<u8> {
         out.push(b);
         at_line_start = b == b'\n';
     }
-    if !body.is_empty() && !body.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
+    if last {
+        if !body.is_empty() && !body.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
     }
-    out.extend_from_slice(b".\r\n");
     out
+}
+
+/// A socket to a next hop.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(t),
+            Stream::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_write_timeout(t),
+            Stream::Unix(s) => s.set_write_timeout(t),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Unix(s) => s.flush(),
+        }
+    }
 }
 
 /// A connection, plain or under TLS.
 enum Connection {
-    Plain(BufReader<TcpStream>),
-    Tls(Box<BufReader<StreamOwned<ClientConnection, TcpStream>>>),
+    Plain(BufReader<Stream>),
+    Tls(Box<BufReader<StreamOwned<ClientConnection, Stream>>>),
 }
 
 impl Connection {
@@ -269,20 +624,31 @@ impl Connection {
     }
 
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_all_unflushed(bytes)?;
         match self {
-            Connection::Plain(r) => {
-                r.get_mut().write_all(bytes)?;
-                r.get_mut().flush()
-            }
-            Connection::Tls(r) => {
-                r.get_mut().write_all(bytes)?;
-                r.get_mut().flush()
-            }
+            Connection::Plain(r) => r.get_mut().flush(),
+            Connection::Tls(r) => r.get_mut().flush(),
         }
     }
 
-    /// Reads a complete (possibly multi-line) reply.
-    fn reply(&mut self) -> io::Result<RemoteReply> {
+    /// Writes without flushing: under TLS the bytes may wait for the next write.
+    fn write_all_unflushed(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Connection::Plain(r) => r.get_mut().write_all(bytes),
+            Connection::Tls(r) => r.get_mut().write_all(bytes),
+        }
+    }
+
+    fn stream(&self) -> &Stream {
+        match self {
+            Connection::Plain(r) => r.get_ref(),
+            Connection::Tls(r) => &r.get_ref().sock,
+        }
+    }
+
+    /// Reads a complete (possibly multi-line) reply, waiting at most `timeout` for each read.
+    fn reply(&mut self, timeout: Duration) -> io::Result<RemoteReply> {
+        self.stream().set_read_timeout(Some(timeout))?;
         let reader: &mut dyn BufRead = match self {
             Connection::Plain(r) => r,
             Connection::Tls(r) => r.as_mut(),
@@ -291,33 +657,68 @@ impl Connection {
     }
 
     /// Upgrades to TLS after the server's 220 to STARTTLS.
-    fn start_tls(self, host: &str) -> Result<Connection, Failure> {
+    fn start_tls(
+        self,
+        host: &str,
+        config: Arc<ClientConfig>,
+        remote: &str,
+    ) -> Result<Connection, Failure> {
+        let tls_failure = |text: String| {
+            Failure::Tls(RemoteReply {
+                code: 451,
+                status: Some(EnhancedStatus(4, 7, 5)),
+                text,
+            })
+        };
         let Connection::Plain(reader) = self else {
             return Err(Failure::Io(io::Error::other("TLS already active")));
         };
         if !reader.buffer().is_empty() {
             // CVE-2011-0411: nothing may come before the handshake.
-            return Err(Failure::Reply(RemoteReply {
-                code: 451,
-                status: Some(EnhancedStatus(4, 7, 0)),
-                text: "the server sent data behind its STARTTLS reply".into(),
-            }));
+            return Err(tls_failure(format!(
+                "{remote} sent data behind its STARTTLS reply"
+            )));
         }
-        let tcp = reader.into_inner();
+        let stream = reader.into_inner();
         let name = ServerName::try_from(host.to_owned())
-            .unwrap_or_else(|_| ServerName::try_from("localhost").expect("a valid name"));
-        let tls = ClientConnection::new(opportunistic_config(), name)
-            .map_err(|e| Failure::Io(io::Error::other(e)))?;
-        let mut stream = StreamOwned::new(tls, tcp);
+            .map_err(|_| tls_failure(format!("{host:?} is not a name TLS can verify")))?;
+        let tls = ClientConnection::new(config, name)
+            .map_err(|e| tls_failure(format!("TLS with {remote}: {e}")))?;
+        let mut stream = StreamOwned::new(tls, stream);
         // Drive the handshake now, so that a failure is reported as such.
         while stream.conn.is_handshaking() {
             stream
                 .conn
                 .complete_io(&mut stream.sock)
-                .map_err(|e| Failure::Io(io::Error::other(format!("TLS handshake: {e}"))))?;
+                .map_err(|e| tls_failure(format!("TLS handshake with {remote} failed: {e}")))?;
         }
         Ok(Connection::Tls(Box::new(BufReader::new(stream))))
     }
+}
+
+/// A TLS client configuration that verifies certificates against the PEM trust anchors in
+/// `ca_file` (the system's bundle, usually).
+pub fn verifying_config(ca_file: &std::path::Path) -> Result<Arc<ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("{}: {e}", ca_file.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{}: no certificates in it", ca_file.display()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 fn read_reply(reader: &mut dyn BufRead) -> io::Result<RemoteReply> {
@@ -437,9 +838,42 @@ mod tests {
 
     #[test]
     fn dot_stuffing() {
-        assert_eq!(dot_stuff(b".a\r\nb\r\n..\r\n"), b"..a\r\nb\r\n...\r\n.\r\n");
-        assert_eq!(dot_stuff(b"no final newline"), b"no final newline\r\n.\r\n");
-        assert_eq!(dot_stuff(b""), b".\r\n");
+        let stuffed = dot_stuff(b".a\r\nb\r\n..\r\n", true);
+        assert_eq!(stuffed, b"..a\r\nb\r\n...\r\n.\r\n");
+        assert_eq!(
+            dot_stuff(b"no final newline", true),
+            b"no final newline\r\n.\r\n"
+        );
+        assert_eq!(dot_stuff(b"", true), b".\r\n");
+        // A header block put on top: stuffed, and not ended.
+        assert_eq!(
+            dot_stuff(b"X: 1\r\n.X: 2\r\n", false),
+            b"X: 1\r\n..X: 2\r\n"
+        );
+    }
+
+    #[test]
+    fn xtext_encodes_what_it_must() {
+        assert_eq!(xtext("a+b=c d@e"), "a+2Bb+3Dc+20d@e");
+        assert_eq!(xtext("ü"), "+C3+BC");
+    }
+
+    #[test]
+    fn rcpt_carries_dsn_parameters_only_when_offered() {
+        let recipient = Recipient {
+            address: backstop_types::Address::parse("bob@example.net").unwrap(),
+            notify: Notify::On {
+                success: true,
+                failure: true,
+                delay: false,
+            },
+            orcpt: Some("rfc822;Bob+x@example.net".into()),
+        };
+        assert_eq!(
+            rcpt_command(&recipient, true),
+            "RCPT TO:<bob@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Bob+2Bx@example.net"
+        );
+        assert_eq!(rcpt_command(&recipient, false), "RCPT TO:<bob@example.net>");
     }
 
     #[test]

@@ -30,4 +30,5 @@ pub mod store;
 
 pub use record::{Entry, QuarantineRecord};
 pub use schedule::{AfterAttempts, RetryPolicy};
+pub use state::message_id_hash;
 pub use store::{Queue, QueueError, StoredMessage};

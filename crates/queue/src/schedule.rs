@@ -211,6 +211,12 @@ impl Queue {
             self.update(id, |queue, batch, entry| {
                 if !entry.held {
                     flushed += 1;
+                    // Every waiting recipient is due now, not only the message.
+                    for state in &mut entry.states {
+                        if let RecipientState::Pending { next_attempt, .. } = state {
+                            *next_attempt = now;
+                        }
+                    }
                     queue.set_due(batch, id, Some(now.0))?;
                 }
                 Ok(())
@@ -299,10 +305,17 @@ fn failure_reason(entry: &Entry) -> Option<String> {
         .iter()
         .zip(&entry.states)
         .filter_map(|(r, s)| match s {
-            RecipientState::Failed { last, .. } => Some(format!(
-                "{}: {} {}",
-                r.address, last.reply.code, last.reply.text
-            )),
+            RecipientState::Failed { last, .. } => {
+                let status = last.reply.status.map_or(String::new(), |s| format!("{s} "));
+                let host = last
+                    .remote_host
+                    .as_ref()
+                    .map_or(String::new(), |h| format!(" (from {h})"));
+                Some(format!(
+                    "{}: {} {status}{}{host}",
+                    r.address, last.reply.code, last.reply.text
+                ))
+            }
             _ => None,
         })
         .collect();
@@ -311,7 +324,12 @@ fn failure_reason(entry: &Entry) -> Option<String> {
 
 /// The last transient reply, turned into the final failure of an expired recipient.
 fn expired(last: Attempt, lifetime: Duration) -> Attempt {
-    let days = lifetime.as_secs() / 86_400;
+    let secs = lifetime.as_secs();
+    let lifetime = match secs {
+        s if s % 86_400 == 0 => format!("{} days", s / 86_400),
+        s if s % 3600 == 0 => format!("{} hours", s / 3600),
+        s => format!("{s} seconds"),
+    };
     Attempt {
         remote_host: last.remote_host,
         // The code stays the last transient one; the status says what the DSN must say.
@@ -319,7 +337,7 @@ fn expired(last: Attempt, lifetime: Duration) -> Attempt {
             code: last.reply.code,
             status: Some(EnhancedStatus(4, 4, 7)),
             text: format!(
-                "Message expired: not delivered in {days} days; last reply: {} {}",
+                "Message expired: not delivered in {lifetime}; last reply: {} {}",
                 last.reply.code, last.reply.text
             ),
         },

@@ -6,6 +6,19 @@ use rocksdb::WriteBatch;
 
 use crate::store::{Queue, QueueError, CF_SENT_IDS, CF_STATE};
 
+/// The key of a Message-ID in the sent index: the first 16 bytes of SHA-256 over the id
+/// without its angle brackets, so that every part of backstop hashes it the same way.
+pub fn message_id_hash(message_id: &str) -> [u8; 16] {
+    let id = message_id
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>');
+    let digest = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
+    let mut hash = [0; 16];
+    hash.copy_from_slice(&digest.as_ref()[..16]);
+    hash
+}
+
 impl Queue {
     /// Records that a message with this Message-ID hash was sent at `at`.
     pub fn record_sent_message_id(&self, hash: [u8; 16], at: UnixTime) -> Result<(), QueueError> {

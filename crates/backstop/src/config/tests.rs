@@ -149,3 +149,78 @@ fn sizes_and_durations() {
     assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
     assert!(parse_duration("1w").is_err());
 }
+
+#[test]
+fn routes_are_relay_or_mx_and_say_what_is_wrong() {
+    let route = |body: &str| format!("{MINIMAL}[[route]]\ndomains = [\"*\"]\n{body}");
+    let c = Config::parse(&route("mx = true\n"), "test.toml").unwrap();
+    assert!(c.routes[0].relay.is_none() && c.routes[0].any_domain);
+    let c = Config::parse(
+        &route("relay = \"unix:/run/dovecot/lmtp\"\nprotocol = \"lmtp\"\n"),
+        "test.toml",
+    )
+    .unwrap();
+    let hop = c.routes[0].relay.as_ref().unwrap();
+    assert_eq!(hop.endpoint.to_string(), "unix:/run/dovecot/lmtp");
+    assert!(c.routes[0].lmtp);
+    assert_eq!(
+        error(&route("")),
+        "test.toml:6: route.domains: a route needs relay = \"host:port\" or mx = true"
+    );
+    assert_eq!(
+        error(&route("relay = \"192.0.2.1:25\"\nmx = true\n")),
+        "test.toml:7: route.relay: a route has relay or mx = true, not both"
+    );
+    assert_eq!(
+        error(&route("mx = true\nprotocol = \"lmtp\"\n")),
+        "test.toml:7: route.mx: LMTP goes to a fixed next hop (relay), not to MX hosts"
+    );
+    assert_eq!(
+        error(&route("relay = \"unix:run/lmtp\"\n")),
+        "test.toml:7: route.relay: \"unix:run/lmtp\": a Unix socket needs an absolute path"
+    );
+    assert_eq!(
+        error(&route("mx = true\ntls = \"require\"\ntls_ca_file = \"/nonexistent.pem\"\n")),
+        "test.toml:9: route.tls_ca_file: /nonexistent.pem: I/O error: No such file or directory (os error 2)"
+    );
+    assert_eq!(
+        error(&route("mx = true\ntls_ca_file = \"/etc/hosts\"\n")),
+        "test.toml:8: route.tls_ca_file: tls_ca_file goes with tls = \"require\""
+    );
+    assert_eq!(
+        error(&route("mx = true\ntls = \"maybe\"\n")),
+        "test.toml:8: route.tls: unknown variant `maybe`, expected one of `none`, `may`, `require`"
+    );
+}
+
+#[test]
+fn batv_and_dkim_keys_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.key");
+    std::fs::write(&short, "tiny\n").unwrap();
+    let text = format!(
+        "{MINIMAL}[batv]\nsign_with = 1\n[[batv.key]]\nnumber = 1\nsecret_file = \"{}\"\n",
+        short.display()
+    );
+    assert_eq!(
+        error(&text),
+        format!("test.toml:9: batv.key.secret_file: batv: key 1 is shorter than 16 bytes")
+    );
+    // Without keys, key 0 is made under data_dir on first use.
+    let c = Config::parse(MINIMAL, "test.toml").unwrap();
+    assert!(
+        matches!(&c.batv, Some(Batv::Generated { file, lifetime_days: 7 }) if file.ends_with("batv/0.key"))
+    );
+    let c = Config::parse(&format!("{MINIMAL}[batv]\nenabled = false\n"), "test.toml").unwrap();
+    assert!(c.batv.is_none());
+
+    let text = format!(
+        "{MINIMAL}[[dkim]]\ndomain = \"example.com\"\nselector = \"s1\"\nkey_file = \"{}\"\n",
+        short.display()
+    );
+    let e = error(&text);
+    assert!(
+        e.starts_with("test.toml:8: dkim.key_file: ") && e.contains("not a PEM private key"),
+        "{e}"
+    );
+}

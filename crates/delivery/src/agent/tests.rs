@@ -42,7 +42,7 @@ fn agent(dir: &std::path::Path) -> Agent {
         routes: Routes {
             local_domains: vec![Domain::parse("example.test").unwrap()],
             maildir: dir.join("maildir"),
-            relays: Vec::new(),
+            routes: Vec::new(),
         },
         retry: RetryPolicy {
             min_backoff: Duration::from_secs(300),
@@ -50,6 +50,11 @@ fn agent(dir: &std::path::Path) -> Agent {
             lifetime: Duration::from_secs(5 * 86_400),
         },
         hostname: "mx.test".into(),
+        resolver: None,
+        signing: Arc::new(Signing {
+            batv: None,
+            dkim: Arc::default(),
+        }),
     }
 }
 
@@ -110,7 +115,7 @@ async fn local_recipients_land_in_maildirs_and_others_wait() {
     assert!(
         record
             .reason
-            .starts_with("delivery failed: carol@elsewhere.example: 451 Message expired"),
+            .starts_with("delivery failed: carol@elsewhere.example: 451 4.4.7 Message expired"),
         "{}",
         record.reason
     );

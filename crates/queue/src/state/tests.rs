@@ -22,3 +22,15 @@ fn sent_ids_and_expiring_state() {
     );
     assert_eq!(queue.state_get(b"nothing", UnixTime(0)).unwrap(), None);
 }
+
+#[test]
+fn message_id_hashes_ignore_brackets_and_space() {
+    assert_eq!(
+        message_id_hash("<abc@example.test>"),
+        message_id_hash(" abc@example.test ")
+    );
+    assert_ne!(
+        message_id_hash("abc@example.test"),
+        message_id_hash("abd@example.test")
+    );
+}
