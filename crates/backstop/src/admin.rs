@@ -106,27 +106,58 @@ struct Count {
 // --- Server -------------------------------------------------------------------------------
 
 /// Serves the admin API until `shutdown` turns true.
+/// The admin API's socket, bound: the server binds it before it announces its listeners, so
+/// that the API is there as soon as the server says it is up.
+pub enum Bound {
+    Unix(UnixListener, PathBuf),
+    Http(TcpListener, String),
+}
+
+/// Binds the admin endpoint (a stale Unix socket of a killed run is removed first).
+pub async fn bind(endpoint: AdminEndpoint) -> anyhow::Result<Bound> {
+    match endpoint {
+        AdminEndpoint::Unix(path) => {
+            // A socket left by a previous run that was killed is stale: nobody listens on it.
+            if path.exists() && UnixStream::connect(&path).await.is_err() {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing stale {}", path.display()))?;
+            }
+            let listener = UnixListener::bind(&path)
+                .with_context(|| format!("admin socket {}", path.display()))?;
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            }
+            crate::serve::announce!("backstop: admin socket {}", path.display());
+            Ok(Bound::Unix(listener, path))
+        }
+        AdminEndpoint::Http { address, token } => {
+            let listener = TcpListener::bind(address)
+                .await
+                .with_context(|| format!("admin API on {address}"))?;
+            crate::serve::announce!("backstop: admin API on http://{}", listener.local_addr()?);
+            Ok(Bound::Http(listener, token))
+        }
+    }
+}
+
 pub async fn serve(
-    endpoint: AdminEndpoint,
+    bound: Bound,
     queue: Queue,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    match endpoint {
-        AdminEndpoint::Unix(path) => serve_unix(path, queue, shutdown).await,
-        AdminEndpoint::Http { address, token } => serve_http(address, token, queue, shutdown).await,
+    match bound {
+        Bound::Unix(listener, path) => serve_unix(listener, path, queue, shutdown).await,
+        Bound::Http(listener, token) => serve_http(listener, token, queue, shutdown).await,
     }
 }
 
 async fn serve_http(
-    address: std::net::SocketAddr,
+    listener: TcpListener,
     token: String,
     queue: Queue,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(address)
-        .await
-        .with_context(|| format!("admin API on {address}"))?;
-    crate::serve::announce!("backstop: admin API on http://{}", listener.local_addr()?);
     let token = std::sync::Arc::new(token);
     loop {
         let stream = tokio::select! {
@@ -234,22 +265,11 @@ fn same_secret(given: &str, token: &str) -> bool {
 }
 
 async fn serve_unix(
+    listener: UnixListener,
     path: PathBuf,
     queue: Queue,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    // A socket left by a previous run that was killed is stale: nobody listens on it.
-    if path.exists() && UnixStream::connect(&path).await.is_err() {
-        std::fs::remove_file(&path)
-            .with_context(|| format!("removing stale {}", path.display()))?;
-    }
-    let listener =
-        UnixListener::bind(&path).with_context(|| format!("admin socket {}", path.display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    crate::serve::announce!("backstop: admin socket {}", path.display());
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {

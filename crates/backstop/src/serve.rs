@@ -354,6 +354,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.smtp.max_connections,
         config.smtp.max_connections_per_ip,
     );
+    // The admin API first: once a listener is announced, the whole server is up.
+    let admin = crate::admin::bind(config.admin.clone()).await?;
     let mut listeners = Vec::new();
     for l in &config.listeners {
         let socket = TcpListener::bind(l.address)
@@ -378,11 +380,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
 
     let (stop, shutdown) = watch::channel(false);
-    let admin = tokio::spawn(crate::admin::serve(
-        config.admin.clone(),
-        queue.clone(),
-        shutdown.clone(),
-    ));
+    let admin = tokio::spawn(crate::admin::serve(admin, queue.clone(), shutdown.clone()));
     let maildir = std::path::absolute(&config.maildir)?;
     let agent = backstop_delivery::agent::run(
         delivery_agent(&config, &queue, maildir.clone())?,
