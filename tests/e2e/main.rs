@@ -24,5 +24,6 @@ mod rates;
 mod receive;
 mod recipients;
 mod relay;
+mod smarthost;
 mod smuggling;
 mod submission;

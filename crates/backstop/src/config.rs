@@ -102,6 +102,7 @@ pub struct RouteConfig {
     /// LMTP instead of SMTP.
     pub lmtp: bool,
     pub tls: backstop_delivery::smtp::TlsPolicy,
+    pub auth: Option<backstop_delivery::smtp::Credentials>,
 }
 
 /// How delivery connects.
@@ -110,6 +111,9 @@ pub struct DeliveryConfig {
     /// The port of MX hosts: 25, but in tests.
     pub mx_port: u16,
     pub connect_timeout: Duration,
+    /// Connections delivery opens at once, in all and to one destination.
+    pub max_connections: usize,
+    pub max_connections_per_destination: usize,
 }
 
 /// Where the BATV keys come from.
@@ -332,6 +336,9 @@ struct RawRoute {
     tls: Option<Spanned<RouteTls>>,
     /// Trust anchors for `tls = "require"`, PEM; the system's bundle when absent.
     tls_ca_file: Option<Spanned<PathBuf>>,
+    /// SMTP AUTH at a relay (a smarthost): the user, and a file holding the password.
+    auth_user: Option<Spanned<String>>,
+    auth_password_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
@@ -404,6 +411,8 @@ struct RawDelivery {
     paused: bool,
     mx_port: u16,
     connect_timeout: Seconds,
+    max_connections: Option<Spanned<usize>>,
+    max_connections_per_destination: Option<Spanned<usize>>,
 }
 
 impl Default for RawDelivery {
@@ -414,6 +423,8 @@ impl Default for RawDelivery {
             mx_port: 25,
             // Postfix's smtp_connect_timeout.
             connect_timeout: Seconds(Duration::from_secs(30)),
+            max_connections: None,
+            max_connections_per_destination: None,
         }
     }
 }
@@ -961,6 +972,13 @@ impl Config {
             delivery: DeliveryConfig {
                 mx_port: raw.delivery.mx_port,
                 connect_timeout: raw.delivery.connect_timeout.0,
+                // Postfix's default_process_limit and default_destination_concurrency_limit.
+                max_connections: at_least_one(&raw.delivery.max_connections, 100, &at)?,
+                max_connections_per_destination: at_least_one(
+                    &raw.delivery.max_connections_per_destination,
+                    20,
+                    &at,
+                )?,
             },
             nameservers,
             batv,
@@ -1080,13 +1098,59 @@ fn check_route(route: &RawRoute, at: &At<'_>) -> Result<RouteConfig, ConfigError
             "tls_ca_file goes with tls = \"require\"".into(),
         ));
     }
+    let auth = match (&route.auth_user, &route.auth_password_file) {
+        (None, None) => None,
+        (Some(user), None) => {
+            return Err(at(user.span(), "auth_user needs auth_password_file".into()));
+        }
+        (None, Some(file)) => {
+            return Err(at(
+                file.span(),
+                "auth_password_file goes with auth_user".into(),
+            ));
+        }
+        (Some(user), Some(file)) => {
+            if relay.is_none() {
+                return Err(at(
+                    user.span(),
+                    "AUTH is for a relay, not for MX hosts".into(),
+                ));
+            }
+            if tls_setting == RouteTls::None {
+                return Err(at(
+                    user.span(),
+                    "AUTH needs TLS: credentials are never sent in clear".into(),
+                ));
+            }
+            let password = std::fs::read_to_string(file.get_ref())
+                .map_err(|e| at(file.span(), format!("{}: {e}", file.get_ref().display())))?;
+            Some(backstop_delivery::smtp::Credentials {
+                user: user.get_ref().clone(),
+                password: password.trim_end_matches(['\r', '\n']).to_owned(),
+            })
+        }
+    };
     Ok(RouteConfig {
         domains,
         any_domain,
         relay,
         lmtp,
         tls,
+        auth,
     })
+}
+
+/// A count that must be at least 1, or `default` when not given.
+fn at_least_one(
+    raw: &Option<Spanned<usize>>,
+    default: usize,
+    at: &At<'_>,
+) -> Result<usize, ConfigError> {
+    match raw {
+        None => Ok(default),
+        Some(n) if *n.get_ref() == 0 => Err(at(n.span(), "must be at least 1".into())),
+        Some(n) => Ok(*n.get_ref()),
+    }
 }
 
 fn check_batv(raw: &RawBatv, data_dir: &Path, at: &At<'_>) -> Result<Option<Batv>, ConfigError> {

@@ -463,7 +463,7 @@ fn delivery_agent(
     queue: &Queue,
     maildir: std::path::PathBuf,
 ) -> anyhow::Result<backstop_delivery::agent::Agent> {
-    use backstop_delivery::agent::{Agent, Route, Routes, Signing, Via};
+    use backstop_delivery::agent::{Agent, Limits, Route, Routes, Signing, Via};
     use backstop_delivery::smtp::{Client, Timeouts};
     let routes = config
         .routes
@@ -483,6 +483,7 @@ fn delivery_agent(
                 tls: r.tls.clone(),
                 connect_timeout: config.delivery.connect_timeout,
                 timeouts: Timeouts::RFC5321,
+                auth: r.auth.clone(),
             },
         })
         .collect::<Vec<_>>();
@@ -511,6 +512,12 @@ fn delivery_agent(
             batv: crate::batv::keys(config)?,
             dkim: Arc::clone(&config.dkim),
         }),
+        limits: Limits {
+            connections: config.delivery.max_connections,
+            per_destination: config.delivery.max_connections_per_destination,
+        },
+        pool: Arc::default(),
+        slots: Arc::default(),
     })
 }
 

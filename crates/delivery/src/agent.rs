@@ -1,8 +1,9 @@
 //! The delivery loop: lease what is due, deliver, record.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use backstop_queue::{AfterAttempts, Queue, RetryPolicy, StoredMessage};
@@ -12,7 +13,7 @@ use backstop_types::{
 };
 
 use crate::mx::{Resolver, Unroutable};
-use crate::smtp::{self, Client, Endpoint, Message, NextHop};
+use crate::smtp::{self, Client, Endpoint, Message, NextHop, Pool};
 use tokio::sync::watch;
 use tracing::{error, info, info_span, warn};
 
@@ -77,6 +78,75 @@ pub struct Agent {
     /// For MX routes; `None` when no route uses MX.
     pub resolver: Option<Resolver>,
     pub signing: Arc<Signing>,
+    pub limits: Limits,
+    /// Sessions kept open between messages to the same next hop.
+    pub pool: Arc<Pool>,
+    /// Connections in use per destination.
+    pub slots: Arc<Slots>,
+}
+
+/// How many connections delivery opens.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// In all (Postfix's default_process_limit for smtp).
+    pub connections: usize,
+    /// To one destination: a relay's next hop, or one domain by MX (Postfix's
+    /// default_destination_concurrency_limit).
+    pub per_destination: usize,
+}
+
+/// The connections in use per destination, with a wait for a free one.
+#[derive(Default)]
+pub struct Slots {
+    busy: Mutex<HashMap<String, usize>>,
+    freed: Condvar,
+}
+
+impl Slots {
+    /// Waits until `destination` has fewer than `limit` connections in use, and takes one.
+    fn acquire(&self, destination: String, limit: usize) -> Slot<'_> {
+        let mut busy = lock(&self.busy);
+        while busy.get(&destination).copied().unwrap_or(0) >= limit.max(1) {
+            busy = self
+                .freed
+                .wait(busy)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        *busy.entry(destination.clone()).or_default() += 1;
+        Slot {
+            slots: self,
+            destination,
+        }
+    }
+
+    /// The most connections in use to `destination` right now, for tests.
+    pub fn in_use(&self, destination: &str) -> usize {
+        lock(&self.busy).get(destination).copied().unwrap_or(0)
+    }
+}
+
+/// A connection slot to a destination, given back when dropped.
+struct Slot<'a> {
+    slots: &'a Slots,
+    destination: String,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut busy = lock(&self.slots.busy);
+        if let Some(n) = busy.get_mut(&self.destination) {
+            *n -= 1;
+            if *n == 0 {
+                busy.remove(&self.destination);
+            }
+        }
+        self.slots.freed.notify_all();
+    }
+}
+
+/// A lock that a panicking worker cannot poison for the others.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// What one pass did, for logs and tests.
@@ -111,7 +181,12 @@ pub async fn run(agent: Agent, mut shutdown: watch::Receiver<bool>) {
         }
         tokio::select! {
             _ = tokio::time::sleep(IDLE) => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => {
+                // Say QUIT on the connections kept open for reuse.
+                let pool = Arc::clone(&agent.pool);
+                let _ = tokio::task::spawn_blocking(move || pool.expire(true)).await;
+                return;
+            }
         }
     }
 }
@@ -119,17 +194,43 @@ pub async fn run(agent: Agent, mut shutdown: watch::Receiver<bool>) {
 impl Agent {
     /// Leases what is due at `now`, delivers it and records the outcomes. Blocking (file and
     /// database I/O): run it off the async workers.
+    ///
+    /// Messages are delivered in parallel by up to `limits.connections` threads, each holding at
+    /// most one connection; a destination (a relay's next hop, or a domain by MX) gets at most
+    /// `limits.per_destination` of them at once.
     pub fn pass(&self, now: UnixTime) -> Result<PassReport, backstop_queue::QueueError> {
         let due = self.queue.lease_due(now, LEASE, BATCH)?;
-        let mut report = PassReport {
-            messages: due.len(),
+        let messages = due.len();
+        let report = Mutex::new(PassReport {
+            messages,
             ..PassReport::default()
-        };
-        for message in due {
-            let span = info_span!("delivery", queue_id = %message.id);
-            span.in_scope(|| self.deliver(&message, now, &mut report))?;
+        });
+        let failure = Mutex::new(None);
+        let work = Mutex::new(due.into_iter());
+        let workers = self.limits.connections.min(messages);
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| loop {
+                    let Some(message) = lock(&work).next() else {
+                        return;
+                    };
+                    let mut mine = PassReport::default();
+                    let span = info_span!("delivery", queue_id = %message.id);
+                    if let Err(e) = span.in_scope(|| self.deliver(&message, now, &mut mine)) {
+                        lock(&failure).get_or_insert(e);
+                    }
+                    let mut report = lock(&report);
+                    report.delivered += mine.delivered;
+                    report.deferred += mine.deferred;
+                    report.failed += mine.failed;
+                });
+            }
+        });
+        self.pool.expire(false);
+        match failure.into_inner().unwrap_or_else(PoisonError::into_inner) {
+            Some(e) => Err(e),
+            None => Ok(report.into_inner().unwrap_or_else(PoisonError::into_inner)),
         }
-        Ok(report)
     }
 
     fn deliver(
@@ -207,7 +308,11 @@ impl Agent {
                 let route = &self.routes.routes[*route];
                 outcomes.extend(match (&route.via, domain) {
                     (Via::Relay(hop), _) => {
-                        smtp::deliver(&route.client, hop, &outbound, recipients).outcomes
+                        let _slot = self
+                            .slots
+                            .acquire(hop.endpoint.to_string(), self.limits.per_destination);
+                        smtp::deliver(&route.client, hop, &outbound, recipients, &self.pool)
+                            .outcomes
                     }
                     (Via::Mx { port }, Some(domain)) => {
                         self.deliver_mx(&route.client, *port, domain, &outbound, recipients)
@@ -320,6 +425,9 @@ impl Agent {
             Ok(hosts) => hosts,
             Err(why) => return all(unroutable(domain, why)),
         };
+        let _slot = self
+            .slots
+            .acquire(domain.as_str().to_owned(), self.limits.per_destination);
         let mut last = None;
         let mut tried = 0;
         for host in hosts {
@@ -340,7 +448,7 @@ impl Agent {
                     endpoint: Endpoint::Tcp(SocketAddr::new(ip, port)),
                     host: host.clone(),
                 };
-                let delivery = smtp::deliver(client, &hop, message, recipients);
+                let delivery = smtp::deliver(client, &hop, message, recipients, &self.pool);
                 if !delivery.try_next {
                     return delivery.outcomes;
                 }

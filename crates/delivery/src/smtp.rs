@@ -20,8 +20,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use backstop_types::{
     Attempt, AttemptOutcome, BodyType, EnhancedStatus, Envelope, Notify, Recipient, RemoteReply,
@@ -77,6 +77,22 @@ pub struct Client {
     pub connect_timeout: Duration,
     /// The reply timeouts; [`Timeouts::RFC5321`] unless a test needs shorter ones.
     pub timeouts: Timeouts,
+    /// Log in with SMTP AUTH (to a smarthost); only ever under TLS.
+    pub auth: Option<Credentials>,
+}
+
+/// A user name and password for SMTP AUTH PLAIN.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        write!(f, "Credentials({})", self.user)
+    }
 }
 
 /// How long to wait for each reply (RFC 5321 4.5.3.2).
@@ -133,20 +149,56 @@ pub fn deliver(
     hop: &NextHop,
     message: &Message<'_>,
     recipients: &[(usize, &Recipient)],
+    pool: &Pool,
 ) -> Delivery {
     let remote = format!("{}[{}]", hop.host, hop.endpoint);
-    let mut outcomes: Vec<(usize, Option<AttemptOutcome>)> =
-        recipients.iter().map(|(i, _)| (*i, None)).collect();
-    let mut reached_mail = false;
-    let result = transaction(
-        client,
-        hop,
-        &remote,
-        message,
-        recipients,
-        &mut outcomes,
-        &mut reached_mail,
-    );
+    let key = PoolKey::new(client, hop);
+    let mut outcomes: Vec<(usize, Option<AttemptOutcome>)>;
+    let mut reached_mail;
+    let mut cached = pool.take(&key);
+    let result = loop {
+        outcomes = recipients.iter().map(|(i, _)| (*i, None)).collect();
+        reached_mail = false;
+        let reused = cached.is_some();
+        let session = match cached.take() {
+            Some(session) => Ok(session),
+            None => open(client, hop, &remote),
+        };
+        let mut session = match session {
+            Ok(session) => session,
+            Err(e) => break Err(e),
+        };
+        let result = transaction(
+            client,
+            &mut session,
+            &remote,
+            message,
+            recipients,
+            &mut outcomes,
+            &mut reached_mail,
+        );
+        match result {
+            // The server closed the idle connection meanwhile: once more on a new one.
+            Err(Failure::Io(_)) if reused && !reached_mail => {
+                tracing::debug!(remote = %remote, "cached connection was closed; reconnecting");
+                continue;
+            }
+            Err(Failure::Reply(r)) if reused && !reached_mail && r.code == 421 => {
+                tracing::debug!(remote = %remote, "cached connection was closed; reconnecting");
+                continue;
+            }
+            Ok(ending) => {
+                pool.put(key, session, ending, client.timeouts);
+                break Ok(());
+            }
+            Err(e) => {
+                if matches!(e, Failure::Reply(_) | Failure::Local(_)) {
+                    let _ = session.conn.command("QUIT");
+                }
+                break Err(e);
+            }
+        }
+    };
     let (fallback, try_next) = match result {
         Ok(()) => (None, false),
         Err(Failure::Reply(reply)) => {
@@ -211,15 +263,15 @@ fn local(code: u16, status: EnhancedStatus, text: String) -> Failure {
     })
 }
 
-fn transaction(
-    client: &Client,
-    hop: &NextHop,
-    remote: &str,
-    message: &Message<'_>,
-    recipients: &[(usize, &Recipient)],
-    outcomes: &mut [(usize, Option<AttemptOutcome>)],
-    reached_mail: &mut bool,
-) -> Result<(), Failure> {
+/// An open SMTP/LMTP session, ready for MAIL.
+struct Session {
+    conn: Connection,
+    caps: Capabilities,
+    opened: Instant,
+}
+
+/// Connects, reads the greeting, says EHLO (or LHLO) and starts TLS as the policy says.
+fn open(client: &Client, hop: &NextHop, remote: &str) -> Result<Session, Failure> {
     let t = client.timeouts;
     let stream = match &hop.endpoint {
         Endpoint::Tcp(address) => {
@@ -251,7 +303,75 @@ fn transaction(
             caps = ehlo(&mut conn, &client.helo, client.lmtp, t.command)?;
         }
     }
-    check_fit(message, &caps, remote)?;
+    if let Some(credentials) = &client.auth {
+        authenticate(&mut conn, &caps, credentials, remote, t.command)?;
+    }
+    Ok(Session {
+        conn,
+        caps,
+        opened: Instant::now(),
+    })
+}
+
+/// AUTH PLAIN (RFC 4954), under TLS only. A refusal defers the mail (4.7.0): wrong
+/// credentials are the administrator's to fix, and the mail waits meanwhile.
+fn authenticate(
+    conn: &mut Connection,
+    caps: &Capabilities,
+    credentials: &Credentials,
+    remote: &str,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let refuse = |text: String| {
+        Failure::Tls(RemoteReply {
+            code: 451,
+            status: Some(EnhancedStatus(4, 7, 0)),
+            text,
+        })
+    };
+    if !matches!(conn, Connection::Tls(_)) {
+        return Err(refuse(format!(
+            "not sending credentials to {remote} without TLS"
+        )));
+    }
+    if !caps.auth_plain {
+        return Err(refuse(format!("{remote} does not offer AUTH PLAIN")));
+    }
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD
+        .encode(format!("\0{}\0{}", credentials.user, credentials.password));
+    conn.command(&format!("AUTH PLAIN {token}"))?;
+    let reply = conn.reply(timeout)?;
+    if reply.code != 235 {
+        return Err(refuse(format!(
+            "{remote} refused our login as {}: {} {}",
+            credentials.user, reply.code, reply.text
+        )));
+    }
+    Ok(())
+}
+
+/// How a transaction that went through left the session.
+enum Ending {
+    /// The message was sent (or refused after the data): ready for the next MAIL.
+    Done,
+    /// MAIL was accepted but no recipient was: RSET before the next MAIL.
+    NeedsReset,
+}
+
+/// One transaction on an open session.
+fn transaction(
+    client: &Client,
+    session: &mut Session,
+    remote: &str,
+    message: &Message<'_>,
+    recipients: &[(usize, &Recipient)],
+    outcomes: &mut [(usize, Option<AttemptOutcome>)],
+    reached_mail: &mut bool,
+) -> Result<Ending, Failure> {
+    let t = client.timeouts;
+    let (conn, caps) = (&mut session.conn, &session.caps);
+    check_fit(message, caps, remote)?;
 
     let mut mail = format!("MAIL FROM:{}", message.sender);
     let envelope = message.envelope;
@@ -325,8 +445,7 @@ fn transaction(
         if let Some(data_reply) = data_reply {
             if data_reply.code / 100 != 3 {
                 if accepted.is_empty() {
-                    let _ = conn.command("QUIT");
-                    return Ok(());
+                    return Ok(Ending::NeedsReset);
                 }
                 return Err(Failure::Reply(data_reply));
             }
@@ -334,8 +453,7 @@ fn transaction(
                 // A 354 with no recipient: end the empty message and let it go.
                 conn.write_all(b".\r\n")?;
                 let _ = conn.reply(t.data_end)?;
-                let _ = conn.command("QUIT");
-                return Ok(());
+                return Ok(Ending::Done);
             }
         }
     } else {
@@ -353,8 +471,7 @@ fn transaction(
         }
     }
     if accepted.is_empty() {
-        let _ = conn.command("QUIT");
-        return Ok(());
+        return Ok(Ending::NeedsReset);
     }
     if chunking {
         conn.write_all(format!("BDAT {} LAST\r\n", message.len()).as_bytes())?;
@@ -379,8 +496,102 @@ fn transaction(
             outcomes[n].1 = Some(outcome(remote, reply.clone()));
         }
     }
-    let _ = conn.command("QUIT");
-    Ok(())
+    Ok(Ending::Done)
+}
+
+/// What a pooled connection is good for: the same next hop, spoken to the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PoolKey {
+    endpoint: Endpoint,
+    host: String,
+    lmtp: bool,
+    /// Which TLS policy (a session opened under one is not reused under a stricter one).
+    tls: u8,
+    /// Who the session is logged in as.
+    user: Option<String>,
+}
+
+impl PoolKey {
+    fn new(client: &Client, hop: &NextHop) -> PoolKey {
+        PoolKey {
+            endpoint: hop.endpoint.clone(),
+            host: hop.host.clone(),
+            lmtp: client.lmtp,
+            tls: match client.tls {
+                TlsPolicy::Off => 0,
+                TlsPolicy::Opportunistic => 1,
+                TlsPolicy::Require(_) => 2,
+            },
+            user: client.auth.as_ref().map(|c| c.user.clone()),
+        }
+    }
+}
+
+/// Open sessions kept between transactions, so that several messages to one next hop share
+/// a connection (Postfix's connection cache): a session waits at most [`Pool::IDLE`] for its
+/// next message and is not used after [`Pool::AGE`].
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<Vec<(PoolKey, Session, Instant)>>,
+}
+
+impl Pool {
+    /// How long a session may wait for the next message (Postfix's
+    /// smtp_connection_cache_time_limit).
+    pub const IDLE: Duration = Duration::from_secs(2);
+    /// How long a connection is used at most (Postfix's smtp_connection_reuse_time_limit).
+    pub const AGE: Duration = Duration::from_secs(300);
+
+    fn take(&self, key: &PoolKey) -> Option<Session> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = idle.iter().position(|(k, _, _)| k == key)?;
+        let (_, session, _) = idle.swap_remove(at);
+        Some(session)
+    }
+
+    fn put(&self, key: PoolKey, mut session: Session, ending: Ending, timeouts: Timeouts) {
+        let usable = match ending {
+            Ending::Done => true,
+            Ending::NeedsReset => {
+                session.conn.command("RSET").is_ok()
+                    && session
+                        .conn
+                        .reply(timeouts.command)
+                        .is_ok_and(|r| r.code / 100 == 2)
+            }
+        };
+        if !usable || session.opened.elapsed() >= Pool::AGE {
+            let _ = session.conn.command("QUIT");
+            return;
+        }
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((key, session, Instant::now()));
+    }
+
+    /// Closes sessions that have waited longer than [`Pool::IDLE`], or all with `everything`.
+    pub fn expire(&self, everything: bool) {
+        let stale: Vec<Session> = {
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            let (stale, fresh) = std::mem::take(&mut *idle)
+                .into_iter()
+                .partition(|(_, _, since)| everything || since.elapsed() >= Pool::IDLE);
+            *idle = fresh;
+            stale.into_iter().map(|(_, s, _)| s).collect()
+        };
+        for mut session in stale {
+            let _ = session.conn.command("QUIT");
+        }
+    }
+
+    /// How many sessions wait, for tests.
+    pub fn idle_count(&self) -> usize {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
 }
 
 /// Refuses to send what the server said it cannot take.
@@ -479,6 +690,7 @@ struct Capabilities {
     pipelining: bool,
     chunking: bool,
     dsn: bool,
+    auth_plain: bool,
 }
 
 fn ehlo(
@@ -513,6 +725,7 @@ fn ehlo(
             Some("PIPELINING") => caps.pipelining = true,
             Some("CHUNKING") => caps.chunking = true,
             Some("DSN") => caps.dsn = true,
+            Some("AUTH") => caps.auth_plain = words.any(|w| w.eq_ignore_ascii_case("PLAIN")),
             _ => {}
         }
     }

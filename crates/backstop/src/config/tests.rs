@@ -188,8 +188,40 @@ fn routes_are_relay_or_mx_and_say_what_is_wrong() {
         "test.toml:8: route.tls_ca_file: tls_ca_file goes with tls = \"require\""
     );
     assert_eq!(
+        error(&route("relay = \"192.0.2.1:587\"\ntls = \"none\"\nauth_user = \"u\"\nauth_password_file = \"/etc/hosts\"\n")),
+        "test.toml:9: route.auth_user: AUTH needs TLS: credentials are never sent in clear"
+    );
+    assert_eq!(
+        error(&route(
+            "mx = true\nauth_user = \"u\"\nauth_password_file = \"/etc/hosts\"\n"
+        )),
+        "test.toml:8: route.auth_user: AUTH is for a relay, not for MX hosts"
+    );
+    assert_eq!(
+        error(&route("relay = \"192.0.2.1:587\"\nauth_user = \"u\"\n")),
+        "test.toml:8: route.auth_user: auth_user needs auth_password_file"
+    );
+    assert_eq!(
         error(&route("mx = true\ntls = \"maybe\"\n")),
         "test.toml:8: route.tls: unknown variant `maybe`, expected one of `none`, `may`, `require`"
+    );
+}
+
+#[test]
+fn delivery_limits() {
+    let c = Config::parse(MINIMAL, "test.toml").unwrap();
+    assert_eq!(
+        (
+            c.delivery.max_connections,
+            c.delivery.max_connections_per_destination
+        ),
+        (100, 20)
+    );
+    assert_eq!(
+        error(&format!(
+            "[delivery]\nmax_connections_per_destination = 0\n{MINIMAL}"
+        )),
+        "test.toml:2: delivery.max_connections_per_destination: must be at least 1"
     );
 }
 

@@ -55,6 +55,12 @@ fn agent(dir: &std::path::Path) -> Agent {
             batv: None,
             dkim: Arc::default(),
         }),
+        limits: Limits {
+            connections: 4,
+            per_destination: 2,
+        },
+        pool: Arc::default(),
+        slots: Arc::default(),
     }
 }
 
