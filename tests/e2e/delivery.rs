@@ -1,10 +1,9 @@
 //! Local delivery: mail for a local domain ends up in the recipient's Maildir and leaves the
 //! queue; mail for other domains waits in the queue with the reason.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::harness::{config, have, queued, RawClient, Server, BIN};
+use crate::harness::{config, have, queued, RawClient, Server};
 
 #[test]
 fn local_mail_is_delivered_into_maildirs() {
@@ -76,30 +75,11 @@ fn local_mail_is_delivered_into_maildirs() {
             transcript.contains("250 2.0.0 Ok: queued as "),
             "{transcript}"
         );
-        let id = crate::harness::queue_id_in(&transcript).to_string();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let show = Command::new(BIN)
-                .args(["queue", "show", &id, "--config"])
-                .arg(d.join("backstop.toml"))
-                .output()
-                .unwrap();
-            let stderr = String::from_utf8_lossy(&show.stderr).into_owned();
-            let show = String::from_utf8_lossy(&show.stdout).into_owned() + &stderr;
-            if show.contains("1 attempt(s)") {
-                assert!(
-                    show.contains("451 4.4.0 no route to elsewhere.example"),
-                    "{show}"
-                );
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "never attempted:\n{show}\n{}",
-                server.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let shown = server.after_first_attempt(crate::harness::queue_id_in(&transcript));
+        assert!(
+            shown.contains("451 4.4.0 no route to elsewhere.example"),
+            "{shown}"
+        );
     }
     server.stop();
 }

@@ -59,19 +59,20 @@ impl Knot {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        // Zones are loaded after the sockets open: wait for the last one in the log.
-        let last = zones.last().map(|(o, _)| *o).unwrap_or("");
-        while !std::fs::read_to_string(dir.join("knotd.log"))
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.contains(&format!("[{last}.]")) && l.contains("loaded"))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "knotd did not load {last}:\n{}",
-                std::fs::read_to_string(dir.join("knotd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
+        // Zones are loaded after the sockets open: wait until the log says each one is.
+        for (origin, _) in zones {
+            while !std::fs::read_to_string(dir.join("knotd.log"))
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.contains(&format!("[{origin}.]")) && l.contains("loaded"))
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "knotd did not load {origin}:\n{}",
+                    std::fs::read_to_string(dir.join("knotd.log")).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         knot
     }

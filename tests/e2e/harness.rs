@@ -216,6 +216,37 @@ impl Server {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs `backstop` with `args` and this server's config; standard output and error.
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(self.dir.join("backstop.toml"))
+            .output()
+            .expect("running backstop");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    }
+
+    /// `backstop queue show ID` once the message has had its first delivery attempt.
+    pub fn after_first_attempt(&self, id: QueueId) -> String {
+        let id = id.to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, shown) = self.cli(&["queue", "show", &id]);
+            if shown.contains("1 attempt(s)") {
+                return shown;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never attempted:\n{shown}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -16,7 +16,8 @@ use crate::harness::{config, have, is_root, queue_id_in, Server, BIN};
 use crate::postfix::{run, PostfixMx};
 
 /// The zones: example.net's best MX is dead (127.0.0.3, where nothing listens), the next is
-/// Postfix; implicit.example has no MX but an address; nullmx.example takes no mail;
+/// Postfix; implicit.example has no MX but an address; ipv6.example's MX has only an IPv6
+/// address (Postfix on ::1); nullmx.example takes no mail;
 /// down.example's only MX is dead.
 fn zones() -> Vec<(&'static str, String)> {
     vec![
@@ -32,6 +33,13 @@ fn zones() -> Vec<(&'static str, String)> {
             "implicit.example",
             zone("implicit.example", "@ IN A 127.0.0.2"),
         ),
+        (
+            "ipv6.example",
+            zone(
+                "ipv6.example",
+                "@ IN MX 10 mx.ipv6.example.\nmx IN AAAA ::1",
+            ),
+        ),
         ("nullmx.example", zone("nullmx.example", "@ IN MX 0 .")),
         (
             "down.example",
@@ -43,10 +51,12 @@ fn zones() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Fields drop in order: the peers stop before their directory is removed (Postfix needs its
+/// config to stop).
 struct Setup {
-    dir: tempfile::TempDir,
-    _knot: Knot,
+    knot: Knot,
     mx: PostfixMx,
+    dir: tempfile::TempDir,
 }
 
 /// Knot and Postfix running, or `None` when the test is skipped.
@@ -63,16 +73,13 @@ fn setup(test: &str) -> Option<Setup> {
     let zones: Vec<(&str, &str)> = zones.iter().map(|(o, z)| (*o, z.as_str())).collect();
     let knot = Knot::start(&dir.path().join("knot"), &zones);
     let mx = PostfixMx::start(&dir.path().join("postfix"));
-    Some(Setup {
-        dir,
-        _knot: knot,
-        mx,
-    })
+    Some(Setup { knot, mx, dir })
 }
 
 impl Setup {
-    /// The harness config, delivering: implicit.example by MX with opportunistic TLS (its
-    /// name is not on the peer's certificate), everything else by MX with verified TLS.
+    /// The harness config, delivering: implicit.example and ipv6.example by MX with
+    /// opportunistic TLS (their names are not on the peer's certificate), everything else by
+    /// MX with verified TLS.
     fn config(&self, extra: &str) -> String {
         let d = self.dir.path();
         config(d, "").replace(
@@ -84,7 +91,7 @@ impl Setup {
 nameservers = ["{dns}"]
 
 [[route]]
-domains = ["implicit.example"]
+domains = ["implicit.example", "ipv6.example"]
 mx = true
 
 [[route]]
@@ -93,7 +100,7 @@ mx = true
 tls = "require"
 tls_ca_file = "{ca}"
 {extra}"#,
-            dns = self._knot.address,
+            dns = self.knot.address,
             ca = self.mx.ca.display(),
         )
     }
@@ -382,20 +389,27 @@ fn mx_delivery_over_verified_tls_signed_and_tagged() {
 }
 
 #[test]
-fn null_mx_no_such_domain_and_implicit_mx() {
-    let Some(setup) = setup("null_mx_no_such_domain_and_implicit_mx") else {
+fn null_mx_no_such_domain_implicit_mx_and_ipv6() {
+    let Some(setup) = setup("null_mx_no_such_domain_implicit_mx_and_ipv6") else {
         return;
     };
     let d = setup.dir.path();
     let server = Server::start(d, &setup.config(""));
     let transcript = server.submit_as_alice(
         "alice@example.test",
-        "user@nullmx.example,user@nosuch.example.net,bob@implicit.example",
+        "user@nullmx.example,user@nosuch.example.net,bob@implicit.example,bob@ipv6.example",
         &[],
     );
     let id = queue_id_in(&transcript);
     // implicit.example has no MX: its address takes the mail.
     delivered(&setup.mx, "implicit.example/bob", 1, &server);
+    // ipv6.example's MX has only an IPv6 address.
+    let over_ipv6 = delivered(&setup.mx, "ipv6.example/bob", 1, &server);
+    assert!(
+        over_ipv6[0].contains("from mx.backstop.test (unknown [IPv6:::1])"),
+        "{}",
+        over_ipv6[0]
+    );
     // The others fail at once, on the first attempt.
     let reason = quarantined(d, id, &server, Duration::from_secs(30));
     assert!(
@@ -421,44 +435,15 @@ fn a_4xx_is_retried_until_it_succeeds() {
     ]);
     let server = Server::start(d, &setup.config(""));
     let transcript = server.submit_as_alice("alice@example.test", "bob@example.net", &[]);
-    let id = queue_id_in(&transcript).to_string();
-    let show = || {
-        let out = Command::new(BIN)
-            .args(["queue", "show", &id, "--config"])
-            .arg(d.join("backstop.toml"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let shown = show();
-        if shown.contains("1 attempt(s)") {
-            assert!(shown.contains("451 4.3.2 <bob@example.net>"), "{shown}");
-            assert!(shown.contains("come back later"), "{shown}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never attempted:\n{shown}\n{}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let shown = server.after_first_attempt(queue_id_in(&transcript));
+    assert!(shown.contains("451 4.3.2 <bob@example.net>"), "{shown}");
+    assert!(shown.contains("come back later"), "{shown}");
     assert!(setup.mx.mailbox("example.net/bob").is_empty());
     setup
         .mx
         .reconfigure(&["smtpd_recipient_restrictions = reject_unlisted_recipient"]);
-    let out = Command::new(BIN)
-        .args(["queue", "flush", "--config"])
-        .arg(d.join("backstop.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, out) = server.cli(&["queue", "flush"]);
+    assert!(ok, "{out}");
     delivered(&setup.mx, "example.net/bob", 1, &server);
     server.stop();
 }
@@ -521,4 +506,22 @@ fn messages_to_one_destination_share_a_connection() {
         sessions[0].contains("mail=3 rcpt=3 bdat=3 quit=1"),
         "{maillog}"
     );
+}
+
+#[test]
+fn a_dns_failure_is_temporary() {
+    let Some(setup) = setup("a_dns_failure_is_temporary") else {
+        return;
+    };
+    let d = setup.dir.path();
+    let server = Server::start(d, &setup.config(""));
+    // Knot serves no such zone and does not recurse: it answers REFUSED, which is no answer.
+    let transcript = server.submit_as_alice("alice@example.test", "user@unserved.example", &[]);
+    let shown = server.after_first_attempt(queue_id_in(&transcript));
+    assert!(shown.contains("pending"), "{shown}");
+    assert!(
+        shown.contains("451 4.4.3 MX lookup for unserved.example failed"),
+        "{shown}"
+    );
+    server.stop();
 }

@@ -188,8 +188,8 @@ fn postfix_relays_a_message_into_backstop() {
     assert!(body.contains("\r\n\r\nhello from postfix\r\n"), "{body}");
 }
 
-/// A Postfix instance that receives for `example.net` and `implicit.example` (bob only) on
-/// 127.0.0.2, with STARTTLS under a certificate for `peer-mx.example.net` and
+/// A Postfix instance that receives for `example.net`, `implicit.example` and `ipv6.example`
+/// (bob only) on 127.0.0.2 and ::1, with STARTTLS under a certificate for `peer-mx.example.net` and
 /// `mx1.example.net` signed by a test CA (`ca`). Stopped when dropped.
 pub struct PostfixMx {
     conf: PathBuf,
@@ -229,7 +229,7 @@ myhostname = peer-mx.example.net
 mydomain = example.net
 mydestination =
 inet_interfaces = loopback-only
-inet_protocols = ipv4
+inet_protocols = all
 mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 smtpd_recipient_restrictions = reject_unlisted_recipient
@@ -238,9 +238,9 @@ alias_database =
 local_transport = error:5.1.1 no local delivery here
 default_transport = error:5.7.1 this peer does not relay
 relay_domains =
-virtual_mailbox_domains = example.net, implicit.example
+virtual_mailbox_domains = example.net, implicit.example, ipv6.example
 virtual_mailbox_base = {dir}/mail
-virtual_mailbox_maps = inline:{{ bob@example.net=example.net/bob/, bob@implicit.example=implicit.example/bob/ }}
+virtual_mailbox_maps = inline:{{ bob@example.net=example.net/bob/, bob@implicit.example=implicit.example/bob/, bob@ipv6.example=ipv6.example/bob/ }}
 virtual_uid_maps = static:65534
 virtual_gid_maps = static:65534
 smtpd_tls_cert_file = {cert}
@@ -255,7 +255,8 @@ smtpd_forbid_bare_newline_exclusions =
             key = key.display(),
         );
         std::fs::write(conf.join("main.cf"), main_cf).unwrap();
-        let master_cf = master_cf(Some(port));
+        // Also on ::1, for delivery over IPv6.
+        let master_cf = master_cf(Some(port)) + &format!("[::1]:{port} inet n - n - - smtpd\n");
         std::fs::write(conf.join("master.cf"), master_cf).unwrap();
         let conf_arg = conf.display().to_string();
         run("postfix", &["-c", &conf_arg, "check"]);

@@ -2,12 +2,11 @@
 //! port as a smarthost, logging in under STARTTLS. A wrong password defers the mail (4.7.0)
 //! until the administrator fixes it.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use backstop_types::TrustClass;
 
-use crate::harness::{config, have, queue_id_in, queued, Server, BIN};
+use crate::harness::{config, have, queue_id_in, queued, Server};
 
 #[test]
 fn a_relay_route_logs_in_to_a_smarthost() {
@@ -34,42 +33,17 @@ fn a_relay_route_logs_in_to_a_smarthost() {
         config(d, "").replace("[delivery]\npaused = true", "[delivery]\npaused = false") + &route;
     let server = Server::start(d, &client_config);
     let transcript = server.submit_as_alice("alice@example.test", "bob@example.net", &[]);
-    let id = queue_id_in(&transcript).to_string();
-    let show = || {
-        let out = Command::new(BIN)
-            .args(["queue", "show", &id, "--config"])
-            .arg(d.join("backstop.toml"))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let shown = show();
-        if shown.contains("1 attempt(s)") {
-            assert!(shown.contains("451 4.7.0"), "{shown}");
-            assert!(shown.contains("refused our login as alice: 535"), "{shown}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never attempted:\n{shown}\n{}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let shown = server.after_first_attempt(queue_id_in(&transcript));
+    assert!(shown.contains("451 4.7.0"), "{shown}");
+    assert!(shown.contains("refused our login as alice: 535"), "{shown}");
     assert!(queued(s).is_empty());
 
     // The right password, a restart and a flush: the smarthost has it, from alice.
     server.stop();
     std::fs::write(&password, "secret\n").unwrap();
     let server = Server::restart(d);
-    let out = Command::new(BIN)
-        .args(["queue", "flush", "--config"])
-        .arg(d.join("backstop.toml"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let (ok, out) = server.cli(&["queue", "flush"]);
+    assert!(ok, "{out}");
     let deadline = Instant::now() + Duration::from_secs(30);
     let received = loop {
         let received = queued(s);

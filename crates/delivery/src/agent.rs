@@ -553,4 +553,4 @@ fn now() -> UnixTime {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

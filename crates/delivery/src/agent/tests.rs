@@ -6,7 +6,8 @@ use backstop_types::{
 
 use super::*;
 
-fn envelope(recipients: &[&str], arrival: UnixTime) -> Envelope {
+/// An envelope from a stranger (sender@example.org) to `recipients`.
+pub(crate) fn envelope(recipients: &[&str], arrival: UnixTime) -> Envelope {
     Envelope {
         sender: ReversePath::Address(Address::parse("sender@example.org").unwrap()),
         recipients: recipients
