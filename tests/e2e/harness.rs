@@ -247,6 +247,50 @@ impl Server {
         }
     }
 
+    /// Waits until backstop's own Maildir `mailbox` (e.g. `example.test/alice`) holds `count`
+    /// messages, and returns them: where reports to a local user such as alice land.
+    pub fn local_mailbox(&self, mailbox: &str, count: usize) -> Vec<String> {
+        let new = self.dir.join("var/maildir").join(mailbox).join("new");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut messages: Vec<String> = std::fs::read_dir(&new)
+                .map(|r| {
+                    r.filter_map(Result::ok)
+                        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if messages.len() >= count {
+                messages.sort();
+                return messages;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{mailbox} has {} of {count} messages:\n{}",
+                messages.len(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until message `id` is in quarantine, and returns the reason.
+    pub fn quarantined(&self, id: QueueId) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let queue = Queue::open_read_only(&self.dir.join("var/queue")).unwrap();
+            if let Some((record, _)) = queue.quarantine_show(id).unwrap() {
+                return record.reason;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not quarantined:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

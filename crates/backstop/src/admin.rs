@@ -23,15 +23,33 @@ use tracing::{info, warn};
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum Request {
     QueueList,
-    QueueShow { id: String },
-    QueueFlush { id: Option<String> },
-    QueueHold { id: String },
-    QueueRelease { id: String },
-    QueueDelete { id: String },
+    QueueShow {
+        id: String,
+    },
+    QueueFlush {
+        id: Option<String>,
+    },
+    QueueHold {
+        id: String,
+    },
+    QueueRelease {
+        id: String,
+    },
+    QueueDelete {
+        id: String,
+    },
     QuarantineList,
-    QuarantineShow { id: String },
-    QuarantineRelease { id: String },
-    QuarantineDelete { id: String },
+    QuarantineShow {
+        id: String,
+    },
+    QuarantineRelease {
+        id: String,
+    },
+    QuarantineDelete {
+        id: String,
+    },
+    /// The counters, in Prometheus' text format.
+    Metrics,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -141,9 +159,16 @@ pub async fn bind(endpoint: AdminEndpoint) -> anyhow::Result<Bound> {
     }
 }
 
+/// What the admin API answers from: the queue, and the counters for the metrics.
+#[derive(Clone)]
+pub struct Served {
+    pub queue: Queue,
+    pub counters: std::sync::Arc<backstop_delivery::report::Counters>,
+}
+
 pub async fn serve(
     bound: Bound,
-    queue: Queue,
+    queue: Served,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     match bound {
@@ -155,7 +180,7 @@ pub async fn serve(
 async fn serve_http(
     listener: TcpListener,
     token: String,
-    queue: Queue,
+    queue: Served,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let token = std::sync::Arc::new(token);
@@ -183,7 +208,7 @@ async fn serve_http(
 }
 
 /// One HTTP/1.1 request and its response; the connection is closed after it.
-async fn http_exchange(stream: TcpStream, token: &str, queue: Queue) -> anyhow::Result<()> {
+async fn http_exchange(stream: TcpStream, token: &str, queue: Served) -> anyhow::Result<()> {
     const MAX_BODY: usize = 1 << 20;
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read.take(MAX_BODY as u64 + 64 * 1024));
@@ -267,7 +292,7 @@ fn same_secret(given: &str, token: &str) -> bool {
 async fn serve_unix(
     listener: UnixListener,
     path: PathBuf,
-    queue: Queue,
+    queue: Served,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     loop {
@@ -292,7 +317,7 @@ async fn serve_unix(
     Ok(())
 }
 
-async fn connection(stream: UnixStream, queue: Queue) -> anyhow::Result<()> {
+async fn connection(stream: UnixStream, queue: Served) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     BufReader::new(read).read_line(&mut line).await?;
@@ -314,8 +339,12 @@ async fn connection(stream: UnixStream, queue: Queue) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn handle(queue: &Queue, request: Request) -> Response {
-    match answer(queue, request) {
+fn handle(served: &Served, request: Request) -> Response {
+    let answered = match request {
+        Request::Metrics => Ok(serde_json::Value::String(served.counters.prometheus())),
+        request => answer(&served.queue, request),
+    };
+    match answered {
         Ok(data) => Response {
             ok: true,
             error: None,
@@ -391,6 +420,7 @@ fn answer(queue: &Queue, request: Request) -> anyhow::Result<serde_json::Value> 
             &id,
             "in quarantine",
         )?,
+        Request::Metrics => bail!("metrics are answered by handle"),
     };
     Ok(value)
 }
@@ -674,6 +704,7 @@ fn render(request: &Request, data: serde_json::Value) -> anyhow::Result<String> 
             out.push_str(&format!("{id}: released from quarantine into the queue\n"))
         }
         Request::QuarantineDelete { id } => out.push_str(&format!("{id}: deleted\n")),
+        Request::Metrics => out.push_str(data.as_str().unwrap_or_default()),
     }
     Ok(out)
 }

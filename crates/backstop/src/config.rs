@@ -163,10 +163,8 @@ pub enum AdminEndpoint {
 #[derive(Debug)]
 pub struct QueueConfig {
     pub retry: backstop_queue::RetryPolicy,
-    /// When to tell a sender that a message is delayed. Only senders the bounce gate trusts
-    /// ever get such a notice; empty means never. Read by the DSN generator, which is not
-    /// built yet: checked now so that configs stay valid when it lands.
-    #[allow(dead_code)]
+    /// When to tell a sender that a message is delayed, after arrival. Only senders the
+    /// bounce gate trusts ever get such a notice; empty means never.
     pub delay_warnings: Vec<Duration>,
     /// How long quarantined messages are kept before they are deleted.
     pub quarantine_retention: Duration,

@@ -58,6 +58,12 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// The running server's counters (reports sent, reports suppressed by reason), in
+    /// Prometheus' text format.
+    Metrics {
+        #[command(flatten)]
+        target: AdminTarget,
+    },
     /// BATV tags with this config's keys: sign an address, or check a tagged one.
     Batv {
         #[command(subcommand)]
@@ -225,6 +231,7 @@ fn main() -> ExitCode {
             };
             admin(&target, request)
         }
+        Command::Metrics { target } => admin(&target, admin::Request::Metrics),
         Command::Batv { command, config } => batv_command(config.as_deref(), command),
         Command::Version => {
             println!("backstop {}", env!("CARGO_PKG_VERSION"));

@@ -380,10 +380,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
 
     let (stop, shutdown) = watch::channel(false);
-    let admin = tokio::spawn(crate::admin::serve(admin, queue.clone(), shutdown.clone()));
+    let counters = Arc::new(backstop_delivery::report::Counters::default());
+    let admin = tokio::spawn(crate::admin::serve(
+        admin,
+        crate::admin::Served {
+            queue: queue.clone(),
+            counters: Arc::clone(&counters),
+        },
+        shutdown.clone(),
+    ));
     let maildir = std::path::absolute(&config.maildir)?;
     let agent = backstop_delivery::agent::run(
-        delivery_agent(&config, &queue, maildir.clone())?,
+        delivery_agent(&config, &queue, maildir.clone(), counters)?,
         shutdown.clone(),
     );
     let delivery = if config.delivery_paused {
@@ -462,6 +470,7 @@ fn delivery_agent(
     config: &Config,
     queue: &Queue,
     maildir: std::path::PathBuf,
+    counters: Arc<backstop_delivery::report::Counters>,
 ) -> anyhow::Result<backstop_delivery::agent::Agent> {
     use backstop_delivery::agent::{Agent, Limits, Route, Routes, Signing, Via};
     use backstop_delivery::smtp::{Client, Timeouts};
@@ -518,6 +527,14 @@ fn delivery_agent(
         },
         pool: Arc::default(),
         slots: Arc::default(),
+        reports: backstop_delivery::report::Settings {
+            delay_warnings: {
+                let mut times = config.queue.delay_warnings.clone();
+                times.sort();
+                times
+            },
+            counters,
+        },
     })
 }
 

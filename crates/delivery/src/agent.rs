@@ -83,6 +83,7 @@ pub struct Agent {
     pub pool: Arc<Pool>,
     /// Connections in use per destination.
     pub slots: Arc<Slots>,
+    pub reports: crate::report::Settings,
 }
 
 /// How many connections delivery opens.
@@ -241,6 +242,9 @@ impl Agent {
     ) -> Result<(), backstop_queue::QueueError> {
         let envelope = &message.entry.envelope;
         let mut outcomes = Vec::new();
+        // Recipients handed to a next hop that passes DSN requests on: no success report here.
+        let mut passed_on = Vec::new();
+        let mut relayed = Vec::new();
         // Recipients that travel together: one transaction per route, and per domain on MX
         // routes.
         let mut batches: Vec<Batch<'_>> = Vec::new();
@@ -306,19 +310,26 @@ impl Agent {
             } in &batches
             {
                 let route = &self.routes.routes[*route];
-                outcomes.extend(match (&route.via, domain) {
+                let delivery = match (&route.via, domain) {
                     (Via::Relay(hop), _) => {
                         let _slot = self
                             .slots
                             .acquire(hop.endpoint.to_string(), self.limits.per_destination);
                         smtp::deliver(&route.client, hop, &outbound, recipients, &self.pool)
-                            .outcomes
                     }
                     (Via::Mx { port }, Some(domain)) => {
                         self.deliver_mx(&route.client, *port, domain, &outbound, recipients)
                     }
                     (Via::Mx { .. }, None) => unreachable!("MX batches are keyed by domain"),
-                });
+                };
+                if delivery.passed_on {
+                    passed_on.extend(recipients.iter().map(|(i, _)| *i));
+                }
+                // LMTP is final delivery; SMTP to a next hop without DSN is "relayed".
+                if !route.client.lmtp && !delivery.passed_on {
+                    relayed.extend(recipients.iter().map(|(i, _)| *i));
+                }
+                outcomes.extend(delivery.outcomes);
             }
         }
         for (index, outcome) in &outcomes {
@@ -338,10 +349,17 @@ impl Agent {
                 }
             }
         }
-        match self
-            .queue
-            .record_attempts(message.id, &outcomes, now, &self.retry)?
-        {
+        let successes = crate::report::Successes {
+            passed_on: &passed_on,
+            relayed: &relayed,
+        };
+        match self.queue.record_attempts_with(
+            message.id,
+            &outcomes,
+            now,
+            &self.retry,
+            &mut |entry, changes| self.notices(message, entry, changes, &successes, now),
+        )? {
             AfterAttempts::Finished(_) => info!("done: removed from the queue"),
             AfterAttempts::Rescheduled { due, .. } => info!(due = due.0, "rescheduled"),
             AfterAttempts::Gone => info!("deleted meanwhile"),
@@ -408,12 +426,14 @@ impl Agent {
         domain: &Domain,
         message: &Message<'_>,
         recipients: &[(usize, &Recipient)],
-    ) -> Vec<(usize, AttemptOutcome)> {
-        let all = |outcome: AttemptOutcome| -> Vec<(usize, AttemptOutcome)> {
-            recipients
+    ) -> smtp::Delivery {
+        let all = |outcome: AttemptOutcome| smtp::Delivery {
+            outcomes: recipients
                 .iter()
                 .map(|(i, _)| (*i, outcome.clone()))
-                .collect()
+                .collect(),
+            try_next: false,
+            passed_on: false,
         };
         let Some(resolver) = &self.resolver else {
             return all(unroutable(
@@ -450,12 +470,12 @@ impl Agent {
                 };
                 let delivery = smtp::deliver(client, &hop, message, recipients, &self.pool);
                 if !delivery.try_next {
-                    return delivery.outcomes;
+                    return delivery;
                 }
                 if let Some((_, o)) = delivery.outcomes.first() {
                     warn!(host = %host, %ip, reply = %reply_of(o).text, "trying the next MX address");
                 }
-                last = Some(delivery.outcomes);
+                last = Some(delivery);
             }
         }
         last.unwrap_or_else(|| {

@@ -8,6 +8,8 @@
 //! - [`smtp`]: the SMTP and LMTP client: one transaction with one next hop.
 //! - [`mx`]: MX lookup through hickory-resolver (null MX, implicit MX, IPv4 and IPv6).
 //! - [`dkim`]: DKIM signing of our own users' mail, by the key of the From domain.
+//! - [`report`]: delivery status notifications after each attempt, as the bounce gate
+//!   allows, queued in the same write as the attempt; counters for the metrics.
 //!
 //! Routes: recipients in a local domain go to their Maildir; other domains go by the first
 //! `[[route]]` that covers them, to a fixed next hop (SMTP or LMTP, TCP or Unix socket) or to
@@ -24,4 +26,5 @@ pub mod agent;
 pub mod dkim;
 pub mod maildir;
 pub mod mx;
+pub mod report;
 pub mod smtp;

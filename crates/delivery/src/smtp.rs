@@ -140,6 +140,8 @@ pub struct Delivery {
     /// The next hop failed before taking any recipient (connection, greeting, EHLO, TLS or
     /// MAIL refused for a passing reason): another host of the same destination may do better.
     pub try_next: bool,
+    /// The next hop took the DSN parameters (it offered DSN): success reports are its to send.
+    pub passed_on: bool,
 }
 
 /// Delivers `message` to `recipients` (index in the envelope, recipient) at `hop` in one
@@ -156,6 +158,7 @@ pub fn deliver(
     let mut outcomes: Vec<(usize, Option<AttemptOutcome>)>;
     let mut reached_mail;
     let mut cached = pool.take(&key);
+    let mut passed_on = false;
     let result = loop {
         outcomes = recipients.iter().map(|(i, _)| (*i, None)).collect();
         reached_mail = false;
@@ -188,6 +191,7 @@ pub fn deliver(
                 continue;
             }
             Ok(ending) => {
+                passed_on = session.caps.dsn && !client.lmtp;
                 pool.put(key, session, ending, client.timeouts);
                 break Ok(());
             }
@@ -235,7 +239,11 @@ pub fn deliver(
             (i, o)
         })
         .collect();
-    Delivery { outcomes, try_next }
+    Delivery {
+        outcomes,
+        try_next,
+        passed_on,
+    }
 }
 
 /// Why a transaction stopped before every recipient had its outcome.

@@ -29,6 +29,6 @@ pub mod state;
 pub mod store;
 
 pub use record::{Entry, QuarantineRecord};
-pub use schedule::{AfterAttempts, RetryPolicy};
+pub use schedule::{AfterAttempts, Changes, Notices, RetryPolicy};
 pub use state::message_id_hash;
 pub use store::{Queue, QueueError, StoredMessage};

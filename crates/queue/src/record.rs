@@ -3,7 +3,9 @@
 //! The queue entry record (envelope, per-recipient state, hold flag):
 //! - version 1: the envelope alone (written by the first release); read with every recipient
 //!   pending and due at arrival;
-//! - version 2: the envelope as in version 1, then the hold flag and one state per recipient.
+//! - version 2: the envelope as in version 1, then the hold flag and one state per recipient;
+//! - version 3: version 2, then per recipient whether a DSN has reported its failure, and how
+//!   many delay notices have been sent.
 //!
 //! Only the newest version is written; every older decoder stays, with a committed fixture, so
 //! queues written by earlier releases keep working.
@@ -29,6 +31,7 @@ pub enum RecordError {
 
 const ENTRY_V1: u8 = 1;
 const ENTRY_V2: u8 = 2;
+const ENTRY_V3: u8 = 3;
 
 /// A message's record in the queue: its envelope, where each recipient stands, and whether an
 /// administrator holds it.
@@ -38,6 +41,11 @@ pub struct Entry {
     /// One per recipient of the envelope, in the same order.
     pub states: Vec<RecipientState>,
     pub held: bool,
+    /// One per recipient: a DSN has reported this recipient's failure to the sender, so the
+    /// failure needs no quarantine.
+    pub reported: Vec<bool>,
+    /// How many of the configured delay notices have been sent.
+    pub delay_notices: u32,
 }
 
 impl Entry {
@@ -51,17 +59,20 @@ impl Entry {
             };
             envelope.recipients.len()
         ];
+        let reported = vec![false; envelope.recipients.len()];
         Entry {
             envelope,
             states,
             held: false,
+            reported,
+            delay_notices: 0,
         }
     }
 }
 
 pub fn encode_entry(entry: &Entry) -> Vec<u8> {
     let mut w = Writer(Vec::with_capacity(256));
-    w.u8(ENTRY_V2);
+    w.u8(ENTRY_V3);
     write_envelope(&mut w, &entry.envelope);
     w.u8(u8::from(entry.held));
     w.u32(entry.states.len() as u32);
@@ -95,13 +106,18 @@ pub fn encode_entry(entry: &Entry) -> Vec<u8> {
             }
         }
     }
+    w.u32(entry.reported.len() as u32);
+    for reported in &entry.reported {
+        w.u8(u8::from(*reported));
+    }
+    w.u32(entry.delay_notices);
     w.0
 }
 
 pub fn decode_entry(bytes: &[u8]) -> Result<Entry, RecordError> {
     let mut r = Reader(bytes);
     let version = r.u8()?;
-    if version != ENTRY_V1 && version != ENTRY_V2 {
+    if !matches!(version, ENTRY_V1 | ENTRY_V2 | ENTRY_V3) {
         return Err(RecordError::UnknownVersion(version));
     }
     let envelope = read_envelope(&mut r)?;
@@ -135,6 +151,19 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, RecordError> {
             _ => return Err(RecordError::Invalid("recipient state")),
         });
     }
+    let (reported, delay_notices) = if version == ENTRY_V3 {
+        let n = r.u32()? as usize;
+        if n != count {
+            return Err(RecordError::Invalid("reported count"));
+        }
+        let mut reported = Vec::with_capacity(n);
+        for _ in 0..n {
+            reported.push(r.u8()? != 0);
+        }
+        (reported, r.u32()?)
+    } else {
+        (vec![false; count], 0)
+    };
     if !r.0.is_empty() {
         return Err(RecordError::Invalid("trailing bytes"));
     }
@@ -142,6 +171,8 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, RecordError> {
         envelope,
         states,
         held,
+        reported,
+        delay_notices,
     })
 }
 

@@ -9,7 +9,8 @@
 use std::time::Duration;
 
 use backstop_types::{
-    Attempt, AttemptOutcome, EnhancedStatus, QueueId, RecipientState, RemoteReply, UnixTime,
+    Attempt, AttemptOutcome, EnhancedStatus, Envelope, QueueId, RecipientState, RemoteReply,
+    UnixTime,
 };
 use rocksdb::{IteratorMode, WriteBatch};
 
@@ -49,6 +50,27 @@ pub enum AfterAttempts {
     Finished(Entry),
     /// The message is no longer in the queue (deleted by an administrator meanwhile).
     Gone,
+}
+
+/// What changed for the recipients in one call of [`Queue::record_attempts_with`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Recipients (by index) that failed for good just now: a permanent reply, or expiry.
+    pub failed: Vec<usize>,
+    /// Recipients delivered just now.
+    pub delivered: Vec<usize>,
+}
+
+/// What the DSN generator makes of [`Changes`]: reports to queue in the same write as the
+/// attempts, so that a report is queued exactly once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Notices {
+    /// Each report's envelope (null sender) and message.
+    pub reports: Vec<(Envelope, Vec<u8>)>,
+    /// Recipients (by index) whose failure a report covers: they need no quarantine.
+    pub reported: Vec<usize>,
+    /// Delay notices sent for the message in all, from now on.
+    pub delay_notices: u32,
 }
 
 impl Queue {
@@ -98,13 +120,33 @@ impl Queue {
     }
 
     /// Records what an attempt came to for some recipients (by index in the envelope), and
-    /// reschedules the message or, when no recipient is pending any more, removes it.
+    /// reschedules the message or, when no recipient is pending any more, removes it. Failed
+    /// recipients go to quarantine with the message: see [`Queue::record_attempts_with`] for
+    /// reporting them instead.
     pub fn record_attempts(
         &self,
         id: QueueId,
         outcomes: &[(usize, AttemptOutcome)],
         now: UnixTime,
         policy: &RetryPolicy,
+    ) -> Result<AfterAttempts, QueueError> {
+        self.record_attempts_with(id, outcomes, now, policy, &mut |entry, _| Notices {
+            delay_notices: entry.delay_notices,
+            ..Notices::default()
+        })
+    }
+
+    /// [`Queue::record_attempts`], asking `notify` which reports the changes call for. The
+    /// reports are queued in the same synced write that records the attempts. When the
+    /// message is finished, the failures no report covered send it to quarantine with the
+    /// reason: never a bounce from here.
+    pub fn record_attempts_with(
+        &self,
+        id: QueueId,
+        outcomes: &[(usize, AttemptOutcome)],
+        now: UnixTime,
+        policy: &RetryPolicy,
+        notify: &mut dyn FnMut(&Entry, &Changes) -> Notices,
     ) -> Result<AfterAttempts, QueueError> {
         let _guard = self.lock();
         let Some(mut entry) = self.entry_locked(id)? else {
@@ -115,6 +157,7 @@ impl Queue {
             .arrival
             .0
             .saturating_add(policy.lifetime.as_secs());
+        let mut changes = Changes::default();
         for (index, outcome) in outcomes {
             let Some(state) = entry.states.get_mut(*index) else {
                 continue;
@@ -125,12 +168,21 @@ impl Queue {
                 _ => continue,
             };
             *state = match outcome.clone() {
-                AttemptOutcome::Delivered(last) => RecipientState::Delivered { at: now, last },
-                AttemptOutcome::Permanent(last) => RecipientState::Failed { at: now, last },
-                AttemptOutcome::Transient(last) if now.0 >= expires => RecipientState::Failed {
-                    at: now,
-                    last: expired(last, policy.lifetime),
-                },
+                AttemptOutcome::Delivered(last) => {
+                    changes.delivered.push(*index);
+                    RecipientState::Delivered { at: now, last }
+                }
+                AttemptOutcome::Permanent(last) => {
+                    changes.failed.push(*index);
+                    RecipientState::Failed { at: now, last }
+                }
+                AttemptOutcome::Transient(last) if now.0 >= expires => {
+                    changes.failed.push(*index);
+                    RecipientState::Failed {
+                        at: now,
+                        last: expired(last, policy.lifetime),
+                    }
+                }
                 AttemptOutcome::Transient(last) => {
                     let attempts = attempts + 1;
                     let next = now.0.saturating_add(policy.backoff(attempts).as_secs());
@@ -143,6 +195,25 @@ impl Queue {
             };
         }
         let mut batch = WriteBatch::default();
+        let notices = notify(&entry, &changes);
+        for index in notices.reported {
+            if let Some(reported) = entry.reported.get_mut(index) {
+                *reported = true;
+            }
+        }
+        entry.delay_notices = notices.delay_notices;
+        for (envelope, body) in notices.reports {
+            let report = self.next_id();
+            let due = envelope.arrival.0;
+            batch.put_cf(
+                self.cf(CF_ENTRIES),
+                report.to_be_bytes(),
+                record::encode_entry(&Entry::new(envelope)),
+            );
+            batch.put_cf(self.cf(CF_MESSAGES), report.to_be_bytes(), body);
+            self.set_due(&mut batch, report, Some(due))?;
+            tracing::info!(queue_id = %id, report = %report, "delivery status notification queued");
+        }
         let key = id.to_be_bytes();
         let next = entry
             .states
@@ -163,9 +234,9 @@ impl Queue {
                 }
             }
             None => {
-                // Recipients that failed are never bounced here: until the DSN generator
-                // decides who may get a report, the message goes to quarantine with the
-                // reason, in the same write that takes it out of the queue.
+                // Failures no report covered are never bounced: the message goes to
+                // quarantine with the reason, in the same write that takes it out of the
+                // queue.
                 if let Some(reason) = failure_reason(&entry) {
                     let body = self
                         .inner
@@ -304,8 +375,9 @@ fn failure_reason(entry: &Entry) -> Option<String> {
         .recipients
         .iter()
         .zip(&entry.states)
-        .filter_map(|(r, s)| match s {
-            RecipientState::Failed { last, .. } => {
+        .zip(&entry.reported)
+        .filter_map(|((r, s), reported)| match s {
+            RecipientState::Failed { last, .. } if !reported => {
                 let status = last.reply.status.map_or(String::new(), |s| format!("{s} "));
                 let host = last
                     .remote_host

@@ -62,6 +62,10 @@ fn agent(dir: &std::path::Path) -> Agent {
         },
         pool: Arc::default(),
         slots: Arc::default(),
+        reports: crate::report::Settings {
+            delay_warnings: Vec::new(),
+            counters: Arc::default(),
+        },
     }
 }
 
@@ -144,4 +148,66 @@ async fn a_message_for_local_recipients_only_leaves_the_queue() {
     assert_eq!(agent.pass(t0).unwrap().delivered, 2);
     assert!(agent.queue.message(id).unwrap().is_none());
     assert!(agent.queue.quarantine_show(id).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn our_users_failures_are_reported_and_strangers_go_to_quarantine() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent(dir.path());
+    let t0 = UnixTime(1_800_000_000);
+    let mut ours = envelope(&["carol@elsewhere.example"], t0);
+    ours.sender = ReversePath::Address(Address::parse("alice@example.test").unwrap());
+    ours.trust = TrustClass::Authenticated {
+        user: "alice".into(),
+    };
+    let theirs = envelope(&["carol@elsewhere.example"], t0);
+    let body = b"From: alice@example.test\r\nSubject: mine\r\n\r\nhi\r\n".to_vec();
+    let mine = agent.queue.enqueue(&ours, body.clone()).await.unwrap();
+    let stranger = agent.queue.enqueue(&theirs, body).await.unwrap();
+    agent.pass(t0).unwrap();
+
+    // After the lifetime both fail (4.4.7).
+    let end = UnixTime(t0.0 + 5 * 86_400);
+    agent.queue.flush(None, end).unwrap();
+    agent.pass(end).unwrap();
+    // The stranger's is quarantined, counted, and nobody hears of it.
+    assert!(agent.queue.quarantine_show(stranger).unwrap().is_some());
+    assert_eq!(
+        agent
+            .reports
+            .counters
+            .suppressed(backstop_dsn::gate::Reason::Unverified),
+        1
+    );
+    // Alice's is reported: not quarantined, and one report queued to her with a null sender.
+    assert!(agent.queue.quarantine_show(mine).unwrap().is_none());
+    assert_eq!(agent.reports.counters.sent(), 1);
+    let queued = agent.queue.list().unwrap();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    let report = &queued[0].1.envelope;
+    assert_eq!(report.sender, ReversePath::Null);
+    assert_eq!(
+        report.recipients[0].address.to_string(),
+        "alice@example.test"
+    );
+    assert_eq!(report.recipients[0].notify, Notify::Never);
+
+    // It is delivered like any message: into alice's Maildir here.
+    agent.pass(end).unwrap();
+    let new = dir.path().join("maildir/example.test/alice/new");
+    let file = std::fs::read_dir(&new).unwrap().next().unwrap().unwrap();
+    let text = std::fs::read_to_string(file.path()).unwrap();
+    assert!(
+        text.contains("Subject: Undelivered Mail Returned to Sender"),
+        "{text}"
+    );
+    assert!(text.contains("Auto-Submitted: auto-replied"), "{text}");
+    assert!(
+        text.contains(
+            "Final-Recipient: rfc822; carol@elsewhere.example\r\nAction: failed\r\nStatus: 4.4.7"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("Return-Path: <>"), "{text}");
+    assert!(agent.queue.list().unwrap().is_empty());
 }

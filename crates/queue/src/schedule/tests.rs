@@ -266,3 +266,43 @@ async fn flush_makes_messages_due_now_and_delete_removes_them() {
         .unwrap();
     assert_eq!(after, AfterAttempts::Gone);
 }
+
+#[tokio::test]
+async fn a_report_is_queued_with_the_attempt_and_spares_the_quarantine() {
+    let (_dir, queue, id, t0) = queue_with_one().await;
+    let recipients = sample().recipients.len();
+    let mut report = sample();
+    report.sender = backstop_types::ReversePath::Null;
+    let mut asked = Vec::new();
+    let outcomes: Vec<(usize, AttemptOutcome)> = (0..recipients)
+        .map(|i| (i, AttemptOutcome::Permanent(reply(550, "no such user"))))
+        .collect();
+    let after = queue
+        .record_attempts_with(id, &outcomes, t0, &POLICY, &mut |entry, changes| {
+            asked.push(changes.clone());
+            Notices {
+                reports: vec![(report.clone(), b"the report".to_vec())],
+                reported: changes.failed.clone(),
+                delay_notices: entry.delay_notices,
+            }
+        })
+        .unwrap();
+    assert!(matches!(after, AfterAttempts::Finished(_)));
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].failed, (0..recipients).collect::<Vec<_>>());
+    // Every failure was reported: no quarantine. The report is queued, due at its arrival.
+    assert!(queue.quarantine_show(id).unwrap().is_none());
+    let queued = queue.list().unwrap();
+    assert_eq!(queued.len(), 1);
+    let (report_id, entry) = &queued[0];
+    assert_ne!(*report_id, id);
+    assert_eq!(entry.envelope.sender, backstop_types::ReversePath::Null);
+    assert_eq!(
+        queue.message(*report_id).unwrap().unwrap().body,
+        b"the report"
+    );
+    assert_eq!(
+        queue.schedule().unwrap(),
+        vec![(report.arrival, *report_id)]
+    );
+}

@@ -1,0 +1,295 @@
+//! Delivery status notifications from the agent's side: after each attempt the bounce gate
+//! (`backstop_dsn::gate`) decides, per recipient and event, whether the sender gets a report;
+//! the reports are rendered and handed to the queue, which stores them in the same write as
+//! the attempt (so each is queued exactly once). A report goes out like any message, with a
+//! null sender (so it is never bounced itself) and, when the reporting domain has a key, a
+//! DKIM signature. Failures no report covers stay with the message, which goes to quarantine.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backstop_dsn::gate::{self, Decision, Event, Reason, Sender};
+use backstop_dsn::render::{Action, RecipientReport, Report};
+use backstop_queue::{Changes, Entry, Notices, StoredMessage};
+use backstop_types::{
+    BodyType, ClientInfo, DsnParams, EnhancedStatus, Envelope, Notify, Recipient, RecipientState,
+    ReversePath, TrustClass, UnixTime,
+};
+use tracing::{info, warn};
+
+use crate::agent::Agent;
+
+/// What reports need beyond the agent's routes.
+#[derive(Clone)]
+pub struct Settings {
+    /// When to tell a trusted sender that a message is still not delivered, after arrival.
+    pub delay_warnings: Vec<Duration>,
+    pub counters: Arc<Counters>,
+}
+
+/// Counts for the metrics: reports queued, and reports not sent by reason.
+#[derive(Debug, Default)]
+pub struct Counters {
+    sent: AtomicU64,
+    suppressed: [AtomicU64; Reason::ALL.len()],
+}
+
+impl Counters {
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    pub fn suppressed(&self, reason: Reason) -> u64 {
+        let at = Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.suppressed[at].load(Ordering::Relaxed)
+    }
+
+    fn count_suppressed(&self, reason: Reason) {
+        let at = Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.suppressed[at].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters in Prometheus' text format.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::from(
+            "# HELP dsn_sent_total Delivery status notifications queued.\n\
+             # TYPE dsn_sent_total counter\n",
+        );
+        out.push_str(&format!("dsn_sent_total {}\n", self.sent()));
+        out.push_str(
+            "# HELP dsn_suppressed_total Notifications not sent (the bounce gate), by reason.\n\
+             # TYPE dsn_suppressed_total counter\n",
+        );
+        for reason in Reason::ALL {
+            out.push_str(&format!(
+                "dsn_suppressed_total{{reason=\"{}\"}} {}\n",
+                reason.label(),
+                self.suppressed(reason)
+            ));
+        }
+        out
+    }
+}
+
+/// How the recipients delivered in this attempt were delivered, for success reports.
+pub struct Successes<'a> {
+    /// Handed to a next hop that took the DSN request: its report, not ours.
+    pub passed_on: &'a [usize],
+    /// Handed over SMTP to a next hop without DSN: "relayed".
+    pub relayed: &'a [usize],
+}
+
+impl Agent {
+    /// The reports an attempt's changes call for (see [`backstop_queue::Queue::record_attempts_with`]).
+    pub(crate) fn notices(
+        &self,
+        message: &StoredMessage,
+        entry: &Entry,
+        changes: &Changes,
+        successes: &Successes<'_>,
+        now: UnixTime,
+    ) -> Notices {
+        let envelope = &entry.envelope;
+        let sender = Sender {
+            path: &envelope.sender,
+            trust: &envelope.trust,
+            batv_valid: self.batv_valid(&envelope.sender, now),
+            automatic: gate::is_automatic(&message.body),
+        };
+        let mut notices = Notices {
+            delay_notices: entry.delay_notices,
+            ..Notices::default()
+        };
+        let ask = |indexes: &mut dyn Iterator<Item = usize>, event: Event| -> Vec<usize> {
+            let mut send = Vec::new();
+            for i in indexes {
+                let recipient = &envelope.recipients[i];
+                match gate::decide(&sender, recipient.notify, event) {
+                    Decision::Send => send.push(i),
+                    // Not asked for: nothing to tell anyone.
+                    Decision::Suppress(Reason::NotRequested) => {}
+                    Decision::Suppress(reason) => {
+                        self.reports.counters.count_suppressed(reason);
+                        warn!(
+                            queue_id = %message.id,
+                            sender = %envelope.sender,
+                            recipient = %recipient.address,
+                            event = ?event,
+                            reason = reason.label(),
+                            "no delivery status notification"
+                        );
+                    }
+                }
+            }
+            send
+        };
+
+        let failed = ask(&mut changes.failed.iter().copied(), Event::Failed);
+        let delivered: Vec<usize> = changes
+            .delivered
+            .iter()
+            .copied()
+            .filter(|i| !successes.passed_on.contains(i))
+            .collect();
+        let (relayed, delivered): (Vec<usize>, Vec<usize>) = delivered
+            .into_iter()
+            .partition(|i| successes.relayed.contains(i));
+        let relayed = ask(&mut relayed.into_iter(), Event::Relayed);
+        let delivered = ask(&mut delivered.into_iter(), Event::Delivered);
+        let delayed = match self
+            .reports
+            .delay_warnings
+            .get(entry.delay_notices as usize)
+        {
+            Some(after) if now.0 >= envelope.arrival.0.saturating_add(after.as_secs()) => {
+                notices.delay_notices += 1;
+                let pending = (0..envelope.recipients.len())
+                    .filter(|i| entry.states[*i].is_pending())
+                    .collect::<Vec<_>>();
+                ask(&mut pending.into_iter(), Event::Delayed)
+            }
+            _ => Vec::new(),
+        };
+
+        for (action, indexes) in [
+            (Action::Failed, &failed),
+            (Action::Delayed, &delayed),
+            (Action::Delivered, &delivered),
+            (Action::Relayed, &relayed),
+        ] {
+            if indexes.is_empty() {
+                continue;
+            }
+            if let Some(report) = self.report(message, entry, action, indexes, now) {
+                notices.reports.push(report);
+                self.reports.counters.sent.fetch_add(1, Ordering::Relaxed);
+                info!(
+                    queue_id = %message.id,
+                    to = %envelope.sender,
+                    action = ?action,
+                    recipients = indexes.len(),
+                    "delivery status notification"
+                );
+            }
+        }
+        notices.reported = failed;
+        notices
+    }
+
+    /// Whether the return path carries a valid tag of our own BATV keys.
+    fn batv_valid(&self, sender: &ReversePath, now: UnixTime) -> bool {
+        match (&self.signing.batv, sender.address()) {
+            (Some(keys), Some(address)) => keys.verify(address, backstop_batv::day_of(now)).is_ok(),
+            _ => false,
+        }
+    }
+
+    /// One report to the return path about `indexes`: its envelope and message.
+    fn report(
+        &self,
+        message: &StoredMessage,
+        entry: &Entry,
+        action: Action,
+        indexes: &[usize],
+        now: UnixTime,
+    ) -> Option<(Envelope, Vec<u8>)> {
+        let envelope = &entry.envelope;
+        let to = envelope.sender.address()?;
+        let until = UnixTime(
+            envelope
+                .arrival
+                .0
+                .saturating_add(self.retry.lifetime.as_secs()),
+        );
+        let lasts: Vec<(Option<&backstop_types::Attempt>, UnixTime)> = indexes
+            .iter()
+            .map(|&i| match &entry.states[i] {
+                RecipientState::Pending { last, .. } => (last.as_ref(), now),
+                RecipientState::Delivered { at, last } | RecipientState::Failed { at, last } => {
+                    (Some(last), *at)
+                }
+            })
+            .collect();
+        // The remote reply as it was given: with its enhanced status code.
+        let diagnostics: Vec<Option<(u16, String)>> = lasts
+            .iter()
+            .map(|(last, _)| {
+                last.map(|a| match a.reply.status {
+                    Some(status) => (a.reply.code, format!("{status} {}", a.reply.text)),
+                    None => (a.reply.code, a.reply.text.clone()),
+                })
+            })
+            .collect();
+        let recipients = indexes
+            .iter()
+            .zip(&lasts)
+            .zip(&diagnostics)
+            .map(|((&i, (last, at)), diagnostic)| RecipientReport {
+                recipient: &envelope.recipients[i],
+                status: last.and_then(|a| a.reply.status).unwrap_or(match action {
+                    Action::Failed => EnhancedStatus(5, 0, 0),
+                    Action::Delayed => EnhancedStatus(4, 0, 0),
+                    Action::Delivered | Action::Relayed => EnhancedStatus(2, 0, 0),
+                }),
+                remote_host: last.and_then(|a| a.remote_host.as_deref()),
+                diagnostic: diagnostic
+                    .as_ref()
+                    .map(|(code, text)| (*code, text.as_str())),
+                last_attempt: *at,
+                will_retry_until: (action == Action::Delayed).then_some(until),
+            })
+            .collect();
+        let tag = format!("{}.{}.{:?}", message.id, now.0, action).to_ascii_lowercase();
+        let rendered = Report {
+            reporting_mta: &self.hostname,
+            to,
+            envelope,
+            action,
+            recipients,
+            original: &message.body,
+            date: now,
+            message_id: format!("{tag}@{}", self.hostname),
+            boundary: format!("{tag}/{}", self.hostname),
+        }
+        .render();
+        let body = match self.signing.dkim.sign(&rendered) {
+            Some(Ok(signature)) => [signature.as_bytes(), &rendered].concat(),
+            Some(Err(e)) => {
+                warn!(error = %e, "report not DKIM-signed");
+                rendered
+            }
+            None => rendered,
+        };
+        let report = Envelope {
+            sender: ReversePath::Null,
+            recipients: vec![Recipient {
+                address: to.clone(),
+                notify: Notify::Never,
+                orcpt: None,
+            }],
+            dsn: DsnParams {
+                ret: None,
+                envid: None,
+            },
+            body_type: if body.is_ascii() {
+                BodyType::SevenBit
+            } else {
+                BodyType::EightBitMime
+            },
+            smtputf8: !to.is_ascii(),
+            client: ClientInfo {
+                ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                helo: self.hostname.clone(),
+                ptr: None,
+                tls: None,
+                auth: None,
+                listener: "dsn".into(),
+            },
+            arrival: now,
+            trust: TrustClass::LocalNetwork,
+        };
+        Some((report, body))
+    }
+}

@@ -1,0 +1,133 @@
+//! The bounce gate: backstop reports to a return path only when it can trust that the return
+//! path is really the sender's. Everyone else gets no report; their failed mail goes to
+//! quarantine instead (RFC 5321 6.2: no backscatter).
+
+use backstop_types::{Notify, ReversePath, TrustClass};
+
+/// What happened to a recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Failed for good: a permanent reply, or the queue lifetime ran out.
+    Failed,
+    /// Still not delivered after one of the configured delay-notice times.
+    Delayed,
+    /// Delivered into a mailbox (or to a next hop that does not pass DSN requests on).
+    Delivered,
+    /// Handed to a next hop that does not support DSN (RFC 3464 "relayed").
+    Relayed,
+}
+
+/// What the gate knows about the sender of a message.
+#[derive(Debug, Clone, Copy)]
+pub struct Sender<'a> {
+    pub path: &'a ReversePath,
+    pub trust: &'a TrustClass,
+    /// The return path carries a valid, unexpired BATV tag of one of our keys.
+    pub batv_valid: bool,
+    /// The message is itself a report or automatic (`Auto-Submitted:` other than `no`, or a
+    /// `multipart/report`): answering it could loop.
+    pub automatic: bool,
+}
+
+/// The gate's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Send,
+    Suppress(Reason),
+}
+
+/// Why no report is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The message is itself a bounce (`MAIL FROM:<>`), RFC 5321 6.1.
+    NullSender,
+    /// The message is a report or automatic reply.
+    Automatic,
+    /// The sender asked for no reports (NOTIFY=NEVER).
+    NotifyNever,
+    /// The sender did not ask for this kind of report (e.g. success without NOTIFY=SUCCESS).
+    NotRequested,
+    /// The return path may be forged: not authenticated, not a local network, no valid tag.
+    Unverified,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 5] = [
+        Reason::NullSender,
+        Reason::Automatic,
+        Reason::NotifyNever,
+        Reason::NotRequested,
+        Reason::Unverified,
+    ];
+
+    /// The label for logs and the `dsn_suppressed_total{reason}` metric.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::NullSender => "null_sender",
+            Reason::Automatic => "automatic",
+            Reason::NotifyNever => "notify_never",
+            Reason::NotRequested => "not_requested",
+            Reason::Unverified => "unverified",
+        }
+    }
+}
+
+/// Whether `event` for a recipient with `notify` is reported to the sender.
+pub fn decide(sender: &Sender<'_>, notify: Notify, event: Event) -> Decision {
+    use Decision::{Send, Suppress};
+    if matches!(sender.path, ReversePath::Null) {
+        return Suppress(Reason::NullSender);
+    }
+    let asked = match (notify, event) {
+        (Notify::Never, _) => return Suppress(Reason::NotifyNever),
+        // Without NOTIFY: failures, and delays when notices are configured (RFC 3461 4.1).
+        (Notify::Default, Event::Failed | Event::Delayed) => true,
+        (Notify::Default, Event::Delivered | Event::Relayed) => false,
+        (Notify::On { failure, .. }, Event::Failed) => failure,
+        (Notify::On { delay, .. }, Event::Delayed) => delay,
+        (Notify::On { success, .. }, Event::Delivered | Event::Relayed) => success,
+    };
+    if sender.automatic {
+        return Suppress(Reason::Automatic);
+    }
+    let trusted = match sender.trust {
+        TrustClass::Authenticated { .. } | TrustClass::LocalNetwork => true,
+        TrustClass::Unverified => sender.batv_valid,
+    };
+    if !trusted {
+        return Suppress(Reason::Unverified);
+    }
+    if !asked {
+        return Suppress(Reason::NotRequested);
+    }
+    Send
+}
+
+/// Whether a message is a report or automatic, from its header: `Auto-Submitted:` with a
+/// value other than `no` (RFC 3834), or a `multipart/report` content type (RFC 6522).
+pub fn is_automatic(message: &[u8]) -> bool {
+    let Some(parsed) = mail_parser::MessageParser::new().parse_headers(message) else {
+        return false;
+    };
+    let auto_submitted = parsed
+        .header_raw("Auto-Submitted")
+        .map(|v| {
+            v.trim()
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|v| v != "no");
+    let report = parsed.header_raw("Content-Type").is_some_and(|v| {
+        v.trim()
+            .split(';')
+            .next()
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("multipart/report"))
+    });
+    auto_submitted || report
+}
+
+#[cfg(test)]
+mod tests;
