@@ -31,17 +31,7 @@ else:
 "#;
 
 fn python(args: &[&str]) -> String {
-    let out = Command::new("/usr/bin/python3")
-        .args(["-c", PRVS])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    crate::harness::python(PRVS, args)
 }
 
 #[test]

@@ -43,6 +43,22 @@ pub fn is_root(test: &str) -> bool {
     root
 }
 
+/// Runs a Python script with Debian's interpreter (where python3-dkim and friends load) and
+/// returns its standard output, trimmed; the script must succeed.
+pub fn python(script: &str, args: &[&str]) -> String {
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .args(args)
+        .output()
+        .expect("running /usr/bin/python3");
+    assert!(
+        out.status.success(),
+        "python: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// A running `backstop serve`. Killed when dropped.
 pub struct Server {
     child: Child,

@@ -9,14 +9,14 @@ use crate::harness::{config, have, is_root, RawClient, Server};
 
 /// A Dovecot serving LMTP on 127.0.0.1 for bob@ and full@example.com (full@ has a 1-byte quota,
 /// so it fails after the data). Stopped when dropped.
-struct Dovecot {
+pub struct Dovecot {
     child: Child,
-    dir: PathBuf,
-    port: u16,
+    pub dir: PathBuf,
+    pub port: u16,
 }
 
 impl Dovecot {
-    fn start(dir: &Path) -> Dovecot {
+    pub fn start(dir: &Path) -> Dovecot {
         for d in ["run", "state", "mail"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
         }

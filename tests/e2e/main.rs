@@ -10,6 +10,7 @@ mod harness;
 
 mod admin;
 mod batv;
+mod bounces;
 mod cli;
 mod content;
 mod crash;

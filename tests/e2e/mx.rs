@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::dns::{zone, Knot};
-use crate::harness::{config, have, is_root, queue_id_in, Server, BIN};
+use crate::harness::{config, have, is_root, python, queue_id_in, Server, BIN};
 use crate::postfix::{run, PostfixMx};
 
 /// The zones: example.net's best MX is dead (127.0.0.3, where nothing listens), the next is
@@ -51,14 +51,14 @@ fn zones() -> Vec<(&'static str, String)> {
 
 /// Fields drop in order: the peers stop before their directory is removed (Postfix needs its
 /// config to stop).
-struct Setup {
-    knot: Knot,
-    mx: PostfixMx,
-    dir: tempfile::TempDir,
+pub struct Setup {
+    pub knot: Knot,
+    pub mx: PostfixMx,
+    pub dir: tempfile::TempDir,
 }
 
 /// Knot and Postfix running, or `None` when the test is skipped.
-fn setup(test: &str) -> Option<Setup> {
+pub fn setup(test: &str) -> Option<Setup> {
     if !have("/usr/sbin/postfix", test)
         || !have("knotd", test)
         || !have("swaks", test)
@@ -78,7 +78,7 @@ impl Setup {
     /// The harness config, delivering: implicit.example and ipv6.example by MX with
     /// opportunistic TLS (their names are not on the peer's certificate), everything else by
     /// MX with verified TLS.
-    fn config(&self, extra: &str) -> String {
+    pub fn config(&self, extra: &str) -> String {
         let d = self.dir.path();
         config(d, "").replace(
             "[delivery]\npaused = true",
@@ -105,7 +105,7 @@ tls_ca_file = "{ca}"
 }
 
 /// Waits for a message in the peer's mailbox.
-fn delivered(mx: &PostfixMx, mailbox: &str, count: usize, server: &Server) -> Vec<String> {
+pub fn delivered(mx: &PostfixMx, mailbox: &str, count: usize, server: &Server) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let messages = mx.mailbox(mailbox);
@@ -156,20 +156,6 @@ except dkim.DKIMException as e:
     ok = False
 print(("pass " if ok else "fail ") + d.domain.decode() + " " + d.signature_fields.get(b"a", b"").decode())
 "#;
-
-fn python(script: &str, args: &[&str]) -> String {
-    let out = Command::new("/usr/bin/python3")
-        .args(["-c", script])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// A DKIM key pair made by openssl: the private key file and the DNS record's value.
 fn dkim_key(dir: &Path, name: &str, algorithm: &str) -> (std::path::PathBuf, String) {

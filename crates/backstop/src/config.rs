@@ -73,6 +73,10 @@ pub struct Config {
     pub nameservers: Vec<SocketAddr>,
     /// BATV tags on the return path of our users' mail; `None` when turned off.
     pub batv: Option<Batv>,
+    /// Refuse bounces to local addresses without a valid tag (with BATV on).
+    pub batv_check_bounces: bool,
+    /// Addresses (`user@domain`) and domains (`@domain`) that take untagged bounces.
+    pub batv_exempt: Vec<String>,
     /// DKIM keys for our users' mail, by From domain.
     pub dkim: std::sync::Arc<backstop_delivery::dkim::Keys>,
     pub admin: AdminEndpoint,
@@ -366,6 +370,8 @@ struct RawBatv {
     sign_with: Spanned<u8>,
     lifetime_days: Spanned<u16>,
     key: Vec<RawBatvKey>,
+    check_bounces: bool,
+    exempt: Vec<Spanned<String>>,
 }
 
 impl Default for RawBatv {
@@ -375,6 +381,8 @@ impl Default for RawBatv {
             sign_with: Spanned::new(0..0, 0),
             lifetime_days: Spanned::new(0..0, 7),
             key: Vec::new(),
+            check_bounces: true,
+            exempt: Vec::new(),
         }
     }
 }
@@ -894,6 +902,21 @@ impl Config {
             })?);
         }
         let batv = check_batv(&raw.batv, &raw.data_dir, &at)?;
+        let mut batv_exempt = Vec::new();
+        for e in &raw.batv.exempt {
+            let text = e.get_ref().to_ascii_lowercase();
+            let valid = match text.strip_prefix('@') {
+                Some(domain) => Domain::parse(domain).is_ok(),
+                None => backstop_types::Address::parse(&text).is_ok(),
+            };
+            if !valid {
+                return Err(at(
+                    e.span(),
+                    format!("{:?} is neither an address nor @domain", e.get_ref()),
+                ));
+            }
+            batv_exempt.push(text);
+        }
         let mut dkim = Vec::new();
         for key in &raw.dkim {
             let domain = Domain::parse(key.domain.get_ref()).map_err(|e| {
@@ -979,6 +1002,8 @@ impl Config {
                 )?,
             },
             nameservers,
+            batv_check_bounces: raw.batv.enabled && raw.batv.check_bounces,
+            batv_exempt,
             batv,
             dkim: std::sync::Arc::new(backstop_delivery::dkim::Keys::new(dkim)),
             admin,

@@ -15,10 +15,10 @@ use backstop_listener::{
 };
 use backstop_queue::{Queue, QueueError};
 use backstop_session::{
-    AuthOutcome, AuthPolicy, ContentVerdict, EnqueueFailure, Message, RecipientQuery,
-    RecipientVerdict, SenderQuery, SenderVerdict, SessionConfig,
+    AuthOutcome, AuthPolicy, BounceProblem, ContentVerdict, EnqueueFailure, Message,
+    RecipientQuery, RecipientVerdict, SenderQuery, SenderVerdict, SessionConfig,
 };
-use backstop_types::{QueueId, Reply};
+use backstop_types::{Address, QueueId, Reply, ReversePath};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -62,6 +62,8 @@ fn init_tracing(level: &str) -> anyhow::Result<()> {
 
 /// Answers the session's in-session checks from the filter.
 struct Filter {
+    /// For refusing bounces without a valid tag; `None` when that check is off.
+    batv: Option<BounceCheck>,
     rfc5322: ContentAction,
     recipients: Option<TableFile>,
     greylist: Option<GreylistPolicy>,
@@ -156,7 +158,17 @@ impl Filter {
     /// greylisting state), then greylisting for clients we do not trust, then the recipient
     /// rate limits.
     fn decide(&self, query: &RecipientQuery) -> RecipientVerdict {
-        let address = &query.recipient;
+        let untagged;
+        let address = match (&self.batv, &query.sender, query.local) {
+            (Some(check), ReversePath::Null, true) => match check.recipient(&query.recipient) {
+                Ok(address) => {
+                    untagged = address;
+                    &untagged
+                }
+                Err(problem) => return RecipientVerdict::NotOurBounce(problem),
+            },
+            _ => &query.recipient,
+        };
         let targets = match (&self.recipients, query.local) {
             (Some(file), true) => match file.table().check(address) {
                 Verdict::Accept(targets) => targets,
@@ -416,6 +428,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             queue: queue.clone(),
         },
         policy: Filter {
+            batv: match (config.batv_check_bounces, crate::batv::keys(&config)?) {
+                (true, Some(keys)) => Some(BounceCheck {
+                    keys,
+                    exempt: config.batv_exempt.clone(),
+                }),
+                _ => None,
+            },
             rfc5322: config.rfc5322,
             recipients: config.recipients.clone(),
             greylist: config.greylist,
@@ -461,6 +480,33 @@ async fn expire_quarantine(queue: Queue, retention: std::time::Duration) {
             Ok(Ok(n)) => info!(deleted = n, "quarantine retention"),
             Ok(Err(e)) => error!(error = %e, "quarantine retention"),
             Err(e) => error!(error = %e, "quarantine retention task"),
+        }
+    }
+}
+
+/// Bounces to our addresses must answer mail we sent: carry a valid BATV tag of our keys.
+struct BounceCheck {
+    keys: backstop_batv::Keys,
+    /// `user@domain` and `@domain` entries that take untagged bounces.
+    exempt: Vec<String>,
+}
+
+impl BounceCheck {
+    /// The address to deliver to (the tag stripped), or why the bounce is refused. abuse@ and
+    /// the configured exemptions pass untagged; postmaster@ never gets here.
+    fn recipient(&self, address: &Address) -> Result<Address, BounceProblem> {
+        let lower = address.to_string().to_ascii_lowercase();
+        let exempt = address.local_part().eq_ignore_ascii_case("abuse")
+            || self.exempt.iter().any(|e| match e.strip_prefix('@') {
+                Some(domain) => address.domain().as_str() == domain,
+                None => *e == lower,
+            });
+        match self.keys.verify(address, backstop_batv::day_of(now())) {
+            Ok(untagged) => Ok(untagged),
+            Err(_) if exempt => Ok(address.clone()),
+            Err(backstop_batv::TagError::Missing) => Err(BounceProblem::Missing),
+            Err(backstop_batv::TagError::Expired) => Err(BounceProblem::Expired),
+            Err(_) => Err(BounceProblem::Invalid),
         }
     }
 }
@@ -565,6 +611,7 @@ fn session_config(config: &Config, name: &str, kind: ListenerKind) -> SessionCon
         local_domains: config.smtp.local_domains.clone(),
         relay_domains: config.smtp.relay_domains.clone(),
         check_recipients: config.recipients.is_some()
+            || config.batv_check_bounces
             || config.greylist.is_some()
             || config.rate_limits.any(),
         check_senders: config.rate_limits.any(),
@@ -625,6 +672,7 @@ mod tests {
         let table = dir.path().join("recipients");
         std::fs::write(&table, "bob@example.com\n").unwrap();
         let filter = Filter {
+            batv: None,
             rfc5322: ContentAction::Off,
             recipients: Some(TableFile::open(&table).unwrap()),
             greylist: Some(GreylistPolicy {
@@ -659,11 +707,73 @@ mod tests {
         );
     }
 
+    #[test]
+    fn bounces_need_our_tag_and_leave_it_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys =
+            backstop_batv::Keys::new(&[(2, b"a secret for the test".to_vec())], 2, 7).unwrap();
+        let today = backstop_batv::day_of(now());
+        let bob = Address::parse("bob@example.com").unwrap();
+        let tagged = keys.sign(&bob, today);
+        let filter = Filter {
+            batv: Some(BounceCheck {
+                keys: keys.clone(),
+                exempt: vec!["lists@example.com".into(), "@other.example".into()],
+            }),
+            rfc5322: ContentAction::Off,
+            recipients: None,
+            greylist: None,
+            rate_limits: RateLimits::default(),
+            rates: MemoryRates::default(),
+            queue: Queue::open(dir.path()).unwrap(),
+        };
+        let query = |recipient: &Address, sender: ReversePath| RecipientQuery {
+            recipient: recipient.clone(),
+            sender,
+            client: "192.0.2.1".parse().unwrap(),
+            local: true,
+            trusted: false,
+            user: None,
+        };
+        let bounce = |r: &Address| filter.decide(&query(r, ReversePath::Null));
+        assert_eq!(bounce(&tagged), RecipientVerdict::Accept(vec![bob.clone()]));
+        assert_eq!(
+            bounce(&bob),
+            RecipientVerdict::NotOurBounce(BounceProblem::Missing)
+        );
+        let forged = Address::parse(&tagged.to_string().replace("=bob@", "=eve@")).unwrap();
+        assert_eq!(
+            bounce(&forged),
+            RecipientVerdict::NotOurBounce(BounceProblem::Invalid)
+        );
+        let stale = keys.sign(&bob, today - 30);
+        assert_eq!(
+            bounce(&stale),
+            RecipientVerdict::NotOurBounce(BounceProblem::Expired)
+        );
+        // Exempt: abuse@, the configured address and domain.
+        for exempt in ["abuse@example.com", "LISTS@example.com", "x@other.example"] {
+            let a = Address::parse(exempt).unwrap();
+            assert_eq!(
+                bounce(&a),
+                RecipientVerdict::Accept(vec![a.clone()]),
+                "{exempt}"
+            );
+        }
+        // Mail with a sender is not a bounce: untagged is fine.
+        let mail = filter.decide(&query(
+            &bob,
+            ReversePath::Address(Address::parse("x@example.org").unwrap()),
+        ));
+        assert_eq!(mail, RecipientVerdict::Accept(vec![bob]));
+    }
+
     #[tokio::test]
     async fn users_are_limited_apart_from_clients_and_local_networks_are_exempt() {
         let dir = tempfile::tempdir().unwrap();
         let one_a_day = Some(Limit::parse("1/1d").unwrap());
         let filter = Filter {
+            batv: None,
             rfc5322: ContentAction::Off,
             recipients: None,
             greylist: None,

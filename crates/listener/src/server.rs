@@ -350,6 +350,9 @@ where
                         RecipientVerdict::RateLimited => {
                             info!(%address, "recipient rate limit: 451")
                         }
+                        RecipientVerdict::NotOurBounce(problem) => {
+                            info!(%address, ?problem, "bounce without a valid BATV tag: 550")
+                        }
                     }
                     session.handle_recipient(verdict);
                 }

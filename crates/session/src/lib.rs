@@ -195,6 +195,20 @@ pub enum RecipientVerdict {
     Defer { retry_after: u64 },
     /// Over a rate limit: `451 4.7.1`, slow down.
     RateLimited,
+    /// A bounce (null sender) to an address that only ever sends with a BATV-tagged return
+    /// path, without a valid tag: backscatter, `550 5.7.1`.
+    NotOurBounce(BounceProblem),
+}
+
+/// What is wrong with a bounce's recipient address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BounceProblem {
+    /// No BATV tag at all.
+    Missing,
+    /// A tag that does not verify (forged, or of a key we do not have).
+    Invalid,
+    /// A tag past its expiry day.
+    Expired,
 }
 
 /// The answer to [`Output::CheckMessage`].

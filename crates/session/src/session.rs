@@ -252,6 +252,13 @@ impl ServerSession {
             RecipientVerdict::Unavailable => self.reply(Reply::recipient_lookup_failed()),
             RecipientVerdict::Defer { retry_after } => self.reply(Reply::greylisted(retry_after)),
             RecipientVerdict::RateLimited => self.reply(Reply::rate_limited()),
+            RecipientVerdict::NotOurBounce(problem) => {
+                self.error(Reply::bounce_refused(match problem {
+                    crate::BounceProblem::Missing => "its address carries no BATV tag",
+                    crate::BounceProblem::Invalid => "its BATV tag is not valid",
+                    crate::BounceProblem::Expired => "its BATV tag has expired",
+                }))
+            }
         }
         self.process();
     }

@@ -402,6 +402,16 @@ impl Reply {
         )
     }
 
+    /// A bounce to an address whose mail always leaves with a BATV-tagged return path, without
+    /// a valid tag (`why`): it answers mail we never sent.
+    pub fn bounce_refused(why: &str) -> Reply {
+        Reply::new(
+            550,
+            EnhancedStatus(5, 7, 1),
+            format!("Bounce refused: {why}; we did not send the message it answers"),
+        )
+    }
+
     /// Over a rate limit (connections, messages or recipients in a time window).
     pub fn rate_limited() -> Reply {
         Reply::new(

@@ -211,3 +211,115 @@ async fn our_users_failures_are_reported_and_strangers_go_to_quarantine() {
     assert!(text.contains("Return-Path: <>"), "{text}");
     assert!(agent.queue.list().unwrap().is_empty());
 }
+
+/// Alice's message, authenticated, to `recipients`.
+fn alices(recipients: &[&str], t0: UnixTime) -> Envelope {
+    let mut e = envelope(recipients, t0);
+    e.sender = ReversePath::Address(Address::parse("alice@example.test").unwrap());
+    e.trust = TrustClass::Authenticated {
+        user: "alice".into(),
+    };
+    e
+}
+
+/// The messages in a local Maildir, oldest name first.
+fn maildir(dir: &std::path::Path, mailbox: &str) -> Vec<String> {
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("maildir").join(mailbox).join("new"))
+        .map(|r| r.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_delay_notice_at_the_configured_time_and_only_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = agent(dir.path());
+    agent.reports.delay_warnings = vec![Duration::from_secs(3600)];
+    let t0 = UnixTime(1_800_000_000);
+    agent
+        .queue
+        .enqueue(
+            &alices(&["carol@elsewhere.example"], t0),
+            b"Subject: s\r\n\r\nx\r\n".to_vec(),
+        )
+        .await
+        .unwrap();
+    // Before the hour: nothing; after it: one notice; later attempts: no second one.
+    for t in [t0.0, t0.0 + 1800, t0.0 + 3700, t0.0 + 7300] {
+        agent.queue.flush(None, UnixTime(t)).unwrap();
+        agent.pass(UnixTime(t)).unwrap();
+        agent.pass(UnixTime(t)).unwrap();
+    }
+    let reports = maildir(dir.path(), "example.test/alice");
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let report = &reports[0];
+    assert!(
+        report.contains("Subject: Delayed Mail (still being retried)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("Action: delayed\r\nStatus: 4.4.0"),
+        "{report}"
+    );
+    // Will-Retry-Until: arrival plus the five-day lifetime.
+    let until = UnixTime(t0.0 + 5 * 86_400).to_rfc5322();
+    assert!(
+        report.contains(&format!("Will-Retry-Until: {until}")),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn success_reports_only_when_asked_and_signed_by_the_reporting_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = agent(dir.path());
+    // An Ed25519 key for the reporting host's domain (the agent's hostname is mx.test).
+    let pkcs8 = mail_auth::common::crypto::Ed25519Key::generate_pkcs8().unwrap();
+    let pem = format!(
+        "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &pkcs8)
+    );
+    let key_file = dir.path().join("mx.test.pem");
+    std::fs::write(&key_file, pem).unwrap();
+    let key =
+        crate::dkim::DomainKey::load(Domain::parse("mx.test").unwrap(), "s1", &key_file).unwrap();
+    agent.signing = Arc::new(Signing {
+        batv: None,
+        dkim: Arc::new(crate::dkim::Keys::new(vec![key])),
+    });
+    let t0 = UnixTime(1_800_000_000);
+    let mut asked = alices(&["bob@example.test", "dave@example.test"], t0);
+    asked.recipients[0].notify = Notify::On {
+        success: true,
+        failure: true,
+        delay: false,
+    };
+    agent
+        .queue
+        .enqueue(&asked, b"Subject: s\r\n\r\nx\r\n".to_vec())
+        .await
+        .unwrap();
+    agent.pass(t0).unwrap();
+    agent.pass(t0).unwrap();
+    let reports = maildir(dir.path(), "example.test/alice");
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let report = &reports[0];
+    assert!(
+        report.contains("Subject: Successful Mail Delivery Report"),
+        "{report}"
+    );
+    assert!(
+        report.contains("Final-Recipient: rfc822; bob@example.test\r\nAction: delivered"),
+        "{report}"
+    );
+    assert!(!report.contains("dave@"), "{report}");
+    assert!(
+        report.contains("DKIM-Signature: v=1; a=ed25519-sha256;"),
+        "{report}"
+    );
+    assert!(report.contains(" d=mx.test;"), "{report}");
+}
