@@ -25,6 +25,7 @@ mod rates;
 mod receive;
 mod recipients;
 mod relay;
+mod sender_auth;
 mod smarthost;
 mod smuggling;
 mod submission;

@@ -158,7 +158,7 @@ print(("pass " if ok else "fail ") + d.domain.decode() + " " + d.signature_field
 "#;
 
 /// A DKIM key pair made by openssl: the private key file and the DNS record's value.
-fn dkim_key(dir: &Path, name: &str, algorithm: &str) -> (std::path::PathBuf, String) {
+pub fn dkim_key(dir: &Path, name: &str, algorithm: &str) -> (std::path::PathBuf, String) {
     let key = dir.join(format!("{name}.pem"));
     let key_arg = key.display().to_string();
     match algorithm {

@@ -77,6 +77,8 @@ pub struct Config {
     pub batv_check_bounces: bool,
     /// Addresses (`user@domain`) and domains (`@domain`) that take untagged bounces.
     pub batv_exempt: Vec<String>,
+    /// SPF, DKIM and DMARC of untrusted clients' mail; `None` when off.
+    pub sender_checks: Option<backstop_filter::sender_auth::Actions>,
     /// DKIM keys for our users' mail, by From domain.
     pub dkim: std::sync::Arc<backstop_delivery::dkim::Keys>,
     pub admin: AdminEndpoint,
@@ -284,6 +286,8 @@ struct RawConfig {
     #[serde(default)]
     dkim: Vec<RawDkim>,
     #[serde(default)]
+    sender_checks: RawSenderChecks,
+    #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
     log: RawLog,
@@ -392,6 +396,53 @@ impl Default for RawBatv {
 struct RawBatvKey {
     number: u8,
     secret_file: Spanned<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSenderChecks {
+    enabled: bool,
+    dmarc_reject: CheckAction,
+    dmarc_quarantine: CheckAction,
+    spf_fail: CheckAction,
+    dns_error: DnsErrorAction,
+}
+
+impl Default for RawSenderChecks {
+    fn default() -> RawSenderChecks {
+        RawSenderChecks {
+            enabled: true,
+            dmarc_reject: CheckAction::Reject,
+            dmarc_quarantine: CheckAction::Quarantine,
+            spf_fail: CheckAction::Reject,
+            dns_error: DnsErrorAction::Tempfail,
+        }
+    }
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum CheckAction {
+    Reject,
+    Quarantine,
+    Accept,
+}
+
+impl From<CheckAction> for backstop_filter::sender_auth::Action {
+    fn from(a: CheckAction) -> Self {
+        match a {
+            CheckAction::Reject => Self::Reject,
+            CheckAction::Quarantine => Self::Quarantine,
+            CheckAction::Accept => Self::Accept,
+        }
+    }
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum DnsErrorAction {
+    Tempfail,
+    Accept,
 }
 
 #[derive(Deserialize)]
@@ -1005,6 +1056,15 @@ impl Config {
             batv_check_bounces: raw.batv.enabled && raw.batv.check_bounces,
             batv_exempt,
             batv,
+            sender_checks: raw.sender_checks.enabled.then(|| {
+                let c = &raw.sender_checks;
+                backstop_filter::sender_auth::Actions {
+                    dmarc_reject: c.dmarc_reject.into(),
+                    dmarc_quarantine: c.dmarc_quarantine.into(),
+                    spf_fail: c.spf_fail.into(),
+                    tempfail_on_dns_error: c.dns_error == DnsErrorAction::Tempfail,
+                }
+            }),
             dkim: std::sync::Arc::new(backstop_delivery::dkim::Keys::new(dkim)),
             admin,
             smtp: Smtp {

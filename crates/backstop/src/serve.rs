@@ -64,6 +64,8 @@ fn init_tracing(level: &str) -> anyhow::Result<()> {
 struct Filter {
     /// For refusing bounces without a valid tag; `None` when that check is off.
     batv: Option<BounceCheck>,
+    /// SPF, DKIM and DMARC for untrusted clients' mail; `None` when off.
+    sender_auth: Option<Arc<backstop_filter::sender_auth::SenderAuth>>,
     rfc5322: ContentAction,
     recipients: Option<TableFile>,
     greylist: Option<GreylistPolicy>,
@@ -73,20 +75,46 @@ struct Filter {
 }
 
 impl Policy for Filter {
-    fn check_message(&self, message: &Message) -> impl Future<Output = ContentVerdict> + Send {
-        let verdict = match (
+    async fn check_message(&self, message: &Message) -> ContentVerdict {
+        match (
             self.rfc5322,
             backstop_filter::content::rfc5322(&message.body),
         ) {
-            (ContentAction::Off, _) | (_, Ok(())) => ContentVerdict::Accept,
+            (ContentAction::Off, _) | (_, Ok(())) => {}
             (ContentAction::Reject, Err(v)) => {
-                ContentVerdict::Refuse(Reply::content_refused(&v.to_string()))
+                return ContentVerdict::Refuse(Reply::content_refused(&v.to_string()));
             }
             (ContentAction::Quarantine, Err(v)) => {
-                ContentVerdict::Quarantine(format!("RFC 5322: {v}"))
+                return ContentVerdict::Quarantine(format!("RFC 5322: {v}"));
             }
-        };
-        std::future::ready(verdict)
+        }
+        let envelope = &message.envelope;
+        // Our own users' mail is not theirs to prove.
+        let untrusted = envelope.trust == backstop_types::TrustClass::Unverified;
+        match (&self.sender_auth, untrusted) {
+            (Some(auth), true) => {
+                use backstop_filter::sender_auth::{Client, Outcome, Refusal};
+                let client = Client {
+                    ip: envelope.client.ip,
+                    helo: &envelope.client.helo,
+                    sender: &envelope.sender,
+                };
+                let checked = auth.check(&client, &message.body).await;
+                info!(results = %checked.summary, outcome = ?checked.outcome, "sender authentication");
+                match checked.outcome {
+                    Outcome::Accept => ContentVerdict::AcceptWithHeaders(checked.header),
+                    Outcome::Refuse(Refusal::Dmarc { domain }) => {
+                        ContentVerdict::Refuse(Reply::dmarc_rejected(&domain))
+                    }
+                    Outcome::Refuse(Refusal::Spf { domain }) => {
+                        ContentVerdict::Refuse(Reply::spf_failed(&domain))
+                    }
+                    Outcome::Quarantine(reason) => ContentVerdict::Quarantine(reason),
+                    Outcome::TempFail => ContentVerdict::Refuse(Reply::sender_auth_unavailable()),
+                }
+            }
+            _ => ContentVerdict::Accept,
+        }
     }
 
     fn allow_connection(&self, ip: std::net::IpAddr, local_submitter: bool) -> bool {
@@ -428,6 +456,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             queue: queue.clone(),
         },
         policy: Filter {
+            sender_auth: match config.sender_checks {
+                Some(actions) => Some(Arc::new(
+                    backstop_filter::sender_auth::SenderAuth::new(
+                        backstop_filter::dns::resolver_config(&config.nameservers)
+                            .map_err(anyhow::Error::msg)?,
+                        &config.hostname,
+                        actions,
+                    )
+                    .map_err(anyhow::Error::msg)?,
+                )),
+                None => None,
+            },
             batv: match (config.batv_check_bounces, crate::batv::keys(&config)?) {
                 (true, Some(keys)) => Some(BounceCheck {
                     keys,
@@ -543,13 +583,12 @@ fn delivery_agent(
         })
         .collect::<Vec<_>>();
     let resolver = if config.routes.iter().any(|r| r.relay.is_none()) {
-        Some(
-            backstop_delivery::mx::Resolver::new(
-                &config.nameservers,
-                tokio::runtime::Handle::current(),
-            )
-            .map_err(anyhow::Error::msg)?,
-        )
+        Some({
+            let (dns, options) = backstop_filter::dns::resolver_config(&config.nameservers)
+                .map_err(anyhow::Error::msg)?;
+            backstop_delivery::mx::Resolver::new(dns, options, tokio::runtime::Handle::current())
+                .map_err(anyhow::Error::msg)?
+        })
     } else {
         None
     };
@@ -615,7 +654,7 @@ fn session_config(config: &Config, name: &str, kind: ListenerKind) -> SessionCon
             || config.greylist.is_some()
             || config.rate_limits.any(),
         check_senders: config.rate_limits.any(),
-        check_messages: config.rfc5322 != ContentAction::Off,
+        check_messages: config.rfc5322 != ContentAction::Off || config.sender_checks.is_some(),
     }
 }
 
@@ -672,6 +711,7 @@ mod tests {
         let table = dir.path().join("recipients");
         std::fs::write(&table, "bob@example.com\n").unwrap();
         let filter = Filter {
+            sender_auth: None,
             batv: None,
             rfc5322: ContentAction::Off,
             recipients: Some(TableFile::open(&table).unwrap()),
@@ -716,6 +756,7 @@ mod tests {
         let bob = Address::parse("bob@example.com").unwrap();
         let tagged = keys.sign(&bob, today);
         let filter = Filter {
+            sender_auth: None,
             batv: Some(BounceCheck {
                 keys: keys.clone(),
                 exempt: vec!["lists@example.com".into(), "@other.example".into()],
@@ -773,6 +814,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let one_a_day = Some(Limit::parse("1/1d").unwrap());
         let filter = Filter {
+            sender_auth: None,
             batv: None,
             rfc5322: ContentAction::Off,
             recipients: None,

@@ -10,12 +10,10 @@
 //! The resolver is asynchronous and the delivery pass is not: lookups run on the runtime
 //! whose handle the resolver keeps, from the blocking pool.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use backstop_types::Domain;
-use mail_auth::hickory_resolver::config::{
-    LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts,
-};
+use mail_auth::hickory_resolver::config::{ResolverConfig, ResolverOpts};
 use mail_auth::hickory_resolver::net::runtime::TokioRuntimeProvider;
 use mail_auth::hickory_resolver::net::NetError;
 use mail_auth::hickory_resolver::proto::rr::{Name, RData};
@@ -40,34 +38,13 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// A resolver that asks `nameservers` (UDP, then TCP for long answers), or the system's
-    /// (`/etc/resolv.conf`) when the list is empty. Lookups will run on `runtime`.
+    /// A resolver with this configuration (see `backstop_filter::dns::resolver_config`);
+    /// lookups will run on `runtime`.
     pub fn new(
-        nameservers: &[SocketAddr],
+        config: ResolverConfig,
+        options: ResolverOpts,
         runtime: tokio::runtime::Handle,
     ) -> Result<Resolver, String> {
-        let (config, mut options) = if nameservers.is_empty() {
-            mail_auth::hickory_resolver::system_conf::read_system_conf()
-                .map_err(|e| format!("reading the system's resolver configuration: {e}"))?
-        } else {
-            let servers = nameservers
-                .iter()
-                .map(|address| {
-                    let mut server = NameServerConfig::udp_and_tcp(address.ip());
-                    for connection in &mut server.connections {
-                        connection.port = address.port();
-                    }
-                    server
-                })
-                .collect();
-            (
-                ResolverConfig::from_name_servers(servers),
-                ResolverOpts::default(),
-            )
-        };
-        options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-        // Names are looked up as given: no search domains.
-        options.ndots = 0;
         let inner = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
             .with_options(options)
             .build()

@@ -4,6 +4,10 @@
 //! Layout:
 //! - [`content`]: built-in content checks on the whole message before the reply to DATA
 //!   (RFC 5322 sanity).
+//! - [`dns`]: the resolver configuration every DNS user shares (configured nameservers, or the
+//!   system's).
+//! - [`sender_auth`]: SPF, DKIM and DMARC (mail-auth) at the end of DATA, with an
+//!   `Authentication-Results:` header for accepted mail.
 //! - [`greylist`]: greylisting of (client network, sender, recipient) triplets, with auto-pass
 //!   for networks that retried, over a [`greylist::GreyStore`].
 //! - [`rate`]: rate limits per client address and per user, over a [`rate::RateStore`].
@@ -14,6 +18,8 @@
 //! (the client hears 451 and retries), never an accept.
 
 pub mod content;
+pub mod dns;
 pub mod greylist;
 pub mod rate;
 pub mod recipients;
+pub mod sender_auth;

@@ -308,7 +308,7 @@ where
                 Output::CheckMessage(message) => {
                     let verdict = context.policy.check_message(&message).await;
                     match &verdict {
-                        ContentVerdict::Accept => {}
+                        ContentVerdict::Accept | ContentVerdict::AcceptWithHeaders(_) => {}
                         ContentVerdict::Refuse(reply) => info!(%reply, "message refused"),
                         ContentVerdict::Quarantine(reason) => {
                             info!(reason, "message goes to quarantine")

@@ -215,6 +215,9 @@ pub enum BounceProblem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContentVerdict {
     Accept,
+    /// Accept with these header fields (each ending in CRLF) on top, e.g. the results of
+    /// sender authentication.
+    AcceptWithHeaders(String),
     /// Refuse the message with this reply (5xx, or 4xx when a check could not be made).
     Refuse(backstop_types::Reply),
     /// Accept it into quarantine, for this reason.

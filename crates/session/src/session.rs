@@ -270,6 +270,13 @@ impl ServerSession {
         }
         match verdict {
             ContentVerdict::Accept => self.outputs.push_back(Output::Enqueue(message)),
+            ContentVerdict::AcceptWithHeaders(headers) => {
+                let mut message = message;
+                let mut body = headers.into_bytes();
+                body.append(&mut message.body);
+                message.body = body;
+                self.outputs.push_back(Output::Enqueue(message));
+            }
             ContentVerdict::Quarantine(reason) => {
                 self.outputs
                     .push_back(Output::Quarantine { message, reason });

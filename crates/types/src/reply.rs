@@ -412,6 +412,33 @@ impl Reply {
         )
     }
 
+    /// The From domain's DMARC policy rejects the message (RFC 7489 6.6.3).
+    pub fn dmarc_rejected(domain: &str) -> Reply {
+        Reply::new(
+            550,
+            EnhancedStatus(5, 7, 1),
+            format!("Message rejected by the DMARC policy of {domain}"),
+        )
+    }
+
+    /// SPF fail for the envelope sender's domain (RFC 7372: 5.7.23).
+    pub fn spf_failed(domain: &str) -> Reply {
+        Reply::new(
+            550,
+            EnhancedStatus(5, 7, 23),
+            format!("SPF check failed: {domain} does not allow this client to send its mail"),
+        )
+    }
+
+    /// SPF or DMARC could not be checked for now (a DNS failure).
+    pub fn sender_auth_unavailable() -> Reply {
+        Reply::new(
+            451,
+            EnhancedStatus(4, 7, 24),
+            "Sender authentication could not be completed (DNS), try again later",
+        )
+    }
+
     /// Over a rate limit (connections, messages or recipients in a time window).
     pub fn rate_limited() -> Reply {
         Reply::new(
