@@ -70,14 +70,24 @@ fn spf_dkim_and_dmarc_decide_at_the_end_of_data() {
     let outside = "\"v=spf1 ip4:192.0.2.0/24 -all\"";
     // The parent zone too: DMARC's tree walk asks _dmarc.example, which must say NXDOMAIN (as
     // a real TLD does), not REFUSED.
+    // Reverse DNS: 127.0.0.1 is client.good.example, which resolves back to it; 127.0.0.2
+    // claims liar.good.example, which does not.
     let zones = [
         ("example", zone("example", "")),
+        (
+            "0.0.127.in-addr.arpa",
+            zone(
+                "0.0.127.in-addr.arpa",
+                "1 IN PTR client.good.example.\n2 IN PTR liar.good.example.",
+            ),
+        ),
         (
             "good.example",
             zone(
                 "good.example",
                 &format!(
-                    "@ IN TXT \"v=spf1 ip4:127.0.0.0/8 -all\"\n_dmarc IN TXT \"v=DMARC1; p=reject\"\ns1._domainkey IN TXT {}",
+                    "@ IN TXT \"v=spf1 ip4:127.0.0.0/8 -all\"\n_dmarc IN TXT \"v=DMARC1; p=reject\"\n\
+                     client IN A 127.0.0.1\nliar IN A 127.0.0.9\ns1._domainkey IN TXT {}",
                     txt(&record)
                 ),
             ),
@@ -96,7 +106,7 @@ fn spf_dkim_and_dmarc_decide_at_the_end_of_data() {
     let knot = Knot::start(&d.join("knot"), &zone_refs);
     let config = config(d, "").replace(
         "[sender_checks]\nenabled = false",
-        "[sender_checks]\nenabled = true",
+        "[sender_checks]\nenabled = true\niprev_fail = \"reject\"",
     ) + &format!("\n[dns]\nnameservers = [\"{}\"]\n", knot.address);
     let server = Server::start(d, &config);
 
@@ -145,6 +155,36 @@ fn spf_dkim_and_dmarc_decide_at_the_end_of_data() {
         "{reply}"
     );
 
+    // From 127.0.0.2, whose reverse DNS does not confirm: 5.7.25 (iprev_fail = "reject").
+    let reply = python(
+        r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), source_address=("127.0.0.2", 0), timeout=20)
+s.ehlo("client.good.example")
+s.mail("a@good.example")
+s.rcpt("user@example.test")
+code, text = s.data(b"From: a@good.example\r\nSubject: liar\r\n\r\nx\r\n")
+print(code, text.decode())
+"#,
+        &[&server.mx.port().to_string()],
+    );
+    assert_eq!(
+        reply,
+        "550 5.7.25 Reverse DNS of 127.0.0.2 does not resolve back to it"
+    );
+
+    // A domain whose records cannot be had (Knot refuses: it serves no such zone): 451, the
+    // client tries again later.
+    let reply = send(
+        &server,
+        "a@unserved.test",
+        &message(d, "a@unserved.test", "dns", None),
+    );
+    assert!(
+        reply.starts_with("451 4.7.24 Sender authentication could not be completed"),
+        "{reply}"
+    );
+
     // Forwarded: SPF fails for the forwarder's envelope, but the aligned DKIM signature of the
     // From domain makes DMARC pass, so it is accepted.
     let forwarded = message(d, "a@good.example", "forwarded", Some(&key));
@@ -164,6 +204,7 @@ fn spf_dkim_and_dmarc_decide_at_the_end_of_data() {
         "{good}"
     );
     for result in [
+        "iprev=pass",
         "dkim=pass",
         "spf=pass",
         "dmarc=pass",
@@ -177,4 +218,68 @@ fn spf_dkim_and_dmarc_decide_at_the_end_of_data() {
     }
     // Nothing else was queued: the refused ones are not, the quarantined one is apart.
     assert_eq!(messages.len(), 2);
+}
+
+#[test]
+fn clients_on_a_blocklist_are_refused_at_mail() {
+    let test = "clients_on_a_blocklist_are_refused_at_mail";
+    if !have("knotd", test) || !have("/usr/bin/python3", test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 127.0.0.2 is on the reject list (code 127.0.0.2); 127.0.0.1 only on the list whose code
+    // the config does not count, and on the list that only logs.
+    let zones = [
+        (
+            "bl.test",
+            zone(
+                "bl.test",
+                "2.0.0.127 IN A 127.0.0.2\n1.0.0.127 IN A 127.0.0.10",
+            ),
+        ),
+        ("log.test", zone("log.test", "1.0.0.127 IN A 127.0.0.2")),
+    ];
+    let zone_refs: Vec<(&str, &str)> = zones.iter().map(|(o, z)| (*o, z.as_str())).collect();
+    let knot = Knot::start(&d.join("knot"), &zone_refs);
+    let config = config(d, "")
+        + &format!(
+            "\n[dns]\nnameservers = [\"{}\"]\n\n[[dnsbl]]\nzone = \"bl.test\"\ncodes = [\"127.0.0.2\"]\n\n\
+             [[dnsbl]]\nzone = \"log.test\"\naction = \"log\"\n\n\
+             [[dnsbl]]\nzone = \"unserved.test\"\n",
+            knot.address
+        );
+    let server = Server::start(d, &config);
+    // Listed: refused at MAIL, from 127.0.0.2.
+    let reply = python(
+        r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), source_address=("127.0.0.2", 0), timeout=20)
+s.ehlo("listed.example")
+code, text = s.mail("a@example.org")
+print(code, text.decode())
+"#,
+        &[&server.mx.port().to_string()],
+    );
+    assert_eq!(
+        reply,
+        "554 5.7.1 Service unavailable; client [127.0.0.2] blocked using bl.test"
+    );
+    // 127.0.0.1: an uncounted code, a log-only list, and a list that cannot answer: accepted.
+    let reply = send(
+        &server,
+        "a@example.org",
+        &message(d, "a@example.org", "clean", None),
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    let log = server.log();
+    assert!(
+        log.contains("client is on a blocklist zone=log.test"),
+        "{log}"
+    );
+    assert!(
+        log.contains("blocklist lookup failed: not listed zone=unserved.test"),
+        "{log}"
+    );
+    server.stop();
 }

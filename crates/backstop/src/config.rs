@@ -77,6 +77,8 @@ pub struct Config {
     pub batv_check_bounces: bool,
     /// Addresses (`user@domain`) and domains (`@domain`) that take untagged bounces.
     pub batv_exempt: Vec<String>,
+    /// DNS blocklists asked about untrusted clients at MAIL FROM.
+    pub dnsbl: Vec<backstop_filter::dnsbl::List>,
     /// SPF, DKIM and DMARC of untrusted clients' mail; `None` when off.
     pub sender_checks: Option<backstop_filter::sender_auth::Actions>,
     /// DKIM keys for our users' mail, by From domain.
@@ -288,6 +290,8 @@ struct RawConfig {
     #[serde(default)]
     sender_checks: RawSenderChecks,
     #[serde(default)]
+    dnsbl: Vec<RawDnsbl>,
+    #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
     log: RawLog,
@@ -399,6 +403,27 @@ struct RawBatvKey {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDnsbl {
+    zone: Spanned<String>,
+    #[serde(default = "reject")]
+    action: ListAction,
+    #[serde(default)]
+    codes: Vec<Spanned<String>>,
+}
+
+fn reject() -> ListAction {
+    ListAction::Reject
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum ListAction {
+    Reject,
+    Log,
+}
+
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawSenderChecks {
     enabled: bool,
@@ -406,6 +431,7 @@ struct RawSenderChecks {
     dmarc_quarantine: CheckAction,
     spf_fail: CheckAction,
     dns_error: DnsErrorAction,
+    iprev_fail: CheckAction,
 }
 
 impl Default for RawSenderChecks {
@@ -416,6 +442,7 @@ impl Default for RawSenderChecks {
             dmarc_quarantine: CheckAction::Quarantine,
             spf_fail: CheckAction::Reject,
             dns_error: DnsErrorAction::Tempfail,
+            iprev_fail: CheckAction::Accept,
         }
     }
 }
@@ -953,6 +980,28 @@ impl Config {
             })?);
         }
         let batv = check_batv(&raw.batv, &raw.data_dir, &at)?;
+        let mut dnsbl = Vec::new();
+        for list in &raw.dnsbl {
+            Domain::parse(list.zone.get_ref())
+                .map_err(|e| at(list.zone.span(), format!("{:?}: {e}", list.zone.get_ref())))?;
+            let mut codes = Vec::new();
+            for code in &list.codes {
+                codes.push(code.get_ref().parse().map_err(|_| {
+                    at(
+                        code.span(),
+                        format!("{:?} is not an answer like 127.0.0.2", code.get_ref()),
+                    )
+                })?);
+            }
+            dnsbl.push(backstop_filter::dnsbl::List {
+                zone: list.zone.get_ref().clone(),
+                action: match list.action {
+                    ListAction::Reject => backstop_filter::dnsbl::ListAction::Reject,
+                    ListAction::Log => backstop_filter::dnsbl::ListAction::Log,
+                },
+                codes,
+            });
+        }
         let mut batv_exempt = Vec::new();
         for e in &raw.batv.exempt {
             let text = e.get_ref().to_ascii_lowercase();
@@ -1056,6 +1105,7 @@ impl Config {
             batv_check_bounces: raw.batv.enabled && raw.batv.check_bounces,
             batv_exempt,
             batv,
+            dnsbl,
             sender_checks: raw.sender_checks.enabled.then(|| {
                 let c = &raw.sender_checks;
                 backstop_filter::sender_auth::Actions {
@@ -1063,6 +1113,7 @@ impl Config {
                     dmarc_quarantine: c.dmarc_quarantine.into(),
                     spf_fail: c.spf_fail.into(),
                     tempfail_on_dns_error: c.dns_error == DnsErrorAction::Tempfail,
+                    iprev_fail: c.iprev_fail.into(),
                 }
             }),
             dkim: std::sync::Arc::new(backstop_delivery::dkim::Keys::new(dkim)),

@@ -64,6 +64,8 @@ fn init_tracing(level: &str) -> anyhow::Result<()> {
 struct Filter {
     /// For refusing bounces without a valid tag; `None` when that check is off.
     batv: Option<BounceCheck>,
+    /// DNS blocklists for untrusted clients; `None` when none is configured.
+    dnsbl: Option<Arc<backstop_filter::dnsbl::Dnsbl>>,
     /// SPF, DKIM and DMARC for untrusted clients' mail; `None` when off.
     sender_auth: Option<Arc<backstop_filter::sender_auth::SenderAuth>>,
     rfc5322: ContentAction,
@@ -109,6 +111,9 @@ impl Policy for Filter {
                     Outcome::Refuse(Refusal::Spf { domain }) => {
                         ContentVerdict::Refuse(Reply::spf_failed(&domain))
                     }
+                    Outcome::Refuse(Refusal::Iprev { ip }) => {
+                        ContentVerdict::Refuse(Reply::reverse_dns_failed(ip))
+                    }
                     Outcome::Quarantine(reason) => ContentVerdict::Quarantine(reason),
                     Outcome::TempFail => ContentVerdict::Refuse(Reply::sender_auth_unavailable()),
                 }
@@ -124,7 +129,18 @@ impl Policy for Filter {
         }
     }
 
-    fn check_sender(&self, query: SenderQuery) -> impl Future<Output = SenderVerdict> + Send {
+    async fn check_sender(&self, query: SenderQuery) -> SenderVerdict {
+        if let (Some(dnsbl), false) = (&self.dnsbl, query.trusted) {
+            use backstop_filter::dnsbl::{ListAction, Listing};
+            if let Listing::Listed {
+                zone,
+                action: ListAction::Reject,
+                ..
+            } = dnsbl.check(query.client).await
+            {
+                return SenderVerdict::Blocklisted { zone };
+            }
+        }
         let limits = &self.rate_limits;
         let allowed = self.within_limits(
             "msg",
@@ -133,11 +149,11 @@ impl Policy for Filter {
             query.trusted,
             query.client,
         );
-        std::future::ready(if allowed {
+        if allowed {
             SenderVerdict::Accept
         } else {
             SenderVerdict::RateLimited
-        })
+        }
     }
 
     fn check_recipient(
@@ -456,6 +472,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             queue: queue.clone(),
         },
         policy: Filter {
+            dnsbl: match config.dnsbl.is_empty() {
+                true => None,
+                false => Some(Arc::new(
+                    backstop_filter::dnsbl::Dnsbl::new(
+                        backstop_filter::dns::resolver_config(&config.nameservers)
+                            .map_err(anyhow::Error::msg)?,
+                        config.dnsbl.clone(),
+                    )
+                    .map_err(anyhow::Error::msg)?,
+                )),
+            },
             sender_auth: match config.sender_checks {
                 Some(actions) => Some(Arc::new(
                     backstop_filter::sender_auth::SenderAuth::new(
@@ -653,7 +680,7 @@ fn session_config(config: &Config, name: &str, kind: ListenerKind) -> SessionCon
             || config.batv_check_bounces
             || config.greylist.is_some()
             || config.rate_limits.any(),
-        check_senders: config.rate_limits.any(),
+        check_senders: config.rate_limits.any() || !config.dnsbl.is_empty(),
         check_messages: config.rfc5322 != ContentAction::Off || config.sender_checks.is_some(),
     }
 }
@@ -711,6 +738,7 @@ mod tests {
         let table = dir.path().join("recipients");
         std::fs::write(&table, "bob@example.com\n").unwrap();
         let filter = Filter {
+            dnsbl: None,
             sender_auth: None,
             batv: None,
             rfc5322: ContentAction::Off,
@@ -756,6 +784,7 @@ mod tests {
         let bob = Address::parse("bob@example.com").unwrap();
         let tagged = keys.sign(&bob, today);
         let filter = Filter {
+            dnsbl: None,
             sender_auth: None,
             batv: Some(BounceCheck {
                 keys: keys.clone(),
@@ -814,6 +843,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let one_a_day = Some(Limit::parse("1/1d").unwrap());
         let filter = Filter {
+            dnsbl: None,
             sender_auth: None,
             batv: None,
             rfc5322: ContentAction::Off,

@@ -8,6 +8,7 @@
 //!   system's).
 //! - [`sender_auth`]: SPF, DKIM and DMARC (mail-auth) at the end of DATA, with an
 //!   `Authentication-Results:` header for accepted mail.
+//! - [`dnsbl`]: DNS blocklists of client addresses, with per-list action and return codes.
 //! - [`greylist`]: greylisting of (client network, sender, recipient) triplets, with auto-pass
 //!   for networks that retried, over a [`greylist::GreyStore`].
 //! - [`rate`]: rate limits per client address and per user, over a [`rate::RateStore`].
@@ -19,6 +20,7 @@
 
 pub mod content;
 pub mod dns;
+pub mod dnsbl;
 pub mod greylist;
 pub mod rate;
 pub mod recipients;

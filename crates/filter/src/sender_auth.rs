@@ -1,5 +1,6 @@
-//! Sender authentication at the end of DATA, with mail-auth: SPF (the MAIL FROM identity, or
-//! the HELO name for a null sender), DKIM signatures, and DMARC over both, decided together so
+//! Sender authentication at the end of DATA, with mail-auth: forward-confirmed reverse DNS of
+//! the client (iprev), SPF (the MAIL FROM identity, or the HELO name for a null sender), DKIM
+//! signatures, and DMARC over both, decided together so
 //! that an aligned DKIM signature can make DMARC pass where SPF failed (a forwarded message).
 //!
 //! The defaults: DMARC fail under `p=reject` is refused (550 5.7.1), under `p=quarantine` the
@@ -16,7 +17,8 @@ use mail_auth::dmarc::Policy;
 use mail_auth::hickory_resolver::config::{ResolverConfig, ResolverOpts};
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
-    AuthenticatedMessage, AuthenticationResults, DmarcResult, MessageAuthenticator, SpfResult,
+    AuthenticatedMessage, AuthenticationResults, DmarcResult, IprevResult, MessageAuthenticator,
+    SpfResult,
 };
 
 /// What to do with a message a check condemns.
@@ -38,6 +40,8 @@ pub struct Actions {
     pub spf_fail: Action,
     /// A DNS failure left SPF or DMARC unknown: 451 (true) or accept (false).
     pub tempfail_on_dns_error: bool,
+    /// The client's address has no PTR name that resolves back to it (FCrDNS, "iprev").
+    pub iprev_fail: Action,
 }
 
 impl Default for Actions {
@@ -47,6 +51,8 @@ impl Default for Actions {
             dmarc_quarantine: Action::Quarantine,
             spf_fail: Action::Reject,
             tempfail_on_dns_error: true,
+            // As Postfix: reverse DNS is recorded, not required (much legitimate mail lacks it).
+            iprev_fail: Action::Accept,
         }
     }
 }
@@ -58,6 +64,8 @@ pub enum Refusal {
     Dmarc { domain: String },
     /// The envelope sender's (or HELO name's) SPF record says the client may not send for it.
     Spf { domain: String },
+    /// The client's address fails forward-confirmed reverse DNS.
+    Iprev { ip: IpAddr },
 }
 
 /// The decision.
@@ -131,12 +139,35 @@ impl SenderAuth {
             }
         };
         let spf_domain = spf.domain().to_owned();
-        let mut results = AuthenticationResults::new(host);
+        let iprev = self.authenticator.verify_iprev(client.ip).await;
+        let iprev_failed = matches!(
+            iprev.result,
+            IprevResult::Fail(_) | IprevResult::PermError(_)
+        );
+        let mut results = AuthenticationResults::new(host).with_iprev_result(&iprev, client.ip);
         results = match &sender {
             Some(sender) => results.with_spf_mailfrom_result(&spf, client.ip, sender, client.helo),
             None => results.with_spf_ehlo_result(&spf, client.ip, client.helo),
         };
-        let mut summary = format!("spf={}", spf_name(spf.result()));
+        let mut summary = format!(
+            "iprev={} spf={}",
+            iprev_name(&iprev.result),
+            spf_name(spf.result())
+        );
+        if iprev_failed && self.actions.iprev_fail != Action::Accept {
+            let outcome = match self.actions.iprev_fail {
+                Action::Reject => Outcome::Refuse(Refusal::Iprev { ip: client.ip }),
+                _ => Outcome::Quarantine(format!(
+                    "no forward-confirmed reverse DNS for {}",
+                    client.ip
+                )),
+            };
+            return Checked {
+                header: results.to_header(),
+                outcome,
+                summary,
+            };
+        }
         let Some(parsed) = AuthenticatedMessage::parse(message) else {
             // Not a message DKIM or DMARC can read: SPF alone decides.
             let outcome = self.decide(&spf.result(), &spf_domain, None);
@@ -249,6 +280,16 @@ fn spf_name(result: SpfResult) -> &'static str {
         SpfResult::TempError => "temperror",
         SpfResult::PermError => "permerror",
         SpfResult::None => "none",
+    }
+}
+
+fn iprev_name(result: &IprevResult) -> &'static str {
+    match result {
+        IprevResult::Pass => "pass",
+        IprevResult::Fail(_) => "fail",
+        IprevResult::TempError(_) => "temperror",
+        IprevResult::PermError(_) => "permerror",
+        IprevResult::None => "none",
     }
 }
 

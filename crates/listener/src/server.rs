@@ -332,6 +332,9 @@ where
                         SenderVerdict::Accept => {}
                         SenderVerdict::RateLimited => info!(%sender, "message rate limit: 451"),
                         SenderVerdict::Unavailable => warn!(%sender, "sender check failed: 451"),
+                        SenderVerdict::Blocklisted { zone } => {
+                            info!(%sender, zone, "client on a blocklist: 554")
+                        }
                     }
                     session.handle_sender(verdict);
                 }

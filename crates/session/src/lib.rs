@@ -166,6 +166,10 @@ pub enum SenderVerdict {
     RateLimited,
     /// The check could not be made: `451 4.3.0`.
     Unavailable,
+    /// The client is on this DNS blocklist: `554 5.7.1`.
+    Blocklisted {
+        zone: String,
+    },
 }
 
 /// A recipient to decide on, with what is known of the transaction so far.

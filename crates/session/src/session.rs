@@ -219,6 +219,10 @@ impl ServerSession {
             }
             SenderVerdict::RateLimited => self.reply(Reply::rate_limited()),
             SenderVerdict::Unavailable => self.reply(Reply::check_unavailable()),
+            SenderVerdict::Blocklisted { zone } => {
+                let reply = Reply::blocklisted(self.peer.ip, &zone);
+                self.error(reply)
+            }
         }
         self.process();
     }

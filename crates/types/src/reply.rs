@@ -430,6 +430,24 @@ impl Reply {
         )
     }
 
+    /// The client is on a DNS blocklist (the wording of Postfix's reject_rbl_client).
+    pub fn blocklisted(ip: std::net::IpAddr, zone: &str) -> Reply {
+        Reply::new(
+            554,
+            EnhancedStatus(5, 7, 1),
+            format!("Service unavailable; client [{ip}] blocked using {zone}"),
+        )
+    }
+
+    /// The client's address has no PTR name that resolves back to it (RFC 7372: 5.7.25).
+    pub fn reverse_dns_failed(ip: std::net::IpAddr) -> Reply {
+        Reply::new(
+            550,
+            EnhancedStatus(5, 7, 25),
+            format!("Reverse DNS of {ip} does not resolve back to it"),
+        )
+    }
+
     /// SPF or DMARC could not be checked for now (a DNS failure).
     pub fn sender_auth_unavailable() -> Reply {
         Reply::new(
