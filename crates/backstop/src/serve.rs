@@ -366,6 +366,7 @@ impl MessageSink for QueueSink {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    let signals = Signals::install();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
     let data_dir = config
@@ -515,7 +516,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         local_networks: config.smtp.local_networks.clone(),
     });
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.wait().await;
         info!("shutting down");
         let _ = stop.send(true);
     });
@@ -704,21 +705,34 @@ fn load_users(config: &Config) -> anyhow::Result<UserStore> {
     Ok(users)
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment this is made: made before any listener is
+/// announced, so that a stop right after start is a clean stop, not the default death.
+struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => Signals(Some((term, int))),
+            _ => {
+                error!("cannot install signal handlers; stop with SIGKILL");
+                Signals(None)
             }
         }
-        _ => {
-            error!("cannot install signal handlers; stop with SIGKILL");
-            std::future::pending::<()>().await;
+    }
+
+    async fn wait(self) {
+        match self.0 {
+            Some((mut term, mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            None => std::future::pending::<()>().await,
         }
     }
 }
