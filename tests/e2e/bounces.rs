@@ -194,3 +194,59 @@ fn bounces_need_a_valid_batv_tag() {
     assert!(mail.contains("Return-Path: <>\r\n"), "{mail}");
     server.stop();
 }
+
+/// A report (null sender) to user@example.test returning an original with `message_id`.
+fn bounce_returning(server: &Server, message_id: &str) -> String {
+    let mut c = RawClient::connect(server.mx);
+    c.reply();
+    c.command("EHLO mx.elsewhere.example");
+    assert!(c.command("MAIL FROM:<>").starts_with("250"));
+    assert!(c.command("RCPT TO:<user@example.test>").starts_with("250"));
+    assert!(c.command("DATA").starts_with("354"));
+    c.send(
+        format!(
+            "From: MAILER-DAEMON@elsewhere.example\r\n\
+             Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+             --b\r\nContent-Type: text/plain\r\n\r\nsorry\r\n\
+             --b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; elsewhere.example\r\n\r\n\
+             --b\r\nContent-Type: message/rfc822\r\n\r\nFrom: user@example.test\r\n\
+             Message-ID: <{message_id}>\r\n\r\nhello\r\n--b--\r\n.\r\n"
+        )
+        .as_bytes(),
+    );
+    let reply = c.reply();
+    c.command("QUIT");
+    reply
+}
+
+#[test]
+fn without_batv_a_bounce_must_return_a_message_we_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = config(d, "") + "\n[batv]\ncheck_bounces = false\n";
+    // Nothing sent yet: nothing to compare with, so bounces pass.
+    let server = Server::start(d, &config);
+    let reply = bounce_returning(&server, "never@example.test");
+    assert!(reply.starts_with("250"), "{reply}");
+    server.stop();
+
+    // Once we have sent something, a bounce must return one of ours.
+    {
+        let queue = backstop_queue::Queue::open(&d.join("var/queue")).unwrap();
+        queue
+            .record_sent_message_id(
+                backstop_queue::message_id_hash("<ours@example.test>"),
+                backstop_types::UnixTime(1_800_000_000),
+            )
+            .unwrap();
+    }
+    let server = Server::restart(d);
+    let reply = bounce_returning(&server, "ours@example.test");
+    assert!(reply.starts_with("250"), "{reply}");
+    let reply = bounce_returning(&server, "forged@spam.example");
+    assert_eq!(
+        reply.trim_end(),
+        "550 5.7.1 Bounce refused: it returns a message we never sent"
+    );
+    server.stop();
+}

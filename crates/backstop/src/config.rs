@@ -77,6 +77,8 @@ pub struct Config {
     pub batv_check_bounces: bool,
     /// Addresses (`user@domain`) and domains (`@domain`) that take untagged bounces.
     pub batv_exempt: Vec<String>,
+    /// Refuse bounces that return a message we never sent (when BATV does not check bounces).
+    pub bounce_provenance: bool,
     /// DNS blocklists asked about untrusted clients at MAIL FROM.
     pub dnsbl: Vec<backstop_filter::dnsbl::List>,
     /// SPF, DKIM and DMARC of untrusted clients' mail; `None` when off.
@@ -292,6 +294,8 @@ struct RawConfig {
     #[serde(default)]
     dnsbl: Vec<RawDnsbl>,
     #[serde(default)]
+    bounce_provenance: RawBounceProvenance,
+    #[serde(default)]
     admin: RawAdmin,
     #[serde(default)]
     log: RawLog,
@@ -400,6 +404,18 @@ impl Default for RawBatv {
 struct RawBatvKey {
     number: u8,
     secret_file: Spanned<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBounceProvenance {
+    enabled: bool,
+}
+
+impl Default for RawBounceProvenance {
+    fn default() -> RawBounceProvenance {
+        RawBounceProvenance { enabled: true }
+    }
 }
 
 #[derive(Deserialize)]
@@ -1104,6 +1120,8 @@ impl Config {
             nameservers,
             batv_check_bounces: raw.batv.enabled && raw.batv.check_bounces,
             batv_exempt,
+            bounce_provenance: raw.bounce_provenance.enabled
+                && !(raw.batv.enabled && raw.batv.check_bounces),
             batv,
             dnsbl,
             sender_checks: raw.sender_checks.enabled.then(|| {

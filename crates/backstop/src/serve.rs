@@ -64,6 +64,8 @@ fn init_tracing(level: &str) -> anyhow::Result<()> {
 struct Filter {
     /// For refusing bounces without a valid tag; `None` when that check is off.
     batv: Option<BounceCheck>,
+    /// Refuse bounces that return a message we never sent.
+    bounce_provenance: bool,
     /// DNS blocklists for untrusted clients; `None` when none is configured.
     dnsbl: Option<Arc<backstop_filter::dnsbl::Dnsbl>>,
     /// SPF, DKIM and DMARC for untrusted clients' mail; `None` when off.
@@ -91,6 +93,11 @@ impl Policy for Filter {
             }
         }
         let envelope = &message.envelope;
+        if self.bounce_provenance && envelope.sender == ReversePath::Null {
+            if let Some(reply) = self.provenance(&message.body) {
+                return ContentVerdict::Refuse(reply);
+            }
+        }
         // Our own users' mail is not theirs to prove.
         let untrusted = envelope.trust == backstop_types::TrustClass::Unverified;
         match (&self.sender_auth, untrusted) {
@@ -165,6 +172,27 @@ impl Policy for Filter {
 }
 
 impl Filter {
+    /// The refusal for a bounce returning a message we never sent; `None` to go on: it is ours,
+    /// it returns nothing we could look up, or we have never sent anything to compare with.
+    fn provenance(&self, body: &[u8]) -> Option<Reply> {
+        let id = backstop_filter::provenance::returned_message_id(body)?;
+        match (
+            self.queue.sent_message_ids_empty(),
+            self.queue
+                .sent_message_id(backstop_queue::message_id_hash(&id)),
+        ) {
+            (Ok(false), Ok(None)) => {
+                info!(message_id = %id, "bounce returns a message we never sent: 550");
+                Some(Reply::bounce_not_ours())
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(error = %e, "sent Message-ID index unreadable: bounce accepted");
+                None
+            }
+            _ => None,
+        }
+    }
+
     /// Counts one event of `kind` for whoever sent it: an authenticated user against the user
     /// limit, an untrusted client address against the client limit; local networks are free.
     fn within_limits(
@@ -473,6 +501,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             queue: queue.clone(),
         },
         policy: Filter {
+            bounce_provenance: config.bounce_provenance,
             dnsbl: match config.dnsbl.is_empty() {
                 true => None,
                 false => Some(Arc::new(
@@ -682,7 +711,9 @@ fn session_config(config: &Config, name: &str, kind: ListenerKind) -> SessionCon
             || config.greylist.is_some()
             || config.rate_limits.any(),
         check_senders: config.rate_limits.any() || !config.dnsbl.is_empty(),
-        check_messages: config.rfc5322 != ContentAction::Off || config.sender_checks.is_some(),
+        check_messages: config.rfc5322 != ContentAction::Off
+            || config.sender_checks.is_some()
+            || config.bounce_provenance,
     }
 }
 
@@ -752,6 +783,7 @@ mod tests {
         let table = dir.path().join("recipients");
         std::fs::write(&table, "bob@example.com\n").unwrap();
         let filter = Filter {
+            bounce_provenance: false,
             dnsbl: None,
             sender_auth: None,
             batv: None,
@@ -798,6 +830,7 @@ mod tests {
         let bob = Address::parse("bob@example.com").unwrap();
         let tagged = keys.sign(&bob, today);
         let filter = Filter {
+            bounce_provenance: false,
             dnsbl: None,
             sender_auth: None,
             batv: Some(BounceCheck {
@@ -857,6 +890,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let one_a_day = Some(Limit::parse("1/1d").unwrap());
         let filter = Filter {
+            bounce_provenance: false,
             dnsbl: None,
             sender_auth: None,
             batv: None,

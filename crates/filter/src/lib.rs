@@ -11,6 +11,7 @@
 //! - [`dnsbl`]: DNS blocklists of client addresses, with per-list action and return codes.
 //! - [`greylist`]: greylisting of (client network, sender, recipient) triplets, with auto-pass
 //!   for networks that retried, over a [`greylist::GreyStore`].
+//! - [`provenance`]: the Message-ID of the original a bounce returns, for bounce provenance.
 //! - [`rate`]: rate limits per client address and per user, over a [`rate::RateStore`].
 //! - [`recipients`]: recipient validation at RCPT: the recipient table (addresses, catch-alls,
 //!   aliases) and the [`recipients::Verdict`] every source answers with.
@@ -22,6 +23,7 @@ pub mod content;
 pub mod dns;
 pub mod dnsbl;
 pub mod greylist;
+pub mod provenance;
 pub mod rate;
 pub mod recipients;
 pub mod sender_auth;

@@ -37,6 +37,19 @@ impl Queue {
             .map(|b| UnixTime(u64::from_be_bytes(b))))
     }
 
+    /// Whether no Message-ID was ever recorded (a new installation: bounce provenance cannot
+    /// tell ours from others yet).
+    pub fn sent_message_ids_empty(&self) -> Result<bool, QueueError> {
+        let mut all = self
+            .inner
+            .db
+            .iterator_cf(self.cf(CF_SENT_IDS), rocksdb::IteratorMode::Start);
+        match all.next() {
+            None => Ok(true),
+            Some(item) => item.map(|_| false).map_err(QueueError::from),
+        }
+    }
+
     /// Stores `value` under `key` until `expires` (not synced: state, not mail).
     pub fn state_put(&self, key: &[u8], value: &[u8], expires: UnixTime) -> Result<(), QueueError> {
         let mut stored = expires.0.to_be_bytes().to_vec();

@@ -457,6 +457,15 @@ impl Reply {
         )
     }
 
+    /// A bounce returning a message (by its Message-ID) that we never sent: backscatter.
+    pub fn bounce_not_ours() -> Reply {
+        Reply::new(
+            550,
+            EnhancedStatus(5, 7, 1),
+            "Bounce refused: it returns a message we never sent",
+        )
+    }
+
     /// Over a rate limit (connections, messages or recipients in a time window).
     pub fn rate_limited() -> Reply {
         Reply::new(

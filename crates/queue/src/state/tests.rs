@@ -6,7 +6,9 @@ fn sent_ids_and_expiring_state() {
     let queue = Queue::open(dir.path()).unwrap();
     let hash = [7u8; 16];
     assert_eq!(queue.sent_message_id(hash).unwrap(), None);
+    assert!(queue.sent_message_ids_empty().unwrap());
     queue.record_sent_message_id(hash, UnixTime(100)).unwrap();
+    assert!(!queue.sent_message_ids_empty().unwrap());
     assert_eq!(queue.sent_message_id(hash).unwrap(), Some(UnixTime(100)));
 
     queue
