@@ -11,6 +11,7 @@ mod harness;
 mod admin;
 mod batv;
 mod bounces;
+mod callahead;
 mod cli;
 mod content;
 mod crash;

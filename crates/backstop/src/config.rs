@@ -77,6 +77,9 @@ pub struct Config {
     pub batv_check_bounces: bool,
     /// Addresses (`user@domain`) and domains (`@domain`) that take untagged bounces.
     pub batv_exempt: Vec<String>,
+    /// Callahead: the probe sender, and how long answers are remembered (exists, unknown).
+    pub callahead_sender: backstop_types::Address,
+    pub callahead_ttl: (Duration, Duration),
     /// Refuse bounces that return a message we never sent (when BATV does not check bounces).
     pub bounce_provenance: bool,
     /// DNS blocklists asked about untrusted clients at MAIL FROM.
@@ -113,6 +116,8 @@ pub struct RouteConfig {
     pub lmtp: bool,
     pub tls: backstop_delivery::smtp::TlsPolicy,
     pub auth: Option<backstop_delivery::smtp::Credentials>,
+    /// Recipients in this route's domains are verified at RCPT by asking its relay.
+    pub callahead: bool,
 }
 
 /// How delivery connects.
@@ -350,6 +355,9 @@ struct RawRoute {
     tls: Option<Spanned<RouteTls>>,
     /// Trust anchors for `tls = "require"`, PEM; the system's bundle when absent.
     tls_ca_file: Option<Spanned<PathBuf>>,
+    /// Verify recipients at RCPT by asking this relay (callahead).
+    #[serde(default)]
+    callahead: bool,
     /// SMTP AUTH at a relay (a smarthost): the user, and a file holding the password.
     auth_user: Option<Spanned<String>>,
     auth_password_file: Option<Spanned<PathBuf>>,
@@ -560,10 +568,35 @@ impl Default for RawGreylist {
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRecipients {
     table: Option<Spanned<PathBuf>>,
+    /// The MAIL FROM of callahead probes; postmaster@<hostname> when absent. Never <>.
+    callahead_sender: Option<Spanned<String>>,
+    #[serde(default = "one_hour")]
+    callahead_positive_ttl: Seconds,
+    #[serde(default = "ten_minutes")]
+    callahead_negative_ttl: Seconds,
+}
+
+impl Default for RawRecipients {
+    fn default() -> RawRecipients {
+        RawRecipients {
+            table: None,
+            callahead_sender: None,
+            callahead_positive_ttl: one_hour(),
+            callahead_negative_ttl: ten_minutes(),
+        }
+    }
+}
+
+fn one_hour() -> Seconds {
+    Seconds(Duration::from_secs(3600))
+}
+
+fn ten_minutes() -> Seconds {
+    Seconds(Duration::from_secs(600))
 }
 
 #[derive(Deserialize)]
@@ -996,6 +1029,19 @@ impl Config {
             })?);
         }
         let batv = check_batv(&raw.batv, &raw.data_dir, &at)?;
+        let callahead_sender =
+            match &raw.recipients.callahead_sender {
+                Some(s) => backstop_types::Address::parse(s.get_ref())
+                    .map_err(|e| at(s.span(), format!("{:?}: {e}", s.get_ref())))?,
+                None => backstop_types::Address::parse(&format!("postmaster@{hostname}")).map_err(
+                    |e| ConfigError {
+                        file: file.to_owned(),
+                        line: None,
+                        key: Some("hostname".into()),
+                        message: format!("postmaster@{hostname}: {e}"),
+                    },
+                )?,
+            };
         let mut dnsbl = Vec::new();
         for list in &raw.dnsbl {
             Domain::parse(list.zone.get_ref())
@@ -1120,6 +1166,11 @@ impl Config {
             nameservers,
             batv_check_bounces: raw.batv.enabled && raw.batv.check_bounces,
             batv_exempt,
+            callahead_sender,
+            callahead_ttl: (
+                raw.recipients.callahead_positive_ttl.0,
+                raw.recipients.callahead_negative_ttl.0,
+            ),
             bounce_provenance: raw.bounce_provenance.enabled
                 && !(raw.batv.enabled && raw.batv.check_bounces),
             batv,
@@ -1282,6 +1333,13 @@ fn check_route(route: &RawRoute, at: &At<'_>) -> Result<RouteConfig, ConfigError
             })
         }
     };
+    if route.callahead && relay.is_none() {
+        let span = route.domains.first().map_or(0..0, Spanned::span);
+        return Err(at(
+            span,
+            "callahead asks a fixed next hop (relay), not MX hosts".into(),
+        ));
+    }
     Ok(RouteConfig {
         domains,
         any_domain,
@@ -1289,6 +1347,7 @@ fn check_route(route: &RawRoute, at: &At<'_>) -> Result<RouteConfig, ConfigError
         lmtp,
         tls,
         auth,
+        callahead: route.callahead,
     })
 }
 

@@ -66,6 +66,8 @@ struct Filter {
     batv: Option<BounceCheck>,
     /// Refuse bounces that return a message we never sent.
     bounce_provenance: bool,
+    /// Recipient verification by asking the next hop; `None` when no route asks.
+    callahead: Option<Arc<Callahead>>,
     /// DNS blocklists for untrusted clients; `None` when none is configured.
     dnsbl: Option<Arc<backstop_filter::dnsbl::Dnsbl>>,
     /// SPF, DKIM and DMARC for untrusted clients' mail; `None` when off.
@@ -163,11 +165,20 @@ impl Policy for Filter {
         }
     }
 
-    fn check_recipient(
-        &self,
-        query: RecipientQuery,
-    ) -> impl Future<Output = RecipientVerdict> + Send {
-        std::future::ready(self.decide(&query))
+    async fn check_recipient(&self, query: RecipientQuery) -> RecipientVerdict {
+        let verdict = self.decide(&query);
+        match (&verdict, &self.callahead, query.local) {
+            (RecipientVerdict::Accept(targets), Some(callahead), false) => {
+                for target in targets {
+                    match callahead.check(&self.queue, target).await {
+                        RecipientVerdict::Accept(_) => {}
+                        refused => return refused,
+                    }
+                }
+                verdict
+            }
+            _ => verdict,
+        }
     }
 }
 
@@ -501,6 +512,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             queue: queue.clone(),
         },
         policy: Filter {
+            callahead: callahead(&config),
             bounce_provenance: config.bounce_provenance,
             dnsbl: match config.dnsbl.is_empty() {
                 true => None,
@@ -581,6 +593,81 @@ async fn expire_quarantine(queue: Queue, retention: std::time::Duration) {
     }
 }
 
+/// Callahead: relay domains whose route says so have their recipients verified at RCPT by
+/// asking the route's next hop (an RCPT probe with a real sender, then RSET), the answers kept
+/// for a while in the queue's key-value area. A next hop that cannot answer means 451: never
+/// an accept on a failed lookup.
+struct Callahead {
+    /// (domains, any domain, next hop, how to talk to it), first match wins.
+    routes: Vec<(
+        Vec<backstop_types::Domain>,
+        bool,
+        backstop_delivery::smtp::NextHop,
+        backstop_delivery::smtp::Client,
+    )>,
+    sender: Address,
+    /// How long an answer is remembered: exists, unknown.
+    ttl: (std::time::Duration, std::time::Duration),
+}
+
+impl Callahead {
+    async fn check(&self, queue: &Queue, recipient: &Address) -> RecipientVerdict {
+        let Some((_, _, hop, client)) = self
+            .routes
+            .iter()
+            .find(|(domains, any, _, _)| *any || domains.contains(recipient.domain()))
+        else {
+            return RecipientVerdict::Accept(vec![recipient.clone()]);
+        };
+        let key = format!("callahead:{}", recipient.to_string().to_ascii_lowercase());
+        let now = now();
+        match queue.state_get(key.as_bytes(), now) {
+            Ok(Some(answer)) if answer == b"+" => {
+                return RecipientVerdict::Accept(vec![recipient.clone()])
+            }
+            Ok(Some(_)) => return RecipientVerdict::Unknown,
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "callahead cache unreadable"),
+        }
+        let (client, hop, sender, address) = (
+            client.clone(),
+            hop.clone(),
+            self.sender.clone(),
+            recipient.clone(),
+        );
+        let probe = tokio::task::spawn_blocking(move || {
+            backstop_delivery::smtp::probe(&client, &hop, &sender, &address)
+        })
+        .await;
+        use backstop_delivery::smtp::Probe;
+        let (verdict, remember) = match probe {
+            Ok(Probe::Exists) => (
+                RecipientVerdict::Accept(vec![recipient.clone()]),
+                Some((b"+", self.ttl.0)),
+            ),
+            Ok(Probe::Unknown(reply)) => {
+                info!(%recipient, reply = %reply.text, "callahead: the next hop does not know the recipient");
+                (RecipientVerdict::Unknown, Some((b"-", self.ttl.1)))
+            }
+            Ok(Probe::Unavailable(why)) => {
+                warn!(%recipient, why, "callahead failed: 451");
+                (RecipientVerdict::Unavailable, None)
+            }
+            Err(e) => {
+                warn!(%recipient, error = %e, "callahead task failed: 451");
+                (RecipientVerdict::Unavailable, None)
+            }
+        };
+        if let Some((answer, ttl)) = remember {
+            let expires = backstop_types::UnixTime(now.0 + ttl.as_secs());
+            if let Err(e) = queue.state_put(key.as_bytes(), answer, expires) {
+                warn!(error = %e, "callahead cache not written");
+            }
+        }
+        verdict
+    }
+}
+
 /// Bounces to our addresses must answer mail we sent: carry a valid BATV tag of our keys.
 struct BounceCheck {
     keys: backstop_batv::Keys,
@@ -606,6 +693,40 @@ impl BounceCheck {
             Err(_) => Err(BounceProblem::Invalid),
         }
     }
+}
+
+/// The callahead routes of the config; `None` when no route asks.
+fn callahead(config: &Config) -> Option<Arc<Callahead>> {
+    use backstop_delivery::smtp::{Client, Timeouts};
+    let routes: Vec<_> = config
+        .routes
+        .iter()
+        .filter(|r| r.callahead)
+        .filter_map(|r| {
+            let hop = r.relay.clone()?;
+            // A probe must be quick: the client waits for the RCPT reply meanwhile.
+            let wait = std::time::Duration::from_secs(30);
+            let client = Client {
+                helo: config.hostname.clone(),
+                lmtp: r.lmtp,
+                tls: r.tls.clone(),
+                connect_timeout: config.delivery.connect_timeout.min(wait),
+                timeouts: Timeouts {
+                    command: wait,
+                    ..Timeouts::RFC5321
+                },
+                auth: r.auth.clone(),
+            };
+            Some((r.domains.clone(), r.any_domain, hop, client))
+        })
+        .collect();
+    (!routes.is_empty()).then(|| {
+        Arc::new(Callahead {
+            routes,
+            sender: config.callahead_sender.clone(),
+            ttl: config.callahead_ttl,
+        })
+    })
 }
 
 /// The delivery agent as the config describes it.
@@ -707,6 +828,7 @@ fn session_config(config: &Config, name: &str, kind: ListenerKind) -> SessionCon
         local_domains: config.smtp.local_domains.clone(),
         relay_domains: config.smtp.relay_domains.clone(),
         check_recipients: config.recipients.is_some()
+            || config.routes.iter().any(|r| r.callahead)
             || config.batv_check_bounces
             || config.greylist.is_some()
             || config.rate_limits.any(),
@@ -783,6 +905,7 @@ mod tests {
         let table = dir.path().join("recipients");
         std::fs::write(&table, "bob@example.com\n").unwrap();
         let filter = Filter {
+            callahead: None,
             bounce_provenance: false,
             dnsbl: None,
             sender_auth: None,
@@ -830,6 +953,7 @@ mod tests {
         let bob = Address::parse("bob@example.com").unwrap();
         let tagged = keys.sign(&bob, today);
         let filter = Filter {
+            callahead: None,
             bounce_provenance: false,
             dnsbl: None,
             sender_auth: None,
@@ -890,6 +1014,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let one_a_day = Some(Limit::parse("1/1d").unwrap());
         let filter = Filter {
+            callahead: None,
             bounce_provenance: false,
             dnsbl: None,
             sender_auth: None,

@@ -246,6 +246,59 @@ pub fn deliver(
     }
 }
 
+/// What a next hop says of a recipient when asked (callahead).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// It takes mail for the address (2xx to RCPT).
+    Exists,
+    /// It refuses the address for good (5xx to RCPT), with its reply.
+    Unknown(RemoteReply),
+    /// No answer to rely on: down, 4xx, or a protocol failure.
+    Unavailable(String),
+}
+
+/// Asks `hop` whether it takes mail for `recipient`: EHLO (STARTTLS as the policy says), MAIL
+/// FROM the probe sender (never `<>`: a null sender is what backscatter looks like), RCPT,
+/// then RSET and QUIT. Nothing is sent. A cached session is not used: a probe must not change
+/// the state of a real transaction.
+pub fn probe(
+    client: &Client,
+    hop: &NextHop,
+    sender: &backstop_types::Address,
+    recipient: &backstop_types::Address,
+) -> Probe {
+    let remote = format!("{}[{}]", hop.host, hop.endpoint);
+    let t = client.timeouts;
+    let mut session = match open(client, hop, &remote) {
+        Ok(session) => session,
+        Err(e) => return Probe::Unavailable(describe(&remote, e)),
+    };
+    let asked = (|| -> Result<Probe, Failure> {
+        session.conn.command(&format!("MAIL FROM:<{sender}>"))?;
+        expect(session.conn.reply(t.command)?, 2)?;
+        session.conn.command(&format!("RCPT TO:<{recipient}>"))?;
+        let reply = session.conn.reply(t.command)?;
+        Ok(match reply.code / 100 {
+            2 => Probe::Exists,
+            5 => Probe::Unknown(reply),
+            _ => Probe::Unavailable(format!("{remote} said {} {}", reply.code, reply.text)),
+        })
+    })();
+    let _ = session.conn.command("RSET");
+    let _ = session.conn.reply(t.command);
+    let _ = session.conn.command("QUIT");
+    asked.unwrap_or_else(|e| Probe::Unavailable(describe(&remote, e)))
+}
+
+fn describe(remote: &str, failure: Failure) -> String {
+    match failure {
+        Failure::Reply(r) | Failure::Local(r) | Failure::Tls(r) => {
+            format!("{remote} said {} {}", r.code, r.text)
+        }
+        Failure::Io(e) => format!("{remote}: {e}"),
+    }
+}
+
 /// Why a transaction stopped before every recipient had its outcome.
 enum Failure {
     /// The server refused something that applies to all remaining recipients.

@@ -202,6 +202,10 @@ fn routes_are_relay_or_mx_and_say_what_is_wrong() {
         "test.toml:8: route.auth_user: auth_user needs auth_password_file"
     );
     assert_eq!(
+        error(&route("mx = true\ncallahead = true\n")),
+        "test.toml:6: route.domains: callahead asks a fixed next hop (relay), not MX hosts"
+    );
+    assert_eq!(
         error(&route("mx = true\ntls = \"maybe\"\n")),
         "test.toml:8: route.tls: unknown variant `maybe`, expected one of `none`, `may`, `require`"
     );
