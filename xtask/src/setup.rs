@@ -67,6 +67,15 @@ pub const TEST_PEERS: &[Requirement] = &[
         package: "knot",
         present_if: &["/usr/sbin/knotd"],
     },
+    // OpenLDAP, a recipient source.
+    Requirement {
+        package: "slapd",
+        present_if: &["/usr/sbin/slapd"],
+    },
+    Requirement {
+        package: "ldap-utils",
+        present_if: &["/usr/bin/ldapsearch"],
+    },
     // An independent DKIM verifier (dkimpy) for what backstop signs.
     Requirement {
         package: "python3-dkim",
@@ -96,6 +105,10 @@ pub fn ensure(requirements: &[Requirement]) -> Result<(), String> {
         // Install Postfix without configuring or starting a system instance: the tests run
         // their own throw-away instances.
         sh("echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections")?;
+    }
+    if missing.contains(&"slapd") {
+        // The same for OpenLDAP: the tests start their own slapd on a directory of their own.
+        sh("echo 'slapd slapd/no_configuration boolean true' | debconf-set-selections")?;
     }
     let policy = Path::new("/usr/sbin/policy-rc.d");
     let own_policy = !policy.exists();

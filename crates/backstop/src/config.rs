@@ -77,6 +77,8 @@ pub struct Config {
     pub batv_check_bounces: bool,
     /// Addresses (`user@domain`) and domains (`@domain`) that take untagged bounces.
     pub batv_exempt: Vec<String>,
+    /// An LDAP directory of recipients for the local domains, when configured.
+    pub ldap: Option<backstop_filter::ldap::LdapConfig>,
     /// Callahead: the probe sender, and how long answers are remembered (exists, unknown).
     pub callahead_sender: backstop_types::Address,
     pub callahead_ttl: (Duration, Duration),
@@ -278,6 +280,7 @@ struct RawConfig {
     queue: RawQueue,
     #[serde(default)]
     recipients: RawRecipients,
+    ldap: Option<RawLdap>,
     #[serde(default)]
     greylist: RawGreylist,
     #[serde(default)]
@@ -566,6 +569,37 @@ impl Default for RawGreylist {
             auto_pass: Seconds(Duration::from_secs(35 * 86_400)),
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLdap {
+    url: Spanned<String>,
+    base: String,
+    #[serde(default = "mail_filter")]
+    filter: Spanned<String>,
+    bind_dn: Option<String>,
+    bind_password_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    starttls: bool,
+    #[serde(default = "ten_seconds")]
+    timeout: Seconds,
+    #[serde(default = "ten_minutes")]
+    positive_ttl: Seconds,
+    #[serde(default = "one_minute")]
+    negative_ttl: Seconds,
+}
+
+fn mail_filter() -> Spanned<String> {
+    Spanned::new(0..0, "(mail=%s)".to_owned())
+}
+
+fn ten_seconds() -> Seconds {
+    Seconds(Duration::from_secs(10))
+}
+
+fn one_minute() -> Seconds {
+    Seconds(Duration::from_secs(60))
 }
 
 #[derive(Deserialize)]
@@ -1042,6 +1076,52 @@ impl Config {
                     },
                 )?,
             };
+        let ldap = match &raw.ldap {
+            None => None,
+            Some(l) => {
+                let url = l.url.get_ref();
+                if !(url.starts_with("ldap://") || url.starts_with("ldaps://")) {
+                    return Err(at(
+                        l.url.span(),
+                        format!("{url:?} is not a URL like ldap://127.0.0.1:389"),
+                    ));
+                }
+                if !l.filter.get_ref().contains("%s") {
+                    return Err(at(
+                        l.filter.span(),
+                        "the filter needs %s where the address goes".into(),
+                    ));
+                }
+                let bind = match (&l.bind_dn, &l.bind_password_file) {
+                    (None, None) => None,
+                    (Some(dn), Some(file)) => {
+                        let password = std::fs::read_to_string(file.get_ref()).map_err(|e| {
+                            at(file.span(), format!("{}: {e}", file.get_ref().display()))
+                        })?;
+                        Some((
+                            dn.clone(),
+                            password.trim_end_matches(['\r', '\n']).to_owned(),
+                        ))
+                    }
+                    _ => {
+                        return Err(at(
+                            l.url.span(),
+                            "bind_dn and bind_password_file go together".into(),
+                        ));
+                    }
+                };
+                Some(backstop_filter::ldap::LdapConfig {
+                    url: url.clone(),
+                    starttls: l.starttls,
+                    bind,
+                    base: l.base.clone(),
+                    filter: l.filter.get_ref().clone(),
+                    timeout: l.timeout.0,
+                    positive_ttl: l.positive_ttl.0,
+                    negative_ttl: l.negative_ttl.0,
+                })
+            }
+        };
         let mut dnsbl = Vec::new();
         for list in &raw.dnsbl {
             Domain::parse(list.zone.get_ref())
@@ -1166,6 +1246,7 @@ impl Config {
             nameservers,
             batv_check_bounces: raw.batv.enabled && raw.batv.check_bounces,
             batv_exempt,
+            ldap,
             callahead_sender,
             callahead_ttl: (
                 raw.recipients.callahead_positive_ttl.0,

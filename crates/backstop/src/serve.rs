@@ -66,6 +66,8 @@ struct Filter {
     batv: Option<BounceCheck>,
     /// Refuse bounces that return a message we never sent.
     bounce_provenance: bool,
+    /// An LDAP directory of local recipients; `None` when not configured.
+    ldap: Option<Arc<backstop_filter::ldap::LdapSource>>,
     /// Recipient verification by asking the next hop; `None` when no route asks.
     callahead: Option<Arc<Callahead>>,
     /// DNS blocklists for untrusted clients; `None` when none is configured.
@@ -166,7 +168,16 @@ impl Policy for Filter {
     }
 
     async fn check_recipient(&self, query: RecipientQuery) -> RecipientVerdict {
-        let verdict = self.decide(&query);
+        // The directory is asked first (it is async); the table, greylisting and rate limits
+        // then decide with its answer at hand.
+        let directory = match (&self.ldap, query.local) {
+            (Some(ldap), true) => match self.bounce_address(&query) {
+                Ok(address) => Some(ldap.check(&address).await),
+                Err(refused) => return refused,
+            },
+            _ => None,
+        };
+        let verdict = self.decide_with(&query, directory);
         match (&verdict, &self.callahead, query.local) {
             (RecipientVerdict::Accept(targets), Some(callahead), false) => {
                 for target in targets {
@@ -240,28 +251,49 @@ impl Filter {
     /// Recipient validation first (an unknown recipient is refused at once and leaves no
     /// greylisting state), then greylisting for clients we do not trust, then the recipient
     /// rate limits.
+    /// The address a recipient is looked up as: a bounce's BATV tag checked and stripped.
+    fn bounce_address(&self, query: &RecipientQuery) -> Result<Address, RecipientVerdict> {
+        match (&self.batv, &query.sender, query.local) {
+            (Some(check), ReversePath::Null, true) => check
+                .recipient(&query.recipient)
+                .map_err(RecipientVerdict::NotOurBounce),
+            _ => Ok(query.recipient.clone()),
+        }
+    }
+
+    #[cfg(test)]
     fn decide(&self, query: &RecipientQuery) -> RecipientVerdict {
-        let untagged;
-        let address = match (&self.batv, &query.sender, query.local) {
-            (Some(check), ReversePath::Null, true) => match check.recipient(&query.recipient) {
-                Ok(address) => {
-                    untagged = address;
-                    &untagged
-                }
-                Err(problem) => return RecipientVerdict::NotOurBounce(problem),
-            },
-            _ => &query.recipient,
+        self.decide_with(query, None)
+    }
+
+    /// The decision, with what the directory said (`None`: no directory, or not asked). The
+    /// sources answer in order, first match wins: the table, then the directory.
+    fn decide_with(&self, query: &RecipientQuery, directory: Option<Verdict>) -> RecipientVerdict {
+        let address = match self.bounce_address(query) {
+            Ok(address) => address,
+            Err(refused) => return refused,
         };
-        let targets = match (&self.recipients, query.local) {
-            (Some(file), true) => match file.table().check(address) {
-                Verdict::Accept(targets) => targets,
-                Verdict::Unknown => return RecipientVerdict::Unknown,
-                Verdict::Unavailable(why) => {
-                    warn!(%address, why, "recipient lookup failed");
-                    return RecipientVerdict::Unavailable;
-                }
-            },
-            _ => vec![address.clone()],
+        let address = &address;
+        let from_table = match (&self.recipients, query.local) {
+            (Some(file), true) => Some(file.table().check(address)),
+            _ => None,
+        };
+        let answer = match (from_table, directory) {
+            (Some(Verdict::Accept(targets)), _) => Verdict::Accept(targets),
+            (Some(Verdict::Unavailable(why)), _) | (_, Some(Verdict::Unavailable(why))) => {
+                Verdict::Unavailable(why)
+            }
+            (_, Some(directory)) => directory,
+            (Some(table), None) => table,
+            (None, None) => Verdict::Accept(vec![address.clone()]),
+        };
+        let targets = match answer {
+            Verdict::Accept(targets) => targets,
+            Verdict::Unknown => return RecipientVerdict::Unknown,
+            Verdict::Unavailable(why) => {
+                warn!(%address, why, "recipient lookup failed");
+                return RecipientVerdict::Unavailable;
+            }
         };
         if let (Some(policy), false) = (&self.greylist, query.trusted) {
             let now = now();
@@ -512,6 +544,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             queue: queue.clone(),
         },
         policy: Filter {
+            ldap: config
+                .ldap
+                .clone()
+                .map(|l| Arc::new(backstop_filter::ldap::LdapSource::new(l))),
             callahead: callahead(&config),
             bounce_provenance: config.bounce_provenance,
             dnsbl: match config.dnsbl.is_empty() {
@@ -828,6 +864,7 @@ fn session_config(config: &Config, name: &str, kind: ListenerKind) -> SessionCon
         local_domains: config.smtp.local_domains.clone(),
         relay_domains: config.smtp.relay_domains.clone(),
         check_recipients: config.recipients.is_some()
+            || config.ldap.is_some()
             || config.routes.iter().any(|r| r.callahead)
             || config.batv_check_bounces
             || config.greylist.is_some()
@@ -905,6 +942,7 @@ mod tests {
         let table = dir.path().join("recipients");
         std::fs::write(&table, "bob@example.com\n").unwrap();
         let filter = Filter {
+            ldap: None,
             callahead: None,
             bounce_provenance: false,
             dnsbl: None,
@@ -953,6 +991,7 @@ mod tests {
         let bob = Address::parse("bob@example.com").unwrap();
         let tagged = keys.sign(&bob, today);
         let filter = Filter {
+            ldap: None,
             callahead: None,
             bounce_provenance: false,
             dnsbl: None,
@@ -1014,6 +1053,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let one_a_day = Some(Limit::parse("1/1d").unwrap());
         let filter = Filter {
+            ldap: None,
             callahead: None,
             bounce_provenance: false,
             dnsbl: None,

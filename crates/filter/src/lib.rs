@@ -11,6 +11,7 @@
 //! - [`dnsbl`]: DNS blocklists of client addresses, with per-list action and return codes.
 //! - [`greylist`]: greylisting of (client network, sender, recipient) triplets, with auto-pass
 //!   for networks that retried, over a [`greylist::GreyStore`].
+//! - [`ldap`]: recipient validation against an LDAP directory, pooled and cached.
 //! - [`provenance`]: the Message-ID of the original a bounce returns, for bounce provenance.
 //! - [`rate`]: rate limits per client address and per user, over a [`rate::RateStore`].
 //! - [`recipients`]: recipient validation at RCPT: the recipient table (addresses, catch-alls,
@@ -23,6 +24,7 @@ pub mod content;
 pub mod dns;
 pub mod dnsbl;
 pub mod greylist;
+pub mod ldap;
 pub mod provenance;
 pub mod rate;
 pub mod recipients;
