@@ -1,7 +1,7 @@
 //! Callahead: an edge relay verifies recipients at RCPT by asking the internal server (Debian's
 //! Postfix here) with a real probe sender, and answers 451 when the internal server is down.
 
-use crate::harness::{config, have, is_root, RawClient, Server};
+use crate::harness::{config, have, is_root, Server};
 use crate::postfix::PostfixMx;
 
 #[test]
@@ -19,12 +19,7 @@ fn an_edge_relay_asks_the_internal_server() {
             mx.port
         );
     let server = Server::start(d, &config);
-    let mut c = RawClient::connect(server.mx);
-    c.reply();
-    c.command("EHLO client.example.org");
-    assert!(c
-        .command("MAIL FROM:<someone@example.org>")
-        .starts_with("250"));
+    let mut c = server.ready_for_rcpt();
     let reply = c.command("RCPT TO:<bob@example.net>");
     assert!(reply.starts_with("250"), "{reply}\n{}", server.log());
     let reply = c.command("RCPT TO:<nobody@example.net>");

@@ -311,6 +311,17 @@ impl Server {
         }
     }
 
+    /// A client on the mx listener, after EHLO and an accepted MAIL FROM:<someone@example.org>,
+    /// ready for RCPT.
+    pub fn ready_for_rcpt(&self) -> RawClient {
+        let mut c = RawClient::connect(self.mx);
+        c.reply();
+        c.command("EHLO client.example.org");
+        let reply = c.command("MAIL FROM:<someone@example.org>");
+        assert!(reply.starts_with("250"), "{reply}");
+        c
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

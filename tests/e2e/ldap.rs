@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{config, have, is_root, RawClient, Server};
+use crate::harness::{config, have, is_root, Server};
 
 /// A slapd with base dc=example,dc=test and bob@example.test under ou=users. Stopped when
 /// dropped.
@@ -97,12 +97,7 @@ fn recipients_come_from_ldap_and_a_dead_directory_means_451() {
             slapd.port
         );
     let server = Server::start(d, &config);
-    let mut c = RawClient::connect(server.mx);
-    c.reply();
-    c.command("EHLO client.example.org");
-    assert!(c
-        .command("MAIL FROM:<someone@example.org>")
-        .starts_with("250"));
+    let mut c = server.ready_for_rcpt();
     let reply = c.command("RCPT TO:<bob@example.test>");
     assert!(reply.starts_with("250"), "{reply}\n{}", server.log());
     let reply = c.command("RCPT TO:<nobody@example.test>");

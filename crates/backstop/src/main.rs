@@ -126,17 +126,22 @@ enum BatvCommand {
     Verify { address: String },
 }
 
-fn batv_command(config: Option<&std::path::Path>, command: BatvCommand) -> ExitCode {
-    let config = match config {
+/// The config at `path`, or the embedded default; a bad one is reported, exit code 2.
+fn load(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    match path {
         Some(path) => Config::load(path),
         None => Config::embedded(),
-    };
-    let config = match config {
+    }
+    .map_err(|e| {
+        eprintln!("backstop: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn batv_command(config: Option<&std::path::Path>, command: BatvCommand) -> ExitCode {
+    let config = match load(config) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("backstop: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let result = match command {
         BatvCommand::Sign { address } => batv::sign(&config, &address).map(Ok),
@@ -159,16 +164,9 @@ fn batv_command(config: Option<&std::path::Path>, command: BatvCommand) -> ExitC
 }
 
 fn admin(target: &AdminTarget, request: admin::Request) -> ExitCode {
-    let config = match &target.config {
-        Some(path) => Config::load(path),
-        None => Config::embedded(),
-    };
-    let config = match config {
+    let config = match load(target.config.as_deref()) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("backstop: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     match admin::run(&config.admin, request, target.json) {
         Ok(()) => ExitCode::SUCCESS,

@@ -935,13 +935,9 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn trusted_clients_are_never_greylisted_and_unknown_recipients_leave_no_state() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = Queue::open(dir.path()).unwrap();
-        let table = dir.path().join("recipients");
-        std::fs::write(&table, "bob@example.com\n").unwrap();
-        let filter = Filter {
+    /// A filter that checks nothing, over `queue`; tests set what they need.
+    fn bare(queue: Queue) -> Filter {
+        Filter {
             ldap: None,
             callahead: None,
             bounce_provenance: false,
@@ -949,15 +945,28 @@ mod tests {
             sender_auth: None,
             batv: None,
             rfc5322: ContentAction::Off,
+            recipients: None,
+            greylist: None,
+            rate_limits: RateLimits::default(),
+            rates: MemoryRates::default(),
+            queue,
+        }
+    }
+
+    #[test]
+    fn trusted_clients_are_never_greylisted_and_unknown_recipients_leave_no_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(dir.path()).unwrap();
+        let table = dir.path().join("recipients");
+        std::fs::write(&table, "bob@example.com\n").unwrap();
+        let filter = Filter {
             recipients: Some(TableFile::open(&table).unwrap()),
             greylist: Some(GreylistPolicy {
                 delay: Duration::from_secs(300),
                 retry_window: Duration::from_secs(86_400),
                 auto_pass: Duration::from_secs(86_400),
             }),
-            rate_limits: RateLimits::default(),
-            rates: MemoryRates::default(),
-            queue,
+            ..bare(queue)
         };
         let query = |recipient: &str, trusted: bool| RecipientQuery {
             recipient: Address::parse(recipient).unwrap(),
@@ -991,21 +1000,11 @@ mod tests {
         let bob = Address::parse("bob@example.com").unwrap();
         let tagged = keys.sign(&bob, today);
         let filter = Filter {
-            ldap: None,
-            callahead: None,
-            bounce_provenance: false,
-            dnsbl: None,
-            sender_auth: None,
             batv: Some(BounceCheck {
                 keys: keys.clone(),
                 exempt: vec!["lists@example.com".into(), "@other.example".into()],
             }),
-            rfc5322: ContentAction::Off,
-            recipients: None,
-            greylist: None,
-            rate_limits: RateLimits::default(),
-            rates: MemoryRates::default(),
-            queue: Queue::open(dir.path()).unwrap(),
+            ..bare(Queue::open(dir.path()).unwrap())
         };
         let query = |recipient: &Address, sender: ReversePath| RecipientQuery {
             recipient: recipient.clone(),
@@ -1053,22 +1052,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let one_a_day = Some(Limit::parse("1/1d").unwrap());
         let filter = Filter {
-            ldap: None,
-            callahead: None,
-            bounce_provenance: false,
-            dnsbl: None,
-            sender_auth: None,
-            batv: None,
-            rfc5322: ContentAction::Off,
-            recipients: None,
-            greylist: None,
             rate_limits: RateLimits {
                 client_messages: one_a_day,
                 user_messages: one_a_day,
                 ..RateLimits::default()
             },
-            rates: MemoryRates::default(),
-            queue: Queue::open(dir.path()).unwrap(),
+            ..bare(Queue::open(dir.path()).unwrap())
         };
         let query = |user: Option<&str>, trusted: bool| SenderQuery {
             sender: ReversePath::Null,
