@@ -17,6 +17,16 @@ fn txt(value: &str) -> String {
     format!("( {} )", parts.join(" "))
 }
 
+/// Seals `message` (which carries a forwarder's Authentication-Results) with ARC as
+/// forwarder.good.example, selector s1 of good.example.
+const SEAL: &str = r#"
+import sys, dkim
+msg = open(sys.argv[1], "rb").read()
+key = open(sys.argv[2], "rb").read()
+seal = dkim.arc_sign(msg, b"s1", b"good.example", key, b"forwarder.good.example")
+sys.stdout.write((b"".join(seal) + msg).decode())
+"#;
+
 /// Signs `message` for good.example with selector s1 and the key in `key_file`.
 const SIGN: &str = r#"
 import sys, dkim
@@ -185,6 +195,25 @@ print(code, text.decode())
         "{reply}"
     );
 
+    // Sealed with ARC by a forwarder: the chain verifies and is recorded.
+    let unsealed = d.join("unsealed.eml");
+    std::fs::write(
+        &unsealed,
+        "Authentication-Results: forwarder.good.example; spf=pass smtp.mailfrom=a@good.example\r\n\
+         From: a@good.example\r\nSubject: sealed\r\nDate: Sun, 22 Nov 2026 20:00:00 +0000\r\n\r\nhello\r\n",
+    )
+    .unwrap();
+    let sealed = python(
+        SEAL,
+        &[&unsealed.display().to_string(), &key.display().to_string()],
+    )
+    .replace("\r\n", "\n")
+    .replace('\n', "\r\n")
+        + "\r\n";
+    let reply = send(&server, "a@good.example", &sealed);
+    assert!(reply.starts_with("250 2.0.0 Ok: queued as"), "{reply}");
+    let sealed = queue_id_in(&reply);
+
     // Forwarded: SPF fails for the forwarder's envelope, but the aligned DKIM signature of the
     // From domain makes DMARC pass, so it is accepted.
     let forwarded = message(d, "a@good.example", "forwarded", Some(&key));
@@ -212,12 +241,15 @@ print(code, text.decode())
     ] {
         assert!(good.contains(result), "{result}: {good}");
     }
+    assert!(good.contains("arc=none"), "{good}");
+    let sealed = body(sealed);
+    assert!(sealed.contains("arc=pass"), "{sealed}");
     let forwarded = body(forwarded);
     for result in ["dkim=pass", "spf=fail", "dmarc=pass"] {
         assert!(forwarded.contains(result), "{result}: {forwarded}");
     }
     // Nothing else was queued: the refused ones are not, the quarantined one is apart.
-    assert_eq!(messages.len(), 2);
+    assert_eq!(messages.len(), 3);
 }
 
 #[test]

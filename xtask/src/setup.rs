@@ -81,6 +81,11 @@ pub const TEST_PEERS: &[Requirement] = &[
         package: "python3-dkim",
         present_if: &["/usr/lib/python3/dist-packages/dkim"],
     },
+    // dkimpy's ARC sealing needs it.
+    Requirement {
+        package: "python3-authres",
+        present_if: &["/usr/lib/python3/dist-packages/authres"],
+    },
 ];
 
 /// Installs what is missing (as root), or says exactly what to run.

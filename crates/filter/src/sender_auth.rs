@@ -1,6 +1,6 @@
 //! Sender authentication at the end of DATA, with mail-auth: forward-confirmed reverse DNS of
 //! the client (iprev), SPF (the MAIL FROM identity, or the HELO name for a null sender), DKIM
-//! signatures, and DMARC over both, decided together so
+//! signatures, ARC seals (recorded), and DMARC over SPF and DKIM, decided together so
 //! that an aligned DKIM signature can make DMARC pass where SPF failed (a forwarded message).
 //!
 //! The defaults: DMARC fail under `p=reject` is refused (550 5.7.1), under `p=quarantine` the
@@ -178,6 +178,9 @@ impl SenderAuth {
             };
         };
         let dkim = self.authenticator.verify_dkim(&parsed).await;
+        // ARC (RFC 8617): the chain of a forwarder's seals, recorded for the next hop and for
+        // whoever reads the header; it changes no decision here.
+        let arc = self.authenticator.verify_arc(&parsed).await;
         let from_domain = parsed
             .from()
             .rsplit_once('@')
@@ -203,8 +206,10 @@ impl SenderAuth {
         });
         let dmarc_result = dmarc.result();
         summary.push_str(&format!(" dmarc={}", dmarc_name(&dmarc_result)));
+        summary.push_str(&format!(" arc={}", arc_name(arc.result())));
         let header = results
             .with_dkim_results(&dkim, &from_domain)
+            .with_arc_result(&arc, client.ip)
             .with_dmarc_result(&dmarc)
             .to_header();
         let outcome = self.decide(
@@ -280,6 +285,17 @@ fn spf_name(result: SpfResult) -> &'static str {
         SpfResult::TempError => "temperror",
         SpfResult::PermError => "permerror",
         SpfResult::None => "none",
+    }
+}
+
+fn arc_name(result: &mail_auth::DkimResult) -> &'static str {
+    match result {
+        mail_auth::DkimResult::Pass => "pass",
+        mail_auth::DkimResult::Neutral(_) => "neutral",
+        mail_auth::DkimResult::Fail(_) => "fail",
+        mail_auth::DkimResult::PermError(_) => "permerror",
+        mail_auth::DkimResult::TempError(_) => "temperror",
+        mail_auth::DkimResult::None => "none",
     }
 }
 
