@@ -221,6 +221,13 @@ print(code, text.decode())
     assert!(reply.starts_with("250 2.0.0 Ok: queued as"), "{reply}");
     let forwarded = queue_id_in(&reply);
 
+    // The refusals at the end of DATA, counted: DMARC 5.7.1, SPF 5.7.23, iprev 5.7.25, and
+    // the DNS failure 4.7.24.
+    let (_, metrics) = server.cli(&["metrics"]);
+    for reason in ["5.7.1", "5.7.23", "5.7.25", "4.7.24"] {
+        let line = format!("smtp_rejections_total{{stage=\"data\",reason=\"{reason}\"}} 1\n");
+        assert!(metrics.contains(&line), "{line}: {metrics}");
+    }
     let messages = queued(d);
     server.stop();
     let body = |id| {

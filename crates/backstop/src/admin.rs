@@ -164,6 +164,7 @@ pub async fn bind(endpoint: AdminEndpoint) -> anyhow::Result<Bound> {
 pub struct Served {
     pub queue: Queue,
     pub counters: std::sync::Arc<backstop_delivery::report::Counters>,
+    pub rejections: std::sync::Arc<backstop_listener::metrics::Rejections>,
 }
 
 pub async fn serve(
@@ -341,7 +342,9 @@ async fn connection(stream: UnixStream, queue: Served) -> anyhow::Result<()> {
 
 fn handle(served: &Served, request: Request) -> Response {
     let answered = match request {
-        Request::Metrics => Ok(serde_json::Value::String(served.counters.prometheus())),
+        Request::Metrics => Ok(serde_json::Value::String(
+            served.rejections.prometheus() + &served.counters.prometheus(),
+        )),
         request => answer(&served.queue, request),
     };
     match answered {

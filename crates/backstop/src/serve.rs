@@ -509,11 +509,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let (stop, shutdown) = watch::channel(false);
     let counters = Arc::new(backstop_delivery::report::Counters::default());
+    let rejections = Arc::new(backstop_listener::metrics::Rejections::default());
     let admin = tokio::spawn(crate::admin::serve(
         admin,
         crate::admin::Served {
             queue: queue.clone(),
             counters: Arc::clone(&counters),
+            rejections: Arc::clone(&rejections),
         },
         shutdown.clone(),
     ));
@@ -591,6 +593,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         users: Arc::new(users),
         limits,
         local_networks: config.smtp.local_networks.clone(),
+        rejections,
     });
     tokio::spawn(async move {
         signals.wait().await;

@@ -12,6 +12,7 @@
 //! - [`limits`]: connection limits (total and per client IP) and client networks.
 
 pub mod limits;
+pub mod metrics;
 pub mod server;
 pub mod tls;
 pub mod users;

@@ -51,6 +51,8 @@ pub struct Context<S, P> {
     /// Clients in these networks are local submitters: they may relay without AUTH, and their
     /// mail is trusted for DSNs.
     pub local_networks: Vec<IpNetwork>,
+    /// Every refusal, counted by stage and reason.
+    pub rejections: Arc<crate::metrics::Rejections>,
 }
 
 /// Runs the accept loops until `shutdown` turns true, then tells open sessions (421) and waits
@@ -286,7 +288,17 @@ where
         while let Some(output) = session.poll_output() {
             match output {
                 Output::Reply(reply) => {
-                    debug!(%reply, "reply");
+                    if reply.code() >= 400 {
+                        // One line per refusal: the session's span names the session.
+                        let stage = session.stage();
+                        let reason = reply
+                            .status()
+                            .map_or_else(|| reply.code().to_string(), |s| s.to_string());
+                        info!(stage, %reply, "refused");
+                        context.rejections.count(stage, reason);
+                    } else {
+                        debug!(%reply, "reply");
+                    }
                     reply.write_to(&mut out);
                 }
                 Output::StartTls => {

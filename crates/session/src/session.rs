@@ -41,6 +41,8 @@ pub struct ServerSession {
     pending_rcpt: Option<PendingRcpt>,
     /// A MAIL waiting for [`ServerSession::handle_sender`]: the transaction it would open.
     pending_mail: Option<Transaction>,
+    /// See [`ServerSession::stage`].
+    stage: &'static str,
 }
 
 struct PendingRcpt {
@@ -121,7 +123,14 @@ impl ServerSession {
             now,
             pending_rcpt: None,
             pending_mail: None,
+            stage: "connect",
         }
+    }
+
+    /// The stage of the session the latest reply answers: `connect`, `helo`, `starttls`,
+    /// `auth`, `mail`, `rcpt`, `data`, or `command` (anything else), for logs and metrics.
+    pub fn stage(&self) -> &'static str {
+        self.stage
     }
 
     /// Sends the greeting. Call once, after the greeting delay (if any) has passed.
@@ -450,10 +459,20 @@ impl ServerSession {
         let request = match Request::parse(&mut line.iter()) {
             Ok(request) => request.into_owned(),
             Err(e) => {
+                self.stage = "command";
                 self.error(parse_error_reply(e));
                 self.check_pipelining(false);
                 return;
             }
+        };
+        self.stage = match &request {
+            Request::Ehlo { .. } | Request::Helo { .. } | Request::Lhlo { .. } => "helo",
+            Request::StartTls => "starttls",
+            Request::Auth { .. } => "auth",
+            Request::Mail { .. } => "mail",
+            Request::Rcpt { .. } => "rcpt",
+            Request::Data | Request::Bdat { .. } => "data",
+            _ => "command",
         };
         let must_be_last = matches!(
             request,
