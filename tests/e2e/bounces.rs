@@ -229,7 +229,8 @@ fn bounce_returning(server: &Server, message_id: &str) -> String {
 fn without_batv_a_bounce_must_return_a_message_we_sent() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let config = config(d, "") + "\n[batv]\ncheck_bounces = false\n";
+    let config = config(d, "")
+        + "\n[batv]\ncheck_bounces = false\n\n[bounce_provenance]\ndomains = [\"example.test\"]\n";
     // Nothing sent yet: nothing to compare with, so bounces pass.
     let server = Server::start(d, &config);
     let reply = bounce_returning(&server, "never@example.test");

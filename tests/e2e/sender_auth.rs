@@ -183,6 +183,13 @@ print(code, text.decode())
         "550 5.7.25 Reverse DNS of 127.0.0.2 does not resolve back to it"
     );
 
+    // A signature broken in transit: DKIM does not verify (mail-auth says neutral for a body
+    // hash mismatch), but SPF is aligned, so DMARC passes.
+    let broken = message(d, "a@good.example", "broken", Some(&key)).replace("hello", "HELLO");
+    let reply = send(&server, "a@good.example", &broken);
+    assert!(reply.starts_with("250 2.0.0 Ok: queued as"), "{reply}");
+    let broken = queue_id_in(&reply);
+
     // A domain whose records cannot be had (Knot refuses: it serves no such zone): 451, the
     // client tries again later.
     let reply = send(
@@ -249,6 +256,11 @@ print(code, text.decode())
         assert!(good.contains(result), "{result}: {good}");
     }
     assert!(good.contains("arc=none"), "{good}");
+    let broken = body(broken);
+    assert!(
+        broken.contains("dkim=neutral (body hash did not verify)") && broken.contains("dmarc=pass"),
+        "{broken}"
+    );
     let sealed = body(sealed);
     assert!(sealed.contains("arc=pass"), "{sealed}");
     let forwarded = body(forwarded);
@@ -256,7 +268,7 @@ print(code, text.decode())
         assert!(forwarded.contains(result), "{result}: {forwarded}");
     }
     // Nothing else was queued: the refused ones are not, the quarantined one is apart.
-    assert_eq!(messages.len(), 3);
+    assert_eq!(messages.len(), 4);
 }
 
 #[test]

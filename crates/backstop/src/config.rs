@@ -84,6 +84,8 @@ pub struct Config {
     pub callahead_ttl: (Duration, Duration),
     /// Refuse bounces that return a message we never sent (when BATV does not check bounces).
     pub bounce_provenance: bool,
+    /// The domains it applies to; empty: every local domain.
+    pub bounce_provenance_domains: Vec<Domain>,
     /// DNS blocklists asked about untrusted clients at MAIL FROM.
     pub dnsbl: Vec<backstop_filter::dnsbl::List>,
     /// SPF, DKIM and DMARC of untrusted clients' mail; `None` when off.
@@ -421,11 +423,15 @@ struct RawBatvKey {
 #[serde(deny_unknown_fields, default)]
 struct RawBounceProvenance {
     enabled: bool,
+    domains: Vec<Spanned<String>>,
 }
 
 impl Default for RawBounceProvenance {
     fn default() -> RawBounceProvenance {
-        RawBounceProvenance { enabled: true }
+        RawBounceProvenance {
+            enabled: true,
+            domains: Vec::new(),
+        }
     }
 }
 
@@ -1122,6 +1128,13 @@ impl Config {
                 })
             }
         };
+        let mut bounce_provenance_domains = Vec::new();
+        for d in &raw.bounce_provenance.domains {
+            bounce_provenance_domains.push(
+                Domain::parse(d.get_ref())
+                    .map_err(|e| at(d.span(), format!("{:?}: {e}", d.get_ref())))?,
+            );
+        }
         let mut dnsbl = Vec::new();
         for list in &raw.dnsbl {
             Domain::parse(list.zone.get_ref())
@@ -1252,6 +1265,7 @@ impl Config {
                 raw.recipients.callahead_positive_ttl.0,
                 raw.recipients.callahead_negative_ttl.0,
             ),
+            bounce_provenance_domains,
             bounce_provenance: raw.bounce_provenance.enabled
                 && !(raw.batv.enabled && raw.batv.check_bounces),
             batv,

@@ -64,8 +64,11 @@ fn init_tracing(level: &str) -> anyhow::Result<()> {
 struct Filter {
     /// For refusing bounces without a valid tag; `None` when that check is off.
     batv: Option<BounceCheck>,
-    /// Refuse bounces that return a message we never sent.
+    /// Refuse bounces that return a message we never sent...
     bounce_provenance: bool,
+    /// ...to these domains (empty: to the local domains).
+    bounce_provenance_domains: Vec<backstop_types::Domain>,
+    local_domains: Vec<backstop_types::Domain>,
     /// An LDAP directory of local recipients; `None` when not configured.
     ldap: Option<Arc<backstop_filter::ldap::LdapSource>>,
     /// Recipient verification by asking the next hop; `None` when no route asks.
@@ -97,7 +100,15 @@ impl Policy for Filter {
             }
         }
         let envelope = &message.envelope;
-        if self.bounce_provenance && envelope.sender == ReversePath::Null {
+        let provenance_applies = envelope.recipients.iter().any(|r| {
+            let domain = r.address.domain();
+            if self.bounce_provenance_domains.is_empty() {
+                self.local_domains.contains(domain)
+            } else {
+                self.bounce_provenance_domains.contains(domain)
+            }
+        });
+        if self.bounce_provenance && provenance_applies && envelope.sender == ReversePath::Null {
             if let Some(reply) = self.provenance(&message.body) {
                 return ContentVerdict::Refuse(reply);
             }
@@ -546,6 +557,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             queue: queue.clone(),
         },
         policy: Filter {
+            bounce_provenance_domains: config.bounce_provenance_domains.clone(),
+            local_domains: config.smtp.local_domains.clone(),
             ldap: config
                 .ldap
                 .clone()
@@ -944,6 +957,8 @@ mod tests {
             ldap: None,
             callahead: None,
             bounce_provenance: false,
+            bounce_provenance_domains: Vec::new(),
+            local_domains: Vec::new(),
             dnsbl: None,
             sender_auth: None,
             batv: None,
