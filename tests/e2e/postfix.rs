@@ -87,12 +87,17 @@ local_transport = error:5.1.1 no local delivery here
 
 impl Drop for Postfix {
     fn drop(&mut self) {
-        let _ = Command::new("postfix")
-            .arg("-c")
-            .arg(&self.conf)
-            .arg("stop")
-            .status();
+        stop(&self.conf);
     }
+}
+
+/// Stops the Postfix instance whose config is in `conf` (it needs the config to be there).
+fn stop(conf: &Path) {
+    let _ = Command::new("postfix")
+        .arg("-c")
+        .arg(conf)
+        .arg("stop")
+        .status();
 }
 
 /// Postfix's services for a throw-away instance; with a port, an smtpd on 127.0.0.2 too.
@@ -309,11 +314,7 @@ smtpd_forbid_bare_newline_exclusions =
 
 impl Drop for PostfixMx {
     fn drop(&mut self) {
-        let _ = Command::new("postfix")
-            .arg("-c")
-            .arg(&self.conf)
-            .arg("stop")
-            .status();
+        stop(&self.conf);
     }
 }
 

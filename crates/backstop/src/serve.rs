@@ -519,6 +519,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
 
     let (stop, shutdown) = watch::channel(false);
+    let shared = Shared::new(&config)?;
     let counters = Arc::new(backstop_delivery::report::Counters::default());
     let rejections = Arc::new(backstop_listener::metrics::Rejections::default());
     let admin = tokio::spawn(crate::admin::serve(
@@ -532,7 +533,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     ));
     let maildir = std::path::absolute(&config.maildir)?;
     let agent = backstop_delivery::agent::run(
-        delivery_agent(&config, &queue, maildir.clone(), counters)?,
+        delivery_agent(&config, &queue, maildir.clone(), counters, &shared)?,
         shutdown.clone(),
     );
     let delivery = if config.delivery_paused {
@@ -565,32 +566,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 .map(|l| Arc::new(backstop_filter::ldap::LdapSource::new(l))),
             callahead: callahead(&config),
             bounce_provenance: config.bounce_provenance,
-            dnsbl: match config.dnsbl.is_empty() {
-                true => None,
-                false => Some(Arc::new(
-                    backstop_filter::dnsbl::Dnsbl::new(
-                        backstop_filter::dns::resolver_config(&config.nameservers)
-                            .map_err(anyhow::Error::msg)?,
-                        config.dnsbl.clone(),
-                    )
-                    .map_err(anyhow::Error::msg)?,
-                )),
+            dnsbl: match (&shared.dns, config.dnsbl.is_empty()) {
+                (Some(dns), false) => Some(Arc::new(backstop_filter::dnsbl::Dnsbl::new(
+                    dns.clone(),
+                    config.dnsbl.clone(),
+                ))),
+                _ => None,
             },
-            sender_auth: match config.sender_checks {
-                Some(actions) => Some(Arc::new(
-                    backstop_filter::sender_auth::SenderAuth::new(
-                        backstop_filter::dns::resolver_config(&config.nameservers)
-                            .map_err(anyhow::Error::msg)?,
+            sender_auth: match (&shared.dns, config.sender_checks) {
+                (Some(dns), Some(actions)) => {
+                    Some(Arc::new(backstop_filter::sender_auth::SenderAuth::new(
+                        dns.clone(),
                         &config.hostname,
                         actions,
-                    )
-                    .map_err(anyhow::Error::msg)?,
-                )),
-                None => None,
+                    )))
+                }
+                _ => None,
             },
-            batv: match (config.batv_check_bounces, crate::batv::keys(&config)?) {
+            batv: match (config.batv_check_bounces, &shared.batv) {
                 (true, Some(keys)) => Some(BounceCheck {
-                    keys,
+                    keys: keys.clone(),
                     exempt: config.batv_exempt.clone(),
                 }),
                 _ => None,
@@ -781,12 +776,39 @@ fn callahead(config: &Config) -> Option<Arc<Callahead>> {
     })
 }
 
+/// What the policy and the delivery agent both use, made once: the DNS resolver (one cache)
+/// and the BATV keys (the key file read, or made, once).
+struct Shared {
+    /// `None` when nothing looks anything up: no MX route, no blocklist, no sender checks.
+    dns: Option<backstop_filter::dns::TokioResolver>,
+    batv: Option<backstop_batv::Keys>,
+}
+
+impl Shared {
+    fn new(config: &Config) -> anyhow::Result<Shared> {
+        let needs_dns = config.routes.iter().any(|r| r.relay.is_none())
+            || !config.dnsbl.is_empty()
+            || config.sender_checks.is_some();
+        let dns = match needs_dns {
+            true => Some(
+                backstop_filter::dns::resolver(&config.nameservers).map_err(anyhow::Error::msg)?,
+            ),
+            false => None,
+        };
+        Ok(Shared {
+            dns,
+            batv: crate::batv::keys(config)?,
+        })
+    }
+}
+
 /// The delivery agent as the config describes it.
 fn delivery_agent(
     config: &Config,
     queue: &Queue,
     maildir: std::path::PathBuf,
     counters: Arc<backstop_delivery::report::Counters>,
+    shared: &Shared,
 ) -> anyhow::Result<backstop_delivery::agent::Agent> {
     use backstop_delivery::agent::{Agent, Limits, Route, Routes, Signing, Via};
     use backstop_delivery::smtp::{Client, Timeouts};
@@ -812,15 +834,12 @@ fn delivery_agent(
             },
         })
         .collect::<Vec<_>>();
-    let resolver = if config.routes.iter().any(|r| r.relay.is_none()) {
-        Some({
-            let (dns, options) = backstop_filter::dns::resolver_config(&config.nameservers)
-                .map_err(anyhow::Error::msg)?;
-            backstop_delivery::mx::Resolver::new(dns, options, tokio::runtime::Handle::current())
-                .map_err(anyhow::Error::msg)?
-        })
-    } else {
-        None
+    let resolver = match (&shared.dns, config.routes.iter().any(|r| r.relay.is_none())) {
+        (Some(dns), true) => Some(backstop_delivery::mx::Resolver::new(
+            dns.clone(),
+            tokio::runtime::Handle::current(),
+        )),
+        _ => None,
     };
     Ok(Agent {
         queue: queue.clone(),
@@ -833,7 +852,7 @@ fn delivery_agent(
         hostname: config.hostname.clone(),
         resolver,
         signing: Arc::new(Signing {
-            batv: crate::batv::keys(config)?,
+            batv: shared.batv.clone(),
             dkim: Arc::clone(&config.dkim),
         }),
         limits: Limits {

@@ -13,8 +13,6 @@
 use std::net::IpAddr;
 
 use backstop_types::Domain;
-use mail_auth::hickory_resolver::config::{ResolverConfig, ResolverOpts};
-use mail_auth::hickory_resolver::net::runtime::TokioRuntimeProvider;
 use mail_auth::hickory_resolver::net::NetError;
 use mail_auth::hickory_resolver::proto::rr::{Name, RData};
 use mail_auth::hickory_resolver::TokioResolver;
@@ -38,18 +36,9 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// A resolver with this configuration (see `backstop_filter::dns::resolver_config`);
-    /// lookups will run on `runtime`.
-    pub fn new(
-        config: ResolverConfig,
-        options: ResolverOpts,
-        runtime: tokio::runtime::Handle,
-    ) -> Result<Resolver, String> {
-        let inner = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
-            .with_options(options)
-            .build()
-            .map_err(|e| format!("creating the DNS resolver: {e}"))?;
-        Ok(Resolver { inner, runtime })
+    /// Lookups through `inner` (see `backstop_filter::dns::resolver`), run on `runtime`.
+    pub fn new(inner: TokioResolver, runtime: tokio::runtime::Handle) -> Resolver {
+        Resolver { inner, runtime }
     }
 
     /// The hosts to try for `domain`, best first. Blocking.

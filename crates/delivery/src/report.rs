@@ -92,6 +92,18 @@ impl Agent {
         now: UnixTime,
     ) -> Notices {
         let envelope = &entry.envelope;
+        let delay_due = self
+            .reports
+            .delay_warnings
+            .get(entry.delay_notices as usize)
+            .is_some_and(|after| now.0 >= envelope.arrival.0.saturating_add(after.as_secs()));
+        if changes.failed.is_empty() && changes.delivered.is_empty() && !delay_due {
+            // Nothing that could call for a report: spare the parse and the tag check.
+            return Notices {
+                delay_notices: entry.delay_notices,
+                ..Notices::default()
+            };
+        }
         let sender = Sender {
             path: &envelope.sender,
             trust: &envelope.trust,
@@ -138,19 +150,15 @@ impl Agent {
             .partition(|i| successes.relayed.contains(i));
         let relayed = ask(&mut relayed.into_iter(), Event::Relayed);
         let delivered = ask(&mut delivered.into_iter(), Event::Delivered);
-        let delayed = match self
-            .reports
-            .delay_warnings
-            .get(entry.delay_notices as usize)
-        {
-            Some(after) if now.0 >= envelope.arrival.0.saturating_add(after.as_secs()) => {
+        let delayed = match delay_due {
+            true => {
                 notices.delay_notices += 1;
                 let pending = (0..envelope.recipients.len())
                     .filter(|i| entry.states[*i].is_pending())
                     .collect::<Vec<_>>();
                 ask(&mut pending.into_iter(), Event::Delayed)
             }
-            _ => Vec::new(),
+            false => Vec::new(),
         };
 
         for (action, indexes) in [

@@ -1,18 +1,27 @@
-//! The DNS resolver configuration shared by every part that looks things up (MX for delivery,
-//! SPF/DKIM/DMARC here): the configured nameservers, or the system's `/etc/resolv.conf`.
+//! The DNS resolver every part that looks things up shares (MX for delivery; SPF, DKIM, DMARC,
+//! iprev and blocklists here): one resolver, so one cache, asking the configured nameservers
+//! or the system's `/etc/resolv.conf`.
 
 use std::net::SocketAddr;
 
 use mail_auth::hickory_resolver::config::{
     LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts,
 };
+use mail_auth::hickory_resolver::net::runtime::TokioRuntimeProvider;
+pub use mail_auth::hickory_resolver::TokioResolver;
 
-/// The resolver configuration for `nameservers` (UDP, and TCP for long answers); the system's
-/// when the list is empty. Names are looked up as given (no search domains), and both IPv4 and
-/// IPv6 addresses are asked for.
-pub fn resolver_config(
-    nameservers: &[SocketAddr],
-) -> Result<(ResolverConfig, ResolverOpts), String> {
+/// A resolver asking `nameservers` (UDP, and TCP for long answers), or the system's when the
+/// list is empty. Names are looked up as given (no search domains), and both IPv4 and IPv6
+/// addresses are asked for. Clones share the connections and the cache.
+pub fn resolver(nameservers: &[SocketAddr]) -> Result<TokioResolver, String> {
+    let (config, options) = resolver_config(nameservers)?;
+    TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+        .with_options(options)
+        .build()
+        .map_err(|e| format!("creating the DNS resolver: {e}"))
+}
+
+fn resolver_config(nameservers: &[SocketAddr]) -> Result<(ResolverConfig, ResolverOpts), String> {
     let (config, mut options) = if nameservers.is_empty() {
         mail_auth::hickory_resolver::system_conf::read_system_conf()
             .map_err(|e| format!("reading the system's resolver configuration: {e}"))?

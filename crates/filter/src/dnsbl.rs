@@ -4,8 +4,6 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use mail_auth::hickory_resolver::config::{ResolverConfig, ResolverOpts};
-use mail_auth::hickory_resolver::net::runtime::TokioRuntimeProvider;
 use mail_auth::hickory_resolver::proto::rr::Name;
 use mail_auth::hickory_resolver::TokioResolver;
 
@@ -45,15 +43,9 @@ pub struct Dnsbl {
 }
 
 impl Dnsbl {
-    pub fn new(
-        (config, options): (ResolverConfig, ResolverOpts),
-        lists: Vec<List>,
-    ) -> Result<Dnsbl, String> {
-        let resolver = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
-            .with_options(options)
-            .build()
-            .map_err(|e| format!("creating the DNS resolver: {e}"))?;
-        Ok(Dnsbl { resolver, lists })
+    /// The lists, asked through `resolver` (see [`crate::dns::resolver`]).
+    pub fn new(resolver: TokioResolver, lists: Vec<List>) -> Dnsbl {
+        Dnsbl { resolver, lists }
     }
 
     /// The first listing that rejects, else the first that logs, else clean. Every list is

@@ -14,7 +14,7 @@ use backstop_types::ReversePath;
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::dmarc::Policy;
-use mail_auth::hickory_resolver::config::{ResolverConfig, ResolverOpts};
+use mail_auth::hickory_resolver::TokioResolver;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DmarcResult, IprevResult, MessageAuthenticator,
@@ -103,18 +103,14 @@ pub struct Client<'a> {
 }
 
 impl SenderAuth {
-    pub fn new(
-        (config, options): (ResolverConfig, ResolverOpts),
-        hostname: &str,
-        actions: Actions,
-    ) -> Result<SenderAuth, String> {
-        let authenticator = MessageAuthenticator::new(config, options)
-            .map_err(|e| format!("creating the DNS resolver: {e}"))?;
-        Ok(SenderAuth {
-            authenticator,
+    /// Checks through `resolver` (see [`crate::dns::resolver`]); `hostname` names us in the
+    /// `Authentication-Results:` header.
+    pub fn new(resolver: TokioResolver, hostname: &str, actions: Actions) -> SenderAuth {
+        SenderAuth {
+            authenticator: MessageAuthenticator(resolver),
             hostname: hostname.to_owned(),
             actions,
-        })
+        }
     }
 
     /// Checks `message` from `client`.
