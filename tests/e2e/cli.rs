@@ -1,5 +1,6 @@
 //! The command line: check-config and version.
 
+use std::path::Path;
 use std::process::Command;
 
 use crate::harness::BIN;
@@ -31,9 +32,11 @@ fn check_config_names_file_line_and_key() {
 
 #[test]
 fn check_config_accepts_the_shipped_default() {
-    let etc = concat!(env!("CARGO_MANIFEST_DIR"), "/../../etc/backstop.toml");
+    let etc = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+        .join("../../etc/backstop.toml");
     let out = Command::new(BIN)
-        .args(["check-config", etc])
+        .arg("check-config")
+        .arg(&etc)
         .output()
         .unwrap();
     assert!(

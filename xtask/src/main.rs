@@ -35,8 +35,13 @@ fn main() -> ExitCode {
 }
 
 /// The workspace root.
+/// The workspace: `cargo run` says where xtask's manifest is now. The path compiled in is
+/// only a fallback, since a target directory shared between checkouts (as CI's may be) can
+/// hold an xtask built in another one.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .parent()
         .expect("xtask lives in the workspace")
         .to_owned()

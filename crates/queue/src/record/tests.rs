@@ -111,7 +111,7 @@ fn round_trip() {
 /// `BACKSTOP_WRITE_FIXTURES=1` writes the newest version's fixture anew; only do that when a
 /// new version is introduced, and keep the old files.
 fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
         .join("tests/fixtures")
         .join(name)
 }
