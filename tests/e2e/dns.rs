@@ -95,3 +95,116 @@ pub fn zone(origin: &str, records: &str) -> String {
          {records}\n"
     )
 }
+
+/// What [`Faulty`] does to a query for one name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Answers SERVFAIL, as a broken authoritative server or a failing recursor does.
+    ServFail,
+    /// Never answers: the client times out.
+    Silence,
+}
+
+/// A DNS front on 127.0.0.1 that passes queries over UDP to a real server (Knot) except for
+/// the names it is told to fail: the temporary-error paths Knot itself never takes for a zone
+/// it serves. Stopped when dropped.
+pub struct Faulty {
+    pub address: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Faulty {
+    /// Fronts `upstream`; `faults` are (query name without the final dot, query type number
+    /// or 0 for any type, fault).
+    pub fn start(upstream: SocketAddr, faults: &[(&str, u16, Fault)]) -> Faulty {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let address = socket.local_addr().unwrap();
+        let faults: Vec<(String, u16, Fault)> = faults
+            .iter()
+            .map(|(name, qtype, fault)| (name.to_ascii_lowercase(), *qtype, *fault))
+            .collect();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut packet = [0u8; 4096];
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((n, client)) = socket.recv_from(&mut packet) else {
+                    continue;
+                };
+                let query = &packet[..n];
+                let fault = question(query).and_then(|(name, qtype, _)| {
+                    faults
+                        .iter()
+                        .find(|(n, t, _)| *n == name && (*t == 0 || *t == qtype))
+                        .map(|(_, _, f)| *f)
+                });
+                let answer = match fault {
+                    Some(Fault::Silence) => None,
+                    Some(Fault::ServFail) => servfail(query),
+                    None => forward(upstream, query),
+                };
+                if let Some(answer) = answer {
+                    let _ = socket.send_to(&answer, client);
+                }
+            }
+        });
+        Faulty {
+            address,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Faulty {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The question of a query: its name (lower case, no final dot), type, and the offset just
+/// past the question section.
+fn question(query: &[u8]) -> Option<(String, u16, usize)> {
+    let mut at = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = usize::from(*query.get(at)?);
+        at += 1;
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(query.get(at..at + len)?).to_ascii_lowercase());
+        at += len;
+    }
+    let qtype = u16::from_be_bytes([*query.get(at)?, *query.get(at + 1)?]);
+    Some((labels.join("."), qtype, at + 4))
+}
+
+/// A SERVFAIL reply to `query`: its id and question, no records.
+fn servfail(query: &[u8]) -> Option<Vec<u8>> {
+    let (_, _, end) = question(query)?;
+    let mut reply = query.get(..end)?.to_vec();
+    reply[2] = 0x80 | (query[2] & 0x79); // QR, the opcode and RD of the query
+    reply[3] = 0x80 | 2; // RA, RCODE 2
+    reply[6..12].fill(0); // no answer, authority or additional records
+    Some(reply)
+}
+
+/// Asks `upstream` and gives back its answer.
+fn forward(upstream: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
+    let socket = UdpSocket::bind("127.0.0.1:0").ok()?;
+    socket.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    socket.send_to(query, upstream).ok()?;
+    let mut answer = vec![0u8; 4096];
+    let n = socket.recv(&mut answer).ok()?;
+    answer.truncate(n);
+    Some(answer)
+}

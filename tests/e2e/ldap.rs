@@ -13,17 +13,60 @@ use crate::harness::{config, have, is_root, Server};
 struct Slapd {
     child: Child,
     port: u16,
+    /// With TLS: the ldaps:// port (`port` then offers STARTTLS).
+    tls_port: u16,
+}
+
+/// Certificate and key files for slapd's TLS.
+struct Tls<'a> {
+    cert: &'a Path,
+    key: &'a Path,
+}
+
+/// The directory's account for backstop, and its password.
+const SERVICE_DN: &str = "cn=backstop,dc=example,dc=test";
+const SERVICE_PASSWORD: &str = "s3cret";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Slapd {
+    /// Anyone may read, over plain LDAP.
     fn start(dir: &Path) -> Slapd {
+        Slapd::start_with(dir, None)
+    }
+
+    /// With `tls`: STARTTLS on one port, ldaps:// on another, and only SERVICE_DN, bound
+    /// with its password, may read (anonymous clients see nothing).
+    fn start_with(dir: &Path, tls: Option<Tls<'_>>) -> Slapd {
         let db = dir.join("db");
         std::fs::create_dir_all(&db).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
+        let tls_port = free_port();
+        let (tls_settings, access, urls) = match &tls {
+            None => (
+                String::new(),
+                "access to * by * read\n".to_owned(),
+                format!("ldap://127.0.0.1:{port}/"),
+            ),
+            Some(tls) => (
+                format!(
+                    "TLSCertificateFile {}\nTLSCertificateKeyFile {}\n",
+                    tls.cert.display(),
+                    tls.key.display()
+                ),
+                format!(
+                    "access to attrs=userPassword by anonymous auth by * none\n\
+                     access to * by dn.exact=\"{SERVICE_DN}\" read by * none\n"
+                ),
+                format!("ldap://127.0.0.1:{port}/ ldaps://127.0.0.1:{tls_port}/"),
+            ),
+        };
         let conf = dir.join("slapd.conf");
         std::fs::write(
             &conf,
@@ -31,11 +74,12 @@ impl Slapd {
                 "include /etc/ldap/schema/core.schema\n\
                  include /etc/ldap/schema/cosine.schema\n\
                  include /etc/ldap/schema/inetorgperson.schema\n\
+                 {tls_settings}\
                  modulepath /usr/lib/ldap\nmoduleload back_mdb\n\
                  pidfile {pid}\ndatabase mdb\nmaxsize 104857600\n\
                  suffix \"dc=example,dc=test\"\nrootdn \"cn=admin,dc=example,dc=test\"\nrootpw secret\n\
                  directory {db}\nindex objectClass eq\nindex mail eq\n\
-                 access to * by * read\n",
+                 {access}",
                 pid = dir.join("slapd.pid").display(),
                 db = db.display()
             ),
@@ -46,7 +90,9 @@ impl Slapd {
             &ldif,
             "dn: dc=example,dc=test\nobjectClass: dcObject\nobjectClass: organization\ndc: example\no: Example\n\n\
              dn: ou=users,dc=example,dc=test\nobjectClass: organizationalUnit\nou: users\n\n\
-             dn: uid=bob,ou=users,dc=example,dc=test\nobjectClass: inetOrgPerson\nuid: bob\ncn: bob\nsn: bob\nmail: bob@example.test\n\n",
+             dn: uid=bob,ou=users,dc=example,dc=test\nobjectClass: inetOrgPerson\nuid: bob\ncn: bob\nsn: bob\nmail: bob@example.test\n\n\
+             dn: cn=backstop,dc=example,dc=test\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\n\
+             cn: backstop\nuserPassword: s3cret\n\n",
         )
         .unwrap();
         let status = Command::new("slapadd")
@@ -58,7 +104,7 @@ impl Slapd {
             .unwrap();
         assert!(status.success(), "slapadd failed");
         let child = Command::new("slapd")
-            .args(["-d", "0", "-h", &format!("ldap://127.0.0.1:{port}/"), "-f"])
+            .args(["-d", "0", "-h", &urls, "-f"])
             .arg(&conf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -69,7 +115,11 @@ impl Slapd {
             assert!(Instant::now() < deadline, "slapd did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Slapd { child, port }
+        Slapd {
+            child,
+            port,
+            tls_port,
+        }
     }
 }
 
@@ -110,4 +160,104 @@ fn recipients_come_from_ldap_and_a_dead_directory_means_451() {
     assert!(c.command("RCPT TO:<bob@example.test>").starts_with("250"));
     c.command("QUIT");
     server.stop();
+}
+
+#[test]
+fn ldap_over_tls_binds_as_its_account() {
+    use crate::postfix::test_certificate;
+    let test = "ldap_over_tls_binds_as_its_account";
+    if !have("slapd", test) || !is_root(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("certs")).unwrap();
+    let (ca, cert, key) = test_certificate(&d.join("certs"), "IP:127.0.0.1,DNS:localhost");
+    let slapd = Slapd::start_with(
+        &d.join("slapd"),
+        Some(Tls {
+            cert: &cert,
+            key: &key,
+        }),
+    );
+    let good_password = d.join("ldap.password");
+    std::fs::write(&good_password, format!("{SERVICE_PASSWORD}\n")).unwrap();
+    let wrong_password = d.join("wrong.password");
+    std::fs::write(&wrong_password, "guess\n").unwrap();
+    // One backstop per way of reaching the directory; each answers bob@ and nobody@.
+    let answers = |name: &str, ldap: &str| {
+        let dir = d.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = config(&dir, "")
+            + &format!(
+                "\n[ldap]\nbase = \"ou=users,dc=example,dc=test\"\ntimeout = \"3s\"\n{ldap}\n"
+            );
+        let server = Server::start(&dir, &config);
+        let mut c = server.ready_for_rcpt();
+        let bob = c.command("RCPT TO:<bob@example.test>");
+        let nobody = c.command("RCPT TO:<nobody@example.test>");
+        c.command("QUIT");
+        let log = server.log();
+        server.stop();
+        (bob, nobody, log)
+    };
+    let account = format!(
+        "bind_dn = \"{SERVICE_DN}\"\nbind_password_file = \"{}\"\ntls_ca_file = \"{}\"",
+        good_password.display(),
+        ca.display()
+    );
+    // ldaps://, verified against the test CA, bound as the account.
+    let (bob, nobody, log) = answers(
+        "ldaps",
+        &format!("url = \"ldaps://127.0.0.1:{}\"\n{account}", slapd.tls_port),
+    );
+    assert!(bob.starts_with("250"), "{bob}\n{log}");
+    assert!(nobody.starts_with("550 5.1.1"), "{nobody}");
+    // STARTTLS on the plain port.
+    let (bob, nobody, log) = answers(
+        "starttls",
+        &format!(
+            "url = \"ldap://127.0.0.1:{}\"\nstarttls = true\n{account}",
+            slapd.port
+        ),
+    );
+    assert!(bob.starts_with("250"), "{bob}\n{log}");
+    assert!(nobody.starts_with("550 5.1.1"), "{nobody}");
+    // Anonymous, the directory shows nothing, not even the base: the answers above came
+    // through the bind, and a search the directory refuses is a 451.
+    let (bob, _, log) = answers(
+        "anonymous",
+        &format!(
+            "url = \"ldaps://127.0.0.1:{}\"\ntls_ca_file = \"{}\"",
+            slapd.tls_port,
+            ca.display()
+        ),
+    );
+    assert!(bob.starts_with("451 4.4.3"), "{bob}");
+    assert!(log.contains("rc=32"), "{log}");
+    // A wrong password: the bind fails, and the directory cannot answer: 451, never 250.
+    let (bob, _, log) = answers(
+        "wrong-password",
+        &format!(
+            "url = \"ldaps://127.0.0.1:{}\"\nbind_dn = \"{SERVICE_DN}\"\n\
+             bind_password_file = \"{}\"\ntls_ca_file = \"{}\"",
+            slapd.tls_port,
+            wrong_password.display(),
+            ca.display()
+        ),
+    );
+    assert!(bob.starts_with("451 4.4.3"), "{bob}\n{log}");
+    assert!(log.contains("bind as cn=backstop"), "{log}");
+    // The system's CAs do not know the test CA: the certificate is refused, 451.
+    let (bob, _, log) = answers(
+        "untrusted",
+        &format!(
+            "url = \"ldaps://127.0.0.1:{}\"\nbind_dn = \"{SERVICE_DN}\"\nbind_password_file = \"{}\"",
+            slapd.tls_port,
+            good_password.display()
+        ),
+    );
+    assert!(bob.starts_with("451 4.4.3"), "{bob}\n{log}");
+    assert!(log.to_ascii_lowercase().contains("certificate"), "{log}");
+    drop(slapd);
 }

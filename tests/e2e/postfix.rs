@@ -223,7 +223,7 @@ impl PostfixMx {
             .local_addr()
             .unwrap()
             .port();
-        let (ca, cert, key) = test_certificate(dir);
+        let (ca, cert, key) = test_certificate(dir, "DNS:peer-mx.example.net,DNS:mx1.example.net");
         let main_cf = format!(
             "compatibility_level = 3.6
 queue_directory = {dir}/spool
@@ -318,8 +318,9 @@ impl Drop for PostfixMx {
     }
 }
 
-/// A test CA and a certificate it signed for the peer's names: (ca, cert, key), PEM.
-fn test_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+/// A test CA and a certificate it signed for `names` (a subjectAltName value such as
+/// `DNS:mx1.example.net,IP:127.0.0.1`): (ca, cert, key), PEM files in `dir`.
+pub fn test_certificate(dir: &Path, names: &str) -> (PathBuf, PathBuf, PathBuf) {
     let path = |name: &str| dir.join(name).display().to_string();
     run(
         "openssl",
@@ -348,9 +349,9 @@ fn test_certificate(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
             "rsa:2048",
             "-nodes",
             "-subj",
-            "/CN=peer-mx.example.net",
+            "/CN=backstop test peer",
             "-addext",
-            "subjectAltName=DNS:peer-mx.example.net,DNS:mx1.example.net",
+            &format!("subjectAltName={names}"),
             "-keyout",
             &path("key.pem"),
             "-out",

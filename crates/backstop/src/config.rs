@@ -70,7 +70,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub delivery: DeliveryConfig,
     /// Nameservers for delivery's MX lookups; empty: the system's.
-    pub nameservers: Vec<SocketAddr>,
+    /// The resolver's nameservers, timeout and attempts.
+    pub dns: backstop_filter::dns::Settings,
     /// BATV tags on the return path of our users' mail; `None` when turned off.
     pub batv: Option<Batv>,
     /// Refuse bounces to local addresses without a valid tag (with BATV on).
@@ -386,6 +387,8 @@ struct RawDns {
     /// `address:port` of each; the system's (/etc/resolv.conf) when empty.
     #[serde(default)]
     nameservers: Vec<Spanned<String>>,
+    timeout: Option<Seconds>,
+    attempts: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -465,6 +468,8 @@ struct RawSenderChecks {
     spf_fail: CheckAction,
     dns_error: DnsErrorAction,
     iprev_fail: CheckAction,
+    spf_at_mail: bool,
+    trusted_arc_sealers: Vec<String>,
 }
 
 impl Default for RawSenderChecks {
@@ -476,6 +481,8 @@ impl Default for RawSenderChecks {
             spf_fail: CheckAction::Reject,
             dns_error: DnsErrorAction::Tempfail,
             iprev_fail: CheckAction::Accept,
+            spf_at_mail: false,
+            trusted_arc_sealers: Vec::new(),
         }
     }
 }
@@ -588,6 +595,7 @@ struct RawLdap {
     bind_password_file: Option<Spanned<PathBuf>>,
     #[serde(default)]
     starttls: bool,
+    tls_ca_file: Option<Spanned<PathBuf>>,
     #[serde(default = "ten_seconds")]
     timeout: Seconds,
     #[serde(default = "ten_minutes")]
@@ -1059,14 +1067,20 @@ impl Config {
         for route in &raw.route {
             routes.push(check_route(route, &at)?);
         }
-        let mut nameservers = Vec::new();
+        let mut dns = backstop_filter::dns::Settings::default();
         for n in &raw.dns.nameservers {
-            nameservers.push(n.get_ref().parse().map_err(|_| {
+            dns.nameservers.push(n.get_ref().parse().map_err(|_| {
                 at(
                     n.span(),
                     format!("{:?} is not an address like 127.0.0.1:53", n.get_ref()),
                 )
             })?);
+        }
+        if let Some(timeout) = raw.dns.timeout {
+            dns.timeout = timeout.0.max(Duration::from_secs(1));
+        }
+        if let Some(attempts) = raw.dns.attempts {
+            dns.attempts = attempts.max(1);
         }
         let batv = check_batv(&raw.batv, &raw.data_dir, &at)?;
         let callahead_sender =
@@ -1116,9 +1130,17 @@ impl Config {
                         ));
                     }
                 };
+                let tls = match &l.tls_ca_file {
+                    None => None,
+                    Some(file) => Some(
+                        backstop_delivery::smtp::verifying_config(file.get_ref())
+                            .map_err(|e| at(file.span(), e))?,
+                    ),
+                };
                 Some(backstop_filter::ldap::LdapConfig {
                     url: url.clone(),
                     starttls: l.starttls,
+                    tls,
                     bind,
                     base: l.base.clone(),
                     filter: l.filter.get_ref().clone(),
@@ -1256,7 +1278,7 @@ impl Config {
                     &at,
                 )?,
             },
-            nameservers,
+            dns,
             batv_check_bounces: raw.batv.enabled && raw.batv.check_bounces,
             batv_exempt,
             ldap,
@@ -1278,6 +1300,8 @@ impl Config {
                     spf_fail: c.spf_fail.into(),
                     tempfail_on_dns_error: c.dns_error == DnsErrorAction::Tempfail,
                     iprev_fail: c.iprev_fail.into(),
+                    spf_at_mail: c.spf_at_mail,
+                    trusted_arc_sealers: c.trusted_arc_sealers.clone(),
                 }
             }),
             dkim: std::sync::Arc::new(backstop_delivery::dkim::Keys::new(dkim)),

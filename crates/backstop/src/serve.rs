@@ -163,6 +163,23 @@ impl Policy for Filter {
                 return SenderVerdict::Blocklisted { zone };
             }
         }
+        if let (Some(auth), false) = (&self.sender_auth, query.trusted) {
+            use backstop_filter::sender_auth::{Client, Outcome, Refusal};
+            let client = Client {
+                ip: query.client,
+                helo: &query.helo,
+                sender: &query.sender,
+            };
+            match auth.check_spf(&client).await {
+                Outcome::Refuse(Refusal::Spf { domain }) => {
+                    return SenderVerdict::Refused(Reply::spf_failed(&domain));
+                }
+                Outcome::TempFail => {
+                    return SenderVerdict::Refused(Reply::sender_auth_unavailable());
+                }
+                _ => {}
+            }
+        }
         let limits = &self.rate_limits;
         let allowed = self.within_limits(
             "msg",
@@ -573,12 +590,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 ))),
                 _ => None,
             },
-            sender_auth: match (&shared.dns, config.sender_checks) {
+            sender_auth: match (&shared.dns, &config.sender_checks) {
                 (Some(dns), Some(actions)) => {
                     Some(Arc::new(backstop_filter::sender_auth::SenderAuth::new(
                         dns.clone(),
                         &config.hostname,
-                        actions,
+                        actions.clone(),
                     )))
                 }
                 _ => None,
@@ -790,9 +807,7 @@ impl Shared {
             || !config.dnsbl.is_empty()
             || config.sender_checks.is_some();
         let dns = match needs_dns {
-            true => Some(
-                backstop_filter::dns::resolver(&config.nameservers).map_err(anyhow::Error::msg)?,
-            ),
+            true => Some(backstop_filter::dns::resolver(&config.dns).map_err(anyhow::Error::msg)?),
             false => None,
         };
         Ok(Shared {
@@ -904,7 +919,9 @@ fn session_config(config: &Config, name: &str, kind: ListenerKind) -> SessionCon
             || config.batv_check_bounces
             || config.greylist.is_some()
             || config.rate_limits.any(),
-        check_senders: config.rate_limits.any() || !config.dnsbl.is_empty(),
+        check_senders: config.rate_limits.any()
+            || !config.dnsbl.is_empty()
+            || config.sender_checks.as_ref().is_some_and(|c| c.spf_at_mail),
         check_messages: config.rfc5322 != ContentAction::Off
             || config.sender_checks.is_some()
             || config.bounce_provenance,
@@ -1099,6 +1116,7 @@ mod tests {
         let query = |user: Option<&str>, trusted: bool| SenderQuery {
             sender: ReversePath::Null,
             client: "192.0.2.1".parse().unwrap(),
+            helo: "client.example".into(),
             user: user.map(str::to_owned),
             trusted,
         };

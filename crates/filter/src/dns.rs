@@ -3,6 +3,7 @@
 //! or the system's `/etc/resolv.conf`.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use mail_auth::hickory_resolver::config::{
     LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts,
@@ -10,11 +11,35 @@ use mail_auth::hickory_resolver::config::{
 use mail_auth::hickory_resolver::net::runtime::TokioRuntimeProvider;
 pub use mail_auth::hickory_resolver::TokioResolver;
 
-/// A resolver asking `nameservers` (UDP, and TCP for long answers), or the system's when the
-/// list is empty. Names are looked up as given (no search domains), and both IPv4 and IPv6
-/// addresses are asked for. Clones share the connections and the cache.
-pub fn resolver(nameservers: &[SocketAddr]) -> Result<TokioResolver, String> {
-    let (config, options) = resolver_config(nameservers)?;
+/// Whom to ask and how long to wait.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `address:port` of each; the system's (`/etc/resolv.conf`) when empty.
+    pub nameservers: Vec<SocketAddr>,
+    /// How long one query waits for an answer (resolv.conf's `timeout`).
+    pub timeout: Duration,
+    /// How many times a query is sent before it counts as failed (resolv.conf's `attempts`).
+    pub attempts: usize,
+}
+
+impl Default for Settings {
+    /// The resolver library's defaults, as resolv.conf's: 5 s, 2 attempts.
+    fn default() -> Settings {
+        Settings {
+            nameservers: Vec::new(),
+            timeout: Duration::from_secs(5),
+            attempts: 2,
+        }
+    }
+}
+
+/// A resolver asking the configured nameservers (UDP, and TCP for long answers), or the
+/// system's when there are none. Names are looked up as given (no search domains), and both
+/// IPv4 and IPv6 addresses are asked for. Clones share the connections and the cache.
+pub fn resolver(settings: &Settings) -> Result<TokioResolver, String> {
+    let (config, mut options) = resolver_config(&settings.nameservers)?;
+    options.timeout = settings.timeout;
+    options.attempts = settings.attempts;
     TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
         .with_options(options)
         .build()

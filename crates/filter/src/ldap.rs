@@ -4,7 +4,7 @@
 //! directory that cannot answer is [`Verdict::Unavailable`]: the client hears 451, never 250.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backstop_types::Address;
@@ -17,8 +17,11 @@ use crate::recipients::Verdict;
 pub struct LdapConfig {
     /// `ldap://host:389`, or `ldaps://host:636`.
     pub url: String,
-    /// STARTTLS on an `ldap://` URL (certificates verified against the system's CAs).
+    /// STARTTLS on an `ldap://` URL. Certificates are always verified, for the URL's host.
     pub starttls: bool,
+    /// The TLS client for `ldaps://` and STARTTLS, trusting the configured CAs; `None` trusts
+    /// the system's.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Bind as this DN with this password; anonymous when `None`.
     pub bind: Option<(String, String)>,
     pub base: String,
@@ -138,9 +141,12 @@ impl LdapSource {
     }
 
     async fn connect(&self) -> Result<Ldap, String> {
-        let settings = LdapConnSettings::new()
+        let mut settings = LdapConnSettings::new()
             .set_conn_timeout(self.config.timeout)
             .set_starttls(self.config.starttls);
+        if let Some(tls) = &self.config.tls {
+            settings = settings.set_config(tls.clone());
+        }
         let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &self.config.url)
             .await
             .map_err(|e| e.to_string())?;

@@ -1,11 +1,15 @@
 //! Sender authentication at the end of DATA, with mail-auth: forward-confirmed reverse DNS of
 //! the client (iprev), SPF (the MAIL FROM identity, or the HELO name for a null sender), DKIM
-//! signatures, ARC seals (recorded), and DMARC over SPF and DKIM, decided together so
-//! that an aligned DKIM signature can make DMARC pass where SPF failed (a forwarded message).
+//! signatures, ARC seals, and DMARC over SPF and DKIM, decided together so that an aligned
+//! DKIM signature can make DMARC pass where SPF failed (a forwarded message). SPF can also be
+//! decided early, at MAIL FROM ([`SenderAuth::check_spf`]).
 //!
 //! The defaults: DMARC fail under `p=reject` is refused (550 5.7.1), under `p=quarantine` the
 //! message is accepted into quarantine, an SPF `fail` without a DMARC pass is refused
 //! (550 5.7.23), and a DNS failure that leaves a result unknown is a 451 so the client retries.
+//! A DKIM key that cannot be fetched for now counts as such a failure when it could have
+//! changed the decision. A DMARC fail is forgiven when a trusted forwarder's valid ARC chain
+//! says DMARC passed when the message reached it (a mailing list that rewrote the message).
 //! Accepted mail gets an `Authentication-Results:` header (RFC 8601) with every result.
 
 use std::net::IpAddr;
@@ -30,7 +34,7 @@ pub enum Action {
 }
 
 /// The configured action per result.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Actions {
     /// DMARC fails and the domain publishes `p=reject`.
     pub dmarc_reject: Action,
@@ -42,6 +46,10 @@ pub struct Actions {
     pub tempfail_on_dns_error: bool,
     /// The client's address has no PTR name that resolves back to it (FCrDNS, "iprev").
     pub iprev_fail: Action,
+    /// Refuse an SPF `fail` at MAIL FROM already, without waiting for DKIM and DMARC.
+    pub spf_at_mail: bool,
+    /// The ARC sealing domains (`d=` of the newest ARC-Seal) whose `dmarc=pass` is trusted.
+    pub trusted_arc_sealers: Vec<String>,
 }
 
 impl Default for Actions {
@@ -53,6 +61,8 @@ impl Default for Actions {
             tempfail_on_dns_error: true,
             // As Postfix: reverse DNS is recorded, not required (much legitimate mail lacks it).
             iprev_fail: Action::Accept,
+            spf_at_mail: false,
+            trusted_arc_sealers: Vec::new(),
         }
     }
 }
@@ -117,29 +127,14 @@ impl SenderAuth {
     pub async fn check(&self, client: &Client<'_>, message: &[u8]) -> Checked {
         let host = self.hostname.as_str();
         let sender = client.sender.address().map(ToString::to_string);
-        let spf = match &sender {
-            Some(sender) => {
-                self.authenticator
-                    .verify_spf(SpfParameters::verify_mail_from(
-                        client.ip,
-                        client.helo,
-                        host,
-                        sender,
-                    ))
-                    .await
-            }
-            None => {
-                self.authenticator
-                    .verify_spf(SpfParameters::verify_ehlo(client.ip, client.helo, host))
-                    .await
-            }
-        };
+        let spf = self.spf(client).await;
         let spf_domain = spf.domain().to_owned();
         let iprev = self.authenticator.verify_iprev(client.ip).await;
         let iprev_failed = matches!(
             iprev.result,
             IprevResult::Fail(_) | IprevResult::PermError(_)
         );
+        let iprev_unknown = matches!(iprev.result, IprevResult::TempError(_));
         let mut results = AuthenticationResults::new(host).with_iprev_result(&iprev, client.ip);
         results = match &sender {
             Some(sender) => results.with_spf_mailfrom_result(&spf, client.ip, sender, client.helo),
@@ -150,14 +145,20 @@ impl SenderAuth {
             iprev_name(&iprev.result),
             spf_name(spf.result())
         );
-        if iprev_failed && self.actions.iprev_fail != Action::Accept {
-            let outcome = match self.actions.iprev_fail {
-                Action::Reject => Outcome::Refuse(Refusal::Iprev { ip: client.ip }),
-                _ => Outcome::Quarantine(format!(
-                    "no forward-confirmed reverse DNS for {}",
-                    client.ip
-                )),
-            };
+        // Where reverse DNS matters, a lookup that failed for now is a 451, as Postfix's
+        // reject_unknown_client_hostname answers 450.
+        let iprev_decides = self.actions.iprev_fail != Action::Accept;
+        let iprev_outcome = match (iprev_failed, iprev_unknown, self.actions.iprev_fail) {
+            _ if !iprev_decides => None,
+            (true, _, Action::Reject) => Some(Outcome::Refuse(Refusal::Iprev { ip: client.ip })),
+            (true, _, _) => Some(Outcome::Quarantine(format!(
+                "no forward-confirmed reverse DNS for {}",
+                client.ip
+            ))),
+            (false, true, _) if self.actions.tempfail_on_dns_error => Some(Outcome::TempFail),
+            _ => None,
+        };
+        if let Some(outcome) = iprev_outcome {
             return Checked {
                 header: results.to_header(),
                 outcome,
@@ -166,7 +167,13 @@ impl SenderAuth {
         }
         let Some(parsed) = AuthenticatedMessage::parse(message) else {
             // Not a message DKIM or DMARC can read: SPF alone decides.
-            let outcome = self.decide(&spf.result(), &spf_domain, None);
+            let outcome = self.decide(&Facts {
+                spf: spf.result(),
+                spf_domain: &spf_domain,
+                dmarc: None,
+                dkim_unknown: false,
+                arc_vouched: false,
+            });
             return Checked {
                 header: results.to_header(),
                 outcome,
@@ -175,8 +182,9 @@ impl SenderAuth {
         };
         let dkim = self.authenticator.verify_dkim(&parsed).await;
         // ARC (RFC 8617): the chain of a forwarder's seals, recorded for the next hop and for
-        // whoever reads the header; it changes no decision here.
+        // whoever reads the header; a trusted forwarder's word can forgive a DMARC fail.
         let arc = self.authenticator.verify_arc(&parsed).await;
+        let arc_sealer = self.trusted_sealer_vouches(&parsed, arc.result());
         let from_domain = parsed
             .from()
             .rsplit_once('@')
@@ -193,26 +201,34 @@ impl SenderAuth {
         let dkim_pass = dkim
             .iter()
             .any(|d| matches!(d.result(), mail_auth::DkimResult::Pass));
-        summary.push_str(if dkim_pass {
-            " dkim=pass"
-        } else if dkim.is_empty() {
-            " dkim=none"
-        } else {
-            " dkim=fail"
+        let dkim_unknown = dkim
+            .iter()
+            .any(|d| matches!(d.result(), mail_auth::DkimResult::TempError(_)));
+        summary.push_str(" dkim=");
+        summary.push_str(match (dkim_pass, dkim_unknown, dkim.first()) {
+            (true, _, _) => "pass",
+            (false, true, _) => "temperror",
+            (false, false, None) => "none",
+            (false, false, Some(first)) => dkim_name(first.result()),
         });
         let dmarc_result = dmarc.result();
         summary.push_str(&format!(" dmarc={}", dmarc_name(&dmarc_result)));
-        summary.push_str(&format!(" arc={}", arc_name(arc.result())));
+        summary.push_str(&format!(" arc={}", dkim_name(arc.result())));
+        if let Some(sealer) = &arc_sealer {
+            summary.push_str(&format!(" arc.sealer={sealer}"));
+        }
         let header = results
             .with_dkim_results(&dkim, &from_domain)
             .with_arc_result(&arc, client.ip)
             .with_dmarc_result(&dmarc)
             .to_header();
-        let outcome = self.decide(
-            &spf.result(),
-            &spf_domain,
-            Some((&dmarc_result, dmarc.policy(), dmarc.domain())),
-        );
+        let outcome = self.decide(&Facts {
+            spf: spf.result(),
+            spf_domain: &spf_domain,
+            dmarc: Some((&dmarc_result, dmarc.policy(), dmarc.domain())),
+            dkim_unknown,
+            arc_vouched: arc_sealer.is_some(),
+        });
         Checked {
             header,
             outcome,
@@ -220,56 +236,130 @@ impl SenderAuth {
         }
     }
 
-    fn decide(
+    /// SPF alone, for MAIL FROM: the refusal when `spf_at_mail` is set and SPF says `fail`
+    /// (and the action is to reject), or a 451 when the lookup failed; otherwise accept, and
+    /// the end of DATA decides with DKIM and DMARC.
+    pub async fn check_spf(&self, client: &Client<'_>) -> Outcome {
+        if !self.actions.spf_at_mail {
+            return Outcome::Accept;
+        }
+        let spf = self.spf(client).await;
+        match spf.result() {
+            SpfResult::Fail if self.actions.spf_fail == Action::Reject => {
+                Outcome::Refuse(Refusal::Spf {
+                    domain: spf.domain().to_owned(),
+                })
+            }
+            SpfResult::TempError if self.actions.tempfail_on_dns_error => Outcome::TempFail,
+            _ => Outcome::Accept,
+        }
+    }
+
+    async fn spf(&self, client: &Client<'_>) -> mail_auth::SpfOutput {
+        let host = self.hostname.as_str();
+        let sender = client.sender.address().map(ToString::to_string);
+        let parameters = match &sender {
+            Some(sender) => SpfParameters::verify_mail_from(client.ip, client.helo, host, sender),
+            None => SpfParameters::verify_ehlo(client.ip, client.helo, host),
+        };
+        self.authenticator.verify_spf(parameters).await
+    }
+
+    /// The sealing domain, when the ARC chain verifies, its newest seal is by a trusted
+    /// forwarder, and that forwarder's ARC-Authentication-Results say `dmarc=pass`.
+    fn trusted_sealer_vouches(
         &self,
-        spf: &SpfResult,
-        spf_domain: &str,
-        dmarc: Option<(&DmarcResult, Policy, &str)>,
-    ) -> Outcome {
+        message: &AuthenticatedMessage<'_>,
+        chain: &mail_auth::DkimResult,
+    ) -> Option<String> {
+        if *chain != mail_auth::DkimResult::Pass {
+            return None;
+        }
+        let seal = message.as_headers.iter().max_by_key(|h| h.header.i)?;
+        let sealer = seal.header.d.to_ascii_lowercase();
+        if !self
+            .actions
+            .trusted_arc_sealers
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(&sealer))
+        {
+            return None;
+        }
+        let results = message
+            .aar_headers
+            .iter()
+            .find(|h| h.header.i == seal.header.i)?;
+        let text = String::from_utf8_lossy(results.value).to_ascii_lowercase();
+        text.split(|c: char| c == ';' || c.is_whitespace())
+            .any(|token| token == "dmarc=pass")
+            .then_some(sealer)
+    }
+
+    fn decide(&self, facts: &Facts<'_>) -> Outcome {
         let act = |action: Action, refusal: Refusal, why: String| match action {
             Action::Reject => Outcome::Refuse(refusal),
             Action::Quarantine => Outcome::Quarantine(why),
             Action::Accept => Outcome::Accept,
         };
-        if let Some((DmarcResult::Fail(_), policy, domain)) = dmarc {
-            let refusal = Refusal::Dmarc {
-                domain: domain.to_owned(),
-            };
-            match policy {
-                Policy::Reject => {
-                    return act(
-                        self.actions.dmarc_reject,
-                        refusal,
-                        format!("DMARC fail for {domain} (p=reject)"),
-                    );
-                }
-                Policy::Quarantine => {
-                    return act(
-                        self.actions.dmarc_quarantine,
-                        refusal,
-                        format!("DMARC fail for {domain} (p=quarantine)"),
-                    );
-                }
-                Policy::None | Policy::Unspecified => {}
-            }
+        let tempfail = self.actions.tempfail_on_dns_error;
+        let dmarc_pass = matches!(facts.dmarc, Some((DmarcResult::Pass, _, _)));
+        // A signature whose key could not be fetched might have made DMARC pass.
+        if facts.dkim_unknown && !dmarc_pass && tempfail {
+            return Outcome::TempFail;
         }
-        let dmarc_pass = matches!(dmarc, Some((DmarcResult::Pass, _, _)));
-        if *spf == SpfResult::Fail && !dmarc_pass {
+        match facts.dmarc {
+            Some((DmarcResult::Fail(_), policy, domain)) if !facts.arc_vouched => {
+                let refusal = Refusal::Dmarc {
+                    domain: domain.to_owned(),
+                };
+                match policy {
+                    Policy::Reject => {
+                        return act(
+                            self.actions.dmarc_reject,
+                            refusal,
+                            format!("DMARC fail for {domain} (p=reject)"),
+                        );
+                    }
+                    Policy::Quarantine => {
+                        return act(
+                            self.actions.dmarc_quarantine,
+                            refusal,
+                            format!("DMARC fail for {domain} (p=quarantine)"),
+                        );
+                    }
+                    Policy::None | Policy::Unspecified => {}
+                }
+            }
+            _ => {}
+        }
+        if facts.spf == SpfResult::Fail && !dmarc_pass && !facts.arc_vouched {
             return act(
                 self.actions.spf_fail,
                 Refusal::Spf {
-                    domain: spf_domain.to_owned(),
+                    domain: facts.spf_domain.to_owned(),
                 },
-                format!("SPF fail for {spf_domain}"),
+                format!("SPF fail for {}", facts.spf_domain),
             );
         }
-        let dns_failed = *spf == SpfResult::TempError
-            || matches!(dmarc, Some((DmarcResult::TempError(_), _, _)));
-        if dns_failed && self.actions.tempfail_on_dns_error {
+        let dns_failed = facts.spf == SpfResult::TempError
+            || matches!(facts.dmarc, Some((DmarcResult::TempError(_), _, _)));
+        if dns_failed && tempfail {
             return Outcome::TempFail;
         }
         Outcome::Accept
     }
+}
+
+/// What the decision is made from.
+struct Facts<'a> {
+    spf: SpfResult,
+    spf_domain: &'a str,
+    /// The DMARC result, the domain's policy and the domain; `None` for an unreadable message.
+    dmarc: Option<(&'a DmarcResult, Policy, &'a str)>,
+    /// A DKIM key lookup failed for now.
+    dkim_unknown: bool,
+    /// A trusted forwarder's ARC chain says DMARC passed before it changed the message.
+    arc_vouched: bool,
 }
 
 fn spf_name(result: SpfResult) -> &'static str {
@@ -284,7 +374,8 @@ fn spf_name(result: SpfResult) -> &'static str {
     }
 }
 
-fn arc_name(result: &mail_auth::DkimResult) -> &'static str {
+/// The result's name in Authentication-Results (ARC results are DKIM results too).
+fn dkim_name(result: &mail_auth::DkimResult) -> &'static str {
     match result {
         mail_auth::DkimResult::Pass => "pass",
         mail_auth::DkimResult::Neutral(_) => "neutral",

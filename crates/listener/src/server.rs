@@ -347,6 +347,7 @@ where
                         SenderVerdict::Blocklisted { zone } => {
                             info!(%sender, zone, "client on a blocklist: 554")
                         }
+                        SenderVerdict::Refused(reply) => info!(%sender, %reply, "sender refused"),
                     }
                     session.handle_sender(verdict);
                 }

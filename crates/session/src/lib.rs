@@ -152,6 +152,8 @@ pub enum AuthOutcome {
 pub struct SenderQuery {
     pub sender: backstop_types::ReversePath,
     pub client: IpAddr,
+    /// The name the client gave in EHLO/HELO (SPF checks it for a null sender).
+    pub helo: String,
     /// The authenticated user, if any.
     pub user: Option<String>,
     /// The client authenticated or is a local submitter.
@@ -170,6 +172,8 @@ pub enum SenderVerdict {
     Blocklisted {
         zone: String,
     },
+    /// Refused with this reply (a sender authentication result, for example).
+    Refused(backstop_types::Reply),
 }
 
 /// A recipient to decide on, with what is known of the transaction so far.

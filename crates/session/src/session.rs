@@ -232,6 +232,7 @@ impl ServerSession {
                 let reply = Reply::blocklisted(self.peer.ip, &zone);
                 self.error(reply)
             }
+            SenderVerdict::Refused(reply) => self.error(reply),
         }
         self.process();
     }
@@ -625,6 +626,11 @@ impl ServerSession {
             let query = SenderQuery {
                 sender: txn.sender.clone(),
                 client: self.peer.ip,
+                helo: self
+                    .helo
+                    .as_ref()
+                    .map(|h| h.name.clone())
+                    .unwrap_or_default(),
                 user: self.auth.as_ref().map(|a| a.user.clone()),
                 trusted: self.auth.is_some() || self.peer.local_submitter,
             };
