@@ -58,3 +58,110 @@ fn a_quarantine_verdict_keeps_the_message_out_of_delivery() {
     );
     assert!(String::from_utf8_lossy(&body).contains("Subject: sloppy"));
 }
+
+/// A message from sender@example.org with this subject and MIME body (after the headers).
+fn mime(subject: &str, content_type: &str, body: &str) -> String {
+    format!(
+        "From: sender@example.org\r\nDate: Sun, 22 Nov 2026 17:00:00 +0000\r\nSubject: {subject}\r\n\
+         MIME-Version: 1.0\r\nContent-Type: {content_type}\r\n\r\n{body}"
+    )
+}
+
+#[test]
+fn content_rules_reject_quarantine_and_discard_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rules = r#"
+[[filter]]
+type = "header"
+header = "Subject"
+pattern = "(?i)\\bviagra\\b"
+action = "reject"
+message = "Spam is not welcome"
+
+[[filter]]
+type = "header"
+pattern = "^X-Certainly-Junk: yes$"
+action = "discard"
+certain = true
+
+[[filter]]
+type = "body"
+pattern = "(?i)wire the money"
+action = "quarantine"
+
+[[filter]]
+type = "attachment"
+extensions = ["exe", "scr"]
+mime_types = ["application/x-dosexec"]
+action = "reject"
+message = "Executable attachments are not accepted"
+
+[[filter]]
+type = "mime_depth"
+max = 4
+action = "reject"
+"#;
+    let server = Server::start(d, &(config(d, "") + rules));
+    // The subject, RFC 2047-encoded: decoded before it is matched.
+    let reply = send(
+        &server,
+        &mime("=?UTF-8?B?Y2hlYXAgVmlhZ3Jh?=", "text/plain", "hi\r\n"),
+    );
+    assert_eq!(reply, "550 5.7.1 Spam is not welcome\r\n");
+    // A Windows program called invoice.pdf.
+    let reply = send(
+        &server,
+        &mime(
+            "invoice",
+            "multipart/mixed; boundary=\"b\"",
+            "--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n\
+             --b\r\nContent-Type: application/pdf; name=\"invoice.pdf\"\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\nTVqQAAMAAAAEAAAA//8AALgAAAAA\r\n--b--\r\n",
+        ),
+    );
+    assert_eq!(
+        reply,
+        "550 5.7.1 Executable attachments are not accepted\r\n"
+    );
+    // Five levels of multipart.
+    let mut deep = "--l0\r\nContent-Type: text/plain\r\n\r\nbottom\r\n--l0--\r\n".to_owned();
+    for level in 1..5 {
+        deep = format!(
+            "--l{level}\r\nContent-Type: multipart/mixed; boundary=\"l{}\"\r\n\r\n{deep}--l{level}--\r\n",
+            level - 1
+        );
+    }
+    let reply = send(
+        &server,
+        &mime("deep", "multipart/mixed; boundary=\"l4\"", &deep),
+    );
+    assert_eq!(reply, "550 5.7.1 Message content rejected\r\n");
+    // Quoted-printable, decoded before it is matched: quarantined.
+    let reply = send(
+        &server,
+        &mime(
+            "urgent",
+            "text/plain\r\nContent-Transfer-Encoding: quoted-printable",
+            "Please wire the=\r\n money today\r\n",
+        ),
+    );
+    assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
+    let reason = server.quarantined(queue_id_in(&reply));
+    assert_eq!(reason, "body rule: body matches (?i)wire the money");
+    // Discarded: the client hears 250, nothing is kept, the log says so.
+    let reply = send(&server, &format!("X-Certainly-Junk: yes\r\n{GOOD}"));
+    assert_eq!(reply, "250 2.0.0 Ok\r\n");
+    assert!(send(&server, GOOD).starts_with("250 2.0.0 Ok: queued as "));
+    let log = server.log();
+    assert!(
+        log.contains("message discarded") && log.contains("header X-Certainly-Junk matches"),
+        "{log}"
+    );
+    let (_, metrics) = server.cli(&["metrics"]);
+    let line = "smtp_rejections_total{stage=\"data\",reason=\"5.7.1\"} 3\n";
+    assert!(metrics.contains(line), "{metrics}");
+    let messages = queued(d);
+    server.stop();
+    assert_eq!(messages.len(), 1, "only the good message is queued");
+}

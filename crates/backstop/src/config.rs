@@ -62,6 +62,9 @@ pub struct Config {
     pub rate_limits: RateLimits,
     /// What to do with messages that are not well-formed RFC 5322.
     pub rfc5322: ContentAction,
+    /// The content checks (`[[filter]]`), in order, and the deadline of a whole run.
+    pub content_checks: Vec<backstop_filter::pipeline::Check>,
+    pub content_deadline: Duration,
     /// Where local domains' mail is delivered: Maildirs under this directory.
     pub maildir: PathBuf,
     /// Accept and queue, but deliver nothing (maintenance, like Postfix's defer_transports).
@@ -293,6 +296,8 @@ struct RawConfig {
     #[serde(default)]
     content: RawContent,
     #[serde(default)]
+    filter: Vec<RawFilter>,
+    #[serde(default)]
     route: Vec<RawRoute>,
     #[serde(default)]
     dns: RawDns,
@@ -341,6 +346,32 @@ impl Default for RawQueue {
 struct RawContent {
     #[serde(default)]
     rfc5322: ContentAction,
+    deadline: Option<Seconds>,
+}
+
+/// One `[[filter]]`: a rule or a scanner; which keys apply depends on `type`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilter {
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    /// `header`: the field to match (any field when absent).
+    header: Option<String>,
+    pattern: Option<Spanned<String>>,
+    #[serde(default)]
+    extensions: Vec<String>,
+    #[serde(default)]
+    mime_types: Vec<String>,
+    max: Option<usize>,
+    action: Option<Spanned<String>>,
+    /// The text of a reject or tempfail.
+    message: Option<String>,
+    /// Required for `action = "discard"`.
+    #[serde(default)]
+    certain: bool,
+    /// `milter`, `rspamd`, `clamd`: where it listens.
+    address: Option<Spanned<String>>,
+    on_error: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1150,6 +1181,14 @@ impl Config {
                 })
             }
         };
+        let mut content_checks = Vec::new();
+        for filter in &raw.filter {
+            content_checks.push(check_filter(filter, &hostname, &at)?);
+        }
+        // Far below the 10 minutes a client waits for the reply to DATA (RFC 5321 4.5.3.2.6).
+        let content_deadline = raw.content.deadline.map_or(Duration::from_secs(60), |d| {
+            d.0.clamp(Duration::from_secs(1), Duration::from_secs(300))
+        });
         let mut bounce_provenance_domains = Vec::new();
         for d in &raw.bounce_provenance.domains {
             bounce_provenance_domains.push(
@@ -1264,6 +1303,8 @@ impl Config {
             greylist,
             rate_limits,
             rfc5322: raw.content.rfc5322,
+            content_checks,
+            content_deadline,
             maildir,
             delivery_paused: raw.delivery.paused,
             routes,
@@ -1336,6 +1377,133 @@ impl Config {
 }
 
 type At<'a> = dyn Fn(std::ops::Range<usize>, String) -> ConfigError + 'a;
+
+fn check_filter(
+    raw: &RawFilter,
+    hostname: &str,
+    at: &At<'_>,
+) -> Result<backstop_filter::pipeline::Check, ConfigError> {
+    use backstop_filter::net::Endpoint;
+    use backstop_filter::pipeline::{Check, OnError, Scanner};
+    use backstop_filter::rules::{Action, Matcher, Rule};
+    let kind = raw.kind.get_ref().as_str();
+    let span = raw.kind.span();
+    let pattern = || {
+        let pattern = raw
+            .pattern
+            .as_ref()
+            .ok_or_else(|| at(span.clone(), format!("a {kind} filter needs a pattern")))?;
+        regex::Regex::new(pattern.get_ref())
+            .map_err(|e| at(pattern.span(), format!("not a regular expression: {e}")))
+    };
+    let matcher = match kind {
+        "header" => Some(Matcher::Header {
+            name: raw.header.clone(),
+            pattern: pattern()?,
+        }),
+        "body" => Some(Matcher::Body {
+            pattern: pattern()?,
+        }),
+        "attachment" => {
+            if raw.extensions.is_empty() && raw.mime_types.is_empty() {
+                return Err(at(
+                    span,
+                    "an attachment filter needs extensions or mime_types".into(),
+                ));
+            }
+            Some(Matcher::Attachment {
+                extensions: raw
+                    .extensions
+                    .iter()
+                    .map(|e| e.trim_start_matches('.').to_ascii_lowercase())
+                    .collect(),
+                mime_types: raw
+                    .mime_types
+                    .iter()
+                    .map(|m| m.to_ascii_lowercase())
+                    .collect(),
+            })
+        }
+        "mime_depth" => Some(Matcher::MimeDepth {
+            max: raw
+                .max
+                .ok_or_else(|| at(span.clone(), "a mime_depth filter needs max".into()))?,
+        }),
+        "milter" | "rspamd" | "clamd" => None,
+        other => {
+            return Err(at(
+                span,
+                format!(
+                    "{other:?} is not a filter type (header, body, attachment, mime_depth, milter, rspamd, clamd)"
+                ),
+            ));
+        }
+    };
+    if let Some(matcher) = matcher {
+        let action = raw
+            .action
+            .as_ref()
+            .ok_or_else(|| at(span.clone(), format!("a {kind} filter needs an action")))?;
+        let text = raw.message.clone();
+        let action = match action.get_ref().as_str() {
+            "reject" => Action::Reject(text.unwrap_or_else(|| "Message content rejected".into())),
+            "tempfail" => Action::Tempfail(text.unwrap_or_else(|| "Try again later".into())),
+            "quarantine" => Action::Quarantine,
+            "discard" if raw.certain => Action::Discard,
+            "discard" => {
+                return Err(at(
+                    action.span(),
+                    "discard drops mail without telling anyone: say certain = true if this rule never catches wanted mail".into(),
+                ));
+            }
+            other => {
+                return Err(at(
+                    action.span(),
+                    format!("{other:?} is not an action (reject, tempfail, quarantine, discard)"),
+                ));
+            }
+        };
+        return Ok(Check {
+            name: format!("{kind} rule"),
+            scanner: Scanner::Rule(Rule { matcher, action }),
+            // A rule needs nothing that can fail.
+            on_error: OnError::Tempfail,
+        });
+    }
+    let address = raw
+        .address
+        .as_ref()
+        .ok_or_else(|| at(span.clone(), format!("a {kind} filter needs an address")))?;
+    let endpoint = Endpoint::parse(address.get_ref()).map_err(|e| at(address.span(), e))?;
+    let on_error = match raw
+        .on_error
+        .as_ref()
+        .map(|o| (o.get_ref().as_str(), o.span()))
+    {
+        None | Some(("tempfail", _)) => OnError::Tempfail,
+        Some(("accept", _)) => OnError::Accept,
+        Some((other, span)) => {
+            return Err(at(
+                span,
+                format!("{other:?} is not an on_error (tempfail, accept)"),
+            ));
+        }
+    };
+    let name = format!("{kind} {endpoint}");
+    let scanner = match kind {
+        "milter" => Scanner::Milter(backstop_filter::milter::Milter {
+            endpoint,
+            hostname: hostname.to_owned(),
+        }),
+        "rspamd" => Scanner::Rspamd(backstop_filter::rspamd::Rspamd { endpoint }),
+        _ => Scanner::Clamd(backstop_filter::clamd::Clamd { endpoint }),
+    };
+    Ok(Check {
+        name,
+        scanner,
+        on_error,
+    })
+}
 
 fn check_route(route: &RawRoute, at: &At<'_>) -> Result<RouteConfig, ConfigError> {
     use backstop_delivery::smtp::{Endpoint, NextHop, TlsPolicy};

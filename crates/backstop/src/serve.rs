@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use backstop_filter::greylist::{self, GreyStore, GreyVerdict, GreylistPolicy};
+use backstop_filter::pipeline::{Draft, Outcome as PipelineOutcome, Pipeline};
 use backstop_filter::rate::{self, Limit, MemoryRates};
 use backstop_filter::recipients::{TableFile, Verdict};
 use backstop_listener::tls::CertSource;
@@ -78,6 +79,8 @@ struct Filter {
     /// SPF, DKIM and DMARC for untrusted clients' mail; `None` when off.
     sender_auth: Option<Arc<backstop_filter::sender_auth::SenderAuth>>,
     rfc5322: ContentAction,
+    /// The configured content checks (`[[filter]]`), run last.
+    content: Pipeline,
     recipients: Option<TableFile>,
     greylist: Option<GreylistPolicy>,
     rate_limits: RateLimits,
@@ -115,32 +118,51 @@ impl Policy for Filter {
         }
         // Our own users' mail is not theirs to prove.
         let untrusted = envelope.trust == backstop_types::TrustClass::Unverified;
-        match (&self.sender_auth, untrusted) {
-            (Some(auth), true) => {
-                use backstop_filter::sender_auth::{Client, Outcome, Refusal};
-                let client = Client {
-                    ip: envelope.client.ip,
-                    helo: &envelope.client.helo,
-                    sender: &envelope.sender,
-                };
-                let checked = auth.check(&client, &message.body).await;
-                info!(results = %checked.summary, outcome = ?checked.outcome, "sender authentication");
-                match checked.outcome {
-                    Outcome::Accept => ContentVerdict::AcceptWithHeaders(checked.header),
-                    Outcome::Refuse(Refusal::Dmarc { domain }) => {
-                        ContentVerdict::Refuse(Reply::dmarc_rejected(&domain))
-                    }
-                    Outcome::Refuse(Refusal::Spf { domain }) => {
-                        ContentVerdict::Refuse(Reply::spf_failed(&domain))
-                    }
-                    Outcome::Refuse(Refusal::Iprev { ip }) => {
-                        ContentVerdict::Refuse(Reply::reverse_dns_failed(ip))
-                    }
-                    Outcome::Quarantine(reason) => ContentVerdict::Quarantine(reason),
-                    Outcome::TempFail => ContentVerdict::Refuse(Reply::sender_auth_unavailable()),
-                }
+        let mut header = None;
+        if let (Some(auth), true) = (&self.sender_auth, untrusted) {
+            use backstop_filter::sender_auth::{Client, Outcome, Refusal};
+            let client = Client {
+                ip: envelope.client.ip,
+                helo: &envelope.client.helo,
+                sender: &envelope.sender,
+            };
+            let checked = auth.check(&client, &message.body).await;
+            info!(results = %checked.summary, outcome = ?checked.outcome, "sender authentication");
+            let refusal = match checked.outcome {
+                Outcome::Accept => None,
+                Outcome::Refuse(Refusal::Dmarc { domain }) => Some(Reply::dmarc_rejected(&domain)),
+                Outcome::Refuse(Refusal::Spf { domain }) => Some(Reply::spf_failed(&domain)),
+                Outcome::Refuse(Refusal::Iprev { ip }) => Some(Reply::reverse_dns_failed(ip)),
+                Outcome::Quarantine(reason) => return ContentVerdict::Quarantine(reason),
+                Outcome::TempFail => Some(Reply::sender_auth_unavailable()),
+            };
+            if let Some(reply) = refusal {
+                return ContentVerdict::Refuse(reply);
             }
-            _ => ContentVerdict::Accept,
+            header = Some(checked.header);
+        }
+        if header.is_none() && self.content.is_empty() {
+            return ContentVerdict::Accept;
+        }
+        // The checks see (and may change) the message as it will be stored.
+        let mut body = header.as_deref().unwrap_or_default().as_bytes().to_vec();
+        body.extend_from_slice(&message.body);
+        let mut draft = Draft::new(envelope.clone(), body);
+        draft.changed = header.is_some();
+        match self.content.run(&mut draft).await {
+            PipelineOutcome::Accept if draft.envelope.recipients.is_empty() => {
+                ContentVerdict::Discard("a content check removed every recipient".into())
+            }
+            PipelineOutcome::Accept if draft.changed => {
+                ContentVerdict::AcceptChanged(Box::new(Message {
+                    envelope: draft.envelope,
+                    body: draft.message,
+                }))
+            }
+            PipelineOutcome::Accept => ContentVerdict::Accept,
+            PipelineOutcome::Refuse(reply) => ContentVerdict::Refuse(reply),
+            PipelineOutcome::Quarantine(reason) => ContentVerdict::Quarantine(reason),
+            PipelineOutcome::Discard(reason) => ContentVerdict::Discard(reason),
         }
     }
 
@@ -608,6 +630,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 _ => None,
             },
             rfc5322: config.rfc5322,
+            content: Pipeline {
+                checks: config.content_checks.clone(),
+                deadline: config.content_deadline,
+            },
             recipients: config.recipients.clone(),
             greylist: config.greylist,
             rate_limits: config.rate_limits.clone(),
@@ -924,7 +950,8 @@ fn session_config(config: &Config, name: &str, kind: ListenerKind) -> SessionCon
             || config.sender_checks.as_ref().is_some_and(|c| c.spf_at_mail),
         check_messages: config.rfc5322 != ContentAction::Off
             || config.sender_checks.is_some()
-            || config.bounce_provenance,
+            || config.bounce_provenance
+            || !config.content_checks.is_empty(),
     }
 }
 
@@ -999,6 +1026,10 @@ mod tests {
             sender_auth: None,
             batv: None,
             rfc5322: ContentAction::Off,
+            content: Pipeline {
+                checks: Vec::new(),
+                deadline: std::time::Duration::from_secs(60),
+            },
             recipients: None,
             greylist: None,
             rate_limits: RateLimits::default(),

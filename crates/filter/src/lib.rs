@@ -2,8 +2,11 @@
 //! refusal reaches the real sender through the sending server instead of becoming a bounce.
 //!
 //! Layout:
-//! - [`content`]: built-in content checks on the whole message before the reply to DATA
-//!   (RFC 5322 sanity).
+//! - [`content`]: RFC 5322 sanity of the whole message before the reply to DATA.
+//! - [`pipeline`]: the configured content checks in order, under one deadline, with the
+//!   changes they make ([`pipeline::Draft`]); its scanners: [`rules`] (regular expressions,
+//!   attachments, MIME depth), [`milter`] (the sendmail milter protocol), [`rspamd`] (HTTP)
+//!   and [`clamd`] (`INSTREAM`), reached at a [`net::Endpoint`].
 //! - [`dns`]: the resolver configuration every DNS user shares (configured nameservers, or the
 //!   system's).
 //! - [`sender_auth`]: SPF, DKIM and DMARC (mail-auth) at the end of DATA, with an
@@ -20,12 +23,18 @@
 //! Architecture invariant: a lookup that cannot answer is [`recipients::Verdict::Unavailable`]
 //! (the client hears 451 and retries), never an accept.
 
+pub mod clamd;
 pub mod content;
 pub mod dns;
 pub mod dnsbl;
 pub mod greylist;
 pub mod ldap;
+pub mod milter;
+pub mod net;
+pub mod pipeline;
 pub mod provenance;
 pub mod rate;
 pub mod recipients;
+pub mod rspamd;
+pub mod rules;
 pub mod sender_auth;

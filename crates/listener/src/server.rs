@@ -320,7 +320,10 @@ where
                 Output::CheckMessage(message) => {
                     let verdict = context.policy.check_message(&message).await;
                     match &verdict {
-                        ContentVerdict::Accept | ContentVerdict::AcceptWithHeaders(_) => {}
+                        ContentVerdict::Accept | ContentVerdict::AcceptChanged(_) => {}
+                        ContentVerdict::Discard(reason) => {
+                            warn!(from = %message.envelope.sender, reason, "message discarded")
+                        }
                         ContentVerdict::Refuse(reply) => info!(%reply, "message refused"),
                         ContentVerdict::Quarantine(reason) => {
                             info!(reason, "message goes to quarantine")

@@ -223,13 +223,16 @@ pub enum BounceProblem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContentVerdict {
     Accept,
-    /// Accept with these header fields (each ending in CRLF) on top, e.g. the results of
-    /// sender authentication.
-    AcceptWithHeaders(String),
+    /// Accept this message instead of the one received: header fields added (the results
+    /// of sender authentication), or the content or envelope changed by a content check.
+    AcceptChanged(Box<Message>),
     /// Refuse the message with this reply (5xx, or 4xx when a check could not be made).
     Refuse(backstop_types::Reply),
     /// Accept it into quarantine, for this reason.
     Quarantine(String),
+    /// Tell the client it was taken, and drop it: only for rules an administrator marked
+    /// as certain; the reason is logged.
+    Discard(String),
 }
 
 /// Why the driver could not store a message. Either way the client is told to try again later,
@@ -272,7 +275,7 @@ impl SenderRights {
 }
 
 /// An accepted message, ready for the queue: the `Received:` header is already at the front.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     pub envelope: Envelope,
     pub body: Vec<u8>,

@@ -284,12 +284,14 @@ impl ServerSession {
         }
         match verdict {
             ContentVerdict::Accept => self.outputs.push_back(Output::Enqueue(message)),
-            ContentVerdict::AcceptWithHeaders(headers) => {
-                let mut message = message;
-                let mut body = headers.into_bytes();
-                body.append(&mut message.body);
-                message.body = body;
-                self.outputs.push_back(Output::Enqueue(message));
+            ContentVerdict::AcceptChanged(changed) => {
+                self.outputs.push_back(Output::Enqueue(changed));
+            }
+            ContentVerdict::Discard(_) => {
+                self.phase = Phase::Command;
+                self.txn = None;
+                self.reply(Reply::discarded());
+                self.process();
             }
             ContentVerdict::Quarantine(reason) => {
                 self.outputs

@@ -540,6 +540,63 @@ impl Reply {
         )
     }
 
+    /// A content rule or scanner refused the message, with a text safe to show.
+    pub fn content_rejected(text: &str) -> Reply {
+        Reply::new(550, EnhancedStatus(5, 7, 1), printable(text))
+    }
+
+    /// A content scanner asked for the message to be tried again later (a soft reject, a
+    /// greylist, a milter's tempfail).
+    pub fn content_deferred(text: &str) -> Reply {
+        Reply::new(451, EnhancedStatus(4, 7, 1), printable(text))
+    }
+
+    /// The virus scanner found `signature` (its name only; the text stays printable).
+    pub fn virus_found(signature: &str) -> Reply {
+        Reply::new(
+            554,
+            EnhancedStatus(5, 7, 0),
+            format!("Message contains a virus ({})", printable(signature)),
+        )
+    }
+
+    /// A content check could not be made in time (a scanner down, slow or broken): the
+    /// client tries again later; the message is never accepted unchecked.
+    pub fn content_check_unavailable() -> Reply {
+        Reply::new(
+            451,
+            EnhancedStatus(4, 7, 1),
+            "Content check unavailable, try again later",
+        )
+    }
+
+    /// A scanner's own reply (a milter's SMFIR_REPLYCODE): `code` must be 4xx or 5xx, else
+    /// `None`. The enhanced status is taken from the text when it starts with one of the
+    /// same class, and made up from the code otherwise.
+    pub fn from_scanner(code: u16, text: &str) -> Option<Reply> {
+        if !(400..600).contains(&code) {
+            return None;
+        }
+        let class = (code / 100) as u8;
+        let text = text.trim();
+        let parsed = text.split_once(' ').and_then(|(first, rest)| {
+            let mut parts = first.split('.');
+            let status = EnhancedStatus(
+                parts.next()?.parse().ok()?,
+                parts.next()?.parse().ok()?,
+                parts.next()?.parse().ok()?,
+            );
+            (parts.next().is_none() && status.0 == class).then_some((status, rest))
+        });
+        let (status, text) = parsed.unwrap_or((EnhancedStatus(class, 7, 1), text));
+        Some(Reply::new(code, status, printable(text)))
+    }
+
+    /// A rule marked certain discards the message: the client is told it was taken.
+    pub fn discarded() -> Reply {
+        Reply::new(250, EnhancedStatus(2, 0, 0), "Ok")
+    }
+
     pub fn queued(id: QueueId) -> Reply {
         Reply::new(250, EnhancedStatus(2, 0, 0), format!("Ok: queued as {id}"))
     }
@@ -572,6 +629,20 @@ impl fmt::Display for Reply {
     }
 }
 
+/// `text` as one line of printable ASCII (other characters become `?`), at most 400 octets:
+/// what an outside party says must not break the reply.
+fn printable(text: &str) -> String {
+    let mut line: String = text
+        .chars()
+        .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
+        .take(400)
+        .collect();
+    if line.trim().is_empty() {
+        line = "Message content rejected".to_owned();
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -593,5 +664,28 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "250-mx.test Hello c.test\r\n250-PIPELINING\r\n250 SIZE 10\r\n"
         );
+    }
+
+    #[test]
+    fn a_scanners_reply_keeps_its_code_and_status_but_not_its_control_characters() {
+        let wire = |r: Option<Reply>| {
+            let mut out = Vec::new();
+            r.unwrap().write_to(&mut out);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            wire(Reply::from_scanner(550, "5.7.1 Spam\r\nX")),
+            "550 5.7.1 Spam??X\r\n"
+        );
+        // A status of another class than the code is not taken.
+        assert_eq!(
+            wire(Reply::from_scanner(451, "5.7.1 later")),
+            "451 4.7.1 5.7.1 later\r\n"
+        );
+        assert_eq!(
+            wire(Reply::from_scanner(554, "")),
+            "554 5.7.1 Message content rejected\r\n"
+        );
+        assert_eq!(Reply::from_scanner(250, "ok"), None);
     }
 }

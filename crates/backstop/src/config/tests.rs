@@ -261,3 +261,35 @@ fn batv_and_dkim_keys_are_checked() {
         "{e}"
     );
 }
+
+#[test]
+fn content_filters_are_checked_with_their_line() {
+    let filter = |body: &str| format!("{MINIMAL}[[filter]]\n{body}");
+    let c = Config::parse(
+        &filter(
+            "type = \"header\"\nheader = \"Subject\"\npattern = \"(?i)spam\"\naction = \"reject\"\n\n\
+             [[filter]]\ntype = \"clamd\"\naddress = \"unix:/run/clamav/clamd.ctl\"\non_error = \"accept\"\n",
+        ),
+        "test.toml",
+    )
+    .unwrap();
+    assert_eq!(c.content_checks.len(), 2);
+    assert_eq!(c.content_checks[1].name, "clamd unix:/run/clamav/clamd.ctl");
+    assert_eq!(c.content_deadline, Duration::from_secs(60));
+    assert_eq!(
+        error(&filter("type = \"body\"\npattern = \"(unclosed\"\naction = \"reject\"\n")),
+        "test.toml:7: filter.pattern: not a regular expression: regex parse error:\n    (unclosed\n    ^\nerror: unclosed group"
+    );
+    assert_eq!(
+        error(&filter("type = \"body\"\npattern = \"x\"\naction = \"discard\"\n")),
+        "test.toml:8: filter.action: discard drops mail without telling anyone: say certain = true if this rule never catches wanted mail"
+    );
+    assert_eq!(
+        error(&filter("type = \"antivirus\"\n")),
+        "test.toml:6: filter.type: \"antivirus\" is not a filter type (header, body, attachment, mime_depth, milter, rspamd, clamd)"
+    );
+    assert_eq!(
+        error(&filter("type = \"milter\"\naddress = \"localhost\"\n")),
+        "test.toml:7: filter.address: \"localhost\" is not an address like 127.0.0.1:8891 or unix:/run/scanner.sock"
+    );
+}

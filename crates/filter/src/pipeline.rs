@@ -1,0 +1,344 @@
+//! The content pipeline: the configured checks, in order, on the whole message before the
+//! reply to DATA, so that a refusal reaches the real sender through the sending server.
+//!
+//! Each check says continue (possibly with changes: header fields, the body, the envelope),
+//! refuse (a 5xx or 4xx reply), quarantine or discard; the first that does not continue ends
+//! the pipeline. The whole run has one deadline. A check that fails (its scanner down, slow,
+//! or talking nonsense) gives `451 4.7.1` unless that check says `on_error = "accept"`, and
+//! then every message it lets through unchecked is logged.
+
+use std::time::{Duration, Instant};
+
+use backstop_types::{Address, Envelope, Notify, Recipient, Reply, ReversePath};
+use tracing::warn;
+
+use crate::{clamd, milter, rspamd, rules};
+
+/// The message as the checks see it, with the changes made so far.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub envelope: Envelope,
+    /// The whole message, CRLF line ends.
+    pub message: Vec<u8>,
+    /// Whether a check changed the message or the envelope.
+    pub changed: bool,
+}
+
+/// A change a check asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A header field after the others.
+    AddHeader {
+        name: String,
+        value: String,
+    },
+    /// A header field at `index` (0: on top).
+    InsertHeader {
+        index: usize,
+        name: String,
+        value: String,
+    },
+    /// The `occurrence`th (from 1) field called `name` gets `value`; an empty value removes it.
+    ChangeHeader {
+        name: String,
+        occurrence: usize,
+        value: String,
+    },
+    /// Every field called `name` goes.
+    RemoveHeader {
+        name: String,
+    },
+    ReplaceBody(Vec<u8>),
+    ChangeSender(ReversePath),
+    AddRecipient(Address),
+    DeleteRecipient(Address),
+}
+
+/// What one check says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Continue(Vec<Change>),
+    Refuse(Reply),
+    Quarantine(String),
+    Discard(String),
+}
+
+/// The pipeline's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accept the draft (changed or not).
+    Accept,
+    Refuse(Reply),
+    Quarantine(String),
+    Discard(String),
+}
+
+/// What a failing check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// `451 4.7.1`: the client tries again later.
+    Tempfail,
+    /// Go on without this check (logged with each message).
+    Accept,
+}
+
+/// One configured check.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// For the log: `rule no-exe`, `clamd 127.0.0.1:3310`, ...
+    pub name: String,
+    pub scanner: Scanner,
+    pub on_error: OnError,
+}
+
+#[derive(Debug, Clone)]
+pub enum Scanner {
+    Rule(rules::Rule),
+    Milter(milter::Milter),
+    Rspamd(rspamd::Rspamd),
+    Clamd(clamd::Clamd),
+}
+
+impl Scanner {
+    async fn scan(&self, draft: &Draft) -> Result<Step, String> {
+        match self {
+            Scanner::Rule(rule) => Ok(rule.check(&draft.message)),
+            Scanner::Milter(milter) => milter.check(draft).await,
+            Scanner::Rspamd(rspamd) => rspamd.check(draft).await,
+            Scanner::Clamd(clamd) => clamd.check(&draft.message).await,
+        }
+    }
+}
+
+/// The checks and the deadline of a whole run.
+pub struct Pipeline {
+    pub checks: Vec<Check>,
+    pub deadline: Duration,
+}
+
+impl Pipeline {
+    pub fn is_empty(&self) -> bool {
+        self.checks.is_empty()
+    }
+
+    /// Runs the checks on `draft`, applying the changes they ask for.
+    pub async fn run(&self, draft: &mut Draft) -> Outcome {
+        let deadline = Instant::now() + self.deadline;
+        for check in &self.checks {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let result = match tokio::time::timeout(left, check.scanner.scan(draft)).await {
+                Ok(result) => result,
+                Err(_) => Err(format!(
+                    "no answer within the pipeline's deadline of {}s",
+                    self.deadline.as_secs()
+                )),
+            };
+            match result {
+                Ok(Step::Continue(changes)) => {
+                    for change in changes {
+                        draft.apply(change);
+                    }
+                }
+                Ok(Step::Refuse(reply)) => return Outcome::Refuse(reply),
+                Ok(Step::Quarantine(why)) => {
+                    return Outcome::Quarantine(format!("{}: {why}", check.name));
+                }
+                Ok(Step::Discard(why)) => {
+                    return Outcome::Discard(format!("{}: {why}", check.name))
+                }
+                Err(error) => match check.on_error {
+                    OnError::Tempfail => {
+                        warn!(check = %check.name, %error, "content check failed: 451");
+                        return Outcome::Refuse(Reply::content_check_unavailable());
+                    }
+                    OnError::Accept => {
+                        warn!(
+                            check = %check.name,
+                            %error,
+                            sender = %draft.envelope.sender,
+                            "content check failed; message let through unchecked (on_error = accept)"
+                        );
+                    }
+                },
+            }
+        }
+        Outcome::Accept
+    }
+}
+
+impl Draft {
+    pub fn new(envelope: Envelope, message: Vec<u8>) -> Draft {
+        Draft {
+            envelope,
+            message,
+            changed: false,
+        }
+    }
+
+    /// Where the body starts (after the empty line), or the end for a message without one.
+    pub fn body_offset(&self) -> usize {
+        body_offset(&self.message)
+    }
+
+    /// The header fields in order, as (name, value) with the value unfolded as received
+    /// (CRLF kept inside folded values) and without the space after the colon.
+    pub fn headers(&self) -> Vec<(String, String)> {
+        fields(&self.message[..self.body_offset()])
+            .into_iter()
+            .map(|(start, end)| {
+                let text = String::from_utf8_lossy(&self.message[start..end]);
+                let text = text.trim_end_matches(['\r', '\n']);
+                match text.split_once(':') {
+                    Some((name, value)) => (
+                        name.trim_end().to_owned(),
+                        value.strip_prefix(' ').unwrap_or(value).to_owned(),
+                    ),
+                    None => (text.to_owned(), String::new()),
+                }
+            })
+            .collect()
+    }
+
+    pub fn apply(&mut self, change: Change) {
+        self.changed = true;
+        let body = self.body_offset();
+        let spans = fields(&self.message[..body]);
+        match change {
+            Change::AddHeader { name, value } => {
+                let at = spans.last().map_or(0, |(_, end)| *end);
+                self.message
+                    .splice(at..at, header_field(&name, &value).into_bytes());
+            }
+            Change::InsertHeader { index, name, value } => {
+                let at = spans.get(index).map_or_else(
+                    || spans.last().map_or(0, |(_, end)| *end),
+                    |(start, _)| *start,
+                );
+                self.message
+                    .splice(at..at, header_field(&name, &value).into_bytes());
+            }
+            Change::ChangeHeader {
+                name,
+                occurrence,
+                value,
+            } => {
+                let found = spans
+                    .iter()
+                    .filter(|(start, end)| {
+                        field_name(&self.message[*start..*end]) == name.to_ascii_lowercase()
+                    })
+                    .nth(occurrence.saturating_sub(1));
+                match (found, value.is_empty()) {
+                    (Some(&(start, end)), true) => {
+                        self.message.drain(start..end);
+                    }
+                    (Some(&(start, end)), false) => {
+                        // The field keeps its name as the message spells it.
+                        let field = &self.message[start..end];
+                        let colon = field.iter().position(|&b| b == b':').unwrap_or(0);
+                        let spelled = String::from_utf8_lossy(&field[..colon]).trim().to_owned();
+                        self.message
+                            .splice(start..end, header_field(&spelled, &value).into_bytes());
+                    }
+                    // Changing a field that is not there adds it (as libmilter documents).
+                    (None, false) => self.apply(Change::AddHeader { name, value }),
+                    (None, true) => {}
+                }
+            }
+            Change::RemoveHeader { name } => {
+                let name = name.to_ascii_lowercase();
+                for &(start, end) in spans.iter().rev() {
+                    if field_name(&self.message[start..end]) == name {
+                        self.message.drain(start..end);
+                    }
+                }
+            }
+            Change::ReplaceBody(new) => {
+                self.message.truncate(body);
+                if body == self.message.len() && !self.message.ends_with(b"\r\n\r\n") {
+                    self.message.extend_from_slice(b"\r\n");
+                }
+                self.message.extend_from_slice(&crlf(&new));
+            }
+            Change::ChangeSender(sender) => self.envelope.sender = sender,
+            Change::AddRecipient(address) => {
+                if !self
+                    .envelope
+                    .recipients
+                    .iter()
+                    .any(|r| r.address == address)
+                {
+                    self.envelope.recipients.push(Recipient {
+                        address,
+                        notify: Notify::Default,
+                        orcpt: None,
+                    });
+                }
+            }
+            Change::DeleteRecipient(address) => {
+                self.envelope.recipients.retain(|r| r.address != address);
+            }
+        }
+    }
+}
+
+fn body_offset(message: &[u8]) -> usize {
+    if message.starts_with(b"\r\n") {
+        return 2;
+    }
+    message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(message.len(), |p| p + 4)
+}
+
+/// The (start, end) of each header field in `header` (folded lines included, CRLF included).
+fn fields(header: &[u8]) -> Vec<(usize, usize)> {
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    let mut at = 0;
+    while at < header.len() {
+        let end = header[at..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(header.len(), |p| at + p + 1);
+        let line = &header[at..end];
+        let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if line == b"\r\n" {
+            break;
+        }
+        match (continuation, spans.last_mut()) {
+            (true, Some(last)) => last.1 = end,
+            _ => spans.push((at, end)),
+        }
+        at = end;
+    }
+    spans
+}
+
+fn field_name(field: &[u8]) -> String {
+    let colon = field.iter().position(|&b| b == b':').unwrap_or(field.len());
+    String::from_utf8_lossy(&field[..colon])
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// `Name: value` with CRLF line ends (a scanner may fold with LF alone).
+fn header_field(name: &str, value: &str) -> String {
+    let value = String::from_utf8_lossy(&crlf(value.as_bytes())).into_owned();
+    format!("{name}: {}\r\n", value.trim_end_matches(['\r', '\n']))
+}
+
+/// `text` with every bare LF made CRLF.
+fn crlf(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + text.len() / 50);
+    for (i, &b) in text.iter().enumerate() {
+        if b == b'\n' && (i == 0 || text[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,198 @@
+use super::*;
+use crate::rules::{Action, Matcher, Rule};
+use backstop_types::{BodyType, ClientInfo, DsnParams, TrustClass, UnixTime};
+
+fn draft(message: &str) -> Draft {
+    let address = |a: &str| Address::parse(a).unwrap();
+    Draft::new(
+        Envelope {
+            sender: ReversePath::Address(address("a@example.org")),
+            recipients: vec![Recipient {
+                address: address("b@example.test"),
+                notify: Notify::Default,
+                orcpt: None,
+            }],
+            dsn: DsnParams {
+                ret: None,
+                envid: None,
+            },
+            body_type: BodyType::SevenBit,
+            smtputf8: false,
+            client: ClientInfo {
+                ip: "192.0.2.1".parse().unwrap(),
+                helo: "client.example.org".into(),
+                ptr: None,
+                tls: None,
+                auth: None,
+                listener: "mx".into(),
+            },
+            arrival: UnixTime(1_795_367_999),
+            trust: TrustClass::Unverified,
+        },
+        message.replace('\n', "\r\n").into_bytes(),
+    )
+}
+
+const MESSAGE: &str = "Received: from x\n\tby y; Sun, 22 Nov 2026 17:00:00 +0000\n\
+    From: a@example.org\nSubject: hello\nX-Tag: one\nX-Tag: two\n\nbody\n";
+
+fn text(draft: &Draft) -> String {
+    String::from_utf8(draft.message.clone())
+        .unwrap()
+        .replace("\r\n", "\n")
+}
+
+#[test]
+fn header_changes_land_where_a_milter_means_them() {
+    let mut d = draft(MESSAGE);
+    assert_eq!(
+        d.headers()[0].1,
+        "from x\r\n\tby y; Sun, 22 Nov 2026 17:00:00 +0000"
+    );
+    d.apply(Change::InsertHeader {
+        index: 0,
+        name: "X-First".into(),
+        value: "1".into(),
+    });
+    d.apply(Change::AddHeader {
+        name: "X-Last".into(),
+        value: "folded\n\tvalue".into(),
+    });
+    d.apply(Change::ChangeHeader {
+        name: "x-tag".into(),
+        occurrence: 2,
+        value: "TWO".into(),
+    });
+    d.apply(Change::ChangeHeader {
+        name: "Subject".into(),
+        occurrence: 1,
+        value: String::new(),
+    });
+    assert!(d.changed);
+    assert_eq!(
+        text(&d),
+        "X-First: 1\nReceived: from x\n\tby y; Sun, 22 Nov 2026 17:00:00 +0000\n\
+         From: a@example.org\nX-Tag: one\nX-Tag: TWO\nX-Last: folded\n\tvalue\n\nbody\n"
+    );
+    d.apply(Change::RemoveHeader {
+        name: "X-TAG".into(),
+    });
+    d.apply(Change::ReplaceBody(b"new\nbody\n".to_vec()));
+    assert_eq!(
+        text(&d),
+        "X-First: 1\nReceived: from x\n\tby y; Sun, 22 Nov 2026 17:00:00 +0000\n\
+         From: a@example.org\nX-Last: folded\n\tvalue\n\nnew\nbody\n"
+    );
+}
+
+#[test]
+fn envelope_changes() {
+    let mut d = draft(MESSAGE);
+    let c = Address::parse("c@example.test").unwrap();
+    d.apply(Change::AddRecipient(c.clone()));
+    d.apply(Change::AddRecipient(c.clone()));
+    d.apply(Change::DeleteRecipient(
+        Address::parse("b@example.test").unwrap(),
+    ));
+    d.apply(Change::ChangeSender(ReversePath::Null));
+    let recipients: Vec<_> = d.envelope.recipients.iter().map(|r| &r.address).collect();
+    assert_eq!(recipients, vec![&c]);
+    assert_eq!(d.envelope.sender, ReversePath::Null);
+}
+
+fn rule(pattern: &str, action: Action) -> Check {
+    Check {
+        name: format!("rule {pattern}"),
+        scanner: Scanner::Rule(Rule {
+            matcher: Matcher::Body {
+                pattern: regex::Regex::new(pattern).unwrap(),
+            },
+            action,
+        }),
+        on_error: OnError::Tempfail,
+    }
+}
+
+/// A scanner that takes the connection and never answers.
+fn silent(on_error: OnError) -> (Check, std::net::TcpListener) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let check = Check {
+        name: "clamd silent".into(),
+        scanner: Scanner::Clamd(crate::clamd::Clamd {
+            endpoint: crate::net::Endpoint::Tcp(listener.local_addr().unwrap().to_string()),
+        }),
+        on_error,
+    };
+    (check, listener)
+}
+
+fn run(pipeline: &Pipeline, d: &mut Draft) -> Outcome {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(pipeline.run(d))
+}
+
+#[test]
+fn the_first_check_that_does_not_continue_decides() {
+    let pipeline = Pipeline {
+        checks: vec![
+            rule("nothing like this", Action::Reject("no".into())),
+            rule("body", Action::Quarantine),
+            rule("body", Action::Reject("never reached".into())),
+        ],
+        deadline: Duration::from_secs(60),
+    };
+    assert_eq!(
+        run(&pipeline, &mut draft(MESSAGE)),
+        Outcome::Quarantine("rule body: body matches body".into())
+    );
+    let discard = Pipeline {
+        checks: vec![rule("body", Action::Discard)],
+        deadline: Duration::from_secs(60),
+    };
+    assert_eq!(
+        run(&discard, &mut draft(MESSAGE)),
+        Outcome::Discard("rule body: body matches body".into())
+    );
+}
+
+#[test]
+fn a_scanner_past_the_deadline_is_a_451_unless_told_to_accept() {
+    let (stalled, _listener) = silent(OnError::Tempfail);
+    let pipeline = Pipeline {
+        checks: vec![stalled],
+        deadline: Duration::from_secs(1),
+    };
+    assert_eq!(
+        run(&pipeline, &mut draft(MESSAGE)),
+        Outcome::Refuse(Reply::content_check_unavailable())
+    );
+    // on_error = accept: the next check still runs.
+    let (lenient, _listener) = silent(OnError::Accept);
+    let pipeline = Pipeline {
+        checks: vec![lenient, rule("body", Action::Reject("after".into()))],
+        deadline: Duration::from_secs(1),
+    };
+    assert_eq!(
+        run(&pipeline, &mut draft(MESSAGE)),
+        Outcome::Refuse(Reply::content_rejected("after"))
+    );
+    // A scanner nobody listens for.
+    let gone = Check {
+        name: "clamd gone".into(),
+        scanner: Scanner::Clamd(crate::clamd::Clamd {
+            endpoint: crate::net::Endpoint::Unix("/nonexistent/clamd.ctl".into()),
+        }),
+        on_error: OnError::Tempfail,
+    };
+    let pipeline = Pipeline {
+        checks: vec![gone],
+        deadline: Duration::from_secs(60),
+    };
+    assert_eq!(
+        run(&pipeline, &mut draft(MESSAGE)),
+        Outcome::Refuse(Reply::content_check_unavailable())
+    );
+}
