@@ -12,13 +12,17 @@ use backstop_types::{Envelope, QueueId};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_backstop");
 
-/// Whether `tool` is on PATH. Missing in CI is a failure; elsewhere the test is skipped, loudly.
+/// Whether `tool` is on PATH (or, given as an absolute path, exists: a library's directory).
+/// Missing in CI is a failure; elsewhere the test is skipped, loudly.
 pub fn have(tool: &str, test: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let found = match tool.starts_with('/') {
+        true => Path::new(tool).exists(),
+        false => Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success()),
+    };
     if !found {
         if std::env::var_os("CI").is_some() {
             panic!("{test}: {tool} is not installed, and CI must run every test (cargo xtask test installs it)");
@@ -45,6 +49,15 @@ pub fn is_root(test: &str) -> bool {
 
 /// Runs a Python script with Debian's interpreter (where python3-dkim and friends load) and
 /// returns its standard output, trimmed; the script must succeed.
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a peer to listen on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn python(script: &str, args: &[&str]) -> String {
     let out = Command::new("/usr/bin/python3")
         .args(["-c", script])

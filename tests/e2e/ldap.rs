@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{config, have, is_root, Server};
+use crate::harness::{config, free_port, have, is_root, Server};
 
 /// A slapd with base dc=example,dc=test and bob@example.test under ou=users. Stopped when
 /// dropped.
@@ -26,14 +26,6 @@ struct Tls<'a> {
 /// The directory's account for backstop, and its password.
 const SERVICE_DN: &str = "cn=backstop,dc=example,dc=test";
 const SERVICE_PASSWORD: &str = "s3cret";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 impl Slapd {
     /// Anyone may read, over plain LDAP.

@@ -27,6 +27,7 @@ mod rates;
 mod receive;
 mod recipients;
 mod relay;
+mod scanners;
 mod sender_auth;
 mod smarthost;
 mod smuggling;

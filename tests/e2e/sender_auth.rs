@@ -8,7 +8,7 @@ use crate::harness::{config, have, python, queue_id_in, queued, RawClient, Serve
 use crate::mx::dkim_key;
 
 /// A TXT record's value as zone-file strings of at most 255 octets.
-fn txt(value: &str) -> String {
+pub fn txt(value: &str) -> String {
     let parts: Vec<String> = value
         .as_bytes()
         .chunks(200)
@@ -51,7 +51,7 @@ fn dkimpy(dir: &Path, script: &str, text: &str, key: &Path, args: &[&str]) -> St
 }
 
 /// A message from `from`, signed with selector s1 of `signer` when given.
-fn message(dir: &Path, from: &str, subject: &str, signer: Option<(&Path, &str)>) -> String {
+pub fn message(dir: &Path, from: &str, subject: &str, signer: Option<(&Path, &str)>) -> String {
     let text = format!(
         "From: {from}\r\nSubject: {subject}\r\nDate: Sun, 22 Nov 2026 20:00:00 +0000\r\n\r\nhello\r\n"
     );

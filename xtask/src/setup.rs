@@ -86,6 +86,24 @@ pub const TEST_PEERS: &[Requirement] = &[
         package: "python3-authres",
         present_if: &["/usr/lib/python3/dist-packages/authres"],
     },
+    // The content scanners: rspamd, ClamAV's clamd, OpenDKIM as a milter, and pymilter
+    // (libmilter) for a milter that uses every modification.
+    Requirement {
+        package: "rspamd",
+        present_if: &["/usr/bin/rspamd"],
+    },
+    Requirement {
+        package: "clamav-daemon",
+        present_if: &["/usr/sbin/clamd"],
+    },
+    Requirement {
+        package: "opendkim",
+        present_if: &["/usr/sbin/opendkim"],
+    },
+    Requirement {
+        package: "python3-milter",
+        present_if: &["/usr/lib/python3/dist-packages/Milter"],
+    },
 ];
 
 /// Installs what is missing (as root), or says exactly what to run.
