@@ -21,6 +21,7 @@ mod greylist;
 mod ldap;
 mod limits;
 mod lmtp;
+mod metrics;
 mod mx;
 mod postfix;
 mod rates;

@@ -86,6 +86,16 @@ pub const TEST_PEERS: &[Requirement] = &[
         package: "python3-authres",
         present_if: &["/usr/lib/python3/dist-packages/authres"],
     },
+    // Checks the systemd unit in etc/.
+    Requirement {
+        package: "systemd",
+        present_if: &["/usr/bin/systemd-analyze"],
+    },
+    // Reads the metrics endpoint.
+    Requirement {
+        package: "curl",
+        present_if: &["/usr/bin/curl"],
+    },
     // The content scanners: rspamd, ClamAV's clamd, OpenDKIM as a milter, and pymilter
     // (libmilter) for a milter that uses every modification.
     Requirement {

@@ -159,12 +159,11 @@ pub async fn bind(endpoint: AdminEndpoint) -> anyhow::Result<Bound> {
     }
 }
 
-/// What the admin API answers from: the queue, and the counters for the metrics.
+/// What the admin API answers from: the queue, and the metrics.
 #[derive(Clone)]
 pub struct Served {
     pub queue: Queue,
-    pub counters: std::sync::Arc<backstop_delivery::report::Counters>,
-    pub rejections: std::sync::Arc<backstop_listener::metrics::Rejections>,
+    pub metrics: std::sync::Arc<crate::metrics::Sources>,
 }
 
 pub async fn serve(
@@ -343,7 +342,7 @@ async fn connection(stream: UnixStream, queue: Served) -> anyhow::Result<()> {
 fn handle(served: &Served, request: Request) -> Response {
     let answered = match request {
         Request::Metrics => Ok(serde_json::Value::String(
-            served.rejections.prometheus() + &served.counters.prometheus(),
+            served.metrics.render(crate::serve::now()),
         )),
         request => answer(&served.queue, request),
     };

@@ -97,6 +97,8 @@ pub struct Config {
     /// DKIM keys for our users' mail, by From domain.
     pub dkim: std::sync::Arc<backstop_delivery::dkim::Keys>,
     pub admin: AdminEndpoint,
+    /// Where `GET /metrics` is answered; `None`: only `backstop metrics`.
+    pub metrics: Option<SocketAddr>,
     pub log: Log,
 }
 
@@ -263,6 +265,9 @@ impl ListenerKind {
 pub struct Log {
     /// A tracing filter such as `info` or `backstop=debug,info`.
     pub level: String,
+    /// One JSON object per line (with the session's and the delivery's span fields) instead
+    /// of text.
+    pub json: bool,
 }
 
 // --- The raw form ---------------------------------------------------------------------------
@@ -313,6 +318,8 @@ struct RawConfig {
     bounce_provenance: RawBounceProvenance,
     #[serde(default)]
     admin: RawAdmin,
+    #[serde(default)]
+    metrics: RawMetrics,
     #[serde(default)]
     log: RawLog,
 }
@@ -678,6 +685,12 @@ fn ten_minutes() -> Seconds {
     Seconds(Duration::from_secs(600))
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    address: Option<Spanned<String>>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawAdmin {
@@ -783,12 +796,22 @@ struct RawListener {
 #[serde(deny_unknown_fields, default)]
 struct RawLog {
     level: String,
+    format: LogFormat,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for RawLog {
     fn default() -> RawLog {
         RawLog {
             level: "info".into(),
+            format: LogFormat::Text,
         }
     }
 }
@@ -1181,6 +1204,15 @@ impl Config {
                 })
             }
         };
+        let metrics = match &raw.metrics.address {
+            None => None,
+            Some(a) => Some(a.get_ref().parse().map_err(|_| {
+                at(
+                    a.span(),
+                    format!("{:?} is not an address like 127.0.0.1:9025", a.get_ref()),
+                )
+            })?),
+        };
         let mut content_checks = Vec::new();
         for filter in &raw.filter {
             content_checks.push(check_filter(filter, &hostname, &at)?);
@@ -1347,6 +1379,7 @@ impl Config {
             }),
             dkim: std::sync::Arc::new(backstop_delivery::dkim::Keys::new(dkim)),
             admin,
+            metrics,
             smtp: Smtp {
                 local_domains,
                 relay_domains,
@@ -1371,6 +1404,7 @@ impl Config {
             listeners,
             log: Log {
                 level: raw.log.level,
+                json: raw.log.format == LogFormat::Json,
             },
         })
     }

@@ -11,6 +11,7 @@
 mod admin;
 mod batv;
 mod config;
+mod metrics;
 mod serve;
 
 use std::io::BufRead;

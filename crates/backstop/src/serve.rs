@@ -38,7 +38,7 @@ macro_rules! announce {
 pub(crate) use announce;
 
 pub fn run(config: Config) -> anyhow::Result<()> {
-    init_tracing(&config.log.level)?;
+    init_tracing(&config.log)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -46,18 +46,23 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .block_on(serve(config))
 }
 
-fn init_tracing(level: &str) -> anyhow::Result<()> {
+fn init_tracing(log: &crate::config::Log) -> anyhow::Result<()> {
+    let level = &log.level;
     let filter = match std::env::var("RUST_LOG") {
         Ok(env) if !env.is_empty() => tracing_subscriber::EnvFilter::try_new(env),
         _ => tracing_subscriber::EnvFilter::try_new(level),
     }
     .with_context(|| format!("log.level {level:?} is not a tracing filter"))?;
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match log.json {
+        // One object per line: the event's fields, and the spans it happened in (the
+        // session's id, peer and listener; the delivery's queue id).
+        true => builder.json().with_span_list(true).init(),
+        false => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     Ok(())
 }
 
@@ -532,8 +537,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.smtp.max_connections,
         config.smtp.max_connections_per_ip,
     );
-    // The admin API first: once a listener is announced, the whole server is up.
+    // The admin API and the metrics first: once a listener is announced, the whole server is
+    // up.
     let admin = crate::admin::bind(config.admin.clone()).await?;
+    let metrics_socket = match config.metrics {
+        Some(address) => {
+            let socket = crate::metrics::bind(address).await?;
+            announce!(
+                "backstop: metrics on http://{}/metrics",
+                socket.local_addr()?
+            );
+            Some(socket)
+        }
+        None => None,
+    };
     let mut listeners = Vec::new();
     for l in &config.listeners {
         let socket = TcpListener::bind(l.address)
@@ -560,13 +577,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let (stop, shutdown) = watch::channel(false);
     let shared = Shared::new(&config)?;
     let counters = Arc::new(backstop_delivery::report::Counters::default());
-    let rejections = Arc::new(backstop_listener::metrics::Rejections::default());
+    let smtp_metrics = Arc::new(backstop_listener::metrics::SmtpMetrics::default());
+    let sources = Arc::new(crate::metrics::Sources {
+        queue: queue.clone(),
+        delivery: Arc::clone(&counters),
+        smtp: Arc::clone(&smtp_metrics),
+    });
+    if let Some(socket) = metrics_socket {
+        tokio::spawn(crate::metrics::serve(
+            socket,
+            Arc::clone(&sources),
+            shutdown.clone(),
+        ));
+    }
     let admin = tokio::spawn(crate::admin::serve(
         admin,
         crate::admin::Served {
             queue: queue.clone(),
-            counters: Arc::clone(&counters),
-            rejections: Arc::clone(&rejections),
+            metrics: sources,
         },
         shutdown.clone(),
     ));
@@ -644,7 +672,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         users: Arc::new(users),
         limits,
         local_networks: config.smtp.local_networks.clone(),
-        rejections,
+        metrics: smtp_metrics,
     });
     tokio::spawn(async move {
         signals.wait().await;

@@ -27,7 +27,8 @@ const IDLE: Duration = Duration::from_millis(500);
 /// Where each recipient goes.
 #[derive(Debug, Clone)]
 pub struct Routes {
-    /// Recipients in these domains are delivered into Maildirs under `maildir`.
+    /// Recipients in these domains are delivered into Maildirs under `maildir`, unless a
+    /// route names the domain.
     pub local_domains: Vec<Domain>,
     pub maildir: PathBuf,
     /// Routes for other domains, first match wins.
@@ -262,7 +263,11 @@ impl Agent {
             }
             let address = &recipient.address;
             let domain = address.domain();
-            if self.routes.local_domains.contains(domain) {
+            let route = self.routes.route_for(domain);
+            // A local domain goes into Maildirs unless a route names it (LMTP to a mailbox
+            // server, say); a catch-all route never takes it.
+            let named = route.is_some_and(|r| self.routes.routes[r].domains.contains(domain));
+            if self.routes.local_domains.contains(domain) && !named {
                 let outcome = crate::maildir::deliver(
                     &self.routes.maildir,
                     &self.hostname,
@@ -275,7 +280,7 @@ impl Agent {
                 outcomes.push((index, outcome));
                 continue;
             }
-            let Some(route) = self.routes.route_for(domain) else {
+            let Some(route) = route else {
                 outcomes.push((index, no_route(domain)));
                 continue;
             };
@@ -334,6 +339,7 @@ impl Agent {
         }
         for (index, outcome) in &outcomes {
             let address = &envelope.recipients[*index].address;
+            self.reports.counters.attempted(outcome);
             match outcome {
                 AttemptOutcome::Delivered(a) => {
                     report.delivered += 1;

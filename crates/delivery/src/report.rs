@@ -29,14 +29,30 @@ pub struct Settings {
     pub counters: Arc<Counters>,
 }
 
-/// Counts for the metrics: reports queued, and reports not sent by reason.
+/// Counts for the metrics: delivery attempts per recipient by outcome, reports queued, and
+/// reports not sent by reason.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Delivered, deferred, failed for good.
+    outcomes: [AtomicU64; 3],
     sent: AtomicU64,
     suppressed: [AtomicU64; Reason::ALL.len()],
 }
 
+/// The outcome labels, in the order of `Counters::outcomes`.
+const OUTCOMES: [&str; 3] = ["delivered", "deferred", "failed"];
+
 impl Counters {
+    /// One recipient's attempt ended with `outcome`.
+    pub(crate) fn attempted(&self, outcome: &backstop_types::AttemptOutcome) {
+        let at = match outcome {
+            backstop_types::AttemptOutcome::Delivered(_) => 0,
+            backstop_types::AttemptOutcome::Transient(_) => 1,
+            backstop_types::AttemptOutcome::Permanent(_) => 2,
+        };
+        self.outcomes[at].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
     }
@@ -54,6 +70,16 @@ impl Counters {
     /// The counters in Prometheus' text format.
     pub fn prometheus(&self) -> String {
         let mut out = String::from(
+            "# HELP delivery_recipients_total Delivery attempts per recipient, by outcome.\n\
+             # TYPE delivery_recipients_total counter\n",
+        );
+        for (label, n) in OUTCOMES.iter().zip(&self.outcomes) {
+            out.push_str(&format!(
+                "delivery_recipients_total{{outcome=\"{label}\"}} {}\n",
+                n.load(Ordering::Relaxed)
+            ));
+        }
+        out.push_str(
             "# HELP dsn_sent_total Delivery status notifications queued.\n\
              # TYPE dsn_sent_total counter\n",
         );

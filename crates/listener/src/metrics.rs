@@ -1,41 +1,187 @@
-//! Counts of what the listeners refuse, by the stage of the session and the reason (the
-//! enhanced status code of the reply), for `smtp_rejections_total{stage,reason}`.
+//! What the listeners count, for the metrics: sessions (total and open), messages accepted,
+//! quarantined and discarded, every refusal by the stage of the session and the reason (the
+//! enhanced status code of the reply), and how long the checks before the reply to DATA take.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
-/// Refusals (4xx and 5xx replies) counted by (stage, reason).
+/// The upper bounds of the latency histogram's buckets, in seconds.
+const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
+
 #[derive(Debug, Default)]
-pub struct Rejections {
-    counts: Mutex<BTreeMap<(&'static str, String), u64>>,
+pub struct SmtpMetrics {
+    sessions: AtomicU64,
+    open: AtomicU64,
+    accepted: AtomicU64,
+    quarantined: AtomicU64,
+    discarded: AtomicU64,
+    rejections: Mutex<BTreeMap<(&'static str, String), u64>>,
+    /// Checks before the reply to DATA: count per bucket (not cumulative), sum in µs, count.
+    check_buckets: [AtomicU64; BUCKETS.len()],
+    check_micros: AtomicU64,
+    checks: AtomicU64,
 }
 
-impl Rejections {
-    pub fn count(&self, stage: &'static str, reason: String) {
+/// Counts a session open while it lives.
+pub struct OpenSession<'a>(&'a SmtpMetrics);
+
+impl Drop for OpenSession<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl SmtpMetrics {
+    pub fn session(&self) -> OpenSession<'_> {
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenSession(self)
+    }
+
+    pub fn accepted(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn quarantined(&self) {
+        self.quarantined.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn discarded(&self) {
+        self.discarded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn rejected(&self, stage: &'static str, reason: String) {
         *self
-            .counts
+            .rejections
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry((stage, reason))
             .or_default() += 1;
     }
 
-    /// The counts in Prometheus' text format.
+    /// The checks before the reply to DATA took `took`.
+    pub fn checked(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        if let Some(bucket) = BUCKETS.iter().position(|b| seconds <= *b) {
+            self.check_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.check_micros.fetch_add(micros, Ordering::Relaxed);
+        self.checks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Everything in Prometheus' text format.
     pub fn prometheus(&self) -> String {
-        let mut out = String::from(
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        let mut out = String::new();
+        for (name, kind, help, value) in [
+            (
+                "smtp_sessions_total",
+                "counter",
+                "SMTP sessions accepted.",
+                load(&self.sessions),
+            ),
+            (
+                "smtp_sessions_open",
+                "gauge",
+                "SMTP sessions open now.",
+                load(&self.open),
+            ),
+            (
+                "smtp_messages_accepted_total",
+                "counter",
+                "Messages accepted into the queue (250 after sync).",
+                load(&self.accepted),
+            ),
+            (
+                "smtp_messages_quarantined_total",
+                "counter",
+                "Messages accepted into quarantine by a check.",
+                load(&self.quarantined),
+            ),
+            (
+                "smtp_messages_discarded_total",
+                "counter",
+                "Messages a check discarded (250, kept nowhere).",
+                load(&self.discarded),
+            ),
+        ] {
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            );
+        }
+        out.push_str(
             "# HELP smtp_rejections_total Replies refusing or deferring something, by stage and reason.\n\
              # TYPE smtp_rejections_total counter\n",
         );
         for ((stage, reason), n) in self
-            .counts
+            .rejections
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
         {
-            out.push_str(&format!(
-                "smtp_rejections_total{{stage=\"{stage}\",reason=\"{reason}\"}} {n}\n"
-            ));
+            let _ = writeln!(
+                out,
+                "smtp_rejections_total{{stage=\"{stage}\",reason=\"{reason}\"}} {n}"
+            );
         }
+        out.push_str(
+            "# HELP smtp_content_check_seconds Time from the end of DATA to the checks' verdict.\n\
+             # TYPE smtp_content_check_seconds histogram\n",
+        );
+        let mut cumulative = 0;
+        for (bound, n) in BUCKETS.iter().zip(&self.check_buckets) {
+            cumulative += load(n);
+            let _ = writeln!(
+                out,
+                "smtp_content_check_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let count = load(&self.checks);
+        let _ = write!(
+            out,
+            "smtp_content_check_seconds_bucket{{le=\"+Inf\"}} {count}\n\
+             smtp_content_check_seconds_sum {}\nsmtp_content_check_seconds_count {count}\n",
+            load(&self.check_micros) as f64 / 1e6
+        );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_format() {
+        let m = SmtpMetrics::default();
+        {
+            let _open = m.session();
+            m.accepted();
+            m.rejected("rcpt", "5.1.1".into());
+            m.rejected("rcpt", "5.1.1".into());
+            m.checked(Duration::from_millis(7));
+            m.checked(Duration::from_secs(60));
+            assert!(m.prometheus().contains("smtp_sessions_open 1\n"));
+        }
+        let text = m.prometheus();
+        for line in [
+            "smtp_sessions_total 1\n",
+            "smtp_sessions_open 0\n",
+            "smtp_messages_accepted_total 1\n",
+            "smtp_rejections_total{stage=\"rcpt\",reason=\"5.1.1\"} 2\n",
+            "smtp_content_check_seconds_bucket{le=\"0.005\"} 0\n",
+            "smtp_content_check_seconds_bucket{le=\"0.01\"} 1\n",
+            "smtp_content_check_seconds_bucket{le=\"30\"} 1\n",
+            "smtp_content_check_seconds_bucket{le=\"+Inf\"} 2\n",
+            "smtp_content_check_seconds_sum 60.007\n",
+            "smtp_content_check_seconds_count 2\n",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
     }
 }

@@ -51,8 +51,8 @@ pub struct Context<S, P> {
     /// Clients in these networks are local submitters: they may relay without AUTH, and their
     /// mail is trusted for DSNs.
     pub local_networks: Vec<IpNetwork>,
-    /// Every refusal, counted by stage and reason.
-    pub rejections: Arc<crate::metrics::Rejections>,
+    /// Sessions, messages, refusals by stage and reason, and check latency.
+    pub metrics: Arc<crate::metrics::SmtpMetrics>,
 }
 
 /// Runs the accept loops until `shutdown` turns true, then tells open sessions (421) and waits
@@ -142,6 +142,7 @@ async fn connection<S: MessageSink, P: Policy>(
         refuse(&mut tcp, &reply).await;
         return;
     }
+    let _open = context.metrics.session();
     debug!(local_submitter, "connected");
     let result = match listener.mode {
         ListenerMode::ImplicitTls => {
@@ -295,7 +296,7 @@ where
                             .status()
                             .map_or_else(|| reply.code().to_string(), |s| s.to_string());
                         info!(stage, %reply, "refused");
-                        context.rejections.count(stage, reason);
+                        context.metrics.rejected(stage, reason);
                     } else {
                         debug!(%reply, "reply");
                     }
@@ -318,10 +319,13 @@ where
                     session.handle_auth(credentials, outcome);
                 }
                 Output::CheckMessage(message) => {
+                    let started = std::time::Instant::now();
                     let verdict = context.policy.check_message(&message).await;
+                    context.metrics.checked(started.elapsed());
                     match &verdict {
                         ContentVerdict::Accept | ContentVerdict::AcceptChanged(_) => {}
                         ContentVerdict::Discard(reason) => {
+                            context.metrics.discarded();
                             warn!(from = %message.envelope.sender, reason, "message discarded")
                         }
                         ContentVerdict::Refuse(reply) => info!(%reply, "message refused"),
@@ -335,7 +339,10 @@ where
                     let sender = message.envelope.sender.to_string();
                     let result = context.sink.quarantine(*message, reason).await;
                     match result {
-                        Ok(id) => info!(queue_id = %id, from = %sender, "accepted into quarantine"),
+                        Ok(id) => {
+                            context.metrics.quarantined();
+                            info!(queue_id = %id, from = %sender, "accepted into quarantine")
+                        }
                         Err(failure) => warn!(from = %sender, ?failure, "quarantine write failed"),
                     }
                     session.handle_enqueued(result);
@@ -382,6 +389,7 @@ where
                     let result = context.sink.enqueue(*message).await;
                     match result {
                         Ok(id) => {
+                            context.metrics.accepted();
                             info!(queue_id = %id, from = %sender, recipients, size, "accepted")
                         }
                         Err(failure) => {

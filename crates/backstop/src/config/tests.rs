@@ -24,23 +24,6 @@ fn the_embedded_default_parses() {
 
 /// Every file shipped in etc/ is a valid config.
 #[test]
-fn every_file_in_etc_parses() {
-    let etc =
-        Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo")).join("../../etc");
-    let mut checked = 0;
-    for entry in std::fs::read_dir(&etc).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            if let Err(e) = Config::load(&path) {
-                panic!("{e}");
-            }
-            checked += 1;
-        }
-    }
-    assert!(checked >= 1);
-}
-
-#[test]
 fn minimal_config_gets_the_defaults() {
     let c = Config::parse(MINIMAL, "test.toml").unwrap();
     assert_eq!(c.smtp.max_recipients, 100);

@@ -1,0 +1,121 @@
+//! The metrics in Prometheus' text format: what the listeners and the delivery agent count,
+//! and the queue's depth and age read at each scrape. Served over HTTP (`GET /metrics`) when
+//! `[metrics] address` is set, and printed by `backstop metrics` through the admin API.
+
+use std::sync::Arc;
+
+use backstop_delivery::report::Counters;
+use backstop_listener::metrics::SmtpMetrics;
+use backstop_queue::Queue;
+use backstop_types::UnixTime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Where the numbers come from.
+pub struct Sources {
+    pub queue: Queue,
+    pub delivery: Arc<Counters>,
+    pub smtp: Arc<SmtpMetrics>,
+}
+
+impl Sources {
+    /// All metrics at `now`. Blocking: it reads the queue.
+    pub fn render(&self, now: UnixTime) -> String {
+        let mut out = self.smtp.prometheus();
+        out.push_str(&self.delivery.prometheus());
+        match (self.queue.list(), self.queue.quarantine_list()) {
+            (Ok(entries), Ok(quarantined)) => {
+                let oldest = entries.iter().map(|(_, e)| e.envelope.arrival.0).min();
+                let age = oldest.map_or(0, |a| now.0.saturating_sub(a));
+                out.push_str(&format!(
+                    "# HELP queue_messages Messages in the queue.\n# TYPE queue_messages gauge\n\
+                     queue_messages {}\n\
+                     # HELP queue_oldest_seconds Age of the oldest message in the queue.\n\
+                     # TYPE queue_oldest_seconds gauge\nqueue_oldest_seconds {age}\n\
+                     # HELP quarantine_messages Messages in quarantine.\n\
+                     # TYPE quarantine_messages gauge\nquarantine_messages {}\n",
+                    entries.len(),
+                    quarantined.len()
+                ));
+            }
+            (Err(e), _) | (_, Err(e)) => warn!(error = %e, "metrics: cannot read the queue"),
+        }
+        out
+    }
+}
+
+/// Binds the metrics endpoint.
+pub async fn bind(address: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    let socket = TcpListener::bind(address)
+        .await
+        .map_err(|e| anyhow::anyhow!("metrics: cannot listen on {address}: {e}"))?;
+    info!(address = %socket.local_addr()?, "metrics endpoint");
+    Ok(socket)
+}
+
+/// Answers `GET /metrics` until `shutdown`.
+pub async fn serve(
+    socket: TcpListener,
+    sources: Arc<Sources>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = socket.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    warn!(error = %e, "metrics: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let sources = Arc::clone(&sources);
+        tokio::spawn(async move {
+            let answered =
+                tokio::time::timeout(std::time::Duration::from_secs(10), answer(stream, sources))
+                    .await;
+            if let Ok(Err(e)) = answered {
+                warn!(error = %e, "metrics request");
+            }
+        });
+    }
+}
+
+async fn answer(mut stream: TcpStream, sources: Arc<Sources>) -> anyhow::Result<()> {
+    // The request head, at most 8 KiB; the body of a GET is ignored.
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 || head.len() > 8192 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let mut parts = line.split_whitespace();
+    let (status, kind, body) = match (parts.next(), parts.next()) {
+        (Some("GET"), Some("/metrics")) => {
+            let now = crate::serve::now();
+            let body = tokio::task::spawn_blocking(move || sources.render(now)).await?;
+            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", body)
+        }
+        (Some("GET"), _) => ("404 Not Found", "text/plain", "only /metrics\n".to_owned()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET /metrics\n".to_owned(),
+        ),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await?;
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! `GET /metrics`, read with curl while the server works: the counters move with what the
+//! clients and the delivery agent do.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{config, free_port, have, RawClient, Server};
+
+fn scrape(port: u16) -> String {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            &format!("http://127.0.0.1:{port}/metrics"),
+        ])
+        .output()
+        .expect("running curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of the sample `name` (with its labels) in `text`.
+fn value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+#[test]
+fn metrics_move_with_sessions_refusals_and_deliveries() {
+    let test = "metrics_move_with_sessions_refusals_and_deliveries";
+    if !have("curl", test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    let config = config(d, "").replace("[delivery]\npaused = true", "[delivery]\npaused = false")
+        + &format!("\n[metrics]\naddress = \"127.0.0.1:{port}\"\n");
+    let server = Server::start(d, &config);
+    let before = scrape(port);
+    assert_eq!(value(&before, "smtp_messages_accepted_total"), 0.0);
+    assert_eq!(value(&before, "queue_messages"), 0.0);
+
+    let mut c = RawClient::connect(server.mx);
+    c.reply();
+    c.command("EHLO client.example");
+    let during = scrape(port);
+    assert_eq!(value(&during, "smtp_sessions_open"), 1.0);
+    c.command("MAIL FROM:<sender@example.org>");
+    assert!(c
+        .command("RCPT TO:<nobody@elsewhere.example>")
+        .starts_with("554 5.7.1"));
+    assert!(c.command("RCPT TO:<user@example.test>").starts_with("250"));
+    c.command("DATA");
+    c.send(b"Subject: counted\r\n\r\nhello\r\n.\r\n");
+    assert!(c.reply().starts_with("250 2.0.0 Ok: queued as"));
+    c.command("QUIT");
+    drop(c);
+
+    // The delivery agent takes it into the maildir; wait until the metrics say so.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let text = scrape(port);
+        if value(&text, "delivery_recipients_total{outcome=\"delivered\"}") >= 1.0 {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not delivered:\n{text}\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    server.stop();
+    assert_eq!(value(&after, "smtp_sessions_total"), 1.0);
+    assert_eq!(value(&after, "smtp_messages_accepted_total"), 1.0);
+    assert_eq!(
+        value(
+            &after,
+            "smtp_rejections_total{stage=\"rcpt\",reason=\"5.7.1\"}"
+        ),
+        1.0
+    );
+    assert_eq!(value(&after, "smtp_content_check_seconds_count"), 0.0);
+    assert_eq!(value(&after, "dsn_sent_total"), 0.0);
+    for name in ["queue_oldest_seconds", "quarantine_messages"] {
+        assert!(after.contains(&format!("\n{name} ")), "{name}:\n{after}");
+    }
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_session_span() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::start(d, &(config(d, "") + "\n[log]\nformat = \"json\"\n"));
+    let mut c = RawClient::connect(server.mx);
+    c.reply();
+    c.command("EHLO client.example");
+    c.command("MAIL FROM:<sender@example.org>");
+    c.command("RCPT TO:<user@example.test>");
+    c.command("DATA");
+    c.send(b"Subject: logged\r\n\r\nhello\r\n.\r\n");
+    let reply = c.reply();
+    c.command("QUIT");
+    let log = server.log();
+    server.stop();
+    let id = crate::harness::queue_id_in(&reply).to_string();
+    let mut accepted = None;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if event["fields"]["message"] == "accepted" {
+            accepted = Some(event);
+        }
+    }
+    let accepted = accepted.unwrap_or_else(|| panic!("no accepted event in:\n{log}"));
+    assert_eq!(accepted["fields"]["queue_id"], id.as_str(), "{accepted}");
+    assert_eq!(accepted["level"], "INFO");
+    let session = &accepted["spans"][0];
+    assert_eq!(session["name"], "session", "{accepted}");
+    assert_eq!(session["listener"], "mx", "{accepted}");
+    assert!(session["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+}
