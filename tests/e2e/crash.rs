@@ -17,10 +17,9 @@ const ROUNDS: usize = 4;
 /// More than a client can send before the kill: every round is cut off mid-load.
 const MESSAGES_PER_CLIENT_AND_ROUND: usize = 100_000;
 
-/// One client: sends messages one after the other until done or the server goes away.
-/// Returns the queue ids from the 250 replies it got.
-fn client(addr: SocketAddr, messages: usize, tag: usize) -> Vec<QueueId> {
-    let mut accepted = Vec::new();
+/// One client: sends messages one after the other until done or the server goes away, adding
+/// the queue id of each 250 reply to `accepted` as it comes.
+pub fn client(addr: SocketAddr, messages: usize, tag: usize, accepted: &Mutex<Vec<QueueId>>) {
     let _ = (|| -> std::io::Result<()> {
         let mut stream = TcpStream::connect(addr)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -56,13 +55,12 @@ fn client(addr: SocketAddr, messages: usize, tag: usize) -> Vec<QueueId> {
             let end = reply()?;
             if let Some(at) = end.find("queued as ") {
                 if let Ok(id) = end[at + 10..at + 26].parse() {
-                    accepted.push(id);
+                    accepted.lock().unwrap().push(id);
                 }
             }
         }
         Ok(())
     })();
-    accepted
 }
 
 /// A pseudo-random number in 0..n from the clock: the kill moments need not be reproducible,
@@ -86,14 +84,25 @@ fn nothing_that_got_250_is_lost_to_sigkill_under_load() {
         for c in 0..CLIENTS {
             let (addr, accepted) = (server.mx, Arc::clone(&accepted));
             threads.push(std::thread::spawn(move || {
-                let ids = client(addr, MESSAGES_PER_CLIENT_AND_ROUND, round * CLIENTS + c);
-                accepted.lock().unwrap().extend(ids);
+                client(
+                    addr,
+                    MESSAGES_PER_CLIENT_AND_ROUND,
+                    round * CLIENTS + c,
+                    &accepted,
+                );
             }));
         }
-        // Kill at a random moment while the clients are busy.
-        std::thread::sleep(Duration::from_millis(50 + random_below(400)));
-        server.kill9();
+        // Kill at a random moment while the clients are busy: once this round has some
+        // messages in (however slow the machine is today), a little later.
         let before = accepted.lock().unwrap().len();
+        let started = std::time::Instant::now();
+        while accepted.lock().unwrap().len() < before + 30
+            && started.elapsed() < Duration::from_secs(30)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(random_below(300)));
+        server.kill9();
         for t in threads {
             t.join().unwrap();
         }
