@@ -30,6 +30,7 @@ mod recipients;
 mod relay;
 mod scanners;
 mod sender_auth;
+mod signals;
 mod smarthost;
 mod smuggling;
 mod submission;

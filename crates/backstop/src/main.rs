@@ -187,7 +187,7 @@ fn main() -> ExitCode {
                 None => Config::embedded(),
             };
             match loaded {
-                Ok(config) => match serve::run(config) {
+                Ok(loaded) => match serve::run(loaded, config) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("backstop: {e:#}");

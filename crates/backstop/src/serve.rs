@@ -1,7 +1,7 @@
 //! `backstop serve`: builds every part from the config and runs until SIGTERM or SIGINT.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -37,13 +37,15 @@ macro_rules! announce {
 }
 pub(crate) use announce;
 
-pub fn run(config: Config) -> anyhow::Result<()> {
+/// Runs the server on `config`, read from `path` (the embedded default when `None`), which
+/// SIGHUP reads again.
+pub fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     init_tracing(&config.log)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(serve(config))
+        .block_on(serve(config, path))
 }
 
 fn init_tracing(log: &crate::config::Log) -> anyhow::Result<()> {
@@ -89,7 +91,8 @@ struct Filter {
     recipients: Option<TableFile>,
     greylist: Option<GreylistPolicy>,
     rate_limits: RateLimits,
-    rates: MemoryRates,
+    /// Kept across reloads, so a reload resets no limit.
+    rates: Arc<MemoryRates>,
     queue: Queue,
 }
 
@@ -294,7 +297,7 @@ impl Filter {
     /// Counts one event against a limit; false when it goes over. A counter that fails lets
     /// the event through: rate limits shape traffic, they do not guard correctness.
     fn count(&self, key: &str, limit: &Limit) -> bool {
-        match rate::allow(&self.rates, key, limit, now()) {
+        match rate::allow(&*self.rates, key, limit, now()) {
             Ok(allowed) => allowed,
             Err(e) => {
                 warn!(error = %e, key, "rate counter failed");
@@ -408,35 +411,227 @@ impl GreyStore for QueueGreyStore<'_> {
     }
 }
 
-/// Reloads the recipient table on SIGHUP and whenever the file changes (polled every two
-/// seconds). A table that fails to load is logged; the one in force stays.
-async fn reload_recipients(file: TableFile) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(hup) => Some(hup),
-        Err(e) => {
-            error!(error = %e, "cannot watch SIGHUP; the recipient table reloads on change only");
-            None
-        }
-    };
+/// The SMTP side's shared state: the queue as the sink, the filter as the policy.
+type SmtpContext = Context<QueueSink, Filter>;
+
+/// Reloads the recipient table in force whenever its file changes (polled every two seconds;
+/// SIGHUP reloads it with the rest). A table that fails to load is logged; the one in force
+/// stays.
+async fn watch_recipients(contexts: watch::Receiver<Arc<SmtpContext>>) {
     let mut poll = tokio::time::interval(std::time::Duration::from_secs(2));
     loop {
-        let on_signal = async {
-            match &mut hup {
-                Some(hup) => hup.recv().await,
-                None => std::future::pending().await,
-            }
+        poll.tick().await;
+        let Some(file) = contexts.borrow().policy.recipients.clone() else {
+            continue;
         };
-        let result = tokio::select! {
-            _ = on_signal => file.reload().map(|()| true),
-            _ = poll.tick() => file.reload_if_changed(),
-        };
-        match result {
+        match file.reload_if_changed() {
             Ok(true) => info!(table = %file.path().display(), "recipient table reloaded"),
             Ok(false) => {}
             Err(e) => error!(error = %e, "recipient table not reloaded; the previous one stays"),
         }
     }
+}
+
+/// On SIGHUP: reads the config again and, if it is good and keeps the listeners and the data
+/// directory, builds the SMTP side anew (session rules, checks, users, certificates, tables,
+/// keys) for the sessions that start from then on. Sessions already open finish under the
+/// rules they started with. A bad config is logged and changes nothing. The delivery agent,
+/// the admin API and the metrics endpoint keep the settings they started with.
+async fn reload_on_hangup(
+    path: Option<PathBuf>,
+    data_dir: PathBuf,
+    mut running: Config,
+    hangup: Option<tokio::signal::unix::Signal>,
+    contexts: watch::Sender<Arc<SmtpContext>>,
+    queue: Queue,
+    metrics: Arc<backstop_listener::metrics::SmtpMetrics>,
+) {
+    let Some(mut hangup) = hangup else {
+        return std::future::pending().await;
+    };
+    while hangup.recv().await.is_some() {
+        let loaded = match &path {
+            Some(path) => Config::load(path),
+            None => Config::embedded(),
+        };
+        let config = match loaded {
+            Ok(config) => config,
+            Err(e) => {
+                error!(error = %e, "reload refused: the config has errors; nothing changed");
+                continue;
+            }
+        };
+        if let Some(why) = needs_restart(&running, &config) {
+            error!(
+                why,
+                "reload refused: this change needs a restart; nothing changed"
+            );
+            continue;
+        }
+        let previous = Arc::clone(&contexts.borrow());
+        let built = Shared::new(&config).and_then(|shared| {
+            let tls = load_tls(&config, &data_dir)?;
+            smtp_context(&config, tls, &shared, &queue, &metrics, Some(&previous))
+        });
+        match built {
+            Ok(context) => {
+                contexts.send_replace(Arc::new(context));
+                running = config;
+                info!("config reloaded");
+            }
+            Err(e) => error!(error = %format!("{e:#}"), "reload refused; nothing changed"),
+        }
+    }
+}
+
+/// Why `new` cannot replace `old` without a restart, if it cannot: the sockets and the data
+/// directory are set up once.
+fn needs_restart(old: &Config, new: &Config) -> Option<&'static str> {
+    let listeners = |c: &Config| -> Vec<(String, std::net::SocketAddr, &'static str)> {
+        c.listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.address, l.kind.name()))
+            .collect()
+    };
+    if listeners(old) != listeners(new) {
+        return Some("the listeners changed");
+    }
+    if old.data_dir != new.data_dir {
+        return Some("data_dir changed");
+    }
+    if old.metrics != new.metrics {
+        return Some("the metrics address changed");
+    }
+    None
+}
+
+/// The server's certificate: the configured files, or a self-signed one made once.
+fn load_tls(
+    config: &Config,
+    data_dir: &Path,
+) -> anyhow::Result<backstop_listener::tls::TlsAcceptor> {
+    let source = match &config.tls {
+        Tls::Files { cert, key } => CertSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        Tls::SelfSigned => CertSource::SelfSigned {
+            dir: data_dir.join("tls"),
+            hostname: config.hostname.clone(),
+        },
+    };
+    let tls = backstop_listener::tls::load(&source)?;
+    match (&source, &tls.generated) {
+        (_, Some(path)) => warn!(
+            path = %path.display(),
+            hostname = %config.hostname,
+            "no certificate configured: generated a self-signed certificate"
+        ),
+        (CertSource::SelfSigned { dir, .. }, None) => warn!(
+            dir = %dir.display(),
+            "no certificate configured: using the self-signed certificate generated earlier"
+        ),
+        (CertSource::Files { .. }, None) => {}
+    }
+    Ok(tls.acceptor)
+}
+
+/// The SMTP side built from `config`: the filter, the users, the certificate, the limits and
+/// each listener's session rules. With `previous` (a reload), the counts of open connections,
+/// the rate-limit windows and an unchanged recipient table (read again) carry over.
+fn smtp_context(
+    config: &Config,
+    tls: backstop_listener::tls::TlsAcceptor,
+    shared: &Shared,
+    queue: &Queue,
+    metrics: &Arc<backstop_listener::metrics::SmtpMetrics>,
+    previous: Option<&SmtpContext>,
+) -> anyhow::Result<SmtpContext> {
+    let users = load_users(config)?;
+    let (max_total, max_per_ip) = (
+        config.smtp.max_connections,
+        config.smtp.max_connections_per_ip,
+    );
+    let limits = match previous {
+        Some(p) => p.limits.resized(max_total, max_per_ip),
+        None => ConnectionLimits::new(max_total, max_per_ip),
+    };
+    let recipients = match (
+        &config.recipients,
+        previous.and_then(|p| p.policy.recipients.as_ref()),
+    ) {
+        (Some(new), Some(old)) if new.path() == old.path() => {
+            old.reload()?;
+            Some(old.clone())
+        }
+        (new, _) => new.clone(),
+    };
+    let listeners = config
+        .listeners
+        .iter()
+        .map(|l| {
+            let settings = backstop_listener::ListenerSettings {
+                session: Arc::new(session_config(config, &l.name, l.kind)),
+                greeting_delay: config.smtp.greeting_delay,
+            };
+            (l.name.clone(), settings)
+        })
+        .collect();
+    Ok(Context {
+        sink: QueueSink {
+            queue: queue.clone(),
+        },
+        policy: Filter {
+            bounce_provenance_domains: config.bounce_provenance_domains.clone(),
+            local_domains: config.smtp.local_domains.clone(),
+            ldap: config
+                .ldap
+                .clone()
+                .map(|l| Arc::new(backstop_filter::ldap::LdapSource::new(l))),
+            callahead: callahead(config),
+            bounce_provenance: config.bounce_provenance,
+            dnsbl: match (&shared.dns, config.dnsbl.is_empty()) {
+                (Some(dns), false) => Some(Arc::new(backstop_filter::dnsbl::Dnsbl::new(
+                    dns.clone(),
+                    config.dnsbl.clone(),
+                ))),
+                _ => None,
+            },
+            sender_auth: match (&shared.dns, &config.sender_checks) {
+                (Some(dns), Some(actions)) => {
+                    Some(Arc::new(backstop_filter::sender_auth::SenderAuth::new(
+                        dns.clone(),
+                        &config.hostname,
+                        actions.clone(),
+                    )))
+                }
+                _ => None,
+            },
+            batv: match (config.batv_check_bounces, &shared.batv) {
+                (true, Some(keys)) => Some(BounceCheck {
+                    keys: keys.clone(),
+                    exempt: config.batv_exempt.clone(),
+                }),
+                _ => None,
+            },
+            rfc5322: config.rfc5322,
+            content: Pipeline {
+                checks: config.content_checks.clone(),
+                deadline: config.content_deadline,
+            },
+            recipients,
+            greylist: config.greylist,
+            rate_limits: config.rate_limits.clone(),
+            rates: previous.map_or_else(Arc::default, |p| Arc::clone(&p.policy.rates)),
+            queue: queue.clone(),
+        },
+        tls: Some(tls),
+        users: Arc::new(users),
+        limits,
+        local_networks: config.smtp.local_networks.clone(),
+        metrics: Arc::clone(metrics),
+        listeners,
+    })
 }
 
 /// Puts accepted messages into the queue.
@@ -491,7 +686,7 @@ impl MessageSink for QueueSink {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let signals = Signals::install();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
@@ -507,36 +702,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         queue_dir.display()
     );
 
-    let source = match &config.tls {
-        Tls::Files { cert, key } => CertSource::Files {
-            cert: cert.clone(),
-            key: key.clone(),
-        },
-        Tls::SelfSigned => CertSource::SelfSigned {
-            dir: data_dir.join("tls"),
-            hostname: config.hostname.clone(),
-        },
-    };
-    let tls = backstop_listener::tls::load(&source)?;
-    match (&source, &tls.generated) {
-        (_, Some(path)) => warn!(
-            path = %path.display(),
-            hostname = %config.hostname,
-            "no certificate configured: generated a self-signed certificate"
-        ),
-        (CertSource::SelfSigned { dir, .. }, None) => warn!(
-            dir = %dir.display(),
-            "no certificate configured: using the self-signed certificate generated earlier"
-        ),
-        (CertSource::Files { .. }, None) => {}
-    }
+    let tls = load_tls(&config, &data_dir)?;
 
-    let users = load_users(&config)?;
-
-    let limits = ConnectionLimits::new(
-        config.smtp.max_connections,
-        config.smtp.max_connections_per_ip,
-    );
     // The admin API and the metrics first: once a listener is announced, the whole server is
     // up.
     let admin = crate::admin::bind(config.admin.clone()).await?;
@@ -564,13 +731,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         );
         info!(listener = %l.name, %address, "listening");
         listeners.push(Listener {
+            name: l.name.clone(),
             socket,
             mode: match l.kind {
                 ListenerKind::Submissions => ListenerMode::ImplicitTls,
                 ListenerKind::Mx | ListenerKind::Submission => ListenerMode::Plain,
             },
-            session: Arc::new(session_config(&config, &l.name, l.kind)),
-            greeting_delay: config.smtp.greeting_delay,
         });
     }
 
@@ -617,69 +783,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         queue.clone(),
         config.queue.quarantine_retention,
     ));
-    if let Some(file) = &config.recipients {
-        tokio::spawn(reload_recipients(file.clone()));
-    }
-    let context = Arc::new(Context {
-        sink: QueueSink {
-            queue: queue.clone(),
-        },
-        policy: Filter {
-            bounce_provenance_domains: config.bounce_provenance_domains.clone(),
-            local_domains: config.smtp.local_domains.clone(),
-            ldap: config
-                .ldap
-                .clone()
-                .map(|l| Arc::new(backstop_filter::ldap::LdapSource::new(l))),
-            callahead: callahead(&config),
-            bounce_provenance: config.bounce_provenance,
-            dnsbl: match (&shared.dns, config.dnsbl.is_empty()) {
-                (Some(dns), false) => Some(Arc::new(backstop_filter::dnsbl::Dnsbl::new(
-                    dns.clone(),
-                    config.dnsbl.clone(),
-                ))),
-                _ => None,
-            },
-            sender_auth: match (&shared.dns, &config.sender_checks) {
-                (Some(dns), Some(actions)) => {
-                    Some(Arc::new(backstop_filter::sender_auth::SenderAuth::new(
-                        dns.clone(),
-                        &config.hostname,
-                        actions.clone(),
-                    )))
-                }
-                _ => None,
-            },
-            batv: match (config.batv_check_bounces, &shared.batv) {
-                (true, Some(keys)) => Some(BounceCheck {
-                    keys: keys.clone(),
-                    exempt: config.batv_exempt.clone(),
-                }),
-                _ => None,
-            },
-            rfc5322: config.rfc5322,
-            content: Pipeline {
-                checks: config.content_checks.clone(),
-                deadline: config.content_deadline,
-            },
-            recipients: config.recipients.clone(),
-            greylist: config.greylist,
-            rate_limits: config.rate_limits.clone(),
-            rates: MemoryRates::default(),
-            queue: queue.clone(),
-        },
-        tls: Some(tls.acceptor),
-        users: Arc::new(users),
-        limits,
-        local_networks: config.smtp.local_networks.clone(),
-        metrics: smtp_metrics,
-    });
+    let context = smtp_context(&config, tls, &shared, &queue, &smtp_metrics, None)?;
+    let (contexts, current) = watch::channel(Arc::new(context));
+    tokio::spawn(watch_recipients(current.clone()));
+    tokio::spawn(reload_on_hangup(
+        path,
+        data_dir.clone(),
+        config,
+        signals.hangup,
+        contexts,
+        queue.clone(),
+        smtp_metrics,
+    ));
     tokio::spawn(async move {
-        signals.wait().await;
+        signals.stop.wait().await;
         info!("shutting down");
         let _ = stop.send(true);
     });
-    backstop_listener::serve(listeners, context, shutdown).await;
+    backstop_listener::serve(listeners, current, shutdown).await;
     if let Some(Err(e)) = match delivery {
         Some(task) => Some(task.await),
         None => None,
@@ -1002,25 +1123,39 @@ fn load_users(config: &Config) -> anyhow::Result<UserStore> {
     Ok(users)
 }
 
-/// SIGTERM and SIGINT, caught from the moment this is made: made before any listener is
-/// announced, so that a stop right after start is a clean stop, not the default death.
-struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+/// SIGTERM, SIGINT and SIGHUP, caught from the moment this is made: made before any listener
+/// is announced, so that a stop or a reload right after start is handled, never the default
+/// death.
+struct Signals {
+    stop: Stop,
+    /// `None` when it could not be caught: reloads are then impossible.
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+/// SIGTERM or SIGINT.
+struct Stop(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
 
 impl Signals {
     fn install() -> Signals {
         use tokio::signal::unix::{signal, SignalKind};
-        match (
+        let stop = match (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
         ) {
-            (Ok(term), Ok(int)) => Signals(Some((term, int))),
+            (Ok(term), Ok(int)) => Stop(Some((term, int))),
             _ => {
                 error!("cannot install signal handlers; stop with SIGKILL");
-                Signals(None)
+                Stop(None)
             }
-        }
+        };
+        let hangup = signal(SignalKind::hangup())
+            .map_err(|e| error!(error = %e, "cannot catch SIGHUP: no reloads"))
+            .ok();
+        Signals { stop, hangup }
     }
+}
 
+impl Stop {
     async fn wait(self) {
         match self.0 {
             Some((mut term, mut int)) => {
@@ -1061,7 +1196,7 @@ mod tests {
             recipients: None,
             greylist: None,
             rate_limits: RateLimits::default(),
-            rates: MemoryRates::default(),
+            rates: Arc::default(),
             queue,
         }
     }

@@ -26,7 +26,7 @@ use backstop_session::{
 use backstop_types::QueueId;
 
 pub use limits::{ConnectionLimits, IpNetwork};
-pub use server::{serve, Context, Listener, ListenerMode};
+pub use server::{serve, Context, Listener, ListenerMode, ListenerSettings};
 pub use users::UserStore;
 
 /// Where accepted messages go. `enqueue` must return only once the message is durably stored:

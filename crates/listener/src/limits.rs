@@ -101,6 +101,16 @@ impl ConnectionLimits {
         }
     }
 
+    /// The same counts of open connections under new limits (a reloaded config): sessions
+    /// admitted before still count.
+    pub fn resized(&self, max_total: usize, max_per_ip: usize) -> ConnectionLimits {
+        ConnectionLimits {
+            inner: Arc::clone(&self.inner),
+            max_total,
+            max_per_ip,
+        }
+    }
+
     pub fn admit(&self, ip: IpAddr) -> Result<ConnectionSlot, Refusal> {
         let mut counts = self.lock();
         if counts.total >= self.max_total {

@@ -31,10 +31,15 @@ pub enum ListenerMode {
     ImplicitTls,
 }
 
-/// One bound socket and the rules for its sessions.
+/// One bound socket; the rules for its sessions are in the [`Context`] under its name.
 pub struct Listener {
+    pub name: String,
     pub socket: TcpListener,
     pub mode: ListenerMode,
+}
+
+/// The rules for one listener's sessions.
+pub struct ListenerSettings {
     pub session: Arc<SessionConfig>,
     /// Wait this long before the greeting; a client that talks first is refused.
     pub greeting_delay: Duration,
@@ -53,22 +58,22 @@ pub struct Context<S, P> {
     pub local_networks: Vec<IpNetwork>,
     /// Sessions, messages, refusals by stage and reason, and check latency.
     pub metrics: Arc<crate::metrics::SmtpMetrics>,
+    /// Each listener's rules, by its name.
+    pub listeners: std::collections::HashMap<String, ListenerSettings>,
 }
 
 /// Runs the accept loops until `shutdown` turns true, then tells open sessions (421) and waits
-/// for them to end. Sessions in the middle of storing a message finish that first.
+/// for them to end. Sessions in the middle of storing a message finish that first. Each new
+/// session takes the context `contexts` holds at that moment (a reload sends a new one);
+/// sessions already open keep the one they started with.
 pub async fn serve<S: MessageSink, P: Policy>(
     listeners: Vec<Listener>,
-    context: Arc<Context<S, P>>,
+    contexts: watch::Receiver<Arc<Context<S, P>>>,
     shutdown: watch::Receiver<bool>,
 ) {
     let mut loops = JoinSet::new();
     for listener in listeners {
-        loops.spawn(accept_loop(
-            listener,
-            Arc::clone(&context),
-            shutdown.clone(),
-        ));
+        loops.spawn(accept_loop(listener, contexts.clone(), shutdown.clone()));
     }
     while loops.join_next().await.is_some() {}
 }
@@ -77,10 +82,9 @@ static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 
 async fn accept_loop<S: MessageSink, P: Policy>(
     listener: Listener,
-    context: Arc<Context<S, P>>,
+    contexts: watch::Receiver<Arc<Context<S, P>>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let listener = Arc::new(listener);
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -99,25 +103,35 @@ async fn accept_loop<S: MessageSink, P: Policy>(
             }
         };
         let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
-        let span = info_span!("session", id, peer = %peer, listener = %listener.session.listener);
-        connections.spawn(
-            connection(
-                tcp,
-                peer,
-                Arc::clone(&listener),
-                Arc::clone(&context),
-                shutdown.clone(),
-            )
-            .instrument(span),
-        );
+        let span = info_span!("session", id, peer = %peer, listener = %listener.name);
+        let context = Arc::clone(&contexts.borrow());
+        let Some(settings) = context.listeners.get(&listener.name) else {
+            // A context always covers the listeners it is served with.
+            warn!(listener = %listener.name, "no settings for this listener");
+            continue;
+        };
+        let settings = Setup {
+            session: Arc::clone(&settings.session),
+            greeting_delay: settings.greeting_delay,
+            mode: listener.mode,
+        };
+        connections
+            .spawn(connection(tcp, peer, settings, context, shutdown.clone()).instrument(span));
     }
     while connections.join_next().await.is_some() {}
+}
+
+/// What one connection's session is set up with.
+struct Setup {
+    session: Arc<SessionConfig>,
+    greeting_delay: Duration,
+    mode: ListenerMode,
 }
 
 async fn connection<S: MessageSink, P: Policy>(
     mut tcp: TcpStream,
     peer: SocketAddr,
-    listener: Arc<Listener>,
+    listener: Setup,
     context: Arc<Context<S, P>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -170,7 +184,7 @@ async fn plain<S: MessageSink, P: Policy>(
     mut tcp: TcpStream,
     ip: std::net::IpAddr,
     local_submitter: bool,
-    listener: &Listener,
+    listener: &Setup,
     context: &Context<S, P>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> io::Result<()> {
@@ -200,7 +214,7 @@ async fn implicit_tls<S: MessageSink, P: Policy>(
     tcp: TcpStream,
     ip: std::net::IpAddr,
     local_submitter: bool,
-    listener: &Listener,
+    listener: &Setup,
     context: &Context<S, P>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> io::Result<()> {
@@ -223,7 +237,7 @@ async fn implicit_tls<S: MessageSink, P: Policy>(
 /// failed it or took too long (logged; the connection is then simply closed).
 async fn handshake<S: MessageSink, P: Policy>(
     tcp: TcpStream,
-    listener: &Listener,
+    listener: &Setup,
     context: &Context<S, P>,
 ) -> io::Result<Option<tokio_rustls::server::TlsStream<TcpStream>>> {
     let Some(acceptor) = &context.tls else {

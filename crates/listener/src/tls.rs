@@ -8,7 +8,7 @@ use backstop_types::TlsInfo;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::TlsAcceptor;
+pub use tokio_rustls::TlsAcceptor;
 
 /// Where the server certificate comes from.
 #[derive(Debug, Clone)]

@@ -1,0 +1,206 @@
+//! SIGHUP and SIGTERM while clients keep sending: a reload changes the rules for new sessions
+//! without dropping one (a broken config changes nothing), and a stop loses no message that
+//! got a 250.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backstop_types::QueueId;
+
+use crate::harness::{config, queue_id_in, queued, RawClient, Server};
+
+/// One message in a session of its own; the queue id, or what went wrong.
+fn one_session(addr: SocketAddr, n: usize) -> Result<QueueId, String> {
+    let mut c = RawClient::connect(addr);
+    let greeting = c.reply();
+    if !greeting.starts_with("220") {
+        return Err(greeting);
+    }
+    for (command, expect) in [
+        ("EHLO load.example", "250"),
+        ("MAIL FROM:<load@example.org>", "250"),
+        ("RCPT TO:<user@example.test>", "250"),
+        ("DATA", "354"),
+    ] {
+        let reply = c.command(command);
+        if !reply.starts_with(expect) {
+            return Err(format!("{command}: {reply}"));
+        }
+    }
+    c.send(format!("Subject: load {n}\r\n\r\n{}\r\n.\r\n", "x".repeat(3000)).as_bytes());
+    let reply = c.reply();
+    c.command("QUIT");
+    match reply.starts_with("250 2.0.0 Ok: queued as") {
+        true => Ok(queue_id_in(&reply)),
+        false => Err(reply),
+    }
+}
+
+fn hangup(server: &Server) {
+    let pid = server.pid().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// The SIZE a new session's EHLO announces.
+fn size(server: &Server) -> String {
+    let mut c = RawClient::connect(server.mx);
+    c.reply();
+    let ehlo = c.command("EHLO client.example");
+    c.command("QUIT");
+    ehlo.lines()
+        .find_map(|l| {
+            l.strip_prefix("250-SIZE ")
+                .or_else(|| l.strip_prefix("250 SIZE "))
+        })
+        .unwrap_or_else(|| panic!("no SIZE in {ehlo}"))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn a_reload_under_load_loses_no_session_and_no_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let with_size = |size: &str| config(d, &format!("max_message_size = \"{size}\""));
+    let server = Server::start(d, &with_size("1M"));
+    assert_eq!(size(&server), "1048576");
+    let file = d.join("backstop.toml");
+
+    let accepted: Arc<Mutex<Vec<QueueId>>> = Arc::default();
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for t in 0..8 {
+        let (addr, accepted, failures, done) = (
+            server.mx,
+            Arc::clone(&accepted),
+            Arc::clone(&failures),
+            Arc::clone(&done),
+        );
+        threads.push(std::thread::spawn(move || {
+            let mut n = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                match one_session(addr, t * 100_000 + n) {
+                    Ok(id) => accepted.lock().unwrap().push(id),
+                    Err(e) => failures.lock().unwrap().push(e),
+                }
+                n += 1;
+            }
+        }));
+    }
+    // Reload ten times under load, one of them with a broken config.
+    for round in 0..10 {
+        std::thread::sleep(Duration::from_millis(150));
+        let text = match round {
+            5 => "this is = not [ toml".to_owned(),
+            _ => with_size(if round % 2 == 0 { "2M" } else { "1M" }),
+        };
+        std::fs::write(&file, text).unwrap();
+        hangup(&server);
+    }
+    std::fs::write(&file, with_size("3M")).unwrap();
+    hangup(&server);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while size(&server) != "3145728" {
+        assert!(
+            Instant::now() < deadline,
+            "the reload did not take:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let log = server.log();
+    let ids: HashSet<QueueId> = queued(d).into_iter().map(|(id, _, _)| id).collect();
+    server.stop();
+
+    let failures = failures.lock().unwrap();
+    assert!(failures.is_empty(), "sessions failed: {failures:?}");
+    let accepted = accepted.lock().unwrap();
+    assert!(
+        accepted.len() >= 50,
+        "only {} messages: too little load",
+        accepted.len()
+    );
+    assert!(accepted.iter().all(|id| ids.contains(id)));
+    assert_eq!(ids.len(), accepted.len());
+    assert!(
+        log.contains("reload refused: the config has errors"),
+        "{log}"
+    );
+    assert!(log.matches("config reloaded").count() >= 10, "{log}");
+}
+
+#[test]
+fn a_reload_that_needs_a_restart_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::start(d, &config(d, ""));
+    let file = d.join("backstop.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replacen("name = \"mx\"", "name = \"inbound\"", 1),
+    )
+    .unwrap();
+    hangup(&server);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !server
+        .log()
+        .contains("reload refused: this change needs a restart")
+    {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Still serving, as before.
+    assert_eq!(size(&server), "52428800");
+    server.stop();
+}
+
+#[test]
+fn sigterm_under_load_loses_no_accepted_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::start(d, &config(d, ""));
+    let accepted: Arc<Mutex<Vec<QueueId>>> = Arc::default();
+    let mut threads = Vec::new();
+    for c in 0..10 {
+        let (addr, accepted) = (server.mx, Arc::clone(&accepted));
+        threads.push(std::thread::spawn(move || {
+            crate::crash::client(addr, 100_000, c, &accepted);
+        }));
+    }
+    let started = Instant::now();
+    while accepted.lock().unwrap().len() < 30 && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Once messages are flowing, a clean stop: the sessions are told 421, the messages being stored are finished.
+    server.stop();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let accepted = accepted.lock().unwrap();
+    assert!(
+        accepted.len() >= 20,
+        "only {} messages: too little load",
+        accepted.len()
+    );
+    let ids: HashSet<QueueId> = queued(d).into_iter().map(|(id, _, _)| id).collect();
+    let lost: Vec<&QueueId> = accepted.iter().filter(|id| !ids.contains(id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} accepted message(s) lost: {lost:?}",
+        lost.len()
+    );
+    assert_eq!(ids.len(), accepted.len());
+}
