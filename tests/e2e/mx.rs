@@ -221,7 +221,12 @@ fn mx_delivery_over_verified_tls_signed_and_tagged() {
              \n[[dkim]]\ndomain = \"ed.example.test\"\nselector = \"e1\"\nkey_file = \"{}\"\n",
             rsa_key.display(),
             ed_key.display()
-        )),
+        ))
+        // alice writes From: her address in the other domain too.
+        .replace(
+            "name = \"alice\"\n",
+            "name = \"alice\"\naddresses = [\"alice@example.test\", \"alice@ed.example.test\"]\n",
+        ),
     );
 
     // Two recipients: bob exists at the peer, nobody does.

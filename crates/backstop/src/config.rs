@@ -779,7 +779,8 @@ fn yes() -> bool {
 struct RawUser {
     name: Spanned<String>,
     password_hash: Spanned<String>,
-    /// Envelope senders the user may use (addresses, `@domain`); see `auth.restrict_sender`.
+    /// Senders the user may use, in the envelope and in From: (addresses, `@domain`); see
+    /// `auth.restrict_sender`.
     #[serde(default)]
     addresses: Vec<Spanned<String>>,
 }

@@ -856,6 +856,12 @@ impl ServerSession {
             }
         }
         let Some(txn) = self.txn.take() else { return };
+        if let Some(auth) = &self.auth {
+            if let Some(from) = unowned_from(&self.sender_rights, &txn.body) {
+                let reply = Reply::from_not_owned(&auth.user, &from);
+                return self.error(reply);
+            }
+        }
         let trust = match (&self.auth, self.peer.local_submitter) {
             (Some(auth), _) => TrustClass::Authenticated {
                 user: auth.user.clone(),
@@ -1070,4 +1076,23 @@ fn parse_error_reply(e: smtp_proto::Error) -> Reply {
             Reply::syntax_error("command")
         }
     }
+}
+
+/// The first address in the message's `From:` header that `rights` do not cover, if any.
+fn unowned_from(rights: &SenderRights, message: &[u8]) -> Option<String> {
+    if matches!(rights, SenderRights::Any) {
+        return None;
+    }
+    let parsed = mail_parser::MessageParser::new().parse_headers(message)?;
+    let unowned = parsed
+        .from()?
+        .iter()
+        .filter_map(|a| a.address())
+        .find(|text| match Address::parse(text) {
+            Ok(address) => !rights.allows(&ReversePath::Address(address)),
+            // Not an address we could own: not ours to send.
+            Err(_) => true,
+        })
+        .map(str::to_owned);
+    unowned
 }

@@ -1196,6 +1196,80 @@ fn authenticated_users_send_only_as_themselves() {
 }
 
 #[test]
+fn authenticated_users_write_only_as_themselves_in_from() {
+    check(
+        SessionConfig {
+            auth: AuthPolicy::AllowPlaintext,
+            ..submission()
+        },
+        &[
+            b"EHLO client.test\r\n",
+            b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n",
+            b"MAIL FROM:<alice@local.test>\r\n",
+            b"RCPT TO:<bob@example.org>\r\n",
+            b"DATA\r\n",
+            b"From: \"Alice\" <alice@local.test>, \"The CEO\" <ceo@local.test>\r\nSubject: x\r\n\r\nhi\r\n.\r\n",
+            b"MAIL FROM:<alice@local.test>\r\n",
+            b"RCPT TO:<bob@example.org>\r\n",
+            b"DATA\r\n",
+            b"From: Alice <ALICE@local.test>\r\nSubject: x\r\n\r\nhi\r\n.\r\n",
+        ],
+        expect![[r#"
+            S: 220 mx.test ESMTP backstop
+            C: EHLO client.test\r\n
+            S: 250-mx.test Hello client.test
+            S: 250-PIPELINING
+            S: 250-SIZE 1000
+            S: 250-8BITMIME
+            S: 250-SMTPUTF8
+            S: 250-ENHANCEDSTATUSCODES
+            S: 250-CHUNKING
+            S: 250-DSN
+            S: 250-STARTTLS
+            S: 250-AUTH PLAIN LOGIN
+            S: 250 HELP
+            C: AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n
+            [authenticate Credentials { mechanism: Plain, username: "alice", .. }]
+            S: 235 2.7.0 Authentication successful
+            C: MAIL FROM:<alice@local.test>\r\n
+            S: 250 2.1.0 Sender ok
+            C: RCPT TO:<bob@example.org>\r\n
+            S: 250 2.1.5 Recipient ok
+            C: DATA\r\n
+            S: 354 2.0.0 End data with <CR><LF>.<CR><LF>
+            C: From: "Alice" <alice@local.test>, "The CEO" <ceo@local.test>\r\n
+            C: Subject: x\r\n
+            C: \r\n
+            C: hi\r\n
+            C: .\r\n
+            S: 550 5.7.1 From: address ceo@local.test rejected: not owned by user alice
+            C: MAIL FROM:<alice@local.test>\r\n
+            S: 250 2.1.0 Sender ok
+            C: RCPT TO:<bob@example.org>\r\n
+            S: 250 2.1.5 Recipient ok
+            C: DATA\r\n
+            S: 354 2.0.0 End data with <CR><LF>.<CR><LF>
+            C: From: Alice <ALICE@local.test>\r\n
+            C: Subject: x\r\n
+            C: \r\n
+            C: hi\r\n
+            C: .\r\n
+            [enqueue from=<alice@local.test> to=bob@example.org trust=Authenticated { user: "alice" }]
+            Received: from client.test (unknown [192.0.2.1])\r
+            	(Authenticated sender: alice)\r
+            	by mx.test (backstop) with ESMTPA\r
+            	for <bob@example.org>; Sun, 22 Nov 2026 17:19:59 +0000\r
+            From: Alice <ALICE@local.test>\r
+            Subject: x\r
+            \r
+            hi\r
+            [end]
+            S: 250 2.0.0 Ok: queued as 0000000000000001
+        "#]],
+    );
+}
+
+#[test]
 fn relay_domains_are_accepted_from_anyone() {
     check(
         config(),

@@ -342,6 +342,19 @@ impl Reply {
         )
     }
 
+    /// An authenticated user's message names, in its `From:` header, an address the user does
+    /// not own (checked at the end of DATA, as the envelope sender is at MAIL).
+    pub fn from_not_owned(user: &str, from: &str) -> Reply {
+        Reply::new(
+            550,
+            EnhancedStatus(5, 7, 1),
+            format!(
+                "From: address {} rejected: not owned by user {user}",
+                printable(from)
+            ),
+        )
+    }
+
     pub fn sender_ok() -> Reply {
         Reply::new(250, EnhancedStatus(2, 1, 0), "Sender ok")
     }
