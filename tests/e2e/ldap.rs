@@ -82,7 +82,8 @@ impl Slapd {
             &ldif,
             "dn: dc=example,dc=test\nobjectClass: dcObject\nobjectClass: organization\ndc: example\no: Example\n\n\
              dn: ou=users,dc=example,dc=test\nobjectClass: organizationalUnit\nou: users\n\n\
-             dn: uid=bob,ou=users,dc=example,dc=test\nobjectClass: inetOrgPerson\nuid: bob\ncn: bob\nsn: bob\nmail: bob@example.test\n\n\
+             dn: uid=bob,ou=users,dc=example,dc=test\nobjectClass: inetOrgPerson\nuid: bob\ncn: bob\nsn: bob\nmail: bob@example.test\n\
+             mail: robert@example.test\nuserPassword: bobs-secret\n\n\
              dn: cn=backstop,dc=example,dc=test\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\n\
              cn: backstop\nuserPassword: s3cret\n\n",
         )
@@ -252,4 +253,81 @@ fn ldap_over_tls_binds_as_its_account() {
     assert!(bob.starts_with("451 4.4.3"), "{bob}\n{log}");
     assert!(log.to_ascii_lowercase().contains("certificate"), "{log}");
     drop(slapd);
+}
+
+/// Logs in over submission (STARTTLS, AUTH PLAIN) and tries MAIL FROM each of `senders`;
+/// the replies, one per line.
+fn login(server: &Server, user: &str, password: &str, senders: &[&str]) -> String {
+    crate::harness::python(
+        r#"
+import smtplib, ssl, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=30)
+s.starttls(context=ssl._create_unverified_context())
+try:
+    code, text = s.login(sys.argv[2], sys.argv[3])
+    print(code, text.decode())
+except smtplib.SMTPResponseException as e:
+    print(e.smtp_code, e.smtp_error.decode())
+    sys.exit(0)
+for sender in sys.argv[4:]:
+    code, text = s.mail(sender)
+    print(code, text.decode())
+    s.rset()
+s.quit()
+"#,
+        &[
+            &[
+                server.submission.port().to_string().as_str(),
+                user,
+                password,
+            ],
+            senders,
+        ]
+        .concat(),
+    )
+}
+
+#[test]
+fn logins_the_users_file_does_not_know_are_checked_against_ldap() {
+    let test = "logins_the_users_file_does_not_know_are_checked_against_ldap";
+    if !have("slapd", test) || !is_root(test) || !have("/usr/bin/python3", test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let slapd = Slapd::start(&d.join("slapd"));
+    let config = config(d, "")
+        + &format!(
+            "\n[auth.ldap]\nurl = \"ldap://127.0.0.1:{}\"\nbase = \"ou=users,dc=example,dc=test\"\n\
+             filter = \"(uid=%s)\"\ntimeout = \"3s\"\n",
+            slapd.port
+        );
+    let server = Server::start(d, &config);
+    // bob is in the directory: his password, and the addresses it lists, are his.
+    assert_eq!(
+        login(
+            &server,
+            "bob",
+            "bobs-secret",
+            &[
+                "bob@example.test",
+                "robert@example.test",
+                "alice@example.test"
+            ]
+        ),
+        "235 2.7.0 Authentication successful\n250 2.1.0 Sender ok\n250 2.1.0 Sender ok\n\
+         553 5.7.1 Sender address rejected: not owned by user bob"
+    );
+    assert!(login(&server, "bob", "wrong", &[]).starts_with("535 5.7.8"));
+    assert!(login(&server, "nobody", "bobs-secret", &[]).starts_with("535 5.7.8"));
+    // alice is in the users file, which answers first.
+    assert!(login(&server, "alice", "secret", &[]).starts_with("235"));
+    // The directory down: 454, try again later; never a login.
+    drop(slapd);
+    assert!(
+        login(&server, "bob", "bobs-secret", &[]).starts_with("454 4.7.0"),
+        "{}",
+        server.log()
+    );
+    server.stop();
 }

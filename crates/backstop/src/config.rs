@@ -229,6 +229,8 @@ pub struct Auth {
     pub allow_plaintext: bool,
     /// Hold authenticated users to the envelope senders they own.
     pub restrict_sender: bool,
+    /// Logins the users file does not know: a search for the entry, then a bind as it.
+    pub ldap: Option<backstop_filter::ldap::LdapConfig>,
 }
 
 #[derive(Debug)]
@@ -640,6 +642,13 @@ struct RawLdap {
     positive_ttl: Seconds,
     #[serde(default = "one_minute")]
     negative_ttl: Seconds,
+    /// For logins ([auth.ldap]): the attribute listing a user's addresses.
+    #[serde(default = "mail_attribute")]
+    address_attribute: String,
+}
+
+fn mail_attribute() -> String {
+    "mail".to_owned()
 }
 
 fn mail_filter() -> Spanned<String> {
@@ -768,6 +777,8 @@ struct RawAuth {
     allow_plaintext: bool,
     #[serde(default = "yes")]
     restrict_sender: bool,
+    /// Logins the users file does not know, checked against a directory.
+    ldap: Option<RawLdap>,
 }
 
 fn yes() -> bool {
@@ -1153,57 +1164,11 @@ impl Config {
             };
         let ldap = match &raw.ldap {
             None => None,
-            Some(l) => {
-                let url = l.url.get_ref();
-                if !(url.starts_with("ldap://") || url.starts_with("ldaps://")) {
-                    return Err(at(
-                        l.url.span(),
-                        format!("{url:?} is not a URL like ldap://127.0.0.1:389"),
-                    ));
-                }
-                if !l.filter.get_ref().contains("%s") {
-                    return Err(at(
-                        l.filter.span(),
-                        "the filter needs %s where the address goes".into(),
-                    ));
-                }
-                let bind = match (&l.bind_dn, &l.bind_password_file) {
-                    (None, None) => None,
-                    (Some(dn), Some(file)) => {
-                        let password = std::fs::read_to_string(file.get_ref()).map_err(|e| {
-                            at(file.span(), format!("{}: {e}", file.get_ref().display()))
-                        })?;
-                        Some((
-                            dn.clone(),
-                            password.trim_end_matches(['\r', '\n']).to_owned(),
-                        ))
-                    }
-                    _ => {
-                        return Err(at(
-                            l.url.span(),
-                            "bind_dn and bind_password_file go together".into(),
-                        ));
-                    }
-                };
-                let tls = match &l.tls_ca_file {
-                    None => None,
-                    Some(file) => Some(
-                        backstop_delivery::smtp::verifying_config(file.get_ref())
-                            .map_err(|e| at(file.span(), e))?,
-                    ),
-                };
-                Some(backstop_filter::ldap::LdapConfig {
-                    url: url.clone(),
-                    starttls: l.starttls,
-                    tls,
-                    bind,
-                    base: l.base.clone(),
-                    filter: l.filter.get_ref().clone(),
-                    timeout: l.timeout.0,
-                    positive_ttl: l.positive_ttl.0,
-                    negative_ttl: l.negative_ttl.0,
-                })
-            }
+            Some(l) => Some(check_ldap(l, &at)?),
+        };
+        let auth_ldap = match &raw.auth.ldap {
+            None => None,
+            Some(l) => Some(check_ldap(l, &at)?),
         };
         let metrics = match &raw.metrics.address {
             None => None,
@@ -1401,6 +1366,7 @@ impl Config {
                 inline_users,
                 allow_plaintext: raw.auth.allow_plaintext,
                 restrict_sender: raw.auth.restrict_sender,
+                ldap: auth_ldap,
             },
             listeners,
             log: Log {
@@ -1412,6 +1378,59 @@ impl Config {
 }
 
 type At<'a> = dyn Fn(std::ops::Range<usize>, String) -> ConfigError + 'a;
+
+/// An `[ldap]` or `[auth.ldap]` section, checked.
+fn check_ldap(l: &RawLdap, at: &At<'_>) -> Result<backstop_filter::ldap::LdapConfig, ConfigError> {
+    let url = l.url.get_ref();
+    if !(url.starts_with("ldap://") || url.starts_with("ldaps://")) {
+        return Err(at(
+            l.url.span(),
+            format!("{url:?} is not a URL like ldap://127.0.0.1:389"),
+        ));
+    }
+    if !l.filter.get_ref().contains("%s") {
+        return Err(at(
+            l.filter.span(),
+            "the filter needs %s where the address goes".into(),
+        ));
+    }
+    let bind = match (&l.bind_dn, &l.bind_password_file) {
+        (None, None) => None,
+        (Some(dn), Some(file)) => {
+            let password = std::fs::read_to_string(file.get_ref())
+                .map_err(|e| at(file.span(), format!("{}: {e}", file.get_ref().display())))?;
+            Some((
+                dn.clone(),
+                password.trim_end_matches(['\r', '\n']).to_owned(),
+            ))
+        }
+        _ => {
+            return Err(at(
+                l.url.span(),
+                "bind_dn and bind_password_file go together".into(),
+            ));
+        }
+    };
+    let tls = match &l.tls_ca_file {
+        None => None,
+        Some(file) => Some(
+            backstop_delivery::smtp::verifying_config(file.get_ref())
+                .map_err(|e| at(file.span(), e))?,
+        ),
+    };
+    Ok(backstop_filter::ldap::LdapConfig {
+        url: url.clone(),
+        starttls: l.starttls,
+        tls,
+        bind,
+        base: l.base.clone(),
+        filter: l.filter.get_ref().clone(),
+        timeout: l.timeout.0,
+        positive_ttl: l.positive_ttl.0,
+        negative_ttl: l.negative_ttl.0,
+        address_attribute: l.address_attribute.clone(),
+    })
+}
 
 fn check_filter(
     raw: &RawFilter,

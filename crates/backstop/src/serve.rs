@@ -79,6 +79,10 @@ struct Filter {
     local_domains: Vec<backstop_types::Domain>,
     /// An LDAP directory of local recipients; `None` when not configured.
     ldap: Option<Arc<backstop_filter::ldap::LdapSource>>,
+    /// A directory for logins the users file does not know, and the users (for the rights
+    /// such a login gets).
+    auth_ldap: Option<Arc<backstop_filter::ldap::LdapSource>>,
+    users: Arc<UserStore>,
     /// Recipient verification by asking the next hop; `None` when no route asks.
     callahead: Option<Arc<Callahead>>,
     /// DNS blocklists for untrusted clients; `None` when none is configured.
@@ -172,6 +176,21 @@ impl Policy for Filter {
             PipelineOutcome::Quarantine(reason) => ContentVerdict::Quarantine(reason),
             PipelineOutcome::Discard(reason) => ContentVerdict::Discard(reason),
         }
+    }
+
+    async fn authenticate(&self, user: &str, password: &str) -> Option<AuthOutcome> {
+        use backstop_filter::ldap::Login;
+        let directory = self.auth_ldap.as_ref()?;
+        Some(match directory.authenticate(user, password).await {
+            Ok(Login::Valid(addresses)) => {
+                AuthOutcome::Success(self.users.rights_of_other(user, &addresses))
+            }
+            Ok(Login::Invalid) => AuthOutcome::Failure,
+            Err(e) => {
+                warn!(user, error = %e, "login directory cannot answer: 454");
+                AuthOutcome::TemporaryFailure
+            }
+        })
     }
 
     fn allow_connection(&self, ip: std::net::IpAddr, local_submitter: bool) -> bool {
@@ -547,7 +566,7 @@ fn smtp_context(
     metrics: &Arc<backstop_listener::metrics::SmtpMetrics>,
     previous: Option<&SmtpContext>,
 ) -> anyhow::Result<SmtpContext> {
-    let users = load_users(config)?;
+    let users = Arc::new(load_users(config)?);
     let (max_total, max_per_ip) = (
         config.smtp.max_connections,
         config.smtp.max_connections_per_ip,
@@ -588,6 +607,12 @@ fn smtp_context(
                 .ldap
                 .clone()
                 .map(|l| Arc::new(backstop_filter::ldap::LdapSource::new(l))),
+            auth_ldap: config
+                .auth
+                .ldap
+                .clone()
+                .map(|l| Arc::new(backstop_filter::ldap::LdapSource::new(l))),
+            users: Arc::clone(&users),
             callahead: callahead(config),
             bounce_provenance: config.bounce_provenance,
             dnsbl: match (&shared.dns, config.dnsbl.is_empty()) {
@@ -626,7 +651,7 @@ fn smtp_context(
             queue: queue.clone(),
         },
         tls: Some(tls),
-        users: Arc::new(users),
+        users,
         limits,
         local_networks: config.smtp.local_networks.clone(),
         metrics: Arc::clone(metrics),
@@ -1181,6 +1206,8 @@ mod tests {
     fn bare(queue: Queue) -> Filter {
         Filter {
             ldap: None,
+            auth_ldap: None,
+            users: Arc::new(UserStore::default()),
             callahead: None,
             bounce_provenance: false,
             bounce_provenance_domains: Vec::new(),

@@ -1,7 +1,13 @@
-//! Recipient validation against an LDAP directory (OpenLDAP, Active Directory): a search under
-//! a base with a filter such as `(mail=%s)`, where `%s` is the address (escaped). Connections
-//! are kept for reuse; answers are cached (positive and negative, each with its TTL). A
-//! directory that cannot answer is [`Verdict::Unavailable`]: the client hears 451, never 250.
+//! An LDAP directory (OpenLDAP, Active Directory) as a source of recipients and of logins.
+//!
+//! Recipients: a search under a base with a filter such as `(mail=%s)`, where `%s` is the
+//! address (escaped). Connections are kept for reuse; answers are cached (positive and
+//! negative, each with its TTL). A directory that cannot answer is [`Verdict::Unavailable`]:
+//! the client hears 451, never 250.
+//!
+//! Logins ([`LdapSource::authenticate`]): the filter finds the user's entry by login name
+//! (as the configured account), then a bind as that entry with the given password decides;
+//! the entry's address attribute lists the senders the user owns. Nothing is cached.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +37,17 @@ pub struct LdapConfig {
     pub timeout: Duration,
     pub positive_ttl: Duration,
     pub negative_ttl: Duration,
+    /// For logins: the attribute that lists a user's addresses (`mail`).
+    pub address_attribute: String,
+}
+
+/// What a login attempt found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Login {
+    /// The password is right; the user's addresses (the address attribute's values).
+    Valid(Vec<String>),
+    /// No such user, several entries for the name, or the wrong password.
+    Invalid,
 }
 
 /// The source: its config, idle connections, and the cache.
@@ -99,15 +116,7 @@ impl LdapSource {
     }
 
     async fn search(&self, address: &str) -> Result<bool, String> {
-        let pooled = self
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop();
-        let mut ldap = match pooled {
-            Some(ldap) => ldap,
-            None => self.connect().await?,
-        };
+        let mut ldap = self.pooled().await?;
         let filter = self
             .config
             .filter
@@ -126,13 +135,7 @@ impl LdapSource {
             });
         match found {
             Ok(found) => {
-                let mut idle = self
-                    .idle
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if idle.len() < POOL {
-                    idle.push(ldap);
-                }
+                self.give_back(ldap);
                 Ok(found)
             }
             // A connection that failed is dropped, not pooled.
@@ -140,17 +143,74 @@ impl LdapSource {
         }
     }
 
-    async fn connect(&self) -> Result<Ldap, String> {
-        let mut settings = LdapConnSettings::new()
-            .set_conn_timeout(self.config.timeout)
-            .set_starttls(self.config.starttls);
-        if let Some(tls) = &self.config.tls {
-            settings = settings.set_config(tls.clone());
+    /// Checks `password` for the login `user`: `Err` when the directory cannot answer.
+    pub async fn authenticate(&self, user: &str, password: &str) -> Result<Login, String> {
+        // An empty password would be an unauthenticated bind, which succeeds: never a login.
+        if password.is_empty() || user.is_empty() {
+            return Ok(Login::Invalid);
         }
-        let (conn, mut ldap) = LdapConnAsync::with_settings(settings, &self.config.url)
+        let failed = |e: String| format!("LDAP {}: {e}", self.config.url);
+        let mut ldap = self.pooled().await.map_err(failed)?;
+        let filter = self.config.filter.replace("%s", &ldap3::ldap_escape(user));
+        let attribute = self.config.address_attribute.as_str();
+        let found = ldap
+            .with_timeout(self.config.timeout)
+            .search(&self.config.base, Scope::Subtree, &filter, vec![attribute])
             .await
-            .map_err(|e| e.to_string())?;
-        ldap3::drive!(conn);
+            .and_then(|r| r.success())
+            .map_err(|e| failed(e.to_string()))?;
+        self.give_back(ldap);
+        let mut entries: Vec<SearchEntry> =
+            found.0.into_iter().map(SearchEntry::construct).collect();
+        if entries.len() != 1 {
+            return Ok(Login::Invalid);
+        }
+        let entry = entries.remove(0);
+        // A connection of its own: a bind as the user must not change a pooled one.
+        let mut own = self.open().await.map_err(failed)?;
+        let bound = own
+            .with_timeout(self.config.timeout)
+            .simple_bind(&entry.dn, password)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let _ = own.unbind().await;
+        match bound.rc {
+            0 => Ok(Login::Valid(
+                entry.attrs.get(attribute).cloned().unwrap_or_default(),
+            )),
+            // invalidCredentials
+            49 => Ok(Login::Invalid),
+            rc => Err(failed(format!("bind as {}: result code {rc}", entry.dn))),
+        }
+    }
+
+    /// An idle connection, or a new one.
+    async fn pooled(&self) -> Result<Ldap, String> {
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        match pooled {
+            Some(ldap) => Ok(ldap),
+            None => self.connect().await,
+        }
+    }
+
+    /// Keeps a connection that worked for reuse.
+    fn give_back(&self, ldap: Ldap) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < POOL {
+            idle.push(ldap);
+        }
+    }
+
+    /// A new connection, bound as the configured account (if any).
+    async fn connect(&self) -> Result<Ldap, String> {
+        let mut ldap = self.open().await?;
         if let Some((dn, password)) = &self.config.bind {
             ldap.with_timeout(self.config.timeout)
                 .simple_bind(dn, password)
@@ -158,6 +218,21 @@ impl LdapSource {
                 .and_then(|r| r.success())
                 .map_err(|e| format!("bind as {dn}: {e}"))?;
         }
+        Ok(ldap)
+    }
+
+    /// A new connection, TLS as configured, not bound.
+    async fn open(&self) -> Result<Ldap, String> {
+        let mut settings = LdapConnSettings::new()
+            .set_conn_timeout(self.config.timeout)
+            .set_starttls(self.config.starttls);
+        if let Some(tls) = &self.config.tls {
+            settings = settings.set_config(tls.clone());
+        }
+        let (conn, ldap) = LdapConnAsync::with_settings(settings, &self.config.url)
+            .await
+            .map_err(|e| e.to_string())?;
+        ldap3::drive!(conn);
         Ok(ldap)
     }
 }

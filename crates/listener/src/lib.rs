@@ -65,4 +65,15 @@ pub trait Policy: Send + Sync + 'static {
         &self,
         query: RecipientQuery,
     ) -> impl Future<Output = RecipientVerdict> + Send;
+
+    /// A login the users file does not know, for another source (a directory); `None` when
+    /// there is none (the users file then answers, in the time a known user takes, so that
+    /// unknown names cannot be told by timing). `TemporaryFailure` when it cannot answer.
+    fn authenticate(
+        &self,
+        _user: &str,
+        _password: &str,
+    ) -> impl Future<Output = Option<backstop_session::AuthOutcome>> + Send {
+        async { None }
+    }
 }

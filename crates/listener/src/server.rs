@@ -325,10 +325,17 @@ where
                     let users = Arc::clone(&context.users);
                     let (user, password) =
                         (credentials.username.clone(), credentials.password.clone());
-                    let outcome =
-                        tokio::task::spawn_blocking(move || users.verify(&user, &password))
+                    // The users file first; a login it does not know, the policy's source.
+                    let other = match users.knows(&user) {
+                        true => None,
+                        false => context.policy.authenticate(&user, &password).await,
+                    };
+                    let outcome = match other {
+                        Some(outcome) => outcome,
+                        None => tokio::task::spawn_blocking(move || users.verify(&user, &password))
                             .await
-                            .unwrap_or(AuthOutcome::TemporaryFailure);
+                            .unwrap_or(AuthOutcome::TemporaryFailure),
+                    };
                     info!(user = %credentials.username, mechanism = credentials.mechanism.name(), ?outcome, "authentication");
                     session.handle_auth(credentials, outcome);
                 }

@@ -191,6 +191,29 @@ impl UserStore {
 
     /// Checks a password. CPU-heavy by design (tens of milliseconds): call it off the async
     /// runtime's worker threads.
+    /// Whether the file (or the config) lists `user`.
+    pub fn knows(&self, user: &str) -> bool {
+        self.users.contains_key(user)
+    }
+
+    /// The rights of a user another source (a directory) vouched for: `addresses` it lists,
+    /// and, when the login is an address, that one; anything when senders are not restricted.
+    pub fn rights_of_other(&self, user: &str, addresses: &[String]) -> SenderRights {
+        if matches!(self.policy, SenderPolicy::Any) {
+            return SenderRights::Any;
+        }
+        let addresses = addresses
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once(user))
+            .filter_map(|a| backstop_types::Address::parse(a).ok())
+            .collect();
+        SenderRights::Only {
+            addresses,
+            domains: Vec::new(),
+        }
+    }
+
     pub fn verify(&self, user: &str, password: &str) -> AuthOutcome {
         let Some(found) = self.users.get(user) else {
             verify_argon2(DUMMY_ARGON2, password);
