@@ -18,6 +18,7 @@ fn transaction(c: &mut Criterion) {
                     ip: "192.0.2.1".parse().unwrap(),
                     local_submitter: false,
                     tls: None,
+                    id: 1,
                 };
                 let mut s = ServerSession::new(config.clone(), peer, UnixTime(1_800_000_000));
                 s.greet();

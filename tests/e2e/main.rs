@@ -24,6 +24,7 @@ mod lmtp;
 mod metrics;
 mod mx;
 mod postfix;
+mod proxy;
 mod rates;
 mod receive;
 mod recipients;

@@ -128,6 +128,9 @@ pub struct RouteConfig {
     pub auth: Option<backstop_delivery::smtp::Credentials>,
     /// Recipients in this route's domains are verified at RCPT by asking its relay.
     pub callahead: bool,
+    /// Transactions for this route's domains are passed through to its relay in-session:
+    /// its replies are the client's, nothing is queued.
+    pub proxy: bool,
 }
 
 /// How delivery connects.
@@ -404,6 +407,9 @@ struct RawRoute {
     /// Verify recipients at RCPT by asking this relay (callahead).
     #[serde(default)]
     callahead: bool,
+    /// Proxy mode: pass each transaction through to the relay while the client waits.
+    #[serde(default)]
+    proxy: bool,
     /// SMTP AUTH at a relay (a smarthost): the user, and a file holding the password.
     auth_user: Option<Spanned<String>>,
     auth_password_file: Option<Spanned<PathBuf>>,
@@ -1674,11 +1680,17 @@ fn check_route(route: &RawRoute, at: &At<'_>) -> Result<RouteConfig, ConfigError
             })
         }
     };
+    let span = route.domains.first().map_or(0..0, Spanned::span);
     if route.callahead && relay.is_none() {
-        let span = route.domains.first().map_or(0..0, Spanned::span);
         return Err(at(
             span,
             "callahead asks a fixed next hop (relay), not MX hosts".into(),
+        ));
+    }
+    if route.proxy && (relay.is_none() || lmtp || any_domain) {
+        return Err(at(
+            span,
+            "proxy passes named domains through to a fixed SMTP next hop (relay, not mx, not LMTP, not \"*\")".into(),
         ));
     }
     Ok(RouteConfig {
@@ -1689,6 +1701,7 @@ fn check_route(route: &RawRoute, at: &At<'_>) -> Result<RouteConfig, ConfigError
         tls,
         auth,
         callahead: route.callahead,
+        proxy: route.proxy,
     })
 }
 

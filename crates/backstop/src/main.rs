@@ -12,6 +12,7 @@ mod admin;
 mod batv;
 mod config;
 mod metrics;
+mod proxy;
 mod serve;
 
 use std::io::BufRead;

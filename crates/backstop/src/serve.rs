@@ -85,6 +85,8 @@ struct Filter {
     users: Arc<UserStore>,
     /// Recipient verification by asking the next hop; `None` when no route asks.
     callahead: Option<Arc<Callahead>>,
+    /// Domains passed through to their relay in-session; `None` when no route says proxy.
+    proxy: Option<Arc<crate::proxy::Proxy>>,
     /// DNS blocklists for untrusted clients; `None` when none is configured.
     dnsbl: Option<Arc<backstop_filter::dnsbl::Dnsbl>>,
     /// SPF, DKIM and DMARC for untrusted clients' mail; `None` when off.
@@ -102,79 +104,24 @@ struct Filter {
 
 impl Policy for Filter {
     async fn check_message(&self, message: &Message) -> ContentVerdict {
-        match (
-            self.rfc5322,
-            backstop_filter::content::rfc5322(&message.body),
-        ) {
-            (ContentAction::Off, _) | (_, Ok(())) => {}
-            (ContentAction::Reject, Err(v)) => {
-                return ContentVerdict::Refuse(Reply::content_refused(&v.to_string()));
-            }
-            (ContentAction::Quarantine, Err(v)) => {
-                return ContentVerdict::Quarantine(format!("RFC 5322: {v}"));
-            }
-        }
-        let envelope = &message.envelope;
-        let provenance_applies = envelope.recipients.iter().any(|r| {
-            let domain = r.address.domain();
-            if self.bounce_provenance_domains.is_empty() {
-                self.local_domains.contains(domain)
-            } else {
-                self.bounce_provenance_domains.contains(domain)
-            }
-        });
-        if self.bounce_provenance && provenance_applies && envelope.sender == ReversePath::Null {
-            if let Some(reply) = self.provenance(&message.body) {
-                return ContentVerdict::Refuse(reply);
+        let verdict = self.check_content(message).await;
+        let (Some(txn), Some(proxy)) = (message.proxied, &self.proxy) else {
+            return verdict;
+        };
+        // A proxied message our checks passed goes to the relay, whose reply is the client's.
+        match verdict {
+            ContentVerdict::Accept => proxy.data(txn, message).await,
+            ContentVerdict::AcceptChanged(changed) => proxy.data(txn, &changed).await,
+            refused => {
+                proxy.end(txn.session);
+                refused
             }
         }
-        // Our own users' mail is not theirs to prove.
-        let untrusted = envelope.trust == backstop_types::TrustClass::Unverified;
-        let mut header = None;
-        if let (Some(auth), true) = (&self.sender_auth, untrusted) {
-            use backstop_filter::sender_auth::{Client, Outcome, Refusal};
-            let client = Client {
-                ip: envelope.client.ip,
-                helo: &envelope.client.helo,
-                sender: &envelope.sender,
-            };
-            let checked = auth.check(&client, &message.body).await;
-            info!(results = %checked.summary, outcome = ?checked.outcome, "sender authentication");
-            let refusal = match checked.outcome {
-                Outcome::Accept => None,
-                Outcome::Refuse(Refusal::Dmarc { domain }) => Some(Reply::dmarc_rejected(&domain)),
-                Outcome::Refuse(Refusal::Spf { domain }) => Some(Reply::spf_failed(&domain)),
-                Outcome::Refuse(Refusal::Iprev { ip }) => Some(Reply::reverse_dns_failed(ip)),
-                Outcome::Quarantine(reason) => return ContentVerdict::Quarantine(reason),
-                Outcome::TempFail => Some(Reply::sender_auth_unavailable()),
-            };
-            if let Some(reply) = refusal {
-                return ContentVerdict::Refuse(reply);
-            }
-            header = Some(checked.header);
-        }
-        if header.is_none() && self.content.is_empty() {
-            return ContentVerdict::Accept;
-        }
-        // The checks see (and may change) the message as it will be stored.
-        let mut body = header.as_deref().unwrap_or_default().as_bytes().to_vec();
-        body.extend_from_slice(&message.body);
-        let mut draft = Draft::new(envelope.clone(), body);
-        draft.changed = header.is_some();
-        match self.content.run(&mut draft).await {
-            PipelineOutcome::Accept if draft.envelope.recipients.is_empty() => {
-                ContentVerdict::Discard("a content check removed every recipient".into())
-            }
-            PipelineOutcome::Accept if draft.changed => {
-                ContentVerdict::AcceptChanged(Box::new(Message {
-                    envelope: draft.envelope,
-                    body: draft.message,
-                }))
-            }
-            PipelineOutcome::Accept => ContentVerdict::Accept,
-            PipelineOutcome::Refuse(reply) => ContentVerdict::Refuse(reply),
-            PipelineOutcome::Quarantine(reason) => ContentVerdict::Quarantine(reason),
-            PipelineOutcome::Discard(reason) => ContentVerdict::Discard(reason),
+    }
+
+    fn session_ended(&self, session: u64) {
+        if let Some(proxy) = &self.proxy {
+            proxy.end(session);
         }
     }
 
@@ -245,6 +192,17 @@ impl Policy for Filter {
     }
 
     async fn check_recipient(&self, query: RecipientQuery) -> RecipientVerdict {
+        // Proxied and queued recipients do not share a transaction.
+        let proxied = self
+            .proxy
+            .as_ref()
+            .and_then(|p| Some((p, p.route(query.recipient.domain())?)));
+        match (proxied.is_some(), query.proxied) {
+            (true, Some(false)) | (false, Some(true)) => {
+                return RecipientVerdict::SeparateTransaction;
+            }
+            _ => {}
+        }
         // The directory is asked first (it is async); the table, greylisting and rate limits
         // then decide with its answer at hand.
         let directory = match (&self.ldap, query.local) {
@@ -255,6 +213,10 @@ impl Policy for Filter {
             _ => None,
         };
         let verdict = self.decide_with(&query, directory);
+        // Our own checks passed: the relay of a proxied domain answers for the recipient.
+        if let (RecipientVerdict::Accept(_), Some((proxy, route))) = (&verdict, proxied) {
+            return proxy.rcpt(&query, route).await;
+        }
         match (&verdict, &self.callahead, query.local) {
             (RecipientVerdict::Accept(targets), Some(callahead), false) => {
                 for target in targets {
@@ -271,6 +233,86 @@ impl Policy for Filter {
 }
 
 impl Filter {
+    /// Every check on a whole message before the reply to DATA: RFC 5322 sanity, bounce
+    /// provenance, sender authentication, then the content pipeline.
+    async fn check_content(&self, message: &Message) -> ContentVerdict {
+        match (
+            self.rfc5322,
+            backstop_filter::content::rfc5322(&message.body),
+        ) {
+            (ContentAction::Off, _) | (_, Ok(())) => {}
+            (ContentAction::Reject, Err(v)) => {
+                return ContentVerdict::Refuse(Reply::content_refused(&v.to_string()));
+            }
+            (ContentAction::Quarantine, Err(v)) => {
+                return ContentVerdict::Quarantine(format!("RFC 5322: {v}"));
+            }
+        }
+        let envelope = &message.envelope;
+        let provenance_applies = envelope.recipients.iter().any(|r| {
+            let domain = r.address.domain();
+            if self.bounce_provenance_domains.is_empty() {
+                self.local_domains.contains(domain)
+            } else {
+                self.bounce_provenance_domains.contains(domain)
+            }
+        });
+        if self.bounce_provenance && provenance_applies && envelope.sender == ReversePath::Null {
+            if let Some(reply) = self.provenance(&message.body) {
+                return ContentVerdict::Refuse(reply);
+            }
+        }
+        // Our own users' mail is not theirs to prove.
+        let untrusted = envelope.trust == backstop_types::TrustClass::Unverified;
+        let mut header = None;
+        if let (Some(auth), true) = (&self.sender_auth, untrusted) {
+            use backstop_filter::sender_auth::{Client, Outcome, Refusal};
+            let client = Client {
+                ip: envelope.client.ip,
+                helo: &envelope.client.helo,
+                sender: &envelope.sender,
+            };
+            let checked = auth.check(&client, &message.body).await;
+            info!(results = %checked.summary, outcome = ?checked.outcome, "sender authentication");
+            let refusal = match checked.outcome {
+                Outcome::Accept => None,
+                Outcome::Refuse(Refusal::Dmarc { domain }) => Some(Reply::dmarc_rejected(&domain)),
+                Outcome::Refuse(Refusal::Spf { domain }) => Some(Reply::spf_failed(&domain)),
+                Outcome::Refuse(Refusal::Iprev { ip }) => Some(Reply::reverse_dns_failed(ip)),
+                Outcome::Quarantine(reason) => return ContentVerdict::Quarantine(reason),
+                Outcome::TempFail => Some(Reply::sender_auth_unavailable()),
+            };
+            if let Some(reply) = refusal {
+                return ContentVerdict::Refuse(reply);
+            }
+            header = Some(checked.header);
+        }
+        if header.is_none() && self.content.is_empty() {
+            return ContentVerdict::Accept;
+        }
+        // The checks see (and may change) the message as it will be stored.
+        let mut body = header.as_deref().unwrap_or_default().as_bytes().to_vec();
+        body.extend_from_slice(&message.body);
+        let mut draft = Draft::new(envelope.clone(), body);
+        draft.changed = header.is_some();
+        match self.content.run(&mut draft).await {
+            PipelineOutcome::Accept if draft.envelope.recipients.is_empty() => {
+                ContentVerdict::Discard("a content check removed every recipient".into())
+            }
+            PipelineOutcome::Accept if draft.changed => {
+                ContentVerdict::AcceptChanged(Box::new(Message {
+                    envelope: draft.envelope,
+                    body: draft.message,
+                    proxied: message.proxied,
+                }))
+            }
+            PipelineOutcome::Accept => ContentVerdict::Accept,
+            PipelineOutcome::Refuse(reply) => ContentVerdict::Refuse(reply),
+            PipelineOutcome::Quarantine(reason) => ContentVerdict::Quarantine(reason),
+            PipelineOutcome::Discard(reason) => ContentVerdict::Discard(reason),
+        }
+    }
+
     /// The refusal for a bounce returning a message we never sent; `None` to go on: it is ours,
     /// it returns nothing we could look up, or we have never sent anything to compare with.
     fn provenance(&self, body: &[u8]) -> Option<Reply> {
@@ -614,6 +656,7 @@ fn smtp_context(
                 .map(|l| Arc::new(backstop_filter::ldap::LdapSource::new(l))),
             users: Arc::clone(&users),
             callahead: callahead(config),
+            proxy: proxy(config),
             bounce_provenance: config.bounce_provenance,
             dnsbl: match (&shared.dns, config.dnsbl.is_empty()) {
                 (Some(dns), false) => Some(Arc::new(backstop_filter::dnsbl::Dnsbl::new(
@@ -993,6 +1036,35 @@ fn callahead(config: &Config) -> Option<Arc<Callahead>> {
     })
 }
 
+/// The routes with `proxy = true`, each with how to talk to its relay: quickly, since the
+/// client waits for each reply.
+fn proxy(config: &Config) -> Option<Arc<crate::proxy::Proxy>> {
+    use backstop_delivery::smtp::{Client, Timeouts};
+    let routes = config
+        .routes
+        .iter()
+        .filter(|r| r.proxy)
+        .filter_map(|r| {
+            let hop = r.relay.clone()?;
+            let wait = std::time::Duration::from_secs(60);
+            let client = Client {
+                helo: config.hostname.clone(),
+                lmtp: false,
+                tls: r.tls.clone(),
+                connect_timeout: config.delivery.connect_timeout.min(wait),
+                timeouts: Timeouts {
+                    command: wait,
+                    data_start: wait,
+                    ..Timeouts::RFC5321
+                },
+                auth: r.auth.clone(),
+            };
+            Some((r.domains.clone(), hop, client))
+        })
+        .collect();
+    crate::proxy::Proxy::new(routes)
+}
+
 /// What the policy and the delivery agent both use, made once: the DNS resolver (one cache)
 /// and the BATV keys (the key file read, or made, once).
 struct Shared {
@@ -1115,7 +1187,7 @@ fn session_config(config: &Config, name: &str, kind: ListenerKind) -> SessionCon
         relay_domains: config.smtp.relay_domains.clone(),
         check_recipients: config.recipients.is_some()
             || config.ldap.is_some()
-            || config.routes.iter().any(|r| r.callahead)
+            || config.routes.iter().any(|r| r.callahead || r.proxy)
             || config.batv_check_bounces
             || config.greylist.is_some()
             || config.rate_limits.any(),
@@ -1209,6 +1281,7 @@ mod tests {
             auth_ldap: None,
             users: Arc::new(UserStore::default()),
             callahead: None,
+            proxy: None,
             bounce_provenance: false,
             bounce_provenance_domains: Vec::new(),
             local_domains: Vec::new(),
@@ -1250,6 +1323,11 @@ mod tests {
             local: true,
             trusted,
             user: None,
+            transaction: backstop_session::TransactionRef {
+                session: 1,
+                number: 1,
+            },
+            proxied: None,
         };
         let bob = Address::parse("bob@example.com").unwrap();
         assert_eq!(
@@ -1288,6 +1366,11 @@ mod tests {
             local: true,
             trusted: false,
             user: None,
+            transaction: backstop_session::TransactionRef {
+                session: 1,
+                number: 1,
+            },
+            proxied: None,
         };
         let bounce = |r: &Address| filter.decide(&query(r, ReversePath::Null));
         assert_eq!(bounce(&tagged), RecipientVerdict::Accept(vec![bob.clone()]));

@@ -290,6 +290,91 @@ pub fn probe(
     asked.unwrap_or_else(|e| Probe::Unavailable(describe(&remote, e)))
 }
 
+/// One transaction passed through to a next hop as the client speaks it (proxy mode): MAIL,
+/// then each RCPT as it comes, then the message; every reply is the next hop's own, for the
+/// client. SMTP only (an LMTP server answers per recipient at the end).
+pub struct Passthrough {
+    session: Session,
+    remote: String,
+    timeouts: Timeouts,
+}
+
+/// Why a pass-through could not go on.
+#[derive(Debug)]
+pub enum PassthroughError {
+    /// The next hop refused (its reply, for the client).
+    Refused(RemoteReply),
+    /// It could not be reached or broke off: the client should try again later.
+    Unavailable(String),
+}
+
+impl Passthrough {
+    /// Connects to `hop` and says MAIL FROM `sender`.
+    pub fn begin(
+        client: &Client,
+        hop: &NextHop,
+        sender: &backstop_types::ReversePath,
+    ) -> Result<Passthrough, PassthroughError> {
+        let remote = format!("{}[{}]", hop.host, hop.endpoint);
+        let unavailable = |remote: &str, e: Failure| match e {
+            Failure::Reply(r) if r.code / 100 == 5 => PassthroughError::Refused(r),
+            other => PassthroughError::Unavailable(describe(remote, other)),
+        };
+        let mut session = open(client, hop, &remote).map_err(|e| unavailable(&remote, e))?;
+        let mail = format!("MAIL FROM:{sender}");
+        let t = client.timeouts;
+        let reply = (|| -> Result<RemoteReply, Failure> {
+            session.conn.command(&mail)?;
+            Ok(session.conn.reply(t.command)?)
+        })()
+        .map_err(|e| unavailable(&remote, e))?;
+        if reply.code / 100 != 2 {
+            let _ = session.conn.command("QUIT");
+            return Err(PassthroughError::Refused(reply));
+        }
+        Ok(Passthrough {
+            session,
+            remote,
+            timeouts: t,
+        })
+    }
+
+    /// RCPT TO `recipient`: the next hop's reply.
+    pub fn rcpt(&mut self, recipient: &Recipient) -> Result<RemoteReply, PassthroughError> {
+        let command = rcpt_command(recipient, self.session.caps.dsn);
+        self.exchange(&command)
+    }
+
+    /// DATA and the message (dot-stuffed): the next hop's final reply.
+    pub fn data(&mut self, body: &[u8]) -> Result<RemoteReply, PassthroughError> {
+        let reply = self.exchange("DATA")?;
+        if reply.code / 100 != 3 {
+            return Ok(reply);
+        }
+        let t = self.timeouts;
+        let sent = (|| -> io::Result<RemoteReply> {
+            self.session.conn.write_all(&dot_stuff(body, true))?;
+            self.session.conn.reply(t.data_end)
+        })();
+        sent.map_err(|e| PassthroughError::Unavailable(format!("{}: {e}", self.remote)))
+    }
+
+    /// Ends the transaction and the connection.
+    pub fn quit(mut self) {
+        let _ = self.session.conn.command("QUIT");
+        let _ = self.session.conn.reply(self.timeouts.command);
+    }
+
+    fn exchange(&mut self, command: &str) -> Result<RemoteReply, PassthroughError> {
+        let t = self.timeouts;
+        let answered = (|| -> io::Result<RemoteReply> {
+            self.session.conn.command(command)?;
+            self.session.conn.reply(t.command)
+        })();
+        answered.map_err(|e| PassthroughError::Unavailable(format!("{}: {e}", self.remote)))
+    }
+}
+
 fn describe(remote: &str, failure: Failure) -> String {
     match failure {
         Failure::Reply(r) | Failure::Local(r) | Failure::Tls(r) => {

@@ -66,6 +66,10 @@ pub trait Policy: Send + Sync + 'static {
         query: RecipientQuery,
     ) -> impl Future<Output = RecipientVerdict> + Send;
 
+    /// The session `session` (its [`backstop_session::Peer::id`]) is over: what the policy
+    /// keeps for it can go.
+    fn session_ended(&self, _session: u64) {}
+
     /// A login the users file does not know, for another source (a directory); `None` when
     /// there is none (the users file then answers, in the time a known user takes, so that
     /// unknown names cannot be told by timing). `TemporaryFailure` when it cannot answer.

@@ -114,6 +114,7 @@ async fn accept_loop<S: MessageSink, P: Policy>(
             session: Arc::clone(&settings.session),
             greeting_delay: settings.greeting_delay,
             mode: listener.mode,
+            id,
         };
         connections
             .spawn(connection(tcp, peer, settings, context, shutdown.clone()).instrument(span));
@@ -126,6 +127,8 @@ struct Setup {
     session: Arc<SessionConfig>,
     greeting_delay: Duration,
     mode: ListenerMode,
+    /// The session's number, as in its span.
+    id: u64,
 }
 
 async fn connection<S: MessageSink, P: Policy>(
@@ -166,6 +169,7 @@ async fn connection<S: MessageSink, P: Policy>(
             plain(tcp, ip, local_submitter, &listener, &context, &mut shutdown).await
         }
     };
+    context.policy.session_ended(listener.id);
     match result {
         Ok(()) => debug!("disconnected"),
         Err(e) => debug!(error = %e, "connection ended with an error"),
@@ -192,6 +196,7 @@ async fn plain<S: MessageSink, P: Policy>(
         ip,
         local_submitter,
         tls: None,
+        id: listener.id,
     };
     let mut session = ServerSession::new(Arc::clone(&listener.session), peer, now());
     greet(&mut tcp, &mut session, listener.greeting_delay).await?;
@@ -226,6 +231,7 @@ async fn implicit_tls<S: MessageSink, P: Policy>(
         ip,
         local_submitter,
         tls: Some(info),
+        id: listener.id,
     };
     let mut session = ServerSession::new(Arc::clone(&listener.session), peer, now());
     greet(&mut stream, &mut session, listener.greeting_delay).await?;
@@ -350,6 +356,9 @@ where
                             warn!(from = %message.envelope.sender, reason, "message discarded")
                         }
                         ContentVerdict::Refuse(reply) => info!(%reply, "message refused"),
+                        ContentVerdict::Relayed(reply) => {
+                            info!(%reply, "proxied: the next hop's reply to the message")
+                        }
                         ContentVerdict::Quarantine(reason) => {
                             info!(reason, "message goes to quarantine")
                         }
@@ -399,6 +408,12 @@ where
                         }
                         RecipientVerdict::NotOurBounce(problem) => {
                             info!(%address, ?problem, "bounce without a valid BATV tag: 550")
+                        }
+                        RecipientVerdict::Proxied(reply) => {
+                            info!(%address, %reply, "proxied: the next hop's reply")
+                        }
+                        RecipientVerdict::SeparateTransaction => {
+                            info!(%address, "proxied and queued recipients do not mix: 451")
                         }
                     }
                     session.handle_recipient(verdict);

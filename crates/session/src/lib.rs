@@ -85,6 +85,9 @@ pub struct Peer {
     pub local_submitter: bool,
     /// Set for implicit TLS (port 465): the handshake happened before the session began.
     pub tls: Option<TlsInfo>,
+    /// The driver's number for this session (its log span's id), for state the policy keeps
+    /// per session (a proxied transaction's connection).
+    pub id: u64,
 }
 
 /// What the driver must do next.
@@ -188,6 +191,19 @@ pub struct RecipientQuery {
     pub trusted: bool,
     /// The authenticated user, if any.
     pub user: Option<String>,
+    /// Which transaction of which session: for a proxied transaction's connection.
+    pub transaction: TransactionRef,
+    /// Whether the transaction's recipients so far are proxied (`Some(true)`), queued
+    /// (`Some(false)`), or none yet.
+    pub proxied: Option<bool>,
+}
+
+/// One transaction of one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TransactionRef {
+    pub session: u64,
+    /// Counts the session's MAIL commands from 1.
+    pub number: u64,
 }
 
 /// The answer to [`Output::CheckRecipient`].
@@ -197,6 +213,11 @@ pub enum RecipientVerdict {
     Accept(Vec<backstop_types::Address>),
     /// No such recipient: `550 5.1.1`.
     Unknown,
+    /// The recipient's domain is proxied: the next hop was asked and gave this reply, which
+    /// the client gets; a 2xx takes the recipient into a proxied transaction.
+    Proxied(backstop_types::Reply),
+    /// Proxied and queued recipients do not mix: `451 4.5.3`, send it separately.
+    SeparateTransaction,
     /// The lookup failed: `451 4.4.3`, so the client tries again. Never an accept.
     Unavailable,
     /// Greylisted: `451 4.7.1`, try again in this many seconds.
@@ -233,6 +254,9 @@ pub enum ContentVerdict {
     /// Tell the client it was taken, and drop it: only for rules an administrator marked
     /// as certain; the reason is logged.
     Discard(String),
+    /// A proxied transaction: the next hop's final reply to the message, for the client;
+    /// nothing was queued.
+    Relayed(backstop_types::Reply),
 }
 
 /// Why the driver could not store a message. Either way the client is told to try again later,
@@ -279,6 +303,8 @@ impl SenderRights {
 pub struct Message {
     pub envelope: Envelope,
     pub body: Vec<u8>,
+    /// Set when the recipients are proxied: the policy sends it on and answers `Relayed`.
+    pub proxied: Option<TransactionRef>,
 }
 
 #[cfg(test)]

@@ -27,6 +27,8 @@ pub struct ServerSession {
     auth: Option<AuthInfo>,
     /// What the authenticated user may use as envelope sender (set with `auth`).
     sender_rights: SenderRights,
+    /// MAIL commands taken so far: each transaction's number.
+    transactions: u64,
     /// The mail transaction: present from an accepted MAIL until the message is done or reset,
     /// so a recipient can only ever be added to a transaction that has a sender.
     txn: Option<Transaction>,
@@ -95,6 +97,10 @@ struct Transaction {
     body: Vec<u8>,
     /// Set once the first BDAT chunk arrives; carries line-ending state across chunks.
     bdat: Option<DataFramer>,
+    /// The session's MAIL count when this began.
+    number: u64,
+    /// Proxied recipients (`Some(true)`), queued ones (`Some(false)`), or none yet.
+    proxied: Option<bool>,
 }
 
 /// What reading one command line produced.
@@ -115,6 +121,7 @@ impl ServerSession {
             tls,
             auth: None,
             sender_rights: SenderRights::Any,
+            transactions: 0,
             txn: None,
             input: Vec::new(),
             skipping_line: false,
@@ -247,7 +254,25 @@ impl ServerSession {
             return;
         };
         match verdict {
+            RecipientVerdict::Proxied(reply) => {
+                if reply.is_positive() {
+                    if let Some(txn) = &mut self.txn {
+                        txn.proxied = Some(true);
+                    }
+                    self.add_recipient(pending.address, pending.notify, pending.orcpt);
+                    self.count_rcpt();
+                    self.reply(reply);
+                } else if reply.is_transient() {
+                    self.reply(reply);
+                } else {
+                    self.error(reply);
+                }
+            }
+            RecipientVerdict::SeparateTransaction => self.reply(Reply::separate_transaction()),
             RecipientVerdict::Accept(targets) => {
+                if let Some(txn) = &mut self.txn {
+                    txn.proxied = Some(false);
+                }
                 for target in targets {
                     // An alias keeps the address the client gave as ORCPT (RFC 3461 4.2).
                     let orcpt = match &pending.orcpt {
@@ -286,6 +311,16 @@ impl ServerSession {
             ContentVerdict::Accept => self.outputs.push_back(Output::Enqueue(message)),
             ContentVerdict::AcceptChanged(changed) => {
                 self.outputs.push_back(Output::Enqueue(changed));
+            }
+            ContentVerdict::Relayed(reply) => {
+                self.phase = Phase::Command;
+                self.txn = None;
+                if reply.is_positive() || reply.is_transient() {
+                    self.reply(reply);
+                } else {
+                    self.error(reply);
+                }
+                self.process();
             }
             ContentVerdict::Discard(_) => {
                 self.phase = Phase::Command;
@@ -623,6 +658,11 @@ impl ServerSession {
             accepted_rcpts: 0,
             body: Vec::new(),
             bdat: None,
+            number: {
+                self.transactions += 1;
+                self.transactions
+            },
+            proxied: None,
         };
         if self.config.check_senders {
             let query = SenderQuery {
@@ -727,6 +767,10 @@ impl ServerSession {
                 orcpt: to.orcpt,
             });
             self.phase = Phase::Waiting;
+            let (number, proxied) = match &self.txn {
+                Some(txn) => (txn.number, txn.proxied),
+                None => return,
+            };
             self.outputs
                 .push_back(Output::CheckRecipient(RecipientQuery {
                     recipient: address,
@@ -735,8 +779,18 @@ impl ServerSession {
                     local,
                     trusted,
                     user: self.auth.as_ref().map(|a| a.user.clone()),
+                    transaction: crate::TransactionRef {
+                        session: self.peer.id,
+                        number,
+                    },
+                    proxied,
                 }));
             return;
+        }
+        match self.txn.as_mut().map(|t| &mut t.proxied) {
+            Some(Some(true)) => return self.reply(Reply::separate_transaction()),
+            Some(proxied) => *proxied = Some(false),
+            None => {}
         }
         self.add_recipient(address, notify, to.orcpt);
         self.count_rcpt();
@@ -880,11 +934,17 @@ impl ServerSession {
             trust,
         };
         self.phase = Phase::Waiting;
+        let proxied = (txn.proxied == Some(true)).then_some(crate::TransactionRef {
+            session: self.peer.id,
+            number: txn.number,
+        });
         let message = Box::new(Message {
             envelope,
             body: txn.body,
+            proxied,
         });
-        if self.config.check_messages {
+        // A proxied message always goes to the policy, which sends it on.
+        if self.config.check_messages || proxied.is_some() {
             self.outputs.push_back(Output::CheckMessage(message));
         } else {
             self.outputs.push_back(Output::Enqueue(message));

@@ -56,6 +56,7 @@ impl Harness {
             ip: "192.0.2.1".parse().unwrap(),
             local_submitter: false,
             tls: None,
+            id: 1,
         };
         let mut h = Harness {
             session: ServerSession::new(Arc::new(config), peer, UnixTime(1_795_367_999)),
@@ -731,6 +732,7 @@ fn early_talkers_are_refused() {
         ip: "192.0.2.1".parse().unwrap(),
         local_submitter: false,
         tls: None,
+        id: 1,
     };
     let mut session = ServerSession::new(Arc::new(config()), peer, UnixTime(0));
     session.handle_bytes(b"EHLO hasty.test\r\n", UnixTime(0));

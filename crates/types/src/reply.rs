@@ -605,6 +605,42 @@ impl Reply {
         Some(Reply::new(code, status, printable(text)))
     }
 
+    /// A next hop's reply, passed on to our client (proxy mode): its code and enhanced status
+    /// (made up from the code's class when it sent none), its text made safe. A code that is
+    /// not 2xx, 4xx or 5xx becomes 451 4.5.0.
+    pub fn from_next_hop(code: u16, status: Option<EnhancedStatus>, text: &str) -> Reply {
+        let class = (code / 100) as u8;
+        if ![2, 4, 5].contains(&class) || code >= 600 {
+            return Reply::new(
+                451,
+                EnhancedStatus(4, 5, 0),
+                format!("The next hop answered {code}; try again later"),
+            );
+        }
+        let status = status
+            .filter(|s| s.0 == class)
+            .unwrap_or(EnhancedStatus(class, 0, 0));
+        Reply::new(code, status, printable(text))
+    }
+
+    /// Proxied and queued recipients do not mix in one transaction (proxy mode).
+    pub fn separate_transaction() -> Reply {
+        Reply::new(
+            451,
+            EnhancedStatus(4, 5, 3),
+            "This recipient must go in a separate transaction; send it again after this one",
+        )
+    }
+
+    /// The next hop of a proxied domain cannot be reached.
+    pub fn next_hop_unavailable() -> Reply {
+        Reply::new(
+            451,
+            EnhancedStatus(4, 4, 1),
+            "The destination server cannot be reached, try again later",
+        )
+    }
+
     /// A rule marked certain discards the message: the client is told it was taken.
     pub fn discarded() -> Reply {
         Reply::new(250, EnhancedStatus(2, 0, 0), "Ok")
