@@ -141,10 +141,19 @@ fn hand_mail_to_dovecot(test: &str, relay: fn(&Dovecot) -> String) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let dovecot = Dovecot::start(&d.join("dovecot"));
-    let config = config(d, "relay_domains = [\"example.com\"]")
+    // The primary MX of example.com (etc/mx.toml's shape): a local domain, its recipients in
+    // a table, its mailboxes in Dovecot, reached by a route that names it.
+    let table = d.join("recipients");
+    std::fs::write(&table, "bob@example.com\nfull@example.com\n").unwrap();
+    let config = config(d, "")
+        .replace(
+            "local_domains = [\"example.test\"]",
+            "local_domains = [\"example.test\", \"example.com\"]",
+        )
         .replace("[delivery]\npaused = true", "[delivery]\npaused = false")
         + &format!(
-            "\n[[route]]\ndomains = [\"example.com\"]\nrelay = \"{}\"\nprotocol = \"lmtp\"\n",
+            "\n[recipients]\ntable = \"{}\"\n\n[[route]]\ndomains = [\"example.com\"]\nrelay = \"{}\"\nprotocol = \"lmtp\"\n",
+            table.display(),
             relay(&dovecot)
         );
     let server = Server::start(d, &config);
@@ -154,6 +163,9 @@ fn hand_mail_to_dovecot(test: &str, relay: fn(&Dovecot) -> String) {
     assert!(c
         .command("MAIL FROM:<sender@example.org>")
         .starts_with("250"));
+    assert!(c
+        .command("RCPT TO:<nobody@example.com>")
+        .starts_with("550 5.1.1"));
     assert!(c.command("RCPT TO:<bob@example.com>").starts_with("250"));
     assert!(c.command("RCPT TO:<full@example.com>").starts_with("250"));
     assert!(c.command("DATA").starts_with("354"));
