@@ -60,8 +60,7 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
-    /// The running server's counters (reports sent, reports suppressed by reason), in
-    /// Prometheus' text format.
+    /// The running server's metrics, in Prometheus' text format (as GET /metrics serves them)
     Metrics {
         #[command(flatten)]
         target: AdminTarget,
