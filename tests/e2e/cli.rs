@@ -28,6 +28,28 @@ fn check_config_names_file_line_and_key() {
             file.display()
         )
     );
+    // Files serve reads at start are read too: a certificate that is not there.
+    let missing = dir.path().join("missing-cert.pem");
+    std::fs::write(
+        &file,
+        format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\nkind = \"mx\"\n",
+            missing.display(),
+            missing.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("{}: tls: {}", file.display(), missing.display())),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -201,10 +201,18 @@ fn main() -> ExitCode {
             }
         }
         Command::CheckConfig { file } => match Config::load(&file) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
-                ExitCode::SUCCESS
-            }
+            // What serve reads at start beyond the config itself: the certificate and the
+            // users file.
+            Ok(config) => match serve::check_start_files(&config) {
+                Ok(()) => {
+                    println!("{}: ok", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: {e:#}", file.display());
+                    ExitCode::from(2)
+                }
+            },
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::from(2)

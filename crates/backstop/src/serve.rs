@@ -1201,6 +1201,20 @@ fn session_config(config: &Config, name: &str, kind: ListenerKind) -> SessionCon
     }
 }
 
+/// Reads what `serve` reads at start beyond the config: the certificate files (when
+/// configured) and the users file, for `check-config`.
+pub fn check_start_files(config: &Config) -> anyhow::Result<()> {
+    if let Tls::Files { cert, key } = &config.tls {
+        backstop_listener::tls::load(&CertSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        })
+        .context("tls")?;
+    }
+    load_users(config).context("auth")?;
+    Ok(())
+}
+
 fn load_users(config: &Config) -> anyhow::Result<UserStore> {
     let inline = UserStore::parse(&config.auth.inline_users, Path::new("[[auth.user]]"))?;
     let users = match &config.auth.users_file {
