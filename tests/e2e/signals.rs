@@ -204,3 +204,49 @@ fn sigterm_under_load_loses_no_accepted_message() {
     );
     assert_eq!(ids.len(), accepted.len());
 }
+
+#[test]
+fn a_reload_reaches_the_delivery_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // example.net is first only relayed, with no route: its mail waits in the queue.
+    let relayed = config(d, "relay_domains = [\"example.net\"]")
+        .replace("[delivery]\npaused = true", "[delivery]\npaused = false");
+    let server = Server::start(d, &relayed);
+    let mut c = RawClient::connect(server.mx);
+    c.reply();
+    c.command("EHLO client.example");
+    c.command("MAIL FROM:<sender@example.org>");
+    assert!(c.command("RCPT TO:<bob@example.net>").starts_with("250"));
+    c.command("DATA");
+    c.send(b"Subject: waiting\r\n\r\nhello\r\n.\r\n");
+    assert!(c.reply().starts_with("250"));
+    c.command("QUIT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server.log().contains("no route") {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Now example.net is a local domain: after the reload the agent delivers it here.
+    let local = relayed
+        .replace("relay_domains = [\"example.net\"]", "")
+        .replace(
+            "local_domains = [\"example.test\"]",
+            "local_domains = [\"example.test\", \"example.net\"]",
+        );
+    std::fs::write(d.join("backstop.toml"), local).unwrap();
+    hangup(&server);
+    while !server.log().contains("config reloaded") {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, said) = server.cli(&["queue", "flush"]);
+    assert!(ok, "{said}");
+    let delivered = server.local_mailbox("example.net/bob", 1);
+    assert!(
+        delivered[0].contains("Subject: waiting"),
+        "{}",
+        delivered[0]
+    );
+    server.stop();
+}

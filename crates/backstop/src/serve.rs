@@ -493,25 +493,36 @@ async fn watch_recipients(contexts: watch::Receiver<Arc<SmtpContext>>) {
     }
 }
 
-/// On SIGHUP: reads the config again and, if it is good and keeps the listeners and the data
-/// directory, builds the SMTP side anew (session rules, checks, users, certificates, tables,
-/// keys) for the sessions that start from then on. Sessions already open finish under the
-/// rules they started with. A bad config is logged and changes nothing. The delivery agent,
-/// the admin API and the metrics endpoint keep the settings they started with.
-async fn reload_on_hangup(
+/// What a reload builds the new server parts from, and where it sends them.
+struct Reloader {
+    /// The config file; the embedded default when `None`.
     path: Option<PathBuf>,
     data_dir: PathBuf,
-    mut running: Config,
-    hangup: Option<tokio::signal::unix::Signal>,
-    contexts: watch::Sender<Arc<SmtpContext>>,
     queue: Queue,
     metrics: Arc<backstop_listener::metrics::SmtpMetrics>,
+    counters: Arc<backstop_delivery::report::Counters>,
+    /// The SMTP side, for new sessions.
+    contexts: watch::Sender<Arc<SmtpContext>>,
+    /// The delivery agent's settings, for its next pass.
+    agents: watch::Sender<backstop_delivery::agent::Agent>,
+}
+
+/// On SIGHUP: reads the config again and, if it is good and keeps what needs a restart, builds
+/// the SMTP side anew (session rules, checks, users, certificates, tables, keys) for the
+/// sessions that start from then on, and the delivery agent's settings (routes, DKIM and BATV
+/// keys, limits, retries) for its next pass. Sessions already open finish under the rules they
+/// started with, a delivery pass in progress under its settings. A bad config is logged and
+/// changes nothing.
+async fn reload_on_hangup(
+    hangup: Option<tokio::signal::unix::Signal>,
+    mut running: Config,
+    r: Reloader,
 ) {
     let Some(mut hangup) = hangup else {
         return std::future::pending().await;
     };
     while hangup.recv().await.is_some() {
-        let loaded = match &path {
+        let loaded = match &r.path {
             Some(path) => Config::load(path),
             None => Config::embedded(),
         };
@@ -529,14 +540,26 @@ async fn reload_on_hangup(
             );
             continue;
         }
-        let previous = Arc::clone(&contexts.borrow());
+        let previous = Arc::clone(&r.contexts.borrow());
         let built = Shared::new(&config).and_then(|shared| {
-            let tls = load_tls(&config, &data_dir)?;
-            smtp_context(&config, tls, &shared, &queue, &metrics, Some(&previous))
+            let tls = load_tls(&config, &r.data_dir)?;
+            let context =
+                smtp_context(&config, tls, &shared, &r.queue, &r.metrics, Some(&previous))?;
+            let maildir = std::path::absolute(&config.maildir)?;
+            let agent = delivery_agent(
+                &config,
+                &r.queue,
+                maildir,
+                Arc::clone(&r.counters),
+                &shared,
+                Some(&r.agents.borrow()),
+            )?;
+            Ok((context, agent))
         });
         match built {
-            Ok(context) => {
-                contexts.send_replace(Arc::new(context));
+            Ok((context, agent)) => {
+                r.contexts.send_replace(Arc::new(context));
+                r.agents.send_replace(agent);
                 running = config;
                 info!("config reloaded");
             }
@@ -562,6 +585,9 @@ fn needs_restart(old: &Config, new: &Config) -> Option<&'static str> {
     }
     if old.metrics != new.metrics {
         return Some("the metrics address changed");
+    }
+    if old.delivery_paused != new.delivery_paused {
+        return Some("delivery.paused changed");
     }
     None
 }
@@ -833,10 +859,15 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let maildir = std::path::absolute(&config.maildir)?;
-    let agent = backstop_delivery::agent::run(
-        delivery_agent(&config, &queue, maildir.clone(), counters, &shared)?,
-        shutdown.clone(),
-    );
+    let (agents, agent) = watch::channel(delivery_agent(
+        &config,
+        &queue,
+        maildir.clone(),
+        Arc::clone(&counters),
+        &shared,
+        None,
+    )?);
+    let agent = backstop_delivery::agent::run(agent, shutdown.clone());
     let delivery = if config.delivery_paused {
         warn!("delivery is paused: messages are accepted and queued, nothing is delivered");
         None
@@ -855,13 +886,17 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let (contexts, current) = watch::channel(Arc::new(context));
     tokio::spawn(watch_recipients(current.clone()));
     tokio::spawn(reload_on_hangup(
-        path,
-        data_dir.clone(),
-        config,
         signals.hangup,
-        contexts,
-        queue.clone(),
-        smtp_metrics,
+        config,
+        Reloader {
+            path,
+            data_dir: data_dir.clone(),
+            queue: queue.clone(),
+            metrics: smtp_metrics,
+            counters,
+            contexts,
+            agents,
+        },
     ));
     tokio::spawn(async move {
         signals.stop.wait().await;
@@ -1096,6 +1131,7 @@ fn delivery_agent(
     maildir: std::path::PathBuf,
     counters: Arc<backstop_delivery::report::Counters>,
     shared: &Shared,
+    previous: Option<&backstop_delivery::agent::Agent>,
 ) -> anyhow::Result<backstop_delivery::agent::Agent> {
     use backstop_delivery::agent::{Agent, Limits, Route, Routes, Signing, Via};
     use backstop_delivery::smtp::{Client, Timeouts};
@@ -1146,8 +1182,9 @@ fn delivery_agent(
             connections: config.delivery.max_connections,
             per_destination: config.delivery.max_connections_per_destination,
         },
-        pool: Arc::default(),
-        slots: Arc::default(),
+        // A reload keeps the open connections and the count of those in use.
+        pool: previous.map_or_else(Arc::default, |p| Arc::clone(&p.pool)),
+        slots: previous.map_or_else(Arc::default, |p| Arc::clone(&p.slots)),
         reports: backstop_delivery::report::Settings {
             delay_warnings: {
                 let mut times = config.queue.delay_warnings.clone();

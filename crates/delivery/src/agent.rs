@@ -160,9 +160,11 @@ pub struct PassReport {
     pub failed: usize,
 }
 
-/// Runs passes until `shutdown` turns true; a pass in progress is finished first.
-pub async fn run(agent: Agent, mut shutdown: watch::Receiver<bool>) {
+/// Runs passes until `shutdown` turns true; a pass in progress is finished first. Each pass
+/// takes the settings `agents` holds when it starts (a reload sends new ones).
+pub async fn run(agents: watch::Receiver<Agent>, mut shutdown: watch::Receiver<bool>) {
     loop {
+        let agent = agents.borrow().clone();
         let pass = {
             let agent = agent.clone();
             tokio::task::spawn_blocking(move || agent.pass(now()))
