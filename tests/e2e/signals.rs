@@ -250,3 +250,41 @@ fn a_reload_reaches_the_delivery_agent() {
     );
     server.stop();
 }
+
+#[test]
+fn sigterm_lets_a_transaction_under_way_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::start(d, &config(d, ""));
+    let mut idle = RawClient::connect(server.mx);
+    idle.reply();
+    idle.command("EHLO idle.example");
+    let mut busy = RawClient::connect(server.mx);
+    busy.reply();
+    busy.command("EHLO busy.example");
+    busy.command("MAIL FROM:<sender@example.org>");
+    busy.command("RCPT TO:<user@example.test>");
+    assert!(busy.command("DATA").starts_with("354"));
+    busy.send(b"Subject: under way\r\n\r\nfirst half\r\n");
+    let pid = server.pid().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // The idle session is told at once.
+    assert!(idle.reply().starts_with("421 4.3.2"), "{}", server.log());
+    // The one under way finishes its message, and then hears 421 too.
+    std::thread::sleep(Duration::from_millis(300));
+    busy.send(b"second half\r\n.\r\n");
+    let done = busy.reply();
+    assert!(
+        done.starts_with("250 2.0.0 Ok: queued as"),
+        "{done}\n{}",
+        server.log()
+    );
+    assert!(busy.reply().starts_with("421 4.3.2"));
+    let id = queue_id_in(&done);
+    server.stop();
+    assert!(queued(d).iter().any(|(i, _, _)| *i == id));
+}

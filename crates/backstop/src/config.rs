@@ -210,6 +210,8 @@ pub struct Smtp {
     pub command_timeout: Duration,
     pub data_timeout: Duration,
     pub greeting_delay: Duration,
+    /// On SIGTERM, how long a session in a transaction may take to finish it.
+    pub shutdown_grace: Duration,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
 }
@@ -741,6 +743,7 @@ struct RawSmtp {
     command_timeout: Seconds,
     data_timeout: Seconds,
     greeting_delay: Seconds,
+    shutdown_grace: Seconds,
     max_connections: usize,
     max_connections_per_ip: usize,
 }
@@ -760,6 +763,7 @@ impl Default for RawSmtp {
             command_timeout: Seconds(Duration::from_secs(300)),
             data_timeout: Seconds(Duration::from_secs(600)),
             greeting_delay: Seconds(Duration::ZERO),
+            shutdown_grace: Seconds(Duration::from_secs(30)),
             max_connections: 1000,
             max_connections_per_ip: 50,
         }
@@ -1363,6 +1367,7 @@ impl Config {
                 command_timeout: raw.smtp.command_timeout.0,
                 data_timeout: raw.smtp.data_timeout.0,
                 greeting_delay: raw.smtp.greeting_delay.0,
+                shutdown_grace: raw.smtp.shutdown_grace.0,
                 max_connections: raw.smtp.max_connections,
                 max_connections_per_ip: raw.smtp.max_connections_per_ip,
             },

@@ -660,6 +660,7 @@ fn smtp_context(
             let settings = backstop_listener::ListenerSettings {
                 session: Arc::new(session_config(config, &l.name, l.kind)),
                 greeting_delay: config.smtp.greeting_delay,
+                shutdown_grace: config.smtp.shutdown_grace,
             };
             (l.name.clone(), settings)
         })

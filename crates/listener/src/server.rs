@@ -43,6 +43,8 @@ pub struct ListenerSettings {
     pub session: Arc<SessionConfig>,
     /// Wait this long before the greeting; a client that talks first is refused.
     pub greeting_delay: Duration,
+    /// On shutdown, how long a session in a transaction may take to finish it.
+    pub shutdown_grace: Duration,
 }
 
 /// What all listeners share.
@@ -113,6 +115,7 @@ async fn accept_loop<S: MessageSink, P: Policy>(
         let settings = Setup {
             session: Arc::clone(&settings.session),
             greeting_delay: settings.greeting_delay,
+            shutdown_grace: settings.shutdown_grace,
             mode: listener.mode,
             id,
         };
@@ -126,6 +129,7 @@ async fn accept_loop<S: MessageSink, P: Policy>(
 struct Setup {
     session: Arc<SessionConfig>,
     greeting_delay: Duration,
+    shutdown_grace: Duration,
     mode: ListenerMode,
     /// The session's number, as in its span.
     id: u64,
@@ -200,7 +204,15 @@ async fn plain<S: MessageSink, P: Policy>(
     };
     let mut session = ServerSession::new(Arc::clone(&listener.session), peer, now());
     greet(&mut tcp, &mut session, listener.greeting_delay).await?;
-    match drive(&mut tcp, &mut session, context, shutdown).await? {
+    match drive(
+        &mut tcp,
+        &mut session,
+        context,
+        shutdown,
+        listener.shutdown_grace,
+    )
+    .await?
+    {
         Next::Closed => Ok(()),
         Next::StartTls => {
             let Some(mut stream) = handshake(tcp, listener, context).await? else {
@@ -209,7 +221,14 @@ async fn plain<S: MessageSink, P: Policy>(
             let info = tls::session_info(stream.get_ref().1);
             debug!(version = %info.version, cipher = %info.cipher, "TLS established");
             session.tls_established(info);
-            drive(&mut stream, &mut session, context, shutdown).await?;
+            drive(
+                &mut stream,
+                &mut session,
+                context,
+                shutdown,
+                listener.shutdown_grace,
+            )
+            .await?;
             Ok(())
         }
     }
@@ -235,7 +254,14 @@ async fn implicit_tls<S: MessageSink, P: Policy>(
     };
     let mut session = ServerSession::new(Arc::clone(&listener.session), peer, now());
     greet(&mut stream, &mut session, listener.greeting_delay).await?;
-    drive(&mut stream, &mut session, context, shutdown).await?;
+    drive(
+        &mut stream,
+        &mut session,
+        context,
+        shutdown,
+        listener.shutdown_grace,
+    )
+    .await?;
     Ok(())
 }
 
@@ -292,11 +318,14 @@ enum Next {
 }
 
 /// Runs a session over a stream until it closes or asks for TLS.
+/// Runs the session over `stream`. On shutdown an idle session is told 421 at once; one in a
+/// transaction may finish it within `grace`, and is told 421 then.
 async fn drive<T, S, P>(
     stream: &mut T,
     session: &mut ServerSession,
     context: &Context<S, P>,
     shutdown: &mut watch::Receiver<bool>,
+    grace: Duration,
 ) -> io::Result<Next>
 where
     T: AsyncRead + AsyncWrite + Unpin,
@@ -305,6 +334,8 @@ where
 {
     let mut buf = vec![0u8; 16 * 1024];
     let mut out = Vec::with_capacity(1024);
+    // After a shutdown, when the transaction under way must be over.
+    let mut draining: Option<tokio::time::Instant> = None;
     loop {
         while let Some(output) = session.poll_output() {
             match output {
@@ -442,12 +473,31 @@ where
             }
         }
         flush(stream, &mut out).await?;
-        let read = tokio::select! {
-            read = tokio::time::timeout(session.read_timeout(), stream.read(&mut buf)) => read,
-            _ = shutdown.changed() => {
-                session.shutdown();
-                continue;
-            }
+        if draining.is_some() && !session.in_transaction() && !session.is_closed() {
+            session.shutdown();
+            continue;
+        }
+        let read_timeout = session.read_timeout();
+        let read = match draining {
+            None => tokio::select! {
+                read = tokio::time::timeout(read_timeout, stream.read(&mut buf)) => read,
+                _ = shutdown.changed() => {
+                    if session.in_transaction() {
+                        info!("shutting down: the transaction under way may finish first");
+                        draining = Some(tokio::time::Instant::now() + grace);
+                    } else {
+                        session.shutdown();
+                    }
+                    continue;
+                }
+            },
+            Some(deadline) => tokio::select! {
+                read = tokio::time::timeout(read_timeout, stream.read(&mut buf)) => read,
+                _ = tokio::time::sleep_until(deadline) => {
+                    session.shutdown();
+                    continue;
+                }
+            },
         };
         match read {
             Err(_elapsed) => {

@@ -181,6 +181,16 @@ impl ServerSession {
         self.close_with(Reply::shutting_down());
     }
 
+    /// A transaction is under way (after MAIL, until its end): what a shutdown lets finish.
+    pub fn in_transaction(&self) -> bool {
+        self.txn.is_some()
+            || self.pending_mail.is_some()
+            || matches!(
+                self.phase,
+                Phase::Data(_) | Phase::Bdat { .. } | Phase::Waiting
+            )
+    }
+
     pub fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed)
     }

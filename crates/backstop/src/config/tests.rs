@@ -40,7 +40,7 @@ fn errors_name_file_line_and_key() {
     );
     assert_eq!(
         error(&format!("[smtp]\nmax_recipient = 5\n{MINIMAL}")),
-        "test.toml:2: smtp.max_recipient: unknown field `max_recipient`, expected one of `local_domains`, `relay_domains`, `local_networks`, `max_message_size`, `max_recipients`, `max_line_length`, `max_errors`, `command_timeout`, `data_timeout`, `greeting_delay`, `max_connections`, `max_connections_per_ip`"
+        "test.toml:2: smtp.max_recipient: unknown field `max_recipient`, expected one of `local_domains`, `relay_domains`, `local_networks`, `max_message_size`, `max_recipients`, `max_line_length`, `max_errors`, `command_timeout`, `data_timeout`, `greeting_delay`, `shutdown_grace`, `max_connections`, `max_connections_per_ip`"
     );
     assert_eq!(
         error(&format!(
