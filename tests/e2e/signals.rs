@@ -95,15 +95,24 @@ fn a_reload_under_load_loses_no_session_and_no_message() {
             }
         }));
     }
-    // Reload ten times under load, one of them with a broken config.
+    // Reload ten times under load, one of them with a broken config. Each reload is waited
+    // for (signals that arrive together count once, and the file must be read as written).
+    let reloads =
+        |log: &str| log.matches("config reloaded").count() + log.matches("reload refused").count();
     for round in 0..10 {
-        std::thread::sleep(Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(100));
         let text = match round {
             5 => "this is = not [ toml".to_owned(),
             _ => with_size(if round % 2 == 0 { "2M" } else { "1M" }),
         };
+        let before = reloads(&server.log());
         std::fs::write(&file, text).unwrap();
         hangup(&server);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while reloads(&server.log()) == before {
+            assert!(Instant::now() < deadline, "no reload:\n{}", server.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     std::fs::write(&file, with_size("3M")).unwrap();
     hangup(&server);
