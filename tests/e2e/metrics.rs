@@ -94,7 +94,7 @@ fn metrics_move_with_sessions_refusals_and_deliveries() {
 }
 
 #[test]
-fn json_logs_are_one_object_per_line_with_the_session_span() {
+fn json_logs_are_one_object_per_line_with_the_session_and_transaction_spans() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let server = Server::start(d, &(config(d, "") + "\n[log]\nformat = \"json\"\n"));
@@ -125,4 +125,8 @@ fn json_logs_are_one_object_per_line_with_the_session_span() {
     assert_eq!(session["name"], "session", "{accepted}");
     assert_eq!(session["listener"], "mx", "{accepted}");
     assert!(session["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    // Inside it, the transaction's span, with the queue id.
+    let txn = &accepted["spans"][1];
+    assert_eq!(txn["name"], "txn", "{accepted}");
+    assert_eq!(txn["queue_id"], id.as_str(), "{accepted}");
 }

@@ -336,140 +336,153 @@ where
     let mut out = Vec::with_capacity(1024);
     // After a shutdown, when the transaction under way must be over.
     let mut draining: Option<tokio::time::Instant> = None;
+    // The span of the transaction under way, by its number.
+    let mut transaction: Option<(u64, tracing::Span)> = None;
     loop {
         while let Some(output) = session.poll_output() {
-            match output {
-                Output::Reply(reply) => {
-                    if reply.code() >= 400 {
-                        // One line per refusal: the session's span names the session.
-                        let stage = session.stage();
-                        let reason = reply
-                            .status()
-                            .map_or_else(|| reply.code().to_string(), |s| s.to_string());
-                        info!(stage, %reply, "refused");
-                        context.metrics.rejected(stage, reason);
-                    } else {
-                        debug!(%reply, "reply");
+            let span = transaction_span(&mut transaction, session);
+            let next = async {
+                match output {
+                    Output::Reply(reply) => {
+                        if reply.code() >= 400 {
+                            // One line per refusal: the session's span names the session.
+                            let stage = session.stage();
+                            let reason = reply
+                                .status()
+                                .map_or_else(|| reply.code().to_string(), |s| s.to_string());
+                            info!(stage, %reply, "refused");
+                            context.metrics.rejected(stage, reason);
+                        } else {
+                            debug!(%reply, "reply");
+                        }
+                        reply.write_to(&mut out);
                     }
-                    reply.write_to(&mut out);
-                }
-                Output::StartTls => {
-                    flush(stream, &mut out).await?;
-                    return Ok(Next::StartTls);
-                }
-                Output::Authenticate(credentials) => {
-                    flush(stream, &mut out).await?;
-                    let users = Arc::clone(&context.users);
-                    let (user, password) =
-                        (credentials.username.clone(), credentials.password.clone());
-                    // The users file first; a login it does not know, the policy's source.
-                    let other = match users.knows(&user) {
-                        true => None,
-                        false => context.policy.authenticate(&user, &password).await,
-                    };
-                    let outcome = match other {
-                        Some(outcome) => outcome,
-                        None => tokio::task::spawn_blocking(move || users.verify(&user, &password))
-                            .await
-                            .unwrap_or(AuthOutcome::TemporaryFailure),
-                    };
-                    info!(user = %credentials.username, mechanism = credentials.mechanism.name(), ?outcome, "authentication");
-                    session.handle_auth(credentials, outcome);
-                }
-                Output::CheckMessage(message) => {
-                    let started = std::time::Instant::now();
-                    let verdict = context.policy.check_message(&message).await;
-                    context.metrics.checked(started.elapsed());
-                    match &verdict {
-                        ContentVerdict::Accept | ContentVerdict::AcceptChanged(_) => {}
-                        ContentVerdict::Discard(reason) => {
-                            context.metrics.discarded();
-                            warn!(from = %message.envelope.sender, reason, "message discarded")
-                        }
-                        ContentVerdict::Refuse(reply) => info!(%reply, "message refused"),
-                        ContentVerdict::Relayed(reply) => {
-                            info!(%reply, "proxied: the next hop's reply to the message")
-                        }
-                        ContentVerdict::Quarantine(reason) => {
-                            info!(reason, "message goes to quarantine")
-                        }
+                    Output::StartTls => {
+                        flush(stream, &mut out).await?;
+                        return Ok(Some(Next::StartTls));
                     }
-                    session.handle_message(message, verdict);
-                }
-                Output::Quarantine { message, reason } => {
-                    let sender = message.envelope.sender.to_string();
-                    let result = context.sink.quarantine(*message, reason).await;
-                    match result {
-                        Ok(id) => {
-                            context.metrics.quarantined();
-                            info!(queue_id = %id, from = %sender, "accepted into quarantine")
-                        }
-                        Err(failure) => warn!(from = %sender, ?failure, "quarantine write failed"),
+                    Output::Authenticate(credentials) => {
+                        flush(stream, &mut out).await?;
+                        let users = Arc::clone(&context.users);
+                        let (user, password) =
+                            (credentials.username.clone(), credentials.password.clone());
+                        // The users file first; a login it does not know, the policy's source.
+                        let other = match users.knows(&user) {
+                            true => None,
+                            false => context.policy.authenticate(&user, &password).await,
+                        };
+                        let outcome = match other {
+                            Some(outcome) => outcome,
+                            None => tokio::task::spawn_blocking(move || users.verify(&user, &password))
+                                .await
+                                .unwrap_or(AuthOutcome::TemporaryFailure),
+                        };
+                        info!(user = %credentials.username, mechanism = credentials.mechanism.name(), ?outcome, "authentication");
+                        session.handle_auth(credentials, outcome);
                     }
-                    session.handle_enqueued(result);
-                }
-                Output::CheckSender(query) => {
-                    let sender = query.sender.clone();
-                    let verdict = context.policy.check_sender(query).await;
-                    match &verdict {
-                        SenderVerdict::Accept => {}
-                        SenderVerdict::RateLimited => info!(%sender, "message rate limit: 451"),
-                        SenderVerdict::Unavailable => warn!(%sender, "sender check failed: 451"),
-                        SenderVerdict::Blocklisted { zone } => {
-                            info!(%sender, zone, "client on a blocklist: 554")
+                    Output::CheckMessage(message) => {
+                        let started = std::time::Instant::now();
+                        let verdict = context.policy.check_message(&message).await;
+                        context.metrics.checked(started.elapsed());
+                        match &verdict {
+                            ContentVerdict::Accept | ContentVerdict::AcceptChanged(_) => {}
+                            ContentVerdict::Discard(reason) => {
+                                context.metrics.discarded();
+                                warn!(from = %message.envelope.sender, reason, "message discarded")
+                            }
+                            ContentVerdict::Refuse(reply) => info!(%reply, "message refused"),
+                            ContentVerdict::Relayed(reply) => {
+                                info!(%reply, "proxied: the next hop's reply to the message")
+                            }
+                            ContentVerdict::Quarantine(reason) => {
+                                info!(reason, "message goes to quarantine")
+                            }
                         }
-                        SenderVerdict::Refused(reply) => info!(%sender, %reply, "sender refused"),
+                        session.handle_message(message, verdict);
                     }
-                    session.handle_sender(verdict);
-                }
-                Output::CheckRecipient(query) => {
-                    let address = query.recipient.clone();
-                    let verdict = context.policy.check_recipient(query).await;
-                    match &verdict {
-                        RecipientVerdict::Accept(_) => debug!(%address, "recipient known"),
-                        RecipientVerdict::Unknown => info!(%address, "recipient unknown: 550"),
-                        RecipientVerdict::Unavailable => {
-                            warn!(%address, "recipient lookup failed: 451")
+                    Output::Quarantine { message, reason } => {
+                        let sender = message.envelope.sender.to_string();
+                        let result = context.sink.quarantine(*message, reason).await;
+                        match result {
+                            Ok(id) => {
+                                context.metrics.quarantined();
+                                tracing::Span::current().record("queue_id", tracing::field::display(id));
+                                info!(queue_id = %id, from = %sender, "accepted into quarantine")
+                            }
+                            Err(failure) => warn!(from = %sender, ?failure, "quarantine write failed"),
                         }
-                        RecipientVerdict::Defer { retry_after } => {
-                            info!(%address, retry_after, "greylisted: 451")
-                        }
-                        RecipientVerdict::RateLimited => {
-                            info!(%address, "recipient rate limit: 451")
-                        }
-                        RecipientVerdict::NotOurBounce(problem) => {
-                            info!(%address, ?problem, "bounce without a valid BATV tag: 550")
-                        }
-                        RecipientVerdict::Proxied(reply) => {
-                            info!(%address, %reply, "proxied: the next hop's reply")
-                        }
-                        RecipientVerdict::SeparateTransaction => {
-                            info!(%address, "proxied and queued recipients do not mix: 451")
-                        }
+                        session.handle_enqueued(result);
                     }
-                    session.handle_recipient(verdict);
-                }
-                Output::Enqueue(message) => {
-                    let sender = message.envelope.sender.to_string();
-                    let recipients = message.envelope.recipients.len();
-                    let size = message.body.len();
-                    let result = context.sink.enqueue(*message).await;
-                    match result {
-                        Ok(id) => {
-                            context.metrics.accepted();
-                            info!(queue_id = %id, from = %sender, recipients, size, "accepted")
+                    Output::CheckSender(query) => {
+                        let sender = query.sender.clone();
+                        let verdict = context.policy.check_sender(query).await;
+                        match &verdict {
+                            SenderVerdict::Accept => {}
+                            SenderVerdict::RateLimited => info!(%sender, "message rate limit: 451"),
+                            SenderVerdict::Unavailable => warn!(%sender, "sender check failed: 451"),
+                            SenderVerdict::Blocklisted { zone } => {
+                                info!(%sender, zone, "client on a blocklist: 554")
+                            }
+                            SenderVerdict::Refused(reply) => info!(%sender, %reply, "sender refused"),
                         }
-                        Err(failure) => {
-                            warn!(from = %sender, ?failure, "not accepted: queue write failed")
-                        }
+                        session.handle_sender(verdict);
                     }
-                    session.handle_enqueued(result);
+                    Output::CheckRecipient(query) => {
+                        let address = query.recipient.clone();
+                        let verdict = context.policy.check_recipient(query).await;
+                        match &verdict {
+                            RecipientVerdict::Accept(_) => debug!(%address, "recipient known"),
+                            RecipientVerdict::Unknown => info!(%address, "recipient unknown: 550"),
+                            RecipientVerdict::Unavailable => {
+                                warn!(%address, "recipient lookup failed: 451")
+                            }
+                            RecipientVerdict::Defer { retry_after } => {
+                                info!(%address, retry_after, "greylisted: 451")
+                            }
+                            RecipientVerdict::RateLimited => {
+                                info!(%address, "recipient rate limit: 451")
+                            }
+                            RecipientVerdict::NotOurBounce(problem) => {
+                                info!(%address, ?problem, "bounce without a valid BATV tag: 550")
+                            }
+                            RecipientVerdict::Proxied(reply) => {
+                                info!(%address, %reply, "proxied: the next hop's reply")
+                            }
+                            RecipientVerdict::SeparateTransaction => {
+                                info!(%address, "proxied and queued recipients do not mix: 451")
+                            }
+                        }
+                        session.handle_recipient(verdict);
+                    }
+                    Output::Enqueue(message) => {
+                        let sender = message.envelope.sender.to_string();
+                        let recipients = message.envelope.recipients.len();
+                        let size = message.body.len();
+                        let result = context.sink.enqueue(*message).await;
+                        match result {
+                            Ok(id) => {
+                                context.metrics.accepted();
+                                tracing::Span::current().record("queue_id", tracing::field::display(id));
+                                info!(queue_id = %id, from = %sender, recipients, size, "accepted")
+                            }
+                            Err(failure) => {
+                                warn!(from = %sender, ?failure, "not accepted: queue write failed")
+                            }
+                        }
+                        session.handle_enqueued(result);
+                    }
+                    Output::Close => {
+                        flush(stream, &mut out).await?;
+                        let _ = stream.shutdown().await;
+                        return Ok(Some(Next::Closed));
+                    }
                 }
-                Output::Close => {
-                    flush(stream, &mut out).await?;
-                    let _ = stream.shutdown().await;
-                    return Ok(Next::Closed);
-                }
+                Ok::<_, io::Error>(None)
+            }
+            .instrument(span)
+            .await?;
+            if let Some(next) = next {
+                return Ok(next);
             }
         }
         flush(stream, &mut out).await?;
@@ -507,6 +520,26 @@ where
             Ok(Ok(0)) => return Ok(Next::Closed),
             Ok(Ok(n)) => session.handle_bytes(&buf[..n], now()),
             Ok(Err(e)) => return Err(e),
+        }
+    }
+}
+
+/// The span of the session's transaction under way (a new one when a new transaction began,
+/// with the queue id recorded once the message is stored), or the session's own between
+/// transactions.
+fn transaction_span(
+    current: &mut Option<(u64, tracing::Span)>,
+    session: &ServerSession,
+) -> tracing::Span {
+    let Some(number) = session.transaction_number() else {
+        return tracing::Span::current();
+    };
+    match current {
+        Some((n, span)) if *n == number => span.clone(),
+        _ => {
+            let span = info_span!("txn", n = number, queue_id = tracing::field::Empty);
+            *current = Some((number, span.clone()));
+            span
         }
     }
 }

@@ -191,6 +191,11 @@ impl ServerSession {
             )
     }
 
+    /// The number of the transaction under way (counting MAIL commands), if one is.
+    pub fn transaction_number(&self) -> Option<u64> {
+        self.in_transaction().then_some(self.transactions)
+    }
+
     pub fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed)
     }
