@@ -87,34 +87,30 @@ fn spf_dkim_and_dmarc_decide_at_the_end_of_data() {
     let d = dir.path();
     let (key, record) = dkim_key(d, "s1", "rsa");
     let outside = "\"v=spf1 ip4:192.0.2.0/24 -all\"";
-    // The parent zone too: DMARC's tree walk asks _dmarc.example, which must say NXDOMAIN (as
-    // a real TLD does), not REFUSED.
     // Reverse DNS of 127.0.0.0/8 never reaches a nameserver: the resolver answers
     // `localhost.` itself (RFC 6761), which resolves to 127.0.0.1 only. So 127.0.0.1 passes
     // iprev and 127.0.0.2 fails it; `iprev_through_dns` below takes the DNS path.
-    let zones = [
-        ("example", zone("example", "")),
+    let mut zones = common_zones(&record);
+    zones.extend([
         (
-            "good.example",
+            "forged.example",
             zone(
-                "good.example",
-                &format!(
-                    "@ IN TXT \"v=spf1 ip4:127.0.0.0/8 -all\"\n_dmarc IN TXT \"v=DMARC1; p=reject\"\n\
-                     s1._domainkey IN TXT {}",
-                    txt(&record)
-                ),
+                "forged.example",
+                &format!("@ IN TXT {outside}\n_dmarc IN TXT \"v=DMARC1; p=reject\""),
             ),
         ),
         (
-            "forged.example",
-            zone("forged.example", &format!("@ IN TXT {outside}\n_dmarc IN TXT \"v=DMARC1; p=reject\"")),
+            "quar.example",
+            zone(
+                "quar.example",
+                &format!("@ IN TXT {outside}\n_dmarc IN TXT \"v=DMARC1; p=quarantine\""),
+            ),
         ),
         (
-            "quar.example",
-            zone("quar.example", &format!("@ IN TXT {outside}\n_dmarc IN TXT \"v=DMARC1; p=quarantine\"")),
+            "spfonly.example",
+            zone("spfonly.example", &format!("@ IN TXT {outside}")),
         ),
-        ("spfonly.example", zone("spfonly.example", &format!("@ IN TXT {outside}"))),
-    ];
+    ]);
     let zone_refs: Vec<(&str, &str)> = zones.iter().map(|(o, z)| (*o, z.as_str())).collect();
     let knot = Knot::start(&d.join("knot"), &zone_refs);
     let config = config(d, "").replace(
@@ -349,8 +345,9 @@ fn mail_from(server: &Server, sender: &str) -> String {
     reply.trim_end().to_owned()
 }
 
-/// The zones the tests below share: the parent zone and good.example, whose SPF allows
-/// 127.0.0.0/8 and which publishes DMARC p=reject and the key `record` at s1.
+/// The zones the tests here share: the parent zone (DMARC's tree walk asks _dmarc.example,
+/// which must say NXDOMAIN, as a real TLD does, not REFUSED) and good.example, whose SPF
+/// allows 127.0.0.0/8 and which publishes DMARC p=reject and the key `record` at s1.
 fn common_zones(record: &str) -> Vec<(&'static str, String)> {
     vec![
         ("example", zone("example", "")),

@@ -179,7 +179,7 @@ impl RateLimits {
 }
 
 /// Where the admin API listens.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminEndpoint {
     /// A Unix socket only its owner may use (the default: `data_dir/admin.sock`).
     Unix(PathBuf),

@@ -586,6 +586,9 @@ fn needs_restart(old: &Config, new: &Config) -> Option<&'static str> {
     if old.metrics != new.metrics {
         return Some("the metrics address changed");
     }
+    if old.admin != new.admin {
+        return Some("the admin API's endpoint changed");
+    }
     if old.delivery_paused != new.delivery_paused {
         return Some("delivery.paused changed");
     }
@@ -1038,29 +1041,38 @@ impl BounceCheck {
     }
 }
 
+/// How to talk to route `r`'s relay while a client waits for the answer: replies within
+/// `wait` (and the connection too, if the configured connect timeout is longer).
+fn waiting_client(
+    config: &Config,
+    r: &crate::config::RouteConfig,
+    wait: std::time::Duration,
+) -> backstop_delivery::smtp::Client {
+    use backstop_delivery::smtp::{Client, Timeouts};
+    Client {
+        helo: config.hostname.clone(),
+        lmtp: r.lmtp,
+        tls: r.tls.clone(),
+        connect_timeout: config.delivery.connect_timeout.min(wait),
+        timeouts: Timeouts {
+            command: wait,
+            data_start: wait,
+            ..Timeouts::RFC5321
+        },
+        auth: r.auth.clone(),
+    }
+}
+
 /// The callahead routes of the config; `None` when no route asks.
 fn callahead(config: &Config) -> Option<Arc<Callahead>> {
-    use backstop_delivery::smtp::{Client, Timeouts};
     let routes: Vec<_> = config
         .routes
         .iter()
         .filter(|r| r.callahead)
         .filter_map(|r| {
-            let hop = r.relay.clone()?;
             // A probe must be quick: the client waits for the RCPT reply meanwhile.
-            let wait = std::time::Duration::from_secs(30);
-            let client = Client {
-                helo: config.hostname.clone(),
-                lmtp: r.lmtp,
-                tls: r.tls.clone(),
-                connect_timeout: config.delivery.connect_timeout.min(wait),
-                timeouts: Timeouts {
-                    command: wait,
-                    ..Timeouts::RFC5321
-                },
-                auth: r.auth.clone(),
-            };
-            Some((r.domains.clone(), r.any_domain, hop, client))
+            let client = waiting_client(config, r, std::time::Duration::from_secs(30));
+            Some((r.domains.clone(), r.any_domain, r.relay.clone()?, client))
         })
         .collect();
     (!routes.is_empty()).then(|| {
@@ -1072,30 +1084,16 @@ fn callahead(config: &Config) -> Option<Arc<Callahead>> {
     })
 }
 
-/// The routes with `proxy = true`, each with how to talk to its relay: quickly, since the
-/// client waits for each reply.
+/// The routes with `proxy = true` (never LMTP: the config refuses it), each with how to talk
+/// to its relay.
 fn proxy(config: &Config) -> Option<Arc<crate::proxy::Proxy>> {
-    use backstop_delivery::smtp::{Client, Timeouts};
     let routes = config
         .routes
         .iter()
         .filter(|r| r.proxy)
         .filter_map(|r| {
-            let hop = r.relay.clone()?;
-            let wait = std::time::Duration::from_secs(60);
-            let client = Client {
-                helo: config.hostname.clone(),
-                lmtp: false,
-                tls: r.tls.clone(),
-                connect_timeout: config.delivery.connect_timeout.min(wait),
-                timeouts: Timeouts {
-                    command: wait,
-                    data_start: wait,
-                    ..Timeouts::RFC5321
-                },
-                auth: r.auth.clone(),
-            };
-            Some((r.domains.clone(), hop, client))
+            let client = waiting_client(config, r, std::time::Duration::from_secs(60));
+            Some((r.domains.clone(), r.relay.clone()?, client))
         })
         .collect();
     crate::proxy::Proxy::new(routes)
