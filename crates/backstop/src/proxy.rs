@@ -48,11 +48,10 @@ impl Proxy {
     /// the relay's reply, for the client.
     pub async fn rcpt(&self, query: &RecipientQuery, route: usize) -> RecipientVerdict {
         let txn = query.transaction;
-        let taken = self.take(txn);
-        let connection = match taken {
-            Some((open_route, _)) if open_route != route => {
+        let connection = match self.take(txn) {
+            Some((open_route, connection)) if open_route != route => {
                 // Another relay holds this transaction; give it back.
-                self.put_back(txn, open_route, taken.and_then(|(_, c)| c));
+                self.put_back(txn, open_route, connection);
                 return RecipientVerdict::SeparateTransaction;
             }
             Some((_, Some(connection))) => connection,
