@@ -6,9 +6,12 @@
 //! - `cargo xtask test`: install the build's system packages and the test peers (Postfix,
 //!   swaks, Python) when missing, then run every test of the workspace.
 //! - `cargo xtask tidy`: the repository's own rules (also run as a test).
+//! - `cargo xtask bench`: the receive path beside Postfix and smtp-sink, and memory per idle
+//!   connection (see `bench.rs`).
 //!
 //! Set-up uses apt-get when running as root; otherwise it prints the exact command to run.
 
+mod bench;
 mod setup;
 mod tidy;
 
@@ -21,9 +24,11 @@ fn main() -> ExitCode {
         Some("run") => run(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("tidy") => tidy::check(&root()).map_err(|problems| problems.join("\n")),
-        _ => {
-            Err("usage: cargo xtask run [-- SERVE-ARGS] | test [-- CARGO-TEST-ARGS] | tidy".into())
-        }
+        Some("bench") => bench::bench(&root()),
+        _ => Err(
+            "usage: cargo xtask run [-- SERVE-ARGS] | test [-- CARGO-TEST-ARGS] | tidy | bench"
+                .into(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

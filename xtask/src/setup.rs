@@ -116,6 +116,13 @@ pub const TEST_PEERS: &[Requirement] = &[
     },
 ];
 
+/// What `cargo xtask bench` drives and compares with: Postfix, whose package has smtp-source
+/// and smtp-sink.
+pub const BENCH: &[Requirement] = &[Requirement {
+    package: "postfix",
+    present_if: &["/usr/sbin/smtp-source"],
+}];
+
 /// Installs what is missing (as root), or says exactly what to run.
 pub fn ensure(requirements: &[Requirement]) -> Result<(), String> {
     let missing: Vec<&str> = requirements
