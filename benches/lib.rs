@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backstop_session::{AuthPolicy, SessionConfig};
-use backstop_types::Domain;
+use backstop_types::{
+    Address, BodyType, ClientInfo, Domain, DsnParams, Envelope, Notify, Recipient, ReversePath,
+    TrustClass, UnixTime,
+};
 
 pub fn session_config() -> Arc<SessionConfig> {
     Arc::new(SessionConfig {
@@ -42,4 +45,32 @@ pub fn data(size: usize) -> Vec<u8> {
     }
     out.extend_from_slice(b".\r\n");
     out
+}
+
+/// An envelope as the mx listener records it: one recipient, no DSN parameters.
+pub fn envelope() -> Envelope {
+    Envelope {
+        sender: ReversePath::Address(Address::parse("sender@example.org").unwrap()),
+        recipients: vec![Recipient {
+            address: Address::parse("user@bench.test").unwrap(),
+            notify: Notify::Default,
+            orcpt: None,
+        }],
+        dsn: DsnParams {
+            ret: None,
+            envid: None,
+        },
+        body_type: BodyType::SevenBit,
+        smtputf8: false,
+        client: ClientInfo {
+            ip: "192.0.2.1".parse().unwrap(),
+            helo: "client.example.org".into(),
+            ptr: None,
+            tls: None,
+            auth: None,
+            listener: "mx".into(),
+        },
+        arrival: UnixTime(1_800_000_000),
+        trust: TrustClass::Unverified,
+    }
 }

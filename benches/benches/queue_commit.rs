@@ -13,10 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backstop_queue::Queue;
-use backstop_types::{
-    Address, BodyType, ClientInfo, DsnParams, Envelope, Notify, Recipient, ReversePath, TrustClass,
-    UnixTime,
-};
 
 const RUN: Duration = Duration::from_secs(3);
 const BODY: usize = 5 * 1024;
@@ -54,7 +50,7 @@ fn raw_fsyncs_per_second(base: &Path) -> f64 {
 async fn commits_per_second(base: &Path, writers: usize) -> f64 {
     let dir = tempfile::tempdir_in(base).unwrap();
     let queue = Queue::open(dir.path()).unwrap();
-    let envelope = Arc::new(envelope());
+    let envelope = Arc::new(backstop_benches::envelope());
     let body = vec![b'x'; BODY];
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -73,31 +69,4 @@ async fn commits_per_second(base: &Path, writers: usize) -> f64 {
         t.await.unwrap();
     }
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
-}
-
-fn envelope() -> Envelope {
-    Envelope {
-        sender: ReversePath::Address(Address::parse("sender@example.org").unwrap()),
-        recipients: vec![Recipient {
-            address: Address::parse("user@bench.test").unwrap(),
-            notify: Notify::Default,
-            orcpt: None,
-        }],
-        dsn: DsnParams {
-            ret: None,
-            envid: None,
-        },
-        body_type: BodyType::SevenBit,
-        smtputf8: false,
-        client: ClientInfo {
-            ip: "192.0.2.1".parse().unwrap(),
-            helo: "client.example.org".into(),
-            ptr: None,
-            tls: None,
-            auth: None,
-            listener: "mx".into(),
-        },
-        arrival: UnixTime(1_800_000_000),
-        trust: TrustClass::Unverified,
-    }
 }

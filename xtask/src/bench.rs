@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: the receive path of backstop beside Postfix and `smtp-sink` on this
-//! machine, driven in turn by Postfix's `smtp-source` with the same parameters, and backstop's
-//! memory: peak RSS, and RSS per idle connection.
+//! machine, driven in turn by Postfix's `smtp-source` with the same parameters; the latency
+//! from the end of DATA to the 250 at 50 sessions; and backstop's memory: peak RSS, and RSS
+//! per idle connection with 2,000 and 10,000 held at once.
 //!
 //! backstop runs its release build on a fresh data directory (250 only after fsync, delivery
 //! paused). Postfix is a throw-away instance on loopback whose smtpd puts every message on
@@ -55,8 +56,15 @@ const LOADS: [Load; 5] = [
     },
 ];
 
-/// Idle connections opened to measure what one costs.
-const IDLE: usize = 2000;
+/// Idle connections opened to measure what one costs, and how many must be held at once.
+const IDLE: [usize; 2] = [2000, 10_000];
+
+/// Open files wanted by backstop and by this process (the idle connections).
+const NOFILE: u64 = 20_000;
+
+/// Latency samples: sessions, and messages each sends over its own connection.
+const LATENCY_SESSIONS: usize = 50;
+const LATENCY_MESSAGES: usize = 100;
 
 pub fn bench(root: &Path) -> Result<(), String> {
     crate::setup::ensure(crate::setup::BUILD)?;
@@ -135,11 +143,124 @@ fn run(binary: &Path, dir: &Path) -> Result<(), String> {
         }
     }
     println!("(checked: backstop accepted, and Postfix holds, all {sent} messages)");
+    let (p50, p99) = latency(backstop.address)?;
+    println!(
+        "end of DATA to 250 at {LATENCY_SESSIONS} sessions ({} messages): p50 {:.2} ms, p99 {:.2} ms",
+        LATENCY_SESSIONS * LATENCY_MESSAGES,
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3
+    );
     let peak = backstop.status("VmHWM:")?;
     println!("backstop peak RSS after the loads: {} KiB", peak);
-    let per_connection = idle_cost(&backstop)?;
-    println!("backstop RSS per idle connection ({IDLE} open): {per_connection:.1} KiB");
+    raise_open_files(std::process::id());
+    for idle in IDLE {
+        let per_connection = idle_cost(&backstop, idle)?;
+        println!("backstop RSS per idle connection ({idle} open at once): {per_connection:.1} KiB");
+    }
     Ok(())
+}
+
+/// Raises the open-file limit of `pid` to NOFILE, as far as its hard limit allows.
+fn raise_open_files(pid: u32) {
+    let _ = Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={NOFILE}:{NOFILE}"),
+        ])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// LATENCY_SESSIONS clients each send LATENCY_MESSAGES 5 KB messages over one connection
+/// (pipelining MAIL, RCPT and DATA); the time from the end of the data to the 250, all
+/// sessions together: (p50, p99).
+fn latency(address: SocketAddr) -> Result<(Duration, Duration), String> {
+    // About 5 KB: 66 lines of 76 characters.
+    let text = vec!["x".repeat(76); 66].join("\r\n");
+    let body = format!("From: load@source.test\r\nSubject: latency\r\n\r\n{text}\r\n.\r\n");
+    let threads: Vec<_> = (0..LATENCY_SESSIONS)
+        .map(|_| {
+            let body = body.clone();
+            std::thread::spawn(move || -> Result<Vec<Duration>, String> {
+                let mut c = Client::connect(address)?;
+                c.reply()?;
+                c.send(b"EHLO latency.test\r\n")?;
+                c.reply()?;
+                let mut samples = Vec::with_capacity(LATENCY_MESSAGES);
+                for _ in 0..LATENCY_MESSAGES {
+                    c.send(
+                        b"MAIL FROM:<load@source.test>\r\nRCPT TO:<user@bench.test>\r\nDATA\r\n",
+                    )?;
+                    for expect in ["250", "250", "354"] {
+                        let reply = c.reply()?;
+                        if !reply.starts_with(expect) {
+                            return Err(format!("latency client: {reply}"));
+                        }
+                    }
+                    c.send(body.as_bytes())?;
+                    let sent = Instant::now();
+                    let reply = c.reply()?;
+                    samples.push(sent.elapsed());
+                    if !reply.starts_with("250") {
+                        return Err(format!("latency client: {reply}"));
+                    }
+                }
+                Ok(samples)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in threads {
+        all.extend(t.join().map_err(|_| "latency client panicked")??);
+    }
+    all.sort();
+    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+    Ok((at(0.50), at(0.99)))
+}
+
+/// A plain SMTP client: replies read whole (multi-line ones too).
+struct Client {
+    stream: std::io::BufReader<TcpStream>,
+}
+
+impl Client {
+    fn connect(address: SocketAddr) -> Result<Client, String> {
+        let stream = TcpStream::connect(address).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .map_err(|e| e.to_string())?;
+        Ok(Client {
+            stream: std::io::BufReader::new(stream),
+        })
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.stream
+            .get_mut()
+            .write_all(bytes)
+            .map_err(|e| e.to_string())
+    }
+
+    fn reply(&mut self) -> Result<String, String> {
+        use std::io::BufRead;
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            if self
+                .stream
+                .read_line(&mut line)
+                .map_err(|e| e.to_string())?
+                == 0
+            {
+                return Err("connection closed".into());
+            }
+            all.push_str(&line);
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Ok(all);
+            }
+        }
+    }
 }
 
 /// Drives `address` with smtp-source under `load`: messages per second.
@@ -171,16 +292,26 @@ fn source(address: SocketAddr, load: &Load) -> Result<f64, String> {
     Ok(load.messages as f64 / took.as_secs_f64())
 }
 
-/// Opens IDLE connections that read the greeting and wait: backstop's RSS growth per one.
-fn idle_cost(backstop: &Backstop) -> Result<f64, String> {
+/// Opens `count` connections that read the greeting and wait, all at once: backstop's RSS
+/// growth per one. Every one must get its greeting.
+fn idle_cost(backstop: &Backstop, count: usize) -> Result<f64, String> {
     std::thread::sleep(Duration::from_millis(500));
     let before: f64 = backstop.status("VmRSS:")?.parse().map_err(|_| "VmRSS")?;
-    let mut open = Vec::with_capacity(IDLE);
-    for _ in 0..IDLE {
+    let mut open = Vec::with_capacity(count);
+    for _ in 0..count {
         let mut c =
             TcpStream::connect(backstop.address).map_err(|e| format!("idle connection: {e}"))?;
         let mut greeting = [0u8; 128];
-        let _ = c.read(&mut greeting);
+        let n = c
+            .read(&mut greeting)
+            .map_err(|e| format!("idle connection: {e}"))?;
+        if !greeting[..n].starts_with(b"220") {
+            return Err(format!(
+                "idle connection {}: {}",
+                open.len() + 1,
+                String::from_utf8_lossy(&greeting[..n])
+            ));
+        }
         open.push(c);
     }
     std::thread::sleep(Duration::from_secs(1));
@@ -188,7 +319,9 @@ fn idle_cost(backstop: &Backstop) -> Result<f64, String> {
     for mut c in open {
         let _ = c.write_all(b"QUIT\r\n");
     }
-    Ok((after - before).max(0.0) / IDLE as f64)
+    // Let them go before the next round.
+    std::thread::sleep(Duration::from_secs(1));
+    Ok((after - before).max(0.0) / count as f64)
 }
 
 fn free_port() -> Result<u16, String> {
@@ -240,10 +373,7 @@ impl Backstop {
             .spawn()
             .map_err(|e| format!("{}: {e}", binary.display()))?;
         // Room for the idle connections, as far as this machine allows.
-        let _ = Command::new("prlimit")
-            .args(["--pid", &child.id().to_string(), "--nofile=65536:65536"])
-            .stderr(Stdio::null())
-            .status();
+        raise_open_files(child.id());
         let address = SocketAddr::from(([127, 0, 0, 1], port));
         let backstop = Backstop {
             child,
