@@ -5,6 +5,15 @@ use std::process::Command;
 
 use crate::harness::BIN;
 
+/// Runs `backstop check-config` on `file`.
+fn check_config(file: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .arg("check-config")
+        .arg(file)
+        .output()
+        .expect("running backstop check-config")
+}
+
 #[test]
 fn check_config_names_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -14,11 +23,7 @@ fn check_config_names_file_line_and_key() {
         "[smtp]\nmax_recipients = 100\nmax_message_size = \"ten\"\n\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\nkind = \"mx\"\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = check_config(&file);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
@@ -39,11 +44,7 @@ fn check_config_names_file_line_and_key() {
         ),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = check_config(&file);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -56,11 +57,7 @@ fn check_config_names_file_line_and_key() {
 fn check_config_accepts_the_shipped_default() {
     let etc = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
         .join("../../etc/backstop.toml");
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&etc)
-        .output()
-        .unwrap();
+    let out = check_config(&etc);
     assert!(
         out.status.success(),
         "{}",
@@ -209,11 +206,7 @@ fn every_config_in_etc_passes_check_config() {
             );
         let copy = dir.path().join(path.file_name().unwrap());
         std::fs::write(&copy, text).unwrap();
-        let out = Command::new(BIN)
-            .arg("check-config")
-            .arg(&copy)
-            .output()
-            .unwrap();
+        let out = check_config(&copy);
         assert!(
             out.status.success(),
             "{}: {}",
