@@ -6,8 +6,8 @@
 //! - `cargo xtask test`: install the build's system packages and the test peers (Postfix,
 //!   swaks, Python) when missing, then run every test of the workspace.
 //! - `cargo xtask tidy`: the repository's own rules (also run as a test).
-//! - `cargo xtask bench`: the receive path beside Postfix and smtp-sink, and memory per idle
-//!   connection (see `bench.rs`).
+//! - `cargo xtask bench [receive|delivery]`: the receive path and memory per idle connection,
+//!   then delivery throughput, each beside Postfix and smtp-sink (see `bench.rs`).
 //!
 //! Set-up uses apt-get when running as root; otherwise it prints the exact command to run.
 
@@ -24,9 +24,9 @@ fn main() -> ExitCode {
         Some("run") => run(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("tidy") => tidy::check(&root()).map_err(|problems| problems.join("\n")),
-        Some("bench") => bench::bench(&root()),
+        Some("bench") => bench::bench(&root(), &args[1..]),
         _ => Err(
-            "usage: cargo xtask run [-- SERVE-ARGS] | test [-- CARGO-TEST-ARGS] | tidy | bench"
+            "usage: cargo xtask run [-- SERVE-ARGS] | test [-- CARGO-TEST-ARGS] | tidy | bench [receive|delivery]"
                 .into(),
         ),
     };

@@ -117,11 +117,17 @@ pub const TEST_PEERS: &[Requirement] = &[
 ];
 
 /// What `cargo xtask bench` drives and compares with: Postfix, whose package has smtp-source
-/// and smtp-sink.
-pub const BENCH: &[Requirement] = &[Requirement {
-    package: "postfix",
-    present_if: &["/usr/sbin/smtp-source"],
-}];
+/// and smtp-sink, and Knot for the MX lookups of the delivery runs.
+pub const BENCH: &[Requirement] = &[
+    Requirement {
+        package: "postfix",
+        present_if: &["/usr/sbin/smtp-source"],
+    },
+    Requirement {
+        package: "knot",
+        present_if: &["/usr/sbin/knotd"],
+    },
+];
 
 /// Installs what is missing (as root), or says exactly what to run.
 pub fn ensure(requirements: &[Requirement]) -> Result<(), String> {
