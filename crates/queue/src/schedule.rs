@@ -148,7 +148,7 @@ impl Queue {
         policy: &RetryPolicy,
         notify: &mut dyn FnMut(&Entry, &Changes) -> Notices,
     ) -> Result<AfterAttempts, QueueError> {
-        let _guard = self.lock();
+        let guard = self.lock();
         let Some(mut entry) = self.entry_locked(id)? else {
             return Ok(AfterAttempts::Gone);
         };
@@ -250,7 +250,11 @@ impl Queue {
                 AfterAttempts::Finished(entry)
             }
         };
-        self.write_synced(batch)?;
+        let written = self.write_unsynced(batch)?;
+        drop(guard);
+        // On disk before the caller acts on it (a log line, a report sent); concurrent
+        // deliveries share the sync.
+        self.sync_wal(written)?;
         Ok(after)
     }
 

@@ -93,7 +93,23 @@ pub(crate) struct Inner {
     /// Serialises read-modify-write of existing entries (leases, attempts, admin commands).
     /// Accepts only add new keys and do not take it.
     pub(crate) update: Mutex<()>,
+    /// How far the write-ahead log is synced, for writes made durable after the update lock
+    /// is released (see [`Queue::write_unsynced`]).
+    pub(crate) wal: Mutex<WalSync>,
 }
+
+/// The write-ahead log's sync state: every write up to sequence number `synced` is on disk.
+#[derive(Default)]
+pub(crate) struct WalSync {
+    synced: u64,
+    /// Syncs done so far (for tests).
+    pub(crate) syncs: u64,
+}
+
+/// A write that is in the database but not yet known to be on disk: pass it to
+/// [`Queue::sync_wal`].
+#[must_use = "a write is durable only after sync_wal"]
+pub(crate) struct Unsynced(u64);
 
 impl Drop for Inner {
     /// The last handle stops the writer and waits for it, so the database is closed before
@@ -144,6 +160,7 @@ impl Queue {
                 thread: Some(thread),
                 last_id,
                 update: Mutex::new(()),
+                wal: Mutex::default(),
             }),
         })
     }
@@ -162,6 +179,7 @@ impl Queue {
                 thread: None,
                 last_id: AtomicU64::new(0),
                 update: Mutex::new(()),
+                wal: Mutex::default(),
             }),
         })
     }
@@ -317,6 +335,36 @@ impl Queue {
             .update
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes `batch` without waiting for the disk, for a caller that holds the update lock:
+    /// it releases the lock and then waits in [`Queue::sync_wal`], so that the syncs of
+    /// concurrent writers are shared instead of queueing behind the lock one by one.
+    pub(crate) fn write_unsynced(&self, batch: WriteBatch) -> Result<Unsynced, QueueError> {
+        if self.inner.writer.is_none() {
+            return Err(QueueError::ReadOnly);
+        }
+        self.inner.db.write(batch)?;
+        Ok(Unsynced(self.inner.db.latest_sequence_number()))
+    }
+
+    /// Returns once `write` is on disk: at once when a sync since covered it, otherwise after
+    /// syncing the log, which covers every write made so far (group commit).
+    pub(crate) fn sync_wal(&self, write: Unsynced) -> Result<(), QueueError> {
+        let mut wal = self
+            .inner
+            .wal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if wal.synced >= write.0 {
+            return Ok(());
+        }
+        // Everything up to here is in the log file; the sync takes it all to disk.
+        let upto = self.inner.db.latest_sequence_number();
+        self.inner.db.flush_wal(true)?;
+        wal.synced = wal.synced.max(upto);
+        wal.syncs += 1;
+        Ok(())
     }
 
     pub(crate) fn write_synced(&self, batch: WriteBatch) -> Result<(), QueueError> {

@@ -306,3 +306,55 @@ async fn a_report_is_queued_with_the_attempt_and_spares_the_quarantine() {
         vec![(report.arrival, *report_id)]
     );
 }
+
+#[tokio::test]
+async fn concurrent_attempts_share_one_log_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path()).unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        ids.push(queue.enqueue(&sample(), b"body".to_vec()).await.unwrap());
+    }
+    let t0 = sample().arrival;
+    assert_eq!(
+        queue
+            .lease_due(t0, Duration::from_secs(600), 10)
+            .unwrap()
+            .len(),
+        8
+    );
+    // A sync under way: the eight deliveries recorded meanwhile write, then wait for the disk.
+    let syncing = queue.inner.wal.lock().unwrap();
+    let threads: Vec<_> = ids
+        .iter()
+        .map(|&id| {
+            let queue = queue.clone();
+            std::thread::spawn(move || {
+                let delivered = AttemptOutcome::Delivered(reply(250, "ok"));
+                queue.record_attempts(id, &[(0, delivered.clone()), (1, delivered)], t0, &POLICY)
+            })
+        })
+        .collect();
+    // Their writes are in (visible, not yet synced) once the queue is empty.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !queue.list().unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deliveries were not recorded"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let before = syncing.syncs;
+    drop(syncing);
+    for t in threads {
+        assert!(matches!(
+            t.join().unwrap().unwrap(),
+            AfterAttempts::Finished(_)
+        ));
+    }
+    // The first to get the log syncs it for all eight; the others find their write covered.
+    assert_eq!(queue.inner.wal.lock().unwrap().syncs - before, 1);
+    drop(queue);
+    let queue = Queue::open(dir.path()).unwrap();
+    assert!(queue.list().unwrap().is_empty());
+}
