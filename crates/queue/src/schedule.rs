@@ -6,18 +6,23 @@
 //! in between, the message simply becomes due again when the lease runs out and is delivered
 //! again: a recipient may then get it twice, but no accepted message is ever lost.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use backstop_types::{
     Attempt, AttemptOutcome, EnhancedStatus, Envelope, QueueId, RecipientState, RemoteReply,
     UnixTime,
 };
-use rocksdb::{IteratorMode, WriteBatch};
+use rocksdb::{BottommostLevelCompaction, CompactOptions, IteratorMode, ReadOptions, WriteBatch};
 
 use crate::record::{self, Entry};
 use crate::store::{
-    id_from_key, Queue, QueueError, StoredMessage, CF_DUE, CF_ENTRIES, CF_MESSAGES, CF_SCHEDULE,
+    id_from_key, schedule_key, Queue, QueueError, StoredMessage, CF_DUE, CF_ENTRIES, CF_MESSAGES,
+    CF_SCHEDULE,
 };
+
+/// Deleted schedule keys after which the past of the schedule is compacted.
+const COMPACT_SCHEDULE_AFTER: u64 = 10_000;
 
 /// When to try again and when to give up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,16 +88,19 @@ impl Queue {
         lease: Duration,
         max: usize,
     ) -> Result<Vec<StoredMessage>, QueueError> {
-        let _guard = self.lock();
+        let guard = self.lock();
         let mut due_ids = Vec::new();
-        for item in self
-            .inner
-            .db
-            .iterator_cf(self.cf(CF_SCHEDULE), IteratorMode::Start)
+        // Bounded at `now`, so that the scan stops there rather than stepping over the deleted
+        // keys of the future (finished messages' leases) to find the next live one.
+        let mut bounded = ReadOptions::default();
+        bounded.set_iterate_upper_bound(schedule_key(now.0.saturating_add(1), QueueId(0)));
+        for item in
+            self.inner
+                .db
+                .iterator_cf_opt(self.cf(CF_SCHEDULE), bounded, IteratorMode::Start)
         {
             let (key, _) = item?;
-            let due = u64::from_be_bytes(key[..8].try_into().unwrap_or([0xff; 8]));
-            if due > now.0 || due_ids.len() >= max {
+            if due_ids.len() >= max {
                 break;
             }
             due_ids.push(id_from_key(&key[8..]));
@@ -116,7 +124,30 @@ impl Queue {
         }
         // Not synced: a lease lost in a crash only makes the message due again at once.
         self.inner.db.write(batch)?;
+        drop(guard);
+        self.compact_schedule(now);
         Ok(leased)
+    }
+
+    /// Drops the tombstones of the schedule's past once there are many. Every lease and every
+    /// finished message deletes a schedule key, and the scan in [`Queue::lease_due`] starts at
+    /// the beginning: without this, draining a large queue would step over every message
+    /// delivered so far at each pass. The schedule holds only keys, so this is quick.
+    fn compact_schedule(&self, now: UnixTime) {
+        let deletes = &self.inner.schedule_deletes;
+        if deletes.load(Ordering::Relaxed) < COMPACT_SCHEDULE_AFTER {
+            return;
+        }
+        deletes.store(0, Ordering::Relaxed);
+        // Rewritten even where RocksDB would only move a file down: the tombstones must go.
+        let mut options = CompactOptions::default();
+        options.set_bottommost_level_compaction(BottommostLevelCompaction::ForceOptimized);
+        self.inner.db.compact_range_cf_opt(
+            self.cf(CF_SCHEDULE),
+            None::<&[u8]>,
+            Some(schedule_key(now.0.saturating_add(1), QueueId(0))),
+            &options,
+        );
     }
 
     /// Records what an attempt came to for some recipients (by index in the envelope), and

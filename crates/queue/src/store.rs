@@ -96,6 +96,9 @@ pub(crate) struct Inner {
     /// How far the write-ahead log is synced, for writes made durable after the update lock
     /// is released (see [`Queue::write_unsynced`]).
     pub(crate) wal: Mutex<WalSync>,
+    /// Schedule keys deleted since the schedule was last compacted: each is a tombstone that
+    /// the scan for due messages steps over until a compaction drops it.
+    pub(crate) schedule_deletes: AtomicU64,
 }
 
 /// The write-ahead log's sync state: every write up to sequence number `synced` is on disk.
@@ -161,6 +164,7 @@ impl Queue {
                 last_id,
                 update: Mutex::new(()),
                 wal: Mutex::default(),
+                schedule_deletes: AtomicU64::new(0),
             }),
         })
     }
@@ -180,6 +184,7 @@ impl Queue {
                 last_id: AtomicU64::new(0),
                 update: Mutex::new(()),
                 wal: Mutex::default(),
+                schedule_deletes: AtomicU64::new(0),
             }),
         })
     }
@@ -391,6 +396,7 @@ impl Queue {
                     self.cf(CF_SCHEDULE),
                     schedule_key(u64::from_be_bytes(old), id),
                 );
+                self.inner.schedule_deletes.fetch_add(1, Ordering::Relaxed);
             }
         }
         match due {

@@ -358,3 +358,40 @@ async fn concurrent_attempts_share_one_log_sync() {
     let queue = Queue::open(dir.path()).unwrap();
     assert!(queue.list().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn draining_a_large_queue_leaves_the_scan_few_tombstones() {
+    use rocksdb::perf::{set_perf_stats, PerfContext, PerfMetric, PerfStatsLevel};
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path()).unwrap();
+    let t0 = sample().arrival;
+    let delivered = AttemptOutcome::Delivered(reply(250, "ok"));
+    // 6,000 messages delivered 100 at a time, as the agent does: each leaves two deleted
+    // schedule keys behind (its lease and its removal), 12,000 in all.
+    for _ in 0..60 {
+        for _ in 0..100 {
+            queue.enqueue(&sample(), b"body".to_vec()).await.unwrap();
+        }
+        for message in queue.lease_due(t0, Duration::from_secs(600), 100).unwrap() {
+            let outcomes = [(0, delivered.clone()), (1, delivered.clone())];
+            queue
+                .record_attempts(message.id, &outcomes, t0, &POLICY)
+                .unwrap();
+        }
+    }
+    let id = queue.enqueue(&sample(), b"body".to_vec()).await.unwrap();
+    set_perf_stats(PerfStatsLevel::EnableCount);
+    let mut perf = PerfContext::default();
+    perf.reset();
+    let leased = queue.lease_due(t0, Duration::from_secs(600), 100).unwrap();
+    let skipped = perf.metric(PerfMetric::InternalDeleteSkippedCount);
+    set_perf_stats(PerfStatsLevel::Disable);
+    assert_eq!(leased.iter().map(|m| m.id).collect::<Vec<_>>(), [id]);
+    // Once 10,000 keys had been deleted (at the 51st pass) the past was compacted away: the
+    // scan steps over the leases of the 900 messages since (6,000 without the compaction,
+    // 12,000 if it also walked the deleted keys beyond `now`).
+    assert!(
+        skipped <= 1000,
+        "the scan stepped over {skipped} deleted keys"
+    );
+}
