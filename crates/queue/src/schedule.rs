@@ -24,6 +24,11 @@ use crate::store::{
 /// Deleted schedule keys after which the past of the schedule is compacted.
 const COMPACT_SCHEDULE_AFTER: u64 = 10_000;
 
+/// The first schedule key after every message due at `now`: the end of the schedule's past.
+fn after_due(now: UnixTime) -> [u8; 16] {
+    schedule_key(now.0.saturating_add(1), QueueId(0))
+}
+
 /// When to try again and when to give up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -93,7 +98,7 @@ impl Queue {
         // Bounded at `now`, so that the scan stops there rather than stepping over the deleted
         // keys of the future (finished messages' leases) to find the next live one.
         let mut bounded = ReadOptions::default();
-        bounded.set_iterate_upper_bound(schedule_key(now.0.saturating_add(1), QueueId(0)));
+        bounded.set_iterate_upper_bound(after_due(now));
         for item in
             self.inner
                 .db
@@ -145,7 +150,7 @@ impl Queue {
         self.inner.db.compact_range_cf_opt(
             self.cf(CF_SCHEDULE),
             None::<&[u8]>,
-            Some(schedule_key(now.0.saturating_add(1), QueueId(0))),
+            Some(after_due(now)),
             &options,
         );
     }
