@@ -176,6 +176,13 @@ fn admin_api_over_loopback_http_needs_the_token() {
     let d = dir.path();
     let token = "0123456789abcdef-test-token";
     std::fs::write(d.join("admin.token"), format!("{token}\n")).unwrap();
+    // The token's file must be its owner's alone, or the config is refused.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        d.join("admin.token"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     // A free loopback port for the admin API (the CLI must know it, so not port 0).
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

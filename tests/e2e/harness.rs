@@ -398,6 +398,11 @@ impl RawClient {
         self.stream.write_all(bytes).unwrap();
     }
 
+    /// The connection, e.g. to write from another thread while this one reads.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
     /// Reads one complete reply (all its lines); "" when the server closed the connection.
     pub fn reply(&mut self) -> String {
         loop {

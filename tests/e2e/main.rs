@@ -18,6 +18,7 @@ mod crash;
 mod delivery;
 mod disk_full;
 mod greylist;
+mod hostile;
 mod ldap;
 mod limits;
 mod lmtp;

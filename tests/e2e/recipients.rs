@@ -71,7 +71,12 @@ fn unknown_recipients_are_refused_at_rcpt_and_the_table_reloads() {
         .1
         .recipients
         .iter()
-        .map(|r| (r.address.to_string(), r.orcpt.clone()))
+        .map(|r| {
+            (
+                r.address.to_string(),
+                r.orcpt.as_ref().map(|o| o.to_stored()),
+            )
+        })
         .collect();
     assert_eq!(
         recipients,

@@ -140,12 +140,8 @@ pub async fn bind(endpoint: AdminEndpoint) -> anyhow::Result<Bound> {
                 std::fs::remove_file(&path)
                     .with_context(|| format!("removing stale {}", path.display()))?;
             }
-            let listener = UnixListener::bind(&path)
-                .with_context(|| format!("admin socket {}", path.display()))?;
-            {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-            }
+            let listener =
+                bind_private(&path).with_context(|| format!("admin socket {}", path.display()))?;
             crate::serve::announce!("backstop: admin socket {}", path.display());
             Ok(Bound::Unix(listener, path))
         }
@@ -157,6 +153,26 @@ pub async fn bind(endpoint: AdminEndpoint) -> anyhow::Result<Bound> {
             Ok(Bound::Http(listener, token))
         }
     }
+}
+
+/// Binds a Unix socket that only its owner can ever connect to: it is made under a fresh
+/// directory of mode 0700, given mode 0600 there, and only then renamed into place, so there
+/// is no moment in which `path` exists with the umask's mode.
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let staging = parent.join(format!(".admin-bind-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+    let made = (|| {
+        let temporary = staging.join("admin.sock");
+        let listener = UnixListener::bind(&temporary)?;
+        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&temporary, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    made
 }
 
 /// What the admin API answers from: the queue, and the metrics.
@@ -278,15 +294,8 @@ fn error_json(message: &str) -> Vec<u8> {
     serde_json::to_vec(&response).unwrap_or_default()
 }
 
-/// Compares without stopping at the first difference, so timing does not tell how much of a
-/// guess was right.
 fn same_secret(given: &str, token: &str) -> bool {
-    given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    backstop_types::secret::same_secret(given.as_bytes(), token.as_bytes())
 }
 
 async fn serve_unix(
@@ -709,4 +718,26 @@ fn render(request: &Request, data: serde_json::Value) -> anyhow::Result<String> 
         Request::Metrics => out.push_str(data.as_str().unwrap_or_default()),
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_socket_is_its_owners_from_the_start() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        // The test's umask (022) would leave a plain bind readable by everyone.
+        let path = dir.path().join("admin.sock");
+        let _listener = bind_private(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Nothing is left behind next to it.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["admin.sock"]);
+    }
 }

@@ -209,10 +209,17 @@ pub struct Smtp {
     pub max_errors: u32,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
+    /// The slowest a DATA or BDAT transfer may be, in octets per second, beyond data_timeout.
+    pub min_data_rate: u64,
+    /// `Received:` fields a message may carry before it is refused as a loop.
+    pub max_hops: usize,
+    /// The command timeout while the server is near max_connections (Postfix's stress mode).
+    pub stress_timeout: Duration,
     pub greeting_delay: Duration,
     /// On SIGTERM, how long a session in a transaction may take to finish it.
     pub shutdown_grace: Duration,
     pub max_connections: usize,
+    /// Per client address; an IPv6 client is its /64.
     pub max_connections_per_ip: usize,
 }
 
@@ -236,6 +243,8 @@ pub struct Auth {
     pub restrict_sender: bool,
     /// Logins the users file does not know: a search for the entry, then a bind as it.
     pub ldap: Option<backstop_filter::ldap::LdapConfig>,
+    /// Failed logins allowed per client and per name, the delays, the checks at once.
+    pub limits: backstop_listener::auth_limits::AuthLimitConfig,
 }
 
 #[derive(Debug)]
@@ -742,6 +751,9 @@ struct RawSmtp {
     max_errors: u32,
     command_timeout: Seconds,
     data_timeout: Seconds,
+    min_data_rate: u64,
+    max_hops: usize,
+    stress_timeout: Seconds,
     greeting_delay: Seconds,
     shutdown_grace: Seconds,
     max_connections: usize,
@@ -762,6 +774,9 @@ impl Default for RawSmtp {
             max_errors: 20,
             command_timeout: Seconds(Duration::from_secs(300)),
             data_timeout: Seconds(Duration::from_secs(600)),
+            min_data_rate: 500,
+            max_hops: 50,
+            stress_timeout: Seconds(Duration::from_secs(10)),
             greeting_delay: Seconds(Duration::ZERO),
             shutdown_grace: Seconds(Duration::from_secs(30)),
             max_connections: 1000,
@@ -777,22 +792,38 @@ struct RawTls {
     key: Option<Spanned<PathBuf>>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
 struct RawAuth {
     users_file: Option<Spanned<PathBuf>>,
-    #[serde(default)]
     user: Vec<RawUser>,
-    #[serde(default)]
     allow_plaintext: bool,
-    #[serde(default = "yes")]
     restrict_sender: bool,
     /// Logins the users file does not know, checked against a directory.
     ldap: Option<RawLdap>,
+    max_failures: u32,
+    failure_window: Seconds,
+    max_failure_delay: Seconds,
+    max_concurrent_checks: usize,
 }
 
-fn yes() -> bool {
-    true
+impl Default for RawAuth {
+    /// Also what a config without an `[auth]` section gets: senders restricted, the limits
+    /// on password guessing on.
+    fn default() -> RawAuth {
+        let limits = backstop_listener::auth_limits::AuthLimitConfig::default();
+        RawAuth {
+            users_file: None,
+            user: Vec::new(),
+            allow_plaintext: false,
+            restrict_sender: true,
+            ldap: None,
+            max_failures: limits.max_failures,
+            failure_window: Seconds(limits.window),
+            max_failure_delay: Seconds(limits.max_delay),
+            max_concurrent_checks: limits.max_concurrent_checks,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -982,6 +1013,22 @@ impl Config {
                 message: "max_recipients and max_errors must be at least 1, max_line_length at \
                           least 512 (RFC 5321 4.5.3.1)"
                     .into(),
+            });
+        }
+        if raw.auth.max_failures == 0 || raw.auth.max_concurrent_checks == 0 {
+            return Err(ConfigError {
+                file: file.to_owned(),
+                line: None,
+                key: Some("auth".into()),
+                message: "max_failures and max_concurrent_checks must be at least 1".into(),
+            });
+        }
+        if s.max_hops == 0 || s.stress_timeout.0.is_zero() {
+            return Err(ConfigError {
+                file: file.to_owned(),
+                line: None,
+                key: Some("smtp".into()),
+                message: "max_hops and stress_timeout must be more than 0".into(),
             });
         }
         if s.max_connections == 0 || s.max_connections_per_ip == 0 {
@@ -1286,6 +1333,26 @@ impl Config {
                         format!("{address}: the admin API listens on loopback only"),
                     ));
                 }
+                // The token is the admin API's only lock: a file others can read or change
+                // gives it away.
+                let mode = {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::metadata(t.get_ref())
+                        .map_err(|e| at(t.span(), format!("{}: {e}", t.get_ref().display())))?
+                        .permissions()
+                        .mode()
+                };
+                if mode & 0o027 != 0 {
+                    return Err(at(
+                        t.span(),
+                        format!(
+                            "{}: mode {:o} lets others read or change the admin token; \
+                             make it readable by its owner only (chmod 600)",
+                            t.get_ref().display(),
+                            mode & 0o777
+                        ),
+                    ));
+                }
                 let token = std::fs::read_to_string(t.get_ref())
                     .map_err(|e| at(t.span(), format!("{}: {e}", t.get_ref().display())))?
                     .trim()
@@ -1366,6 +1433,9 @@ impl Config {
                 max_errors: raw.smtp.max_errors,
                 command_timeout: raw.smtp.command_timeout.0,
                 data_timeout: raw.smtp.data_timeout.0,
+                min_data_rate: raw.smtp.min_data_rate,
+                max_hops: raw.smtp.max_hops,
+                stress_timeout: raw.smtp.stress_timeout.0,
                 greeting_delay: raw.smtp.greeting_delay.0,
                 shutdown_grace: raw.smtp.shutdown_grace.0,
                 max_connections: raw.smtp.max_connections,
@@ -1378,6 +1448,13 @@ impl Config {
                 allow_plaintext: raw.auth.allow_plaintext,
                 restrict_sender: raw.auth.restrict_sender,
                 ldap: auth_ldap,
+                limits: backstop_listener::auth_limits::AuthLimitConfig {
+                    max_failures: raw.auth.max_failures,
+                    window: raw.auth.failure_window.0,
+                    max_delay: raw.auth.max_failure_delay.0,
+                    max_concurrent_checks: raw.auth.max_concurrent_checks,
+                    ..backstop_listener::auth_limits::AuthLimitConfig::default()
+                },
             },
             listeners,
             log: Log {

@@ -11,6 +11,7 @@
 mod admin;
 mod batv;
 mod config;
+mod interfaces;
 mod metrics;
 mod proxy;
 mod serve;

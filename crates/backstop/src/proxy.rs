@@ -67,7 +67,7 @@ impl Proxy {
                         return RecipientVerdict::Proxied(client_reply(&reply));
                     }
                     Ok(Err(PassthroughError::Unavailable(why))) => {
-                        warn!(error = %why, "proxy: the relay cannot be reached: 451");
+                        warn!(error = %backstop_types::text::Escaped(&why), "proxy: the relay cannot be reached: 451");
                         return RecipientVerdict::Proxied(Reply::next_hop_unavailable());
                     }
                     Err(e) => {
@@ -118,7 +118,7 @@ impl Proxy {
         .await;
         match sent {
             Ok(Ok(reply)) => {
-                info!(code = reply.code, text = %reply.text, "proxy: the relay's reply to the message");
+                info!(code = reply.code, text = %backstop_types::text::Escaped(&reply.text), "proxy: the relay's reply to the message");
                 ContentVerdict::Relayed(client_reply(&reply))
             }
             Ok(Err(e)) => {

@@ -19,6 +19,7 @@ use backstop_session::{
     AuthOutcome, AuthPolicy, BounceProblem, ContentVerdict, EnqueueFailure, Message,
     RecipientQuery, RecipientVerdict, SenderQuery, SenderVerdict, SessionConfig,
 };
+use backstop_types::text::Escaped;
 use backstop_types::{Address, QueueId, Reply, ReversePath};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -40,6 +41,11 @@ pub(crate) use announce;
 /// Runs the server on `config`, read from `path` (the embedded default when `None`), which
 /// SIGHUP reads again.
 pub fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+    // Everything the server creates is its own: the queue (messages and their log), Maildir
+    // files, keys, the admin socket. Nothing inherits a umask that lets other local users read
+    // mail (Postfix's queue is private the same way).
+    // SAFETY: umask has no preconditions; it is called before any thread exists.
+    unsafe { libc::umask(0o077) };
     init_tracing(&config.log)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -323,7 +329,7 @@ impl Filter {
                 .sent_message_id(backstop_queue::message_id_hash(&id)),
         ) {
             (Ok(false), Ok(None)) => {
-                info!(message_id = %id, "bounce returns a message we never sent: 550");
+                info!(message_id = %Escaped(&id), "bounce returns a message we never sent: 550");
                 Some(Reply::bounce_not_ours())
             }
             (Err(e), _) | (_, Err(e)) => {
@@ -410,7 +416,7 @@ impl Filter {
             Verdict::Accept(targets) => targets,
             Verdict::Unknown => return RecipientVerdict::Unknown,
             Verdict::Unavailable(why) => {
-                warn!(%address, why, "recipient lookup failed");
+                warn!(%address, why = %Escaped(&why), "recipient lookup failed");
                 return RecipientVerdict::Unavailable;
             }
         };
@@ -423,7 +429,7 @@ impl Filter {
                     return RecipientVerdict::Defer { retry_after };
                 }
                 GreyVerdict::Unavailable(why) => {
-                    warn!(%address, why, "greylisting state unavailable");
+                    warn!(%address, why = %Escaped(&why), "greylisting state unavailable");
                     return RecipientVerdict::Unavailable;
                 }
             }
@@ -505,6 +511,8 @@ struct Reloader {
     contexts: watch::Sender<Arc<SmtpContext>>,
     /// The delivery agent's settings, for its next pass.
     agents: watch::Sender<backstop_delivery::agent::Agent>,
+    /// Where we listen: never a next hop.
+    own: Arc<backstop_delivery::own::OwnAddresses>,
 }
 
 /// On SIGHUP: reads the config again and, if it is good and keeps what needs a restart, builds
@@ -552,6 +560,7 @@ async fn reload_on_hangup(
                 maildir,
                 Arc::clone(&r.counters),
                 &shared,
+                &r.own,
                 Some(&r.agents.borrow()),
             )?;
             Ok((context, agent))
@@ -664,6 +673,7 @@ fn smtp_context(
                 session: Arc::new(session_config(config, &l.name, l.kind)),
                 greeting_delay: config.smtp.greeting_delay,
                 shutdown_grace: config.smtp.shutdown_grace,
+                stress_timeout: config.smtp.stress_timeout,
             };
             (l.name.clone(), settings)
         })
@@ -726,6 +736,12 @@ fn smtp_context(
         tls: Some(tls),
         users,
         limits,
+        auth_limits: match previous {
+            Some(p) => Arc::new(p.auth_limits.resized(config.auth.limits)),
+            None => Arc::new(backstop_listener::auth_limits::AuthLimits::new(
+                config.auth.limits,
+            )),
+        },
         local_networks: config.smtp.local_networks.clone(),
         metrics: Arc::clone(metrics),
         listeners,
@@ -863,12 +879,20 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let maildir = std::path::absolute(&config.maildir)?;
+    let own = Arc::new(backstop_delivery::own::OwnAddresses {
+        listeners: listeners
+            .iter()
+            .filter_map(|l| l.socket.local_addr().ok())
+            .collect(),
+        interfaces: crate::interfaces::addresses(),
+    });
     let (agents, agent) = watch::channel(delivery_agent(
         &config,
         &queue,
         maildir.clone(),
         Arc::clone(&counters),
         &shared,
+        &own,
         None,
     )?);
     let agent = backstop_delivery::agent::run(agent, shutdown.clone());
@@ -900,6 +924,7 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
             counters,
             contexts,
             agents,
+            own,
         },
     ));
     tokio::spawn(async move {
@@ -992,11 +1017,11 @@ impl Callahead {
                 Some((b"+", self.ttl.0)),
             ),
             Ok(Probe::Unknown(reply)) => {
-                info!(%recipient, reply = %reply.text, "callahead: the next hop does not know the recipient");
+                info!(%recipient, reply = %Escaped(&reply.text), "callahead: the next hop does not know the recipient");
                 (RecipientVerdict::Unknown, Some((b"-", self.ttl.1)))
             }
             Ok(Probe::Unavailable(why)) => {
-                warn!(%recipient, why, "callahead failed: 451");
+                warn!(%recipient, why = %Escaped(&why), "callahead failed: 451");
                 (RecipientVerdict::Unavailable, None)
             }
             Err(e) => {
@@ -1130,6 +1155,7 @@ fn delivery_agent(
     maildir: std::path::PathBuf,
     counters: Arc<backstop_delivery::report::Counters>,
     shared: &Shared,
+    own: &Arc<backstop_delivery::own::OwnAddresses>,
     previous: Option<&backstop_delivery::agent::Agent>,
 ) -> anyhow::Result<backstop_delivery::agent::Agent> {
     use backstop_delivery::agent::{Agent, Limits, Route, Routes, Signing, Via};
@@ -1192,6 +1218,7 @@ fn delivery_agent(
             },
             counters,
         },
+        own: Arc::clone(own),
     })
 }
 
@@ -1216,6 +1243,16 @@ fn session_config(config: &Config, name: &str, kind: ListenerKind) -> SessionCon
         max_errors: config.smtp.max_errors,
         command_timeout: config.smtp.command_timeout,
         data_timeout: config.smtp.data_timeout,
+        min_data_rate: config.smtp.min_data_rate,
+        max_hops: config.smtp.max_hops,
+        // Local domains no route names go into Maildirs (a `*` route never takes one).
+        maildir_domains: config
+            .smtp
+            .local_domains
+            .iter()
+            .filter(|d| !config.routes.iter().any(|r| r.domains.contains(d)))
+            .cloned()
+            .collect(),
         starttls,
         auth,
         require_auth,

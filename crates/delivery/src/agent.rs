@@ -14,6 +14,7 @@ use backstop_types::{
 
 use crate::mx::{Resolver, Unroutable};
 use crate::smtp::{self, Client, Endpoint, Message, NextHop, Pool};
+use backstop_types::text::Escaped;
 use tokio::sync::watch;
 use tracing::{error, info, info_span, warn};
 
@@ -85,6 +86,8 @@ pub struct Agent {
     /// Connections in use per destination.
     pub slots: Arc<Slots>,
     pub reports: crate::report::Settings,
+    /// Where we listen ourselves: never a next hop.
+    pub own: Arc<crate::own::OwnAddresses>,
 }
 
 /// How many connections delivery opens.
@@ -318,12 +321,17 @@ impl Agent {
             {
                 let route = &self.routes.routes[*route];
                 let delivery = match (&route.via, domain) {
-                    (Via::Relay(hop), _) => {
-                        let _slot = self
-                            .slots
-                            .acquire(hop.endpoint.to_string(), self.limits.per_destination);
-                        smtp::deliver(&route.client, hop, &outbound, recipients, &self.pool)
-                    }
+                    (Via::Relay(hop), _) => match hop.endpoint {
+                        Endpoint::Tcp(address) if self.own.is_self(address) => {
+                            loops_back(recipients, &hop.host)
+                        }
+                        _ => {
+                            let _slot = self
+                                .slots
+                                .acquire(hop.endpoint.to_string(), self.limits.per_destination);
+                            smtp::deliver(&route.client, hop, &outbound, recipients, &self.pool)
+                        }
+                    },
                     (Via::Mx { port }, Some(domain)) => {
                         self.deliver_mx(&route.client, *port, domain, &outbound, recipients)
                     }
@@ -345,15 +353,15 @@ impl Agent {
             match outcome {
                 AttemptOutcome::Delivered(a) => {
                     report.delivered += 1;
-                    info!(to = %address, relay = a.remote_host.as_deref().unwrap_or("local"), reply = %a.reply.text, "delivered");
+                    info!(to = %address, relay = a.remote_host.as_deref().unwrap_or("local"), reply = %Escaped(&a.reply.text), "delivered");
                 }
                 AttemptOutcome::Transient(a) => {
                     report.deferred += 1;
-                    warn!(to = %address, relay = a.remote_host.as_deref().unwrap_or("none"), reply = %a.reply.text, "deferred");
+                    warn!(to = %address, relay = a.remote_host.as_deref().unwrap_or("none"), reply = %Escaped(&a.reply.text), "deferred");
                 }
                 AttemptOutcome::Permanent(a) => {
                     report.failed += 1;
-                    warn!(to = %address, relay = a.remote_host.as_deref().unwrap_or("none"), reply = %a.reply.text, "failed");
+                    warn!(to = %address, relay = a.remote_host.as_deref().unwrap_or("none"), reply = %Escaped(&a.reply.text), "failed");
                 }
             }
         }
@@ -458,11 +466,12 @@ impl Agent {
             .acquire(domain.as_str().to_owned(), self.limits.per_destination);
         let mut last = None;
         let mut tried = 0;
-        for host in hosts {
+        let mut looped = false;
+        'hosts: for host in hosts {
             let ips = match resolver.addresses(&host) {
                 Ok(ips) => ips,
                 Err(why) => {
-                    warn!(host = %host, "{}", describe(&why));
+                    warn!(host = %host, "{}", Escaped(&describe(&why)));
                     last.get_or_insert_with(|| all(unroutable(domain, why)));
                     continue;
                 }
@@ -471,9 +480,17 @@ impl Agent {
                 if tried == MAX_MX_ADDRESSES {
                     break;
                 }
+                // We are this MX: hosts of this preference or worse would only send the mail
+                // back to us. Better ones were tried above; with none, it is a loop.
+                let address = SocketAddr::new(ip, port);
+                if self.own.is_self(address) {
+                    warn!(host = %host, %ip, "an MX host of {domain} is this server");
+                    looped = true;
+                    break 'hosts;
+                }
                 tried += 1;
                 let hop = NextHop {
-                    endpoint: Endpoint::Tcp(SocketAddr::new(ip, port)),
+                    endpoint: Endpoint::Tcp(address),
                     host: host.clone(),
                 };
                 let delivery = smtp::deliver(client, &hop, message, recipients, &self.pool);
@@ -481,17 +498,19 @@ impl Agent {
                     return delivery;
                 }
                 if let Some((_, o)) = delivery.outcomes.first() {
-                    warn!(host = %host, %ip, reply = %reply_of(o).text, "trying the next MX address");
+                    warn!(host = %host, %ip, reply = %Escaped(&reply_of(o).text), "trying the next MX address");
                 }
                 last = Some(delivery);
             }
         }
-        last.unwrap_or_else(|| {
-            all(unroutable(
+        match (last, looped) {
+            (Some(delivery), _) => delivery,
+            (None, true) => loops_back(recipients, domain.as_str()),
+            (None, false) => all(unroutable(
                 domain,
                 Unroutable::Temporary(format!("no MX host of {domain} could be reached")),
-            ))
-        })
+            )),
+        }
     }
 }
 
@@ -556,6 +575,28 @@ fn unroutable(domain: &Domain, why: Unroutable) -> AttemptOutcome {
         AttemptOutcome::Permanent(attempt)
     } else {
         AttemptOutcome::Transient(attempt)
+    }
+}
+
+/// The next hop is this server itself: sending would loop (Postfix: "mail for X loops back
+/// to myself"). Final: no retry makes it go elsewhere, and the administrator must fix the
+/// DNS or the route.
+fn loops_back(recipients: &[(usize, &Recipient)], destination: &str) -> smtp::Delivery {
+    let outcome = AttemptOutcome::Permanent(Attempt {
+        remote_host: None,
+        reply: RemoteReply {
+            code: 554,
+            status: Some(EnhancedStatus(5, 4, 6)),
+            text: format!("mail for {destination} loops back to myself"),
+        },
+    });
+    smtp::Delivery {
+        outcomes: recipients
+            .iter()
+            .map(|(i, _)| (*i, outcome.clone()))
+            .collect(),
+        try_next: false,
+        passed_on: false,
     }
 }
 

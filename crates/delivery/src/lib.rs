@@ -26,5 +26,6 @@ pub mod agent;
 pub mod dkim;
 pub mod maildir;
 pub mod mx;
+pub mod own;
 pub mod report;
 pub mod smtp;

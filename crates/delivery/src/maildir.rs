@@ -48,16 +48,13 @@ pub fn deliver(
     }
 }
 
-/// The recipient's Maildir, or `None` when the local part cannot be a folder name.
+/// The recipient's Maildir, or `None` when the local part cannot be a folder name (the session
+/// refuses those at RCPT; this is the last line).
 fn folder(root: &Path, recipient: &Address) -> Option<PathBuf> {
-    let local = recipient.local_part().to_lowercase();
-    let safe = !local.is_empty()
-        && !local.starts_with('.')
-        && !local.contains(['/', '\\', '\0'])
-        && local.len() <= 64;
+    let local = backstop_types::address::maildir_folder_name(recipient)?;
     let domain = recipient.domain().as_str();
     let safe_domain = !domain.starts_with('.') && !domain.contains(['/', '\\']);
-    (safe && safe_domain).then(|| root.join(domain).join(local))
+    safe_domain.then(|| root.join(domain).join(local))
 }
 
 fn write(
@@ -71,7 +68,7 @@ fn write(
 ) -> std::io::Result<PathBuf> {
     static SEQUENCE: AtomicU64 = AtomicU64::new(0);
     for sub in ["tmp", "new", "cur"] {
-        std::fs::create_dir_all(folder.join(sub))?;
+        private_dirs(folder.parent().and_then(Path::parent), &folder.join(sub))?;
     }
     // Maildir names: time.unique.host, unique within this host.
     let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
@@ -79,7 +76,15 @@ fn write(
     let tmp = folder.join("tmp").join(&name);
     let new = folder.join("new").join(&name);
     {
-        let mut file = std::fs::File::create(&tmp)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        // A new file only (never one that is there, never through a symlink), readable by
+        // its owner only.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
         write!(
             file,
             "Return-Path: {sender}\r\nDelivered-To: {recipient}\r\n"
@@ -90,6 +95,46 @@ fn write(
     std::fs::rename(&tmp, &new)?;
     std::fs::File::open(folder.join("new"))?.sync_all()?;
     Ok(new)
+}
+
+/// Creates `dir` and what is missing of its parents below `root` with mode 0700, and refuses
+/// to go through a symlink anywhere below `root`: a mailbox directory replaced by a link to
+/// `/etc` must not make delivery write there.
+fn private_dirs(root: Option<&Path>, dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let root = root.unwrap_or(Path::new("/"));
+    // The root is the administrator's (it may well be a symlink to another disk).
+    std::fs::create_dir_all(root)?;
+    let below = dir.strip_prefix(root).unwrap_or(dir);
+    let mut path = root.to_path_buf();
+    for part in below.components() {
+        path.push(part);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(std::io::Error::other(format!(
+                    "{} is a symlink: not delivering through it",
+                    path.display()
+                )));
+            }
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(std::io::Error::other(format!(
+                    "{} is not a directory",
+                    path.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                    Ok(()) => {}
+                    // Made by another delivery meanwhile: checked on the next round.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn attempt(code: u16, status: EnhancedStatus, text: String) -> Attempt {

@@ -547,6 +547,12 @@ fn transaction(
         .iter()
         .map(|(_, r)| rcpt_command(r, caps.dsn))
         .collect();
+    // The guard below the writer, for the pipelined batch too: no line may carry a break.
+    for line in std::iter::once(&mail).chain(&rcpts) {
+        if let Err(e) = backstop_types::text::one_line("an SMTP command", line) {
+            return Err(local(554, EnhancedStatus(5, 5, 2), e.to_string()));
+        }
+    }
     // BDAT when offered: no dot-stuffing, and the only way to send BINARYMIME.
     let chunking = caps.chunking;
     let pipelining = caps.pipelining || client.lmtp;
@@ -803,26 +809,15 @@ fn rcpt_command(recipient: &Recipient, dsn: bool) -> String {
             }
         }
         if let Some(orcpt) = &recipient.orcpt {
-            // `addr-type;address`: the type as it is, the address as xtext (RFC 3461 4.2).
-            if let Some((kind, address)) = orcpt.split_once(';') {
-                rcpt.push_str(&format!(" ORCPT={kind};{}", xtext(address)));
-            }
+            // The type as checked at RCPT, the address encoded again (RFC 3461 4.2).
+            rcpt.push_str(&format!(" ORCPT={}", orcpt.to_param()));
         }
     }
     rcpt
 }
 
-/// RFC 3461 xtext: printable ASCII except `+` and `=` as is, everything else as `+HH`.
 fn xtext(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (33..=126).contains(&b) && b != b'+' && b != b'=' {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("+{b:02X}"));
-        }
-    }
-    out
+    backstop_types::orcpt::encode_xtext(s.as_bytes())
 }
 
 /// What EHLO told us the server can do.
@@ -978,7 +973,11 @@ enum Connection {
 }
 
 impl Connection {
+    /// Writes one command line. A line holding CR, LF or NUL is refused, never sent: whatever
+    /// it came from, it would end the command early and start another (command injection).
     fn command(&mut self, line: &str) -> io::Result<()> {
+        backstop_types::text::one_line("an SMTP command", line)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         self.write_all(format!("{line}\r\n").as_bytes())
     }
 

@@ -176,13 +176,8 @@ impl Report<'_> {
         for r in &self.recipients {
             s.push_str("\r\n");
             if let Some(orcpt) = &r.recipient.orcpt {
-                // `addr-type;address`, xtext already decoded.
-                let (kind, address) = orcpt.split_once(';').unwrap_or(("rfc822", orcpt));
-                s.push_str(&format!(
-                    "Original-Recipient: {}; {}\r\n",
-                    kind.trim(),
-                    one_line(address.trim())
-                ));
+                // Checked at RCPT: an atom for the type, no control character in the address.
+                s.push_str(&format!("Original-Recipient: {orcpt}\r\n"));
             }
             s.push_str(&format!(
                 "Final-Recipient: rfc822; {}\r\n",

@@ -60,6 +60,9 @@ pub struct LdapSource {
 /// Idle connections kept for reuse.
 const POOL: usize = 8;
 
+/// Answers cached at most.
+const MAX_CACHED: usize = 50_000;
+
 impl LdapSource {
     pub fn new(config: LdapConfig) -> LdapSource {
         LdapSource {
@@ -86,7 +89,7 @@ impl LdapSource {
                 } else {
                     self.config.negative_ttl
                 };
-                self.lock_cache().insert(key, (known, Instant::now() + ttl));
+                self.remember(key, known, ttl);
                 if known {
                     Verdict::Accept(vec![address.clone()])
                 } else {
@@ -109,6 +112,26 @@ impl LdapSource {
         }
     }
 
+    /// Caches an answer. The cache is bounded: past [`MAX_CACHED`] entries the expired ones
+    /// go, and if that is not enough, all of them (a directory answers fast; memory must not
+    /// grow with every address a spammer tries).
+    fn remember(&self, key: String, known: bool, ttl: std::time::Duration) {
+        let now = Instant::now();
+        let mut cache = self.lock_cache();
+        if cache.len() >= MAX_CACHED {
+            cache.retain(|_, (_, until)| *until > now);
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (known, now + ttl));
+    }
+
+    /// Entries in the cache now.
+    pub fn cached_entries(&self) -> usize {
+        self.lock_cache().len()
+    }
+
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (bool, Instant)>> {
         self.cache
             .lock()
@@ -116,6 +139,9 @@ impl LdapSource {
     }
 
     async fn search(&self, address: &str) -> Result<bool, String> {
+        // Escaped for the filter below; a line break has no place in an address at all.
+        backstop_types::text::one_line("an LDAP filter value", address)
+            .map_err(|e| e.to_string())?;
         let mut ldap = self.pooled().await?;
         let filter = self
             .config
@@ -146,7 +172,8 @@ impl LdapSource {
     /// Checks `password` for the login `user`: `Err` when the directory cannot answer.
     pub async fn authenticate(&self, user: &str, password: &str) -> Result<Login, String> {
         // An empty password would be an unauthenticated bind, which succeeds: never a login.
-        if password.is_empty() || user.is_empty() {
+        // A name with a control character is no name any directory has.
+        if password.is_empty() || user.is_empty() || backstop_types::text::has_control(user) {
             return Ok(Login::Invalid);
         }
         let failed = |e: String| format!("LDAP {}: {e}", self.config.url);
@@ -234,5 +261,56 @@ impl LdapSource {
             .map_err(|e| e.to_string())?;
         ldap3::drive!(conn);
         Ok(ldap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_stays_bounded() {
+        let source = LdapSource::new(LdapConfig {
+            url: "ldap://127.0.0.1:1".into(),
+            starttls: false,
+            tls: None,
+            bind: None,
+            base: "dc=example,dc=com".into(),
+            filter: "(mail=%s)".into(),
+            timeout: Duration::from_secs(1),
+            positive_ttl: Duration::from_secs(600),
+            negative_ttl: Duration::from_secs(60),
+            address_attribute: "mail".into(),
+        });
+        for n in 0..MAX_CACHED + 10 {
+            source.remember(format!("u{n}@example.com"), false, Duration::from_secs(60));
+            assert!(source.cached_entries() <= MAX_CACHED);
+        }
+        assert!(source
+            .cached(&format!("u{}@example.com", MAX_CACHED + 9))
+            .is_some());
+    }
+
+    #[tokio::test]
+    async fn names_with_line_breaks_are_never_sent() {
+        let source = LdapSource::new(LdapConfig {
+            url: "ldap://127.0.0.1:1".into(),
+            starttls: false,
+            tls: None,
+            bind: None,
+            base: "dc=example,dc=com".into(),
+            filter: "(uid=%s)".into(),
+            timeout: Duration::from_secs(1),
+            positive_ttl: Duration::from_secs(600),
+            negative_ttl: Duration::from_secs(60),
+            address_attribute: "mail".into(),
+        });
+        // Refused before any connection is tried (the URL's port would refuse one anyway).
+        assert_eq!(
+            source.authenticate("bob\r\nx", "pw").await,
+            Ok(Login::Invalid)
+        );
+        let err = source.search("a\nb@example.com").await.unwrap_err();
+        assert!(err.contains("LF"), "{err}");
     }
 }

@@ -2,6 +2,7 @@
 //! refusal reaches the real sender through the sending server instead of becoming a bounce.
 //!
 //! Layout:
+//! - [`cpu`]: CPU-heavy checks (rules, DKIM body hashes) off the async workers, bounded.
 //! - [`content`]: RFC 5322 sanity of the whole message before the reply to DATA.
 //! - [`pipeline`]: the configured content checks in order, under one deadline, with the
 //!   changes they make ([`pipeline::Draft`]); its scanners: [`rules`] (regular expressions,
@@ -25,6 +26,7 @@
 
 pub mod clamd;
 pub mod content;
+pub mod cpu;
 pub mod dns;
 pub mod dnsbl;
 pub mod greylist;

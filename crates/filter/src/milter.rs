@@ -113,17 +113,17 @@ impl Milter {
         ];
         if c.wants(NO_CONNECT) {
             c.macros(b'C', &macros).await?;
-            let mut data = nul(&client_name);
+            let mut data = line(&client_name)?;
             match client.ip {
                 IpAddr::V4(ip) => {
                     data.push(b'4');
                     data.extend_from_slice(&0u16.to_be_bytes());
-                    data.extend(nul(&ip.to_string()));
+                    data.extend(line(&ip.to_string())?);
                 }
                 IpAddr::V6(ip) => {
                     data.push(b'6');
                     data.extend_from_slice(&0u16.to_be_bytes());
-                    data.extend(nul(&ip.to_string()));
+                    data.extend(line(&ip.to_string())?);
                 }
             }
             if let Some(step) = c.step(b'C', &data, NR_CONNECT).await? {
@@ -137,7 +137,7 @@ impl Milter {
                 macros.push(("{cipher}", tls.cipher.clone()));
             }
             c.macros(b'H', &macros).await?;
-            if let Some(step) = c.step(b'H', &nul(&client.helo), NR_HELO).await? {
+            if let Some(step) = c.step(b'H', &line(&client.helo)?, NR_HELO).await? {
                 return Ok(step);
             }
         }
@@ -151,7 +151,10 @@ impl Milter {
                 macros.push(("{auth_authen}", auth.user.clone()));
             }
             c.macros(b'M', &macros).await?;
-            if let Some(step) = c.step(b'M', &nul(&format!("<{sender}>")), NR_MAIL).await? {
+            if let Some(step) = c
+                .step(b'M', &line(&format!("<{sender}>"))?, NR_MAIL)
+                .await?
+            {
                 return Ok(step);
             }
         }
@@ -159,7 +162,10 @@ impl Milter {
             for recipient in &envelope.recipients {
                 let address = recipient.address.to_string();
                 c.macros(b'R', &[("{rcpt_addr}", address.clone())]).await?;
-                if let Some(step) = c.step(b'R', &nul(&format!("<{address}>")), NR_RCPT).await? {
+                if let Some(step) = c
+                    .step(b'R', &line(&format!("<{address}>"))?, NR_RCPT)
+                    .await?
+                {
                     return Ok(step);
                 }
             }
@@ -178,8 +184,8 @@ impl Milter {
                 } else {
                     value
                 };
-                let mut data = nul(&name);
-                data.extend(nul(&value));
+                let mut data = line(&name)?;
+                data.extend(nul(&value)?);
                 if let Some(step) = c.step(b'L', &data, NR_HEADER).await? {
                     return Ok(step);
                 }
@@ -258,8 +264,8 @@ impl Conversation {
     async fn macros(&mut self, step: u8, macros: &[(&str, String)]) -> Result<(), String> {
         let mut data = vec![step];
         for (name, value) in macros {
-            data.extend(nul(name));
-            data.extend(nul(value));
+            data.extend(line(name)?);
+            data.extend(line(value)?);
         }
         self.send(b'D', &data).await
     }
@@ -419,12 +425,23 @@ impl Conversation {
     }
 }
 
-/// `text` and a NUL.
-fn nul(text: &str) -> Vec<u8> {
+/// `text` and the NUL that ends it. A NUL inside would end the string early and shift every
+/// field after it, so such a value is refused, never sent (or quietly changed). Header values
+/// may hold line breaks (folding).
+fn nul(text: &str) -> Result<Vec<u8>, String> {
+    if text.contains('\0') {
+        return Err("a value for the milter holds a NUL; not sent".into());
+    }
     let mut out = Vec::with_capacity(text.len() + 1);
-    out.extend(text.bytes().filter(|&b| b != 0));
+    out.extend_from_slice(text.as_bytes());
     out.push(0);
-    out
+    Ok(out)
+}
+
+/// A one-line value (an address, a name, a macro) and its NUL: no CR, LF or NUL in it.
+fn line(text: &str) -> Result<Vec<u8>, String> {
+    backstop_types::text::one_line("a milter value", text).map_err(|e| e.to_string())?;
+    nul(text)
 }
 
 fn address(text: &str) -> Result<Address, String> {
@@ -448,5 +465,20 @@ impl Fields<'_> {
         let word = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
         self.0 = &self.0[4..];
         Ok(word)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_that_would_break_the_framing_are_refused() {
+        assert_eq!(line("<a@b.example>"), Ok(b"<a@b.example>\0".to_vec()));
+        assert!(line("<a@b>\r\nx").is_err());
+        assert!(line("a\0b").is_err());
+        // Header values may be folded, but never hold a NUL.
+        assert_eq!(nul("a\n b"), Ok(b"a\n b\0".to_vec()));
+        assert!(nul("a\0b").is_err());
     }
 }

@@ -102,7 +102,11 @@ pub enum Scanner {
 impl Scanner {
     async fn scan(&self, draft: &Draft) -> Result<Step, String> {
         match self {
-            Scanner::Rule(rule) => Ok(rule.check(&draft.message)),
+            // Regexes over the decoded message: off the async workers, so the deadline holds.
+            Scanner::Rule(rule) => {
+                let (rule, message) = (rule.clone(), draft.message.clone());
+                crate::cpu::off_thread(move || rule.check(&message)).await
+            }
             Scanner::Milter(milter) => milter.check(draft).await,
             Scanner::Rspamd(rspamd) => rspamd.check(draft).await,
             Scanner::Clamd(clamd) => clamd.check(&draft.message).await,

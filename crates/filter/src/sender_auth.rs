@@ -165,7 +165,9 @@ impl SenderAuth {
                 summary,
             };
         }
-        let Some(parsed) = AuthenticatedMessage::parse(message) else {
+        // Parsing computes every DKIM signature's body hash: CPU over the whole message.
+        let parsed = crate::cpu::in_place(|| AuthenticatedMessage::parse(message)).await;
+        let Some(parsed) = parsed else {
             // Not a message DKIM or DMARC can read: SPF alone decides.
             let outcome = self.decide(&Facts {
                 spf: spf.result(),

@@ -9,8 +9,12 @@
 //! - [`tls`]: the rustls server config: certificate and key from files, or a self-signed pair
 //!   generated once and kept under the data directory.
 //! - [`users`]: the AUTH user file (argon2 or SHA-512-crypt hashes, never plain text).
-//! - [`limits`]: connection limits (total and per client IP) and client networks.
+//! - [`limits`]: connection limits (total and per client, an IPv6 client as its /64), stress
+//!   mode, client networks, and the unmapping of IPv4-mapped addresses.
+//! - [`auth_limits`]: failed logins counted per client and per name across connections, with
+//!   a growing delay and then `454 4.7.0`; password checks bounded.
 
+pub mod auth_limits;
 pub mod limits;
 pub mod metrics;
 pub mod server;

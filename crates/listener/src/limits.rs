@@ -64,12 +64,35 @@ impl IpNetwork {
     }
 }
 
-/// Counts open connections, in total and per client IP, across all listeners.
+/// The address a client is known by everywhere: an IPv4 client that reached an IPv6 socket
+/// as `::ffff:a.b.c.d` is `a.b.c.d` again, for every check, log line and header.
+pub fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// What one client is, for limits: its IPv4 address, or the /64 its IPv6 address is in (a
+/// host is usually given a whole /64, so counting each address would let one client take
+/// every slot).
+pub fn client_network(ip: IpAddr) -> IpAddr {
+    match unmapped(ip) {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !(u64::MAX as u128)).into()),
+        v4 => v4,
+    }
+}
+
+/// Counts open connections, in total and per client (an IPv6 client is its /64), across all
+/// listeners.
 #[derive(Debug, Clone)]
 pub struct ConnectionLimits {
     inner: Arc<Mutex<Counts>>,
     max_total: usize,
     max_per_ip: usize,
+    /// Whether the server is under stress now; sessions waiting for input watch it, so that
+    /// those already idle get the short timeout too when stress begins.
+    stress: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 #[derive(Debug, Default)]
@@ -98,6 +121,7 @@ impl ConnectionLimits {
             inner: Arc::default(),
             max_total,
             max_per_ip,
+            stress: Arc::new(tokio::sync::watch::channel(false).0),
         }
     }
 
@@ -108,10 +132,12 @@ impl ConnectionLimits {
             inner: Arc::clone(&self.inner),
             max_total,
             max_per_ip,
+            stress: Arc::clone(&self.stress),
         }
     }
 
     pub fn admit(&self, ip: IpAddr) -> Result<ConnectionSlot, Refusal> {
+        let ip = client_network(ip);
         let mut counts = self.lock();
         if counts.total >= self.max_total {
             return Err(Refusal::Total);
@@ -122,6 +148,7 @@ impl ConnectionLimits {
         }
         *per_ip += 1;
         counts.total += 1;
+        self.update_stress(counts.total);
         Ok(ConnectionSlot {
             limits: self.clone(),
             ip,
@@ -130,6 +157,27 @@ impl ConnectionLimits {
 
     pub fn open_connections(&self) -> usize {
         self.lock().total
+    }
+
+    /// Whether the server is near its limit (80% of `max_total` open): idle sessions then get
+    /// a short timeout, as in Postfix's stress mode, so idle clients cannot hold every slot.
+    pub fn under_stress(&self) -> bool {
+        self.stressed(self.lock().total)
+    }
+
+    /// Changes whenever stress begins or ends.
+    pub fn stress_changes(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stress.subscribe()
+    }
+
+    fn stressed(&self, total: usize) -> bool {
+        total * 5 >= self.max_total * 4
+    }
+
+    fn update_stress(&self, total: usize) {
+        let now = self.stressed(total);
+        self.stress
+            .send_if_modified(|s| std::mem::replace(s, now) != now);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
@@ -144,6 +192,7 @@ impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         let mut counts = self.limits.lock();
         counts.total -= 1;
+        self.limits.update_stress(counts.total);
         if let Some(n) = counts.per_ip.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -185,5 +234,47 @@ mod tests {
         drop(s1);
         assert_eq!(limits.open_connections(), 2);
         assert!(limits.admit(a).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_slash_64_and_mapped_addresses_are_unmapped() {
+        let limits = ConnectionLimits::new(10, 2);
+        let _a = limits.admit("2001:db8:1:2::1".parse().unwrap()).unwrap();
+        let _b = limits
+            .admit("2001:db8:1:2:ffff::9".parse().unwrap())
+            .unwrap();
+        assert_eq!(
+            limits
+                .admit("2001:db8:1:2::77".parse().unwrap())
+                .unwrap_err(),
+            Refusal::PerIp
+        );
+        assert!(limits.admit("2001:db8:1:3::1".parse().unwrap()).is_ok());
+        let _c = limits.admit("192.0.2.9".parse().unwrap()).unwrap();
+        let _d = limits.admit("::ffff:192.0.2.9".parse().unwrap()).unwrap();
+        assert_eq!(
+            limits.admit("192.0.2.9".parse().unwrap()).unwrap_err(),
+            Refusal::PerIp
+        );
+        assert_eq!(
+            unmapped("::ffff:127.0.0.1".parse().unwrap()),
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            unmapped("::1".parse().unwrap()),
+            "::1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn stress_begins_at_four_fifths() {
+        let limits = ConnectionLimits::new(10, 10);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let slots: Vec<_> = (0..7).map(|_| limits.admit(ip).unwrap()).collect();
+        assert!(!limits.under_stress());
+        let more = limits.admit(ip).unwrap();
+        assert!(limits.under_stress());
+        drop((slots, more));
+        assert!(!limits.under_stress());
     }
 }

@@ -18,6 +18,8 @@ pub struct SmtpMetrics {
     accepted: AtomicU64,
     quarantined: AtomicU64,
     discarded: AtomicU64,
+    auth_failures: AtomicU64,
+    auth_throttled: AtomicU64,
     rejections: Mutex<BTreeMap<(&'static str, String), u64>>,
     /// Checks before the reply to DATA: count per bucket (not cumulative), sum in µs, count.
     check_buckets: [AtomicU64; BUCKETS.len()],
@@ -51,6 +53,16 @@ impl SmtpMetrics {
 
     pub fn discarded(&self) {
         self.discarded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A login failed (wrong user or password).
+    pub fn auth_failed(&self) {
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A login was refused unchecked: too many failures from the client or for the name.
+    pub fn auth_throttled(&self) {
+        self.auth_throttled.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn rejected(&self, stage: &'static str, reason: String) {
@@ -107,6 +119,18 @@ impl SmtpMetrics {
                 "counter",
                 "Messages a check discarded (250, kept nowhere).",
                 load(&self.discarded),
+            ),
+            (
+                "smtp_auth_failures_total",
+                "counter",
+                "Failed logins (wrong user name or password).",
+                load(&self.auth_failures),
+            ),
+            (
+                "smtp_auth_throttled_total",
+                "counter",
+                "Logins refused unchecked (454 4.7.0) after too many failures from the client or for the name.",
+                load(&self.auth_throttled),
             ),
         ] {
             let _ = write!(

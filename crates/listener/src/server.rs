@@ -10,6 +10,7 @@ use backstop_session::{
     AuthOutcome, ContentVerdict, Output, Peer, RecipientVerdict, SenderVerdict, ServerSession,
     SessionConfig,
 };
+use backstop_types::text::Escaped;
 use backstop_types::{Reply, UnixTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -18,7 +19,8 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::limits::{ConnectionLimits, IpNetwork, Refusal};
+use crate::auth_limits::AuthLimits;
+use crate::limits::{unmapped, ConnectionLimits, IpNetwork, Refusal};
 use crate::users::UserStore;
 use crate::{tls, MessageSink, Policy};
 
@@ -45,6 +47,8 @@ pub struct ListenerSettings {
     pub greeting_delay: Duration,
     /// On shutdown, how long a session in a transaction may take to finish it.
     pub shutdown_grace: Duration,
+    /// The command timeout while the server is near its connection limit.
+    pub stress_timeout: Duration,
 }
 
 /// What all listeners share.
@@ -55,6 +59,8 @@ pub struct Context<S, P> {
     pub tls: Option<TlsAcceptor>,
     pub users: Arc<UserStore>,
     pub limits: ConnectionLimits,
+    /// Failed logins across connections, and the bound on password checks at once.
+    pub auth_limits: Arc<AuthLimits>,
     /// Clients in these networks are local submitters: they may relay without AUTH, and their
     /// mail is trusted for DSNs.
     pub local_networks: Vec<IpNetwork>,
@@ -96,7 +102,8 @@ async fn accept_loop<S: MessageSink, P: Policy>(
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
         let (tcp, peer) = match accepted {
-            Ok(pair) => pair,
+            // An IPv4 client on a dual-stack socket is known by its IPv4 address everywhere.
+            Ok((tcp, peer)) => (tcp, SocketAddr::new(unmapped(peer.ip()), peer.port())),
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 warn!(error = %e, "accept failed");
@@ -116,6 +123,7 @@ async fn accept_loop<S: MessageSink, P: Policy>(
             session: Arc::clone(&settings.session),
             greeting_delay: settings.greeting_delay,
             shutdown_grace: settings.shutdown_grace,
+            stress_timeout: settings.stress_timeout,
             mode: listener.mode,
             id,
         };
@@ -130,6 +138,7 @@ struct Setup {
     session: Arc<SessionConfig>,
     greeting_delay: Duration,
     shutdown_grace: Duration,
+    stress_timeout: Duration,
     mode: ListenerMode,
     /// The session's number, as in its span.
     id: u64,
@@ -204,15 +213,7 @@ async fn plain<S: MessageSink, P: Policy>(
     };
     let mut session = ServerSession::new(Arc::clone(&listener.session), peer, now());
     greet(&mut tcp, &mut session, listener.greeting_delay).await?;
-    match drive(
-        &mut tcp,
-        &mut session,
-        context,
-        shutdown,
-        listener.shutdown_grace,
-    )
-    .await?
-    {
+    match drive(&mut tcp, &mut session, context, shutdown, listener).await? {
         Next::Closed => Ok(()),
         Next::StartTls => {
             let Some(mut stream) = handshake(tcp, listener, context).await? else {
@@ -221,14 +222,7 @@ async fn plain<S: MessageSink, P: Policy>(
             let info = tls::session_info(stream.get_ref().1);
             debug!(version = %info.version, cipher = %info.cipher, "TLS established");
             session.tls_established(info);
-            drive(
-                &mut stream,
-                &mut session,
-                context,
-                shutdown,
-                listener.shutdown_grace,
-            )
-            .await?;
+            drive(&mut stream, &mut session, context, shutdown, listener).await?;
             Ok(())
         }
     }
@@ -254,14 +248,7 @@ async fn implicit_tls<S: MessageSink, P: Policy>(
     };
     let mut session = ServerSession::new(Arc::clone(&listener.session), peer, now());
     greet(&mut stream, &mut session, listener.greeting_delay).await?;
-    drive(
-        &mut stream,
-        &mut session,
-        context,
-        shutdown,
-        listener.shutdown_grace,
-    )
-    .await?;
+    drive(&mut stream, &mut session, context, shutdown, listener).await?;
     Ok(())
 }
 
@@ -325,7 +312,7 @@ async fn drive<T, S, P>(
     session: &mut ServerSession,
     context: &Context<S, P>,
     shutdown: &mut watch::Receiver<bool>,
-    grace: Duration,
+    listener: &Setup,
 ) -> io::Result<Next>
 where
     T: AsyncRead + AsyncWrite + Unpin,
@@ -338,6 +325,7 @@ where
     let mut draining: Option<tokio::time::Instant> = None;
     // The span of the transaction under way, by its number.
     let mut transaction: Option<(u64, tracing::Span)> = None;
+    let mut stress = context.limits.stress_changes();
     loop {
         while let Some(output) = session.poll_output() {
             let span = transaction_span(&mut transaction, session);
@@ -363,21 +351,20 @@ where
                     }
                     Output::Authenticate(credentials) => {
                         flush(stream, &mut out).await?;
-                        let users = Arc::clone(&context.users);
-                        let (user, password) =
-                            (credentials.username.clone(), credentials.password.clone());
-                        // The users file first; a login it does not know, the policy's source.
-                        let other = match users.knows(&user) {
-                            true => None,
-                            false => context.policy.authenticate(&user, &password).await,
+                        let outcome =
+                            authenticate(context, session.client_ip(), &credentials).await;
+                        let outcome_name = match &outcome {
+                            AuthOutcome::Success(_) => "success",
+                            AuthOutcome::Failure => "failure",
+                            AuthOutcome::TemporaryFailure => "temporary failure",
+                            AuthOutcome::Throttled => "refused: too many failures",
                         };
-                        let outcome = match other {
-                            Some(outcome) => outcome,
-                            None => tokio::task::spawn_blocking(move || users.verify(&user, &password))
-                                .await
-                                .unwrap_or(AuthOutcome::TemporaryFailure),
-                        };
-                        info!(user = %credentials.username, mechanism = credentials.mechanism.name(), ?outcome, "authentication");
+                        info!(
+                            user = %Escaped(&credentials.username),
+                            mechanism = credentials.mechanism.name(),
+                            outcome = outcome_name,
+                            "authentication"
+                        );
                         session.handle_auth(credentials, outcome);
                     }
                     Output::CheckMessage(message) => {
@@ -406,10 +393,13 @@ where
                         match result {
                             Ok(id) => {
                                 context.metrics.quarantined();
-                                tracing::Span::current().record("queue_id", tracing::field::display(id));
+                                tracing::Span::current()
+                                    .record("queue_id", tracing::field::display(id));
                                 info!(queue_id = %id, from = %sender, "accepted into quarantine")
                             }
-                            Err(failure) => warn!(from = %sender, ?failure, "quarantine write failed"),
+                            Err(failure) => {
+                                warn!(from = %sender, ?failure, "quarantine write failed")
+                            }
                         }
                         session.handle_enqueued(result);
                     }
@@ -419,11 +409,15 @@ where
                         match &verdict {
                             SenderVerdict::Accept => {}
                             SenderVerdict::RateLimited => info!(%sender, "message rate limit: 451"),
-                            SenderVerdict::Unavailable => warn!(%sender, "sender check failed: 451"),
+                            SenderVerdict::Unavailable => {
+                                warn!(%sender, "sender check failed: 451")
+                            }
                             SenderVerdict::Blocklisted { zone } => {
                                 info!(%sender, zone, "client on a blocklist: 554")
                             }
-                            SenderVerdict::Refused(reply) => info!(%sender, %reply, "sender refused"),
+                            SenderVerdict::Refused(reply) => {
+                                info!(%sender, %reply, "sender refused")
+                            }
                         }
                         session.handle_sender(verdict);
                     }
@@ -462,7 +456,8 @@ where
                         match result {
                             Ok(id) => {
                                 context.metrics.accepted();
-                                tracing::Span::current().record("queue_id", tracing::field::display(id));
+                                tracing::Span::current()
+                                    .record("queue_id", tracing::field::display(id));
                                 info!(queue_id = %id, from = %sender, recipients, size, "accepted")
                             }
                             Err(failure) => {
@@ -490,27 +485,45 @@ where
             session.shutdown();
             continue;
         }
-        let read_timeout = session.read_timeout();
-        let read = match draining {
-            None => tokio::select! {
-                read = tokio::time::timeout(read_timeout, stream.read(&mut buf)) => read,
-                _ = shutdown.changed() => {
+        let mut read_timeout = session.read_timeout();
+        let idle = !session.in_transaction();
+        // Near the connection limit, a session between transactions gets a short wait.
+        if idle && context.limits.under_stress() {
+            read_timeout = read_timeout.min(listener.stress_timeout);
+        }
+        let mut wait_until = tokio::time::Instant::now() + read_timeout;
+        let grace = listener.shutdown_grace;
+        let read = loop {
+            tokio::select! {
+                read = stream.read(&mut buf) => break Some(read),
+                _ = tokio::time::sleep_until(wait_until) => break None,
+                // Stress began: a session already waiting gets the short wait too. When it
+                // ends, waits already shortened stay so: the next one is long again.
+                Ok(()) = stress.changed(), if idle => {
+                    if *stress.borrow_and_update() {
+                        wait_until = wait_until
+                            .min(tokio::time::Instant::now() + listener.stress_timeout);
+                    }
+                }
+                _ = shutdown.changed(), if draining.is_none() => {
                     if session.in_transaction() {
                         info!("shutting down: the transaction under way may finish first");
                         draining = Some(tokio::time::Instant::now() + grace);
                     } else {
                         session.shutdown();
+                        break None;
                     }
-                    continue;
                 }
-            },
-            Some(deadline) => tokio::select! {
-                read = tokio::time::timeout(read_timeout, stream.read(&mut buf)) => read,
-                _ = tokio::time::sleep_until(deadline) => {
+                _ = tokio::time::sleep_until(draining.unwrap_or(wait_until)), if draining.is_some() => {
                     session.shutdown();
-                    continue;
+                    break None;
                 }
-            },
+            }
+        };
+        let read = match read {
+            Some(read) => Ok(read),
+            None if session.is_closed() => continue,
+            None => Err(()),
         };
         match read {
             Err(_elapsed) => {
@@ -522,6 +535,48 @@ where
             Ok(Err(e)) => return Err(e),
         }
     }
+}
+
+/// Checks a login: refused unchecked while the client or the name has too many failures;
+/// otherwise the users file first, and a name it does not know, the policy's source (a
+/// directory). Each failure is answered after a delay that grows with the count. Password
+/// checks hold a permit, so a burst of logins waits instead of using memory without bound.
+async fn authenticate<S: MessageSink, P: Policy>(
+    context: &Context<S, P>,
+    client: std::net::IpAddr,
+    credentials: &backstop_session::Credentials,
+) -> AuthOutcome {
+    let limits = &context.auth_limits;
+    let user = credentials.username.clone();
+    if !limits.allowed(client, &user, std::time::Instant::now()) {
+        context.metrics.auth_throttled();
+        return AuthOutcome::Throttled;
+    }
+    let Ok(permit) = limits.checks().acquire_owned().await else {
+        return AuthOutcome::TemporaryFailure;
+    };
+    let password = credentials.password.clone();
+    let users = Arc::clone(&context.users);
+    let other = match users.knows(&user) {
+        true => None,
+        false => context.policy.authenticate(&user, &password).await,
+    };
+    let outcome = match other {
+        Some(outcome) => outcome,
+        None => {
+            let name = user.clone();
+            tokio::task::spawn_blocking(move || users.verify(&name, &password))
+                .await
+                .unwrap_or(AuthOutcome::TemporaryFailure)
+        }
+    };
+    drop(permit);
+    if outcome == AuthOutcome::Failure {
+        context.metrics.auth_failed();
+        let delay = limits.failed(client, &user, std::time::Instant::now());
+        tokio::time::sleep(delay).await;
+    }
+    outcome
 }
 
 /// The span of the session's transaction under way (a new one when a new transaction began,

@@ -157,7 +157,7 @@ impl Queue {
         for (id, record) in self.quarantine_list()? {
             if record.at.0.saturating_add(retention.as_secs()) <= now.0 {
                 self.quarantine_delete(id)?;
-                tracing::info!(queue_id = %id, reason = %record.reason, "quarantine retention over: deleted");
+                tracing::info!(queue_id = %id, reason = %backstop_types::text::Escaped(&record.reason), "quarantine retention over: deleted");
                 expired += 1;
             }
         }

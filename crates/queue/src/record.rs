@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 use backstop_types::{
     Address, Attempt, AuthInfo, BodyType, ClientInfo, Domain, DsnParams, EnhancedStatus, Envelope,
-    Notify, Recipient, RecipientState, RemoteReply, Ret, ReversePath, TlsInfo, TrustClass,
+    Notify, Orcpt, Recipient, RecipientState, RemoteReply, Ret, ReversePath, TlsInfo, TrustClass,
     UnixTime,
 };
 
@@ -261,7 +261,7 @@ fn write_envelope(w: &mut Writer, e: &Envelope) {
                 delay,
             } => w.u8(2 | u8::from(success) << 2 | u8::from(failure) << 3 | u8::from(delay) << 4),
         }
-        w.opt_str(r.orcpt.as_deref());
+        w.opt_str(r.orcpt.as_ref().map(Orcpt::to_stored).as_deref());
     }
     w.u8(match e.dsn.ret {
         None => 0,
@@ -325,7 +325,15 @@ fn read_envelope(r: &mut Reader<'_>) -> Result<Envelope, RecordError> {
             },
             _ => return Err(RecordError::Invalid("notify")),
         };
-        let orcpt = r.opt_str()?;
+        // An ORCPT that does not pass today's checks (earlier versions stored what the
+        // client sent, control characters and all) is dropped, never passed on.
+        let orcpt = r.opt_str()?.and_then(|o| match Orcpt::from_stored(&o) {
+            Ok(orcpt) => Some(orcpt),
+            Err(e) => {
+                tracing::warn!(error = %e, "stored ORCPT dropped");
+                None
+            }
+        });
         recipients.push(Recipient {
             address,
             notify,

@@ -280,7 +280,7 @@ impl Queue {
                         .get_cf(self.cf(CF_MESSAGES), key)?
                         .unwrap_or_default();
                     self.put_quarantined(&mut batch, id, &entry.envelope, &body, &reason, now);
-                    tracing::warn!(queue_id = %id, reason = %reason, "delivery failed: quarantined, no bounce");
+                    tracing::warn!(queue_id = %id, reason = %backstop_types::text::Escaped(&reason), "delivery failed: quarantined, no bounce");
                 }
                 self.remove(&mut batch, id)?;
                 AfterAttempts::Finished(entry)

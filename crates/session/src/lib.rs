@@ -16,9 +16,14 @@
 //! - [`data`]: the DATA and BDAT framers. Only `CRLF . CRLF` ends DATA; a bare CR, a bare LF or a
 //!   NUL anywhere in the data gets the whole message refused (SMTP smuggling).
 //! - [`sasl`]: decoding of AUTH PLAIN and LOGIN exchanges.
+//! - [`params`]: MAIL, RCPT and BDAT arguments read from the raw line (ORCPT, ENVID, SIZE,
+//!   chunk sizes), where smtp-proto's parser decodes too early or wraps.
+//! - [`headers`]: the hop count and forged `Authentication-Results:` in a received header.
 //! - [`received`]: the `Received:` trace header (RFC 5321 4.4, RFC 3848).
 
 pub mod data;
+pub mod headers;
+pub mod params;
 pub mod received;
 pub mod sasl;
 pub mod session;
@@ -45,8 +50,21 @@ pub struct SessionConfig {
     pub max_message_size: u64,
     /// Errors allowed before the session is closed with 421.
     pub max_errors: u32,
+    /// How long a command line may take to arrive, and how long the session waits for one.
     pub command_timeout: Duration,
+    /// How long the client may be silent during DATA or BDAT, and the base of the whole
+    /// transfer's deadline (see `min_data_rate`).
     pub data_timeout: Duration,
+    /// A whole DATA (or BDAT chunk) must arrive within `data_timeout` plus its size at this
+    /// many octets per second, so a client trickling a byte at a time cannot hold a
+    /// connection far past the timeouts (Postfix's `smtpd_min_data_rate`).
+    pub min_data_rate: u64,
+    /// A message with more `Received:` fields than this is refused as a mail loop (`554 5.4.6`;
+    /// Postfix's `hop_count_limit`).
+    pub max_hops: usize,
+    /// Local domains delivered into Maildirs here: a local part that cannot be a Maildir
+    /// folder name is refused at RCPT (`550 5.1.3`) rather than accepted and failed later.
+    pub maildir_domains: Vec<Domain>,
     /// Whether STARTTLS can be offered (a certificate is configured) on this listener.
     pub starttls: bool,
     pub auth: AuthPolicy,
@@ -148,6 +166,8 @@ pub enum AuthOutcome {
     Failure,
     /// The credential store could not answer.
     TemporaryFailure,
+    /// Too many failed logins from this client or for this name: refused unchecked for now.
+    Throttled,
 }
 
 /// A MAIL FROM to decide on.

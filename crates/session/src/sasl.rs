@@ -52,7 +52,7 @@ pub fn parse_plain(message: &[u8]) -> Result<(String, String), SaslError> {
         return Err(SaslError::Malformed);
     };
     let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| SaslError::Malformed);
-    let (authzid, user, password) = (text(authzid)?, text(authcid)?, text(password)?);
+    let (authzid, user, password) = (text(authzid)?, name(authcid)?, text(password)?);
     if user.is_empty() {
         return Err(SaslError::Malformed);
     }
@@ -62,9 +62,20 @@ pub fn parse_plain(message: &[u8]) -> Result<(String, String), SaslError> {
     Ok((user, password))
 }
 
-/// A decoded LOGIN response (user name or password) as text.
+/// A decoded LOGIN password as text.
 pub fn parse_login_field(message: Vec<u8>) -> Result<String, SaslError> {
     String::from_utf8(message).map_err(|_| SaslError::Malformed)
+}
+
+/// A decoded user name: UTF-8 without control characters. A name is logged, written into
+/// `Received:` and looked up in directories; no store has a user whose name holds a line
+/// break, so such a name is malformed, not merely unknown.
+pub fn name(message: &[u8]) -> Result<String, SaslError> {
+    let name = std::str::from_utf8(message).map_err(|_| SaslError::Malformed)?;
+    if backstop_types::text::has_control(name) {
+        return Err(SaslError::Malformed);
+    }
+    Ok(name.to_owned())
 }
 
 /// The LOGIN challenges, base64 of `Username:` and `Password:`.
@@ -88,6 +99,11 @@ mod tests {
         assert_eq!(parse_plain(b"bob\0alice\0pw"), Err(SaslError::ProxyRefused));
         assert_eq!(parse_plain(b"alice\0pw"), Err(SaslError::Malformed));
         assert_eq!(parse_plain(b"\0\0pw"), Err(SaslError::Malformed));
+        // A line break in the name would forge a log line.
+        assert_eq!(
+            parse_plain(b"\0x\r\noutcome=Success\0pw"),
+            Err(SaslError::Malformed)
+        );
     }
 
     #[test]

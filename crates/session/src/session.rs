@@ -4,13 +4,15 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backstop_types::text::has_control;
 use backstop_types::{
-    Address, AuthInfo, BodyType, ClientInfo, Domain, DsnParams, Envelope, Notify, Recipient, Reply,
-    Ret, ReversePath, TlsInfo, TrustClass, UnixTime,
+    Address, AuthInfo, BodyType, ClientInfo, Domain, DsnParams, Envelope, Notify, Orcpt, Recipient,
+    Reply, Ret, ReversePath, TlsInfo, TrustClass, UnixTime,
 };
 use smtp_proto::{MailFrom, RcptTo, Request};
 
 use crate::data::{DataFramer, Progress, Verdict};
+use crate::params::{self, Number};
 use crate::sasl::{self, Mechanism, SaslError};
 use crate::{
     AuthOutcome, AuthPolicy, ContentVerdict, Credentials, EnqueueFailure, Message, Output, Peer,
@@ -45,12 +47,15 @@ pub struct ServerSession {
     pending_mail: Option<Transaction>,
     /// See [`ServerSession::stage`].
     stage: &'static str,
+    /// When the request under way (a command line, a DATA, a BDAT chunk) began, for its
+    /// deadline; `None` between requests.
+    request_started: Option<UnixTime>,
 }
 
 struct PendingRcpt {
     address: Address,
     notify: Notify,
-    orcpt: Option<String>,
+    orcpt: Option<Orcpt>,
 }
 
 enum Phase {
@@ -131,6 +136,7 @@ impl ServerSession {
             pending_rcpt: None,
             pending_mail: None,
             stage: "connect",
+            request_started: None,
         }
     }
 
@@ -154,8 +160,16 @@ impl ServerSession {
         if matches!(self.phase, Phase::Closed) {
             return;
         }
+        if self.input.is_empty() && self.request_started.is_none() {
+            self.request_started = Some(now);
+        }
         self.input.extend_from_slice(bytes);
         self.process();
+    }
+
+    /// A request ended: the next one began now if the client already sent some of it.
+    fn request_done(&mut self) {
+        self.request_started = (!self.input.is_empty()).then_some(self.now);
     }
 
     /// The next thing for the driver to do.
@@ -165,10 +179,35 @@ impl ServerSession {
 
     /// How long to wait for the client's next input before calling
     /// [`ServerSession::handle_timeout`] (RFC 5321 4.5.3.2).
+    ///
+    /// Beyond the wait for each read, a whole request has a deadline: a command line must
+    /// arrive within `command_timeout`, a DATA or BDAT chunk within `data_timeout` plus its
+    /// size at `min_data_rate`. The timeout returned is never past that deadline, so a client
+    /// that trickles a byte at a time is timed out as one that sends nothing.
     pub fn read_timeout(&self) -> Duration {
-        match self.phase {
-            Phase::Data(_) | Phase::Bdat { .. } => self.config.data_timeout,
-            _ => self.config.command_timeout,
+        let (per_read, budget) = match &self.phase {
+            Phase::Data(framer) => (
+                self.config.data_timeout,
+                self.config.data_timeout + self.transfer_allowance(framer.size()),
+            ),
+            Phase::Bdat { chunk_size, .. } => (
+                self.config.data_timeout,
+                self.config.data_timeout + self.transfer_allowance(*chunk_size as u64),
+            ),
+            _ => (self.config.command_timeout, self.config.command_timeout),
+        };
+        let Some(started) = self.request_started else {
+            return per_read;
+        };
+        let spent = Duration::from_secs(self.now.0.saturating_sub(started.0));
+        per_read.min(budget.saturating_sub(spent))
+    }
+
+    /// The time `octets` may take at the minimum data rate.
+    fn transfer_allowance(&self, octets: u64) -> Duration {
+        match self.config.min_data_rate {
+            0 => Duration::MAX / 4,
+            rate => Duration::from_secs(octets / rate),
         }
     }
 
@@ -194,6 +233,11 @@ impl ServerSession {
     /// The number of the transaction under way (counting MAIL commands), if one is.
     pub fn transaction_number(&self) -> Option<u64> {
         self.in_transaction().then_some(self.transactions)
+    }
+
+    /// The client's address, as the listener gave it.
+    pub fn client_ip(&self) -> std::net::IpAddr {
+        self.peer.ip
     }
 
     pub fn is_closed(&self) -> bool {
@@ -230,6 +274,7 @@ impl ServerSession {
             }
             AuthOutcome::Failure => self.error(Reply::auth_failed()),
             AuthOutcome::TemporaryFailure => self.reply(Reply::auth_temporary_failure()),
+            AuthOutcome::Throttled => self.error(Reply::auth_throttled()),
         }
         self.process();
     }
@@ -292,9 +337,7 @@ impl ServerSession {
                     // An alias keeps the address the client gave as ORCPT (RFC 3461 4.2).
                     let orcpt = match &pending.orcpt {
                         Some(orcpt) => Some(orcpt.clone()),
-                        None if target != pending.address => {
-                            Some(format!("rfc822;{}", pending.address))
-                        }
+                        None if target != pending.address => Some(Orcpt::rfc822(&pending.address)),
                         None => None,
                     };
                     self.add_recipient(target, pending.notify, orcpt);
@@ -419,6 +462,7 @@ impl ServerSession {
                                 unreachable!("matched above")
                             };
                             let verdict = framer.finish(&mut txn.body);
+                            self.request_done();
                             self.end_of_data(verdict);
                             self.check_pipelining(false);
                         }
@@ -443,6 +487,7 @@ impl ServerSession {
                     if *remaining > 0 {
                         return;
                     }
+                    self.request_started = (!self.input.is_empty()).then_some(self.now);
                     let Phase::Bdat {
                         chunk_size,
                         last,
@@ -466,6 +511,11 @@ impl ServerSession {
     fn take_line(&mut self) -> Option<Line> {
         let max = self.config.max_line_length;
         let Some(lf) = self.input.iter().position(|&b| b == b'\n') else {
+            if self.skipping_line {
+                // More of a line already refused: dropped without another reply.
+                self.input.clear();
+                return None;
+            }
             if self.input.len() > max {
                 self.input.clear();
                 self.skipping_line = true;
@@ -474,6 +524,7 @@ impl ServerSession {
             return None;
         };
         let line: Vec<u8> = self.input.drain(..=lf).collect();
+        self.request_done();
         if std::mem::take(&mut self.skipping_line) {
             // The tail of a line already refused as too long.
             return self.take_line();
@@ -509,6 +560,14 @@ impl ServerSession {
     }
 
     fn command(&mut self, line: &[u8]) {
+        // Every command is text: addresses, names and parameters are UTF-8 or nothing (RFC
+        // 6531 3.3), and what is not cannot be stored or passed on faithfully.
+        let Ok(text) = std::str::from_utf8(line) else {
+            self.stage = "command";
+            self.error(Reply::not_utf8());
+            self.check_pipelining(false);
+            return;
+        };
         let request = match Request::parse(&mut line.iter()) {
             Ok(request) => request.into_owned(),
             Err(e) => {
@@ -540,13 +599,15 @@ impl ServerSession {
             Request::Ehlo { host } => self.ehlo(host, true),
             Request::Helo { host } => self.ehlo(host, false),
             Request::Lhlo { .. } => self.error(Reply::unknown_command()),
-            Request::Mail { from } => self.mail(from, line),
-            Request::Rcpt { to } => self.rcpt(to, line),
+            Request::Mail { from } => self.mail(from, text),
+            Request::Rcpt { to } => self.rcpt(to, text),
             Request::Data => self.data(),
-            Request::Bdat {
-                chunk_size,
-                is_last,
-            } => self.bdat(chunk_size, is_last),
+            // smtp-proto's chunk size wraps; the line says what it is.
+            Request::Bdat { .. } => match params::bdat(text) {
+                Some((size, last)) => self.bdat(size, last),
+                // Without a size we can trust, the chunk cannot be told from what follows.
+                None => return self.close_with(Reply::bad_chunk_size()),
+            },
             Request::Rset => {
                 self.txn = None;
                 self.reply(Reply::ok());
@@ -572,6 +633,11 @@ impl ServerSession {
     }
 
     fn ehlo(&mut self, host: String, esmtp: bool) {
+        // The name is echoed, logged and written into `Received:`: a domain or an address
+        // literal never holds a control character, a space or more than 255 octets.
+        if host.is_empty() || host.len() > 255 || has_control(&host) || host.contains(' ') {
+            return self.error(Reply::invalid_helo());
+        }
         // A new EHLO resets any transaction in progress (RFC 5321 4.1.4).
         self.txn = None;
         let reply = if esmtp {
@@ -611,7 +677,7 @@ impl ServerSession {
         }
     }
 
-    fn mail(&mut self, from: MailFrom<String>, line: &[u8]) {
+    fn mail(&mut self, from: MailFrom<String>, line: &str) {
         if self.helo.is_none() {
             return self.error(Reply::bad_sequence("Send HELO or EHLO first"));
         }
@@ -625,7 +691,7 @@ impl ServerSession {
             return self.error(Reply::unsupported_parameter(param));
         }
         let sender = if from.address.is_empty() {
-            if !bracketed(line).is_some_and(str::is_empty) {
+            if !bracketed(line.as_bytes()).is_some_and(str::is_empty) {
                 // smtp-proto maps `<postmaster>` to "" too; it is no valid reverse path.
                 return self.error(Reply::bad_sender_syntax());
             }
@@ -646,9 +712,20 @@ impl ServerSession {
         if !smtputf8 && sender.address().is_some_and(|a| !a.is_ascii()) {
             return self.error(Reply::smtputf8_required());
         }
-        if from.size as u64 > self.config.max_message_size {
-            return self.error(Reply::message_too_big(self.config.max_message_size));
+        // SIZE as sent: smtp-proto's number wraps past 20 digits.
+        match params::value(line, "SIZE").map(params::number) {
+            None => {}
+            Some(Number::Value(size)) if size <= self.config.max_message_size => {}
+            Some(Number::Value(_) | Number::TooLarge) => {
+                return self.error(Reply::message_too_big(self.config.max_message_size));
+            }
+            Some(Number::Invalid) => return self.error(Reply::invalid_parameter("SIZE")),
         }
+        // ENVID decoded here: smtp-proto's decoding lets CR LF through.
+        let envid = match params::envid(line) {
+            Ok(envid) => envid,
+            Err(params::BadEnvid) => return self.error(Reply::invalid_parameter("ENVID")),
+        };
         let body_type = if from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0 {
             BodyType::EightBitMime
         } else {
@@ -663,10 +740,7 @@ impl ServerSession {
         };
         let txn = Transaction {
             sender,
-            dsn: DsnParams {
-                ret,
-                envid: from.env_id,
-            },
+            dsn: DsnParams { ret, envid },
             body_type,
             smtputf8,
             recipients: Vec::new(),
@@ -700,7 +774,7 @@ impl ServerSession {
         self.reply(Reply::sender_ok());
     }
 
-    fn rcpt(&mut self, to: RcptTo<String>, line: &[u8]) {
+    fn rcpt(&mut self, to: RcptTo<String>, line: &str) {
         if self.helo.is_none() {
             return self.error(Reply::bad_sequence("Send HELO or EHLO first"));
         }
@@ -720,7 +794,7 @@ impl ServerSession {
         }
         let address = if to.address.is_empty() {
             // `<postmaster>` without a domain must always be accepted (RFC 5321 4.5.1).
-            if !bracketed(line).is_some_and(|a| a.eq_ignore_ascii_case("postmaster")) {
+            if !bracketed(line.as_bytes()).is_some_and(|a| a.eq_ignore_ascii_case("postmaster")) {
                 return self.error(Reply::bad_recipient_syntax());
             }
             match Domain::parse(&self.config.hostname).and_then(|d| Address::new("postmaster", d)) {
@@ -736,6 +810,12 @@ impl ServerSession {
         if !txn.smtputf8 && !address.is_ascii() {
             return self.error(Reply::smtputf8_required());
         }
+        let address = self.local_postmaster(address);
+        // ORCPT from the raw line, checked: it goes to a next hop and into reports.
+        let orcpt = match params::orcpt(line) {
+            Ok(orcpt) => orcpt,
+            Err(e) => return self.error(Reply::bad_orcpt(&e.to_string())),
+        };
         if txn.accepted_rcpts >= self.config.max_recipients {
             return self.reply(Reply::too_many_recipients(self.config.max_recipients));
         }
@@ -753,6 +833,11 @@ impl ServerSession {
         // route onward (the percent hack, bang paths). Never on behalf of untrusted clients.
         if !trusted && address.local_part().contains(['%', '!', '@']) {
             return self.error(Reply::relay_denied());
+        }
+        if self.config.maildir_domains.contains(address.domain())
+            && backstop_types::address::maildir_folder_name(&address).is_none()
+        {
+            return self.error(Reply::mailbox_name_not_allowed());
         }
         let notify = if to.flags & smtp_proto::RCPT_NOTIFY_NEVER != 0 {
             Notify::Never
@@ -779,7 +864,7 @@ impl ServerSession {
             self.pending_rcpt = Some(PendingRcpt {
                 address: address.clone(),
                 notify,
-                orcpt: to.orcpt,
+                orcpt,
             });
             self.phase = Phase::Waiting;
             let (number, proxied) = match &self.txn {
@@ -807,9 +892,24 @@ impl ServerSession {
             Some(proxied) => *proxied = Some(false),
             None => {}
         }
-        self.add_recipient(address, notify, to.orcpt);
+        self.add_recipient(address, notify, orcpt);
         self.count_rcpt();
         self.reply(Reply::recipient_ok());
+    }
+
+    /// `postmaster@<our host name>` (and so a bare `<postmaster>`) is the postmaster of the
+    /// first local domain when there is one: mail for it stays here. Left as it is, a `*`
+    /// route would send it out to whatever the route names, or back to us in a loop.
+    fn local_postmaster(&self, address: Address) -> Address {
+        let ours = address.local_part().eq_ignore_ascii_case("postmaster")
+            && address
+                .domain()
+                .as_str()
+                .eq_ignore_ascii_case(&self.config.hostname);
+        match (ours, self.config.local_domains.first()) {
+            (true, Some(domain)) => Address::new("postmaster", domain.clone()).unwrap_or(address),
+            _ => address,
+        }
     }
 
     fn count_rcpt(&mut self) {
@@ -818,7 +918,7 @@ impl ServerSession {
         }
     }
 
-    fn add_recipient(&mut self, address: Address, notify: Notify, orcpt: Option<String>) {
+    fn add_recipient(&mut self, address: Address, notify: Notify, orcpt: Option<Orcpt>) {
         let Some(txn) = self.txn.as_mut() else { return };
         if !txn.recipients.iter().any(|r| r.address == address) {
             txn.recipients.push(Recipient {
@@ -852,10 +952,18 @@ impl ServerSession {
         }
         self.start_body();
         self.phase = Phase::Data(DataFramer::data(self.config.max_message_size));
+        self.request_started = Some(self.now);
         self.reply(Reply::start_data());
     }
 
-    fn bdat(&mut self, chunk_size: usize, last: bool) {
+    fn bdat(&mut self, chunk_size: u64, last: bool) {
+        // A chunk larger than any message we take: refusing it would mean reading all of it
+        // first, however large the client says it is.
+        let chunk_size = match usize::try_from(chunk_size) {
+            Ok(size) if chunk_size <= self.config.max_message_size => size,
+            _ => return self.close_with(Reply::message_too_big(self.config.max_message_size)),
+        };
+        self.request_started = Some(self.now);
         let discard = match self.data_refusal() {
             Some(refusal) => Some(refusal),
             None if self.helo.as_ref().is_some_and(|h| !h.esmtp) => {
@@ -924,7 +1032,19 @@ impl ServerSession {
                 return self.error(Reply::message_too_big(self.config.max_message_size));
             }
         }
-        let Some(txn) = self.txn.take() else { return };
+        let Some(mut txn) = self.txn.take() else {
+            return;
+        };
+        let header_end = crate::headers::section(&txn.body).len();
+        // A mail loop: the message has passed this way, or through too many hands, already.
+        if crate::headers::hops(&txn.body[..header_end]) > self.config.max_hops {
+            return self.error(Reply::too_many_hops(self.config.max_hops));
+        }
+        // Only we may speak for our authserv-id (RFC 8601 5): a field that claims it is forged.
+        crate::headers::obscure_forged_auth_results(
+            &mut txn.body[..header_end],
+            &self.config.hostname,
+        );
         if let Some(auth) = &self.auth {
             if let Some(from) = unowned_from(&self.sender_rights, &txn.body) {
                 let reply = Reply::from_not_owned(&auth.user, &from);
@@ -1038,7 +1158,7 @@ impl ServerSession {
                 }))
             }
             SaslStep::LoginUsername => {
-                let username = sasl::parse_login_field(message)?;
+                let username = sasl::name(&message)?;
                 self.phase = Phase::Sasl(SaslStep::LoginPassword { username });
                 self.reply(Reply::auth_challenge(sasl::LOGIN_PASSWORD_CHALLENGE));
                 Ok(None)

@@ -88,9 +88,15 @@ pub struct Address {
 
 impl Address {
     /// Parses `local@domain`, splitting at the last `@` (a quoted local part may contain one).
+    /// A quoted local part (`"john doe"@example.com`, as [`Address`]'s `Display` writes it) is
+    /// unquoted, so that printing and parsing again gives the same address.
     pub fn parse(s: &str) -> Result<Address, AddressError> {
         let (local, domain) = s.rsplit_once('@').ok_or(AddressError::NoAt)?;
-        Address::new(local, Domain::parse(domain)?)
+        let domain = Domain::parse(domain)?;
+        match unquote(local) {
+            Some(unquoted) => Address::new(&unquoted, domain),
+            None => Address::new(local, domain),
+        }
     }
 
     pub fn new(local: &str, domain: Domain) -> Result<Address, AddressError> {
@@ -149,10 +155,40 @@ impl Address {
     }
 }
 
+/// The content of a quoted-string local part (RFC 5321 4.1.2), or `None` when `local` is not
+/// one: the surrounding quotes dropped and each `\\x` pair taken as `x`.
+fn unquote(local: &str) -> Option<String> {
+    let inner = local.strip_prefix('"')?.strip_suffix('"')?;
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.push(chars.next()?),
+            // An unescaped quote inside: not one quoted string.
+            '"' => return None,
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@{}", self.wire_local_part(), self.domain)
     }
+}
+
+/// The name of `address`'s Maildir folder (its local part, lower-case), or `None` when the
+/// local part cannot be one: a path separator, a leading dot (`.`, `..`, hidden folders) or a
+/// NUL. The session refuses such recipients at RCPT for domains delivered into Maildirs, so
+/// they are never accepted and then failed.
+pub fn maildir_folder_name(address: &Address) -> Option<String> {
+    let local = address.local_part().to_lowercase();
+    let safe = !local.is_empty()
+        && !local.starts_with('.')
+        && !local.contains(['/', '\\', '\0'])
+        && local.len() <= 64;
+    safe.then_some(local)
 }
 
 /// The SMTP reverse path: an address, or the null sender `<>` of bounces (RFC 5321 4.5.5).

@@ -68,8 +68,9 @@ pub enum BodyType {
 pub struct Recipient {
     pub address: Address,
     pub notify: Notify,
-    /// ORCPT as given, `addr-type;address` with the xtext decoded, when the client gave one.
-    pub orcpt: Option<String>,
+    /// ORCPT, checked, when the client gave one (or the address it gave, when an alias
+    /// expanded it).
+    pub orcpt: Option<crate::Orcpt>,
 }
 
 /// The TLS session of a connection, for the `Received:` header and the envelope.

@@ -6,6 +6,10 @@
 //!   their DSN parameters, who the client was and how far the sender is trusted ([`TrustClass`]).
 //! - [`reply`]: [`Reply`], an SMTP reply with its enhanced status code. Every reply backstop sends
 //!   is built by a constructor here, never from a literal at the call site.
+//! - [`orcpt`]: [`Orcpt`], a recipient's original address (RFC 3461), checked and re-encoded.
+//! - [`text`]: guards for untrusted text: [`text::Escaped`] for log lines, [`text::one_line`]
+//!   below every writer of a line-based protocol or a header field.
+//! - [`secret`]: comparing secrets in constant time.
 //! - [`queue_id`]: [`QueueId`], the name of a message in the queue.
 //! - [`delivery`]: [`RecipientState`], where each recipient of a queued message stands, and
 //!   [`AttemptOutcome`], what one delivery attempt came to.
@@ -16,8 +20,11 @@
 pub mod address;
 pub mod delivery;
 pub mod envelope;
+pub mod orcpt;
 pub mod queue_id;
 pub mod reply;
+pub mod secret;
+pub mod text;
 
 pub use address::{Address, AddressError, Domain, ReversePath};
 pub use delivery::{Attempt, AttemptOutcome, RecipientState, RemoteReply};
@@ -25,5 +32,6 @@ pub use envelope::{
     AuthInfo, BodyType, ClientInfo, DsnParams, Envelope, Notify, Recipient, Ret, TlsInfo,
     TrustClass, UnixTime,
 };
+pub use orcpt::{Orcpt, OrcptError};
 pub use queue_id::QueueId;
 pub use reply::{EnhancedStatus, Reply};

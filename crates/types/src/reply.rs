@@ -28,10 +28,20 @@ pub struct Reply {
 
 impl Reply {
     fn new(code: u16, status: EnhancedStatus, text: impl Into<String>) -> Reply {
+        let text: String = text.into();
+        // The guard below every reply: text that names what a client or a peer sent (a user
+        // name, a From: address) can never end the line early or hide a control sequence.
+        let text = if text.chars().any(char::is_control) {
+            text.chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect()
+        } else {
+            text
+        };
         Reply {
             code,
             status: Some(status),
-            lines: vec![text.into()],
+            lines: vec![text],
         }
     }
 
@@ -190,6 +200,39 @@ impl Reply {
         )
     }
 
+    /// A command line that is not UTF-8 (RFC 6531 3.3: even with SMTPUTF8, only UTF-8).
+    pub fn not_utf8() -> Reply {
+        Reply::new(
+            500,
+            EnhancedStatus(5, 5, 2),
+            "Command refused: it is not valid UTF-8",
+        )
+    }
+
+    /// HELO or EHLO with a name no host has (control characters, spaces, over 255 octets).
+    pub fn invalid_helo() -> Reply {
+        Reply::new(501, EnhancedStatus(5, 5, 2), "Invalid HELO/EHLO name")
+    }
+
+    /// `BDAT` whose size is no number that fits: the chunk cannot be told from what follows,
+    /// so the connection is closed after this.
+    pub fn bad_chunk_size() -> Reply {
+        Reply::new(
+            501,
+            EnhancedStatus(5, 5, 4),
+            "Syntax: BDAT chunk-size [LAST] with a valid size; closing the connection",
+        )
+    }
+
+    /// An ORCPT parameter that is malformed or carries control characters.
+    pub fn bad_orcpt(why: &str) -> Reply {
+        Reply::new(
+            501,
+            EnhancedStatus(5, 5, 4),
+            format!("Invalid ORCPT parameter: {}", printable(why)),
+        )
+    }
+
     pub fn syntax_error(expected: &str) -> Reply {
         Reply::new(501, EnhancedStatus(5, 5, 4), format!("Syntax: {expected}"))
     }
@@ -290,6 +333,16 @@ impl Reply {
         )
     }
 
+    /// Too many failed logins from this client or for this name: no password is checked until
+    /// the window has passed.
+    pub fn auth_throttled() -> Reply {
+        Reply::new(
+            454,
+            EnhancedStatus(4, 7, 0),
+            "Too many failed logins, try again later",
+        )
+    }
+
     pub fn auth_cancelled() -> Reply {
         Reply::new(501, EnhancedStatus(5, 0, 0), "Authentication cancelled")
     }
@@ -365,6 +418,25 @@ impl Reply {
 
     pub fn bad_sender_syntax() -> Reply {
         Reply::new(501, EnhancedStatus(5, 1, 7), "Bad sender address syntax")
+    }
+
+    /// A local part that cannot be a mailbox here (a Maildir folder name): refused at RCPT,
+    /// never accepted and failed later.
+    pub fn mailbox_name_not_allowed() -> Reply {
+        Reply::new(
+            550,
+            EnhancedStatus(5, 1, 3),
+            "Recipient address rejected: mailbox name not allowed",
+        )
+    }
+
+    /// A message with more `Received:` fields than the hop limit: a mail loop (RFC 5321 6.3).
+    pub fn too_many_hops(limit: usize) -> Reply {
+        Reply::new(
+            554,
+            EnhancedStatus(5, 4, 6),
+            format!("Too many hops (more than {limit} Received: fields): mail loop"),
+        )
     }
 
     pub fn bad_recipient_syntax() -> Reply {

@@ -40,7 +40,7 @@ fn errors_name_file_line_and_key() {
     );
     assert_eq!(
         error(&format!("[smtp]\nmax_recipient = 5\n{MINIMAL}")),
-        "test.toml:2: smtp.max_recipient: unknown field `max_recipient`, expected one of `local_domains`, `relay_domains`, `local_networks`, `max_message_size`, `max_recipients`, `max_line_length`, `max_errors`, `command_timeout`, `data_timeout`, `greeting_delay`, `shutdown_grace`, `max_connections`, `max_connections_per_ip`"
+        "test.toml:2: smtp.max_recipient: unknown field `max_recipient`, expected one of `local_domains`, `relay_domains`, `local_networks`, `max_message_size`, `max_recipients`, `max_line_length`, `max_errors`, `command_timeout`, `data_timeout`, `min_data_rate`, `max_hops`, `stress_timeout`, `greeting_delay`, `shutdown_grace`, `max_connections`, `max_connections_per_ip`"
     );
     assert_eq!(
         error(&format!(
@@ -102,7 +102,9 @@ fn the_admin_api_is_a_socket_or_loopback_http_with_a_token() {
     );
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
-    std::fs::write(&token, "short").unwrap();
+    std::fs::write(&token, "a-long-enough-secret-token\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
     let with = |addr: &str| {
         format!(
             "{MINIMAL}[admin]\nhttp = \"{addr}\"\ntoken_file = \"{}\"\n",
@@ -113,6 +115,10 @@ fn the_admin_api_is_a_socket_or_loopback_http_with_a_token() {
         error(&with("192.0.2.1:8025")),
         "test.toml:6: admin.http: 192.0.2.1:8025: the admin API listens on loopback only"
     );
+    // Others can read it: the token is given away.
+    assert!(error(&with("127.0.0.1:8025")).ends_with("(chmod 600)"));
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&token, "short").unwrap();
     assert!(error(&with("127.0.0.1:8025")).ends_with("the token must be at least 16 characters"));
     std::fs::write(&token, "a-long-enough-secret-token\n").unwrap();
     let c = Config::parse(&with("[::1]:8025"), "test.toml").unwrap();

@@ -66,6 +66,7 @@ fn agent(dir: &std::path::Path) -> Agent {
             delay_warnings: Vec::new(),
             counters: Arc::default(),
         },
+        own: Arc::default(),
     }
 }
 

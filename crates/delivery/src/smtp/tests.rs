@@ -31,7 +31,7 @@ fn rcpt_carries_dsn_parameters_only_when_offered() {
             failure: true,
             delay: false,
         },
-        orcpt: Some("rfc822;Bob+x@example.net".into()),
+        orcpt: Some(backstop_types::Orcpt::new("rfc822", "Bob+x@example.net").unwrap()),
     };
     assert_eq!(
         rcpt_command(&recipient, true),
@@ -268,7 +268,8 @@ fn dsn_parameters_go_to_a_peer_that_takes_them() {
     envelope.dsn.ret = Some(Ret::Headers);
     envelope.dsn.envid = Some("id 1".into());
     envelope.recipients[0].notify = Notify::Never;
-    envelope.recipients[0].orcpt = Some("rfc822;Bob@example.net".into());
+    envelope.recipients[0].orcpt =
+        Some(backstop_types::Orcpt::new("rfc822", "Bob@example.net").unwrap());
     let (delivery, seen) = send(address, &envelope, b"x\r\n", Duration::from_secs(5), handle);
     assert!(
         matches!(delivery.outcomes[0].1, AttemptOutcome::Delivered(_)),
@@ -333,4 +334,16 @@ fn a_silent_peer_times_out_as_a_temporary_failure() {
     }
     // Nothing reached the peer's MAIL: another MX may be tried.
     assert!(delivery.try_next);
+}
+
+#[test]
+fn the_command_writer_refuses_line_breaks() {
+    let (address, seen) = peer(&[], |_| None);
+    let stream = std::net::TcpStream::connect(address).unwrap();
+    let mut conn = Connection::Plain(BufReader::new(Stream::Tcp(stream)));
+    let err = conn.command("RCPT TO:<a@b.example>\r\nRSET").unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    conn.command("QUIT").unwrap();
+    let seen = seen.join().unwrap();
+    assert_eq!(seen, "QUIT\r\n");
 }

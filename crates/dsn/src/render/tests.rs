@@ -19,7 +19,7 @@ fn envelope(ret: Option<Ret>, envid: Option<&str>) -> Envelope {
     let recipient = |address: &str, orcpt: Option<&str>| Recipient {
         address: Address::parse(address).unwrap(),
         notify: Notify::Default,
-        orcpt: orcpt.map(str::to_owned),
+        orcpt: orcpt.map(|o| backstop_types::Orcpt::from_stored(o).unwrap()),
     };
     Envelope {
         sender: ReversePath::Address(Address::parse("alice@example.test").unwrap()),

@@ -170,7 +170,13 @@ fn a_scanner_past_the_deadline_is_a_451_unless_told_to_accept() {
         Outcome::Refuse(Reply::content_check_unavailable())
     );
     // on_error = accept: the next check still runs.
-    let (lenient, _listener) = silent(OnError::Accept);
+    let lenient = Check {
+        name: "clamd gone".into(),
+        scanner: Scanner::Clamd(crate::clamd::Clamd {
+            endpoint: crate::net::Endpoint::Unix("/nonexistent/clamd.ctl".into()),
+        }),
+        on_error: OnError::Accept,
+    };
     let pipeline = Pipeline {
         checks: vec![lenient, rule("body", Action::Reject("after".into()))],
         deadline: Duration::from_secs(1),
@@ -195,4 +201,16 @@ fn a_scanner_past_the_deadline_is_a_451_unless_told_to_accept() {
         run(&pipeline, &mut draft(MESSAGE)),
         Outcome::Refuse(Reply::content_check_unavailable())
     );
+}
+
+#[tokio::test]
+async fn a_line_break_never_reaches_rspamd() {
+    // The socket does not exist: the request is refused before any connection is tried.
+    let rspamd = crate::rspamd::Rspamd {
+        endpoint: crate::net::Endpoint::Unix("/nonexistent/rspamd.sock".into()),
+    };
+    let mut bad = draft("Subject: x\n\nx\n");
+    bad.envelope.client.helo = "client.example.org\r\nX-Spam-Flag: NO".into();
+    let err = rspamd.check(&bad).await.unwrap_err();
+    assert!(err.contains("contains CR"), "{err}");
 }

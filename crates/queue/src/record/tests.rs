@@ -12,7 +12,7 @@ pub(crate) fn sample() -> Envelope {
                     failure: true,
                     delay: false,
                 },
-                orcpt: Some("rfc822;bob@local.test".into()),
+                orcpt: Some(backstop_types::Orcpt::new("rfc822", "bob@local.test").unwrap()),
             },
             Recipient {
                 address: Address::parse("carol@local.test").unwrap(),

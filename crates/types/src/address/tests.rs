@@ -56,3 +56,19 @@ fn reverse_paths_print_in_brackets() {
     let a = ReversePath::Address(Address::parse("a@b.c").unwrap());
     assert_eq!(a.to_string(), "<a@b.c>");
 }
+
+#[test]
+fn printed_addresses_parse_back_to_themselves() {
+    // A quoted local part is quoted once on the wire however often it is stored and read.
+    for local in ["john doe", "a\"b", "back\\slash", "a@b", ".dot", "plain"] {
+        let a = Address::new(local, Domain::parse("example.org").unwrap()).unwrap();
+        let again = Address::parse(&a.to_string()).unwrap();
+        assert_eq!(again, a, "{local}");
+        assert_eq!(again.to_string(), a.to_string());
+    }
+    let a = Address::parse("\"john doe\"@example.org").unwrap();
+    assert_eq!(a.local_part(), "john doe");
+    // Not one quoted string: kept as it is.
+    let a = Address::parse("\"a\"b\"@example.org").unwrap();
+    assert_eq!(a.local_part(), "\"a\"b\"");
+}
