@@ -60,7 +60,15 @@ impl Reason {
         Reason::Unverified,
     ];
 
-    /// The label for logs and the `dsn_suppressed_total{reason}` metric.
+    /// Whether a classic MTA would have sent this report: a failure or delay notice asked for
+    /// (or due by default) to a return path we cannot vouch for. Only these are backscatter
+    /// prevented (`dsn_suppressed_total`); the others are reports nobody asked for or that no
+    /// MTA sends (`dsn_not_requested_total`).
+    pub fn prevents_backscatter(self) -> bool {
+        matches!(self, Reason::Unverified | Reason::Automatic)
+    }
+
+    /// The label for logs and the metrics.
     pub fn label(self) -> &'static str {
         match self {
             Reason::NullSender => "null_sender",
@@ -72,14 +80,15 @@ impl Reason {
     }
 }
 
-/// Whether `event` for a recipient with `notify` is reported to the sender.
-pub fn decide(sender: &Sender<'_>, notify: Notify, event: Event) -> Decision {
-    use Decision::{Send, Suppress};
-    if matches!(sender.path, ReversePath::Null) {
-        return Suppress(Reason::NullSender);
+/// Whether `event` for a recipient with `notify` was asked for at all (or is due by default):
+/// `Some(reason)` when not. Needs nothing but the return path and NOTIFY, so it comes first:
+/// most deliveries end here, without the message being read.
+pub fn requested(path: &ReversePath, notify: Notify, event: Event) -> Option<Reason> {
+    if matches!(path, ReversePath::Null) {
+        return Some(Reason::NullSender);
     }
     let asked = match (notify, event) {
-        (Notify::Never, _) => return Suppress(Reason::NotifyNever),
+        (Notify::Never, _) => return Some(Reason::NotifyNever),
         // Without NOTIFY: failures, and delays when notices are configured (RFC 3461 4.1).
         (Notify::Default, Event::Failed | Event::Delayed) => true,
         (Notify::Default, Event::Delivered | Event::Relayed) => false,
@@ -87,6 +96,17 @@ pub fn decide(sender: &Sender<'_>, notify: Notify, event: Event) -> Decision {
         (Notify::On { delay, .. }, Event::Delayed) => delay,
         (Notify::On { success, .. }, Event::Delivered | Event::Relayed) => success,
     };
+    (!asked).then_some(Reason::NotRequested)
+}
+
+/// Whether `event` for a recipient with `notify` is reported to the sender. In order: a
+/// report nobody asked for (or a bounce of a bounce) is never one; then an automatic message
+/// is not answered; then only a return path we can vouch for gets it.
+pub fn decide(sender: &Sender<'_>, notify: Notify, event: Event) -> Decision {
+    use Decision::{Send, Suppress};
+    if let Some(reason) = requested(sender.path, notify, event) {
+        return Suppress(reason);
+    }
     if sender.automatic {
         return Suppress(Reason::Automatic);
     }
@@ -96,9 +116,6 @@ pub fn decide(sender: &Sender<'_>, notify: Notify, event: Event) -> Decision {
     };
     if !trusted {
         return Suppress(Reason::Unverified);
-    }
-    if !asked {
-        return Suppress(Reason::NotRequested);
     }
     Send
 }

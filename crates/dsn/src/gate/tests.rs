@@ -108,14 +108,14 @@ fn the_gate_table() {
         unverified:
           default/failed     unverified
           default/delayed    unverified
-          default/delivered  unverified
-          default/relayed    unverified
+          default/delivered  not_requested
+          default/relayed    not_requested
           all/failed         unverified
           all/delayed        unverified
           all/delivered      unverified
           all/relayed        unverified
-          failure/delayed    unverified
-          failure/delivered  unverified
+          failure/delayed    not_requested
+          failure/delivered  not_requested
           never/failed       notify_never
         null sender:
           default/failed     null_sender
@@ -132,26 +132,26 @@ fn the_gate_table() {
         automatic, authenticated:
           default/failed     automatic
           default/delayed    automatic
-          default/delivered  automatic
-          default/relayed    automatic
+          default/delivered  not_requested
+          default/relayed    not_requested
           all/failed         automatic
           all/delayed        automatic
           all/delivered      automatic
           all/relayed        automatic
-          failure/delayed    automatic
-          failure/delivered  automatic
+          failure/delayed    not_requested
+          failure/delivered  not_requested
           never/failed       notify_never
         automatic, unverified:
           default/failed     automatic
           default/delayed    automatic
-          default/delivered  automatic
-          default/relayed    automatic
+          default/delivered  not_requested
+          default/relayed    not_requested
           all/failed         automatic
           all/delayed        automatic
           all/delivered      automatic
           all/relayed        automatic
-          failure/delayed    automatic
-          failure/delivered  automatic
+          failure/delayed    not_requested
+          failure/delivered  not_requested
           never/failed       notify_never
     "#]]
     .assert_eq(&table);
