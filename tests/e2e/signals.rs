@@ -297,3 +297,75 @@ fn sigterm_lets_a_transaction_under_way_finish() {
     server.stop();
     assert!(queued(d).iter().any(|(i, _, _)| *i == id));
 }
+
+#[test]
+fn sigterm_does_not_wait_for_a_silent_receiver() {
+    use std::io::{BufRead, BufReader, Write};
+    // A next hop that takes the message and never answers its end: a transaction stuck for
+    // RFC 5321's ten minutes.
+    let hop = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = hop.local_addr().unwrap();
+    let got_data = Arc::new(Mutex::new(false));
+    let seen = Arc::clone(&got_data);
+    std::thread::spawn(move || {
+        for stream in hop.incoming() {
+            let Ok(stream) = stream else { return };
+            let seen = Arc::clone(&seen);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut out = stream;
+                let _ = out.write_all(b"220 silent.test\r\n");
+                let mut data = false;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if data {
+                        if line == ".\r\n" {
+                            *seen.lock().unwrap() = true;
+                        }
+                        continue;
+                    }
+                    let reply: &[u8] = match line.get(..4) {
+                        Some("EHLO") => b"250 silent.test\r\n",
+                        Some("DATA") => {
+                            data = true;
+                            b"354 go\r\n"
+                        }
+                        _ => b"250 ok\r\n",
+                    };
+                    let _ = out.write_all(reply);
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let grace = 2;
+    let cfg = config(d, &format!("shutdown_grace = \"{grace}s\""))
+        .replace("[delivery]\npaused = true", "[delivery]\npaused = false")
+        + &format!(
+            "\n[[route]]\ndomains = [\"silent.example\"]\nrelay = \"{address}\"\nhost = \"silent.test\"\ntls = \"none\"\n"
+        );
+    let server = Server::start(d, &cfg);
+    let transcript = server.submit_as_alice("alice@example.test", "someone@silent.example", &[]);
+    let id = queue_id_in(&transcript);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !*got_data.lock().unwrap() {
+        assert!(Instant::now() < deadline, "never sent:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopped = Instant::now();
+    server.stop();
+    // Within the grace (and a margin for the process to end), not RFC 5321's ten minutes.
+    assert!(
+        stopped.elapsed() < Duration::from_secs(grace + 5),
+        "{:?}",
+        stopped.elapsed()
+    );
+    // Nothing lost: still queued, and due again at once.
+    let left = queued(d);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].0, id);
+}

@@ -121,11 +121,11 @@ pub struct RouteConfig {
     pub domains: Vec<Domain>,
     pub any_domain: bool,
     /// The fixed next hop; `None`: the recipient domain's MX hosts.
-    pub relay: Option<backstop_delivery::smtp::NextHop>,
+    pub relay: Option<backstop_smtp_client::NextHop>,
     /// LMTP instead of SMTP.
     pub lmtp: bool,
-    pub tls: backstop_delivery::smtp::TlsPolicy,
-    pub auth: Option<backstop_delivery::smtp::Credentials>,
+    pub tls: backstop_smtp_client::TlsPolicy,
+    pub auth: Option<backstop_smtp_client::Credentials>,
     /// Recipients in this route's domains are verified at RCPT by asking its relay.
     pub callahead: bool,
     /// Transactions for this route's domains are passed through to its relay in-session:
@@ -142,6 +142,13 @@ pub struct DeliveryConfig {
     /// Connections delivery opens at once, in all and to one destination.
     pub max_connections: usize,
     pub max_connections_per_destination: usize,
+    /// Where a destination's concurrency window starts.
+    pub initial_window: usize,
+    /// Connection-level failures in a row that mark a destination down, and for how long.
+    pub dead_after: u32,
+    pub dead_backoff: Duration,
+    /// Messages leased and not yet recorded, at most.
+    pub max_in_flight: usize,
 }
 
 /// Where the BATV keys come from.
@@ -594,6 +601,10 @@ struct RawDelivery {
     connect_timeout: Seconds,
     max_connections: Option<Spanned<usize>>,
     max_connections_per_destination: Option<Spanned<usize>>,
+    initial_concurrency: Option<Spanned<usize>>,
+    dead_after: Option<Spanned<usize>>,
+    dead_backoff: Seconds,
+    max_in_flight: Option<Spanned<usize>>,
 }
 
 impl Default for RawDelivery {
@@ -606,6 +617,11 @@ impl Default for RawDelivery {
             connect_timeout: Seconds(Duration::from_secs(30)),
             max_connections: None,
             max_connections_per_destination: None,
+            initial_concurrency: None,
+            dead_after: None,
+            // Postfix's minimal_backoff_time.
+            dead_backoff: Seconds(Duration::from_secs(300)),
+            max_in_flight: None,
         }
     }
 }
@@ -1393,6 +1409,13 @@ impl Config {
                     20,
                     &at,
                 )?,
+                // Postfix's initial_destination_concurrency.
+                initial_window: at_least_one(&raw.delivery.initial_concurrency, 5, &at)?,
+                dead_after: at_least_one(&raw.delivery.dead_after, 3, &at)?
+                    .try_into()
+                    .unwrap_or(u32::MAX),
+                dead_backoff: raw.delivery.dead_backoff.0,
+                max_in_flight: at_least_one(&raw.delivery.max_in_flight, 10_000, &at)?,
             },
             dns,
             batv_check_bounces: raw.batv.enabled && raw.batv.check_bounces,
@@ -1502,7 +1525,7 @@ fn check_ldap(l: &RawLdap, at: &At<'_>) -> Result<backstop_filter::ldap::LdapCon
     let tls = match &l.tls_ca_file {
         None => None,
         Some(file) => Some(
-            backstop_delivery::smtp::verifying_config(file.get_ref())
+            backstop_smtp_client::tls::verifying_config(file.get_ref())
                 .map_err(|e| at(file.span(), e))?,
         ),
     };
@@ -1648,7 +1671,7 @@ fn check_filter(
 }
 
 fn check_route(route: &RawRoute, at: &At<'_>) -> Result<RouteConfig, ConfigError> {
-    use backstop_delivery::smtp::{Endpoint, NextHop, TlsPolicy};
+    use backstop_smtp_client::{Endpoint, NextHop, TlsPolicy};
     let mut domains = Vec::new();
     let mut any_domain = false;
     for d in &route.domains {
@@ -1720,7 +1743,7 @@ fn check_route(route: &RawRoute, at: &At<'_>) -> Result<RouteConfig, ConfigError
                 None => (PathBuf::from(SYSTEM_CA_FILE), tls_span),
             };
             TlsPolicy::Require(
-                backstop_delivery::smtp::verifying_config(&file).map_err(|e| at(span, e))?,
+                backstop_smtp_client::tls::verifying_config(&file).map_err(|e| at(span, e))?,
             )
         }
     };
@@ -1756,7 +1779,7 @@ fn check_route(route: &RawRoute, at: &At<'_>) -> Result<RouteConfig, ConfigError
             }
             let password = std::fs::read_to_string(file.get_ref())
                 .map_err(|e| at(file.span(), format!("{}: {e}", file.get_ref().display())))?;
-            Some(backstop_delivery::smtp::Credentials {
+            Some(backstop_smtp_client::Credentials {
                 user: user.get_ref().clone(),
                 password: password.trim_end_matches(['\r', '\n']).to_owned(),
             })

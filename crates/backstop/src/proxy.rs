@@ -11,14 +11,14 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use backstop_delivery::smtp::{Client, NextHop, Passthrough, PassthroughError};
 use backstop_session::{ContentVerdict, Message, RecipientQuery, RecipientVerdict, TransactionRef};
+use backstop_smtp_client::{Connection, NextHop, Settings};
 use backstop_types::{Domain, Notify, Recipient, RemoteReply, Reply};
 use tracing::{info, warn};
 
 /// The proxied routes, and the transactions open at their relays.
 pub struct Proxy {
-    routes: Vec<(Vec<Domain>, NextHop, Client)>,
+    routes: Vec<(Vec<Domain>, NextHop, Settings)>,
     open: Mutex<HashMap<u64, Open>>,
 }
 
@@ -26,11 +26,11 @@ pub struct Proxy {
 struct Open {
     number: u64,
     route: usize,
-    connection: Option<Passthrough>,
+    connection: Option<Connection>,
 }
 
 impl Proxy {
-    pub fn new(routes: Vec<(Vec<Domain>, NextHop, Client)>) -> Option<Arc<Proxy>> {
+    pub fn new(routes: Vec<(Vec<Domain>, NextHop, Settings)>) -> Option<Arc<Proxy>> {
         (!routes.is_empty()).then(|| {
             Arc::new(Proxy {
                 routes,
@@ -56,49 +56,33 @@ impl Proxy {
             }
             Some((_, Some(connection))) => connection,
             _ => {
-                let (_, hop, client) = &self.routes[route];
-                let (hop, client, sender) = (hop.clone(), client.clone(), query.sender.clone());
-                let begun =
-                    tokio::task::spawn_blocking(move || Passthrough::begin(&client, &hop, &sender))
-                        .await;
-                match begun {
-                    Ok(Ok(connection)) => connection,
-                    Ok(Err(PassthroughError::Refused(reply))) => {
+                let (_, hop, settings) = &self.routes[route];
+                match begin(hop, settings, &query.sender).await {
+                    Ok(connection) => connection,
+                    Err(Begin::Refused(reply)) => {
                         return RecipientVerdict::Proxied(client_reply(&reply));
                     }
-                    Ok(Err(PassthroughError::Unavailable(why))) => {
+                    Err(Begin::Unavailable(why)) => {
                         warn!(error = %backstop_types::text::Escaped(&why), "proxy: the relay cannot be reached: 451");
-                        return RecipientVerdict::Proxied(Reply::next_hop_unavailable());
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "proxy task");
                         return RecipientVerdict::Proxied(Reply::next_hop_unavailable());
                     }
                 }
             }
         };
+        let mut connection = connection;
         let recipient = Recipient {
             address: query.recipient.clone(),
             notify: Notify::Default,
             orcpt: None,
         };
-        let asked = tokio::task::spawn_blocking(move || {
-            let mut connection = connection;
-            let reply = connection.rcpt(&recipient);
-            (connection, reply)
-        })
-        .await;
-        match asked {
-            Ok((connection, Ok(reply))) => {
+        let line = connection.session().rcpt_command(&recipient);
+        match connection.command(&line).await {
+            Ok(reply) => {
                 self.put_back(txn, route, Some(connection));
                 RecipientVerdict::Proxied(client_reply(&reply))
             }
-            Ok((_, Err(e))) => {
-                warn!(error = ?e, "proxy: the relay broke off: 451");
-                RecipientVerdict::Proxied(Reply::next_hop_unavailable())
-            }
             Err(e) => {
-                warn!(error = %e, "proxy task");
+                warn!(error = %e, "proxy: the relay broke off: 451");
                 RecipientVerdict::Proxied(Reply::next_hop_unavailable())
             }
         }
@@ -109,24 +93,24 @@ impl Proxy {
         let Some((_, Some(mut connection))) = self.take(txn) else {
             return ContentVerdict::Relayed(Reply::next_hop_unavailable());
         };
-        let body = message.body.clone();
-        let sent = tokio::task::spawn_blocking(move || {
-            let reply = connection.data(&body);
-            connection.quit();
-            reply
-        })
+        let sent = async {
+            let reply = connection.command("DATA").await?;
+            if reply.code != 354 {
+                return Ok(reply);
+            }
+            connection.data(&[&message.body]).await
+        }
         .await;
+        if connection.is_ready() {
+            tokio::spawn(connection.quit());
+        }
         match sent {
-            Ok(Ok(reply)) => {
+            Ok(reply) => {
                 info!(code = reply.code, text = %backstop_types::text::Escaped(&reply.text), "proxy: the relay's reply to the message");
                 ContentVerdict::Relayed(client_reply(&reply))
             }
-            Ok(Err(e)) => {
-                warn!(error = ?e, "proxy: the relay broke off during the message: 451");
-                ContentVerdict::Relayed(Reply::next_hop_unavailable())
-            }
             Err(e) => {
-                warn!(error = %e, "proxy task");
+                warn!(error = %e, "proxy: the relay broke off during the message: 451");
                 ContentVerdict::Relayed(Reply::next_hop_unavailable())
             }
         }
@@ -145,12 +129,12 @@ impl Proxy {
             ..
         }) = open
         {
-            tokio::task::spawn_blocking(move || connection.quit());
+            tokio::spawn(connection.quit());
         }
     }
 
     /// The session's open transaction, if it is `txn`, taken out; an older one is ended.
-    fn take(&self, txn: TransactionRef) -> Option<(usize, Option<Passthrough>)> {
+    fn take(&self, txn: TransactionRef) -> Option<(usize, Option<Connection>)> {
         let open = self
             .open
             .lock()
@@ -160,12 +144,12 @@ impl Proxy {
             return Some((open.route, open.connection));
         }
         if let Some(stale) = open.connection {
-            tokio::task::spawn_blocking(move || stale.quit());
+            tokio::spawn(stale.quit());
         }
         None
     }
 
-    fn put_back(&self, txn: TransactionRef, route: usize, connection: Option<Passthrough>) {
+    fn put_back(&self, txn: TransactionRef, route: usize, connection: Option<Connection>) {
         self.open
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -178,6 +162,36 @@ impl Proxy {
                 },
             );
     }
+}
+
+/// Why a transaction could not be opened at the relay.
+enum Begin {
+    /// The relay refused our MAIL FROM for good: its reply, for the client.
+    Refused(RemoteReply),
+    /// It could not be reached, or broke off: 451.
+    Unavailable(String),
+}
+
+/// Connects to the relay and says MAIL FROM the client's sender.
+async fn begin(
+    hop: &NextHop,
+    settings: &Settings,
+    sender: &backstop_types::ReversePath,
+) -> Result<Connection, Begin> {
+    let unavailable = |e: backstop_smtp_client::ClientError| match e.reply.code / 100 {
+        5 if e.source == backstop_smtp_client::Source::Remote => Begin::Refused(e.reply),
+        _ => Begin::Unavailable(e.to_string()),
+    };
+    let mut connection = Connection::open(hop, settings).await.map_err(unavailable)?;
+    let reply = connection
+        .command(&format!("MAIL FROM:{sender}"))
+        .await
+        .map_err(unavailable)?;
+    if reply.code / 100 != 2 {
+        tokio::spawn(connection.quit());
+        return Err(Begin::Refused(reply));
+    }
+    Ok(connection)
 }
 
 fn client_reply(reply: &RemoteReply) -> Reply {

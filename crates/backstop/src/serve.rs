@@ -561,7 +561,6 @@ async fn reload_on_hangup(
                 Arc::clone(&r.counters),
                 &shared,
                 &r.own,
-                Some(&r.agents.borrow()),
             )?;
             Ok((context, agent))
         });
@@ -893,9 +892,10 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         Arc::clone(&counters),
         &shared,
         &own,
-        None,
     )?);
-    let agent = backstop_delivery::agent::run(agent, shutdown.clone());
+    let scheduler = backstop_delivery::scheduler::Scheduler::new(agents.borrow().limits);
+    // Delivery stops as sessions do: a transaction under way may finish within the grace.
+    let agent = scheduler.run(agent, shutdown.clone(), config.smtp.shutdown_grace);
     let delivery = if config.delivery_paused {
         warn!("delivery is paused: messages are accepted and queued, nothing is delivered");
         None
@@ -973,8 +973,8 @@ struct Callahead {
     routes: Vec<(
         Vec<backstop_types::Domain>,
         bool,
-        backstop_delivery::smtp::NextHop,
-        backstop_delivery::smtp::Client,
+        backstop_smtp_client::NextHop,
+        backstop_smtp_client::Settings,
     )>,
     sender: Address,
     /// How long an answer is remembered: exists, unknown.
@@ -1000,32 +1000,22 @@ impl Callahead {
             Ok(None) => {}
             Err(e) => warn!(error = %e, "callahead cache unreadable"),
         }
-        let (client, hop, sender, address) = (
-            client.clone(),
-            hop.clone(),
-            self.sender.clone(),
-            recipient.clone(),
-        );
-        let probe = tokio::task::spawn_blocking(move || {
-            backstop_delivery::smtp::probe(&client, &hop, &sender, &address)
-        })
-        .await;
-        use backstop_delivery::smtp::Probe;
+        let probe = backstop_smtp_client::probe(hop, client, &self.sender, recipient, None).await;
         let (verdict, remember) = match probe {
-            Ok(Probe::Exists) => (
+            Ok(reply) if reply.code / 100 == 2 => (
                 RecipientVerdict::Accept(vec![recipient.clone()]),
                 Some((b"+", self.ttl.0)),
             ),
-            Ok(Probe::Unknown(reply)) => {
+            Ok(reply) if reply.code / 100 == 5 => {
                 info!(%recipient, reply = %Escaped(&reply.text), "callahead: the next hop does not know the recipient");
                 (RecipientVerdict::Unknown, Some((b"-", self.ttl.1)))
             }
-            Ok(Probe::Unavailable(why)) => {
-                warn!(%recipient, why = %Escaped(&why), "callahead failed: 451");
+            Ok(reply) => {
+                warn!(%recipient, code = reply.code, reply = %Escaped(&reply.text), "callahead: the next hop cannot answer now: 451");
                 (RecipientVerdict::Unavailable, None)
             }
             Err(e) => {
-                warn!(%recipient, error = %e, "callahead task failed: 451");
+                warn!(%recipient, error = %e, "callahead failed: 451");
                 (RecipientVerdict::Unavailable, None)
             }
         };
@@ -1072,9 +1062,9 @@ fn waiting_client(
     config: &Config,
     r: &crate::config::RouteConfig,
     wait: std::time::Duration,
-) -> backstop_delivery::smtp::Client {
-    use backstop_delivery::smtp::{Client, Timeouts};
-    Client {
+) -> backstop_smtp_client::Settings {
+    use backstop_smtp_client::{Settings, Timeouts};
+    Settings {
         helo: config.hostname.clone(),
         lmtp: r.lmtp,
         tls: r.tls.clone(),
@@ -1156,10 +1146,10 @@ fn delivery_agent(
     counters: Arc<backstop_delivery::report::Counters>,
     shared: &Shared,
     own: &Arc<backstop_delivery::own::OwnAddresses>,
-    previous: Option<&backstop_delivery::agent::Agent>,
 ) -> anyhow::Result<backstop_delivery::agent::Agent> {
-    use backstop_delivery::agent::{Agent, Limits, Route, Routes, Signing, Via};
-    use backstop_delivery::smtp::{Client, Timeouts};
+    use backstop_delivery::agent::{Agent, Route, Routes, Signing, Via};
+    use backstop_delivery::scheduler::Limits;
+    use backstop_smtp_client::{Settings, Timeouts};
     let routes = config
         .routes
         .iter()
@@ -1172,7 +1162,7 @@ fn delivery_agent(
                     port: config.delivery.mx_port,
                 },
             },
-            client: Client {
+            client: Settings {
                 helo: config.hostname.clone(),
                 lmtp: r.lmtp,
                 tls: r.tls.clone(),
@@ -1183,10 +1173,7 @@ fn delivery_agent(
         })
         .collect::<Vec<_>>();
     let resolver = match (&shared.dns, config.routes.iter().any(|r| r.relay.is_none())) {
-        (Some(dns), true) => Some(backstop_delivery::mx::Resolver::new(
-            dns.clone(),
-            tokio::runtime::Handle::current(),
-        )),
+        (Some(dns), true) => Some(backstop_delivery::mx::Resolver::new(dns.clone())),
         _ => None,
     };
     Ok(Agent {
@@ -1206,10 +1193,11 @@ fn delivery_agent(
         limits: Limits {
             connections: config.delivery.max_connections,
             per_destination: config.delivery.max_connections_per_destination,
+            initial_window: config.delivery.initial_window,
+            dead_after: config.delivery.dead_after,
+            dead_backoff: config.delivery.dead_backoff,
+            in_flight: config.delivery.max_in_flight,
         },
-        // A reload keeps the open connections and the count of those in use.
-        pool: previous.map_or_else(Arc::default, |p| Arc::clone(&p.pool)),
-        slots: previous.map_or_else(Arc::default, |p| Arc::clone(&p.slots)),
         reports: backstop_delivery::report::Settings {
             delay_warnings: {
                 let mut times = config.queue.delay_warnings.clone();

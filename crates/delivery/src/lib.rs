@@ -2,10 +2,13 @@
 //! recipient by its route, and records what every attempt came to.
 //!
 //! Layout:
-//! - [`agent`]: the loop ([`agent::run`]) and one pass over the due messages
-//!   ([`agent::Agent::pass`]): routing, signing, delivery, recording.
+//! - [`scheduler`]: the continuous scheduler: due messages leased and split into jobs per
+//!   destination (a relay's next hop, a domain's MX hosts, the local Maildirs), each with its
+//!   own concurrency window and down state, so no destination holds up another.
+//! - [`agent`]: the settings ([`agent::Agent`]: routes, keys, limits) and what is done per
+//!   message: local delivery, signing, recording an attempt.
 //! - [`maildir`]: local delivery into Maildir folders under the data directory.
-//! - [`smtp`]: the SMTP and LMTP client: one transaction with one next hop.
+//! - [`own`]: where this server listens, so that it is never its own next hop.
 //! - [`mx`]: MX lookup through hickory-resolver (null MX, implicit MX, IPv4 and IPv6).
 //! - [`dkim`]: DKIM signing of our own users' mail, by the key of the From domain.
 //! - [`report`]: delivery status notifications after each attempt, as the bounce gate
@@ -28,4 +31,4 @@ pub mod maildir;
 pub mod mx;
 pub mod own;
 pub mod report;
-pub mod smtp;
+pub mod scheduler;

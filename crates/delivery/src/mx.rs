@@ -7,8 +7,7 @@
 //! - a domain that does not exist fails at once; any other DNS failure is temporary;
 //! - each host's IPv4 and IPv6 addresses.
 //!
-//! The resolver is asynchronous and the delivery pass is not: lookups run on the runtime
-//! whose handle the resolver keeps, from the blocking pool.
+//! Lookups are asynchronous, on the runtime the delivery workers run on.
 
 use std::net::IpAddr;
 
@@ -32,19 +31,18 @@ pub enum Unroutable {
 #[derive(Clone)]
 pub struct Resolver {
     inner: TokioResolver,
-    runtime: tokio::runtime::Handle,
 }
 
 impl Resolver {
-    /// Lookups through `inner` (see `backstop_filter::dns::resolver`), run on `runtime`.
-    pub fn new(inner: TokioResolver, runtime: tokio::runtime::Handle) -> Resolver {
-        Resolver { inner, runtime }
+    /// Lookups through `inner` (see `backstop_filter::dns::resolver`).
+    pub fn new(inner: TokioResolver) -> Resolver {
+        Resolver { inner }
     }
 
-    /// The hosts to try for `domain`, best first. Blocking.
-    pub fn mx_hosts(&self, domain: &Domain) -> Result<Vec<String>, Unroutable> {
+    /// The hosts to try for `domain`, best first.
+    pub async fn mx_hosts(&self, domain: &Domain) -> Result<Vec<String>, Unroutable> {
         let name = fqdn(domain.as_str())?;
-        match self.runtime.block_on(self.inner.mx_lookup(name)) {
+        match self.inner.mx_lookup(name).await {
             Ok(lookup) => {
                 let records = lookup
                     .answers()
@@ -65,13 +63,13 @@ impl Resolver {
         }
     }
 
-    /// The addresses of `host`, IPv4 first. Blocking.
-    pub fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, Unroutable> {
+    /// The addresses of `host`, IPv4 first.
+    pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, Unroutable> {
         if let Some(literal) = address_literal(host) {
             return Ok(vec![literal]);
         }
         let name = fqdn(host)?;
-        match self.runtime.block_on(self.inner.lookup_ip(name)) {
+        match self.inner.lookup_ip(name).await {
             Ok(lookup) => {
                 let mut ips: Vec<IpAddr> = lookup.iter().collect();
                 ips.sort_by_key(IpAddr::is_ipv6);

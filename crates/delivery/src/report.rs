@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use backstop_dsn::gate::{self, Decision, Event, Reason, Sender};
 use backstop_dsn::render::{Action, RecipientReport, Report};
-use backstop_queue::{Changes, Entry, Notices, StoredMessage};
+use backstop_queue::{Changes, Entry, Notices};
 use backstop_types::{
-    BodyType, ClientInfo, DsnParams, EnhancedStatus, Envelope, Notify, Recipient, RecipientState,
-    ReversePath, TrustClass, UnixTime,
+    BodyType, ClientInfo, DsnParams, EnhancedStatus, Envelope, Notify, QueueId, Recipient,
+    RecipientState, ReversePath, TrustClass, UnixTime,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::agent::Agent;
 
@@ -30,13 +30,16 @@ pub struct Settings {
 }
 
 /// Counts for the metrics: delivery attempts per recipient by outcome, reports queued, and
-/// reports not sent by reason.
+/// reports not sent by reason (the backscatter prevented, and what nobody asked for), and the
+/// destinations down now.
 #[derive(Debug, Default)]
 pub struct Counters {
     /// Delivered, deferred, failed for good.
     outcomes: [AtomicU64; 3],
     sent: AtomicU64,
     suppressed: [AtomicU64; Reason::ALL.len()],
+    /// Destinations marked down (their connections failed), now.
+    pub destinations_down: AtomicU64,
 }
 
 /// The outcome labels, in the order of `Counters::outcomes`.
@@ -62,6 +65,11 @@ impl Counters {
         self.suppressed[at].load(Ordering::Relaxed)
     }
 
+    /// Attempts per outcome so far: delivered, deferred, failed.
+    pub fn outcomes(&self) -> [u64; 3] {
+        [0, 1, 2].map(|i| self.outcomes[i].load(Ordering::Relaxed))
+    }
+
     fn count_suppressed(&self, reason: Reason) {
         let at = Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
         self.suppressed[at].fetch_add(1, Ordering::Relaxed);
@@ -85,16 +93,35 @@ impl Counters {
         );
         out.push_str(&format!("dsn_sent_total {}\n", self.sent()));
         out.push_str(
-            "# HELP dsn_suppressed_total Notifications not sent (the bounce gate), by reason.\n\
+            "# HELP dsn_suppressed_total Backscatter prevented: failure and delay notices a classic MTA would have sent to a return path that cannot be verified, by reason.\n\
              # TYPE dsn_suppressed_total counter\n",
         );
-        for reason in Reason::ALL {
+        for reason in Reason::ALL.into_iter().filter(|r| r.prevents_backscatter()) {
             out.push_str(&format!(
                 "dsn_suppressed_total{{reason=\"{}\"}} {}\n",
                 reason.label(),
                 self.suppressed(reason)
             ));
         }
+        out.push_str(
+            "# HELP dsn_not_requested_total Notifications nobody asked for (no NOTIFY for it, NOTIFY=NEVER, a bounce of a bounce), by reason.\n\
+             # TYPE dsn_not_requested_total counter\n",
+        );
+        for reason in Reason::ALL
+            .into_iter()
+            .filter(|r| !r.prevents_backscatter())
+        {
+            out.push_str(&format!(
+                "dsn_not_requested_total{{reason=\"{}\"}} {}\n",
+                reason.label(),
+                self.suppressed(reason)
+            ));
+        }
+        out.push_str(&format!(
+            "# HELP delivery_destinations_down Destinations marked down after their connections failed.\n\
+             # TYPE delivery_destinations_down gauge\ndelivery_destinations_down {}\n",
+            self.destinations_down.load(Ordering::Relaxed)
+        ));
         out
     }
 }
@@ -108,10 +135,12 @@ pub struct Successes<'a> {
 }
 
 impl Agent {
-    /// The reports an attempt's changes call for (see [`backstop_queue::Queue::record_attempts_with`]).
+    /// The reports an attempt's changes call for (see
+    /// [`backstop_queue::Queue::record_attempts_with`]). The message itself is read only when
+    /// a report may be sent.
     pub(crate) fn notices(
         &self,
-        message: &StoredMessage,
+        id: QueueId,
         entry: &Entry,
         changes: &Changes,
         successes: &Successes<'_>,
@@ -123,40 +152,50 @@ impl Agent {
             .delay_warnings
             .get(entry.delay_notices as usize)
             .is_some_and(|after| now.0 >= envelope.arrival.0.saturating_add(after.as_secs()));
-        if changes.failed.is_empty() && changes.delivered.is_empty() && !delay_due {
-            // Nothing that could call for a report: spare the parse and the tag check.
-            return Notices {
-                delay_notices: entry.delay_notices,
-                ..Notices::default()
-            };
-        }
-        let sender = Sender {
-            path: &envelope.sender,
-            trust: &envelope.trust,
-            batv_valid: self.batv_valid(&envelope.sender, now),
-            automatic: gate::is_automatic(&message.body),
-        };
         let mut notices = Notices {
             delay_notices: entry.delay_notices,
             ..Notices::default()
         };
-        let ask = |indexes: &mut dyn Iterator<Item = usize>, event: Event| -> Vec<usize> {
+        if changes.failed.is_empty() && changes.delivered.is_empty() && !delay_due {
+            return notices;
+        }
+        let mut body: Option<Vec<u8>> = None;
+        let mut ask = |indexes: &mut dyn Iterator<Item = usize>, event: Event| -> Vec<usize> {
             let mut send = Vec::new();
             for i in indexes {
                 let recipient = &envelope.recipients[i];
+                // Not asked for (or a bounce of a bounce): nothing to tell anyone, and no
+                // backscatter prevented either.
+                if let Some(reason) = gate::requested(&envelope.sender, recipient.notify, event) {
+                    self.reports.counters.count_suppressed(reason);
+                    debug!(queue_id = %id, recipient = %recipient.address, event = ?event, reason = reason.label(), "no delivery status notification: not requested");
+                    continue;
+                }
+                let message = body.get_or_insert_with(|| {
+                    self.queue
+                        .message(id)
+                        .ok()
+                        .flatten()
+                        .map(|m| m.body)
+                        .unwrap_or_default()
+                });
+                let sender = Sender {
+                    path: &envelope.sender,
+                    trust: &envelope.trust,
+                    batv_valid: self.batv_valid(&envelope.sender, now),
+                    automatic: gate::is_automatic(message),
+                };
                 match gate::decide(&sender, recipient.notify, event) {
                     Decision::Send => send.push(i),
-                    // Not asked for: nothing to tell anyone.
-                    Decision::Suppress(Reason::NotRequested) => {}
                     Decision::Suppress(reason) => {
                         self.reports.counters.count_suppressed(reason);
                         warn!(
-                            queue_id = %message.id,
+                            queue_id = %id,
                             sender = %envelope.sender,
                             recipient = %recipient.address,
                             event = ?event,
                             reason = reason.label(),
-                            "no delivery status notification"
+                            "no delivery status notification: backscatter prevented"
                         );
                     }
                 }
@@ -196,11 +235,19 @@ impl Agent {
             if indexes.is_empty() {
                 continue;
             }
-            if let Some(report) = self.report(message, entry, action, indexes, now) {
+            let message = body.get_or_insert_with(|| {
+                self.queue
+                    .message(id)
+                    .ok()
+                    .flatten()
+                    .map(|m| m.body)
+                    .unwrap_or_default()
+            });
+            if let Some(report) = self.report(id, message, entry, action, indexes, now) {
                 notices.reports.push(report);
                 self.reports.counters.sent.fetch_add(1, Ordering::Relaxed);
                 info!(
-                    queue_id = %message.id,
+                    queue_id = %id,
                     to = %envelope.sender,
                     action = ?action,
                     recipients = indexes.len(),
@@ -223,7 +270,8 @@ impl Agent {
     /// One report to the return path about `indexes`: its envelope and message.
     fn report(
         &self,
-        message: &StoredMessage,
+        id: QueueId,
+        original: &[u8],
         entry: &Entry,
         action: Action,
         indexes: &[usize],
@@ -275,14 +323,14 @@ impl Agent {
                 will_retry_until: (action == Action::Delayed).then_some(until),
             })
             .collect();
-        let tag = format!("{}.{}.{:?}", message.id, now.0, action).to_ascii_lowercase();
+        let tag = format!("{id}.{}.{action:?}", now.0).to_ascii_lowercase();
         let rendered = Report {
             reporting_mta: &self.hostname,
             to,
             envelope,
             action,
             recipients,
-            original: &message.body,
+            original,
             date: now,
             message_id: format!("{tag}@{}", self.hostname),
             boundary: format!("{tag}/{}", self.hostname),

@@ -17,8 +17,7 @@ use rocksdb::{BottommostLevelCompaction, CompactOptions, IteratorMode, ReadOptio
 
 use crate::record::{self, Entry};
 use crate::store::{
-    id_from_key, schedule_key, Queue, QueueError, StoredMessage, CF_DUE, CF_ENTRIES, CF_MESSAGES,
-    CF_SCHEDULE,
+    id_from_key, schedule_key, Queue, QueueError, CF_DUE, CF_ENTRIES, CF_MESSAGES, CF_SCHEDULE,
 };
 
 /// Deleted schedule keys after which the past of the schedule is compacted.
@@ -84,15 +83,16 @@ pub struct Notices {
 }
 
 impl Queue {
-    /// Hands out up to `max` messages due at `now`, each leased until `now + lease`: it will
-    /// not be handed out again before then unless the lease is settled by
+    /// Hands out up to `max` messages due at `now` (their entries: the body is read when a
+    /// connection is ready for it, [`Queue::message`]), each leased until `now + lease`: it
+    /// will not be handed out again before then unless the lease is settled by
     /// [`Queue::record_attempts`]. Held messages are never due.
     pub fn lease_due(
         &self,
         now: UnixTime,
         lease: Duration,
         max: usize,
-    ) -> Result<Vec<StoredMessage>, QueueError> {
+    ) -> Result<Vec<(QueueId, Entry)>, QueueError> {
         let guard = self.lock();
         let mut due_ids = Vec::new();
         // Bounded at `now`, so that the scan stops there rather than stepping over the deleted
@@ -120,12 +120,7 @@ impl Queue {
                 continue;
             };
             self.set_due(&mut batch, id, Some(until))?;
-            let body = self
-                .inner
-                .db
-                .get_cf(self.cf(CF_MESSAGES), id.to_be_bytes())?
-                .unwrap_or_default();
-            leased.push(StoredMessage { id, entry, body });
+            leased.push((id, entry));
         }
         // Not synced: a lease lost in a crash only makes the message due again at once.
         self.inner.db.write(batch)?;
@@ -166,22 +161,24 @@ impl Queue {
         now: UnixTime,
         policy: &RetryPolicy,
     ) -> Result<AfterAttempts, QueueError> {
-        self.record_attempts_with(id, outcomes, now, policy, &mut |entry, _| Notices {
+        self.record_attempts_with(id, outcomes, now, policy, None, &mut |entry, _| Notices {
             delay_notices: entry.delay_notices,
             ..Notices::default()
         })
     }
 
     /// [`Queue::record_attempts`], asking `notify` which reports the changes call for. The
-    /// reports are queued in the same synced write that records the attempts. When the
-    /// message is finished, the failures no report covered send it to quarantine with the
-    /// reason: never a bounce from here.
+    /// reports are queued in the same synced write that records the attempts, and so is
+    /// `sent`, the hash of a Message-ID our user sent (the sent index). When the message is
+    /// finished, the failures no report covered send it to quarantine with the reason: never
+    /// a bounce from here.
     pub fn record_attempts_with(
         &self,
         id: QueueId,
         outcomes: &[(usize, AttemptOutcome)],
         now: UnixTime,
         policy: &RetryPolicy,
+        sent: Option<[u8; 16]>,
         notify: &mut dyn FnMut(&Entry, &Changes) -> Notices,
     ) -> Result<AfterAttempts, QueueError> {
         let guard = self.lock();
@@ -231,6 +228,13 @@ impl Queue {
             };
         }
         let mut batch = WriteBatch::default();
+        if let Some(hash) = sent {
+            batch.put_cf(
+                self.cf(crate::store::CF_SENT_IDS),
+                hash,
+                now.0.to_be_bytes(),
+            );
+        }
         let notices = notify(&entry, &changes);
         for index in notices.reported {
             if let Some(reported) = entry.reported.get_mut(index) {

@@ -1,10 +1,17 @@
 use std::time::Duration;
 
 use backstop_types::{
-    Address, BodyType, ClientInfo, DsnParams, Envelope, Notify, Recipient, ReversePath, TrustClass,
+    Address, BodyType, ClientInfo, DsnParams, Envelope, Notify, Recipient, RecipientState,
+    ReversePath, TrustClass,
 };
 
 use super::*;
+use crate::scheduler::{PassReport, Scheduler};
+
+/// One pass of a scheduler over everything due at `now`, waiting until it is recorded.
+async fn pass(agent: &Agent, now: UnixTime) -> PassReport {
+    Scheduler::new(agent.limits).drain(agent, now).await
+}
 
 /// An envelope from a stranger (sender@example.org) to `recipients`.
 pub(crate) fn envelope(recipients: &[&str], arrival: UnixTime) -> Envelope {
@@ -37,7 +44,7 @@ pub(crate) fn envelope(recipients: &[&str], arrival: UnixTime) -> Envelope {
     }
 }
 
-fn agent(dir: &std::path::Path) -> Agent {
+pub(crate) fn agent(dir: &std::path::Path) -> Agent {
     Agent {
         queue: Queue::open(&dir.join("queue")).unwrap(),
         routes: Routes {
@@ -59,9 +66,11 @@ fn agent(dir: &std::path::Path) -> Agent {
         limits: Limits {
             connections: 4,
             per_destination: 2,
+            initial_window: 2,
+            dead_after: 3,
+            dead_backoff: Duration::from_secs(60),
+            in_flight: 100,
         },
-        pool: Arc::default(),
-        slots: Arc::default(),
         reports: crate::report::Settings {
             delay_warnings: Vec::new(),
             counters: Arc::default(),
@@ -83,7 +92,7 @@ async fn local_recipients_land_in_maildirs_and_others_wait() {
         )
         .await
         .unwrap();
-    let report = agent.pass(t0).unwrap();
+    let report = pass(&agent, t0).await;
     assert_eq!(
         report,
         PassReport {
@@ -109,15 +118,15 @@ async fn local_recipients_land_in_maildirs_and_others_wait() {
     assert_eq!((*attempts, *next_attempt), (1, UnixTime(t0.0 + 300)));
     assert_eq!(last.reply.status, Some(EnhancedStatus(4, 4, 0)));
     // Nothing is due again before the backoff; bob is not delivered twice.
-    assert_eq!(agent.pass(UnixTime(t0.0 + 299)).unwrap().messages, 0);
-    let report = agent.pass(UnixTime(t0.0 + 300)).unwrap();
+    assert_eq!(pass(&agent, UnixTime(t0.0 + 299)).await.messages, 0);
+    let report = pass(&agent, UnixTime(t0.0 + 300)).await;
     assert_eq!((report.delivered, report.deferred), (0, 1));
     assert_eq!(std::fs::read_dir(&new).unwrap().count(), 1);
 
     // After the lifetime carol fails, and the message goes to quarantine: no bounce.
     let end = UnixTime(t0.0 + 5 * 86_400);
     agent.queue.flush(Some(id), end).unwrap();
-    let report = agent.pass(end).unwrap();
+    let report = pass(&agent, end).await;
     assert_eq!(
         report.deferred, 1,
         "the last attempt is a deferral that expires"
@@ -146,7 +155,7 @@ async fn a_message_for_local_recipients_only_leaves_the_queue() {
         )
         .await
         .unwrap();
-    assert_eq!(agent.pass(t0).unwrap().delivered, 2);
+    assert_eq!(pass(&agent, t0).await.delivered, 2);
     assert!(agent.queue.message(id).unwrap().is_none());
     assert!(agent.queue.quarantine_show(id).unwrap().is_none());
 }
@@ -165,12 +174,12 @@ async fn our_users_failures_are_reported_and_strangers_go_to_quarantine() {
     let body = b"From: alice@example.test\r\nSubject: mine\r\n\r\nhi\r\n".to_vec();
     let mine = agent.queue.enqueue(&ours, body.clone()).await.unwrap();
     let stranger = agent.queue.enqueue(&theirs, body).await.unwrap();
-    agent.pass(t0).unwrap();
+    pass(&agent, t0).await;
 
     // After the lifetime both fail (4.4.7).
     let end = UnixTime(t0.0 + 5 * 86_400);
     agent.queue.flush(None, end).unwrap();
-    agent.pass(end).unwrap();
+    pass(&agent, end).await;
     // The stranger's is quarantined, counted, and nobody hears of it.
     assert!(agent.queue.quarantine_show(stranger).unwrap().is_some());
     assert_eq!(
@@ -194,7 +203,7 @@ async fn our_users_failures_are_reported_and_strangers_go_to_quarantine() {
     assert_eq!(report.recipients[0].notify, Notify::Never);
 
     // It is delivered like any message: into alice's Maildir here.
-    agent.pass(end).unwrap();
+    pass(&agent, end).await;
     let new = dir.path().join("maildir/example.test/alice/new");
     let file = std::fs::read_dir(&new).unwrap().next().unwrap().unwrap();
     let text = std::fs::read_to_string(file.path()).unwrap();
@@ -252,8 +261,8 @@ async fn a_delay_notice_at_the_configured_time_and_only_once() {
     // Before the hour: nothing; after it: one notice; later attempts: no second one.
     for t in [t0.0, t0.0 + 1800, t0.0 + 3700, t0.0 + 7300] {
         agent.queue.flush(None, UnixTime(t)).unwrap();
-        agent.pass(UnixTime(t)).unwrap();
-        agent.pass(UnixTime(t)).unwrap();
+        pass(&agent, UnixTime(t)).await;
+        pass(&agent, UnixTime(t)).await;
     }
     let reports = maildir(dir.path(), "example.test/alice");
     assert_eq!(reports.len(), 1, "{reports:?}");
@@ -304,8 +313,8 @@ async fn success_reports_only_when_asked_and_signed_by_the_reporting_domain() {
         .enqueue(&asked, b"Subject: s\r\n\r\nx\r\n".to_vec())
         .await
         .unwrap();
-    agent.pass(t0).unwrap();
-    agent.pass(t0).unwrap();
+    pass(&agent, t0).await;
+    pass(&agent, t0).await;
     let reports = maildir(dir.path(), "example.test/alice");
     assert_eq!(reports.len(), 1, "{reports:?}");
     let report = &reports[0];

@@ -45,8 +45,9 @@ async fn a_lease_hides_the_message_until_it_runs_out() {
         .is_empty());
     let leased = queue.lease_due(t0, Duration::from_secs(600), 10).unwrap();
     assert_eq!(leased.len(), 1);
-    assert_eq!(leased[0].id, id);
-    assert_eq!(leased[0].body, b"body");
+    assert_eq!(leased[0].0, id);
+    // The body is read when it is sent, not with the lease.
+    assert_eq!(queue.message(id).unwrap().unwrap().body, b"body");
     // Leased: not handed out again while the lease runs...
     assert!(queue
         .lease_due(UnixTime(t0.0 + 599), Duration::from_secs(600), 10)
@@ -72,7 +73,7 @@ async fn a_lease_survives_a_restart() {
         queue
             .lease_due(UnixTime(t0.0 + 600), Duration::from_secs(600), 10)
             .unwrap()[0]
-            .id,
+            .0,
         id
     );
 }
@@ -246,7 +247,7 @@ async fn flush_makes_messages_due_now_and_delete_removes_them() {
         .unwrap();
     assert_eq!(leased.len(), 1);
     // The recipients are due too, or the agent would pass them over.
-    for state in &leased[0].entry.states {
+    for state in &leased[0].1.states {
         assert!(
             matches!(state, RecipientState::Pending { next_attempt, .. } if next_attempt.0 == t0.0 + 1),
             "{state:?}"
@@ -278,7 +279,7 @@ async fn a_report_is_queued_with_the_attempt_and_spares_the_quarantine() {
         .map(|i| (i, AttemptOutcome::Permanent(reply(550, "no such user"))))
         .collect();
     let after = queue
-        .record_attempts_with(id, &outcomes, t0, &POLICY, &mut |entry, changes| {
+        .record_attempts_with(id, &outcomes, t0, &POLICY, None, &mut |entry, changes| {
             asked.push(changes.clone());
             Notices {
                 reports: vec![(report.clone(), b"the report".to_vec())],
@@ -372,11 +373,9 @@ async fn draining_a_large_queue_leaves_the_scan_few_tombstones() {
         for _ in 0..100 {
             queue.enqueue(&sample(), b"body".to_vec()).await.unwrap();
         }
-        for message in queue.lease_due(t0, Duration::from_secs(600), 100).unwrap() {
+        for (id, _) in queue.lease_due(t0, Duration::from_secs(600), 100).unwrap() {
             let outcomes = [(0, delivered.clone()), (1, delivered.clone())];
-            queue
-                .record_attempts(message.id, &outcomes, t0, &POLICY)
-                .unwrap();
+            queue.record_attempts(id, &outcomes, t0, &POLICY).unwrap();
         }
     }
     let id = queue.enqueue(&sample(), b"body".to_vec()).await.unwrap();
@@ -386,7 +385,7 @@ async fn draining_a_large_queue_leaves_the_scan_few_tombstones() {
     let leased = queue.lease_due(t0, Duration::from_secs(600), 100).unwrap();
     let skipped = perf.metric(PerfMetric::InternalDeleteSkippedCount);
     set_perf_stats(PerfStatsLevel::Disable);
-    assert_eq!(leased.iter().map(|m| m.id).collect::<Vec<_>>(), [id]);
+    assert_eq!(leased.iter().map(|m| m.0).collect::<Vec<_>>(), [id]);
     // Once 10,000 keys had been deleted (at the 51st pass) the past was compacted away: the
     // scan steps over the leases of the 900 messages since (6,000 without the compaction,
     // 12,000 if it also walked the deleted keys beyond `now`).
@@ -394,4 +393,25 @@ async fn draining_a_large_queue_leaves_the_scan_few_tombstones() {
         skipped <= 1000,
         "the scan stepped over {skipped} deleted keys"
     );
+}
+
+#[tokio::test]
+async fn a_sent_message_id_is_recorded_with_the_attempt() {
+    let (_dir, queue, id, t0) = queue_with_one().await;
+    let hash = crate::message_id_hash("<abc@example.test>");
+    let delivered = AttemptOutcome::Delivered(reply(250, "ok"));
+    queue
+        .record_attempts_with(
+            id,
+            &[(0, delivered.clone()), (1, delivered)],
+            t0,
+            &POLICY,
+            Some(hash),
+            &mut |entry, _| Notices {
+                delay_notices: entry.delay_notices,
+                ..Notices::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(queue.sent_message_id(hash).unwrap(), Some(t0));
 }
