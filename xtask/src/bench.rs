@@ -5,7 +5,10 @@
 //!   the same parameters; the latency from the end of DATA to the 250 at 50 sessions; and
 //!   backstop's memory: peak RSS, and RSS per idle connection with 2,000 and 10,000 held at
 //!   once.
-//! - delivery: how fast queued mail is delivered to `smtp-sink` (see `bench/delivery.rs`).
+//! - delivery: how fast queued mail is delivered to `smtp-sink` (see `bench/delivery.rs`),
+//!   then the same with a sick destination (a slow receiver, a blackhole) among healthy ones,
+//!   and backstop's memory per outbound connection with 10,000 open at once
+//!   (`bench/sick.rs`). `cargo xtask bench sick` runs only that last part.
 //!
 //! backstop runs its release build on a fresh data directory (250 only after fsync). Postfix
 //! is a throw-away instance on loopback whose smtpd puts every message on hold (cleanup writes
@@ -15,6 +18,7 @@
 
 mod delivery;
 mod peers;
+mod sick;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -76,13 +80,14 @@ const LATENCY_SESSIONS: usize = 50;
 const LATENCY_MESSAGES: usize = 100;
 
 pub fn bench(root: &Path, args: &[String]) -> Result<(), String> {
-    let (with_receive, with_delivery) = match args.first().map(String::as_str) {
-        None => (true, true),
-        Some("receive") => (true, false),
-        Some("delivery") => (false, true),
+    let (with_receive, with_delivery, with_sick) = match args.first().map(String::as_str) {
+        None => (true, true, true),
+        Some("receive") => (true, false, false),
+        Some("delivery") => (false, true, true),
+        Some("sick") => (false, false, true),
         Some(other) => {
             return Err(format!(
-                "cargo xtask bench: no part {other:?} (receive, delivery)"
+                "cargo xtask bench: no part {other:?} (receive, delivery, sick)"
             ))
         }
     };
@@ -102,6 +107,9 @@ pub fn bench(root: &Path, args: &[String]) -> Result<(), String> {
     }
     if with_delivery && result.is_ok() {
         result = delivery::run(&binary, &dir);
+    }
+    if with_sick && result.is_ok() {
+        result = sick::run(&binary, &dir);
     }
     match result {
         Ok(()) => {

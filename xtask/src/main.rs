@@ -6,7 +6,7 @@
 //! - `cargo xtask test`: install the build's system packages and the test peers (Postfix,
 //!   swaks, Python) when missing, then run every test of the workspace.
 //! - `cargo xtask tidy`: the repository's own rules (also run as a test).
-//! - `cargo xtask bench [receive|delivery]`: the receive path and memory per idle connection,
+//! - `cargo xtask bench [receive|delivery|sick]`: the receive path and memory per idle connection,
 //!   then delivery throughput, each beside Postfix and smtp-sink (see `bench.rs`).
 //!
 //! Set-up uses apt-get when running as root; otherwise it prints the exact command to run.
@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         Some("tidy") => tidy::check(&root()).map_err(|problems| problems.join("\n")),
         Some("bench") => bench::bench(&root(), &args[1..]),
         _ => Err(
-            "usage: cargo xtask run [-- SERVE-ARGS] | test [-- CARGO-TEST-ARGS] | tidy | bench [receive|delivery]"
+            "usage: cargo xtask run [-- SERVE-ARGS] | test [-- CARGO-TEST-ARGS] | tidy | bench [receive|delivery|sick]"
                 .into(),
         ),
     };

@@ -43,6 +43,18 @@ fn wait_for(address: SocketAddr, what: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A command for `program`, run under `prlimit` with `files` open files when given.
+fn with_files(program: &std::ffi::OsStr, files: Option<u64>) -> Command {
+    match files {
+        Some(n) => {
+            let mut command = Command::new("prlimit");
+            command.arg(format!("--nofile={n}:{n}")).arg("--").arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
 pub fn sh(program: &str, args: &[&str]) -> Result<(), String> {
     let out = Command::new(program)
         .args(args)
@@ -82,6 +94,17 @@ impl Backstop {
     /// Runs `binary` with its data in `dir`, an MX listener on a free port and `settings`
     /// (TOML tables) for the rest.
     pub fn start(binary: &Path, dir: &Path, settings: &str) -> Result<Backstop, String> {
+        Backstop::start_with_files(binary, dir, settings, None)
+    }
+
+    /// [`Backstop::start`], with room for `files` open files from the first moment (for
+    /// thousands of connections).
+    pub fn start_with_files(
+        binary: &Path,
+        dir: &Path,
+        settings: &str,
+        files: Option<u64>,
+    ) -> Result<Backstop, String> {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         let port = free_port(Ipv4Addr::LOCALHOST)?;
         let config = format!(
@@ -96,7 +119,8 @@ impl Backstop {
             .append(true)
             .open(dir.join("server.log"))
             .map_err(|e| e.to_string())?;
-        let child = Command::new(binary)
+        let mut command = with_files(binary.as_os_str(), files);
+        let child = command
             .args(["serve", "--config"])
             .arg(&file)
             .stdout(Stdio::null())
@@ -328,17 +352,30 @@ pub struct Sink {
 
 impl Sink {
     pub fn start(ip: Ipv4Addr, count_to: Option<usize>) -> Result<Sink, String> {
+        Sink::start_with(ip, count_to, &[], None)
+    }
+
+    /// [`Sink::start`] with more of smtp-sink's options (`-w 30`: wait before the reply to
+    /// DATA), and room for `files` open files.
+    pub fn start_with(
+        ip: Ipv4Addr,
+        count_to: Option<usize>,
+        options: &[&str],
+        files: Option<u64>,
+    ) -> Result<Sink, String> {
         let address = SocketAddr::from((ip, free_port(ip)?));
-        let mut command = Command::new("smtp-sink");
+        let mut command = with_files(std::ffi::OsStr::new("smtp-sink"), files);
         if is_root() {
             command.args(["-u", "nobody"]);
         }
         if count_to.is_some() {
             command.arg("-c");
         }
+        let backlog = files.map_or("1024".to_owned(), |n| n.to_string());
         let mut child = command
+            .args(options)
             .arg(address.to_string())
-            .arg("1024")
+            .arg(backlog)
             .stdout(if count_to.is_some() {
                 Stdio::piped()
             } else {
