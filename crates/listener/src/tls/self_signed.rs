@@ -285,13 +285,16 @@ fn file_err(file: &Path, e: io::Error) -> TlsError {
 /// Writes a file only its owner can read.
 fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)?;
+    // `mode` applies only to a new file: a key left over from a start that did not finish
+    // keeps its permissions when truncated, so set them before the new key goes in.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     f.write_all(contents)?;
     f.sync_all()
 }

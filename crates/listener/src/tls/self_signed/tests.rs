@@ -30,6 +30,22 @@ fn the_certificate_names_the_host_and_is_valid_for_a_year() {
     assert_eq!(mode & 0o777, 0o600);
 }
 
+/// A key without its certificate (a first start that did not finish) is replaced, and the
+/// new key is the owner's alone whatever the old file's permissions were.
+#[test]
+fn a_key_left_without_a_certificate_is_replaced_and_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join(KEY_FILE);
+    std::fs::write(&key, "half a key").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let made = ensure(dir.path(), "mx.test", NOW).unwrap();
+    assert_eq!(made.made, Made::Now);
+    assert!(KeyPair::from_pem(&std::fs::read_to_string(&key).unwrap()).is_ok());
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
 #[test]
 fn a_good_certificate_is_reused() {
     let dir = tempfile::tempdir().unwrap();
