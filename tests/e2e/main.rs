@@ -2,7 +2,7 @@
 //!
 //! Each test starts the real binary on a fresh data directory with listeners on port 0, talks
 //! to it with a real client (swaks, Python's smtplib, a raw socket for protocol abuse, Postfix
-//! as a sending MTA) and checks the queue on disk afterwards. Peers that are missing make a
+//! as a sending MTA, testssl.sh as a TLS scanner) and checks the queue on disk afterwards. Peers that are missing make a
 //! test fail in CI (`CI` set) and skip loudly elsewhere; `cargo xtask test` installs them.
 
 mod dns;
@@ -36,3 +36,4 @@ mod signals;
 mod smarthost;
 mod smuggling;
 mod submission;
+mod tls;

@@ -114,6 +114,11 @@ pub const TEST_PEERS: &[Requirement] = &[
         package: "python3-milter",
         present_if: &["/usr/lib/python3/dist-packages/Milter"],
     },
+    // The TLS scanner a security review runs against the listeners.
+    Requirement {
+        package: "testssl.sh",
+        present_if: &["/usr/bin/testssl"],
+    },
 ];
 
 /// What `cargo xtask bench` drives and compares with: Postfix, whose package has smtp-source

@@ -9,7 +9,7 @@ use backstop_filter::greylist::{self, GreyStore, GreyVerdict, GreylistPolicy};
 use backstop_filter::pipeline::{Draft, Outcome as PipelineOutcome, Pipeline};
 use backstop_filter::rate::{self, Limit, MemoryRates};
 use backstop_filter::recipients::{TableFile, Verdict};
-use backstop_listener::tls::CertSource;
+use backstop_listener::tls::{CertSource, Made};
 use backstop_listener::users::SenderPolicy;
 use backstop_listener::{
     ConnectionLimits, Context, Listener, ListenerMode, MessageSink, Policy, UserStore,
@@ -603,7 +603,8 @@ fn needs_restart(old: &Config, new: &Config) -> Option<&'static str> {
     None
 }
 
-/// The server's certificate: the configured files, or a self-signed one made once.
+/// The server's certificate: the configured files, or a self-signed one, made again when it
+/// expires soon or names another host.
 fn load_tls(
     config: &Config,
     data_dir: &Path,
@@ -618,18 +619,30 @@ fn load_tls(
             hostname: config.hostname.clone(),
         },
     };
-    let tls = backstop_listener::tls::load(&source)?;
-    match (&source, &tls.generated) {
-        (_, Some(path)) => warn!(
-            path = %path.display(),
-            hostname = %config.hostname,
-            "no certificate configured: generated a self-signed certificate"
-        ),
-        (CertSource::SelfSigned { dir, .. }, None) => warn!(
-            dir = %dir.display(),
-            "no certificate configured: using the self-signed certificate generated earlier"
-        ),
-        (CertSource::Files { .. }, None) => {}
+    let tls = backstop_listener::tls::load(&source, now())?;
+    if let Some(cert) = &tls.self_signed {
+        let path = cert.cert.display();
+        let not_after = cert.not_after.to_rfc5322();
+        match &cert.made {
+            Made::Now => warn!(
+                %path,
+                hostname = %config.hostname,
+                %not_after,
+                "no certificate configured: generated a self-signed certificate"
+            ),
+            Made::Renewed(reason) => warn!(
+                %path,
+                hostname = %config.hostname,
+                %not_after,
+                %reason,
+                "no certificate configured: renewed the self-signed certificate (same key)"
+            ),
+            Made::Earlier => warn!(
+                %path,
+                %not_after,
+                "no certificate configured: using the self-signed certificate generated earlier"
+            ),
+        }
     }
     Ok(tls.acceptor)
 }
@@ -1266,10 +1279,13 @@ fn session_config(config: &Config, name: &str, kind: ListenerKind) -> SessionCon
 /// configured) and the users file, for `check-config`.
 pub fn check_start_files(config: &Config) -> anyhow::Result<()> {
     if let Tls::Files { cert, key } = &config.tls {
-        backstop_listener::tls::load(&CertSource::Files {
-            cert: cert.clone(),
-            key: key.clone(),
-        })
+        backstop_listener::tls::load(
+            &CertSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            now(),
+        )
         .context("tls")?;
     }
     load_users(config).context("auth")?;

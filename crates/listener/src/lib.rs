@@ -6,8 +6,9 @@
 //! Layout:
 //! - [`server`]: [`serve`], the accept loops for already-bound sockets, and the per-connection
 //!   driver that turns session outputs into socket I/O.
-//! - [`tls`]: the rustls server config: certificate and key from files, or a self-signed pair
-//!   generated once and kept under the data directory.
+//! - [`tls`]: the rustls server config, in the server's order of cipher suites: certificate
+//!   and key from files, or a self-signed certificate for the host name kept under the data
+//!   directory and renewed at load when it expires within 60 days.
 //! - [`users`]: the AUTH user file (argon2 or SHA-512-crypt hashes, never plain text).
 //! - [`limits`]: connection limits (total and per client, an IPv6 client as its /64), stress
 //!   mode, client networks, and the unmapping of IPv4-mapped addresses.

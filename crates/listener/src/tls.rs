@@ -1,22 +1,27 @@
-//! The rustls server configuration.
+//! The rustls server configuration: the certificate (from files, or self-signed in
+//! `self_signed`), and the server's order of cipher suites.
 
-use std::io;
+mod self_signed;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use backstop_types::TlsInfo;
+use backstop_types::{TlsInfo, UnixTime};
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+pub use self_signed::{Made, Renewal, SelfSigned};
 pub use tokio_rustls::TlsAcceptor;
 
 /// Where the server certificate comes from.
 #[derive(Debug, Clone)]
 pub enum CertSource {
-    /// PEM files from the config: the chain (leaf first) and its private key.
+    /// PEM files from the config: the chain (leaf first) and its private key. Never written
+    /// here: they are the admin's (or their ACME client's).
     Files { cert: PathBuf, key: PathBuf },
-    /// None configured: a self-signed certificate for `hostname`, generated on first start and
-    /// kept in `dir` so it stays the same across restarts.
+    /// None configured: a self-signed certificate for `hostname`, kept in `dir` so it stays
+    /// the same across restarts, and made again at load when it expires within 60 days or
+    /// was made for another host name.
     SelfSigned { dir: PathBuf, hostname: String },
 }
 
@@ -29,27 +34,25 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
     #[error("generating a self-signed certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("generating a self-signed certificate: the clock ({0} s after 1970) is past what a certificate can carry")]
+    Clock(u64),
 }
 
-/// The acceptor, and whether a self-signed certificate was generated just now (to log it).
+/// The acceptor, and the self-signed certificate it uses, if it does (to log how it came to
+/// be).
 pub struct Loaded {
     pub acceptor: TlsAcceptor,
-    pub generated: Option<PathBuf>,
+    pub self_signed: Option<SelfSigned>,
 }
 
-pub fn load(source: &CertSource) -> Result<Loaded, TlsError> {
-    let (cert, key, generated) = match source {
+/// The server config for `source` at `now`. For `CertSource::SelfSigned` this writes a
+/// certificate when there is none that will do.
+pub fn load(source: &CertSource, now: UnixTime) -> Result<Loaded, TlsError> {
+    let (cert, key, self_signed) = match source {
         CertSource::Files { cert, key } => (cert.clone(), key.clone(), None),
         CertSource::SelfSigned { dir, hostname } => {
-            let cert = dir.join("selfsigned-cert.pem");
-            let key = dir.join("selfsigned-key.pem");
-            let generated = if cert.exists() && key.exists() {
-                None
-            } else {
-                generate(dir, &cert, &key, hostname)?;
-                Some(cert.clone())
-            };
-            (cert, key, generated)
+            let made = self_signed::ensure(dir, hostname, now)?;
+            (made.cert.clone(), made.key.clone(), Some(made))
         }
     };
     let file_err = |file: &Path, message: String| TlsError::File {
@@ -65,41 +68,22 @@ pub fn load(source: &CertSource) -> Result<Loaded, TlsError> {
     }
     let private_key =
         PrivateKeyDer::from_pem_file(&key).map_err(|e| file_err(&key, e.to_string()))?;
-    let config =
+    let mut config =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(chain, private_key)?;
+    // Our order of cipher suites, not the client's: a client that lists a weaker suite first
+    // must not get it while a stronger one is common to both (testssl.sh calls a server
+    // without an order HIGH). The ring provider's list is best first already: AES-256-GCM,
+    // AES-128-GCM, ChaCha20-Poly1305, for TLS 1.3 and then for TLS 1.2 with ECDHE. Every
+    // suite rustls has is an AEAD with forward secrecy (no CBC, RC4 or RSA key exchange), so
+    // there is nothing to filter out; the tests pin the list.
+    config.ignore_client_order = true;
     Ok(Loaded {
         acceptor: TlsAcceptor::from(Arc::new(config)),
-        generated,
+        self_signed,
     })
-}
-
-fn generate(dir: &Path, cert: &Path, key: &Path, hostname: &str) -> Result<(), TlsError> {
-    let io_err = |file: &Path, e: io::Error| TlsError::File {
-        file: file.to_owned(),
-        message: e.to_string(),
-    };
-    std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-    let pair = rcgen::generate_simple_self_signed(vec![hostname.to_owned()])?;
-    write_private(key, pair.signing_key.serialize_pem().as_bytes()).map_err(|e| io_err(key, e))?;
-    std::fs::write(cert, pair.cert.pem()).map_err(|e| io_err(cert, e))?;
-    Ok(())
-}
-
-/// Writes a file only its owner can read.
-fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(contents)?;
-    f.sync_all()
 }
 
 /// What the handshake agreed on, for `Received:` and the envelope.
@@ -117,45 +101,4 @@ pub fn session_info(conn: &rustls::ServerConnection) -> TlsInfo {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn self_signed_is_generated_once_and_reused() {
-        let dir = tempfile::tempdir().unwrap();
-        let source = CertSource::SelfSigned {
-            dir: dir.path().join("tls"),
-            hostname: "mx.test".into(),
-        };
-        let first = load(&source).unwrap();
-        assert!(first.generated.is_some());
-        let pem = std::fs::read(dir.path().join("tls/selfsigned-cert.pem")).unwrap();
-        let second = load(&source).unwrap();
-        assert!(second.generated.is_none());
-        assert_eq!(
-            pem,
-            std::fs::read(dir.path().join("tls/selfsigned-cert.pem")).unwrap()
-        );
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("tls/selfsigned-key.pem"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-    }
-
-    #[test]
-    fn a_missing_certificate_names_the_file() {
-        let source = CertSource::Files {
-            cert: "/nonexistent/cert.pem".into(),
-            key: "/nonexistent/key.pem".into(),
-        };
-        let Err(err) = load(&source) else {
-            panic!("loading a missing file succeeded")
-        };
-        assert!(
-            err.to_string().starts_with("/nonexistent/cert.pem: "),
-            "{err}"
-        );
-    }
-}
+mod tests;
