@@ -8,7 +8,8 @@
 //!
 //! The signatures are made by the delivery crate's signer (`backstop_delivery::dkim`), which
 //! is the binary's, directly: 400 messages through a server would take minutes and test the
-//! same function; `mx.rs` checks a message the binary signed and delivered, with dkimpy.
+//! same function; `mx.rs` checks a message the binary signed and delivered (with dkimpy), and
+//! `bounces.rs` a signed report, as Postfix delivered it, with all three.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,8 +1,11 @@
-//! DKIM signing (RFC 6376) of mail our own users send, with mail-auth's signer.
+//! DKIM signing (RFC 6376) of mail our own users send, and of our delivery reports, with
+//! mail-auth's signer.
 //!
-//! One key per domain (RSA with SHA-256, or Ed25519), read from a PEM file. The domain whose
-//! key signs is the domain of the `From:` header, so the signature aligns for DMARC; a message
-//! whose From domain has no key is sent unsigned.
+//! One key per domain (RSA with SHA-256, or Ed25519), read from a PEM file. A user's message
+//! is signed by the key of its `From:` domain, so the signature aligns for DMARC; a message
+//! whose From domain has no key is sent unsigned. A report (From `MAILER-DAEMON@` our host
+//! name) is signed by the key of the host's domain or of its closest parent that has one
+//! (`mx1.example.com` by `example.com`'s key), which aligns under DMARC's relaxed alignment.
 //!
 //! The header field mail-auth writes is folded again at its end (`close_b_tag`) so that
 //! dkimpy, Mail::DKIM and OpenDKIM all verify it.
@@ -186,6 +189,35 @@ impl Keys {
         let key = self.0.iter().find(|k| k.domain == domain)?;
         Some(key.sign(message))
     }
+
+    /// The signature for a delivery report by the key of its From domain (our host name) or,
+    /// when that has none, of the closest parent domain that has one; `None` when none has.
+    ///
+    /// The usual setup has a key for the organisation's domain and a host name below it
+    /// (`mx1.example.com`, `[[dkim]] domain = "example.com"`): the report from
+    /// `MAILER-DAEMON@mx1.example.com` is signed `d=example.com`. Both have the
+    /// organisational domain `example.com`, so DKIM aligns for DMARC in relaxed mode (RFC 7489
+    /// 3.1.1), the default; a domain with `adkim=s` needs a key for the host name itself,
+    /// which is preferred when there is one.
+    pub fn sign_report(&self, message: &[u8]) -> Option<Result<String, String>> {
+        let from = from_domain(message)?;
+        let key = report_domains(&from)
+            .find_map(|name| self.0.iter().find(|k| k.domain.as_str() == name))?;
+        Some(key.sign(message))
+    }
+}
+
+/// The domains whose key may sign a report from `host`, closest first: the host name, then
+/// its parents, each of at least two labels. Without a public-suffix list, two labels is where
+/// the walk stops: a single-label name (`com`) is a public suffix or a local name for certain,
+/// and a longer suffix (`co.uk` above `example.co.uk`) can only have a key here by mistake (its
+/// owner publishes the public key) and would not align anyway.
+fn report_domains(host: &Domain) -> impl Iterator<Item = &str> {
+    let host = host.as_str();
+    // An address literal has no parents, and no key.
+    let name = (!host.starts_with('[')).then_some(host);
+    std::iter::successors(name, |name| name.split_once('.').map(|(_, parent)| parent))
+        .take_while(|name| name.contains('.'))
 }
 
 /// The domain of the first address in the From header.

@@ -1,5 +1,6 @@
-//! Tests of the key choice (by From domain) and of the `DKIM-Signature:` field's layout. That
-//! the field verifies is checked with dkimpy, Mail::DKIM and OpenDKIM in `tests/e2e/dkim.rs`.
+//! Tests of the key choice (users' mail by From domain, reports by the closest parent too) and
+//! of the `DKIM-Signature:` field's layout. That the field verifies is checked with dkimpy,
+//! Mail::DKIM and OpenDKIM in `tests/e2e/dkim.rs`.
 
 use super::*;
 use base64::Engine;
@@ -16,11 +17,82 @@ fn ed25519_key(dir: &Path, domain: &str) -> DomainKey {
     DomainKey::load(Domain::parse(domain).unwrap(), "s1", &file).unwrap()
 }
 
+/// The `d=` of a signature header field.
+fn d_tag(header: &str) -> &str {
+    let start = header.find(" d=").unwrap() + " d=".len();
+    let end = start + header[start..].find(';').unwrap();
+    &header[start..end]
+}
+
+fn report_from(host: &str) -> Vec<u8> {
+    format!(
+        "From: Mail Delivery System <MAILER-DAEMON@{host}>\r\nTo: alice@example.com\r\n\
+         Subject: Undelivered Mail Returned to Sender\r\n\r\nsorry\r\n"
+    )
+    .into_bytes()
+}
+
 #[test]
 fn the_from_domain_picks_the_key() {
     let message = b"From: Alice <alice@Example.TEST>\r\nTo: bob@example.net\r\n\r\nhi\r\n";
     assert_eq!(from_domain(message), Domain::parse("example.test").ok());
     assert_eq!(from_domain(b"To: bob@example.net\r\n\r\nhi\r\n"), None);
+}
+
+#[test]
+fn reports_may_be_signed_by_the_host_or_a_parent_of_two_labels_or_more() {
+    let check = |host: &str, expected: &[&str]| {
+        let host = Domain::parse(host).unwrap();
+        assert_eq!(
+            report_domains(&host).collect::<Vec<_>>(),
+            expected,
+            "{host}"
+        );
+    };
+    check("mx1.example.com", &["mx1.example.com", "example.com"]);
+    check(
+        "a.mx.example.co.uk",
+        &[
+            "a.mx.example.co.uk",
+            "mx.example.co.uk",
+            "example.co.uk",
+            "co.uk",
+        ],
+    );
+    check("example.com", &["example.com"]);
+    // A single label is never a signing domain, not even the host's own.
+    check("localhost", &[]);
+    check("[192.0.2.1]", &[]);
+}
+
+#[test]
+fn a_report_is_signed_by_the_closest_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new(vec![
+        ed25519_key(dir.path(), "example.com"),
+        ed25519_key(dir.path(), "mail.example.com"),
+        ed25519_key(dir.path(), "org"),
+    ]);
+    let d = |host: &str| {
+        keys.sign_report(&report_from(host))
+            .map(|signature| d_tag(&signature.unwrap()).to_owned())
+    };
+    // The usual setup: the host below the domain with the key.
+    assert_eq!(d("mx1.example.com").as_deref(), Some("example.com"));
+    // The closest parent wins, and the host's own key over any parent's.
+    assert_eq!(
+        d("mx1.mail.example.com").as_deref(),
+        Some("mail.example.com")
+    );
+    assert_eq!(d("mail.example.com").as_deref(), Some("mail.example.com"));
+    assert_eq!(d("example.com").as_deref(), Some("example.com"));
+    // Only parents: not a domain that merely ends the same way, nor a sibling.
+    assert_eq!(d("mx1.notexample.com"), None);
+    assert_eq!(d("mx1.example.net"), None);
+    // Never a key for a single label.
+    assert_eq!(d("mx1.example.org"), None);
+    // Users' mail is still signed only by its From domain's own key.
+    assert!(keys.sign(&report_from("mx1.example.com")).is_none());
 }
 
 /// Messages whose signed header fields differ in which there are and in their order. mail-auth
