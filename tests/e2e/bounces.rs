@@ -3,7 +3,8 @@
 //! - from a forged sender of a third-party domain: reported to nobody (Postfix, the MX of that
 //!   domain, hears nothing), quarantined with the reason, counted;
 //! - from an authenticated submitter: reported once, to the submitter's address at Postfix,
-//!   as an RFC 3464 report Python's `email` package reads.
+//!   as an RFC 3464 report Python's `email` package reads, DKIM-signed by the key of the
+//!   host name's parent domain (dkimpy, Mail::DKIM and OpenDKIM verify it).
 //!
 //! And bounces coming in: with a valid BATV tag they are delivered with the tag stripped;
 //! forged, expired or missing tags are refused at RCPT.
@@ -100,15 +101,25 @@ for group in groups:
 fn an_authenticated_submitter_gets_one_report() {
     let test = "an_authenticated_submitter_gets_one_report";
     let Some(setup) = setup(test) else { return };
-    if !have("dovecot", test) || !have("/usr/bin/python3", test) {
+    if !have("dovecot", test) || !crate::dkim::have_verifiers(test) {
         return;
     }
     let d = setup.dir.path();
     let dovecot = Dovecot::start(&d.join("dovecot"));
+    // The usual setup: a key for the domain above the host name (mx.backstop.test).
+    let (key, record) = crate::mx::dkim_key(d, "backstop.test", "rsa");
     // alice logs in and sends as her address at example.net, whose MX is Postfix.
     let server = Server::start(
         d,
-        &config_with_dovecot(&setup, &dovecot, "\n[auth]\nrestrict_sender = false\n"),
+        &config_with_dovecot(
+            &setup,
+            &dovecot,
+            &format!(
+                "\n[auth]\nrestrict_sender = false\n\n[[dkim]]\ndomain = \"backstop.test\"\n\
+                 selector = \"s1\"\nkey_file = \"{}\"\n",
+                key.display()
+            ),
+        ),
     );
     let transcript = server.submit_as_alice(
         "bob@example.net",
@@ -138,6 +149,25 @@ fn an_authenticated_submitter_gets_one_report() {
         Diagnostic-Code: smtp; 552 5.2.2 <full@example.com> Quota exceeded (mailbox for user is full)
         --
     "#]].assert_eq(&fields);
+    // From the host, signed by its parent domain's key, which dkimpy, Mail::DKIM and OpenDKIM
+    // verify as Postfix delivered it: DKIM aligns with the From for DMARC (relaxed).
+    assert!(
+        report.contains("From: \"Mail Delivery System\" <MAILER-DAEMON@mx.backstop.test>"),
+        "{report}"
+    );
+    assert!(report.contains(" d=backstop.test; "), "{report}");
+    let crlf = d.join("report-crlf.eml");
+    std::fs::write(&crlf, report.replace("\r\n", "\n").replace('\n', "\r\n")).unwrap();
+    let keys = [crate::dkim::PublicKey {
+        name: "s1._domainkey.backstop.test".into(),
+        record,
+    }];
+    let verdicts = crate::dkim::verify(d, &[crlf], &keys);
+    assert_eq!(
+        [verdicts.dkimpy, verdicts.mail_dkim, verdicts.opendkim],
+        [["pass"]; 3],
+        "{report}"
+    );
     let (_, metrics) = server.cli(&["metrics"]);
     assert!(metrics.contains("dsn_sent_total 1\n"), "{metrics}");
     server.stop();

@@ -17,6 +17,7 @@ mod content;
 mod crash;
 mod delivery;
 mod disk_full;
+mod dkim;
 mod greylist;
 mod hostile;
 mod ldap;

@@ -76,10 +76,15 @@ pub const TEST_PEERS: &[Requirement] = &[
         package: "ldap-utils",
         present_if: &["/usr/bin/ldapsearch"],
     },
-    // An independent DKIM verifier (dkimpy) for what backstop signs.
+    // Independent DKIM verifiers for what backstop signs: dkimpy, Mail::DKIM, and OpenDKIM's
+    // test mode (its package is with the scanners below).
     Requirement {
         package: "python3-dkim",
         present_if: &["/usr/lib/python3/dist-packages/dkim"],
+    },
+    Requirement {
+        package: "libmail-dkim-perl",
+        present_if: &["/usr/share/perl5/Mail/DKIM/Verifier.pm"],
     },
     // dkimpy's ARC sealing needs it.
     Requirement {

@@ -1,8 +1,14 @@
-//! DKIM signing (RFC 6376) of mail our own users send, with mail-auth's signer.
+//! DKIM signing (RFC 6376) of mail our own users send, and of our delivery reports, with
+//! mail-auth's signer.
 //!
-//! One key per domain (RSA with SHA-256, or Ed25519), read from a PEM file. The domain whose
-//! key signs is the domain of the `From:` header, so the signature aligns for DMARC; a message
-//! whose From domain has no key is sent unsigned.
+//! One key per domain (RSA with SHA-256, or Ed25519), read from a PEM file. A user's message
+//! is signed by the key of its `From:` domain, so the signature aligns for DMARC; a message
+//! whose From domain has no key is sent unsigned. A report (From `MAILER-DAEMON@` our host
+//! name) is signed by the key of the host's domain or of its closest parent that has one
+//! (`mx1.example.com` by `example.com`'s key), which aligns under DMARC's relaxed alignment.
+//!
+//! The header field mail-auth writes is folded again at its end (`close_b_tag`) so that
+//! dkimpy, Mail::DKIM and OpenDKIM all verify it.
 
 use std::path::Path;
 
@@ -103,9 +109,46 @@ impl DomainKey {
             Signer::Ed25519(s) => s.sign(message),
         };
         signature
-            .map(|s| s.to_header())
+            .map(|s| close_b_tag(s.to_header()))
             .map_err(|e| format!("DKIM signing for {} failed: {e}", self.domain))
     }
+}
+
+/// Takes out the whitespace between the end of the `b=` value and the closing `;` of a
+/// `DKIM-Signature:` field as mail-auth 0.13.3 writes it.
+///
+/// mail-auth folds `b=` (the last tag) into lines of 76 columns and folds after a full line,
+/// so when the value ends exactly at a line's end the field ends in `<value> CRLF TAB ;`.
+/// Whether it does depends on the signature's length and where `b=` starts, which moves with
+/// the `h=` list (which signed header fields the message has, and their order): a 2048-bit
+/// RSA signature's 344 characters end a line when they start at column 32.
+///
+/// RFC 6376 3.7 hashes the field "with the value of the b= tag (including all surrounding
+/// whitespace) deleted", and mail-auth hashed `b=;`, so that fold is outside the signature and
+/// may go. Mail::DKIM and OpenDKIM delete it; dkimpy (1.1.4) deletes only the whitespace
+/// *before* each base64 character of the value (its `RE_BTAG`), keeps the fold after the last
+/// one, and hashes `b= ;` (relaxed canonicalisation, 3.4.2, turns the fold into a space): a
+/// signature that fails. With the `;` right after the last character every reading is `b=;`.
+///
+/// Nothing else is folded again: everywhere outside `b=` the whitespace is hashed (relaxed
+/// canonicalisation only shortens a run to one space, 3.4.2), and mail-auth hashed a space
+/// exactly where it folds, so any other change would break the signature for everyone.
+fn close_b_tag(header: String) -> String {
+    // The value runs from the last `b=` (after `bh=`, whose value is base64 too) to the `;`
+    // that ends the field.
+    let Some(start) = header.rfind("; b=").map(|at| at + "; b=".len()) else {
+        return header;
+    };
+    let Some(value) = header[start..].strip_suffix(";\r\n") else {
+        return header;
+    };
+    let base64_or_fws = |c: char| c.is_ascii_alphanumeric() || "+/= \t\r\n".contains(c);
+    if !value.chars().all(base64_or_fws) {
+        // Not the layout this was written for: leave it as mail-auth made it.
+        return header;
+    }
+    let value = value.trim_end_matches([' ', '\t', '\r', '\n']);
+    format!("{}{value};\r\n", &header[..start])
 }
 
 fn rsa(der: PrivateKeyDer<'static>, key_file: &Path) -> Result<RsaKey<Sha256>, String> {
@@ -146,6 +189,35 @@ impl Keys {
         let key = self.0.iter().find(|k| k.domain == domain)?;
         Some(key.sign(message))
     }
+
+    /// The signature for a delivery report by the key of its From domain (our host name) or,
+    /// when that has none, of the closest parent domain that has one; `None` when none has.
+    ///
+    /// The usual setup has a key for the organisation's domain and a host name below it
+    /// (`mx1.example.com`, `[[dkim]] domain = "example.com"`): the report from
+    /// `MAILER-DAEMON@mx1.example.com` is signed `d=example.com`. Both have the
+    /// organisational domain `example.com`, so DKIM aligns for DMARC in relaxed mode (RFC 7489
+    /// 3.1.1), the default; a domain with `adkim=s` needs a key for the host name itself,
+    /// which is preferred when there is one.
+    pub fn sign_report(&self, message: &[u8]) -> Option<Result<String, String>> {
+        let from = from_domain(message)?;
+        let key = report_domains(&from)
+            .find_map(|name| self.0.iter().find(|k| k.domain.as_str() == name))?;
+        Some(key.sign(message))
+    }
+}
+
+/// The domains whose key may sign a report from `host`, closest first: the host name, then
+/// its parents, each of at least two labels. Without a public-suffix list, two labels is where
+/// the walk stops: a single-label name (`com`) is a public suffix or a local name for certain,
+/// and a longer suffix (`co.uk` above `example.co.uk`) can only have a key here by mistake (its
+/// owner publishes the public key) and would not align anyway.
+fn report_domains(host: &Domain) -> impl Iterator<Item = &str> {
+    let host = host.as_str();
+    // An address literal has no parents, and no key.
+    let name = (!host.starts_with('[')).then_some(host);
+    std::iter::successors(name, |name| name.split_once('.').map(|(_, parent)| parent))
+        .take_while(|name| name.contains('.'))
 }
 
 /// The domain of the first address in the From header.
@@ -157,13 +229,4 @@ fn from_domain(message: &[u8]) -> Option<Domain> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_from_domain_picks_the_key() {
-        let message = b"From: Alice <alice@Example.TEST>\r\nTo: bob@example.net\r\n\r\nhi\r\n";
-        assert_eq!(from_domain(message), Domain::parse("example.test").ok());
-        assert_eq!(from_domain(b"To: bob@example.net\r\n\r\nhi\r\n"), None);
-    }
-}
+mod tests;

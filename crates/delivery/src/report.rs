@@ -2,8 +2,9 @@
 //! (`backstop_dsn::gate`) decides, per recipient and event, whether the sender gets a report;
 //! the reports are rendered and handed to the queue, which stores them in the same write as
 //! the attempt (so each is queued exactly once). A report goes out like any message, with a
-//! null sender (so it is never bounced itself) and, when the reporting domain has a key, a
-//! DKIM signature. Failures no report covers stay with the message, which goes to quarantine.
+//! null sender (so it is never bounced itself) and a DKIM signature by the key of our host
+//! name's domain or its closest parent with one (`dkim::Keys::sign_report`), unsigned when
+//! none has a key. Failures no report covers stay with the message, which goes to quarantine.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -336,7 +337,7 @@ impl Agent {
             boundary: format!("{tag}/{}", self.hostname),
         }
         .render();
-        let body = match self.signing.dkim.sign(&rendered) {
+        let body = match self.signing.dkim.sign_report(&rendered) {
             Some(Ok(signature)) => [signature.as_bytes(), &rendered].concat(),
             Some(Err(e)) => {
                 warn!(error = %e, "report not DKIM-signed");
