@@ -12,6 +12,7 @@
 //!   system's).
 //! - [`sender_auth`]: SPF, DKIM and DMARC (mail-auth) at the end of DATA, with an
 //!   `Authentication-Results:` header for accepted mail.
+//! - [`dovecot`]: AUTH against Dovecot's auth-client socket (its authentication protocol).
 //! - [`dnsbl`]: DNS blocklists of client addresses, with per-list action and return codes.
 //! - [`greylist`]: greylisting of (client network, sender, recipient) triplets, with auto-pass
 //!   for networks that retried, over a [`greylist::GreyStore`].
@@ -29,6 +30,7 @@ pub mod content;
 pub mod cpu;
 pub mod dns;
 pub mod dnsbl;
+pub mod dovecot;
 pub mod greylist;
 pub mod ldap;
 pub mod milter;

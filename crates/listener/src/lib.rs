@@ -10,12 +10,14 @@
 //!   and key from files, or a self-signed certificate for the host name kept under the data
 //!   directory and renewed at load when it expires within 60 days.
 //! - [`users`]: the AUTH user file (argon2 or SHA-512-crypt hashes, never plain text).
+//! - [`bind`]: listening sockets, with `IPV6_V6ONLY` where an IPv4 listener shares the port.
 //! - [`limits`]: connection limits (total and per client, an IPv6 client as its /64), stress
 //!   mode, client networks, and the unmapping of IPv4-mapped addresses.
 //! - [`auth_limits`]: failed logins counted per client and per name across connections, with
 //!   a growing delay and then `454 4.7.0`; password checks bounded.
 
 pub mod auth_limits;
+pub mod bind;
 pub mod limits;
 pub mod metrics;
 pub mod server;
@@ -75,13 +77,16 @@ pub trait Policy: Send + Sync + 'static {
     /// keeps for it can go.
     fn session_ended(&self, _session: u64) {}
 
-    /// A login the users file does not know, for another source (a directory); `None` when
-    /// there is none (the users file then answers, in the time a known user takes, so that
-    /// unknown names cannot be told by timing). `TemporaryFailure` when it cannot answer.
+    /// A login the users file does not know, for another source (a directory, Dovecot);
+    /// `None` when there is none (the users file then answers, in the time a known user takes,
+    /// so that unknown names cannot be told by timing). `TemporaryFailure` when it cannot
+    /// answer. `client` logs in from there, under TLS when `secured`.
     fn authenticate(
         &self,
         _user: &str,
         _password: &str,
+        _client: std::net::IpAddr,
+        _secured: bool,
     ) -> impl Future<Output = Option<backstop_session::AuthOutcome>> + Send {
         async { None }
     }

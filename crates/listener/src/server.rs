@@ -351,8 +351,13 @@ where
                     }
                     Output::Authenticate(credentials) => {
                         flush(stream, &mut out).await?;
-                        let outcome =
-                            authenticate(context, session.client_ip(), &credentials).await;
+                        let outcome = authenticate(
+                            context,
+                            session.client_ip(),
+                            session.tls_active(),
+                            &credentials,
+                        )
+                        .await;
                         let outcome_name = match &outcome {
                             AuthOutcome::Success(_) => "success",
                             AuthOutcome::Failure => "failure",
@@ -444,6 +449,9 @@ where
                             }
                             RecipientVerdict::SeparateTransaction => {
                                 info!(%address, "proxied and queued recipients do not mix: 451")
+                            }
+                            RecipientVerdict::NextHopRefused(reply) => {
+                                info!(%address, %reply, "the mailbox server refused the recipient")
                             }
                         }
                         session.handle_recipient(verdict);
@@ -544,6 +552,7 @@ where
 async fn authenticate<S: MessageSink, P: Policy>(
     context: &Context<S, P>,
     client: std::net::IpAddr,
+    secured: bool,
     credentials: &backstop_session::Credentials,
 ) -> AuthOutcome {
     let limits = &context.auth_limits;
@@ -559,7 +568,12 @@ async fn authenticate<S: MessageSink, P: Policy>(
     let users = Arc::clone(&context.users);
     let other = match users.knows(&user) {
         true => None,
-        false => context.policy.authenticate(&user, &password).await,
+        false => {
+            context
+                .policy
+                .authenticate(&user, &password, client, secured)
+                .await
+        }
     };
     let outcome = match other {
         Some(outcome) => outcome,

@@ -3,9 +3,12 @@
 //! addresses, and `@domain` for a whole domain. Without it a user owns their name at each local
 //! domain (or the name itself when it is an address).
 //!
-//! Hashes are argon2 in PHC form (`$argon2id$...`, as `backstop hash-password` writes them) or
-//! SHA-512-crypt (`$6$...`, as `mkpasswd -m sha-512` writes them). Plain-text passwords are
-//! refused when the file is loaded.
+//! Hashes are argon2 in PHC form (`$argon2id$...`, as `backstop hash-password` writes them),
+//! SHA-512-crypt (`$6$...`, as `mkpasswd -m sha-512` writes them) or bcrypt (`$2y$...`), each
+//! also with the `{SCHEME}` prefix Dovecot writes (`{ARGON2ID}`, `{SHA512-CRYPT}`,
+//! `{BLF-CRYPT}`, `{CRYPT}`). A Dovecot passwd-file line (`user:{SCHEME}hash:uid:gid:...`) is
+//! read as such: its name and hash, the other fields ignored. Plain-text passwords (also
+//! `{PLAIN}`) are refused when the file is loaded.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -63,6 +66,47 @@ pub enum SenderPolicy {
 enum Hash {
     Argon2(String),
     ShaCrypt512(String),
+    Bcrypt(String),
+}
+
+impl Hash {
+    /// A hash as the file gives it, with or without Dovecot's `{SCHEME}` prefix.
+    fn parse(text: &str) -> Result<Hash, String> {
+        let (scheme, hash) = match text.strip_prefix('{').and_then(|t| t.split_once('}')) {
+            Some((scheme, hash)) => (Some(scheme.to_ascii_uppercase()), hash),
+            None => (None, text),
+        };
+        let kind = if hash.starts_with("$argon2") {
+            PasswordHash::new(hash).map_err(|e| format!("is a bad argon2 hash: {e}"))?;
+            Hash::Argon2(hash.to_owned())
+        } else if hash.starts_with("$6$") {
+            Hash::ShaCrypt512(hash.to_owned())
+        } else if ["$2y$", "$2b$", "$2a$"].iter().any(|p| hash.starts_with(p)) {
+            hash.parse::<bcrypt::HashParts>()
+                .map_err(|e| format!("is a bad bcrypt hash: {e}"))?;
+            Hash::Bcrypt(hash.to_owned())
+        } else {
+            return Err(
+                "is not an argon2 ($argon2id$...), SHA-512-crypt ($6$...) or bcrypt ($2y$...) hash"
+                    .into(),
+            );
+        };
+        // The scheme must say what the hash is.
+        let agrees = match (scheme.as_deref(), &kind) {
+            (None | Some("CRYPT"), _) => true,
+            (Some("ARGON2ID" | "ARGON2I"), Hash::Argon2(_)) => true,
+            (Some("SHA512-CRYPT"), Hash::ShaCrypt512(_)) => true,
+            (Some("BLF-CRYPT"), Hash::Bcrypt(_)) => true,
+            _ => false,
+        };
+        if !agrees {
+            return Err(format!(
+                "has the scheme {{{}}}, which is not what its hash is",
+                scheme.unwrap_or_default()
+            ));
+        }
+        Ok(kind)
+    }
 }
 
 /// Verified against when the user does not exist, so that a wrong name costs as much time as a
@@ -97,9 +141,17 @@ impl UserStore {
                 return Err(err("expected name:hash or name:hash:senders".into()));
             };
             let (name, hash) = (name.trim(), hash.trim());
+            // Dovecot's passwd-file: the fields after the hash are uid, gid, gecos, home,
+            // shell and extra fields, not senders.
+            let dovecot = hash.starts_with('{');
+            let senders = if dovecot {
+                ""
+            } else {
+                fields.next().unwrap_or("")
+            };
             let mut addresses = Vec::new();
             let mut domains = Vec::new();
-            for sender in fields.next().unwrap_or("").split(',').map(str::trim) {
+            for sender in senders.split(',').map(str::trim) {
                 if sender.is_empty() {
                     continue;
                 }
@@ -117,18 +169,12 @@ impl UserStore {
             if name.is_empty() {
                 return Err(err("empty user name".into()));
             }
-            let hash = if hash.starts_with("$argon2") {
-                PasswordHash::new(hash)
-                    .map_err(|e| err(format!("bad argon2 hash for {name}: {e}")))?;
-                Hash::Argon2(hash.to_owned())
-            } else if hash.starts_with("$6$") {
-                Hash::ShaCrypt512(hash.to_owned())
-            } else {
-                return Err(err(format!(
-                    "the password of {name} is not an argon2 ($argon2id$...) or SHA-512-crypt ($6$...) hash; \
-                     plain-text passwords are not accepted (make one with `backstop hash-password`)"
-                )));
-            };
+            let hash = Hash::parse(hash).map_err(|why| {
+                err(format!(
+                    "the password of {name} {why}; plain-text passwords are not accepted \
+                     (make a hash with `backstop hash-password`, or `doveadm pw -s SHA512-CRYPT`)"
+                ))
+            })?;
             let user = User {
                 hash,
                 addresses,
@@ -189,31 +235,42 @@ impl UserStore {
         self.users.is_empty()
     }
 
-    /// Checks a password. CPU-heavy by design (tens of milliseconds): call it off the async
-    /// runtime's worker threads.
     /// Whether the file (or the config) lists `user`.
     pub fn knows(&self, user: &str) -> bool {
         self.users.contains_key(user)
     }
 
-    /// The rights of a user another source (a directory) vouched for: `addresses` it lists,
-    /// and, when the login is an address, that one; anything when senders are not restricted.
+    /// The rights of a user another source (a directory, Dovecot) vouched for: the `addresses`
+    /// it lists, and the login itself when it is an address; with neither, the login's name at
+    /// each local domain, as for a users-file entry without addresses. Anything when senders
+    /// are not restricted.
     pub fn rights_of_other(&self, user: &str, addresses: &[String]) -> SenderRights {
         if matches!(self.policy, SenderPolicy::Any) {
             return SenderRights::Any;
         }
-        let addresses = addresses
+        let mut listed: Vec<Address> = addresses
             .iter()
             .map(String::as_str)
             .chain(std::iter::once(user))
-            .filter_map(|a| backstop_types::Address::parse(a).ok())
+            .filter_map(|a| Address::parse(a).ok())
             .collect();
+        if listed.is_empty() {
+            let SenderPolicy::Owned { local_domains } = &self.policy else {
+                return SenderRights::Any;
+            };
+            listed = local_domains
+                .iter()
+                .filter_map(|d| Address::new(user, d.clone()).ok())
+                .collect();
+        }
         SenderRights::Only {
-            addresses,
+            addresses: listed,
             domains: Vec::new(),
         }
     }
 
+    /// Checks a password. CPU-heavy by design (tens of milliseconds): call it off the async
+    /// runtime's worker threads.
     pub fn verify(&self, user: &str, password: &str) -> AuthOutcome {
         let Some(found) = self.users.get(user) else {
             verify_argon2(DUMMY_ARGON2, password);
@@ -222,6 +279,7 @@ impl UserStore {
         let ok = match &found.hash {
             Hash::Argon2(hash) => verify_argon2(hash, password),
             Hash::ShaCrypt512(hash) => sha_crypt::sha512_check(password, hash).is_ok(),
+            Hash::Bcrypt(hash) => bcrypt::verify(password, hash).unwrap_or(false),
         };
         if ok {
             AuthOutcome::Success(self.rights(user, found))
@@ -266,6 +324,35 @@ mod tests {
         assert_eq!(store.verify("bob", "s3cret"), any);
         assert_eq!(store.verify("bob", "S3cret"), AuthOutcome::Failure);
         assert_eq!(store.verify("mallory", "s3cret"), AuthOutcome::Failure);
+    }
+
+    #[test]
+    fn dovecot_schemes_and_passwd_file_lines() {
+        // `doveadm pw -s SHA512-CRYPT -p s3cret`, `doveadm pw -s BLF-CRYPT -r 5 -p s3cret`,
+        // and the argon2 hash of hash_password under Dovecot's {ARGON2ID}.
+        let sha = "{SHA512-CRYPT}$6$saltsalt$As4wrv0kZlfch1du9WeH7qhskyLriQWySXrZzynnvi46nFnNxjdpl6ksRegrrKexvhIa/Iny8S8uF3fVWTMuC1";
+        let blf = format!(
+            "{{BLF-CRYPT}}{}",
+            bcrypt::hash_with_salt("s3cret", 5, [7; 16])
+                .unwrap()
+                .format_for_version(bcrypt::Version::TwoY)
+        );
+        let argon = format!("{{ARGON2ID}}{}", hash_password("s3cret").unwrap());
+        let text = format!(
+            "alice@example.com:{sha}:1000:1000::/home/alice::userdb_quota_rule=*:storage=1G
+             bob@example.com:{blf}::::::
+carol:{argon}
+"
+        );
+        let store = UserStore::parse(&text, Path::new("passwd")).unwrap();
+        let any = AuthOutcome::Success(SenderRights::Any);
+        for user in ["alice@example.com", "bob@example.com", "carol"] {
+            assert_eq!(store.verify(user, "s3cret"), any, "{user}");
+            assert_eq!(store.verify(user, "wrong"), AuthOutcome::Failure, "{user}");
+        }
+        for bad in ["u:{PLAIN}secret", "u:{SHA512-CRYPT}$2y$05$x", "u:{MD5}abc"] {
+            assert!(UserStore::parse(bad, Path::new("p")).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -324,6 +411,23 @@ mod tests {
         assert_eq!(
             store.verify("carol", "pw"),
             only(vec![a("carol@example.net")], vec!["sales.example"])
+        );
+        // Logins another source vouched for (LDAP, Dovecot) follow the same rule.
+        let vouched = |user: &str, listed: &[&str]| {
+            let listed: Vec<String> = listed.iter().map(|s| s.to_string()).collect();
+            AuthOutcome::Success(store.rights_of_other(user, &listed))
+        };
+        assert_eq!(
+            vouched("dave", &[]),
+            only(vec![a("dave@example.com"), a("dave@example.net")], vec![])
+        );
+        assert_eq!(
+            vouched("dave@example.org", &[]),
+            only(vec![a("dave@example.org")], vec![])
+        );
+        assert_eq!(
+            vouched("dave", &["d@example.net"]),
+            only(vec![a("d@example.net")], vec![])
         );
     }
 }

@@ -216,6 +216,9 @@ pub struct RecipientQuery {
     /// Whether the transaction's recipients so far are proxied (`Some(true)`), queued
     /// (`Some(false)`), or none yet.
     pub proxied: Option<bool>,
+    /// The message's size as the client announced it at MAIL (SIZE=), for a mailbox server
+    /// asked whether it has room.
+    pub size: Option<u64>,
 }
 
 /// One transaction of one session.
@@ -238,6 +241,9 @@ pub enum RecipientVerdict {
     Proxied(backstop_types::Reply),
     /// Proxied and queued recipients do not mix: `451 4.5.3`, send it separately.
     SeparateTransaction,
+    /// Refused with the next hop's own reply (callahead: a mailbox server said the mailbox is
+    /// unknown or full); a 4xx asks the client to try again.
+    NextHopRefused(backstop_types::Reply),
     /// The lookup failed: `451 4.4.3`, so the client tries again. Never an accept.
     Unavailable,
     /// Greylisted: `451 4.7.1`, try again in this many seconds.

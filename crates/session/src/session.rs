@@ -92,6 +92,8 @@ struct Helo {
 
 struct Transaction {
     sender: ReversePath,
+    /// SIZE as the client gave it at MAIL.
+    size: Option<u64>,
     dsn: DsnParams,
     body_type: BodyType,
     smtputf8: bool,
@@ -235,6 +237,11 @@ impl ServerSession {
         self.in_transaction().then_some(self.transactions)
     }
 
+    /// Whether the session is under TLS now.
+    pub fn tls_active(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// The client's address, as the listener gave it.
     pub fn client_ip(&self) -> std::net::IpAddr {
         self.peer.ip
@@ -329,6 +336,8 @@ impl ServerSession {
                 }
             }
             RecipientVerdict::SeparateTransaction => self.reply(Reply::separate_transaction()),
+            RecipientVerdict::NextHopRefused(reply) if reply.is_transient() => self.reply(reply),
+            RecipientVerdict::NextHopRefused(reply) => self.error(reply),
             RecipientVerdict::Accept(targets) => {
                 if let Some(txn) = &mut self.txn {
                     txn.proxied = Some(false);
@@ -740,6 +749,10 @@ impl ServerSession {
         };
         let txn = Transaction {
             sender,
+            size: match params::value(line, "SIZE").map(params::number) {
+                Some(Number::Value(size)) => Some(size),
+                _ => None,
+            },
             dsn: DsnParams { ret, envid },
             body_type,
             smtputf8,
@@ -867,8 +880,8 @@ impl ServerSession {
                 orcpt,
             });
             self.phase = Phase::Waiting;
-            let (number, proxied) = match &self.txn {
-                Some(txn) => (txn.number, txn.proxied),
+            let (number, proxied, size) = match &self.txn {
+                Some(txn) => (txn.number, txn.proxied, txn.size),
                 None => return,
             };
             self.outputs
@@ -884,6 +897,7 @@ impl ServerSession {
                         number,
                     },
                     proxied,
+                    size,
                 }));
             return;
         }
