@@ -32,6 +32,19 @@ fn read_or_make(file: &Path) -> anyhow::Result<Vec<u8>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
     }
+    let secret = make(file)?;
+    tracing::info!(file = %file.display(), "made a new BATV key");
+    Ok(secret)
+}
+
+/// `backstop batv new-key FILE`: a new secret in a new file (never over an existing one: that
+/// would invalidate every tag made with it).
+pub fn new_key(file: &Path) -> anyhow::Result<()> {
+    make(file).map(|_| ())
+}
+
+/// Writes 32 random bytes, hex, to a new file `file` of mode 0600; the secret.
+fn make(file: &Path) -> anyhow::Result<Vec<u8>> {
     let mut bytes = [0u8; 32];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .map_err(|_| anyhow::anyhow!("no random numbers for a BATV key"))?;
@@ -47,8 +60,8 @@ fn read_or_make(file: &Path) -> anyhow::Result<Vec<u8>> {
         .open(file)
         .with_context(|| format!("creating {}", file.display()))?;
     out.write_all(secret.as_bytes())?;
+    out.write_all(b"\n")?;
     out.sync_all()?;
-    tracing::info!(file = %file.display(), "made a new BATV key");
     Ok(secret.into_bytes())
 }
 

@@ -250,6 +250,8 @@ pub struct Auth {
     pub restrict_sender: bool,
     /// Logins the users file does not know: a search for the entry, then a bind as it.
     pub ldap: Option<backstop_filter::ldap::LdapConfig>,
+    /// Or: logins the users file does not know, checked by Dovecot (its auth-client socket).
+    pub dovecot: Option<backstop_filter::dovecot::DovecotAuth>,
     /// Failed logins allowed per client and per name, the delays, the checks at once.
     pub limits: backstop_listener::auth_limits::AuthLimitConfig,
 }
@@ -817,6 +819,9 @@ struct RawAuth {
     restrict_sender: bool,
     /// Logins the users file does not know, checked against a directory.
     ldap: Option<RawLdap>,
+    /// ...or by Dovecot, at its auth-client socket.
+    dovecot: Option<Spanned<String>>,
+    dovecot_timeout: Seconds,
     max_failures: u32,
     failure_window: Seconds,
     max_failure_delay: Seconds,
@@ -834,6 +839,8 @@ impl Default for RawAuth {
             allow_plaintext: false,
             restrict_sender: true,
             ldap: None,
+            dovecot: None,
+            dovecot_timeout: Seconds(Duration::from_secs(10)),
             max_failures: limits.max_failures,
             failure_window: Seconds(limits.window),
             max_failure_delay: Seconds(limits.max_delay),
@@ -1239,6 +1246,22 @@ impl Config {
             None => None,
             Some(l) => Some(check_ldap(l, &at)?),
         };
+        let auth_dovecot = match &raw.auth.dovecot {
+            None => None,
+            Some(_) if raw.auth.ldap.is_some() => {
+                return Err(ConfigError {
+                    file: file.to_owned(),
+                    line: None,
+                    key: Some("auth".into()),
+                    message: "dovecot and [auth.ldap] both check logins: choose one".into(),
+                })
+            }
+            Some(endpoint) => Some(backstop_filter::dovecot::DovecotAuth {
+                endpoint: backstop_filter::net::Endpoint::parse(endpoint.get_ref())
+                    .map_err(|e| at(endpoint.span(), e))?,
+                timeout: raw.auth.dovecot_timeout.0,
+            }),
+        };
         let auth_ldap = match &raw.auth.ldap {
             None => None,
             Some(l) => Some(check_ldap(l, &at)?),
@@ -1471,6 +1494,7 @@ impl Config {
                 allow_plaintext: raw.auth.allow_plaintext,
                 restrict_sender: raw.auth.restrict_sender,
                 ldap: auth_ldap,
+                dovecot: auth_dovecot,
                 limits: backstop_listener::auth_limits::AuthLimitConfig {
                     max_failures: raw.auth.max_failures,
                     window: raw.auth.failure_window.0,
@@ -1790,6 +1814,14 @@ fn check_route(route: &RawRoute, at: &At<'_>) -> Result<RouteConfig, ConfigError
         return Err(at(
             span,
             "callahead asks a fixed next hop (relay), not MX hosts".into(),
+        ));
+    }
+    if route.callahead && route.proxy {
+        return Err(at(
+            span,
+            "callahead and proxy both ask the relay at RCPT; proxy already passes its answer on: \
+             choose one"
+                .into(),
         ));
     }
     if route.proxy && (relay.is_none() || lmtp || any_domain) {

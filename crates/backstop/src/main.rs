@@ -126,6 +126,9 @@ enum BatvCommand {
     Sign { address: String },
     /// Check ADDRESS's tag: print the address without it, or say why it is not valid.
     Verify { address: String },
+    /// Make a new key file FILE (32 random bytes, hex, readable by its owner only) for
+    /// [[batv.key]] secret_file; copy it to every node that signs or checks tags.
+    NewKey { file: PathBuf },
 }
 
 /// The config at `path`, or the embedded default; a bad one is reported, exit code 2.
@@ -141,6 +144,18 @@ fn load(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
 }
 
 fn batv_command(config: Option<&std::path::Path>, command: BatvCommand) -> ExitCode {
+    if let BatvCommand::NewKey { file } = &command {
+        return match batv::new_key(file) {
+            Ok(()) => {
+                println!("{}", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("backstop: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match load(config) {
         Ok(config) => config,
         Err(code) => return code,
@@ -148,6 +163,7 @@ fn batv_command(config: Option<&std::path::Path>, command: BatvCommand) -> ExitC
     let result = match command {
         BatvCommand::Sign { address } => batv::sign(&config, &address).map(Ok),
         BatvCommand::Verify { address } => batv::verify(&config, &address),
+        BatvCommand::NewKey { .. } => unreachable!("handled above"),
     };
     match result {
         Ok(Ok(address)) => {

@@ -88,6 +88,8 @@ struct Filter {
     /// A directory for logins the users file does not know, and the users (for the rights
     /// such a login gets).
     auth_ldap: Option<Arc<backstop_filter::ldap::LdapSource>>,
+    /// Dovecot's auth-client socket, for logins the users file does not know.
+    auth_dovecot: Option<backstop_filter::dovecot::DovecotAuth>,
     users: Arc<UserStore>,
     /// Recipient verification by asking the next hop; `None` when no route asks.
     callahead: Option<Arc<Callahead>>,
@@ -131,7 +133,28 @@ impl Policy for Filter {
         }
     }
 
-    async fn authenticate(&self, user: &str, password: &str) -> Option<AuthOutcome> {
+    async fn authenticate(
+        &self,
+        user: &str,
+        password: &str,
+        client: std::net::IpAddr,
+        secured: bool,
+    ) -> Option<AuthOutcome> {
+        if let Some(dovecot) = &self.auth_dovecot {
+            use backstop_filter::dovecot::Login;
+            return Some(
+                match dovecot.authenticate(user, password, client, secured).await {
+                    Ok(Login::Valid { user: canonical }) => {
+                        AuthOutcome::Success(self.users.rights_of_other(&canonical, &[]))
+                    }
+                    Ok(Login::Invalid) => AuthOutcome::Failure,
+                    Err(e) => {
+                        warn!(user = %Escaped(user), error = %Escaped(&e), "Dovecot cannot answer: 454");
+                        AuthOutcome::TemporaryFailure
+                    }
+                },
+            );
+        }
         use backstop_filter::ldap::Login;
         let directory = self.auth_ldap.as_ref()?;
         Some(match directory.authenticate(user, password).await {
@@ -140,7 +163,7 @@ impl Policy for Filter {
             }
             Ok(Login::Invalid) => AuthOutcome::Failure,
             Err(e) => {
-                warn!(user, error = %e, "login directory cannot answer: 454");
+                warn!(user = %Escaped(user), error = %Escaped(&e), "login directory cannot answer: 454");
                 AuthOutcome::TemporaryFailure
             }
         })
@@ -223,10 +246,11 @@ impl Policy for Filter {
         if let (RecipientVerdict::Accept(_), Some((proxy, route))) = (&verdict, proxied) {
             return proxy.rcpt(&query, route).await;
         }
-        match (&verdict, &self.callahead, query.local) {
-            (RecipientVerdict::Accept(targets), Some(callahead), false) => {
+        match (&verdict, &self.callahead) {
+            (RecipientVerdict::Accept(targets), Some(callahead)) => {
                 for target in targets {
-                    match callahead.check(&self.queue, target).await {
+                    let local = self.local_domains.contains(target.domain());
+                    match callahead.check(&self.queue, target, local, query.size).await {
                         RecipientVerdict::Accept(_) => {}
                         refused => return refused,
                     }
@@ -377,11 +401,22 @@ impl Filter {
     /// greylisting state), then greylisting for clients we do not trust, then the recipient
     /// rate limits.
     /// The address a recipient is looked up as: a bounce's BATV tag checked and stripped.
+    /// A bounce (null sender) to a local address must carry a valid tag, which is removed;
+    /// mail with a sender to a validly tagged address (an autoreply) has the tag removed too.
     fn bounce_address(&self, query: &RecipientQuery) -> Result<Address, RecipientVerdict> {
         match (&self.batv, &query.sender, query.local) {
-            (Some(check), ReversePath::Null, true) => check
+            (Some(check), ReversePath::Null, true) if check.enforce => check
                 .recipient(&query.recipient)
                 .map_err(RecipientVerdict::NotOurBounce),
+            (Some(check), _, true) => {
+                Ok(match check.untagged(&query.recipient) {
+                    Some(untagged) => {
+                        info!(recipient = %query.recipient, to = %untagged, "a valid BATV tag removed from the recipient");
+                        untagged
+                    }
+                    None => query.recipient.clone(),
+                })
+            }
             _ => Ok(query.recipient.clone()),
         }
     }
@@ -706,6 +741,7 @@ fn smtp_context(
                 .ldap
                 .clone()
                 .map(|l| Arc::new(backstop_filter::ldap::LdapSource::new(l))),
+            auth_dovecot: config.auth.dovecot.clone(),
             users: Arc::clone(&users),
             callahead: callahead(config),
             proxy: proxy(config),
@@ -727,13 +763,11 @@ fn smtp_context(
                 }
                 _ => None,
             },
-            batv: match (config.batv_check_bounces, &shared.batv) {
-                (true, Some(keys)) => Some(BounceCheck {
-                    keys: keys.clone(),
-                    exempt: config.batv_exempt.clone(),
-                }),
-                _ => None,
-            },
+            batv: shared.batv.as_ref().map(|keys| BounceCheck {
+                keys: keys.clone(),
+                enforce: config.batv_check_bounces,
+                exempt: config.batv_exempt.clone(),
+            }),
             rfc5322: config.rfc5322,
             content: Pipeline {
                 checks: config.content_checks.clone(),
@@ -845,9 +879,11 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         None => None,
     };
     let mut listeners = Vec::new();
+    let addresses: Vec<std::net::SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
     for l in &config.listeners {
-        let socket = TcpListener::bind(l.address)
-            .await
+        // IPV6_V6ONLY where an IPv4 listener shares the port (0.0.0.0:25 beside [::]:25).
+        let socket = backstop_listener::bind::bind(l.address, &addresses)
+            .and_then(TcpListener::from_std)
             .with_context(|| format!("listener {:?}: cannot listen on {}", l.name, l.address))?;
         let address = socket.local_addr()?;
         announce!(
@@ -977,10 +1013,13 @@ async fn expire_quarantine(queue: Queue, retention: std::time::Duration) {
     }
 }
 
-/// Callahead: relay domains whose route says so have their recipients verified at RCPT by
-/// asking the route's next hop (an RCPT probe with a real sender, then RSET), the answers kept
-/// for a while in the queue's key-value area. A next hop that cannot answer means 451: never
-/// an accept on a failed lookup.
+/// Callahead: the recipients of domains whose route says so are verified at RCPT by asking
+/// the route's next hop (an RCPT probe with a real sender, then RSET): an edge relay's
+/// internal server, or, for a local domain whose route names it, the mailbox server over LMTP
+/// (Dovecot answers for unknown users and, with `lmtp_rcpt_check_quota`, full mailboxes; MAIL
+/// carries the client's SIZE). The next hop's refusal is the client's reply. Answers are kept
+/// for a while in the queue's key-value area (quota answers for a minute at most). A next hop
+/// that cannot answer means 451: never an accept on a failed lookup.
 struct Callahead {
     /// (domains, any domain, next hop, how to talk to it), first match wins.
     routes: Vec<(
@@ -994,34 +1033,69 @@ struct Callahead {
     ttl: (std::time::Duration, std::time::Duration),
 }
 
+/// How long a mailbox server's answer about a full mailbox is kept at most: it changes as
+/// soon as its owner deletes mail.
+const QUOTA_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Callahead {
-    async fn check(&self, queue: &Queue, recipient: &Address) -> RecipientVerdict {
+    /// Asks about `recipient` (of a local domain when `local`: only a route that names the
+    /// domain asks; a `*` route never takes a local domain).
+    async fn check(
+        &self,
+        queue: &Queue,
+        recipient: &Address,
+        local: bool,
+        size: Option<u64>,
+    ) -> RecipientVerdict {
+        let domain = recipient.domain();
         let Some((_, _, hop, client)) = self
             .routes
             .iter()
-            .find(|(domains, any, _, _)| *any || domains.contains(recipient.domain()))
+            .find(|(domains, any, _, _)| domains.contains(domain) || (*any && !local))
         else {
             return RecipientVerdict::Accept(vec![recipient.clone()]);
         };
         let key = format!("callahead:{}", recipient.to_string().to_ascii_lowercase());
         let now = now();
         match queue.state_get(key.as_bytes(), now) {
-            Ok(Some(answer)) if answer == b"+" => {
-                return RecipientVerdict::Accept(vec![recipient.clone()])
+            Ok(Some(answer)) => {
+                if let Some(verdict) = remembered(&answer, recipient) {
+                    return verdict;
+                }
             }
-            Ok(Some(_)) => return RecipientVerdict::Unknown,
             Ok(None) => {}
             Err(e) => warn!(error = %e, "callahead cache unreadable"),
         }
-        let probe = backstop_smtp_client::probe(hop, client, &self.sender, recipient, None).await;
+        let probe = backstop_smtp_client::probe(hop, client, &self.sender, recipient, size).await;
+        let quota = |reply: &backstop_types::RemoteReply| {
+            reply.status.is_some_and(|s| s.1 == 2 && s.2 == 2)
+        };
         let (verdict, remember) = match probe {
             Ok(reply) if reply.code / 100 == 2 => (
                 RecipientVerdict::Accept(vec![recipient.clone()]),
-                Some((b"+", self.ttl.0)),
+                Some(("+".to_owned(), self.ttl.0)),
             ),
-            Ok(reply) if reply.code / 100 == 5 => {
-                info!(%recipient, reply = %Escaped(&reply.text), "callahead: the next hop does not know the recipient");
-                (RecipientVerdict::Unknown, Some((b"-", self.ttl.1)))
+            Ok(reply) if reply.code / 100 == 5 || quota(&reply) => {
+                info!(%recipient, code = reply.code, reply = %Escaped(&reply.text), "callahead: the next hop refuses the recipient");
+                let ttl = if quota(&reply) {
+                    self.ttl.1.min(QUOTA_TTL)
+                } else {
+                    self.ttl.1
+                };
+                let stored = format!(
+                    "!{} {} {}",
+                    reply.code,
+                    reply.status.map(|s| s.to_string()).unwrap_or_default(),
+                    reply.text.replace('\n', " ")
+                );
+                (
+                    RecipientVerdict::NextHopRefused(Reply::from_next_hop(
+                        reply.code,
+                        reply.status,
+                        &reply.text,
+                    )),
+                    Some((stored, ttl)),
+                )
             }
             Ok(reply) => {
                 warn!(%recipient, code = reply.code, reply = %Escaped(&reply.text), "callahead: the next hop cannot answer now: 451");
@@ -1034,7 +1108,7 @@ impl Callahead {
         };
         if let Some((answer, ttl)) = remember {
             let expires = backstop_types::UnixTime(now.0 + ttl.as_secs());
-            if let Err(e) = queue.state_put(key.as_bytes(), answer, expires) {
+            if let Err(e) = queue.state_put(key.as_bytes(), answer.as_bytes(), expires) {
                 warn!(error = %e, "callahead cache not written");
             }
         }
@@ -1042,14 +1116,53 @@ impl Callahead {
     }
 }
 
+/// A cached callahead answer: `+` (exists), `-` (unknown, as earlier versions kept it), or
+/// `!code status text` (the next hop's refusal).
+fn remembered(answer: &[u8], recipient: &Address) -> Option<RecipientVerdict> {
+    match answer {
+        b"+" => Some(RecipientVerdict::Accept(vec![recipient.clone()])),
+        b"-" => Some(RecipientVerdict::Unknown),
+        [b'!', rest @ ..] => {
+            let text = std::str::from_utf8(rest).ok()?;
+            let (code, rest) = text.split_once(' ')?;
+            let (status, text) = rest.split_once(' ')?;
+            let status = {
+                let mut parts = status.split('.').map(|p| p.parse::<u16>().ok());
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(Some(c)), Some(Some(s)), Some(Some(d))) => {
+                        Some(backstop_types::EnhancedStatus(c as u8, s, d))
+                    }
+                    _ => None,
+                }
+            };
+            Some(RecipientVerdict::NextHopRefused(Reply::from_next_hop(
+                code.parse().ok()?,
+                status,
+                text,
+            )))
+        }
+        _ => None,
+    }
+}
+
 /// Bounces to our addresses must answer mail we sent: carry a valid BATV tag of our keys.
 struct BounceCheck {
     keys: backstop_batv::Keys,
+    /// Refuse bounces without a valid tag (`[batv] check_bounces`); without it valid tags are
+    /// only removed.
+    enforce: bool,
     /// `user@domain` and `@domain` entries that take untagged bounces.
     exempt: Vec<String>,
 }
 
 impl BounceCheck {
+    /// The address without its tag, when it carries a valid one of our keys.
+    fn untagged(&self, address: &Address) -> Option<Address> {
+        self.keys
+            .verify(address, backstop_batv::day_of(now()))
+            .ok()
+    }
+
     /// The address to deliver to (the tag stripped), or why the bounce is refused. abuse@ and
     /// the configured exemptions pass untagged; postmaster@ never gets here.
     fn recipient(&self, address: &Address) -> Result<Address, BounceProblem> {
@@ -1262,7 +1375,7 @@ fn session_config(config: &Config, name: &str, kind: ListenerKind) -> SessionCon
         check_recipients: config.recipients.is_some()
             || config.ldap.is_some()
             || config.routes.iter().any(|r| r.callahead || r.proxy)
-            || config.batv_check_bounces
+            || config.batv.is_some()
             || config.greylist.is_some()
             || config.rate_limits.any(),
         check_senders: config.rate_limits.any()
@@ -1370,6 +1483,7 @@ mod tests {
         Filter {
             ldap: None,
             auth_ldap: None,
+            auth_dovecot: None,
             users: Arc::new(UserStore::default()),
             callahead: None,
             proxy: None,
@@ -1419,6 +1533,7 @@ mod tests {
                 number: 1,
             },
             proxied: None,
+            size: None,
         };
         let bob = Address::parse("bob@example.com").unwrap();
         assert_eq!(
@@ -1446,6 +1561,7 @@ mod tests {
         let filter = Filter {
             batv: Some(BounceCheck {
                 keys: keys.clone(),
+                enforce: true,
                 exempt: vec!["lists@example.com".into(), "@other.example".into()],
             }),
             ..bare(Queue::open(dir.path()).unwrap())
@@ -1462,6 +1578,7 @@ mod tests {
                 number: 1,
             },
             proxied: None,
+            size: None,
         };
         let bounce = |r: &Address| filter.decide(&query(r, ReversePath::Null));
         assert_eq!(bounce(&tagged), RecipientVerdict::Accept(vec![bob.clone()]));

@@ -78,7 +78,7 @@ fn errors_name_file_line_and_key() {
     );
     assert_eq!(
         error(&format!("{MINIMAL}[[auth.user]]\nname = \"a\"\npassword_hash = \"plain\"\n")),
-        "test.toml:7: auth.user.password_hash: the password of a is not an argon2 ($argon2id$...) or SHA-512-crypt ($6$...) hash; plain-text passwords are not accepted (make one with `backstop hash-password`)"
+        "test.toml:7: auth.user.password_hash: the password of a is not an argon2 ($argon2id$...), SHA-512-crypt ($6$...) or bcrypt ($2y$...) hash; plain-text passwords are not accepted (make a hash with `backstop hash-password`, or `doveadm pw -s SHA512-CRYPT`)"
     );
     let submission =
         "[[listener]]\nname = \"s\"\naddress = \"127.0.0.1:587\"\nkind = \"submission\"\n";
