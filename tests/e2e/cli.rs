@@ -161,61 +161,23 @@ fn the_systemd_unit_verifies() {
 }
 
 /// Every config in etc/ passes `backstop check-config`, with /etc/backstop laid out as an
-/// administrator would: a certificate, a users file, a recipient table, an LDAP password, a
-/// DKIM key, a BATV secret and the internal server's CA.
+/// administrator would (see `roles::lay_out_etc`).
 #[test]
 fn every_config_in_etc_passes_check_config() {
-    let etc =
-        Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo")).join("../../etc");
     let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("etc-backstop");
-    for sub in ["tls", "dkim"] {
-        std::fs::create_dir_all(conf.join(sub)).unwrap();
-    }
-    let (ca, cert, key) =
-        crate::postfix::test_certificate(&conf.join("tls"), "DNS:mx1.example.com");
-    std::fs::rename(&cert, conf.join("tls/fullchain.pem")).unwrap();
-    std::fs::rename(&key, conf.join("tls/privkey.pem")).unwrap();
-    std::fs::rename(&ca, conf.join("internal-ca.pem")).unwrap();
-    let hash = crate::harness::hash_password("secret");
-    std::fs::write(conf.join("users"), format!("alice:{hash}\n")).unwrap();
-    std::fs::write(
-        conf.join("recipients"),
-        "postmaster@example.com alice@example.com\n",
-    )
-    .unwrap();
-    std::fs::write(conf.join("ldap.password"), "secret\n").unwrap();
-    std::fs::write(
-        conf.join("batv-1.key"),
-        "a secret of more than sixteen bytes\n",
-    )
-    .unwrap();
-    crate::mx::dkim_key(&conf.join("dkim"), "example.com", "rsa");
+    let (_, configs) = crate::roles::lay_out_etc(dir.path());
     let mut checked = Vec::new();
-    for entry in std::fs::read_dir(&etc).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "toml") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path)
-            .unwrap()
-            .replace("/etc/backstop", &conf.display().to_string())
-            .replace(
-                "/var/lib/backstop",
-                &dir.path().join("data").display().to_string(),
-            );
-        let copy = dir.path().join(path.file_name().unwrap());
+    for (name, text) in configs {
+        let copy = dir.path().join(&name);
         std::fs::write(&copy, text).unwrap();
         let out = check_config(&copy);
         assert!(
             out.status.success(),
-            "{}: {}",
-            path.display(),
+            "{name}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        checked.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        checked.push(name);
     }
-    checked.sort();
     assert_eq!(
         checked,
         [

@@ -78,6 +78,8 @@ pub struct Server {
     pub mx: SocketAddr,
     pub submission: SocketAddr,
     pub submissions: SocketAddr,
+    /// Every listener's address, by its name.
+    pub addresses: std::collections::HashMap<String, SocketAddr>,
     pub dir: PathBuf,
 }
 
@@ -151,7 +153,19 @@ impl Server {
         Server::start_with(dir, &dir.join("backstop.toml"))
     }
 
+    /// Writes `config` to `dir/backstop.toml` and starts the server on it, waiting for the
+    /// listeners `names` (a config of its own, such as the reference configs').
+    pub fn start_named(dir: &Path, config: &str, names: &[&str]) -> Server {
+        let path = dir.join("backstop.toml");
+        std::fs::write(&path, config).unwrap();
+        Server::start_listening(dir, &path, names)
+    }
+
     fn start_with(dir: &Path, config: &Path) -> Server {
+        Server::start_listening(dir, config, &["mx", "submission", "submissions"])
+    }
+
+    fn start_listening(dir: &Path, config: &Path, names: &[&str]) -> Server {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -175,9 +189,9 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        let (mut mx, mut submission, mut submissions) = (None, None, None);
+        let mut addresses = std::collections::HashMap::new();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while mx.is_none() || submission.is_none() || submissions.is_none() {
+        while names.iter().any(|n| !addresses.contains_key(*n)) {
             let left = deadline.saturating_duration_since(Instant::now());
             let Ok(line) = rx.recv_timeout(left) else {
                 let _ = child.kill();
@@ -187,20 +201,18 @@ impl Server {
             // "backstop: listener mx (mx) on 127.0.0.1:40123"
             if let Some(rest) = line.strip_prefix("backstop: listener ") {
                 let addr: SocketAddr = rest.rsplit(' ').next().unwrap().parse().unwrap();
-                if rest.starts_with("mx ") {
-                    mx = Some(addr);
-                } else if rest.starts_with("submission ") {
-                    submission = Some(addr);
-                } else if rest.starts_with("submissions ") {
-                    submissions = Some(addr);
-                }
+                let name = rest.split(' ').next().unwrap_or_default();
+                addresses.insert(name.to_owned(), addr);
             }
         }
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        let named = |n: &str| addresses.get(n).copied().unwrap_or(unspecified);
         Server {
             child,
-            mx: mx.unwrap(),
-            submission: submission.unwrap(),
-            submissions: submissions.unwrap(),
+            mx: named("mx"),
+            submission: named("submission"),
+            submissions: named("submissions"),
+            addresses,
             dir: dir.to_owned(),
         }
     }

@@ -17,6 +17,12 @@ pub struct Dovecot {
 
 impl Dovecot {
     pub fn start(dir: &Path) -> Dovecot {
+        Dovecot::start_with(dir, false)
+    }
+
+    /// With `rcpt_check_quota`, LMTP answers RCPT for a full mailbox (`lmtp_rcpt_check_quota`,
+    /// with the size MAIL announced). Its auth-client socket is `run/auth-client` either way.
+    pub fn start_with(dir: &Path, rcpt_check_quota: bool) -> Dovecot {
         for d in ["run", "state", "mail"] {
             std::fs::create_dir_all(dir.join(d)).unwrap();
         }
@@ -40,6 +46,7 @@ impl Dovecot {
             .local_addr()
             .unwrap()
             .port();
+        let quota = if rcpt_check_quota { "yes" } else { "no" };
         std::fs::write(
             dir.join("dovecot.conf"),
             format!(
@@ -74,7 +81,12 @@ service lmtp {{
 }}
 protocol lmtp {{
   mail_plugins = $mail_plugins quota
-  lmtp_rcpt_check_quota = no
+  lmtp_rcpt_check_quota = {quota}
+}}
+service auth {{
+  unix_listener auth-client {{
+    mode = 0600
+  }}
 }}
 "
             ),
@@ -206,5 +218,116 @@ fn hand_mail_to_dovecot(test: &str, relay: fn(&Dovecot) -> String) {
     let reason = server.quarantined(id);
     assert!(reason.contains("full@example.com: 552"), "{reason}");
     assert!(!reason.contains("bob@"), "{reason}");
+    server.stop();
+}
+
+/// The mailbox state at RCPT, without a table or a directory: callahead over LMTP asks Dovecot
+/// about each recipient of the local domain while the client waits. An unknown user and a full
+/// mailbox are refused with Dovecot's own replies; nothing lands in quarantine.
+#[test]
+fn unknown_and_full_mailboxes_are_refused_at_rcpt() {
+    let test = "unknown_and_full_mailboxes_are_refused_at_rcpt";
+    if !have("dovecot", test) || !is_root(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let dovecot = Dovecot::start_with(&d.join("dovecot"), true);
+    // full@ is over its 1-byte quota already: one message waits in its mailbox.
+    let maildir = dovecot.dir.join("mail/example.com/full/Maildir");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(maildir.join(sub)).unwrap();
+    }
+    std::fs::write(
+        maildir.join("cur/1700000000.M1P1.test:2,S"),
+        "Subject: old\r\n\r\nfills the mailbox\r\n",
+    )
+    .unwrap();
+    let status = Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(dovecot.dir.join("mail"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = config(d, "")
+        .replace(
+            "local_domains = [\"example.test\"]",
+            "local_domains = [\"example.test\", \"example.com\"]",
+        )
+        .replace("[delivery]\npaused = true", "[delivery]\npaused = false")
+        + &format!(
+            "\n[[route]]\ndomains = [\"example.com\"]\nrelay = \"127.0.0.1:{}\"\nprotocol = \"lmtp\"\ncallahead = true\n",
+            dovecot.port
+        );
+    let server = Server::start(d, &text);
+    let mut c = RawClient::connect(server.mx);
+    c.reply();
+    c.command("EHLO client.example.org");
+    assert!(c
+        .command("MAIL FROM:<someone@example.org> SIZE=2000")
+        .starts_with("250"));
+    let unknown = c.command("RCPT TO:<nobody@example.com>");
+    assert!(unknown.starts_with("550 5.1.1"), "{unknown}");
+    let full = c.command("RCPT TO:<full@example.com>");
+    assert!(
+        full.starts_with("552 5.2.2") || full.starts_with("452 4.2.2"),
+        "{full}"
+    );
+    // Asked once: the second answer comes from the cache.
+    assert!(c.command("RCPT TO:<nobody@example.com>").starts_with("550 5.1.1"));
+    assert!(c.command("RCPT TO:<bob@example.com>").starts_with("250"));
+    assert!(c.command("DATA").starts_with("354"));
+    c.send(b"Subject: checked at rcpt\r\n\r\nhello\r\n.\r\n");
+    assert!(c.reply().starts_with("250"));
+    c.command("QUIT");
+    let new = dovecot.dir.join("mail/example.com/bob/Maildir/new");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(&new).map_or(0, |r| r.count()) == 0 {
+        assert!(Instant::now() < deadline, "not delivered:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, listed) = server.cli(&["quarantine", "list"]);
+    assert!(ok, "{listed}");
+    assert!(!listed.contains("@example.com"), "{listed}");
+    let log = server.log();
+    assert_eq!(
+        log.matches("callahead: the next hop refuses the recipient")
+            .count(),
+        2,
+        "{log}"
+    );
+    server.stop();
+}
+
+/// AUTH through Dovecot's auth-client socket: Dovecot decides, and when it is gone the client
+/// hears 454 (try again), never a login.
+#[test]
+fn auth_through_dovecots_socket() {
+    let test = "auth_through_dovecots_socket";
+    if !have("dovecot", test) || !is_root(test) || !have("swaks", test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let dovecot = Dovecot::start(&d.join("dovecot"));
+    let socket = dovecot.dir.join("run/auth-client");
+    let text = config(d, "")
+        + &format!("\n[auth]\ndovecot = \"unix:{}\"\n", socket.display());
+    let server = Server::start(d, &text);
+    let login = |password: &str| {
+        let out = Command::new("swaks")
+            .args(["--server", &server.submission.to_string(), "--tls"])
+            .args(["--auth", "PLAIN", "--auth-user", "bob@example.com"])
+            .args(["--auth-password", password, "--quit-after", "AUTH"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(login("secret").contains("<~  235"), "{}", login("secret"));
+    let wrong = login("wrong");
+    assert!(wrong.contains("<~* 535"), "{wrong}");
+    drop(dovecot);
+    let gone = login("secret");
+    assert!(gone.contains("<~* 454"), "{gone}");
     server.stop();
 }

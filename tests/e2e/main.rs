@@ -31,6 +31,7 @@ mod rates;
 mod receive;
 mod recipients;
 mod relay;
+mod roles;
 mod scanners;
 mod sender_auth;
 mod signals;
