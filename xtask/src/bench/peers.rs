@@ -48,7 +48,10 @@ fn with_files(program: &std::ffi::OsStr, files: Option<u64>) -> Command {
     match files {
         Some(n) => {
             let mut command = Command::new("prlimit");
-            command.arg(format!("--nofile={n}:{n}")).arg("--").arg(program);
+            command
+                .arg(format!("--nofile={n}:{n}"))
+                .arg("--")
+                .arg(program);
             command
         }
         None => Command::new(program),

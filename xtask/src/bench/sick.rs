@@ -250,7 +250,9 @@ fn connections(binary: &Path, dir: &Path) -> Result<f64, String> {
             sink.address
         )
     };
-    let all: Vec<String> = (0..CONNECTIONS).map(|n| format!("user{n}@held.test")).collect();
+    let all: Vec<String> = (0..CONNECTIONS)
+        .map(|n| format!("user{n}@held.test"))
+        .collect();
     let held = Backstop::start(binary, dir, &settings(true))?;
     preload(held.address, &all)?;
     std::thread::sleep(Duration::from_millis(500));
@@ -278,13 +280,7 @@ fn connections(binary: &Path, dir: &Path) -> Result<f64, String> {
 /// Established TCP connections to `address` (ss from iproute2).
 fn established(address: SocketAddr) -> Result<usize, String> {
     let out = Command::new("ss")
-        .args([
-            "-Htn",
-            "state",
-            "established",
-            "dst",
-            &address.to_string(),
-        ])
+        .args(["-Htn", "state", "established", "dst", &address.to_string()])
         .output()
         .map_err(|e| format!("ss: {e}"))?;
     Ok(String::from_utf8_lossy(&out.stdout).lines().count())
