@@ -1,0 +1,105 @@
+//! `[greylist]` and `[rate_limits]`: what slows untrusted clients down.
+
+use backstop_filter::greylist::GreylistPolicy;
+use backstop_filter::rate::Limit;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::Ctx;
+use crate::units::{secs, Seconds};
+
+/// Rate limits; `None` means no limit. Client limits apply to clients that neither
+/// authenticated nor are in the local networks; user limits to authenticated users.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RateLimits {
+    pub client_connections: Option<Limit>,
+    pub client_messages: Option<Limit>,
+    pub client_recipients: Option<Limit>,
+    pub user_messages: Option<Limit>,
+    pub user_recipients: Option<Limit>,
+}
+
+impl RateLimits {
+    pub fn any(&self) -> bool {
+        [
+            self.client_connections,
+            self.client_messages,
+            self.client_recipients,
+            self.user_messages,
+            self.user_recipients,
+        ]
+        .iter()
+        .any(Option::is_some)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawGreylist {
+    enabled: bool,
+    delay: Seconds,
+    retry_window: Spanned<Seconds>,
+    auto_pass: Seconds,
+}
+
+impl Default for RawGreylist {
+    /// Off; when on, postgrey's long-standing values: 5 minutes, 2 days, 35 days.
+    fn default() -> RawGreylist {
+        RawGreylist {
+            enabled: false,
+            delay: secs(300),
+            retry_window: Spanned::new(0..0, secs(2 * 86_400)),
+            auto_pass: secs(35 * 86_400),
+        }
+    }
+}
+
+pub(crate) fn greylist(ctx: &mut Ctx<'_>, g: RawGreylist) -> Option<GreylistPolicy> {
+    if !g.enabled {
+        return None;
+    }
+    let retry_window = g.retry_window.get_ref().0;
+    if retry_window <= g.delay.0 {
+        ctx.error(
+            g.retry_window.span(),
+            "greylist.retry_window",
+            "must be longer than delay",
+        );
+        return None;
+    }
+    Some(GreylistPolicy {
+        delay: g.delay.0,
+        retry_window,
+        auto_pass: g.auto_pass.0,
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimits {
+    client_connections: Option<Spanned<String>>,
+    client_messages: Option<Spanned<String>>,
+    client_recipients: Option<Spanned<String>>,
+    user_messages: Option<Spanned<String>>,
+    user_recipients: Option<Spanned<String>>,
+}
+
+pub(crate) fn rate_limits(ctx: &mut Ctx<'_>, r: RawRateLimits) -> RateLimits {
+    let mut limit = |raw: &Option<Spanned<String>>| match raw {
+        None => None,
+        Some(text) => match Limit::parse(text.get_ref()) {
+            Ok(limit) => Some(limit),
+            Err(e) => {
+                ctx.error(text.span(), "", e);
+                None
+            }
+        },
+    };
+    RateLimits {
+        client_connections: limit(&r.client_connections),
+        client_messages: limit(&r.client_messages),
+        client_recipients: limit(&r.client_recipients),
+        user_messages: limit(&r.user_messages),
+        user_recipients: limit(&r.user_recipients),
+    }
+}

@@ -1,0 +1,101 @@
+//! `[sender_checks]` (SPF, DKIM, DMARC, iprev of untrusted clients' mail) and
+//! `[bounce_provenance]` (bounces of messages we never sent).
+
+use backstop_filter::sender_auth::{Action, Actions};
+use backstop_types::Domain;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::Ctx;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawSenderChecks {
+    enabled: bool,
+    dmarc_reject: CheckAction,
+    dmarc_quarantine: CheckAction,
+    spf_fail: CheckAction,
+    dns_error: DnsErrorAction,
+    iprev_fail: CheckAction,
+    spf_at_mail: bool,
+    trusted_arc_sealers: Vec<String>,
+}
+
+impl Default for RawSenderChecks {
+    fn default() -> RawSenderChecks {
+        RawSenderChecks {
+            enabled: true,
+            dmarc_reject: CheckAction::Reject,
+            dmarc_quarantine: CheckAction::Quarantine,
+            spf_fail: CheckAction::Reject,
+            dns_error: DnsErrorAction::Tempfail,
+            iprev_fail: CheckAction::Accept,
+            spf_at_mail: false,
+            trusted_arc_sealers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum CheckAction {
+    Reject,
+    Quarantine,
+    Accept,
+}
+
+impl From<CheckAction> for Action {
+    fn from(a: CheckAction) -> Self {
+        match a {
+            CheckAction::Reject => Self::Reject,
+            CheckAction::Quarantine => Self::Quarantine,
+            CheckAction::Accept => Self::Accept,
+        }
+    }
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum DnsErrorAction {
+    Tempfail,
+    Accept,
+}
+
+pub(crate) fn check(c: RawSenderChecks) -> Option<Actions> {
+    c.enabled.then(|| Actions {
+        dmarc_reject: c.dmarc_reject.into(),
+        dmarc_quarantine: c.dmarc_quarantine.into(),
+        spf_fail: c.spf_fail.into(),
+        tempfail_on_dns_error: c.dns_error == DnsErrorAction::Tempfail,
+        iprev_fail: c.iprev_fail.into(),
+        spf_at_mail: c.spf_at_mail,
+        trusted_arc_sealers: c.trusted_arc_sealers,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawBounceProvenance {
+    enabled: bool,
+    domains: Vec<Spanned<String>>,
+}
+
+impl Default for RawBounceProvenance {
+    fn default() -> RawBounceProvenance {
+        RawBounceProvenance {
+            enabled: true,
+            domains: Vec::new(),
+        }
+    }
+}
+
+/// Whether to check, and for which domains (empty: the local ones). Off where BATV already
+/// checks every bounce.
+pub(crate) fn bounce_provenance(
+    ctx: &mut Ctx<'_>,
+    raw: RawBounceProvenance,
+    batv_checks_bounces: bool,
+) -> (bool, Vec<Domain>) {
+    let domains = crate::domains(ctx, &raw.domains);
+    (raw.enabled && !batv_checks_bounces, domains)
+}

@@ -1,0 +1,434 @@
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use expect_test::{expect, Expect};
+
+use super::*;
+
+/// Every problem `text` has, one per line.
+fn errors(text: &str) -> String {
+    parse(text, "test.toml").unwrap_err().to_string()
+}
+
+fn check(text: &str, expected: Expect) {
+    expected.assert_eq(&errors(text));
+}
+
+const MINIMAL: &str = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\nkind = \"mx\"\n";
+
+#[test]
+fn the_embedded_default_parses() {
+    let config = embedded().unwrap();
+    assert!(DEFAULT.contains("password_hash = \"$argon2id$"));
+    assert_eq!(config.listeners.len(), 2);
+    assert_eq!(
+        config.listeners[0].address,
+        "127.0.0.1:2525".parse().unwrap()
+    );
+    assert_eq!(
+        config.listeners[1].address,
+        "127.0.0.1:5870".parse().unwrap()
+    );
+    assert_eq!(config.data_dir, PathBuf::from("var"));
+}
+
+#[test]
+fn every_config_in_etc_parses() {
+    let etc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../etc");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&etc).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            if let Err(e) = parse(&text, &path.display().to_string()) {
+                panic!("{e}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "{checked}");
+}
+
+#[test]
+fn minimal_config_gets_the_defaults() {
+    let c = parse(MINIMAL, "test.toml").unwrap();
+    assert_eq!(c.smtp.max_recipients, 100);
+    assert_eq!(c.smtp.max_message_size, 50 * 1024 * 1024);
+    assert_eq!(c.smtp.command_timeout, Duration::from_secs(300));
+    assert!(matches!(c.tls, Tls::SelfSigned));
+    assert_eq!(c.log.level, "info");
+    assert_eq!(c.callahead.ttl.positive, Duration::from_secs(3600));
+    assert_eq!(c.delivery.maildir, PathBuf::from("var/maildir"));
+}
+
+#[test]
+fn errors_name_file_line_and_key_in_plain_words() {
+    check(
+        &format!("[smtp]\nmax_recipients = \"many\"\n{MINIMAL}"),
+        expect![[
+            r#"test.toml:2: smtp.max_recipients: expected a whole number, 0 or more, not the text "many""#
+        ]],
+    );
+    check(
+        &format!("[smtp]\nmax_recipient = 5\n{MINIMAL}"),
+        expect!["test.toml:2: smtp.max_recipient: unknown key max_recipient; the keys here are local_domains, relay_domains, local_networks, max_message_size, max_recipients, max_line_length, max_errors, command_timeout, data_timeout, min_data_rate, max_hops, stress_timeout, greeting_delay, shutdown_grace, max_connections, max_connections_per_ip"],
+    );
+    check(
+        &format!("[smtp]\nlocal_domains = \"example.com\"\n{MINIMAL}"),
+        expect![[
+            r#"test.toml:2: smtp.local_domains: expected a list, like ["a", "b"], not the text "example.com""#
+        ]],
+    );
+    check(
+        &format!("[smtp]\nlocal_domains = [\"ok.test\", \"bad domain\"]\n{MINIMAL}"),
+        expect![[
+            r#"test.toml:2: smtp.local_domains: "bad domain": the domain contains the character ' '"#
+        ]],
+    );
+    check(
+        &format!("[smtp]\nlocal_networks = [\"10.0.0.0/99\"]\n{MINIMAL}"),
+        expect![[
+            r#"test.toml:2: smtp.local_networks: "10.0.0.0/99" is not a network like 192.0.2.0/24 or 2001:db8::/32"#
+        ]],
+    );
+    check(
+        &format!("[smtp]\nmax_message_size = \"10Q\"\n{MINIMAL}"),
+        expect![[r#"test.toml:2: smtp.max_message_size: "10Q": unknown unit (use k, M or G)"#]],
+    );
+    check(
+        &format!("[smtp]\ndata_timeout = \"soon\"\n{MINIMAL}"),
+        expect![[
+            r#"test.toml:2: smtp.data_timeout: "soon" is not a duration like 30, "30s", "5m", "1h" or "2d""#
+        ]],
+    );
+    check(
+        "[[listener]]\nname = \"mx\"\naddress = \"localhost\"\nkind = \"mx\"\n",
+        expect![[
+            r#"test.toml:3: listener.address: "localhost" is not an address like 127.0.0.1:25 or [::1]:25"#
+        ]],
+    );
+    check(
+        "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\nkind = \"pop3\"\n",
+        expect![[
+            r#"test.toml:4: listener.kind: "pop3" is not one of mx, submission, submissions"#
+        ]],
+    );
+    check(
+        "hostname = \"x.test\"\n",
+        expect!["test.toml: listener: at least one [[listener]] is needed"],
+    );
+    check(
+        &format!("[tls]\ncert = \"/c.pem\"\n{MINIMAL}"),
+        expect!["test.toml:2: tls.cert: cert needs a key too"],
+    );
+    check(
+        &format!("{MINIMAL}[[auth.user]]\nname = \"a\"\npassword_hash = \"plain\"\n"),
+        expect!["test.toml:7: auth.user.password_hash: the password of a is not an argon2 ($argon2id$...), SHA-512-crypt ($6$...) or bcrypt ($2y$...) hash; plain-text passwords are not accepted (make a hash with `backstop hash-password`, or `doveadm pw -s SHA512-CRYPT`)"],
+    );
+    check(
+        "[[listener]]\nname = \"s\"\naddress = \"127.0.0.1:587\"\nkind = \"submission\"\n",
+        expect!["test.toml:1: listener: a submission listener needs users: set auth.users_file or add [[auth.user]]"],
+    );
+    check(
+        "[[listener]\n",
+        expect!["test.toml:1: listener: unclosed array table, expected `]`"],
+    );
+    check(
+        &format!("{MINIMAL}[smpt]\nmax_recipients = 5\n"),
+        expect!["test.toml:5: smpt: unknown key or section smpt; the known ones are: hostname, data_dir, smtp, tls, auth, listener, queue, recipients, ldap, greylist, rate_limits, delivery, content, filter, route, dns, batv, dkim, sender_checks, dnsbl, bounce_provenance, admin, metrics, log"],
+    );
+}
+
+/// One run reports every problem, in the order of the file: in one section, across sections,
+/// and in each element of an array of tables; a required key taken out for its bad value is
+/// not reported missing as well.
+#[test]
+fn every_problem_in_one_run() {
+    let text = "\
+hostname = \"mx.example.com\"
+
+[smtp]
+max_recipients = \"many\"
+max_errors = -1
+local_domains = [\"ok.test\", \"bad domain\"]
+max_line_length = 100
+
+[[listener]]
+name = \"mx\"
+address = \"localhost\"
+kind = \"mx\"
+
+[[listener]]
+name = \"mx2\"
+address = \"127.0.0.1:26\"
+kind = \"pop3\"
+
+[queue]
+min_backoff = \"1w\"
+max_bakcoff = \"1h\"
+
+[log]
+level = \"verbose\"
+
+[[filter]]
+type = \"clamd\"
+pattern = \"x\"
+address = \"unix:/run/clamav/clamd.ctl\"
+";
+    check(
+        text,
+        expect![[r#"
+            test.toml:4: smtp.max_recipients: expected a whole number, 0 or more, not the text "many"
+            test.toml:5: smtp.max_errors: the number -1 is out of range: expected a whole number from 0 to 4294967295
+            test.toml:6: smtp.local_domains: "bad domain": the domain contains the character ' '
+            test.toml:7: smtp.max_line_length: must be at least 512 (RFC 5321 4.5.3.1)
+            test.toml:11: listener.address: "localhost" is not an address like 127.0.0.1:25 or [::1]:25
+            test.toml:17: listener.kind: "pop3" is not one of mx, submission, submissions
+            test.toml:20: queue.min_backoff: "1w": unknown unit (use s, m, h or d)
+            test.toml:21: queue.max_bakcoff: unknown key max_bakcoff; the keys here are min_backoff, max_backoff, lifetime, delay_warnings, quarantine_retention
+            test.toml:24: log.level: "verbose" is not a level (trace, debug, info, warn, error, off); per target: "backstop_delivery=debug,info"
+            test.toml:28: filter.pattern: pattern does not apply to a clamd filter"#]],
+    );
+    // What could be read is kept: the config is there, with a default for each bad value.
+    let (config, errors) = parse_all(text, "test.toml");
+    let config = config.unwrap();
+    assert_eq!(errors.len(), 10);
+    assert_eq!(config.smtp.max_recipients, 100);
+    assert_eq!(config.smtp.local_domains.len(), 1);
+    assert_eq!(config.listeners.len(), 0);
+}
+
+#[test]
+fn an_unqualified_host_name_is_a_warning() {
+    let c = parse(&format!("hostname = \"vm\"\n{MINIMAL}"), "test.toml").unwrap();
+    let warnings: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+    expect![[r#"
+        [
+            "test.toml:1: hostname: the host name \"vm\" is not fully qualified: the greeting, Received: fields and reports will say \"vm\"; set hostname = \"mx.example.com\" (the name of this host in DNS)",
+        ]
+    "#]]
+    .assert_debug_eq(&warnings);
+    let c = parse(
+        &format!("hostname = \"mx.example.com\"\n{MINIMAL}"),
+        "test.toml",
+    )
+    .unwrap();
+    assert!(c.warnings.is_empty());
+}
+
+#[test]
+fn the_admin_api_is_a_socket_or_loopback_http_with_a_token() {
+    let c = parse(MINIMAL, "test.toml").unwrap();
+    assert!(matches!(&c.admin, AdminEndpoint::Unix(p) if p == Path::new("var/admin.sock")));
+    check(
+        &format!("{MINIMAL}[admin]\nhttp = \"127.0.0.1:8025\"\n"),
+        expect!["test.toml:6: admin.http: http needs a token_file (the bearer token)"],
+    );
+    let with = |addr: &str| {
+        format!("{MINIMAL}[admin]\nhttp = \"{addr}\"\ntoken_file = \"/etc/backstop/admin.token\"\n")
+    };
+    check(
+        &with("192.0.2.1:8025"),
+        expect!["test.toml:6: admin.http: 192.0.2.1:8025: the admin API listens on loopback only"],
+    );
+    let c = parse(&with("[::1]:8025"), "test.toml").unwrap();
+    let AdminEndpoint::Http { token_file, .. } = &c.admin else {
+        panic!("{:?}", c.admin);
+    };
+    assert_eq!(token_file.value, PathBuf::from("/etc/backstop/admin.token"));
+    assert_eq!(token_file.at.to_string(), "test.toml:7: admin.token_file");
+}
+
+#[test]
+fn routes_are_relay_or_mx_and_say_what_is_wrong() {
+    let route = |body: &str| format!("{MINIMAL}[[route]]\ndomains = [\"*\"]\n{body}");
+    let c = parse(&route("mx = true\n"), "test.toml").unwrap();
+    assert!(c.routes[0].relay.is_none() && c.routes[0].any_domain);
+    let c = parse(
+        &route("relay = \"unix:/run/dovecot/lmtp\"\nprotocol = \"lmtp\"\n"),
+        "test.toml",
+    )
+    .unwrap();
+    let hop = c.routes[0].relay.as_ref().unwrap();
+    assert_eq!(hop.endpoint.to_string(), "unix:/run/dovecot/lmtp");
+    assert!(c.routes[0].lmtp);
+    check(
+        &route(""),
+        expect![[r#"test.toml:6: route.domains: a route needs relay = "host:port" or mx = true"#]],
+    );
+    check(
+        &route("relay = \"192.0.2.1:25\"\nmx = true\n"),
+        expect!["test.toml:7: route.relay: a route has relay or mx = true, not both"],
+    );
+    check(
+        &route("mx = true\nprotocol = \"lmtp\"\n"),
+        expect!["test.toml:7: route.mx: LMTP goes to a fixed next hop (relay), not to MX hosts"],
+    );
+    check(
+        &route("relay = \"unix:run/lmtp\"\n"),
+        expect![[
+            r#"test.toml:7: route.relay: "unix:run/lmtp": a Unix socket needs an absolute path"#
+        ]],
+    );
+    let c = parse(
+        &route("mx = true\ntls = \"require\"\ntls_ca_file = \"/etc/ssl/ca.pem\"\n"),
+        "test.toml",
+    )
+    .unwrap();
+    let RouteTls::Require { ca_file } = &c.routes[0].tls else {
+        panic!("{:?}", c.routes[0].tls);
+    };
+    assert_eq!(ca_file.at.to_string(), "test.toml:9: route.tls_ca_file");
+    check(
+        &route("mx = true\ntls_ca_file = \"/etc/hosts\"\n"),
+        expect![[r#"test.toml:8: route.tls_ca_file: tls_ca_file goes with tls = "require""#]],
+    );
+    check(
+        &route("relay = \"192.0.2.1:587\"\ntls = \"none\"\nauth_user = \"u\"\nauth_password_file = \"/etc/hosts\"\n"),
+        expect!["test.toml:9: route.auth_user: AUTH needs TLS: credentials are never sent in clear"],
+    );
+    check(
+        &route("mx = true\nauth_user = \"u\"\nauth_password_file = \"/etc/hosts\"\n"),
+        expect!["test.toml:8: route.auth_user: AUTH is for a relay, not for MX hosts"],
+    );
+    check(
+        &route("relay = \"192.0.2.1:587\"\nauth_user = \"u\"\n"),
+        expect!["test.toml:8: route.auth_user: auth_user needs auth_password_file"],
+    );
+    check(
+        &route("mx = true\ncallahead = true\n"),
+        expect![
+            "test.toml:8: route.callahead: callahead asks a fixed next hop (relay), not MX hosts"
+        ],
+    );
+    check(
+        &route("mx = true\ntls = \"maybe\"\n"),
+        expect![[r#"test.toml:8: route.tls: "maybe" is not one of none, may, require"#]],
+    );
+    // Callahead only for the domains it is asked about: local and relay ones.
+    check(
+        &format!("{MINIMAL}[[route]]\ndomains = [\"example.org\"]\nrelay = \"192.0.2.1:25\"\ncallahead = true\n"),
+        expect!["test.toml:8: route.callahead: callahead checks recipients of local or relay domains (smtp.local_domains, smtp.relay_domains); example.org is neither"],
+    );
+    let local = format!(
+        "[smtp]\nlocal_domains = [\"example.com\"]\n{MINIMAL}[[route]]\ndomains = [\"example.com\"]\nrelay = \"unix:/run/dovecot/lmtp\"\nprotocol = \"lmtp\"\ncallahead = true\n"
+    );
+    assert!(parse(&local, "test.toml").unwrap().routes[0].callahead);
+}
+
+#[test]
+fn delivery_limits() {
+    let c = parse(MINIMAL, "test.toml").unwrap();
+    assert_eq!(
+        (
+            c.delivery.max_connections,
+            c.delivery.max_connections_per_destination
+        ),
+        (100, 20)
+    );
+    check(
+        &format!("[delivery]\nmax_connections_per_destination = 0\n{MINIMAL}"),
+        expect!["test.toml:2: delivery.max_connections_per_destination: must be at least 1"],
+    );
+}
+
+#[test]
+fn batv_and_dkim_keys() {
+    let text = format!(
+        "{MINIMAL}[batv]\nsign_with = 2\n[[batv.key]]\nnumber = 1\nsecret_file = \"/etc/backstop/batv-1.key\"\n[[batv.key]]\nnumber = 12\nsecret_file = \"/x\"\n"
+    );
+    check(
+        &text,
+        expect![[r#"
+            test.toml:6: batv.sign_with: the signing key 2 is not among the [[batv.key]] numbers
+            test.toml:11: batv.key.number: key number 12 is not between 0 and 9"#]],
+    );
+    // Without keys, key 0 is made under data_dir on first use.
+    let c = parse(MINIMAL, "test.toml").unwrap();
+    let batv = c.batv.unwrap();
+    assert!(
+        matches!(&batv.keys, BatvKeys::Generated { file } if file.ends_with("batv/0.key")),
+        "{batv:?}"
+    );
+    assert_eq!(batv.lifetime_days, 7);
+    let c = parse(&format!("{MINIMAL}[batv]\nenabled = false\n"), "test.toml").unwrap();
+    assert!(c.batv.is_none());
+    check(
+        &format!("{MINIMAL}[[dkim]]\ndomain = \"example.com\"\nselector = \"s 1\"\nkey_file = \"/k.pem\"\n"),
+        expect![[r#"test.toml:7: dkim.selector: "s 1" is not a selector like "s2026""#]],
+    );
+}
+
+#[test]
+fn content_filters_are_typed_and_checked_with_their_line() {
+    let filter = |body: &str| format!("{MINIMAL}[[filter]]\n{body}");
+    let c = parse(
+        &filter(
+            "type = \"header\"\nheader = \"Subject\"\npattern = \"(?i)spam\"\naction = \"reject\"\n\n\
+             [[filter]]\ntype = \"clamd\"\naddress = \"unix:/run/clamav/clamd.ctl\"\non_error = \"accept\"\n",
+        ),
+        "test.toml",
+    )
+    .unwrap();
+    assert_eq!(c.content_checks.len(), 2);
+    assert_eq!(c.content_checks[1].name, "clamd unix:/run/clamav/clamd.ctl");
+    assert_eq!(c.content_deadline, Duration::from_secs(60));
+    check(
+        &filter("type = \"body\"\npattern = \"(unclosed\"\naction = \"reject\"\n"),
+        expect![[r#"
+            test.toml:7: filter.pattern: not a regular expression: regex parse error:
+                (unclosed
+                ^
+            error: unclosed group"#]],
+    );
+    check(
+        &filter("type = \"body\"\npattern = \"x\"\naction = \"discard\"\n"),
+        expect!["test.toml:8: filter.action: discard drops mail without telling anyone: say certain = true if this rule never catches wanted mail"],
+    );
+    check(
+        &filter("type = \"antivirus\"\n"),
+        expect![[
+            r#"test.toml:6: filter.type: "antivirus" is not one of header, body, attachment, mime_depth, milter, rspamd, clamd"#
+        ]],
+    );
+    check(
+        &filter("type = \"milter\"\naddress = \"localhost\"\n"),
+        expect![[
+            r#"test.toml:7: filter.address: "localhost" is not an address like 127.0.0.1:8891 or unix:/run/scanner.sock"#
+        ]],
+    );
+    check(
+        &filter("type = \"body\"\naction = \"reject\"\n"),
+        expect!["test.toml:6: filter.type: a body filter needs a pattern"],
+    );
+}
+
+#[test]
+fn log_levels_are_checked() {
+    let c = parse(
+        &format!("{MINIMAL}[log]\nlevel = \"backstop_delivery=debug,info\"\nformat = \"json\"\n"),
+        "test.toml",
+    )
+    .unwrap();
+    assert!(c.log.json);
+    check(
+        &format!("{MINIMAL}[log]\nlevel = \"loud\"\n"),
+        expect![[
+            r#"test.toml:6: log.level: "loud" is not a level (trace, debug, info, warn, error, off); per target: "backstop_delivery=debug,info""#
+        ]],
+    );
+}
+
+/// Nothing a config file holds makes the parser panic: truncations of every config in etc/ at
+/// every line, and bytes that are not what TOML expects.
+#[test]
+fn broken_text_is_an_error_not_a_panic() {
+    let etc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../etc/mx.toml");
+    let text = std::fs::read_to_string(etc).unwrap();
+    let mut at = 0;
+    while let Some(n) = text[at..].find('\n') {
+        at += n + 1;
+        let _ = parse_all(&text[..at], "mx.toml");
+        let _ = parse_all(&format!("{}\u{0}=\"\n[[x", &text[..at]), "mx.toml");
+    }
+}
