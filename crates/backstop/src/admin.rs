@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
-use crate::config::AdminEndpoint;
+use crate::load::Admin as AdminEndpoint;
 use tokio::sync::watch;
 use tracing::{info, warn};
 

@@ -6,15 +6,15 @@ use std::path::Path;
 use anyhow::Context;
 use backstop_types::Address;
 
-use crate::config::{Batv, Config};
+use crate::load::{BatvSource, Setup};
 
 /// The keys to sign and verify with; `None` when BATV is off. The key of the default setup is
 /// made on first use: 32 random bytes, hex, in a file only its owner can read.
-pub fn keys(config: &Config) -> anyhow::Result<Option<backstop_batv::Keys>> {
-    match &config.batv {
+pub fn keys(setup: &Setup) -> anyhow::Result<Option<backstop_batv::Keys>> {
+    match &setup.batv {
         None => Ok(None),
-        Some(Batv::Keys(keys)) => Ok(Some((**keys).clone())),
-        Some(Batv::Generated {
+        Some(BatvSource::Keys(keys)) => Ok(Some((**keys).clone())),
+        Some(BatvSource::Generated {
             file,
             lifetime_days,
         }) => {
@@ -28,7 +28,7 @@ pub fn keys(config: &Config) -> anyhow::Result<Option<backstop_batv::Keys>> {
 
 fn read_or_make(file: &Path) -> anyhow::Result<Vec<u8>> {
     match std::fs::read(file) {
-        Ok(secret) => return Ok(crate::config::trim_ascii(&secret).to_vec()),
+        Ok(secret) => return Ok(secret.trim_ascii().to_vec()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
     }
@@ -66,15 +66,15 @@ fn make(file: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 /// `backstop batv sign ADDRESS`: prints the address with a tag valid from today.
-pub fn sign(config: &Config, address: &str) -> anyhow::Result<String> {
-    let keys = keys(config)?.context("BATV is off in this config ([batv] enabled = false)")?;
+pub fn sign(setup: &Setup, address: &str) -> anyhow::Result<String> {
+    let keys = keys(setup)?.context("BATV is off in this config ([batv] enabled = false)")?;
     let address = Address::parse(address).with_context(|| format!("{address:?}"))?;
     Ok(keys.sign(&address, today()).to_string())
 }
 
 /// `backstop batv verify ADDRESS`: the untagged address, or why the tag is not valid today.
-pub fn verify(config: &Config, address: &str) -> anyhow::Result<Result<String, String>> {
-    let keys = keys(config)?.context("BATV is off in this config ([batv] enabled = false)")?;
+pub fn verify(setup: &Setup, address: &str) -> anyhow::Result<Result<String, String>> {
+    let keys = keys(setup)?.context("BATV is off in this config ([batv] enabled = false)")?;
     let address = Address::parse(address).with_context(|| format!("{address:?}"))?;
     Ok(keys
         .verify(&address, today())

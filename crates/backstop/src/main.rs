@@ -2,7 +2,8 @@
 //!
 //! Layout:
 //! - `main.rs`: the command line (`serve`, `check-config`, `version`, `hash-password`).
-//! - [`config`]: the TOML configuration, checked into validated values with file:line:key errors.
+//! - [`load`]: the config (checked by `backstop_config`) and the files it names, read; every
+//!   problem of both with file, line and key.
 //! - [`serve`]: wiring: tracing, the queue, TLS, users, listeners, the admin API, signals.
 //! - [`admin`]: the admin API on a Unix socket, and the `queue` and `quarantine` commands that
 //!   talk to it.
@@ -10,8 +11,8 @@
 
 mod admin;
 mod batv;
-mod config;
 mod interfaces;
+mod load;
 mod metrics;
 mod proxy;
 mod serve;
@@ -22,7 +23,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::Config;
+use crate::load::Setup;
 
 #[derive(Parser)]
 #[command(
@@ -131,14 +132,11 @@ enum BatvCommand {
     NewKey { file: PathBuf },
 }
 
-/// The config at `path`, or the embedded default; a bad one is reported, exit code 2.
-fn load(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
-    match path {
-        Some(path) => Config::load(path),
-        None => Config::embedded(),
-    }
-    .map_err(|e| {
-        eprintln!("backstop: {e}");
+/// The config at `path`, or the embedded default, with its files; a bad one is reported (every
+/// problem, one per line), exit code 2.
+fn load(path: Option<&std::path::Path>) -> Result<Setup, ExitCode> {
+    load::load(path).map_err(|errors| {
+        eprintln!("{errors}");
         ExitCode::from(2)
     })
 }
@@ -198,42 +196,26 @@ fn admin(target: &AdminTarget, request: admin::Request) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => {
-            let loaded = match &config {
-                Some(path) => Config::load(path),
-                None => Config::embedded(),
-            };
-            match loaded {
-                Ok(loaded) => match serve::run(loaded, config) {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("backstop: {e:#}");
-                        ExitCode::FAILURE
-                    }
-                },
+        Command::Serve { config } => match load(config.as_deref()) {
+            Ok(setup) => match serve::run(setup, config) {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("backstop: {e}");
-                    ExitCode::from(2)
-                }
-            }
-        }
-        Command::CheckConfig { file } => match Config::load(&file) {
-            // What serve reads at start beyond the config itself: the certificate and the
-            // users file.
-            Ok(config) => match serve::check_start_files(&config) {
-                Ok(()) => {
-                    println!("{}: ok", file.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{}: {e:#}", file.display());
-                    ExitCode::from(2)
+                    eprintln!("backstop: {e:#}");
+                    ExitCode::FAILURE
                 }
             },
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(2)
+            Err(code) => code,
+        },
+        // Every problem of the text and of the files it names, one per line; warnings too.
+        Command::CheckConfig { file } => match load(Some(&file)) {
+            Ok(setup) => {
+                for warning in &setup.config.warnings {
+                    eprintln!("warning: {warning}");
+                }
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
             }
+            Err(code) => code,
         },
         Command::Queue { command, target } => {
             let request = match command {

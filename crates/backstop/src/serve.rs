@@ -10,7 +10,6 @@ use backstop_filter::pipeline::{Draft, Outcome as PipelineOutcome, Pipeline};
 use backstop_filter::rate::{self, Limit, MemoryRates};
 use backstop_filter::recipients::{TableFile, Verdict};
 use backstop_listener::tls::{CertSource, Made};
-use backstop_listener::users::SenderPolicy;
 use backstop_listener::{
     ConnectionLimits, Context, Listener, ListenerMode, MessageSink, Policy, UserStore,
 };
@@ -25,7 +24,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ContentAction, ListenerKind, RateLimits, Tls};
+use backstop_config::{Config, ContentAction, ListenerKind, RateLimits, Tls};
+
+use crate::load::Setup;
 
 /// Tells the operator something on standard output (where it listens, where data lives).
 /// A write error is ignored: a daemon must not die because its stdout was closed (a finished
@@ -40,38 +41,75 @@ pub(crate) use announce;
 
 /// Runs the server on `config`, read from `path` (the embedded default when `None`), which
 /// SIGHUP reads again.
-pub fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+pub fn run(setup: Setup, path: Option<PathBuf>) -> anyhow::Result<()> {
     // Everything the server creates is its own: the queue (messages and their log), Maildir
     // files, keys, the admin socket. Nothing inherits a umask that lets other local users read
     // mail (Postfix's queue is private the same way).
     // SAFETY: umask has no preconditions; it is called before any thread exists.
     unsafe { libc::umask(0o077) };
-    init_tracing(&config.log)?;
+    let log = init_tracing(&setup.config.log)?;
+    for warning in &setup.config.warnings {
+        warn!(%warning, "config");
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(serve(config, path))
+        .block_on(serve(setup, path, log))
 }
 
-fn init_tracing(log: &crate::config::Log) -> anyhow::Result<()> {
-    let level = &log.level;
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(env) if !env.is_empty() => tracing_subscriber::EnvFilter::try_new(env),
-        _ => tracing_subscriber::EnvFilter::try_new(level),
+/// The running log: its format, and a handle that changes its level on reload.
+pub(crate) struct LogControl {
+    /// `None` when RUST_LOG decides the level (a reload then leaves it).
+    level: Option<
+        tracing_subscriber::reload::Handle<
+            tracing_subscriber::EnvFilter,
+            tracing_subscriber::Registry,
+        >,
+    >,
+}
+
+impl LogControl {
+    /// Logs at `level` from now on (checked by the config already).
+    fn set_level(&self, level: &str) {
+        let Some(handle) = &self.level else {
+            info!("log.level changed, but RUST_LOG decides the level: it stays");
+            return;
+        };
+        match tracing_subscriber::EnvFilter::try_new(level) {
+            Ok(filter) => match handle.reload(filter) {
+                Ok(()) => info!(level, "log level changed"),
+                Err(e) => error!(error = %e, "log level not changed"),
+            },
+            Err(e) => error!(error = %e, level, "log level not changed"),
+        }
     }
-    .with_context(|| format!("log.level {level:?} is not a tracing filter"))?;
+}
+
+fn init_tracing(log: &backstop_config::Log) -> anyhow::Result<LogControl> {
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::prelude::*;
+    let from_env = std::env::var("RUST_LOG").ok().filter(|e| !e.is_empty());
+    let filter = match &from_env {
+        Some(env) => tracing_subscriber::EnvFilter::try_new(env)
+            .with_context(|| format!("RUST_LOG {env:?} is not a tracing filter"))?,
+        None => tracing_subscriber::EnvFilter::try_new(&log.level)
+            .with_context(|| format!("log.level {:?} is not a tracing filter", log.level))?,
+    };
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match log.json {
         // One object per line: the event's fields, and the spans it happened in (the
         // session's id, peer and listener; the delivery's queue id).
-        true => builder.json().with_span_list(true).init(),
-        false => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        true => registry.with(fmt.json().with_span_list(true)).init(),
+        false => registry
+            .with(fmt.with_ansi(std::io::stderr().is_terminal()))
+            .init(),
     }
-    Ok(())
+    Ok(LogControl {
+        level: from_env.is_none().then_some(handle),
+    })
 }
 
 /// Answers the session's in-session checks from the filter.
@@ -250,7 +288,10 @@ impl Policy for Filter {
             (RecipientVerdict::Accept(targets), Some(callahead)) => {
                 for target in targets {
                     let local = self.local_domains.contains(target.domain());
-                    match callahead.check(&self.queue, target, local, query.size).await {
+                    match callahead
+                        .check(&self.queue, target, local, query.size)
+                        .await
+                    {
                         RecipientVerdict::Accept(_) => {}
                         refused => return refused,
                     }
@@ -408,15 +449,13 @@ impl Filter {
             (Some(check), ReversePath::Null, true) if check.enforce => check
                 .recipient(&query.recipient)
                 .map_err(RecipientVerdict::NotOurBounce),
-            (Some(check), _, true) => {
-                Ok(match check.untagged(&query.recipient) {
-                    Some(untagged) => {
-                        info!(recipient = %query.recipient, to = %untagged, "a valid BATV tag removed from the recipient");
-                        untagged
-                    }
-                    None => query.recipient.clone(),
-                })
-            }
+            (Some(check), _, true) => Ok(match check.untagged(&query.recipient) {
+                Some(untagged) => {
+                    info!(recipient = %query.recipient, to = %untagged, "a valid BATV tag removed from the recipient");
+                    untagged
+                }
+                None => query.recipient.clone(),
+            }),
             _ => Ok(query.recipient.clone()),
         }
     }
@@ -548,6 +587,7 @@ struct Reloader {
     agents: watch::Sender<backstop_delivery::agent::Agent>,
     /// Where we listen: never a next hop.
     own: Arc<backstop_delivery::own::OwnAddresses>,
+    log: LogControl,
 }
 
 /// On SIGHUP: reads the config again and, if it is good and keeps what needs a restart, builds
@@ -558,25 +598,27 @@ struct Reloader {
 /// changes nothing.
 async fn reload_on_hangup(
     hangup: Option<tokio::signal::unix::Signal>,
-    mut running: Config,
+    mut running: Setup,
     r: Reloader,
 ) {
     let Some(mut hangup) = hangup else {
         return std::future::pending().await;
     };
     while hangup.recv().await.is_some() {
-        let loaded = match &r.path {
-            Some(path) => Config::load(path),
-            None => Config::embedded(),
-        };
-        let config = match loaded {
-            Ok(config) => config,
-            Err(e) => {
-                error!(error = %e, "reload refused: the config has errors; nothing changed");
+        let setup = match crate::load::load(r.path.as_deref()) {
+            Ok(setup) => setup,
+            Err(errors) => {
+                for e in &errors.0 {
+                    error!(error = %e, "config");
+                }
+                error!(
+                    errors = errors.0.len(),
+                    "reload refused: the config has errors; nothing changed"
+                );
                 continue;
             }
         };
-        if let Some(why) = needs_restart(&running, &config) {
+        if let Some(why) = needs_restart(&running, &setup) {
             error!(
                 why,
                 "reload refused: this change needs a restart; nothing changed"
@@ -584,13 +626,13 @@ async fn reload_on_hangup(
             continue;
         }
         let previous = Arc::clone(&r.contexts.borrow());
-        let built = Shared::new(&config).and_then(|shared| {
-            let tls = load_tls(&config, &r.data_dir)?;
+        let built = Shared::new(&setup).and_then(|shared| {
+            let tls = load_tls(&setup.config, &r.data_dir)?;
             let context =
-                smtp_context(&config, tls, &shared, &r.queue, &r.metrics, Some(&previous))?;
-            let maildir = std::path::absolute(&config.maildir)?;
+                smtp_context(&setup, tls, &shared, &r.queue, &r.metrics, Some(&previous))?;
+            let maildir = std::path::absolute(&setup.config.delivery.maildir)?;
             let agent = delivery_agent(
-                &config,
+                &setup,
                 &r.queue,
                 maildir,
                 Arc::clone(&r.counters),
@@ -603,7 +645,13 @@ async fn reload_on_hangup(
             Ok((context, agent)) => {
                 r.contexts.send_replace(Arc::new(context));
                 r.agents.send_replace(agent);
-                running = config;
+                if setup.config.log.level != running.config.log.level {
+                    r.log.set_level(&setup.config.log.level);
+                }
+                for warning in &setup.config.warnings {
+                    warn!(%warning, "config");
+                }
+                running = setup;
                 info!("config reloaded");
             }
             Err(e) => error!(error = %format!("{e:#}"), "reload refused; nothing changed"),
@@ -613,7 +661,14 @@ async fn reload_on_hangup(
 
 /// Why `new` cannot replace `old` without a restart, if it cannot: the sockets and the data
 /// directory are set up once.
-fn needs_restart(old: &Config, new: &Config) -> Option<&'static str> {
+fn needs_restart(old: &Setup, new: &Setup) -> Option<&'static str> {
+    if old.admin != new.admin {
+        return Some("the admin API's endpoint changed");
+    }
+    let (old, new) = (&old.config, &new.config);
+    if old.log.json != new.log.json {
+        return Some("log.format changed");
+    }
     let listeners = |c: &Config| -> Vec<(String, std::net::SocketAddr, &'static str)> {
         c.listeners
             .iter()
@@ -629,10 +684,7 @@ fn needs_restart(old: &Config, new: &Config) -> Option<&'static str> {
     if old.metrics != new.metrics {
         return Some("the metrics address changed");
     }
-    if old.admin != new.admin {
-        return Some("the admin API's endpoint changed");
-    }
-    if old.delivery_paused != new.delivery_paused {
+    if old.delivery.paused != new.delivery.paused {
         return Some("delivery.paused changed");
     }
     None
@@ -646,8 +698,8 @@ fn load_tls(
 ) -> anyhow::Result<backstop_listener::tls::TlsAcceptor> {
     let source = match &config.tls {
         Tls::Files { cert, key } => CertSource::Files {
-            cert: cert.clone(),
-            key: key.clone(),
+            cert: cert.value.clone(),
+            key: key.value.clone(),
         },
         Tls::SelfSigned => CertSource::SelfSigned {
             dir: data_dir.join("tls"),
@@ -686,14 +738,18 @@ fn load_tls(
 /// each listener's session rules. With `previous` (a reload), the counts of open connections,
 /// the rate-limit windows and an unchanged recipient table (read again) carry over.
 fn smtp_context(
-    config: &Config,
+    setup: &Setup,
     tls: backstop_listener::tls::TlsAcceptor,
     shared: &Shared,
     queue: &Queue,
     metrics: &Arc<backstop_listener::metrics::SmtpMetrics>,
     previous: Option<&SmtpContext>,
 ) -> anyhow::Result<SmtpContext> {
-    let users = Arc::new(load_users(config)?);
+    let config = &setup.config;
+    let users = Arc::clone(&setup.users);
+    if matches!(users.verify("demo", "demo"), AuthOutcome::Success(_)) {
+        warn!("user demo with password demo (from the default config) can log in: remove it for real use");
+    }
     let (max_total, max_per_ip) = (
         config.smtp.max_connections,
         config.smtp.max_connections_per_ip,
@@ -703,7 +759,7 @@ fn smtp_context(
         None => ConnectionLimits::new(max_total, max_per_ip),
     };
     let recipients = match (
-        &config.recipients,
+        &setup.recipients,
         previous.and_then(|p| p.policy.recipients.as_ref()),
     ) {
         (Some(new), Some(old)) if new.path() == old.path() => {
@@ -732,19 +788,18 @@ fn smtp_context(
         policy: Filter {
             bounce_provenance_domains: config.bounce_provenance_domains.clone(),
             local_domains: config.smtp.local_domains.clone(),
-            ldap: config
+            ldap: setup
                 .ldap
                 .clone()
                 .map(|l| Arc::new(backstop_filter::ldap::LdapSource::new(l))),
-            auth_ldap: config
-                .auth
-                .ldap
+            auth_ldap: setup
+                .auth_ldap
                 .clone()
                 .map(|l| Arc::new(backstop_filter::ldap::LdapSource::new(l))),
             auth_dovecot: config.auth.dovecot.clone(),
             users: Arc::clone(&users),
-            callahead: callahead(config),
-            proxy: proxy(config),
+            callahead: callahead(setup),
+            proxy: proxy(setup),
             bounce_provenance: config.bounce_provenance,
             dnsbl: match (&shared.dns, config.dnsbl.is_empty()) {
                 (Some(dns), false) => Some(Arc::new(backstop_filter::dnsbl::Dnsbl::new(
@@ -763,11 +818,14 @@ fn smtp_context(
                 }
                 _ => None,
             },
-            batv: shared.batv.as_ref().map(|keys| BounceCheck {
-                keys: keys.clone(),
-                enforce: config.batv_check_bounces,
-                exempt: config.batv_exempt.clone(),
-            }),
+            batv: match (&shared.batv, &config.batv) {
+                (Some(keys), Some(batv)) => Some(BounceCheck {
+                    keys: keys.clone(),
+                    enforce: batv.check_bounces,
+                    exempt: batv.exempt.clone(),
+                }),
+                _ => None,
+            },
             rfc5322: config.rfc5322,
             content: Pipeline {
                 checks: config.content_checks.clone(),
@@ -846,8 +904,9 @@ impl MessageSink for QueueSink {
     }
 }
 
-async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+async fn serve(setup: Setup, path: Option<PathBuf>, log: LogControl) -> anyhow::Result<()> {
     let signals = Signals::install();
+    let config = &setup.config;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
     let data_dir = config
@@ -862,11 +921,11 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         queue_dir.display()
     );
 
-    let tls = load_tls(&config, &data_dir)?;
+    let tls = load_tls(config, &data_dir)?;
 
     // The admin API and the metrics first: once a listener is announced, the whole server is
     // up.
-    let admin = crate::admin::bind(config.admin.clone()).await?;
+    let admin = crate::admin::bind(setup.admin.clone()).await?;
     let metrics_socket = match config.metrics {
         Some(address) => {
             let socket = crate::metrics::bind(address).await?;
@@ -903,7 +962,7 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     }
 
     let (stop, shutdown) = watch::channel(false);
-    let shared = Shared::new(&config)?;
+    let shared = Shared::new(&setup)?;
     let counters = Arc::new(backstop_delivery::report::Counters::default());
     let smtp_metrics = Arc::new(backstop_listener::metrics::SmtpMetrics::default());
     let sources = Arc::new(crate::metrics::Sources {
@@ -926,7 +985,7 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         },
         shutdown.clone(),
     ));
-    let maildir = std::path::absolute(&config.maildir)?;
+    let maildir = std::path::absolute(&config.delivery.maildir)?;
     let own = Arc::new(backstop_delivery::own::OwnAddresses {
         listeners: listeners
             .iter()
@@ -935,7 +994,7 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         interfaces: crate::interfaces::addresses(),
     });
     let (agents, agent) = watch::channel(delivery_agent(
-        &config,
+        &setup,
         &queue,
         maildir.clone(),
         Arc::clone(&counters),
@@ -945,7 +1004,7 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let scheduler = backstop_delivery::scheduler::Scheduler::new(agents.borrow().limits);
     // Delivery stops as sessions do: a transaction under way may finish within the grace.
     let agent = scheduler.run(agent, shutdown.clone(), config.smtp.shutdown_grace);
-    let delivery = if config.delivery_paused {
+    let delivery = if config.delivery.paused {
         warn!("delivery is paused: messages are accepted and queued, nothing is delivered");
         None
     } else {
@@ -959,12 +1018,12 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
         queue.clone(),
         config.queue.quarantine_retention,
     ));
-    let context = smtp_context(&config, tls, &shared, &queue, &smtp_metrics, None)?;
+    let context = smtp_context(&setup, tls, &shared, &queue, &smtp_metrics, None)?;
     let (contexts, current) = watch::channel(Arc::new(context));
     tokio::spawn(watch_recipients(current.clone()));
     tokio::spawn(reload_on_hangup(
         signals.hangup,
-        config,
+        setup,
         Reloader {
             path,
             data_dir: data_dir.clone(),
@@ -974,6 +1033,7 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
             contexts,
             agents,
             own,
+            log,
         },
     ));
     tokio::spawn(async move {
@@ -1029,8 +1089,8 @@ struct Callahead {
         backstop_smtp_client::Settings,
     )>,
     sender: Address,
-    /// How long an answer is remembered: exists, unknown.
-    ttl: (std::time::Duration, std::time::Duration),
+    /// How long an answer is remembered.
+    ttl: backstop_config::CallaheadTtl,
 }
 
 /// How long a mailbox server's answer about a full mailbox is kept at most: it changes as
@@ -1073,14 +1133,14 @@ impl Callahead {
         let (verdict, remember) = match probe {
             Ok(reply) if reply.code / 100 == 2 => (
                 RecipientVerdict::Accept(vec![recipient.clone()]),
-                Some(("+".to_owned(), self.ttl.0)),
+                Some(("+".to_owned(), self.ttl.positive)),
             ),
             Ok(reply) if reply.code / 100 == 5 || quota(&reply) => {
                 info!(%recipient, code = reply.code, reply = %Escaped(&reply.text), "callahead: the next hop refuses the recipient");
                 let ttl = if quota(&reply) {
-                    self.ttl.1.min(QUOTA_TTL)
+                    self.ttl.negative.min(QUOTA_TTL)
                 } else {
-                    self.ttl.1
+                    self.ttl.negative
                 };
                 let stored = format!(
                     "!{} {} {}",
@@ -1158,9 +1218,7 @@ struct BounceCheck {
 impl BounceCheck {
     /// The address without its tag, when it carries a valid one of our keys.
     fn untagged(&self, address: &Address) -> Option<Address> {
-        self.keys
-            .verify(address, backstop_batv::day_of(now()))
-            .ok()
+        self.keys.verify(address, backstop_batv::day_of(now())).ok()
     }
 
     /// The address to deliver to (the tag stripped), or why the bounce is refused. abuse@ and
@@ -1186,13 +1244,13 @@ impl BounceCheck {
 /// `wait` (and the connection too, if the configured connect timeout is longer).
 fn waiting_client(
     config: &Config,
-    r: &crate::config::RouteConfig,
+    r: &crate::load::Route,
     wait: std::time::Duration,
 ) -> backstop_smtp_client::Settings {
     use backstop_smtp_client::{Settings, Timeouts};
     Settings {
         helo: config.hostname.clone(),
-        lmtp: r.lmtp,
+        lmtp: r.config.lmtp,
         tls: r.tls.clone(),
         connect_timeout: config.delivery.connect_timeout.min(wait),
         timeouts: Timeouts {
@@ -1205,36 +1263,38 @@ fn waiting_client(
 }
 
 /// The callahead routes of the config; `None` when no route asks.
-fn callahead(config: &Config) -> Option<Arc<Callahead>> {
-    let routes: Vec<_> = config
+fn callahead(setup: &Setup) -> Option<Arc<Callahead>> {
+    let config = &setup.config;
+    let routes: Vec<_> = setup
         .routes
         .iter()
-        .filter(|r| r.callahead)
+        .filter(|r| r.config.callahead)
         .filter_map(|r| {
             // A probe must be quick: the client waits for the RCPT reply meanwhile.
             let client = waiting_client(config, r, std::time::Duration::from_secs(30));
-            Some((r.domains.clone(), r.any_domain, r.relay.clone()?, client))
+            let c = &r.config;
+            Some((c.domains.clone(), c.any_domain, c.relay.clone()?, client))
         })
         .collect();
     (!routes.is_empty()).then(|| {
         Arc::new(Callahead {
             routes,
-            sender: config.callahead_sender.clone(),
-            ttl: config.callahead_ttl,
+            sender: config.callahead.sender.clone(),
+            ttl: config.callahead.ttl,
         })
     })
 }
 
 /// The routes with `proxy = true` (never LMTP: the config refuses it), each with how to talk
 /// to its relay.
-fn proxy(config: &Config) -> Option<Arc<crate::proxy::Proxy>> {
-    let routes = config
+fn proxy(setup: &Setup) -> Option<Arc<crate::proxy::Proxy>> {
+    let routes = setup
         .routes
         .iter()
-        .filter(|r| r.proxy)
+        .filter(|r| r.config.proxy)
         .filter_map(|r| {
-            let client = waiting_client(config, r, std::time::Duration::from_secs(60));
-            Some((r.domains.clone(), r.relay.clone()?, client))
+            let client = waiting_client(&setup.config, r, std::time::Duration::from_secs(60));
+            Some((r.config.domains.clone(), r.config.relay.clone()?, client))
         })
         .collect();
     crate::proxy::Proxy::new(routes)
@@ -1249,7 +1309,8 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(config: &Config) -> anyhow::Result<Shared> {
+    fn new(setup: &Setup) -> anyhow::Result<Shared> {
+        let config = &setup.config;
         let needs_dns = config.routes.iter().any(|r| r.relay.is_none())
             || !config.dnsbl.is_empty()
             || config.sender_checks.is_some();
@@ -1259,14 +1320,14 @@ impl Shared {
         };
         Ok(Shared {
             dns,
-            batv: crate::batv::keys(config)?,
+            batv: crate::batv::keys(setup)?,
         })
     }
 }
 
 /// The delivery agent as the config describes it.
 fn delivery_agent(
-    config: &Config,
+    setup: &Setup,
     queue: &Queue,
     maildir: std::path::PathBuf,
     counters: Arc<backstop_delivery::report::Counters>,
@@ -1276,10 +1337,12 @@ fn delivery_agent(
     use backstop_delivery::agent::{Agent, Route, Routes, Signing, Via};
     use backstop_delivery::scheduler::Limits;
     use backstop_smtp_client::{Settings, Timeouts};
-    let routes = config
+    let config = &setup.config;
+    let routes = setup
         .routes
         .iter()
-        .map(|r| Route {
+        .map(|loaded| (loaded, &loaded.config))
+        .map(|(loaded, r)| Route {
             domains: r.domains.clone(),
             any_domain: r.any_domain,
             via: match &r.relay {
@@ -1291,10 +1354,10 @@ fn delivery_agent(
             client: Settings {
                 helo: config.hostname.clone(),
                 lmtp: r.lmtp,
-                tls: r.tls.clone(),
+                tls: loaded.tls.clone(),
                 connect_timeout: config.delivery.connect_timeout,
                 timeouts: Timeouts::RFC5321,
-                auth: r.auth.clone(),
+                auth: loaded.auth.clone(),
             },
         })
         .collect::<Vec<_>>();
@@ -1309,12 +1372,16 @@ fn delivery_agent(
             maildir,
             routes,
         },
-        retry: config.queue.retry,
+        retry: backstop_queue::RetryPolicy {
+            min_backoff: config.queue.retry.min_backoff,
+            max_backoff: config.queue.retry.max_backoff,
+            lifetime: config.queue.retry.lifetime,
+        },
         hostname: config.hostname.clone(),
         resolver,
         signing: Arc::new(Signing {
             batv: shared.batv.clone(),
-            dkim: Arc::clone(&config.dkim),
+            dkim: Arc::clone(&setup.dkim),
         }),
         limits: Limits {
             connections: config.delivery.max_connections,
@@ -1386,42 +1453,6 @@ fn session_config(config: &Config, name: &str, kind: ListenerKind) -> SessionCon
             || config.bounce_provenance
             || !config.content_checks.is_empty(),
     }
-}
-
-/// Reads what `serve` reads at start beyond the config: the certificate files (when
-/// configured) and the users file, for `check-config`.
-pub fn check_start_files(config: &Config) -> anyhow::Result<()> {
-    if let Tls::Files { cert, key } = &config.tls {
-        backstop_listener::tls::load(
-            &CertSource::Files {
-                cert: cert.clone(),
-                key: key.clone(),
-            },
-            now(),
-        )
-        .context("tls")?;
-    }
-    load_users(config).context("auth")?;
-    Ok(())
-}
-
-fn load_users(config: &Config) -> anyhow::Result<UserStore> {
-    let inline = UserStore::parse(&config.auth.inline_users, Path::new("[[auth.user]]"))?;
-    let users = match &config.auth.users_file {
-        Some(file) => UserStore::load(file)?.merge(inline)?,
-        None => inline,
-    };
-    let users = if config.auth.restrict_sender {
-        users.with_sender_policy(SenderPolicy::Owned {
-            local_domains: config.smtp.local_domains.clone(),
-        })
-    } else {
-        users
-    };
-    if matches!(users.verify("demo", "demo"), AuthOutcome::Success(_)) {
-        warn!("user demo with password demo (from the default config) can log in: remove it for real use");
-    }
-    Ok(users)
 }
 
 /// SIGTERM, SIGINT and SIGHUP, caught from the moment this is made: made before any listener
