@@ -48,7 +48,53 @@ fn check_config_names_file_line_and_key() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.starts_with(&format!("{}: tls: {}", file.display(), missing.display())),
+        stderr.starts_with(&format!("{}:2: tls.cert: ", file.display()))
+            && stderr.contains(&missing.display().to_string()),
+        "{stderr}"
+    );
+    // Every problem in one run, the text's and the files', one per line, in the file's order.
+    std::fs::write(
+        &file,
+        format!(
+            "hostname = \"vm\"\n[smtp]\nmax_recipients = \"many\"\nmax_errors = 0\n\n[recipients]\ntable = \"{}\"\n\n[log]\nlevel = \"verbose\"\n\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\nkind = \"pop3\"\n",
+            dir.path().join("missing-table").display()
+        ),
+    )
+    .unwrap();
+    let out = check_config(&file);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let at = |line: usize, key: &str| format!("{}:{line}: {key}: ", file.display());
+    assert_eq!(lines.len(), 5, "{stderr}");
+    assert!(
+        lines[0].starts_with(&at(3, "smtp.max_recipients")),
+        "{stderr}"
+    );
+    assert!(lines[1].starts_with(&at(4, "smtp.max_errors")), "{stderr}");
+    assert!(lines[2].starts_with(&at(7, "recipients.table")), "{stderr}");
+    assert!(lines[3].starts_with(&at(10, "log.level")), "{stderr}");
+    assert!(lines[4].starts_with(&at(15, "listener.kind")), "{stderr}");
+}
+
+/// A config that works but names an unqualified host is accepted with a warning.
+#[test]
+fn check_config_warns_about_an_unqualified_host_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vm.toml");
+    std::fs::write(
+        &file,
+        "hostname = \"vm\"\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:25\"\nkind = \"mx\"\n",
+    )
+    .unwrap();
+    let out = check_config(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "warning: {}:1: hostname: the host name \"vm\" is not fully qualified",
+            file.display()
+        )),
         "{stderr}"
     );
 }
@@ -86,8 +132,10 @@ fn a_bad_config_stops_serve_with_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // Both problems, each on its line.
     assert!(
-        stderr.contains("bad.toml:2: bogus: unknown field `bogus`"),
+        stderr.contains("bad.toml:2: bogus: unknown key or section bogus; the known ones are")
+            && stderr.contains("bad.toml: listener: at least one [[listener]] is needed"),
         "{stderr}"
     );
 }

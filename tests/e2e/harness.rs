@@ -171,11 +171,18 @@ impl Server {
             .append(true)
             .open(dir.join("server.log"))
             .unwrap();
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .args(["serve", "--config"])
             .arg(config)
-            .current_dir(dir)
-            .env("RUST_LOG", "debug")
+            .current_dir(dir);
+        // Debug logs for the tests to read, unless the config has a [log] of its own.
+        let text = std::fs::read_to_string(config).unwrap_or_default();
+        match text.lines().any(|l| l.trim() == "[log]") {
+            true => command.env_remove("RUST_LOG"),
+            false => command.env("RUST_LOG", "debug"),
+        };
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

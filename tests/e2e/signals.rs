@@ -176,6 +176,53 @@ fn a_reload_that_needs_a_restart_is_refused() {
     server.stop();
 }
 
+/// `[log] level` is applied on SIGHUP; `[log] format` needs a restart, and says so.
+#[test]
+fn a_reload_changes_the_log_level_and_refuses_a_new_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = config(d, "") + "\n[log]\nlevel = \"info\"\n";
+    let server = Server::start(d, &text);
+    let session = || {
+        let mut c = RawClient::connect(server.mx);
+        c.reply();
+        c.command("QUIT");
+    };
+    let wait_for = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !server.log().contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "no {what:?} in:\n{}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    session();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!server.log().contains("DEBUG"), "{}", server.log());
+    let file = d.join("backstop.toml");
+    std::fs::write(&file, text.replace("level = \"info\"", "level = \"debug\"")).unwrap();
+    hangup(&server);
+    wait_for("log level changed");
+    session();
+    wait_for("DEBUG");
+    std::fs::write(
+        &file,
+        text.replace("level = \"info\"", "level = \"debug\"\nformat = \"json\""),
+    )
+    .unwrap();
+    hangup(&server);
+    wait_for("reload refused: this change needs a restart");
+    assert!(
+        server.log().contains("log.format changed"),
+        "{}",
+        server.log()
+    );
+    server.stop();
+}
+
 #[test]
 fn sigterm_under_load_loses_no_accepted_message() {
     let dir = tempfile::tempdir().unwrap();
