@@ -5,6 +5,7 @@
 //!
 //! The wire types here are the API's own; the queue's types never derive serde.
 
+use backstop_types::Clock as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
@@ -351,7 +352,7 @@ async fn connection(stream: UnixStream, queue: Served) -> anyhow::Result<()> {
 fn handle(served: &Served, request: Request) -> Response {
     let answered = match request {
         Request::Metrics => Ok(serde_json::Value::String(
-            served.metrics.render(crate::serve::now()),
+            served.metrics.render(backstop_types::SystemClock.now()),
         )),
         request => answer(&served.queue, request),
     };
@@ -370,7 +371,7 @@ fn handle(served: &Served, request: Request) -> Response {
 }
 
 fn answer(queue: &Queue, request: Request) -> anyhow::Result<serde_json::Value> {
-    let now = crate::serve::now();
+    let now = backstop_types::SystemClock.now();
     let value = match request {
         Request::QueueList => {
             let mut list = Vec::new();

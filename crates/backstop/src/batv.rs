@@ -1,5 +1,6 @@
 //! BATV keys as the config names them, and the `batv sign` / `batv verify` commands.
 
+use backstop_types::Clock as _;
 use std::io::Write;
 use std::path::Path;
 
@@ -83,5 +84,5 @@ pub fn verify(setup: &Setup, address: &str) -> anyhow::Result<Result<String, Str
 }
 
 fn today() -> u64 {
-    backstop_batv::day_of(crate::serve::now())
+    backstop_batv::day_of(backstop_types::SystemClock.now())
 }

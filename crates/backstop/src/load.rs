@@ -3,6 +3,7 @@
 //! smarthost passwords, CA files, DKIM and BATV keys, the admin token — each problem at the
 //! file, line and key that names the file. One run reports every problem of both steps.
 
+use backstop_types::Clock as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -103,7 +104,7 @@ fn read_files(config: Config, errors: &mut Vec<ConfigError>) -> Setup {
             cert: cert.value.clone(),
             key: key.value.clone(),
         };
-        if let Err(e) = backstop_listener::tls::load(&source, crate::serve::now()) {
+        if let Err(e) = backstop_listener::tls::load(&source, backstop_types::SystemClock.now()) {
             report(cert.error(e.to_string()));
         }
     }

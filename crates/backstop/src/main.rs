@@ -14,7 +14,6 @@ mod batv;
 mod interfaces;
 mod load;
 mod metrics;
-mod proxy;
 mod serve;
 
 use std::io::BufRead;

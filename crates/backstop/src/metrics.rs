@@ -2,6 +2,7 @@
 //! and the queue's depth and age read at each scrape. Served over HTTP (`GET /metrics`) when
 //! `[metrics] address` is set, and printed by `backstop metrics` through the admin API.
 
+use backstop_types::Clock as _;
 use std::sync::Arc;
 
 use backstop_delivery::report::Counters;
@@ -100,7 +101,7 @@ async fn answer(mut stream: TcpStream, sources: Arc<Sources>) -> anyhow::Result<
     let mut parts = line.split_whitespace();
     let (status, kind, body) = match (parts.next(), parts.next()) {
         (Some("GET"), Some("/metrics")) => {
-            let now = crate::serve::now();
+            let now = backstop_types::SystemClock.now();
             let body = tokio::task::spawn_blocking(move || sources.render(now)).await?;
             ("200 OK", "text/plain; version=0.0.4; charset=utf-8", body)
         }

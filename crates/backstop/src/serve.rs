@@ -5,26 +5,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use backstop_filter::greylist::{self, GreyStore, GreyVerdict, GreylistPolicy};
-use backstop_filter::pipeline::{Draft, Outcome as PipelineOutcome, Pipeline};
-use backstop_filter::rate::{self, Limit, MemoryRates};
-use backstop_filter::recipients::{TableFile, Verdict};
+use backstop_filter::pipeline::Pipeline;
 use backstop_listener::tls::{CertSource, Made};
-use backstop_listener::{
-    ConnectionLimits, Context, Listener, ListenerMode, MessageSink, Policy, UserStore,
-};
+use backstop_listener::{ConnectionLimits, Context, Listener, ListenerMode, MessageSink};
+use backstop_policy::{BounceCheck, Callahead, Proxy, Sent, SitePolicy};
 use backstop_queue::{Queue, QueueError};
 use backstop_session::{
-    AuthOutcome, AuthPolicy, BounceProblem, ContentVerdict, EnqueueFailure, Message,
-    RecipientQuery, RecipientVerdict, SenderQuery, SenderVerdict, SessionConfig,
+    AuthOutcome, AuthPolicy, Checks, EnqueueFailure, Message, Policy as _, SessionConfig,
 };
-use backstop_types::text::Escaped;
-use backstop_types::{Address, QueueId, Reply, ReversePath};
+use backstop_types::{Clock, QueueId, UnixTime};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use backstop_config::{Config, ContentAction, ListenerKind, RateLimits, Tls};
+use backstop_config::{Config, ListenerKind, Tls};
 
 use crate::load::Setup;
 
@@ -112,448 +106,36 @@ fn init_tracing(log: &backstop_config::Log) -> anyhow::Result<LogControl> {
     })
 }
 
-/// Answers the session's in-session checks from the filter.
-struct Filter {
-    /// For refusing bounces without a valid tag; `None` when that check is off.
-    batv: Option<BounceCheck>,
-    /// Refuse bounces that return a message we never sent...
-    bounce_provenance: bool,
-    /// ...to these domains (empty: to the local domains).
-    bounce_provenance_domains: Vec<backstop_types::Domain>,
-    local_domains: Vec<backstop_types::Domain>,
-    /// An LDAP directory of local recipients; `None` when not configured.
-    ldap: Option<Arc<backstop_filter::ldap::LdapSource>>,
-    /// A directory for logins the users file does not know, and the users (for the rights
-    /// such a login gets).
-    auth_ldap: Option<Arc<backstop_filter::ldap::LdapSource>>,
-    /// Dovecot's auth-client socket, for logins the users file does not know.
-    auth_dovecot: Option<backstop_filter::dovecot::DovecotAuth>,
-    users: Arc<UserStore>,
-    /// Recipient verification by asking the next hop; `None` when no route asks.
-    callahead: Option<Arc<Callahead>>,
-    /// Domains passed through to their relay in-session; `None` when no route says proxy.
-    proxy: Option<Arc<crate::proxy::Proxy>>,
-    /// DNS blocklists for untrusted clients; `None` when none is configured.
-    dnsbl: Option<Arc<backstop_filter::dnsbl::Dnsbl>>,
-    /// SPF, DKIM and DMARC for untrusted clients' mail; `None` when off.
-    sender_auth: Option<Arc<backstop_filter::sender_auth::SenderAuth>>,
-    rfc5322: ContentAction,
-    /// The configured content checks (`[[filter]]`), run last.
-    content: Pipeline,
-    recipients: Option<TableFile>,
-    greylist: Option<GreylistPolicy>,
-    rate_limits: RateLimits,
-    /// Kept across reloads, so a reload resets no limit.
-    rates: Arc<MemoryRates>,
-    queue: Queue,
-}
+/// The policy's state in the queue's key-value area and sent-Message-ID index.
+struct QueueStore(Queue);
 
-impl Policy for Filter {
-    async fn check_message(&self, message: &Message) -> ContentVerdict {
-        let verdict = self.check_content(message).await;
-        let (Some(txn), Some(proxy)) = (message.proxied, &self.proxy) else {
-            return verdict;
-        };
-        // A proxied message our checks passed goes to the relay, whose reply is the client's.
-        match verdict {
-            ContentVerdict::Accept => proxy.data(txn, message).await,
-            ContentVerdict::AcceptChanged(changed) => proxy.data(txn, &changed).await,
-            refused => {
-                proxy.end(txn.session);
-                refused
-            }
-        }
-    }
-
-    fn session_ended(&self, session: u64) {
-        if let Some(proxy) = &self.proxy {
-            proxy.end(session);
-        }
-    }
-
-    async fn authenticate(
-        &self,
-        user: &str,
-        password: &str,
-        client: std::net::IpAddr,
-        secured: bool,
-    ) -> Option<AuthOutcome> {
-        if let Some(dovecot) = &self.auth_dovecot {
-            use backstop_filter::dovecot::Login;
-            return Some(
-                match dovecot.authenticate(user, password, client, secured).await {
-                    Ok(Login::Valid { user: canonical }) => {
-                        AuthOutcome::Success(self.users.rights_of_other(&canonical, &[]))
-                    }
-                    Ok(Login::Invalid) => AuthOutcome::Failure,
-                    Err(e) => {
-                        warn!(user = %Escaped(user), error = %Escaped(&e), "Dovecot cannot answer: 454");
-                        AuthOutcome::TemporaryFailure
-                    }
-                },
-            );
-        }
-        use backstop_filter::ldap::Login;
-        let directory = self.auth_ldap.as_ref()?;
-        Some(match directory.authenticate(user, password).await {
-            Ok(Login::Valid(addresses)) => {
-                AuthOutcome::Success(self.users.rights_of_other(user, &addresses))
-            }
-            Ok(Login::Invalid) => AuthOutcome::Failure,
-            Err(e) => {
-                warn!(user = %Escaped(user), error = %Escaped(&e), "login directory cannot answer: 454");
-                AuthOutcome::TemporaryFailure
-            }
-        })
-    }
-
-    fn allow_connection(&self, ip: std::net::IpAddr, local_submitter: bool) -> bool {
-        match (&self.rate_limits.client_connections, local_submitter) {
-            (Some(limit), false) => self.count(&format!("conn:{ip}"), limit),
-            _ => true,
-        }
-    }
-
-    async fn check_sender(&self, query: SenderQuery) -> SenderVerdict {
-        if let (Some(dnsbl), false) = (&self.dnsbl, query.trusted) {
-            use backstop_filter::dnsbl::{ListAction, Listing};
-            if let Listing::Listed {
-                zone,
-                action: ListAction::Reject,
-                ..
-            } = dnsbl.check(query.client).await
-            {
-                return SenderVerdict::Blocklisted { zone };
-            }
-        }
-        if let (Some(auth), false) = (&self.sender_auth, query.trusted) {
-            use backstop_filter::sender_auth::{Client, Outcome, Refusal};
-            let client = Client {
-                ip: query.client,
-                helo: &query.helo,
-                sender: &query.sender,
-            };
-            match auth.check_spf(&client).await {
-                Outcome::Refuse(Refusal::Spf { domain }) => {
-                    return SenderVerdict::Refused(Reply::spf_failed(&domain));
-                }
-                Outcome::TempFail => {
-                    return SenderVerdict::Refused(Reply::sender_auth_unavailable());
-                }
-                _ => {}
-            }
-        }
-        let limits = &self.rate_limits;
-        let allowed = self.within_limits(
-            "msg",
-            (limits.user_messages, limits.client_messages),
-            query.user.as_deref(),
-            query.trusted,
-            query.client,
-        );
-        if allowed {
-            SenderVerdict::Accept
-        } else {
-            SenderVerdict::RateLimited
-        }
-    }
-
-    async fn check_recipient(&self, query: RecipientQuery) -> RecipientVerdict {
-        // Proxied and queued recipients do not share a transaction.
-        let proxied = self
-            .proxy
-            .as_ref()
-            .and_then(|p| Some((p, p.route(query.recipient.domain())?)));
-        match (proxied.is_some(), query.proxied) {
-            (true, Some(false)) | (false, Some(true)) => {
-                return RecipientVerdict::SeparateTransaction;
-            }
-            _ => {}
-        }
-        // The directory is asked first (it is async); the table, greylisting and rate limits
-        // then decide with its answer at hand.
-        let directory = match (&self.ldap, query.local) {
-            (Some(ldap), true) => match self.bounce_address(&query) {
-                Ok(address) => Some(ldap.check(&address).await),
-                Err(refused) => return refused,
-            },
-            _ => None,
-        };
-        let verdict = self.decide_with(&query, directory);
-        // Our own checks passed: the relay of a proxied domain answers for the recipient.
-        if let (RecipientVerdict::Accept(_), Some((proxy, route))) = (&verdict, proxied) {
-            return proxy.rcpt(&query, route).await;
-        }
-        match (&verdict, &self.callahead) {
-            (RecipientVerdict::Accept(targets), Some(callahead)) => {
-                for target in targets {
-                    let local = self.local_domains.contains(target.domain());
-                    match callahead
-                        .check(&self.queue, target, local, query.size)
-                        .await
-                    {
-                        RecipientVerdict::Accept(_) => {}
-                        refused => return refused,
-                    }
-                }
-                verdict
-            }
-            _ => verdict,
-        }
-    }
-}
-
-impl Filter {
-    /// Every check on a whole message before the reply to DATA: RFC 5322 sanity, bounce
-    /// provenance, sender authentication, then the content pipeline.
-    async fn check_content(&self, message: &Message) -> ContentVerdict {
-        match (
-            self.rfc5322,
-            backstop_filter::content::rfc5322(&message.body),
-        ) {
-            (ContentAction::Off, _) | (_, Ok(())) => {}
-            (ContentAction::Reject, Err(v)) => {
-                return ContentVerdict::Refuse(Reply::content_refused(&v.to_string()));
-            }
-            (ContentAction::Quarantine, Err(v)) => {
-                return ContentVerdict::Quarantine(format!("RFC 5322: {v}"));
-            }
-        }
-        let envelope = &message.envelope;
-        let provenance_applies = envelope.recipients.iter().any(|r| {
-            let domain = r.address.domain();
-            if self.bounce_provenance_domains.is_empty() {
-                self.local_domains.contains(domain)
-            } else {
-                self.bounce_provenance_domains.contains(domain)
-            }
-        });
-        if self.bounce_provenance && provenance_applies && envelope.sender == ReversePath::Null {
-            if let Some(reply) = self.provenance(&message.body) {
-                return ContentVerdict::Refuse(reply);
-            }
-        }
-        // Our own users' mail is not theirs to prove.
-        let untrusted = envelope.trust == backstop_types::TrustClass::Unverified;
-        let mut header = None;
-        if let (Some(auth), true) = (&self.sender_auth, untrusted) {
-            use backstop_filter::sender_auth::{Client, Outcome, Refusal};
-            let client = Client {
-                ip: envelope.client.ip,
-                helo: &envelope.client.helo,
-                sender: &envelope.sender,
-            };
-            let checked = auth.check(&client, &message.body).await;
-            info!(results = %checked.summary, outcome = ?checked.outcome, "sender authentication");
-            let refusal = match checked.outcome {
-                Outcome::Accept => None,
-                Outcome::Refuse(Refusal::Dmarc { domain }) => Some(Reply::dmarc_rejected(&domain)),
-                Outcome::Refuse(Refusal::Spf { domain }) => Some(Reply::spf_failed(&domain)),
-                Outcome::Refuse(Refusal::Iprev { ip }) => Some(Reply::reverse_dns_failed(ip)),
-                Outcome::Quarantine(reason) => return ContentVerdict::Quarantine(reason),
-                Outcome::TempFail => Some(Reply::sender_auth_unavailable()),
-            };
-            if let Some(reply) = refusal {
-                return ContentVerdict::Refuse(reply);
-            }
-            header = Some(checked.header);
-        }
-        if header.is_none() && self.content.is_empty() {
-            return ContentVerdict::Accept;
-        }
-        // The checks see (and may change) the message as it will be stored.
-        let mut body = header.as_deref().unwrap_or_default().as_bytes().to_vec();
-        body.extend_from_slice(&message.body);
-        let mut draft = Draft::new(envelope.clone(), body);
-        draft.changed = header.is_some();
-        match self.content.run(&mut draft).await {
-            PipelineOutcome::Accept if draft.envelope.recipients.is_empty() => {
-                ContentVerdict::Discard("a content check removed every recipient".into())
-            }
-            PipelineOutcome::Accept if draft.changed => {
-                ContentVerdict::AcceptChanged(Box::new(Message {
-                    envelope: draft.envelope,
-                    body: draft.message,
-                    proxied: message.proxied,
-                }))
-            }
-            PipelineOutcome::Accept => ContentVerdict::Accept,
-            PipelineOutcome::Refuse(reply) => ContentVerdict::Refuse(reply),
-            PipelineOutcome::Quarantine(reason) => ContentVerdict::Quarantine(reason),
-            PipelineOutcome::Discard(reason) => ContentVerdict::Discard(reason),
-        }
-    }
-
-    /// The refusal for a bounce returning a message we never sent; `None` to go on: it is ours,
-    /// it returns nothing we could look up, or we have never sent anything to compare with.
-    fn provenance(&self, body: &[u8]) -> Option<Reply> {
-        let id = backstop_filter::provenance::returned_message_id(body)?;
-        match (
-            self.queue.sent_message_ids_empty(),
-            self.queue
-                .sent_message_id(backstop_queue::message_id_hash(&id)),
-        ) {
-            (Ok(false), Ok(None)) => {
-                info!(message_id = %Escaped(&id), "bounce returns a message we never sent: 550");
-                Some(Reply::bounce_not_ours())
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                warn!(error = %e, "sent Message-ID index unreadable: bounce accepted");
-                None
-            }
-            _ => None,
-        }
-    }
-
-    /// Counts one event of `kind` for whoever sent it: an authenticated user against the user
-    /// limit, an untrusted client address against the client limit; local networks are free.
-    fn within_limits(
-        &self,
-        kind: &str,
-        (user_limit, client_limit): (Option<Limit>, Option<Limit>),
-        user: Option<&str>,
-        trusted: bool,
-        client: std::net::IpAddr,
-    ) -> bool {
-        match (user, trusted) {
-            (Some(user), _) => {
-                user_limit.is_none_or(|l| self.count(&format!("{kind}:user:{user}"), &l))
-            }
-            (None, true) => true,
-            (None, false) => {
-                client_limit.is_none_or(|l| self.count(&format!("{kind}:ip:{client}"), &l))
-            }
-        }
-    }
-
-    /// Counts one event against a limit; false when it goes over. A counter that fails lets
-    /// the event through: rate limits shape traffic, they do not guard correctness.
-    fn count(&self, key: &str, limit: &Limit) -> bool {
-        match rate::allow(&*self.rates, key, limit, now()) {
-            Ok(allowed) => allowed,
-            Err(e) => {
-                warn!(error = %e, key, "rate counter failed");
-                true
-            }
-        }
-    }
-
-    /// Recipient validation first (an unknown recipient is refused at once and leaves no
-    /// greylisting state), then greylisting for clients we do not trust, then the recipient
-    /// rate limits.
-    /// The address a recipient is looked up as: a bounce's BATV tag checked and stripped.
-    /// A bounce (null sender) to a local address must carry a valid tag, which is removed;
-    /// mail with a sender to a validly tagged address (an autoreply) has the tag removed too.
-    fn bounce_address(&self, query: &RecipientQuery) -> Result<Address, RecipientVerdict> {
-        match (&self.batv, &query.sender, query.local) {
-            (Some(check), ReversePath::Null, true) if check.enforce => check
-                .recipient(&query.recipient)
-                .map_err(RecipientVerdict::NotOurBounce),
-            (Some(check), _, true) => Ok(match check.untagged(&query.recipient) {
-                Some(untagged) => {
-                    info!(recipient = %query.recipient, to = %untagged, "a valid BATV tag removed from the recipient");
-                    untagged
-                }
-                None => query.recipient.clone(),
-            }),
-            _ => Ok(query.recipient.clone()),
-        }
-    }
-
-    #[cfg(test)]
-    fn decide(&self, query: &RecipientQuery) -> RecipientVerdict {
-        self.decide_with(query, None)
-    }
-
-    /// The decision, with what the directory said (`None`: no directory, or not asked). The
-    /// sources answer in order, first match wins: the table, then the directory.
-    fn decide_with(&self, query: &RecipientQuery, directory: Option<Verdict>) -> RecipientVerdict {
-        let address = match self.bounce_address(query) {
-            Ok(address) => address,
-            Err(refused) => return refused,
-        };
-        let address = &address;
-        let from_table = match (&self.recipients, query.local) {
-            (Some(file), true) => Some(file.table().check(address)),
-            _ => None,
-        };
-        let answer = match (from_table, directory) {
-            (Some(Verdict::Accept(targets)), _) => Verdict::Accept(targets),
-            (Some(Verdict::Unavailable(why)), _) | (_, Some(Verdict::Unavailable(why))) => {
-                Verdict::Unavailable(why)
-            }
-            (_, Some(directory)) => directory,
-            (Some(table), None) => table,
-            (None, None) => Verdict::Accept(vec![address.clone()]),
-        };
-        let targets = match answer {
-            Verdict::Accept(targets) => targets,
-            Verdict::Unknown => return RecipientVerdict::Unknown,
-            Verdict::Unavailable(why) => {
-                warn!(%address, why = %Escaped(&why), "recipient lookup failed");
-                return RecipientVerdict::Unavailable;
-            }
-        };
-        if let (Some(policy), false) = (&self.greylist, query.trusted) {
-            let now = now();
-            let store = QueueGreyStore(&self.queue);
-            match greylist::check(&store, policy, query.client, &query.sender, address, now) {
-                GreyVerdict::Pass => {}
-                GreyVerdict::Defer { retry_after } => {
-                    return RecipientVerdict::Defer { retry_after };
-                }
-                GreyVerdict::Unavailable(why) => {
-                    warn!(%address, why = %Escaped(&why), "greylisting state unavailable");
-                    return RecipientVerdict::Unavailable;
-                }
-            }
-        }
-        let limits = &self.rate_limits;
-        let allowed = self.within_limits(
-            "rcpt",
-            (limits.user_recipients, limits.client_recipients),
-            query.user.as_deref(),
-            query.trusted,
-            query.client,
-        );
-        if !allowed {
-            return RecipientVerdict::RateLimited;
-        }
-        RecipientVerdict::Accept(targets)
-    }
-}
-
-/// The time now, for the checks and jobs of the binary.
-pub(crate) fn now() -> backstop_types::UnixTime {
-    backstop_types::UnixTime(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    )
-}
-
-/// Greylisting state in the queue's key-value area.
-struct QueueGreyStore<'a>(&'a Queue);
-
-impl GreyStore for QueueGreyStore<'_> {
-    fn get(&self, key: &[u8], now: backstop_types::UnixTime) -> Result<Option<Vec<u8>>, String> {
+impl backstop_policy::Store for QueueStore {
+    fn get(&self, key: &[u8], now: UnixTime) -> Result<Option<Vec<u8>>, String> {
         self.0.state_get(key, now).map_err(|e| e.to_string())
     }
 
-    fn put(
-        &self,
-        key: &[u8],
-        value: &[u8],
-        expires: backstop_types::UnixTime,
-    ) -> Result<(), String> {
+    fn put(&self, key: &[u8], value: &[u8], expires: UnixTime) -> Result<(), String> {
         self.0
             .state_put(key, value, expires)
             .map_err(|e| e.to_string())
     }
+
+    fn sent(&self, message_id: &str) -> Result<Sent, String> {
+        let hash = backstop_queue::message_id_hash(message_id);
+        match (
+            self.0.sent_message_ids_empty(),
+            self.0.sent_message_id(hash),
+        ) {
+            (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+            (Ok(true), _) => Ok(Sent::NothingYet),
+            (Ok(false), Ok(Some(_))) => Ok(Sent::Yes),
+            (Ok(false), Ok(None)) => Ok(Sent::No),
+        }
+    }
 }
 
-/// The SMTP side's shared state: the queue as the sink, the filter as the policy.
-type SmtpContext = Context<QueueSink, Filter>;
+/// The SMTP side's shared state: the queue as the sink, the site's policy.
+type SmtpContext = Context<QueueSink, SitePolicy>;
 
 /// Reloads the recipient table in force whenever its file changes (polled every two seconds;
 /// SIGHUP reloads it with the rest). A table that fails to load is logged; the one in force
@@ -706,7 +288,7 @@ fn load_tls(
             hostname: config.hostname.clone(),
         },
     };
-    let tls = backstop_listener::tls::load(&source, now())?;
+    let tls = backstop_listener::tls::load(&source, backstop_types::SystemClock.now())?;
     if let Some(cert) = &tls.self_signed {
         let path = cert.cert.display();
         let not_after = cert.not_after.to_rfc5322();
@@ -768,12 +350,69 @@ fn smtp_context(
         }
         (new, _) => new.clone(),
     };
+    let clock = &shared.clock;
+    let policy = SitePolicy {
+        local_domains: config.smtp.local_domains.clone(),
+        batv: match (&shared.batv, &config.batv) {
+            (Some(keys), Some(batv)) => Some(BounceCheck {
+                keys: keys.clone(),
+                enforce: batv.check_bounces,
+                exempt: batv.exempt.clone(),
+                clock: Arc::clone(clock),
+            }),
+            _ => None,
+        },
+        recipients,
+        ldap: setup
+            .ldap
+            .clone()
+            .map(|l| Arc::new(backstop_filter::ldap::LdapSource::new(l))),
+        greylist: config.greylist,
+        rate_limits: config.rate_limits.clone(),
+        rates: previous.map_or_else(Arc::default, |p| Arc::clone(&p.policy.rates)),
+        callahead: callahead(setup, clock),
+        proxy: proxy(setup),
+        dnsbl: match (&shared.dns, config.dnsbl.is_empty()) {
+            (Some(dns), false) => Some(Arc::new(backstop_filter::dnsbl::Dnsbl::new(
+                dns.clone(),
+                config.dnsbl.clone(),
+            ))),
+            _ => None,
+        },
+        sender_auth: match (&shared.dns, &config.sender_checks) {
+            (Some(dns), Some(actions)) => {
+                Some(Arc::new(backstop_filter::sender_auth::SenderAuth::new(
+                    dns.clone(),
+                    &config.hostname,
+                    actions.clone(),
+                )))
+            }
+            _ => None,
+        },
+        rfc5322: config.rfc5322,
+        bounce_provenance: config.bounce_provenance,
+        bounce_provenance_domains: config.bounce_provenance_domains.clone(),
+        content: Pipeline {
+            checks: config.content_checks.clone(),
+            deadline: config.content_deadline,
+        },
+        auth_ldap: setup
+            .auth_ldap
+            .clone()
+            .map(|l| Arc::new(backstop_filter::ldap::LdapSource::new(l))),
+        auth_dovecot: config.auth.dovecot.clone(),
+        users: Arc::clone(&users),
+        store: Arc::new(QueueStore(queue.clone())),
+        clock: Arc::clone(clock),
+    };
+    // The session asks for what the policy checks.
+    let checks = policy.checks();
     let listeners = config
         .listeners
         .iter()
         .map(|l| {
             let settings = backstop_listener::ListenerSettings {
-                session: Arc::new(session_config(config, &l.name, l.kind)),
+                session: Arc::new(session_config(config, &l.name, l.kind, checks)),
                 greeting_delay: config.smtp.greeting_delay,
                 shutdown_grace: config.smtp.shutdown_grace,
                 stress_timeout: config.smtp.stress_timeout,
@@ -785,58 +424,7 @@ fn smtp_context(
         sink: QueueSink {
             queue: queue.clone(),
         },
-        policy: Filter {
-            bounce_provenance_domains: config.bounce_provenance_domains.clone(),
-            local_domains: config.smtp.local_domains.clone(),
-            ldap: setup
-                .ldap
-                .clone()
-                .map(|l| Arc::new(backstop_filter::ldap::LdapSource::new(l))),
-            auth_ldap: setup
-                .auth_ldap
-                .clone()
-                .map(|l| Arc::new(backstop_filter::ldap::LdapSource::new(l))),
-            auth_dovecot: config.auth.dovecot.clone(),
-            users: Arc::clone(&users),
-            callahead: callahead(setup),
-            proxy: proxy(setup),
-            bounce_provenance: config.bounce_provenance,
-            dnsbl: match (&shared.dns, config.dnsbl.is_empty()) {
-                (Some(dns), false) => Some(Arc::new(backstop_filter::dnsbl::Dnsbl::new(
-                    dns.clone(),
-                    config.dnsbl.clone(),
-                ))),
-                _ => None,
-            },
-            sender_auth: match (&shared.dns, &config.sender_checks) {
-                (Some(dns), Some(actions)) => {
-                    Some(Arc::new(backstop_filter::sender_auth::SenderAuth::new(
-                        dns.clone(),
-                        &config.hostname,
-                        actions.clone(),
-                    )))
-                }
-                _ => None,
-            },
-            batv: match (&shared.batv, &config.batv) {
-                (Some(keys), Some(batv)) => Some(BounceCheck {
-                    keys: keys.clone(),
-                    enforce: batv.check_bounces,
-                    exempt: batv.exempt.clone(),
-                }),
-                _ => None,
-            },
-            rfc5322: config.rfc5322,
-            content: Pipeline {
-                checks: config.content_checks.clone(),
-                deadline: config.content_deadline,
-            },
-            recipients,
-            greylist: config.greylist,
-            rate_limits: config.rate_limits.clone(),
-            rates: previous.map_or_else(Arc::default, |p| Arc::clone(&p.policy.rates)),
-            queue: queue.clone(),
-        },
+        policy,
         tls: Some(tls),
         users,
         limits,
@@ -849,6 +437,7 @@ fn smtp_context(
         local_networks: config.smtp.local_networks.clone(),
         metrics: Arc::clone(metrics),
         listeners,
+        clock: Arc::clone(clock),
     })
 }
 
@@ -1063,179 +652,12 @@ async fn expire_quarantine(queue: Queue, retention: std::time::Duration) {
     loop {
         every_hour.tick().await;
         let queue = queue.clone();
-        let now = now();
+        let now = backstop_types::SystemClock.now();
         match tokio::task::spawn_blocking(move || queue.expire_quarantine(now, retention)).await {
             Ok(Ok(0)) => {}
             Ok(Ok(n)) => info!(deleted = n, "quarantine retention"),
             Ok(Err(e)) => error!(error = %e, "quarantine retention"),
             Err(e) => error!(error = %e, "quarantine retention task"),
-        }
-    }
-}
-
-/// Callahead: the recipients of domains whose route says so are verified at RCPT by asking
-/// the route's next hop (an RCPT probe with a real sender, then RSET): an edge relay's
-/// internal server, or, for a local domain whose route names it, the mailbox server over LMTP
-/// (Dovecot answers for unknown users and, with `lmtp_rcpt_check_quota`, full mailboxes; MAIL
-/// carries the client's SIZE). The next hop's refusal is the client's reply. Answers are kept
-/// for a while in the queue's key-value area (quota answers for a minute at most). A next hop
-/// that cannot answer means 451: never an accept on a failed lookup.
-struct Callahead {
-    /// (domains, any domain, next hop, how to talk to it), first match wins.
-    routes: Vec<(
-        Vec<backstop_types::Domain>,
-        bool,
-        backstop_smtp_client::NextHop,
-        backstop_smtp_client::Settings,
-    )>,
-    sender: Address,
-    /// How long an answer is remembered.
-    ttl: backstop_config::CallaheadTtl,
-}
-
-/// How long a mailbox server's answer about a full mailbox is kept at most: it changes as
-/// soon as its owner deletes mail.
-const QUOTA_TTL: std::time::Duration = std::time::Duration::from_secs(60);
-
-impl Callahead {
-    /// Asks about `recipient` (of a local domain when `local`: only a route that names the
-    /// domain asks; a `*` route never takes a local domain).
-    async fn check(
-        &self,
-        queue: &Queue,
-        recipient: &Address,
-        local: bool,
-        size: Option<u64>,
-    ) -> RecipientVerdict {
-        let domain = recipient.domain();
-        let Some((_, _, hop, client)) = self
-            .routes
-            .iter()
-            .find(|(domains, any, _, _)| domains.contains(domain) || (*any && !local))
-        else {
-            return RecipientVerdict::Accept(vec![recipient.clone()]);
-        };
-        let key = format!("callahead:{}", recipient.to_string().to_ascii_lowercase());
-        let now = now();
-        match queue.state_get(key.as_bytes(), now) {
-            Ok(Some(answer)) => {
-                if let Some(verdict) = remembered(&answer, recipient) {
-                    return verdict;
-                }
-            }
-            Ok(None) => {}
-            Err(e) => warn!(error = %e, "callahead cache unreadable"),
-        }
-        let probe = backstop_smtp_client::probe(hop, client, &self.sender, recipient, size).await;
-        let quota = |reply: &backstop_types::RemoteReply| {
-            reply.status.is_some_and(|s| s.1 == 2 && s.2 == 2)
-        };
-        let (verdict, remember) = match probe {
-            Ok(reply) if reply.code / 100 == 2 => (
-                RecipientVerdict::Accept(vec![recipient.clone()]),
-                Some(("+".to_owned(), self.ttl.positive)),
-            ),
-            Ok(reply) if reply.code / 100 == 5 || quota(&reply) => {
-                info!(%recipient, code = reply.code, reply = %Escaped(&reply.text), "callahead: the next hop refuses the recipient");
-                let ttl = if quota(&reply) {
-                    self.ttl.negative.min(QUOTA_TTL)
-                } else {
-                    self.ttl.negative
-                };
-                let stored = format!(
-                    "!{} {} {}",
-                    reply.code,
-                    reply.status.map(|s| s.to_string()).unwrap_or_default(),
-                    reply.text.replace('\n', " ")
-                );
-                (
-                    RecipientVerdict::NextHopRefused(Reply::from_next_hop(
-                        reply.code,
-                        reply.status,
-                        &reply.text,
-                    )),
-                    Some((stored, ttl)),
-                )
-            }
-            Ok(reply) => {
-                warn!(%recipient, code = reply.code, reply = %Escaped(&reply.text), "callahead: the next hop cannot answer now: 451");
-                (RecipientVerdict::Unavailable, None)
-            }
-            Err(e) => {
-                warn!(%recipient, error = %e, "callahead failed: 451");
-                (RecipientVerdict::Unavailable, None)
-            }
-        };
-        if let Some((answer, ttl)) = remember {
-            let expires = backstop_types::UnixTime(now.0 + ttl.as_secs());
-            if let Err(e) = queue.state_put(key.as_bytes(), answer.as_bytes(), expires) {
-                warn!(error = %e, "callahead cache not written");
-            }
-        }
-        verdict
-    }
-}
-
-/// A cached callahead answer: `+` (exists), `-` (unknown, as earlier versions kept it), or
-/// `!code status text` (the next hop's refusal).
-fn remembered(answer: &[u8], recipient: &Address) -> Option<RecipientVerdict> {
-    match answer {
-        b"+" => Some(RecipientVerdict::Accept(vec![recipient.clone()])),
-        b"-" => Some(RecipientVerdict::Unknown),
-        [b'!', rest @ ..] => {
-            let text = std::str::from_utf8(rest).ok()?;
-            let (code, rest) = text.split_once(' ')?;
-            let (status, text) = rest.split_once(' ')?;
-            let status = {
-                let mut parts = status.split('.').map(|p| p.parse::<u16>().ok());
-                match (parts.next(), parts.next(), parts.next()) {
-                    (Some(Some(c)), Some(Some(s)), Some(Some(d))) => {
-                        Some(backstop_types::EnhancedStatus(c as u8, s, d))
-                    }
-                    _ => None,
-                }
-            };
-            Some(RecipientVerdict::NextHopRefused(Reply::from_next_hop(
-                code.parse().ok()?,
-                status,
-                text,
-            )))
-        }
-        _ => None,
-    }
-}
-
-/// Bounces to our addresses must answer mail we sent: carry a valid BATV tag of our keys.
-struct BounceCheck {
-    keys: backstop_batv::Keys,
-    /// Refuse bounces without a valid tag (`[batv] check_bounces`); without it valid tags are
-    /// only removed.
-    enforce: bool,
-    /// `user@domain` and `@domain` entries that take untagged bounces.
-    exempt: Vec<String>,
-}
-
-impl BounceCheck {
-    /// The address without its tag, when it carries a valid one of our keys.
-    fn untagged(&self, address: &Address) -> Option<Address> {
-        self.keys.verify(address, backstop_batv::day_of(now())).ok()
-    }
-
-    /// The address to deliver to (the tag stripped), or why the bounce is refused. abuse@ and
-    /// the configured exemptions pass untagged; postmaster@ never gets here.
-    fn recipient(&self, address: &Address) -> Result<Address, BounceProblem> {
-        let lower = address.to_string().to_ascii_lowercase();
-        let exempt = address.local_part().eq_ignore_ascii_case("abuse")
-            || self.exempt.iter().any(|e| match e.strip_prefix('@') {
-                Some(domain) => address.domain().as_str() == domain,
-                None => *e == lower,
-            });
-        match self.keys.verify(address, backstop_batv::day_of(now())) {
-            Ok(untagged) => Ok(untagged),
-            Err(_) if exempt => Ok(address.clone()),
-            Err(backstop_batv::TagError::Missing) => Err(BounceProblem::Missing),
-            Err(backstop_batv::TagError::Expired) => Err(BounceProblem::Expired),
-            Err(_) => Err(BounceProblem::Invalid),
         }
     }
 }
@@ -1263,31 +685,39 @@ fn waiting_client(
 }
 
 /// The callahead routes of the config; `None` when no route asks.
-fn callahead(setup: &Setup) -> Option<Arc<Callahead>> {
+fn callahead(setup: &Setup, clock: &Arc<dyn Clock>) -> Option<Arc<Callahead>> {
+    use backstop_policy::callahead::{Route, Ttl};
     let config = &setup.config;
     let routes: Vec<_> = setup
         .routes
         .iter()
         .filter(|r| r.config.callahead)
         .filter_map(|r| {
-            // A probe must be quick: the client waits for the RCPT reply meanwhile.
-            let client = waiting_client(config, r, std::time::Duration::from_secs(30));
-            let c = &r.config;
-            Some((c.domains.clone(), c.any_domain, c.relay.clone()?, client))
+            Some(Route {
+                domains: r.config.domains.clone(),
+                any_domain: r.config.any_domain,
+                hop: r.config.relay.clone()?,
+                // A probe must be quick: the client waits for the RCPT reply meanwhile.
+                client: waiting_client(config, r, std::time::Duration::from_secs(30)),
+            })
         })
         .collect();
     (!routes.is_empty()).then(|| {
         Arc::new(Callahead {
             routes,
             sender: config.callahead.sender.clone(),
-            ttl: config.callahead.ttl,
+            ttl: Ttl {
+                positive: config.callahead.ttl.positive,
+                negative: config.callahead.ttl.negative,
+            },
+            clock: Arc::clone(clock),
         })
     })
 }
 
 /// The routes with `proxy = true` (never LMTP: the config refuses it), each with how to talk
 /// to its relay.
-fn proxy(setup: &Setup) -> Option<Arc<crate::proxy::Proxy>> {
+fn proxy(setup: &Setup) -> Option<Arc<Proxy>> {
     let routes = setup
         .routes
         .iter()
@@ -1297,7 +727,7 @@ fn proxy(setup: &Setup) -> Option<Arc<crate::proxy::Proxy>> {
             Some((r.config.domains.clone(), r.config.relay.clone()?, client))
         })
         .collect();
-    crate::proxy::Proxy::new(routes)
+    Proxy::new(routes).map(Arc::new)
 }
 
 /// What the policy and the delivery agent both use, made once: the DNS resolver (one cache)
@@ -1306,6 +736,8 @@ struct Shared {
     /// `None` when nothing looks anything up: no MX route, no blocklist, no sender checks.
     dns: Option<backstop_filter::dns::TokioResolver>,
     batv: Option<backstop_batv::Keys>,
+    /// The time, for every part that reads it.
+    clock: Arc<dyn Clock>,
 }
 
 impl Shared {
@@ -1321,6 +753,7 @@ impl Shared {
         Ok(Shared {
             dns,
             batv: crate::batv::keys(setup)?,
+            clock: backstop_types::clock::system(),
         })
     }
 }
@@ -1403,7 +836,12 @@ fn delivery_agent(
     })
 }
 
-fn session_config(config: &Config, name: &str, kind: ListenerKind) -> SessionConfig {
+fn session_config(
+    config: &Config,
+    name: &str,
+    kind: ListenerKind,
+    checks: Checks,
+) -> SessionConfig {
     let submission_auth = if config.auth.allow_plaintext {
         AuthPolicy::AllowPlaintext
     } else {
@@ -1439,19 +877,7 @@ fn session_config(config: &Config, name: &str, kind: ListenerKind) -> SessionCon
         require_auth,
         local_domains: config.smtp.local_domains.clone(),
         relay_domains: config.smtp.relay_domains.clone(),
-        check_recipients: config.recipients.is_some()
-            || config.ldap.is_some()
-            || config.routes.iter().any(|r| r.callahead || r.proxy)
-            || config.batv.is_some()
-            || config.greylist.is_some()
-            || config.rate_limits.any(),
-        check_senders: config.rate_limits.any()
-            || !config.dnsbl.is_empty()
-            || config.sender_checks.as_ref().is_some_and(|c| c.spf_at_mail),
-        check_messages: config.rfc5322 != ContentAction::Off
-            || config.sender_checks.is_some()
-            || config.bounce_provenance
-            || !config.content_checks.is_empty(),
+        checks,
     }
 }
 
@@ -1498,192 +924,5 @@ impl Stop {
             }
             None => std::future::pending::<()>().await,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use backstop_types::{Address, ReversePath};
-
-    use super::*;
-
-    /// A filter that checks nothing, over `queue`; tests set what they need.
-    fn bare(queue: Queue) -> Filter {
-        Filter {
-            ldap: None,
-            auth_ldap: None,
-            auth_dovecot: None,
-            users: Arc::new(UserStore::default()),
-            callahead: None,
-            proxy: None,
-            bounce_provenance: false,
-            bounce_provenance_domains: Vec::new(),
-            local_domains: Vec::new(),
-            dnsbl: None,
-            sender_auth: None,
-            batv: None,
-            rfc5322: ContentAction::Off,
-            content: Pipeline {
-                checks: Vec::new(),
-                deadline: std::time::Duration::from_secs(60),
-            },
-            recipients: None,
-            greylist: None,
-            rate_limits: RateLimits::default(),
-            rates: Arc::default(),
-            queue,
-        }
-    }
-
-    #[test]
-    fn trusted_clients_are_never_greylisted_and_unknown_recipients_leave_no_state() {
-        let dir = tempfile::tempdir().unwrap();
-        let queue = Queue::open(dir.path()).unwrap();
-        let table = dir.path().join("recipients");
-        std::fs::write(&table, "bob@example.com\n").unwrap();
-        let filter = Filter {
-            recipients: Some(TableFile::open(&table).unwrap()),
-            greylist: Some(GreylistPolicy {
-                delay: Duration::from_secs(300),
-                retry_window: Duration::from_secs(86_400),
-                auto_pass: Duration::from_secs(86_400),
-            }),
-            ..bare(queue)
-        };
-        let query = |recipient: &str, trusted: bool| RecipientQuery {
-            recipient: Address::parse(recipient).unwrap(),
-            sender: ReversePath::Null,
-            client: "192.0.2.1".parse().unwrap(),
-            local: true,
-            trusted,
-            user: None,
-            transaction: backstop_session::TransactionRef {
-                session: 1,
-                number: 1,
-            },
-            proxied: None,
-            size: None,
-        };
-        let bob = Address::parse("bob@example.com").unwrap();
-        assert_eq!(
-            filter.decide(&query("bob@example.com", true)),
-            RecipientVerdict::Accept(vec![bob])
-        );
-        assert_eq!(
-            filter.decide(&query("nobody@example.com", false)),
-            RecipientVerdict::Unknown
-        );
-        assert_eq!(
-            filter.decide(&query("bob@example.com", false)),
-            RecipientVerdict::Defer { retry_after: 300 }
-        );
-    }
-
-    #[test]
-    fn bounces_need_our_tag_and_leave_it_behind() {
-        let dir = tempfile::tempdir().unwrap();
-        let keys =
-            backstop_batv::Keys::new(&[(2, b"a secret for the test".to_vec())], 2, 7).unwrap();
-        let today = backstop_batv::day_of(now());
-        let bob = Address::parse("bob@example.com").unwrap();
-        let tagged = keys.sign(&bob, today);
-        let filter = Filter {
-            batv: Some(BounceCheck {
-                keys: keys.clone(),
-                enforce: true,
-                exempt: vec!["lists@example.com".into(), "@other.example".into()],
-            }),
-            ..bare(Queue::open(dir.path()).unwrap())
-        };
-        let query = |recipient: &Address, sender: ReversePath| RecipientQuery {
-            recipient: recipient.clone(),
-            sender,
-            client: "192.0.2.1".parse().unwrap(),
-            local: true,
-            trusted: false,
-            user: None,
-            transaction: backstop_session::TransactionRef {
-                session: 1,
-                number: 1,
-            },
-            proxied: None,
-            size: None,
-        };
-        let bounce = |r: &Address| filter.decide(&query(r, ReversePath::Null));
-        assert_eq!(bounce(&tagged), RecipientVerdict::Accept(vec![bob.clone()]));
-        assert_eq!(
-            bounce(&bob),
-            RecipientVerdict::NotOurBounce(BounceProblem::Missing)
-        );
-        let forged = Address::parse(&tagged.to_string().replace("=bob@", "=eve@")).unwrap();
-        assert_eq!(
-            bounce(&forged),
-            RecipientVerdict::NotOurBounce(BounceProblem::Invalid)
-        );
-        let stale = keys.sign(&bob, today - 30);
-        assert_eq!(
-            bounce(&stale),
-            RecipientVerdict::NotOurBounce(BounceProblem::Expired)
-        );
-        // Exempt: abuse@, the configured address and domain.
-        for exempt in ["abuse@example.com", "LISTS@example.com", "x@other.example"] {
-            let a = Address::parse(exempt).unwrap();
-            assert_eq!(
-                bounce(&a),
-                RecipientVerdict::Accept(vec![a.clone()]),
-                "{exempt}"
-            );
-        }
-        // Mail with a sender is not a bounce: untagged is fine.
-        let mail = filter.decide(&query(
-            &bob,
-            ReversePath::Address(Address::parse("x@example.org").unwrap()),
-        ));
-        assert_eq!(mail, RecipientVerdict::Accept(vec![bob]));
-    }
-
-    #[tokio::test]
-    async fn users_are_limited_apart_from_clients_and_local_networks_are_exempt() {
-        let dir = tempfile::tempdir().unwrap();
-        let one_a_day = Some(Limit::parse("1/1d").unwrap());
-        let filter = Filter {
-            rate_limits: RateLimits {
-                client_messages: one_a_day,
-                user_messages: one_a_day,
-                ..RateLimits::default()
-            },
-            ..bare(Queue::open(dir.path()).unwrap())
-        };
-        let query = |user: Option<&str>, trusted: bool| SenderQuery {
-            sender: ReversePath::Null,
-            client: "192.0.2.1".parse().unwrap(),
-            helo: "client.example".into(),
-            user: user.map(str::to_owned),
-            trusted,
-        };
-        let alice = || query(Some("alice"), true);
-        assert_eq!(filter.check_sender(alice()).await, SenderVerdict::Accept);
-        assert_eq!(
-            filter.check_sender(alice()).await,
-            SenderVerdict::RateLimited
-        );
-        // The same address without AUTH has its own count; a local network has none.
-        assert_eq!(
-            filter.check_sender(query(None, false)).await,
-            SenderVerdict::Accept
-        );
-        assert_eq!(
-            filter.check_sender(query(None, false)).await,
-            SenderVerdict::RateLimited
-        );
-        for _ in 0..3 {
-            assert_eq!(
-                filter.check_sender(query(None, true)).await,
-                SenderVerdict::Accept
-            );
-        }
-        assert!(filter.allow_connection("192.0.2.1".parse().unwrap(), false));
     }
 }

@@ -11,24 +11,33 @@ use toml::Spanned;
 use crate::error::Ctx;
 use crate::units::Seconds;
 
-/// What a content check does with a message that fails it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub use backstop_filter::content::ContentAction;
+
+/// [`ContentAction`] as the config spells it.
+#[derive(Deserialize, Default, Clone, Copy)]
 #[serde(rename_all = "lowercase")]
-pub enum ContentAction {
-    /// No check.
+enum RawAction {
     #[default]
     Off,
-    /// 550 5.6.0 before the reply to DATA: the sending server reports it to the sender.
     Reject,
-    /// Accept it into quarantine: never delivered, never bounced.
     Quarantine,
+}
+
+impl From<RawAction> for ContentAction {
+    fn from(raw: RawAction) -> ContentAction {
+        match raw {
+            RawAction::Off => ContentAction::Off,
+            RawAction::Reject => ContentAction::Reject,
+            RawAction::Quarantine => ContentAction::Quarantine,
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawContent {
     #[serde(default)]
-    rfc5322: ContentAction,
+    rfc5322: RawAction,
     deadline: Option<Seconds>,
 }
 
@@ -38,7 +47,7 @@ pub(crate) fn content(raw: RawContent) -> (ContentAction, Duration) {
     let deadline = raw.deadline.map_or(Duration::from_secs(60), |d| {
         d.0.clamp(Duration::from_secs(1), Duration::from_secs(300))
     });
-    (raw.rfc5322, deadline)
+    (raw.rfc5322.into(), deadline)
 }
 
 /// One `[[filter]]`: a rule on the message, or a scanner reached over the network; its

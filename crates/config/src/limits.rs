@@ -8,30 +8,7 @@ use toml::Spanned;
 use crate::error::Ctx;
 use crate::units::{secs, Seconds};
 
-/// Rate limits; `None` means no limit. Client limits apply to clients that neither
-/// authenticated nor are in the local networks; user limits to authenticated users.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RateLimits {
-    pub client_connections: Option<Limit>,
-    pub client_messages: Option<Limit>,
-    pub client_recipients: Option<Limit>,
-    pub user_messages: Option<Limit>,
-    pub user_recipients: Option<Limit>,
-}
-
-impl RateLimits {
-    pub fn any(&self) -> bool {
-        [
-            self.client_connections,
-            self.client_messages,
-            self.client_recipients,
-            self.user_messages,
-            self.user_recipients,
-        ]
-        .iter()
-        .any(Option::is_some)
-    }
-}
+pub use backstop_filter::rate::RateLimits;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]

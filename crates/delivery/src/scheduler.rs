@@ -24,7 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use backstop_queue::Entry;
 use backstop_smtp_client::{ClientError, Connection, Endpoint, NextHop, Transaction};
@@ -997,11 +997,7 @@ fn local_failure(text: &str) -> AttemptOutcome {
 }
 
 fn now() -> UnixTime {
-    UnixTime(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    )
+    backstop_types::Clock::now(&backstop_types::SystemClock)
 }
 
 #[cfg(test)]

@@ -4,6 +4,18 @@
 //! twice (RFC 5322 3.6), and no line longer than 998 octets (2.1.1). The message is read as
 //! received; header fields are matched by name, without regard to case.
 
+/// What to do with a message that fails a check of its form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ContentAction {
+    /// No check.
+    #[default]
+    Off,
+    /// 550 5.6.0 before the reply to DATA: the sending server reports it to the sender.
+    Reject,
+    /// Accept it into quarantine: never delivered, never bounced.
+    Quarantine,
+}
+
 /// Why a message is not a well-formed RFC 5322 message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Violation {

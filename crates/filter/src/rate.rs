@@ -10,6 +10,31 @@ use std::time::Duration;
 
 use backstop_types::UnixTime;
 
+/// The rate limits of a site; `None` means no limit. Client limits apply to clients that
+/// neither authenticated nor are in the local networks; user limits to authenticated users.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RateLimits {
+    pub client_connections: Option<Limit>,
+    pub client_messages: Option<Limit>,
+    pub client_recipients: Option<Limit>,
+    pub user_messages: Option<Limit>,
+    pub user_recipients: Option<Limit>,
+}
+
+impl RateLimits {
+    pub fn any(&self) -> bool {
+        [
+            self.client_connections,
+            self.client_messages,
+            self.client_recipients,
+            self.user_messages,
+            self.user_recipients,
+        ]
+        .iter()
+        .any(Option::is_some)
+    }
+}
+
 /// At most `count` per `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {

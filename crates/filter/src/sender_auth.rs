@@ -238,6 +238,11 @@ impl SenderAuth {
         }
     }
 
+    /// Whether SPF is also checked at MAIL FROM ([`SenderAuth::check_spf`]).
+    pub fn spf_at_mail(&self) -> bool {
+        self.actions.spf_at_mail
+    }
+
     /// SPF alone, for MAIL FROM: the refusal when `spf_at_mail` is set and SPF says `fail`
     /// (and the action is to reject), or a 451 when the lookup failed; otherwise accept, and
     /// the end of DATA decides with DKIM and DMARC.

@@ -4,14 +4,14 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use backstop_session::{
     AuthOutcome, ContentVerdict, Output, Peer, RecipientVerdict, SenderVerdict, ServerSession,
     SessionConfig,
 };
 use backstop_types::text::Escaped;
-use backstop_types::{Reply, UnixTime};
+use backstop_types::{Clock, Reply};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -68,6 +68,8 @@ pub struct Context<S, P> {
     pub metrics: Arc<crate::metrics::SmtpMetrics>,
     /// Each listener's rules, by its name.
     pub listeners: std::collections::HashMap<String, ListenerSettings>,
+    /// The time, for the sessions.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Runs the accept loops until `shutdown` turns true, then tells open sessions (421) and waits
@@ -174,15 +176,35 @@ async fn connection<S: MessageSink, P: Policy>(
     }
     let _open = context.metrics.session();
     debug!(local_submitter, "connected");
+    // What the policy keeps for this session; dropped (its open work ended) with it.
+    let mut checks = context.policy.open_session();
     let result = match listener.mode {
         ListenerMode::ImplicitTls => {
-            implicit_tls(tcp, ip, local_submitter, &listener, &context, &mut shutdown).await
+            implicit_tls(
+                tcp,
+                ip,
+                local_submitter,
+                &listener,
+                &context,
+                &mut checks,
+                &mut shutdown,
+            )
+            .await
         }
         ListenerMode::Plain => {
-            plain(tcp, ip, local_submitter, &listener, &context, &mut shutdown).await
+            plain(
+                tcp,
+                ip,
+                local_submitter,
+                &listener,
+                &context,
+                &mut checks,
+                &mut shutdown,
+            )
+            .await
         }
     };
-    context.policy.session_ended(listener.id);
+    drop(checks);
     match result {
         Ok(()) => debug!("disconnected"),
         Err(e) => debug!(error = %e, "connection ended with an error"),
@@ -203,6 +225,7 @@ async fn plain<S: MessageSink, P: Policy>(
     local_submitter: bool,
     listener: &Setup,
     context: &Context<S, P>,
+    checks: &mut P::Session,
     shutdown: &mut watch::Receiver<bool>,
 ) -> io::Result<()> {
     let peer = Peer {
@@ -211,9 +234,15 @@ async fn plain<S: MessageSink, P: Policy>(
         tls: None,
         id: listener.id,
     };
-    let mut session = ServerSession::new(Arc::clone(&listener.session), peer, now());
-    greet(&mut tcp, &mut session, listener.greeting_delay).await?;
-    match drive(&mut tcp, &mut session, context, shutdown, listener).await? {
+    let mut session = ServerSession::new(Arc::clone(&listener.session), peer, context.clock.now());
+    greet(
+        &mut tcp,
+        &mut session,
+        listener.greeting_delay,
+        &*context.clock,
+    )
+    .await?;
+    match drive(&mut tcp, &mut session, context, checks, shutdown, listener).await? {
         Next::Closed => Ok(()),
         Next::StartTls => {
             let Some(mut stream) = handshake(tcp, listener, context).await? else {
@@ -222,7 +251,15 @@ async fn plain<S: MessageSink, P: Policy>(
             let info = tls::session_info(stream.get_ref().1);
             debug!(version = %info.version, cipher = %info.cipher, "TLS established");
             session.tls_established(info);
-            drive(&mut stream, &mut session, context, shutdown, listener).await?;
+            drive(
+                &mut stream,
+                &mut session,
+                context,
+                checks,
+                shutdown,
+                listener,
+            )
+            .await?;
             Ok(())
         }
     }
@@ -234,6 +271,7 @@ async fn implicit_tls<S: MessageSink, P: Policy>(
     local_submitter: bool,
     listener: &Setup,
     context: &Context<S, P>,
+    checks: &mut P::Session,
     shutdown: &mut watch::Receiver<bool>,
 ) -> io::Result<()> {
     let Some(mut stream) = handshake(tcp, listener, context).await? else {
@@ -246,9 +284,23 @@ async fn implicit_tls<S: MessageSink, P: Policy>(
         tls: Some(info),
         id: listener.id,
     };
-    let mut session = ServerSession::new(Arc::clone(&listener.session), peer, now());
-    greet(&mut stream, &mut session, listener.greeting_delay).await?;
-    drive(&mut stream, &mut session, context, shutdown, listener).await?;
+    let mut session = ServerSession::new(Arc::clone(&listener.session), peer, context.clock.now());
+    greet(
+        &mut stream,
+        &mut session,
+        listener.greeting_delay,
+        &*context.clock,
+    )
+    .await?;
+    drive(
+        &mut stream,
+        &mut session,
+        context,
+        checks,
+        shutdown,
+        listener,
+    )
+    .await?;
     Ok(())
 }
 
@@ -282,6 +334,7 @@ async fn greet<T: AsyncRead + Unpin>(
     stream: &mut T,
     session: &mut ServerSession,
     delay: Duration,
+    clock: &dyn Clock,
 ) -> io::Result<()> {
     if !delay.is_zero() {
         let mut buf = [0u8; 512];
@@ -290,7 +343,7 @@ async fn greet<T: AsyncRead + Unpin>(
             read = stream.read(&mut buf) => {
                 let n = read?;
                 if n > 0 {
-                    session.handle_bytes(&buf[..n], now());
+                    session.handle_bytes(&buf[..n], clock.now());
                 }
             }
         }
@@ -311,6 +364,7 @@ async fn drive<T, S, P>(
     stream: &mut T,
     session: &mut ServerSession,
     context: &Context<S, P>,
+    checks: &mut P::Session,
     shutdown: &mut watch::Receiver<bool>,
     listener: &Setup,
 ) -> io::Result<Next>
@@ -374,7 +428,7 @@ where
                     }
                     Output::CheckMessage(message) => {
                         let started = std::time::Instant::now();
-                        let verdict = context.policy.check_message(&message).await;
+                        let verdict = context.policy.check_message(checks, &message).await;
                         context.metrics.checked(started.elapsed());
                         match &verdict {
                             ContentVerdict::Accept | ContentVerdict::AcceptChanged(_) => {}
@@ -410,7 +464,7 @@ where
                     }
                     Output::CheckSender(query) => {
                         let sender = query.sender.clone();
-                        let verdict = context.policy.check_sender(query).await;
+                        let verdict = context.policy.check_sender(checks, query).await;
                         match &verdict {
                             SenderVerdict::Accept => {}
                             SenderVerdict::RateLimited => info!(%sender, "message rate limit: 451"),
@@ -428,7 +482,7 @@ where
                     }
                     Output::CheckRecipient(query) => {
                         let address = query.recipient.clone();
-                        let verdict = context.policy.check_recipient(query).await;
+                        let verdict = context.policy.check_recipient(checks, query).await;
                         match &verdict {
                             RecipientVerdict::Accept(_) => debug!(%address, "recipient known"),
                             RecipientVerdict::Unknown => info!(%address, "recipient unknown: 550"),
@@ -539,7 +593,7 @@ where
                 session.handle_timeout();
             }
             Ok(Ok(0)) => return Ok(Next::Closed),
-            Ok(Ok(n)) => session.handle_bytes(&buf[..n], now()),
+            Ok(Ok(n)) => session.handle_bytes(&buf[..n], context.clock.now()),
             Ok(Err(e)) => return Err(e),
         }
     }
@@ -620,12 +674,4 @@ async fn flush<T: AsyncWrite + Unpin>(stream: &mut T, out: &mut Vec<u8>) -> io::
         out.clear();
     }
     Ok(())
-}
-
-fn now() -> UnixTime {
-    UnixTime(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    )
 }

@@ -24,6 +24,7 @@
 pub mod data;
 pub mod headers;
 pub mod params;
+pub mod policy;
 pub mod received;
 pub mod sasl;
 pub mod session;
@@ -33,6 +34,7 @@ use std::time::Duration;
 
 use backstop_types::{Domain, Envelope, TlsInfo};
 
+pub use policy::{Checks, MessageSink, Policy};
 pub use session::ServerSession;
 
 /// What a session needs from the configuration. Built once per listener; a session keeps the
@@ -75,13 +77,8 @@ pub struct SessionConfig {
     /// Domains we accept from anyone to relay onward (an edge relay's internal domains).
     /// Unauthenticated clients may send only to local and relay domains.
     pub relay_domains: Vec<Domain>,
-    /// Ask the driver ([`Output::CheckRecipient`]) about each recipient in a local or relay
-    /// domain (does it exist, is it greylisted) instead of accepting it at once.
-    pub check_recipients: bool,
-    /// Ask the driver ([`Output::CheckSender`]) about each MAIL FROM (rate limits).
-    pub check_senders: bool,
-    /// Ask the driver ([`Output::CheckMessage`]) about each message before the reply to DATA.
-    pub check_messages: bool,
+    /// What the driver is asked about (the policy's [`Checks`]).
+    pub checks: Checks,
 }
 
 /// When AUTH is offered on a listener.

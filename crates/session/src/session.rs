@@ -766,7 +766,7 @@ impl ServerSession {
             },
             proxied: None,
         };
-        if self.config.check_senders {
+        if self.config.checks.senders {
             let query = SenderQuery {
                 sender: txn.sender.clone(),
                 client: self.peer.ip,
@@ -869,7 +869,7 @@ impl ServerSession {
             Notify::Default
         };
         let local = self.config.local_domains.contains(address.domain());
-        if self.config.check_recipients && ours && !is_postmaster {
+        if self.config.checks.recipients && ours && !is_postmaster {
             let sender = match &self.txn {
                 Some(txn) => txn.sender.clone(),
                 None => return,
@@ -1093,7 +1093,7 @@ impl ServerSession {
             proxied,
         });
         // A proxied message always goes to the policy, which sends it on.
-        if self.config.check_messages || proxied.is_some() {
+        if self.config.checks.messages || proxied.is_some() {
             self.outputs.push_back(Output::CheckMessage(message));
         } else {
             self.outputs.push_back(Output::Enqueue(message));

@@ -13,11 +13,14 @@
 //! - [`queue_id`]: [`QueueId`], the name of a message in the queue.
 //! - [`delivery`]: [`RecipientState`], where each recipient of a queued message stands, and
 //!   [`AttemptOutcome`], what one delivery attempt came to.
+//! - [`clock`]: [`Clock`], the one way to read the time: [`SystemClock`], or [`ManualClock`]
+//!   for tests.
 //!
-//! Architecture invariant: this crate does no I/O, reads no clock and knows no async runtime.
-//! Time is passed in as [`UnixTime`].
+//! Architecture invariant: this crate does no I/O and knows no async runtime. Time is passed
+//! in as [`UnixTime`], read from a [`Clock`] the caller was given.
 
 pub mod address;
+pub mod clock;
 pub mod delivery;
 pub mod envelope;
 pub mod orcpt;
@@ -27,6 +30,7 @@ pub mod secret;
 pub mod text;
 
 pub use address::{Address, AddressError, Domain, ReversePath};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use delivery::{Attempt, AttemptOutcome, RecipientState, RemoteReply};
 pub use envelope::{
     AuthInfo, BodyType, ClientInfo, DsnParams, Envelope, Notify, Recipient, Ret, TlsInfo,

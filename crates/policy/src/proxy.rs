@@ -8,35 +8,40 @@
 //! One transaction goes to one relay: recipients of other routes, or of domains that are
 //! queued, get 451 4.5.3 (the client sends them in a transaction of their own).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
 use backstop_session::{ContentVerdict, Message, RecipientQuery, RecipientVerdict, TransactionRef};
 use backstop_smtp_client::{Connection, NextHop, Settings};
+use backstop_types::text::Escaped;
 use backstop_types::{Domain, Notify, Recipient, RemoteReply, Reply};
 use tracing::{info, warn};
 
-/// The proxied routes, and the transactions open at their relays.
+/// The proxied routes: domains, relay, and how to talk to it.
 pub struct Proxy {
     routes: Vec<(Vec<Domain>, NextHop, Settings)>,
-    open: Mutex<HashMap<u64, Open>>,
 }
 
-/// A session's transaction at a relay. `connection` is `None` while a command is on its way.
-struct Open {
+/// A session's transaction open at a relay, kept in the session's state; dropped (the session
+/// ended, its message was refused here, or a new transaction began), it says QUIT.
+pub(crate) struct Open {
     number: u64,
     route: usize,
+    /// Taken out while the message is on its way.
     connection: Option<Connection>,
 }
 
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let (Some(connection), Ok(runtime)) = (
+            self.connection.take(),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            runtime.spawn(connection.quit());
+        }
+    }
+}
+
 impl Proxy {
-    pub fn new(routes: Vec<(Vec<Domain>, NextHop, Settings)>) -> Option<Arc<Proxy>> {
-        (!routes.is_empty()).then(|| {
-            Arc::new(Proxy {
-                routes,
-                open: Mutex::default(),
-            })
-        })
+    pub fn new(routes: Vec<(Vec<Domain>, NextHop, Settings)>) -> Option<Proxy> {
+        (!routes.is_empty()).then_some(Proxy { routes })
     }
 
     /// The proxied route of `domain`, if it has one.
@@ -44,32 +49,46 @@ impl Proxy {
         self.routes.iter().position(|(d, _, _)| d.contains(domain))
     }
 
-    /// Passes an RCPT for `route`'s domain to its relay (opening the transaction there first):
-    /// the relay's reply, for the client.
-    pub async fn rcpt(&self, query: &RecipientQuery, route: usize) -> RecipientVerdict {
+    /// Passes an RCPT for `route`'s domain to its relay (opening the transaction there first,
+    /// in `open`): the relay's reply, for the client.
+    pub(crate) async fn rcpt(
+        &self,
+        open: &mut Option<Open>,
+        query: &RecipientQuery,
+        route: usize,
+    ) -> RecipientVerdict {
         let txn = query.transaction;
-        let connection = match self.take(txn) {
-            Some((open_route, connection)) if open_route != route => {
-                // Another relay holds this transaction; give it back.
-                self.put_back(txn, open_route, connection);
-                return RecipientVerdict::SeparateTransaction;
-            }
-            Some((_, Some(connection))) => connection,
-            _ => {
+        // A transaction of an earlier MAIL is over.
+        if open.as_ref().is_some_and(|o| o.number != txn.number) {
+            *open = None;
+        }
+        match open {
+            // Another relay holds this transaction.
+            Some(o) if o.route != route => return RecipientVerdict::SeparateTransaction,
+            Some(_) => {}
+            None => {
                 let (_, hop, settings) = &self.routes[route];
                 match begin(hop, settings, &query.sender).await {
-                    Ok(connection) => connection,
+                    Ok(connection) => {
+                        *open = Some(Open {
+                            number: txn.number,
+                            route,
+                            connection: Some(connection),
+                        });
+                    }
                     Err(Begin::Refused(reply)) => {
                         return RecipientVerdict::Proxied(client_reply(&reply));
                     }
                     Err(Begin::Unavailable(why)) => {
-                        warn!(error = %backstop_types::text::Escaped(&why), "proxy: the relay cannot be reached: 451");
+                        warn!(error = %Escaped(&why), "proxy: the relay cannot be reached: 451");
                         return RecipientVerdict::Proxied(Reply::next_hop_unavailable());
                     }
                 }
             }
+        }
+        let Some(connection) = open.as_mut().and_then(|o| o.connection.as_mut()) else {
+            return RecipientVerdict::Proxied(Reply::next_hop_unavailable());
         };
-        let mut connection = connection;
         let recipient = Recipient {
             address: query.recipient.clone(),
             notify: Notify::Default,
@@ -77,20 +96,28 @@ impl Proxy {
         };
         let line = connection.session().rcpt_command(&recipient);
         match connection.command(&line).await {
-            Ok(reply) => {
-                self.put_back(txn, route, Some(connection));
-                RecipientVerdict::Proxied(client_reply(&reply))
-            }
+            Ok(reply) => RecipientVerdict::Proxied(client_reply(&reply)),
             Err(e) => {
                 warn!(error = %e, "proxy: the relay broke off: 451");
+                *open = None;
                 RecipientVerdict::Proxied(Reply::next_hop_unavailable())
             }
         }
     }
 
     /// Sends a proxied message (as backstop's checks left it) to the relay: its final reply.
-    pub async fn data(&self, txn: TransactionRef, message: &Message) -> ContentVerdict {
-        let Some((_, Some(mut connection))) = self.take(txn) else {
+    /// The transaction is over afterwards.
+    pub(crate) async fn data(
+        &self,
+        open: &mut Option<Open>,
+        txn: TransactionRef,
+        message: &Message,
+    ) -> ContentVerdict {
+        let connection = match open.take() {
+            Some(mut o) if o.number == txn.number => o.connection.take(),
+            _ => None,
+        };
+        let Some(mut connection) = connection else {
             return ContentVerdict::Relayed(Reply::next_hop_unavailable());
         };
         let sent = async {
@@ -106,7 +133,7 @@ impl Proxy {
         }
         match sent {
             Ok(reply) => {
-                info!(code = reply.code, text = %backstop_types::text::Escaped(&reply.text), "proxy: the relay's reply to the message");
+                info!(code = reply.code, text = %Escaped(&reply.text), "proxy: the relay's reply to the message");
                 ContentVerdict::Relayed(client_reply(&reply))
             }
             Err(e) => {
@@ -114,53 +141,6 @@ impl Proxy {
                 ContentVerdict::Relayed(Reply::next_hop_unavailable())
             }
         }
-    }
-
-    /// Ends what `session` has open at a relay (the session is over, or its message was
-    /// refused here).
-    pub fn end(&self, session: u64) {
-        let open = self
-            .open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&session);
-        if let Some(Open {
-            connection: Some(connection),
-            ..
-        }) = open
-        {
-            tokio::spawn(connection.quit());
-        }
-    }
-
-    /// The session's open transaction, if it is `txn`, taken out; an older one is ended.
-    fn take(&self, txn: TransactionRef) -> Option<(usize, Option<Connection>)> {
-        let open = self
-            .open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&txn.session)?;
-        if open.number == txn.number {
-            return Some((open.route, open.connection));
-        }
-        if let Some(stale) = open.connection {
-            tokio::spawn(stale.quit());
-        }
-        None
-    }
-
-    fn put_back(&self, txn: TransactionRef, route: usize, connection: Option<Connection>) {
-        self.open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(
-                txn.session,
-                Open {
-                    number: txn.number,
-                    route,
-                    connection,
-                },
-            );
     }
 }
 
