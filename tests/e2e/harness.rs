@@ -47,8 +47,6 @@ pub fn is_root(test: &str) -> bool {
     root
 }
 
-/// Runs a Python script with Debian's interpreter (where python3-dkim and friends load) and
-/// returns its standard output, trimmed; the script must succeed.
 /// A TCP port on 127.0.0.1 that was free a moment ago, for a peer to listen on.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -58,6 +56,8 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Runs a Python script with Debian's interpreter (where python3-dkim and friends load) and
+/// returns its standard output, trimmed; the script must succeed.
 pub fn python(script: &str, args: &[&str]) -> String {
     let out = Command::new("/usr/bin/python3")
         .args(["-c", script])

@@ -1,20 +1,5 @@
-//! The backstop mail transfer agent.
-//!
-//! Layout:
-//! - `main.rs`: the command line (`serve`, `check-config`, `version`, `hash-password`).
-//! - [`load`]: the config (checked by `backstop_config`) and the files it names, read; every
-//!   problem of both with file, line and key.
-//! - [`serve`]: wiring: tracing, the queue, TLS, users, listeners, the admin API, signals.
-//! - [`admin`]: the admin API on a Unix socket, and the `queue` and `quarantine` commands that
-//!   talk to it.
-//! - [`batv`]: BATV keys from the config (made on first use by default), `batv sign|verify`.
-
-mod admin;
-mod batv;
-mod interfaces;
-mod load;
-mod metrics;
-mod serve;
+//! The `backstop` command: the command line over the library (`serve`, `check-config`, the
+//! queue and quarantine commands, `batv`, `hash-password`).
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -22,7 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::load::Setup;
+use backstop::load::Setup;
+use backstop::{admin, batv, load, serve};
 
 #[derive(Parser)]
 #[command(

@@ -2,6 +2,7 @@
 //! and the queue's depth and age read at each scrape. Served over HTTP (`GET /metrics`) when
 //! `[metrics] address` is set, and printed by `backstop metrics` through the admin API.
 
+use backstop_types::prometheus::Kind;
 use backstop_types::Clock as _;
 use std::sync::Arc;
 
@@ -25,25 +26,33 @@ impl Sources {
     /// All metrics at `now`. Blocking: it reads the queue.
     pub fn render(&self, now: UnixTime) -> String {
         let mut out = self.smtp.prometheus();
-        out.push_str(&self.delivery.prometheus());
+        out.append(self.delivery.prometheus());
         match (self.queue.list(), self.queue.quarantine_list()) {
             (Ok(entries), Ok(quarantined)) => {
                 let oldest = entries.iter().map(|(_, e)| e.envelope.arrival.0).min();
                 let age = oldest.map_or(0, |a| now.0.saturating_sub(a));
-                out.push_str(&format!(
-                    "# HELP queue_messages Messages in the queue.\n# TYPE queue_messages gauge\n\
-                     queue_messages {}\n\
-                     # HELP queue_oldest_seconds Age of the oldest message in the queue.\n\
-                     # TYPE queue_oldest_seconds gauge\nqueue_oldest_seconds {age}\n\
-                     # HELP quarantine_messages Messages in quarantine.\n\
-                     # TYPE quarantine_messages gauge\nquarantine_messages {}\n",
+                out.single(
+                    "queue_messages",
+                    Kind::Gauge,
+                    "Messages in the queue.",
                     entries.len(),
-                    quarantined.len()
-                ));
+                )
+                .single(
+                    "queue_oldest_seconds",
+                    Kind::Gauge,
+                    "Age of the oldest message in the queue.",
+                    age,
+                )
+                .single(
+                    "quarantine_messages",
+                    Kind::Gauge,
+                    "Messages in quarantine.",
+                    quarantined.len(),
+                );
             }
             (Err(e), _) | (_, Err(e)) => warn!(error = %e, "metrics: cannot read the queue"),
         }
-        out
+        out.finish()
     }
 }
 

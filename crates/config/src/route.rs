@@ -242,31 +242,34 @@ fn check_route(ctx: &mut Ctx<'_>, route: RawRoute, smtp: &Smtp) -> Option<RouteC
 
 fn next_hop(ctx: &mut Ctx<'_>, relay: &Spanned<String>, host: Option<&str>) -> Option<NextHop> {
     let text = relay.get_ref();
-    let endpoint = match text.strip_prefix("unix:") {
-        Some(path) if path.starts_with('/') => Endpoint::Unix(PathBuf::from(path)),
-        Some(_) => {
+    // A relay is an address, never a name to look up (that would be an MX route).
+    let endpoint = match Endpoint::parse(text) {
+        Ok(Endpoint::Tcp(_)) if text.parse::<std::net::SocketAddr>().is_err() => {
             ctx.error(
                 relay.span(),
                 "",
-                format!("{text:?}: a Unix socket needs an absolute path"),
+                format!("{text:?} is not an address like 192.0.2.25:25 or unix:/run/lmtp"),
             );
             return None;
         }
-        None => match text.parse() {
-            Ok(address) => Endpoint::Tcp(address),
-            Err(_) => {
-                ctx.error(
-                    relay.span(),
-                    "",
-                    format!("{text:?} is not an address like 192.0.2.25:25 or unix:/run/lmtp"),
-                );
-                return None;
-            }
-        },
+        Ok(endpoint) => endpoint,
+        Err(_) if !text.starts_with("unix:") => {
+            ctx.error(
+                relay.span(),
+                "",
+                format!("{text:?} is not an address like 192.0.2.25:25 or unix:/run/lmtp"),
+            );
+            return None;
+        }
+        Err(why) => {
+            ctx.error(relay.span(), "", why);
+            return None;
+        }
     };
-    let host = host.map(str::to_owned).unwrap_or_else(|| match &endpoint {
-        Endpoint::Tcp(a) => a.ip().to_string(),
-        Endpoint::Unix(_) => "localhost".to_owned(),
+    let host = host.map(str::to_owned).unwrap_or_else(|| {
+        endpoint
+            .socket_addr()
+            .map_or_else(|| "localhost".to_owned(), |a| a.ip().to_string())
     });
     Some(NextHop { endpoint, host })
 }

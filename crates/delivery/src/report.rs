@@ -14,6 +14,7 @@ use std::time::Duration;
 use backstop_dsn::gate::{self, Decision, Event, Reason, Sender};
 use backstop_dsn::render::{Action, RecipientReport, Report};
 use backstop_queue::{Changes, Entry, Notices};
+use backstop_types::prometheus::{Kind, Text};
 use backstop_types::{
     BodyType, ClientInfo, DsnParams, EnhancedStatus, Envelope, Notify, QueueId, Recipient,
     RecipientState, ReversePath, TrustClass, UnixTime,
@@ -77,52 +78,59 @@ impl Counters {
     }
 
     /// The counters in Prometheus' text format.
-    pub fn prometheus(&self) -> String {
-        let mut out = String::from(
-            "# HELP delivery_recipients_total Delivery attempts per recipient, by outcome.\n\
-             # TYPE delivery_recipients_total counter\n",
+    pub fn prometheus(&self) -> Text {
+        let mut out = Text::new();
+        out.family(
+            "delivery_recipients_total",
+            Kind::Counter,
+            "Delivery attempts per recipient, by outcome.",
         );
         for (label, n) in OUTCOMES.iter().zip(&self.outcomes) {
-            out.push_str(&format!(
-                "delivery_recipients_total{{outcome=\"{label}\"}} {}\n",
-                n.load(Ordering::Relaxed)
-            ));
+            out.sample(
+                "delivery_recipients_total",
+                &[("outcome", label)],
+                n.load(Ordering::Relaxed),
+            );
         }
-        out.push_str(
-            "# HELP dsn_sent_total Delivery status notifications queued.\n\
-             # TYPE dsn_sent_total counter\n",
+        out.single(
+            "dsn_sent_total",
+            Kind::Counter,
+            "Delivery status notifications queued.",
+            self.sent(),
         );
-        out.push_str(&format!("dsn_sent_total {}\n", self.sent()));
-        out.push_str(
-            "# HELP dsn_suppressed_total Backscatter prevented: failure and delay notices a classic MTA would have sent to a return path that cannot be verified, by reason.\n\
-             # TYPE dsn_suppressed_total counter\n",
+        out.family(
+            "dsn_suppressed_total",
+            Kind::Counter,
+            "Backscatter prevented: failure and delay notices a classic MTA would have sent to a return path that cannot be verified, by reason.",
         );
         for reason in Reason::ALL.into_iter().filter(|r| r.prevents_backscatter()) {
-            out.push_str(&format!(
-                "dsn_suppressed_total{{reason=\"{}\"}} {}\n",
-                reason.label(),
-                self.suppressed(reason)
-            ));
+            out.sample(
+                "dsn_suppressed_total",
+                &[("reason", reason.label())],
+                self.suppressed(reason),
+            );
         }
-        out.push_str(
-            "# HELP dsn_not_requested_total Notifications nobody asked for (no NOTIFY for it, NOTIFY=NEVER, a bounce of a bounce), by reason.\n\
-             # TYPE dsn_not_requested_total counter\n",
+        out.family(
+            "dsn_not_requested_total",
+            Kind::Counter,
+            "Notifications nobody asked for (no NOTIFY for it, NOTIFY=NEVER, a bounce of a bounce), by reason.",
         );
         for reason in Reason::ALL
             .into_iter()
             .filter(|r| !r.prevents_backscatter())
         {
-            out.push_str(&format!(
-                "dsn_not_requested_total{{reason=\"{}\"}} {}\n",
-                reason.label(),
-                self.suppressed(reason)
-            ));
+            out.sample(
+                "dsn_not_requested_total",
+                &[("reason", reason.label())],
+                self.suppressed(reason),
+            );
         }
-        out.push_str(&format!(
-            "# HELP delivery_destinations_down Destinations marked down after their connections failed.\n\
-             # TYPE delivery_destinations_down gauge\ndelivery_destinations_down {}\n",
-            self.destinations_down.load(Ordering::Relaxed)
-        ));
+        out.single(
+            "delivery_destinations_down",
+            Kind::Gauge,
+            "Destinations marked down after their connections failed.",
+            self.destinations_down.load(Ordering::Relaxed),
+        );
         out
     }
 }

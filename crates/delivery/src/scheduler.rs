@@ -777,7 +777,7 @@ async fn deliver_local(job: &Job) -> JobResult {
 async fn deliver_relay(job: &Job, hop: &NextHop, connection: &mut Option<Connection>) -> JobResult {
     let agent = &job.agent;
     let route = &agent.routes.routes[job.route.unwrap_or_default()];
-    if let Endpoint::Tcp(address) = hop.endpoint {
+    if let Some(address) = hop.endpoint.socket_addr() {
         if agent.own.is_self(address) {
             return all(job, crate::agent::loops_back(&hop.host));
         }
@@ -861,7 +861,7 @@ async fn deliver_mx(
             }
             tried += 1;
             let hop = NextHop {
-                endpoint: Endpoint::Tcp(address),
+                endpoint: Endpoint::from(address),
                 host: host.clone(),
             };
             let result = match Connection::open(&hop, &route.client).await {

@@ -19,7 +19,7 @@ const CHUNK: usize = 64 * 1024;
 impl Clamd {
     pub async fn check(&self, message: &[u8]) -> Result<Step, String> {
         let failed = |e: std::io::Error| format!("clamd {}: {e}", self.endpoint);
-        let mut stream = self.endpoint.connect().await.map_err(failed)?;
+        let mut stream = crate::net::connect(&self.endpoint).await.map_err(failed)?;
         stream.write_all(b"zINSTREAM\0").await.map_err(failed)?;
         for chunk in message.chunks(CHUNK) {
             let len = u32::try_from(chunk.len()).unwrap_or(u32::MAX);

@@ -73,7 +73,7 @@ impl DovecotAuth {
         secured: bool,
     ) -> Result<Login, String> {
         let failed = |e: std::io::Error| format!("Dovecot at {}: {e}", self.endpoint);
-        let stream = self.endpoint.connect().await.map_err(failed)?;
+        let stream = crate::net::connect(&self.endpoint).await.map_err(failed)?;
         let mut stream = BufReader::new(stream);
         let hello = format!("VERSION\t1\t2\nCPID\t{}\n", std::process::id());
         stream

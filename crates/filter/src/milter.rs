@@ -76,9 +76,7 @@ struct Conversation {
 
 impl Milter {
     pub async fn check(&self, draft: &Draft) -> Result<Step, String> {
-        let stream = self
-            .endpoint
-            .connect()
+        let stream = crate::net::connect(&self.endpoint)
             .await
             .map_err(|e| format!("milter {}: {e}", self.endpoint))?;
         let mut c = Conversation {

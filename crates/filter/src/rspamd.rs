@@ -56,7 +56,7 @@ impl Rspamd {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
         request.push_str("\r\n");
-        let mut stream = self.endpoint.connect().await.map_err(failed)?;
+        let mut stream = crate::net::connect(&self.endpoint).await.map_err(failed)?;
         stream.write_all(request.as_bytes()).await.map_err(failed)?;
         stream.write_all(&draft.message).await.map_err(failed)?;
         stream.flush().await.map_err(failed)?;

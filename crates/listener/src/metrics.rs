@@ -2,8 +2,8 @@
 //! quarantined and discarded, every refusal by the stage of the session and the reason (the
 //! enhanced status code of the reply), and how long the checks before the reply to DATA take.
 
+use backstop_types::prometheus::{Kind, Text};
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -86,61 +86,59 @@ impl SmtpMetrics {
     }
 
     /// Everything in Prometheus' text format.
-    pub fn prometheus(&self) -> String {
+    pub fn prometheus(&self) -> Text {
         let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
-        let mut out = String::new();
+        let mut out = Text::new();
         for (name, kind, help, value) in [
             (
                 "smtp_sessions_total",
-                "counter",
+                Kind::Counter,
                 "SMTP sessions accepted.",
                 load(&self.sessions),
             ),
             (
                 "smtp_sessions_open",
-                "gauge",
+                Kind::Gauge,
                 "SMTP sessions open now.",
                 load(&self.open),
             ),
             (
                 "smtp_messages_accepted_total",
-                "counter",
+                Kind::Counter,
                 "Messages accepted into the queue (250 after sync).",
                 load(&self.accepted),
             ),
             (
                 "smtp_messages_quarantined_total",
-                "counter",
+                Kind::Counter,
                 "Messages accepted into quarantine by a check.",
                 load(&self.quarantined),
             ),
             (
                 "smtp_messages_discarded_total",
-                "counter",
+                Kind::Counter,
                 "Messages a check discarded (250, kept nowhere).",
                 load(&self.discarded),
             ),
             (
                 "smtp_auth_failures_total",
-                "counter",
+                Kind::Counter,
                 "Failed logins (wrong user name or password).",
                 load(&self.auth_failures),
             ),
             (
                 "smtp_auth_throttled_total",
-                "counter",
+                Kind::Counter,
                 "Logins refused unchecked (454 4.7.0) after too many failures from the client or for the name.",
                 load(&self.auth_throttled),
             ),
         ] {
-            let _ = write!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            );
+            out.single(name, kind, help, value);
         }
-        out.push_str(
-            "# HELP smtp_rejections_total Replies refusing or deferring something, by stage and reason.\n\
-             # TYPE smtp_rejections_total counter\n",
+        out.family(
+            "smtp_rejections_total",
+            Kind::Counter,
+            "Replies refusing or deferring something, by stage and reason.",
         );
         for ((stage, reason), n) in self
             .rejections
@@ -148,30 +146,38 @@ impl SmtpMetrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
         {
-            let _ = writeln!(
-                out,
-                "smtp_rejections_total{{stage=\"{stage}\",reason=\"{reason}\"}} {n}"
+            out.sample(
+                "smtp_rejections_total",
+                &[("stage", stage), ("reason", reason)],
+                n,
             );
         }
-        out.push_str(
-            "# HELP smtp_content_check_seconds Time from the end of DATA to the checks' verdict.\n\
-             # TYPE smtp_content_check_seconds histogram\n",
+        out.family(
+            "smtp_content_check_seconds",
+            Kind::Histogram,
+            "Time from the end of DATA to the checks' verdict.",
         );
         let mut cumulative = 0;
         for (bound, n) in BUCKETS.iter().zip(&self.check_buckets) {
             cumulative += load(n);
-            let _ = writeln!(
-                out,
-                "smtp_content_check_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            out.sample(
+                "smtp_content_check_seconds_bucket",
+                &[("le", &bound.to_string())],
+                cumulative,
             );
         }
         let count = load(&self.checks);
-        let _ = write!(
-            out,
-            "smtp_content_check_seconds_bucket{{le=\"+Inf\"}} {count}\n\
-             smtp_content_check_seconds_sum {}\nsmtp_content_check_seconds_count {count}\n",
-            load(&self.check_micros) as f64 / 1e6
-        );
+        out.sample(
+            "smtp_content_check_seconds_bucket",
+            &[("le", "+Inf")],
+            count,
+        )
+        .sample(
+            "smtp_content_check_seconds_sum",
+            &[],
+            load(&self.check_micros) as f64 / 1e6,
+        )
+        .sample("smtp_content_check_seconds_count", &[], count);
         out
     }
 }
@@ -190,9 +196,9 @@ mod tests {
             m.rejected("rcpt", "5.1.1".into());
             m.checked(Duration::from_millis(7));
             m.checked(Duration::from_secs(60));
-            assert!(m.prometheus().contains("smtp_sessions_open 1\n"));
+            assert!(m.prometheus().finish().contains("smtp_sessions_open 1\n"));
         }
-        let text = m.prometheus();
+        let text = m.prometheus().finish();
         for line in [
             "smtp_sessions_total 1\n",
             "smtp_sessions_open 0\n",

@@ -92,13 +92,13 @@ impl Hash {
             );
         };
         // The scheme must say what the hash is.
-        let agrees = match (scheme.as_deref(), &kind) {
-            (None | Some("CRYPT"), _) => true,
-            (Some("ARGON2ID" | "ARGON2I"), Hash::Argon2(_)) => true,
-            (Some("SHA512-CRYPT"), Hash::ShaCrypt512(_)) => true,
-            (Some("BLF-CRYPT"), Hash::Bcrypt(_)) => true,
-            _ => false,
-        };
+        let agrees = matches!(
+            (scheme.as_deref(), &kind),
+            (None | Some("CRYPT"), _)
+                | (Some("ARGON2ID" | "ARGON2I"), Hash::Argon2(_))
+                | (Some("SHA512-CRYPT"), Hash::ShaCrypt512(_))
+                | (Some("BLF-CRYPT"), Hash::Bcrypt(_))
+        );
         if !agrees {
             return Err(format!(
                 "has the scheme {{{}}}, which is not what its hash is",

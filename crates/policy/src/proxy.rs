@@ -14,9 +14,17 @@ use backstop_types::text::Escaped;
 use backstop_types::{Domain, Notify, Recipient, RemoteReply, Reply};
 use tracing::{info, warn};
 
-/// The proxied routes: domains, relay, and how to talk to it.
+/// The proxied routes.
 pub struct Proxy {
-    routes: Vec<(Vec<Domain>, NextHop, Settings)>,
+    routes: Vec<Route>,
+}
+
+/// A route with `proxy = true`: its domains, its relay, and how to talk to it while a client
+/// waits.
+pub struct Route {
+    pub domains: Vec<Domain>,
+    pub relay: NextHop,
+    pub client: Settings,
 }
 
 /// A session's transaction open at a relay, kept in the session's state; dropped (the session
@@ -40,13 +48,13 @@ impl Drop for Open {
 }
 
 impl Proxy {
-    pub fn new(routes: Vec<(Vec<Domain>, NextHop, Settings)>) -> Option<Proxy> {
+    pub fn new(routes: Vec<Route>) -> Option<Proxy> {
         (!routes.is_empty()).then_some(Proxy { routes })
     }
 
     /// The proxied route of `domain`, if it has one.
     pub fn route(&self, domain: &Domain) -> Option<usize> {
-        self.routes.iter().position(|(d, _, _)| d.contains(domain))
+        self.routes.iter().position(|r| r.domains.contains(domain))
     }
 
     /// Passes an RCPT for `route`'s domain to its relay (opening the transaction there first,
@@ -67,8 +75,8 @@ impl Proxy {
             Some(o) if o.route != route => return RecipientVerdict::SeparateTransaction,
             Some(_) => {}
             None => {
-                let (_, hop, settings) = &self.routes[route];
-                match begin(hop, settings, &query.sender).await {
+                let Route { relay, client, .. } = &self.routes[route];
+                match begin(relay, client, &query.sender).await {
                     Ok(connection) => {
                         *open = Some(Open {
                             number: txn.number,

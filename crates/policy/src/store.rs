@@ -38,11 +38,15 @@ impl GreyStore for Grey<'_> {
     }
 }
 
+/// A value and when it expires.
+#[cfg(test)]
+pub(crate) type Expiring = (Vec<u8>, UnixTime);
+
 /// A [`Store`] in memory, for tests.
 #[cfg(test)]
 #[derive(Default)]
 pub(crate) struct MemoryStore {
-    pub values: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (Vec<u8>, UnixTime)>>,
+    pub values: std::sync::Mutex<std::collections::HashMap<Vec<u8>, Expiring>>,
     /// The Message-IDs sent; `None`: nothing sent yet.
     pub sent: Option<Vec<String>>,
 }

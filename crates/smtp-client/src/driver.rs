@@ -38,7 +38,7 @@ impl Connection {
         let remote = hop.remote();
         let connect = async {
             match &hop.endpoint {
-                Endpoint::Tcp(address) => TcpStream::connect(address).await.map(|s| {
+                Endpoint::Tcp(address) => TcpStream::connect(address.as_str()).await.map(|s| {
                     let _ = s.set_nodelay(true);
                     Stream::Tcp(s)
                 }),

@@ -27,8 +27,6 @@ pub mod reply;
 pub mod session;
 pub mod tls;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,22 +34,7 @@ pub use driver::{probe, Connection};
 pub use error::{ClientError, Retry, Source, Stage};
 pub use session::{Action, ClientSession, Transaction, TxnResult};
 
-/// Where a next hop listens.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Endpoint {
-    Tcp(SocketAddr),
-    /// A Unix socket, e.g. Dovecot's LMTP socket.
-    Unix(PathBuf),
-}
-
-impl std::fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Endpoint::Tcp(a) => write!(f, "{a}"),
-            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
-        }
-    }
-}
+pub use backstop_types::Endpoint;
 
 /// One next hop: where, and its name (for TLS verification and the logs).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

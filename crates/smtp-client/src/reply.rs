@@ -47,7 +47,7 @@ impl ReplyReader {
     }
 
     /// The next complete reply, if the bytes so far hold one.
-    pub fn next(&mut self) -> Result<Option<Complete>, BadReply> {
+    pub fn next_reply(&mut self) -> Result<Option<Complete>, BadReply> {
         if self.pending.is_empty() {
             return Ok(None);
         }
@@ -172,7 +172,7 @@ mod tests {
         for chunk in bytes {
             reader.push(chunk);
             loop {
-                match reader.next() {
+                match reader.next_reply() {
                     Ok(Some(c)) => out.push(Ok(c.reply)),
                     Ok(None) => break,
                     Err(e) => {

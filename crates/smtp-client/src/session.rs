@@ -225,7 +225,7 @@ impl ClientSession {
             if matches!(self.state, State::Over | State::Handshaking) {
                 return;
             }
-            match self.reader.next() {
+            match self.reader.next_reply() {
                 Ok(Some(complete)) => self.reply(complete.reply, &complete.raw),
                 Ok(None) => return,
                 Err(e) => {

@@ -22,8 +22,10 @@
 pub mod address;
 pub mod clock;
 pub mod delivery;
+pub mod endpoint;
 pub mod envelope;
 pub mod orcpt;
+pub mod prometheus;
 pub mod queue_id;
 pub mod reply;
 pub mod secret;
@@ -32,6 +34,7 @@ pub mod text;
 pub use address::{Address, AddressError, Domain, ReversePath};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use delivery::{Attempt, AttemptOutcome, RecipientState, RemoteReply};
+pub use endpoint::Endpoint;
 pub use envelope::{
     AuthInfo, BodyType, ClientInfo, DsnParams, Envelope, Notify, Recipient, Ret, TlsInfo,
     TrustClass, UnixTime,

@@ -90,7 +90,7 @@ fn relay(domain: &str, address: std::net::SocketAddr) -> Route {
         domains: vec![Domain::parse(domain).unwrap()],
         any_domain: false,
         via: Via::Relay(NextHop {
-            endpoint: Endpoint::Tcp(address),
+            endpoint: Endpoint::from(address),
             host: "peer.test".into(),
         }),
         client: Settings {

@@ -119,7 +119,7 @@ fn silent(on_error: OnError) -> (Check, std::net::TcpListener) {
     let check = Check {
         name: "clamd silent".into(),
         scanner: Scanner::Clamd(crate::clamd::Clamd {
-            endpoint: crate::net::Endpoint::Tcp(listener.local_addr().unwrap().to_string()),
+            endpoint: crate::net::Endpoint::from(listener.local_addr().unwrap()),
         }),
         on_error,
     };

@@ -33,7 +33,7 @@ async fn peer(
 ) -> (NextHop, tokio::task::JoinHandle<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hop = NextHop {
-        endpoint: Endpoint::Tcp(listener.local_addr().unwrap()),
+        endpoint: Endpoint::from(listener.local_addr().unwrap()),
         host: "peer.test".into(),
     };
     let task = tokio::spawn(async move {
@@ -133,7 +133,7 @@ async fn a_silent_peer_times_out_and_a_refused_connection_is_a_network_error() {
 
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hop = NextHop {
-        endpoint: Endpoint::Tcp(closed.local_addr().unwrap()),
+        endpoint: Endpoint::from(closed.local_addr().unwrap()),
         host: "gone.test".into(),
     };
     drop(closed);
@@ -184,7 +184,7 @@ async fn starttls_then_ehlo_again_under_tls() {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hop = NextHop {
-        endpoint: Endpoint::Tcp(listener.local_addr().unwrap()),
+        endpoint: Endpoint::from(listener.local_addr().unwrap()),
         host: "peer.test".into(),
     };
     let server = tokio::spawn(async move {

@@ -1,0 +1,36 @@
+//! The backstop mail transfer agent, assembled: the library behind the `backstop` command and
+//! the in-process tests. [`Server`] binds and runs everything a config describes.
+//!
+//! Layout:
+//! - [`load`]: the config (checked by `backstop_config`) and the files it names, read; every
+//!   problem of both with file, line and key.
+//! - [`serve`]: wiring: [`Server::bind`] and [`Server::run`], and `backstop serve` (tracing,
+//!   runtime, signals) around them; `smtp_context` builds the site's policy
+//!   (`backstop_policy::SitePolicy`) and the sessions' rules from the config, `delivery_agent`
+//!   the delivery side.
+//! - `sink`: the queue as the sessions' message sink and as the policy's store.
+//! - `reload`: SIGHUP, and the recipient table reloaded when its file changes.
+//! - `logging`, `signals`: the log (level changed on reload) and the signals.
+//! - `metrics`: `GET /metrics` on the configured address.
+//! - [`admin`]: the admin API on a Unix socket, and the `queue` and `quarantine` commands that
+//!   talk to it.
+//! - [`batv`]: BATV keys from the config (made on first use by default), `batv sign|verify`.
+//! - `interfaces`: this host's addresses, which delivery never connects to.
+//!
+//! No check is implemented here: the order of checks is `backstop_policy`'s, the checks are
+//! `backstop_filter`'s (`cargo xtask tidy` holds to it).
+
+pub mod admin;
+pub mod batv;
+mod interfaces;
+pub mod load;
+mod logging;
+mod metrics;
+mod reload;
+pub mod serve;
+mod signals;
+mod sink;
+mod smtp;
+
+pub use logging::LogControl;
+pub use serve::{Reload, Server};
