@@ -123,7 +123,7 @@ fn read_files(config: Config, errors: &mut Vec<ConfigError>) -> Setup {
             &key.key_file.value,
         ) {
             Ok(loaded) => keys.push(loaded),
-            Err(e) => report(key.key_file.error(e)),
+            Err(e) => report(key.key_file.error(e.to_string())),
         }
     }
     let batv = config.batv.as_ref().and_then(|b| match &b.keys {

@@ -32,6 +32,11 @@ impl Running {
 /// Starts the server on a config with an MX listener on port 0, delivery paused, local domain
 /// example.test, and `extra` appended.
 async fn start(dir: &Path, extra: &str) -> Running {
+    start_on(&write_config(dir, extra)).await
+}
+
+/// Writes the config `start` runs on, and returns its path.
+fn write_config(dir: &Path, extra: &str) -> std::path::PathBuf {
     let config = format!(
         r#"hostname = "mx.backstop.test"
 data_dir = "{data}"
@@ -55,7 +60,12 @@ kind = "mx"
     );
     let path = dir.join("backstop.toml");
     std::fs::write(&path, config).unwrap();
-    let setup = backstop::load::load(Some(&path)).unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
+/// Starts the server on the config at `path`.
+async fn start_on(path: &Path) -> Running {
+    let setup = backstop::load::load(Some(path)).unwrap_or_else(|e| panic!("{e}"));
     // Now, so that what the test makes outside the server (a BATV tag) agrees with it.
     let clock = Arc::new(ManualClock::at(SystemClock.now()));
     let server = Server::bind(setup, clock.clone()).await.unwrap();
@@ -209,13 +219,14 @@ async fn a_bounce_needs_our_tag() {
     let dir = tempfile::tempdir().unwrap();
     let table = dir.path().join("recipients");
     std::fs::write(&table, "bob@example.test\n").unwrap();
-    let server = start(
+    let config = write_config(
         dir.path(),
         &format!("[recipients]\ntable = \"{}\"\n", table.display()),
-    )
-    .await;
-    let setup = backstop::load::load(Some(&dir.path().join("backstop.toml"))).unwrap();
+    );
+    // Signed first: that makes the key (on first use), which the server then reads.
+    let setup = backstop::load::load(Some(&config)).unwrap();
     let tagged = backstop::batv::sign(&setup, "bob@example.test").unwrap();
+    let server = start_on(&config).await;
     let mut client = Client::connect(server.mx).await;
     let untagged = client.transaction("", &["bob@example.test"], MESSAGE).await;
     assert_eq!(code(&untagged), "550 5.7.1", "{untagged}");

@@ -73,11 +73,24 @@ impl std::fmt::Debug for DomainKey {
     }
 }
 
+/// Why a DKIM key could not be loaded or a message not signed.
+#[derive(Debug, thiserror::Error)]
+pub enum DkimError {
+    #[error("{file}: not a PEM private key: {reason}")]
+    NotPem { file: String, reason: String },
+    #[error("{file}: neither an RSA nor an Ed25519 key: {reason}")]
+    NotAKey { file: String, reason: String },
+    #[error("DKIM signing for {domain} failed: {reason}")]
+    Signing { domain: String, reason: String },
+}
+
 impl DomainKey {
     /// Loads the private key in `key_file`: RSA (PKCS#1 or PKCS#8) or Ed25519 (PKCS#8), PEM.
-    pub fn load(domain: Domain, selector: &str, key_file: &Path) -> Result<DomainKey, String> {
-        let der = PrivateKeyDer::from_pem_file(key_file)
-            .map_err(|e| format!("{}: not a PEM private key: {e}", key_file.display()))?;
+    pub fn load(domain: Domain, selector: &str, key_file: &Path) -> Result<DomainKey, DkimError> {
+        let der = PrivateKeyDer::from_pem_file(key_file).map_err(|e| DkimError::NotPem {
+            file: key_file.display().to_string(),
+            reason: e.to_string(),
+        })?;
         let signer = match &der {
             PrivateKeyDer::Pkcs8(pkcs8) => {
                 match Ed25519Key::from_pkcs8_maybe_unchecked_der(pkcs8.secret_pkcs8_der()) {
@@ -103,14 +116,17 @@ impl DomainKey {
     }
 
     /// The `DKIM-Signature:` header field, with its CRLF, to put on top of `message`.
-    fn sign(&self, message: &[u8]) -> Result<String, String> {
+    fn sign(&self, message: &[u8]) -> Result<String, DkimError> {
         let signature = match &self.signer {
             Signer::Rsa(s) => s.sign(message),
             Signer::Ed25519(s) => s.sign(message),
         };
         signature
             .map(|s| close_b_tag(s.to_header()))
-            .map_err(|e| format!("DKIM signing for {} failed: {e}", self.domain))
+            .map_err(|e| DkimError::Signing {
+                domain: self.domain.to_string(),
+                reason: e.to_string(),
+            })
     }
 }
 
@@ -151,12 +167,10 @@ fn close_b_tag(header: String) -> String {
     format!("{}{value};\r\n", &header[..start])
 }
 
-fn rsa(der: PrivateKeyDer<'static>, key_file: &Path) -> Result<RsaKey<Sha256>, String> {
-    RsaKey::<Sha256>::from_key_der(der).map_err(|e| {
-        format!(
-            "{}: neither an RSA nor an Ed25519 key: {e}",
-            key_file.display()
-        )
+fn rsa(der: PrivateKeyDer<'static>, key_file: &Path) -> Result<RsaKey<Sha256>, DkimError> {
+    RsaKey::<Sha256>::from_key_der(der).map_err(|e| DkimError::NotAKey {
+        file: key_file.display().to_string(),
+        reason: e.to_string(),
     })
 }
 
@@ -184,7 +198,7 @@ impl Keys {
 
     /// The signature for `message` by the key of its From domain; `None` when that domain has
     /// no key (or the message has no From).
-    pub fn sign(&self, message: &[u8]) -> Option<Result<String, String>> {
+    pub fn sign(&self, message: &[u8]) -> Option<Result<String, DkimError>> {
         let domain = from_domain(message)?;
         let key = self.0.iter().find(|k| k.domain == domain)?;
         Some(key.sign(message))
@@ -199,7 +213,7 @@ impl Keys {
     /// organisational domain `example.com`, so DKIM aligns for DMARC in relaxed mode (RFC 7489
     /// 3.1.1), the default; a domain with `adkim=s` needs a key for the host name itself,
     /// which is preferred when there is one.
-    pub fn sign_report(&self, message: &[u8]) -> Option<Result<String, String>> {
+    pub fn sign_report(&self, message: &[u8]) -> Option<Result<String, DkimError>> {
         let from = from_domain(message)?;
         let key = report_domains(&from)
             .find_map(|name| self.0.iter().find(|k| k.domain.as_str() == name))?;
