@@ -17,8 +17,10 @@ pub(crate) fn open<'t>(ctx: &mut Ctx<'_>, text: &'t str) -> Option<Spanned<DeTab
         return Some(table);
     }
     for e in errors {
-        let span = e.span().unwrap_or(0..0);
-        ctx.error(span, "", plain(e.message()));
+        match e.span() {
+            Some(span) => ctx.syntax_error(span, plain(e.message())),
+            None => ctx.error(0..0, "", plain(e.message())),
+        }
     }
     None
 }

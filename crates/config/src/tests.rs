@@ -139,6 +139,23 @@ fn errors_name_file_line_and_key_in_plain_words() {
     );
 }
 
+/// Found by the config fuzz target: a syntax error at the very start of the file (its span is
+/// `0..0`, which otherwise stands for a value the file does not have) was shown without a line.
+/// A line too broken to name a key names none (it showed `: ` or the line's junk, a NUL too).
+#[test]
+fn a_syntax_error_at_the_start_is_at_line_1() {
+    check(
+        "= 1\n",
+        expect!["test.toml:1: unquoted keys cannot be empty, expected letters, numbers, `-`, `_`"],
+    );
+    check(
+        "{}\0=\"\n[[x",
+        expect![[r#"
+            test.toml:1: invalid key-value pair, expected key
+            test.toml:2: x: unclosed array table, expected `]]`"#]],
+    );
+}
+
 /// One run reports every problem, in the order of the file: in one section, across sections,
 /// and in each element of an array of tables; a required key taken out for its bad value is
 /// not reported missing as well.
