@@ -266,6 +266,23 @@ def queue_record_seeds():
     return seeds
 
 
+def config_seeds():
+    etc = os.path.join(ROOT, "etc")
+    seeds = [(f, open(os.path.join(etc, f), "rb").read())
+             for f in sorted(os.listdir(etc)) if f.endswith(".toml")]
+    # The configs the tests check: the string literals with a key and a line break in them,
+    # MINIMAL filled in where a format! puts it (the raw strings are expected messages).
+    text = open(os.path.join(ROOT, "crates/config/src/tests.rs"), encoding="utf-8").read()
+    minimal = rust_string(re.search(r"const MINIMAL: &str = " + STRING, text).group(1))
+    text = re.sub(r'r#"(?:.|\n)*?"#', '""', text)
+    for m in re.finditer(STRING, text):
+        body = rust_string(m.group(1))
+        if b"=" in body and b"\n" in body:
+            body = body.replace(b"{MINIMAL}", minimal).replace(b"{{", b"{").replace(b"}}", b"}")
+            seeds.append((f"test-{len(seeds):02}", body))
+    return seeds
+
+
 if __name__ == "__main__":
     session = session_seeds()
     write("session", session)
@@ -276,3 +293,4 @@ if __name__ == "__main__":
     write("provenance", provenance_seeds())
     write("batv", batv_seeds())
     write("queue_record", queue_record_seeds())
+    write("config", config_seeds())
