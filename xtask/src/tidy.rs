@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 pub fn check(root: &Path) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
     let mut files = Vec::new();
-    for dir in ["crates", "xtask", "tests", "benches"] {
+    for dir in ["crates", "xtask", "tests", "benches", "fuzz"] {
         collect(&root.join(dir), &mut files);
     }
     for file in files {
