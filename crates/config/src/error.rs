@@ -151,6 +151,16 @@ impl<'a> Ctx<'a> {
         });
     }
 
+    /// The first of `spans` that the file has (a default stands at `0..0`): where a problem
+    /// between two values is reported when one of them is a default.
+    pub fn first_written(spans: &[Range<usize>]) -> Range<usize> {
+        spans
+            .iter()
+            .find(|s| !(s.is_empty() && s.start == 0))
+            .cloned()
+            .unwrap_or(0..0)
+    }
+
     /// A problem at `span` of the text itself (a syntax error): always at its line, even at
     /// the very start, where [`Ctx::error`] reads `0..0` as a value the file does not have.
     pub fn syntax_error(&mut self, span: Range<usize>, message: impl Into<String>) {

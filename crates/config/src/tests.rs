@@ -156,6 +156,25 @@ fn a_syntax_error_at_the_start_is_at_line_1() {
     );
 }
 
+/// Found by the config fuzz target: a check between two values where one is the default was
+/// reported at the default's place, so without a line: keys without key 0 and no sign_with, a
+/// min_backoff above the default max_backoff, a delay longer than the default retry_window.
+#[test]
+fn a_problem_with_a_default_is_at_the_value_written() {
+    check(
+        &format!("{MINIMAL}[[batv.key]]\nnumber = 1\nsecret_file = \"/k\"\n"),
+        expect!["test.toml:6: batv.key.number: the signing key 0 (sign_with) is not among the [[batv.key]] numbers"],
+    );
+    check(
+        &format!("{MINIMAL}[queue]\nmin_backoff = \"2h\"\n"),
+        expect!["test.toml:6: queue.min_backoff: max_backoff (3600s) must be at least min_backoff (7200s)"],
+    );
+    check(
+        &format!("{MINIMAL}[greylist]\nenabled = true\ndelay = \"3d\"\n"),
+        expect!["test.toml:7: greylist.delay: retry_window (172800s) must be longer than delay (259200s)"],
+    );
+}
+
 /// One run reports every problem, in the order of the file: in one section, across sections,
 /// and in each element of an array of tables; a required key taken out for its bad value is
 /// not reported missing as well.
@@ -357,7 +376,7 @@ fn batv_and_dkim_keys() {
     check(
         &text,
         expect![[r#"
-            test.toml:6: batv.sign_with: the signing key 2 is not among the [[batv.key]] numbers
+            test.toml:6: batv.sign_with: the signing key 2 (sign_with) is not among the [[batv.key]] numbers
             test.toml:11: batv.key.number: key number 12 is not between 0 and 9"#]],
     );
     // Without keys, key 0 is made under data_dir on first use.
