@@ -175,6 +175,17 @@ fn a_problem_with_a_default_is_at_the_value_written() {
     );
 }
 
+/// Found by the config fuzz target: a dotted key nested past the TOML parser's limit is an
+/// error the parser gives no place for; it is found at its line.
+#[test]
+fn a_key_nested_too_deep_is_at_its_line() {
+    let deep = vec!["a"; 100].join(".");
+    check(
+        &format!("{MINIMAL}[smtp]\n{deep} = 1\nmax_errors = 3\n"),
+        expect!["test.toml:6: smtp.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a: recursion limit"],
+    );
+}
+
 /// One run reports every problem, in the order of the file: in one section, across sections,
 /// and in each element of an array of tables; a required key taken out for its bad value is
 /// not reported missing as well.
