@@ -4,14 +4,18 @@
 //!   release, and run `backstop serve` (on the embedded default config unless ARGS say
 //!   otherwise, e.g. `-- --config etc/backstop.toml`).
 //! - `cargo xtask test`: install the build's system packages and the test peers (Postfix,
-//!   swaks, Python) when missing, then run every test of the workspace.
+//!   swaks, Python) when missing, then run every test of the workspace, then every fuzz
+//!   target for a few seconds (`fuzz.rs`).
 //! - `cargo xtask tidy`: the repository's own rules (also run as a test).
+//! - `cargo xtask fuzz [TARGET] [--time S | --runs N]`: the fuzz targets in `fuzz/`, on stable
+//!   Rust, one after another (see `fuzz.rs`).
 //! - `cargo xtask bench [receive|delivery|sick]`: the receive path and memory per idle connection,
 //!   then delivery throughput, each beside Postfix and smtp-sink (see `bench.rs`).
 //!
 //! Set-up uses apt-get when running as root; otherwise it prints the exact command to run.
 
 mod bench;
+mod fuzz;
 mod setup;
 mod tidy;
 
@@ -25,10 +29,11 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("tidy") => tidy::check(&root()).map_err(|problems| problems.join("\n")),
         Some("bench") => bench::bench(&root(), &args[1..]),
-        _ => Err(
-            "usage: cargo xtask run [-- SERVE-ARGS] | test [-- CARGO-TEST-ARGS] | tidy | bench [receive|delivery|sick]"
-                .into(),
-        ),
+        Some("fuzz") => fuzz::fuzz(&root(), &args[1..]),
+        _ => Err(format!(
+            "usage: cargo xtask run [-- SERVE-ARGS] | test [-- CARGO-TEST-ARGS] | tidy | bench [receive|delivery|sick]\n{}",
+            fuzz::USAGE
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -89,8 +94,19 @@ fn test(args: &[String]) -> Result<(), String> {
     setup::ensure(setup::TEST_PEERS)?;
     let root = root();
     let mut cargo_args = vec!["test", "--workspace"];
-    cargo_args.extend(args.iter().map(String::as_str).filter(|a| *a != "--"));
-    cargo(&root, &cargo_args)
+    let selected: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| *a != "--")
+        .collect();
+    cargo_args.extend(&selected);
+    cargo(&root, &cargo_args)?;
+    if selected.is_empty() {
+        fuzz::smoke(&root)
+    } else {
+        println!("xtask: a selection of tests was run, so the fuzz targets were not; `cargo xtask test` alone runs them");
+        Ok(())
+    }
 }
 
 fn cargo(root: &Path, args: &[&str]) -> Result<(), String> {

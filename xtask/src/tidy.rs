@@ -25,7 +25,7 @@ pub fn check(root: &Path) -> Result<(), Vec<String>> {
 fn files(root: &Path) -> Vec<String> {
     let mut problems = Vec::new();
     let mut files = Vec::new();
-    for dir in ["crates", "xtask", "tests", "benches"] {
+    for dir in ["crates", "xtask", "tests", "benches", "fuzz"] {
         collect(&root.join(dir), &mut files);
     }
     for file in files {

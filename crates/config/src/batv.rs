@@ -102,10 +102,13 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, raw: RawBatv, data_dir: &Path) -> Option<
         }
         let sign_with = *raw.sign_with.get_ref();
         if !keys.iter().any(|(n, _)| *n == sign_with) {
+            // Without sign_with, key 0 signs: the problem is at the keys the file has.
             ctx.error(
-                raw.sign_with.span(),
+                Ctx::first_written(&[raw.sign_with.span(), raw.key[0].number.span()]),
                 "batv.sign_with",
-                format!("the signing key {sign_with} is not among the [[batv.key]] numbers"),
+                format!(
+                    "the signing key {sign_with} (sign_with) is not among the [[batv.key]] numbers"
+                ),
             );
         }
         BatvKeys::Files { keys, sign_with }

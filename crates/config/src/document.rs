@@ -17,10 +17,45 @@ pub(crate) fn open<'t>(ctx: &mut Ctx<'_>, text: &'t str) -> Option<Spanned<DeTab
         return Some(table);
     }
     for e in errors {
-        let span = e.span().unwrap_or(0..0);
-        ctx.error(span, "", plain(e.message()));
+        let span = e
+            .span()
+            .or_else(|| line_of(text, e.message()))
+            .unwrap_or(0..0);
+        ctx.syntax_error(span, plain(e.message()));
     }
     None
+}
+
+/// The line of a syntax error the parser gives no place for (a dotted key nested past its
+/// limit: "recursion limit"): the first line such that the text up to it has the error too.
+/// Only for such errors, so the few extra parses cost nothing in the common case.
+fn line_of(text: &str, message: &str) -> Option<Range<usize>> {
+    let ends: Vec<usize> = text
+        .match_indices('\n')
+        .map(|(i, _)| i + 1)
+        .chain([text.len()])
+        .collect();
+    let has_error = |end: usize| {
+        DeTable::parse_recoverable(&text[..end])
+            .1
+            .iter()
+            .any(|e| e.span().is_none() && e.message() == message)
+    };
+    // The error stays in every longer text once it is in one: the first such end is its line.
+    let (mut low, mut high) = (0, ends.len() - 1);
+    if !has_error(ends[high]) {
+        return None;
+    }
+    while low < high {
+        let middle = (low + high) / 2;
+        if has_error(ends[middle]) {
+            high = middle;
+        } else {
+            low = middle + 1;
+        }
+    }
+    let start = if low == 0 { 0 } else { ends[low - 1] };
+    Some(start..ends[low])
 }
 
 /// Reads `value` as a `T`, reporting each key serde refuses and reading again without it.

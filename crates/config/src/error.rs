@@ -151,6 +151,26 @@ impl<'a> Ctx<'a> {
         });
     }
 
+    /// The first of `spans` that the file has (a default stands at `0..0`): where a problem
+    /// between two values is reported when one of them is a default.
+    pub fn first_written(spans: &[Range<usize>]) -> Range<usize> {
+        spans
+            .iter()
+            .find(|s| !(s.is_empty() && s.start == 0))
+            .cloned()
+            .unwrap_or(0..0)
+    }
+
+    /// A problem at `span` of the text itself (a syntax error): always at its line, even at
+    /// the very start, where [`Ctx::error`] reads `0..0` as a value the file does not have.
+    pub fn syntax_error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let at = locate(self.text, self.file, span);
+        self.errors.push(ConfigError {
+            at,
+            message: message.into(),
+        });
+    }
+
     /// Something that works but is likely not what was meant.
     pub fn warn(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
         let at = self.at(span, key);
@@ -183,6 +203,8 @@ fn locate(text: &str, file: &str, span: Range<usize>) -> Location {
     let header = line_text.trim();
     let key = match line_text.split_once('=') {
         _ if header.starts_with('[') => Some(table_name(header).to_owned()),
+        // A line too broken to name a key (a syntax error's: `= 1`) names only its table.
+        Some((k, _)) if k.trim().is_empty() || k.contains(char::is_control) => table,
         Some((k, _)) => {
             let k = k.trim().trim_matches('"');
             Some(match &table {

@@ -14,7 +14,7 @@ pub use backstop_filter::rate::RateLimits;
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawGreylist {
     enabled: bool,
-    delay: Seconds,
+    delay: Spanned<Seconds>,
     retry_window: Spanned<Seconds>,
     auto_pass: Seconds,
 }
@@ -24,7 +24,7 @@ impl Default for RawGreylist {
     fn default() -> RawGreylist {
         RawGreylist {
             enabled: false,
-            delay: secs(300),
+            delay: Spanned::new(0..0, secs(300)),
             retry_window: Spanned::new(0..0, secs(2 * 86_400)),
             auto_pass: secs(35 * 86_400),
         }
@@ -36,16 +36,22 @@ pub(crate) fn greylist(ctx: &mut Ctx<'_>, g: RawGreylist) -> Option<GreylistPoli
         return None;
     }
     let retry_window = g.retry_window.get_ref().0;
-    if retry_window <= g.delay.0 {
+    let delay = g.delay.get_ref().0;
+    if retry_window <= delay {
+        // One of the two may be the default: the problem is at the one the file has.
         ctx.error(
-            g.retry_window.span(),
+            Ctx::first_written(&[g.retry_window.span(), g.delay.span()]),
             "greylist.retry_window",
-            "must be longer than delay",
+            format!(
+                "retry_window ({}s) must be longer than delay ({}s)",
+                retry_window.as_secs(),
+                delay.as_secs()
+            ),
         );
         return None;
     }
     Some(GreylistPolicy {
-        delay: g.delay.0,
+        delay,
         retry_window,
         auto_pass: g.auto_pass.0,
     })

@@ -70,11 +70,13 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, raw: RawQueue) -> QueueConfig {
         retry.lifetime = defaults.lifetime.get_ref().0;
     }
     if retry.max_backoff < retry.min_backoff {
+        // One of the two may be the default: the problem is at the one the file has.
         ctx.error(
-            raw.max_backoff.span(),
+            Ctx::first_written(&[raw.max_backoff.span(), raw.min_backoff.span()]),
             "queue.max_backoff",
             format!(
-                "must be at least min_backoff ({}s)",
+                "max_backoff ({}s) must be at least min_backoff ({}s)",
+                retry.max_backoff.as_secs(),
                 retry.min_backoff.as_secs()
             ),
         );

@@ -139,6 +139,53 @@ fn errors_name_file_line_and_key_in_plain_words() {
     );
 }
 
+/// Found by the config fuzz target: a syntax error at the very start of the file (its span is
+/// `0..0`, which otherwise stands for a value the file does not have) was shown without a line.
+/// A line too broken to name a key names none (it showed `: ` or the line's junk, a NUL too).
+#[test]
+fn a_syntax_error_at_the_start_is_at_line_1() {
+    check(
+        "= 1\n",
+        expect!["test.toml:1: unquoted keys cannot be empty, expected letters, numbers, `-`, `_`"],
+    );
+    check(
+        "{}\0=\"\n[[x",
+        expect![[r#"
+            test.toml:1: invalid key-value pair, expected key
+            test.toml:2: x: unclosed array table, expected `]]`"#]],
+    );
+}
+
+/// Found by the config fuzz target: a check between two values where one is the default was
+/// reported at the default's place, so without a line: keys without key 0 and no sign_with, a
+/// min_backoff above the default max_backoff, a delay longer than the default retry_window.
+#[test]
+fn a_problem_with_a_default_is_at_the_value_written() {
+    check(
+        &format!("{MINIMAL}[[batv.key]]\nnumber = 1\nsecret_file = \"/k\"\n"),
+        expect!["test.toml:6: batv.key.number: the signing key 0 (sign_with) is not among the [[batv.key]] numbers"],
+    );
+    check(
+        &format!("{MINIMAL}[queue]\nmin_backoff = \"2h\"\n"),
+        expect!["test.toml:6: queue.min_backoff: max_backoff (3600s) must be at least min_backoff (7200s)"],
+    );
+    check(
+        &format!("{MINIMAL}[greylist]\nenabled = true\ndelay = \"3d\"\n"),
+        expect!["test.toml:7: greylist.delay: retry_window (172800s) must be longer than delay (259200s)"],
+    );
+}
+
+/// Found by the config fuzz target: a dotted key nested past the TOML parser's limit is an
+/// error the parser gives no place for; it is found at its line.
+#[test]
+fn a_key_nested_too_deep_is_at_its_line() {
+    let deep = vec!["a"; 100].join(".");
+    check(
+        &format!("{MINIMAL}[smtp]\n{deep} = 1\nmax_errors = 3\n"),
+        expect!["test.toml:6: smtp.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a: recursion limit"],
+    );
+}
+
 /// One run reports every problem, in the order of the file: in one section, across sections,
 /// and in each element of an array of tables; a required key taken out for its bad value is
 /// not reported missing as well.
@@ -340,7 +387,7 @@ fn batv_and_dkim_keys() {
     check(
         &text,
         expect![[r#"
-            test.toml:6: batv.sign_with: the signing key 2 is not among the [[batv.key]] numbers
+            test.toml:6: batv.sign_with: the signing key 2 (sign_with) is not among the [[batv.key]] numbers
             test.toml:11: batv.key.number: key number 12 is not between 0 and 9"#]],
     );
     // Without keys, key 0 is made under data_dir on first use.

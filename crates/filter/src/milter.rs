@@ -79,6 +79,12 @@ impl Milter {
         let stream = crate::net::connect(&self.endpoint)
             .await
             .map_err(|e| format!("milter {}: {e}", self.endpoint))?;
+        self.check_on(stream, draft).await
+    }
+
+    /// [`Milter::check`] over a connection that is already open: the whole conversation, from
+    /// negotiation to goodbye. The fuzz target talks to an in-memory milter through it.
+    pub async fn check_on(&self, stream: Box<dyn Stream>, draft: &Draft) -> Result<Step, String> {
         let mut c = Conversation {
             stream,
             protocol: 0,

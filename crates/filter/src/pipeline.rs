@@ -137,12 +137,15 @@ impl Pipeline {
                     self.deadline.as_secs()
                 )),
             };
+            // Changes that cannot be made fail the check, as any other nonsense from it does.
+            let result = match result {
+                Ok(Step::Continue(changes)) => draft
+                    .apply_all(changes)
+                    .map(|()| Step::Continue(Vec::new())),
+                other => other,
+            };
             match result {
-                Ok(Step::Continue(changes)) => {
-                    for change in changes {
-                        draft.apply(change);
-                    }
-                }
+                Ok(Step::Continue(_)) => {}
                 Ok(Step::Refuse(reply)) => return Outcome::Refuse(reply),
                 Ok(Step::Quarantine(why)) => {
                     return Outcome::Quarantine(format!("{}: {why}", check.name));
@@ -168,6 +171,56 @@ impl Pipeline {
         }
         Outcome::Accept
     }
+}
+
+impl Change {
+    /// Why this change cannot be made to a message that goes on to a next hop, if it cannot:
+    /// a header field name that is none (RFC 5322 2.2: printable ASCII but `:`), a value whose
+    /// line breaks are not folds, a NUL or a bare CR in a value or a new body. Made as asked,
+    /// such a change would end the header early (the fields after it read as body) or send a
+    /// line ending the session refuses from clients.
+    pub fn problem(&self) -> Option<String> {
+        let (name, value) = match self {
+            Change::AddHeader { name, value } | Change::InsertHeader { name, value, .. } => {
+                (name, value)
+            }
+            // An empty value removes the field; any other adds it when it is not there.
+            Change::ChangeHeader { name, value, .. } if !value.is_empty() => (name, value),
+            Change::ReplaceBody(body) => {
+                return line_end_problem(&crlf(body)).map(|p| format!("a new body with {p}"));
+            }
+            Change::ChangeHeader { .. }
+            | Change::RemoveHeader { .. }
+            | Change::ChangeSender(_)
+            | Change::AddRecipient(_)
+            | Change::DeleteRecipient(_) => return None,
+        };
+        let field_name =
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+        if !field_name {
+            return Some(format!("a header field name {name:?}"));
+        }
+        let value = field_value(value);
+        let value = value.as_slice();
+        let fold = |i: usize| matches!(value.get(i + 1), Some(b' ' | b'\t'));
+        let problem = line_end_problem(value).or_else(|| {
+            value
+                .iter()
+                .enumerate()
+                .any(|(i, &b)| b == b'\n' && !fold(i))
+                .then_some("a line break that is no fold")
+        });
+        problem.map(|p| format!("a value of {name} with {p}"))
+    }
+}
+
+/// A NUL or a CR without its LF, which no message may hold (the session refuses them).
+fn line_end_problem(text: &[u8]) -> Option<&'static str> {
+    text.iter().enumerate().find_map(|(i, &b)| match b {
+        0 => Some("a NUL"),
+        b'\r' if text.get(i + 1) != Some(&b'\n') => Some("a bare CR"),
+        _ => None,
+    })
 }
 
 impl Draft {
@@ -203,6 +256,20 @@ impl Draft {
             .collect()
     }
 
+    /// Makes `changes` in order, or none of them when one cannot be made
+    /// ([`Change::problem`]): a scanner that asks for such a change is broken.
+    pub fn apply_all(&mut self, changes: Vec<Change>) -> Result<(), String> {
+        if let Some(problem) = changes.iter().find_map(Change::problem) {
+            return Err(format!("asked for {problem}"));
+        }
+        for change in changes {
+            self.apply(change);
+        }
+        Ok(())
+    }
+
+    /// Makes one change as asked; callers with changes from a scanner use
+    /// [`Draft::apply_all`], which refuses those that would break the message.
     pub fn apply(&mut self, change: Change) {
         self.changed = true;
         let body = self.body_offset();
@@ -328,8 +395,19 @@ fn field_name(field: &[u8]) -> String {
 
 /// `Name: value` with CRLF line ends (a scanner may fold with LF alone).
 fn header_field(name: &str, value: &str) -> String {
-    let value = String::from_utf8_lossy(&crlf(value.as_bytes())).into_owned();
-    format!("{name}: {}\r\n", value.trim_end_matches(['\r', '\n']))
+    format!(
+        "{name}: {}\r\n",
+        String::from_utf8_lossy(&field_value(value))
+    )
+}
+
+/// A value as a field holds it: bare LFs made CRLF, line breaks at the end dropped.
+fn field_value(value: &str) -> Vec<u8> {
+    let mut value = crlf(value.as_bytes());
+    while value.last().is_some_and(|b| matches!(b, b'\r' | b'\n')) {
+        value.pop();
+    }
+    value
 }
 
 /// `text` with every bare LF made CRLF.

@@ -61,4 +61,17 @@ Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\
             None
         );
     }
+
+    /// Found by the provenance fuzz target: a returned message that is itself an empty
+    /// `message/rfc822` reached mail-parser's `debug_assert!(false, "Invalid part ID, ...")`,
+    /// so in a build with debug assertions any bounce like it panicked (the workspace's dev
+    /// profile now builds mail-parser as release does). It returns no Message-ID.
+    #[test]
+    fn a_returned_message_nested_empty_is_no_panic() {
+        let bounce = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n\
+--b\r\nContent-Type: message/rfc822\r\n\r\n\
+Content-Type: message/rfc822\r\n\r\n\r\n\
+--b--";
+        assert_eq!(returned_message_id(bounce), None);
+    }
 }

@@ -66,11 +66,16 @@ impl Rspamd {
             .read_to_end(&mut answer)
             .await
             .map_err(failed)?;
-        let body = http_body(&answer).map_err(|e| format!("rspamd {}: {e}", self.endpoint))?;
-        let result: Value = serde_json::from_slice(&body)
-            .map_err(|e| format!("rspamd {}: not JSON: {e}", self.endpoint))?;
-        verdict(&result).map_err(|e| format!("rspamd {}: {e}", self.endpoint))
+        decode_answer(&answer).map_err(|e| format!("rspamd {}: {e}", self.endpoint))
     }
+}
+
+/// The step for rspamd's whole HTTP answer, as read from the connection: status line, header
+/// fields, and a JSON body (by Content-Length, chunked, or to the end).
+pub fn decode_answer(answer: &[u8]) -> Result<Step, String> {
+    let body = http_body(answer)?;
+    let result: Value = serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))?;
+    verdict(&result)
 }
 
 /// The step for rspamd's answer.

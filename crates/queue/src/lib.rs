@@ -11,6 +11,9 @@
 //! - [`record`]: the on-disk records. They are versioned byte formats of their own, not the
 //!   in-memory types, so the types can change without breaking queues already on disk.
 //!
+//! Only `record` is built without the default feature `store` (no RocksDB): the fuzz targets
+//! decode records that way.
+//!
 //! Column families:
 //! - `messages`: queue id (8 octets, big-endian) → message body as received.
 //! - `envelopes`: queue id → entry record (envelope, per-recipient state, hold flag).
@@ -22,13 +25,20 @@
 //! - `state`: key → expiry time ++ value.
 //! - `damaged`: records that could not be decoded, moved aside with the reason.
 
+#[cfg(feature = "store")]
 pub mod quarantine;
 pub mod record;
+#[cfg(feature = "store")]
 pub mod schedule;
+#[cfg(feature = "store")]
 pub mod state;
+#[cfg(feature = "store")]
 pub mod store;
 
 pub use record::{Entry, QuarantineRecord};
+#[cfg(feature = "store")]
 pub use schedule::{AfterAttempts, Changes, Notices, RetryPolicy};
+#[cfg(feature = "store")]
 pub use state::message_id_hash;
+#[cfg(feature = "store")]
 pub use store::{Queue, QueueError, StoredMessage};

@@ -53,9 +53,6 @@ pub fn parse_plain(message: &[u8]) -> Result<(String, String), SaslError> {
     };
     let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| SaslError::Malformed);
     let (authzid, user, password) = (text(authzid)?, name(authcid)?, text(password)?);
-    if user.is_empty() {
-        return Err(SaslError::Malformed);
-    }
     if !authzid.is_empty() && authzid != user {
         return Err(SaslError::ProxyRefused);
     }
@@ -67,12 +64,13 @@ pub fn parse_login_field(message: Vec<u8>) -> Result<String, SaslError> {
     String::from_utf8(message).map_err(|_| SaslError::Malformed)
 }
 
-/// A decoded user name: UTF-8 without control characters. A name is logged, written into
-/// `Received:` and looked up in directories; no store has a user whose name holds a line
-/// break, so such a name is malformed, not merely unknown.
+/// A decoded user name: UTF-8, not empty, without control characters. A name is logged,
+/// written into `Received:` and looked up in directories; no store has a user without a name
+/// or whose name holds a line break, so such a name is malformed, not merely unknown (for
+/// PLAIN and LOGIN alike: no password check is spent on it).
 pub fn name(message: &[u8]) -> Result<String, SaslError> {
     let name = std::str::from_utf8(message).map_err(|_| SaslError::Malformed)?;
-    if backstop_types::text::has_control(name) {
+    if name.is_empty() || backstop_types::text::has_control(name) {
         return Err(SaslError::Malformed);
     }
     Ok(name.to_owned())
@@ -104,6 +102,16 @@ mod tests {
             parse_plain(b"\0x\r\noutcome=Success\0pw"),
             Err(SaslError::Malformed)
         );
+    }
+
+    /// Found by the session fuzz target: AUTH LOGIN took an empty line (`=`, or nothing) as
+    /// the user name and asked the user store about it, where PLAIN refuses an empty name.
+    #[test]
+    fn a_login_user_name_is_checked_as_plain_checks_it() {
+        assert_eq!(name(b"alice"), Ok("alice".into()));
+        assert_eq!(name(b""), Err(SaslError::Malformed));
+        assert_eq!(name(b"x\r\noutcome=Success"), Err(SaslError::Malformed));
+        assert_eq!(name(b"\xff"), Err(SaslError::Malformed));
     }
 
     #[test]

@@ -85,6 +85,57 @@ fn header_changes_land_where_a_milter_means_them() {
     );
 }
 
+/// Found by the milter and rspamd fuzz targets: a field name with a space or a non-ASCII
+/// octet (`"X-Extra header"`, a milter's `\xff-Milter`), or a value with an empty line in it,
+/// ended the header where a next hop reads it, so every field after it became body.
+#[test]
+fn changes_that_would_break_the_message_are_refused_whole() {
+    let add = |name: &str, value: &str| Change::AddHeader {
+        name: name.into(),
+        value: value.into(),
+    };
+    for bad in [
+        add("Xwrite subjec-Extra", "2"),
+        add("\u{fffd}-Milter", "checked"),
+        add("X-Colon:", "1"),
+        add("", "1"),
+        add("X-Two", "one\n\nBcc: everyone@example.test"),
+        add("X-Two", "one\r\nBcc: everyone@example.test"),
+        add("X-Cr", "one\rtwo"),
+        add("X-Nul", "one\0two"),
+        Change::InsertHeader {
+            index: 0,
+            name: "X First".into(),
+            value: "1".into(),
+        },
+        Change::ChangeHeader {
+            name: "Subject".into(),
+            occurrence: 1,
+            value: "*** SPAM ***\n\nhi".into(),
+        },
+        Change::ReplaceBody(b"one\rtwo\r\n".to_vec()),
+        Change::ReplaceBody(b"one\0two\r\n".to_vec()),
+    ] {
+        let mut d = draft(MESSAGE);
+        let result = d.apply_all(vec![add("X-Good", "1"), bad.clone()]);
+        assert!(result.is_err(), "{bad:?}");
+        assert_eq!(text(&d), MESSAGE, "nothing applied for {bad:?}");
+    }
+    // Folds (LF or CRLF, then a space or tab), bare LFs in a body and empty values are fine.
+    let mut d = draft(MESSAGE);
+    d.apply_all(vec![
+        add("X-Folded", "one\n\ttwo\r\n three\n"),
+        Change::ChangeHeader {
+            name: "X Not A Field".into(),
+            occurrence: 1,
+            value: String::new(),
+        },
+        Change::ReplaceBody(b"new\nbody\n".to_vec()),
+    ])
+    .unwrap();
+    assert!(text(&d).contains("X-Folded: one\n\ttwo\n three\n\nnew\nbody\n"));
+}
+
 #[test]
 fn envelope_changes() {
     let mut d = draft(MESSAGE);
@@ -213,4 +264,49 @@ async fn a_line_break_never_reaches_rspamd() {
     bad.envelope.client.helo = "client.example.org\r\nX-Spam-Flag: NO".into();
     let err = rspamd.check(&bad).await.unwrap_err();
     assert!(err.contains("contains CR"), "{err}");
+}
+
+/// An rspamd that asks for a header field that would break the message: the check fails
+/// (451), and nothing it asked for is made.
+#[test]
+fn a_scanner_asking_for_a_broken_field_fails_its_check() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let rspamd = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0; 4096];
+        // The request's header and the whole message, which ends with "body\r\n".
+        while !request.ends_with(b"body\r\n") {
+            let n = stream.read(&mut buf).unwrap();
+            assert!(n > 0, "the request ended early");
+            request.extend_from_slice(&buf[..n]);
+        }
+        let json = br#"{"action":"add header","milter":{"add_headers":{"X-Bcc header":"x"}}}"#;
+        write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+            json.len()
+        )
+        .unwrap();
+        stream.write_all(json).unwrap();
+    });
+    let pipeline = Pipeline {
+        checks: vec![Check {
+            name: "rspamd".into(),
+            scanner: Scanner::Rspamd(crate::rspamd::Rspamd {
+                endpoint: crate::net::Endpoint::Tcp(address),
+            }),
+            on_error: OnError::Tempfail,
+        }],
+        deadline: Duration::from_secs(60),
+    };
+    let mut d = draft(MESSAGE);
+    assert_eq!(
+        run(&pipeline, &mut d),
+        Outcome::Refuse(Reply::content_check_unavailable())
+    );
+    assert_eq!(text(&d), MESSAGE);
+    rspamd.join().unwrap();
 }
