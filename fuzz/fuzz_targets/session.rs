@@ -93,9 +93,11 @@ impl Driver {
             require_auth,
             local_domains: vec![local],
             relay_domains: vec![Domain::parse("internal.test").expect("a domain")],
-            check_recipients: flags & 8 != 0,
-            check_senders: flags & 16 != 0,
-            check_messages: flags & 32 != 0,
+            checks: backstop_session::Checks {
+                recipients: flags & 8 != 0,
+                senders: flags & 16 != 0,
+                messages: flags & 32 != 0,
+            },
         });
         let peer = Peer {
             ip: "192.0.2.1".parse().expect("an IP address"),
