@@ -4,6 +4,7 @@
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::error::ScanError;
 use crate::net::Endpoint;
 use crate::pipeline::Step;
 use backstop_types::Reply;
@@ -17,8 +18,12 @@ pub struct Clamd {
 const CHUNK: usize = 64 * 1024;
 
 impl Clamd {
-    pub async fn check(&self, message: &[u8]) -> Result<Step, String> {
-        let failed = |e: std::io::Error| format!("clamd {}: {e}", self.endpoint);
+    pub async fn check(&self, message: &[u8]) -> Result<Step, ScanError> {
+        let failed = |source| ScanError::Network {
+            scanner: "clamd",
+            endpoint: self.endpoint.clone(),
+            source,
+        };
         let mut stream = crate::net::connect(&self.endpoint).await.map_err(failed)?;
         stream.write_all(b"zINSTREAM\0").await.map_err(failed)?;
         for chunk in message.chunks(CHUNK) {
@@ -35,8 +40,11 @@ impl Clamd {
             .await
             .map_err(failed)?;
         let answer = String::from_utf8_lossy(&answer);
-        verdict(answer.trim_end_matches(['\0', '\n']))
-            .map_err(|e| format!("clamd {}: {e}", self.endpoint))
+        verdict(answer.trim_end_matches(['\0', '\n'])).map_err(|reason| ScanError::Protocol {
+            scanner: "clamd",
+            endpoint: self.endpoint.clone(),
+            reason,
+        })
     }
 }
 

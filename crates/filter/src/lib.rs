@@ -31,6 +31,7 @@ pub mod cpu;
 pub mod dns;
 pub mod dnsbl;
 pub mod dovecot;
+pub mod error;
 pub mod greylist;
 pub mod ldap;
 pub mod milter;

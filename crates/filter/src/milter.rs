@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use backstop_types::{Address, Reply, ReversePath};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::error::ScanError;
 use crate::net::{Endpoint, Stream};
 use crate::pipeline::{Change, Draft, Step};
 
@@ -75,16 +76,24 @@ struct Conversation {
 }
 
 impl Milter {
-    pub async fn check(&self, draft: &Draft) -> Result<Step, String> {
+    pub async fn check(&self, draft: &Draft) -> Result<Step, ScanError> {
         let stream = crate::net::connect(&self.endpoint)
             .await
-            .map_err(|e| format!("milter {}: {e}", self.endpoint))?;
+            .map_err(|source| ScanError::Network {
+                scanner: "milter",
+                endpoint: self.endpoint.clone(),
+                source,
+            })?;
         self.check_on(stream, draft).await
     }
 
     /// [`Milter::check`] over a connection that is already open: the whole conversation, from
     /// negotiation to goodbye. The fuzz target talks to an in-memory milter through it.
-    pub async fn check_on(&self, stream: Box<dyn Stream>, draft: &Draft) -> Result<Step, String> {
+    pub async fn check_on(
+        &self,
+        stream: Box<dyn Stream>,
+        draft: &Draft,
+    ) -> Result<Step, ScanError> {
         let mut c = Conversation {
             stream,
             protocol: 0,
@@ -93,7 +102,11 @@ impl Milter {
         let result = self.talk(&mut c, draft).await;
         // Goodbye, whatever happened; the milter closes the connection.
         let _ = c.send(b'Q', &[]).await;
-        result.map_err(|e| format!("milter {}: {e}", self.endpoint))
+        result.map_err(|reason| ScanError::Protocol {
+            scanner: "milter",
+            endpoint: self.endpoint.clone(),
+            reason,
+        })
     }
 
     async fn talk(&self, c: &mut Conversation, draft: &Draft) -> Result<Step, String> {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use backstop_types::{Address, Envelope, Notify, Recipient, Reply, ReversePath};
 use tracing::warn;
 
+use crate::error::ScanError;
 use crate::{clamd, milter, rspamd, rules};
 
 /// The message as the checks see it, with the changes made so far.
@@ -100,12 +101,14 @@ pub enum Scanner {
 }
 
 impl Scanner {
-    async fn scan(&self, draft: &Draft) -> Result<Step, String> {
+    async fn scan(&self, draft: &Draft) -> Result<Step, ScanError> {
         match self {
             // Regexes over the decoded message: off the async workers, so the deadline holds.
             Scanner::Rule(rule) => {
                 let (rule, message) = (rule.clone(), draft.message.clone());
-                crate::cpu::off_thread(move || rule.check(&message)).await
+                crate::cpu::off_thread(move || rule.check(&message))
+                    .await
+                    .map_err(|e| ScanError::Local(e.to_string()))
             }
             Scanner::Milter(milter) => milter.check(draft).await,
             Scanner::Rspamd(rspamd) => rspamd.check(draft).await,
@@ -132,16 +135,16 @@ impl Pipeline {
             let left = deadline.saturating_duration_since(Instant::now());
             let result = match tokio::time::timeout(left, check.scanner.scan(draft)).await {
                 Ok(result) => result,
-                Err(_) => Err(format!(
-                    "no answer within the pipeline's deadline of {}s",
-                    self.deadline.as_secs()
-                )),
+                Err(_) => Err(ScanError::Deadline {
+                    seconds: self.deadline.as_secs(),
+                }),
             };
             // Changes that cannot be made fail the check, as any other nonsense from it does.
             let result = match result {
                 Ok(Step::Continue(changes)) => draft
                     .apply_all(changes)
-                    .map(|()| Step::Continue(Vec::new())),
+                    .map(|()| Step::Continue(Vec::new()))
+                    .map_err(ScanError::BrokenChange),
                 other => other,
             };
             match result {

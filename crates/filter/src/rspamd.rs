@@ -8,6 +8,7 @@
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::error::ScanError;
 use crate::net::Endpoint;
 use crate::pipeline::{Change, Draft, Step};
 use backstop_types::Reply;
@@ -21,8 +22,17 @@ pub struct Rspamd {
 const MAX_ANSWER: u64 = 1 << 20;
 
 impl Rspamd {
-    pub async fn check(&self, draft: &Draft) -> Result<Step, String> {
-        let failed = |e: std::io::Error| format!("rspamd {}: {e}", self.endpoint);
+    pub async fn check(&self, draft: &Draft) -> Result<Step, ScanError> {
+        let failed = |source| ScanError::Network {
+            scanner: "rspamd",
+            endpoint: self.endpoint.clone(),
+            source,
+        };
+        let protocol = |reason| ScanError::Protocol {
+            scanner: "rspamd",
+            endpoint: self.endpoint.clone(),
+            reason,
+        };
         let envelope = &draft.envelope;
         let client = &envelope.client;
         let mut headers = vec![
@@ -52,7 +62,7 @@ impl Rspamd {
             // The guard below the writer: a value with a line break would add header fields
             // of its own (or end the request early); it is refused, never sent.
             backstop_types::text::one_line("an rspamd request header", value)
-                .map_err(|e| format!("rspamd {}: {e}", self.endpoint))?;
+                .map_err(|e| protocol(e.to_string()))?;
             request.push_str(&format!("{name}: {value}\r\n"));
         }
         request.push_str("\r\n");
@@ -66,7 +76,7 @@ impl Rspamd {
             .read_to_end(&mut answer)
             .await
             .map_err(failed)?;
-        decode_answer(&answer).map_err(|e| format!("rspamd {}: {e}", self.endpoint))
+        decode_answer(&answer).map_err(protocol)
     }
 }
 
