@@ -224,7 +224,10 @@ impl Server {
             &shared,
             &own,
         )?);
-        let scheduler = backstop_delivery::scheduler::Scheduler::new(agents.borrow().limits);
+        let scheduler = backstop_delivery::scheduler::Scheduler::new(
+            agents.borrow().limits,
+            Arc::clone(&shared.clock),
+        );
         // Delivery stops as sessions do: a transaction under way may finish within the grace.
         let agent = scheduler.run(agent, stopping.clone(), config.smtp.shutdown_grace);
         let delivery = if config.delivery.paused {
@@ -324,7 +327,7 @@ impl Shared {
             || !config.dnsbl.is_empty()
             || config.sender_checks.is_some();
         let dns = match needs_dns {
-            true => Some(backstop_filter::dns::resolver(&config.dns).map_err(anyhow::Error::msg)?),
+            true => Some(backstop_filter::dns::resolver(&config.dns)?),
             false => None,
         };
         Ok(Shared {

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 
+use backstop_filter::error::StoreError;
 use backstop_policy::Sent;
 use backstop_queue::{Queue, QueueError};
 use backstop_session::{EnqueueFailure, Message, MessageSink};
@@ -13,23 +14,25 @@ use tracing::error;
 pub(crate) struct QueueStore(pub Queue);
 
 impl backstop_policy::Store for QueueStore {
-    fn get(&self, key: &[u8], now: UnixTime) -> Result<Option<Vec<u8>>, String> {
-        self.0.state_get(key, now).map_err(|e| e.to_string())
+    fn get(&self, key: &[u8], now: UnixTime) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0
+            .state_get(key, now)
+            .map_err(|e| StoreError(e.to_string()))
     }
 
-    fn put(&self, key: &[u8], value: &[u8], expires: UnixTime) -> Result<(), String> {
+    fn put(&self, key: &[u8], value: &[u8], expires: UnixTime) -> Result<(), StoreError> {
         self.0
             .state_put(key, value, expires)
-            .map_err(|e| e.to_string())
+            .map_err(|e| StoreError(e.to_string()))
     }
 
-    fn sent(&self, message_id: &str) -> Result<Sent, String> {
+    fn sent(&self, message_id: &str) -> Result<Sent, StoreError> {
         let hash = backstop_queue::message_id_hash(message_id);
         match (
             self.0.sent_message_ids_empty(),
             self.0.sent_message_id(hash),
         ) {
-            (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+            (Err(e), _) | (_, Err(e)) => Err(StoreError(e.to_string())),
             (Ok(true), _) => Ok(Sent::NothingYet),
             (Ok(false), Ok(Some(_))) => Ok(Sent::Yes),
             (Ok(false), Ok(None)) => Ok(Sent::No),

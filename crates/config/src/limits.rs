@@ -73,7 +73,7 @@ pub(crate) fn rate_limits(ctx: &mut Ctx<'_>, r: RawRateLimits) -> RateLimits {
         Some(text) => match Limit::parse(text.get_ref()) {
             Ok(limit) => Some(limit),
             Err(e) => {
-                ctx.error(text.span(), "", e);
+                ctx.error(text.span(), "", e.to_string());
                 None
             }
         },

@@ -29,7 +29,8 @@ use std::time::Duration;
 use backstop_queue::Entry;
 use backstop_smtp_client::{ClientError, Connection, Endpoint, NextHop, Transaction};
 use backstop_types::{
-    Attempt, AttemptOutcome, Domain, EnhancedStatus, QueueId, RecipientState, RemoteReply, UnixTime,
+    Attempt, AttemptOutcome, Clock, Domain, EnhancedStatus, QueueId, RecipientState, RemoteReply,
+    UnixTime,
 };
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
@@ -158,6 +159,8 @@ pub struct Scheduler {
     changed: Notify,
     /// True once workers must stop starting jobs; the second stage cuts transactions off.
     stopping: watch::Sender<Stop>,
+    /// The time, for leases and attempts.
+    clock: Arc<dyn Clock>,
     /// `Some` in tests: the time the queue is told it is.
     fixed_now: Mutex<Option<UnixTime>>,
     /// Outcomes counted since the last [`Scheduler::drain`] (tests).
@@ -183,7 +186,7 @@ pub struct PassReport {
 }
 
 impl Scheduler {
-    pub fn new(limits: Limits) -> Arc<Scheduler> {
+    pub fn new(limits: Limits, clock: Arc<dyn Clock>) -> Arc<Scheduler> {
         Arc::new(Scheduler {
             state: Mutex::new(State {
                 dests: HashMap::new(),
@@ -194,6 +197,7 @@ impl Scheduler {
             local: Arc::new(Semaphore::new(8)),
             changed: Notify::new(),
             stopping: watch::channel(Stop::Running).0,
+            clock,
             fixed_now: Mutex::new(None),
             counted: Mutex::new(PassReport::default()),
         })
@@ -214,7 +218,7 @@ impl Scheduler {
     ) {
         loop {
             let agent = Arc::new(agents.borrow().clone());
-            let leased = self.lease(&agent, now()).await;
+            let leased = self.lease(&agent, self.now()).await;
             if leased == 0 {
                 tokio::select! {
                     _ = tokio::time::sleep(POLL) => {}
@@ -697,7 +701,7 @@ impl Scheduler {
             "shutting down: unfinished deliveries are due again at once"
         );
         let queue = agent.queue.clone();
-        let now = now();
+        let now = self.now();
         let _ = tokio::task::spawn_blocking(move || {
             for id in unfinished {
                 if let Err(e) = queue.flush(Some(id), now) {
@@ -723,7 +727,7 @@ impl Scheduler {
         self.fixed_now
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .unwrap_or_else(now)
+            .unwrap_or_else(|| self.clock.now())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -994,10 +998,6 @@ fn local_failure(text: &str) -> AttemptOutcome {
             text: text.to_owned(),
         },
     })
-}
-
-fn now() -> UnixTime {
-    backstop_types::Clock::now(&backstop_types::SystemClock)
 }
 
 #[cfg(test)]

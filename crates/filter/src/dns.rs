@@ -2,6 +2,7 @@
 //! iprev and blocklists here): one resolver, so one cache, asking the configured nameservers
 //! or the system's `/etc/resolv.conf`.
 
+use crate::error::ResolverError;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -36,14 +37,14 @@ impl Default for Settings {
 /// A resolver asking the configured nameservers (UDP, and TCP for long answers), or the
 /// system's when there are none. Names are looked up as given (no search domains), and both
 /// IPv4 and IPv6 addresses are asked for. Clones share the connections and the cache.
-pub fn resolver(settings: &Settings) -> Result<TokioResolver, String> {
-    let (config, mut options) = resolver_config(&settings.nameservers)?;
+pub fn resolver(settings: &Settings) -> Result<TokioResolver, ResolverError> {
+    let (config, mut options) = resolver_config(&settings.nameservers).map_err(ResolverError)?;
     options.timeout = settings.timeout;
     options.attempts = settings.attempts;
     TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
         .with_options(options)
         .build()
-        .map_err(|e| format!("creating the DNS resolver: {e}"))
+        .map_err(|e| ResolverError(e.to_string()))
 }
 
 fn resolver_config(nameservers: &[SocketAddr]) -> Result<(ResolverConfig, ResolverOpts), String> {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use base64::Engine;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+use crate::error::LookupError;
 use crate::net::Endpoint;
 
 /// Where Dovecot's auth-client socket is, and how long it may take.
@@ -44,7 +45,7 @@ impl DovecotAuth {
         password: &str,
         client: IpAddr,
         secured: bool,
-    ) -> Result<Login, String> {
+    ) -> Result<Login, LookupError> {
         // An empty password, or a name with a control character, is no login anywhere.
         if user.is_empty()
             || password.is_empty()
@@ -63,6 +64,7 @@ impl DovecotAuth {
                     self.timeout.as_secs()
                 ))
             })
+            .map_err(LookupError)
     }
 
     async fn ask(
@@ -272,12 +274,12 @@ mod tests {
         assert!(auth.authenticate("bob", "x", ip, false).await.is_err());
         let (auth, _dir, _) = server("VERSION\t1\t2\nMECH\tCRAM-MD5\nDONE\n", "OK\t1\n").await;
         let err = auth.authenticate("bob", "x", ip, false).await.unwrap_err();
-        assert!(err.contains("PLAIN"), "{err}");
+        assert!(err.0.contains("PLAIN"), "{err}");
         // A handshake that never ends: the timeout answers.
         let (mut auth, _dir, _) = server("VERSION\t1\t2\n", "").await;
         auth.timeout = Duration::from_millis(300);
         let err = auth.authenticate("bob", "x", ip, false).await.unwrap_err();
-        assert!(err.contains("did not answer"), "{err}");
+        assert!(err.0.contains("did not answer"), "{err}");
         // Nobody listens.
         let gone = DovecotAuth {
             endpoint: Endpoint::Unix("/nonexistent/auth-client".into()),

@@ -30,3 +30,28 @@ pub enum ScanError {
     #[error("{0}")]
     Local(String),
 }
+
+/// A login service (Dovecot's auth socket, an LDAP directory) that could not answer: the
+/// client hears 454 and may try again. Never a failed login, which is `Login::Invalid`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct LookupError(pub String);
+
+/// Greylisting or rate-limit state that could not be read or written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+/// A rate that is not `COUNT/WINDOW` (`"100/1h"`) above zero.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RateSyntax {
+    #[error("{0:?} is not a rate like \"100/1h\" or \"30/1m\"")]
+    NotARate(String),
+    #[error("{0:?}: the count and the window must be above zero")]
+    Zero(String),
+}
+
+/// The DNS resolver could not be made from the settings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("creating the DNS resolver: {0}")]
+pub struct ResolverError(pub String);

@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use backstop_types::{Address, ReversePath, UnixTime};
 
+use crate::error::StoreError;
+
 /// Where greylisting state is kept. Values expire on their own.
 pub trait GreyStore: Send + Sync {
-    fn get(&self, key: &[u8], now: UnixTime) -> Result<Option<Vec<u8>>, String>;
-    fn put(&self, key: &[u8], value: &[u8], expires: UnixTime) -> Result<(), String>;
+    fn get(&self, key: &[u8], now: UnixTime) -> Result<Option<Vec<u8>>, StoreError>;
+    fn put(&self, key: &[u8], value: &[u8], expires: UnixTime) -> Result<(), StoreError>;
 }
 
 /// The rules.
@@ -50,7 +52,7 @@ pub fn check(
     recipient: &Address,
     now: UnixTime,
 ) -> GreyVerdict {
-    let decide = || -> Result<GreyVerdict, String> {
+    let decide = || -> Result<GreyVerdict, StoreError> {
         let network = network(client);
         let pass_key = format!("grey:pass:{network}");
         if store.get(pass_key.as_bytes(), now)?.is_some() {
@@ -87,7 +89,7 @@ pub fn check(
             }
         }
     };
-    decide().unwrap_or_else(GreyVerdict::Unavailable)
+    decide().unwrap_or_else(|e| GreyVerdict::Unavailable(e.0))
 }
 
 /// The client's network: IPv4 /24, IPv6 /64 (big senders retry from a neighbouring address).

@@ -9,6 +9,7 @@
 //! (as the configured account), then a bind as that entry with the given password decides;
 //! the entry's address attribute lists the senders the user owns. Nothing is cached.
 
+use crate::error::LookupError;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -170,13 +171,13 @@ impl LdapSource {
     }
 
     /// Checks `password` for the login `user`: `Err` when the directory cannot answer.
-    pub async fn authenticate(&self, user: &str, password: &str) -> Result<Login, String> {
+    pub async fn authenticate(&self, user: &str, password: &str) -> Result<Login, LookupError> {
         // An empty password would be an unauthenticated bind, which succeeds: never a login.
         // A name with a control character is no name any directory has.
         if password.is_empty() || user.is_empty() || backstop_types::text::has_control(user) {
             return Ok(Login::Invalid);
         }
-        let failed = |e: String| format!("LDAP {}: {e}", self.config.url);
+        let failed = |e: String| LookupError(format!("LDAP {}: {e}", self.config.url));
         let mut ldap = self.pooled().await.map_err(failed)?;
         let filter = self.config.filter.replace("%s", &ldap3::ldap_escape(user));
         let attribute = self.config.address_attribute.as_str();

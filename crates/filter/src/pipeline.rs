@@ -143,8 +143,7 @@ impl Pipeline {
             let result = match result {
                 Ok(Step::Continue(changes)) => draft
                     .apply_all(changes)
-                    .map(|()| Step::Continue(Vec::new()))
-                    .map_err(ScanError::BrokenChange),
+                    .map(|()| Step::Continue(Vec::new())),
                 other => other,
             };
             match result {
@@ -261,9 +260,9 @@ impl Draft {
 
     /// Makes `changes` in order, or none of them when one cannot be made
     /// ([`Change::problem`]): a scanner that asks for such a change is broken.
-    pub fn apply_all(&mut self, changes: Vec<Change>) -> Result<(), String> {
+    pub fn apply_all(&mut self, changes: Vec<Change>) -> Result<(), ScanError> {
         if let Some(problem) = changes.iter().find_map(Change::problem) {
-            return Err(format!("asked for {problem}"));
+            return Err(ScanError::BrokenChange(format!("asked for {problem}")));
         }
         for change in changes {
             self.apply(change);

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use backstop_types::UnixTime;
 
+use crate::error::{RateSyntax, StoreError};
+
 /// The rate limits of a site; `None` means no limit. Client limits apply to clients that
 /// neither authenticated nor are in the local networks; user limits to authenticated users.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -44,8 +46,8 @@ pub struct Limit {
 
 impl Limit {
     /// Parses `"100/1h"`: a count, a slash, and a duration with unit s, m, h or d.
-    pub fn parse(s: &str) -> Result<Limit, String> {
-        let bad = || format!("{s:?} is not a rate like \"100/1h\" or \"30/1m\"");
+    pub fn parse(s: &str) -> Result<Limit, RateSyntax> {
+        let bad = || RateSyntax::NotARate(s.to_owned());
         let (count, window) = s.split_once('/').ok_or_else(bad)?;
         let count: u64 = count.trim().parse().map_err(|_| bad())?;
         let window = window.trim();
@@ -66,9 +68,7 @@ impl Limit {
             _ => return Err(bad()),
         };
         if count == 0 || n == 0 {
-            return Err(format!(
-                "{s:?}: the count and the window must be above zero"
-            ));
+            return Err(RateSyntax::Zero(s.to_owned()));
         }
         Ok(Limit {
             count,
@@ -81,7 +81,13 @@ impl Limit {
 pub trait RateStore: Send + Sync {
     /// Adds `amount` to the count of `key` in the window that holds `now`, and returns the
     /// new count.
-    fn add(&self, key: &str, amount: u64, window: Duration, now: UnixTime) -> Result<u64, String>;
+    fn add(
+        &self,
+        key: &str,
+        amount: u64,
+        window: Duration,
+        now: UnixTime,
+    ) -> Result<u64, StoreError>;
 }
 
 /// Counters in this process's memory.
@@ -91,7 +97,13 @@ pub struct MemoryRates {
 }
 
 impl RateStore for MemoryRates {
-    fn add(&self, key: &str, amount: u64, window: Duration, now: UnixTime) -> Result<u64, String> {
+    fn add(
+        &self,
+        key: &str,
+        amount: u64,
+        window: Duration,
+        now: UnixTime,
+    ) -> Result<u64, StoreError> {
         let width = window.as_secs().max(1);
         let start = now.0 - now.0 % width;
         // The map only guards counters; a panic elsewhere leaves them usable.
@@ -115,7 +127,7 @@ pub fn allow(
     key: &str,
     limit: &Limit,
     now: UnixTime,
-) -> Result<bool, String> {
+) -> Result<bool, StoreError> {
     Ok(store.add(key, 1, limit.window, now)? <= limit.count)
 }
 

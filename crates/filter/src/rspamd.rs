@@ -76,17 +76,23 @@ impl Rspamd {
             .read_to_end(&mut answer)
             .await
             .map_err(failed)?;
-        decode_answer(&answer).map_err(protocol)
+        decode_answer(&answer).map_err(|e| protocol(e.0))
     }
 }
 
 /// The step for rspamd's whole HTTP answer, as read from the connection: status line, header
 /// fields, and a JSON body (by Content-Length, chunked, or to the end).
-pub fn decode_answer(answer: &[u8]) -> Result<Step, String> {
-    let body = http_body(answer)?;
-    let result: Value = serde_json::from_slice(&body).map_err(|e| format!("not JSON: {e}"))?;
-    verdict(&result)
+pub fn decode_answer(answer: &[u8]) -> Result<Step, BadAnswer> {
+    let body = http_body(answer).map_err(BadAnswer)?;
+    let result: Value =
+        serde_json::from_slice(&body).map_err(|e| BadAnswer(format!("not JSON: {e}")))?;
+    verdict(&result).map_err(BadAnswer)
 }
+
+/// What is wrong with an answer that is not rspamd's protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadAnswer(pub String);
 
 /// The step for rspamd's answer.
 fn verdict(result: &Value) -> Result<Step, String> {

@@ -28,7 +28,7 @@ impl SitePolicy {
                     }
                     Ok(Login::Invalid) => AuthOutcome::Failure,
                     Err(e) => {
-                        warn!(user = %Escaped(user), error = %Escaped(&e), "Dovecot cannot answer: 454");
+                        warn!(user = %Escaped(user), error = %Escaped(&e.0), "Dovecot cannot answer: 454");
                         AuthOutcome::TemporaryFailure
                     }
                 },
@@ -42,7 +42,7 @@ impl SitePolicy {
             }
             Ok(Login::Invalid) => AuthOutcome::Failure,
             Err(e) => {
-                warn!(user = %Escaped(user), error = %Escaped(&e), "login directory cannot answer: 454");
+                warn!(user = %Escaped(user), error = %Escaped(&e.0), "login directory cannot answer: 454");
                 AuthOutcome::TemporaryFailure
             }
         })

@@ -73,7 +73,7 @@ impl Callahead {
                 }
             }
             Ok(None) => {}
-            Err(e) => warn!(error = %Escaped(&e), "callahead cache unreadable"),
+            Err(e) => warn!(error = %Escaped(&e.0), "callahead cache unreadable"),
         }
         let probe =
             backstop_smtp_client::probe(&route.hop, &route.client, &self.sender, recipient, size)
@@ -118,7 +118,7 @@ impl Callahead {
         if let Some((answer, ttl)) = remember {
             let expires = UnixTime(now.0 + ttl.as_secs());
             if let Err(e) = store.put(key.as_bytes(), answer.as_bytes(), expires) {
-                warn!(error = %Escaped(&e), "callahead cache not written");
+                warn!(error = %Escaped(&e.0), "callahead cache not written");
             }
         }
         verdict

@@ -100,7 +100,7 @@ impl SitePolicy {
             }
             Ok(Sent::Yes | Sent::NothingYet) => None,
             Err(e) => {
-                warn!(error = %Escaped(&e), "sent Message-ID index unreadable: bounce accepted");
+                warn!(error = %Escaped(&e.0), "sent Message-ID index unreadable: bounce accepted");
                 None
             }
         }

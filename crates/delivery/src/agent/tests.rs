@@ -10,7 +10,9 @@ use crate::scheduler::{PassReport, Scheduler};
 
 /// One pass of a scheduler over everything due at `now`, waiting until it is recorded.
 async fn pass(agent: &Agent, now: UnixTime) -> PassReport {
-    Scheduler::new(agent.limits).drain(agent, now).await
+    Scheduler::new(agent.limits, backstop_types::clock::system())
+        .drain(agent, now)
+        .await
 }
 
 /// An envelope from a stranger (sender@example.org) to `recipients`.

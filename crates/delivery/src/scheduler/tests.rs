@@ -145,7 +145,7 @@ async fn a_slow_destination_holds_up_only_its_own_mail() {
             .await
             .unwrap();
     }
-    let scheduler = Scheduler::new(agent.limits);
+    let scheduler = Scheduler::new(agent.limits, backstop_types::clock::system());
     let drained = {
         let (scheduler, agent) = (Arc::clone(&scheduler), agent.clone());
         tokio::spawn(async move { scheduler.drain(&agent, t0).await })
@@ -185,7 +185,7 @@ async fn a_dead_destination_is_not_tried_for_each_message_and_comes_back() {
             .await
             .unwrap();
     }
-    let scheduler = Scheduler::new(agent.limits);
+    let scheduler = Scheduler::new(agent.limits, backstop_types::clock::system());
     let report = scheduler.drain(&agent, t0).await;
     assert_eq!((report.messages, report.deferred), (10, 10));
     // Two failed connections mark it down; the other eight are deferred without one.

@@ -11,14 +11,19 @@ type Entries = HashMap<Vec<u8>, (Vec<u8>, UnixTime)>;
 struct Memory(Mutex<Entries>);
 
 impl GreyStore for Memory {
-    fn get(&self, key: &[u8], now: UnixTime) -> Result<Option<Vec<u8>>, String> {
+    fn get(&self, key: &[u8], now: UnixTime) -> Result<Option<Vec<u8>>, crate::error::StoreError> {
         let map = self.0.lock().unwrap();
         Ok(map
             .get(key)
             .filter(|(_, exp)| *exp > now)
             .map(|(v, _)| v.clone()))
     }
-    fn put(&self, key: &[u8], value: &[u8], expires: UnixTime) -> Result<(), String> {
+    fn put(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        expires: UnixTime,
+    ) -> Result<(), crate::error::StoreError> {
         self.0
             .lock()
             .unwrap()
@@ -30,11 +35,11 @@ impl GreyStore for Memory {
 struct Broken;
 
 impl GreyStore for Broken {
-    fn get(&self, _: &[u8], _: UnixTime) -> Result<Option<Vec<u8>>, String> {
-        Err("store down".into())
+    fn get(&self, _: &[u8], _: UnixTime) -> Result<Option<Vec<u8>>, crate::error::StoreError> {
+        Err(crate::error::StoreError("store down".into()))
     }
-    fn put(&self, _: &[u8], _: &[u8], _: UnixTime) -> Result<(), String> {
-        Err("store down".into())
+    fn put(&self, _: &[u8], _: &[u8], _: UnixTime) -> Result<(), crate::error::StoreError> {
+        Err(crate::error::StoreError("store down".into()))
     }
 }
 
