@@ -240,9 +240,12 @@ impl Server {
             );
             Some(tokio::spawn(agent))
         };
-        let expiry = tokio::spawn(expire_quarantine(
+        let expiry = tokio::spawn(expire(
             queue.clone(),
-            config.queue.quarantine_retention,
+            Retention {
+                quarantine: config.queue.quarantine_retention,
+                sent_ids: config.sent_id_retention,
+            },
             Arc::clone(&shared.clock),
         ));
         let context = smtp_context(&setup, tls, &shared, &queue, &smtp_metrics, None)?;
@@ -294,18 +297,40 @@ impl Server {
     }
 }
 
-/// Deletes quarantined messages past their retention: at start, then every hour.
-async fn expire_quarantine(queue: Queue, retention: std::time::Duration, clock: Arc<dyn Clock>) {
+/// How long what expires is kept.
+#[derive(Clone, Copy)]
+struct Retention {
+    quarantine: std::time::Duration,
+    sent_ids: std::time::Duration,
+}
+
+/// Deletes what has expired, at start and then every hour: quarantined messages past their
+/// retention, state entries (greylisting, callahead answers) past their time, and sent
+/// Message-IDs past theirs.
+async fn expire(queue: Queue, retention: Retention, clock: Arc<dyn Clock>) {
     let mut every_hour = tokio::time::interval(std::time::Duration::from_secs(3600));
     loop {
         every_hour.tick().await;
         let queue = queue.clone();
         let now = clock.now();
-        match tokio::task::spawn_blocking(move || queue.expire_quarantine(now, retention)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => info!(deleted = n, "quarantine retention"),
-            Ok(Err(e)) => error!(error = %e, "quarantine retention"),
-            Err(e) => error!(error = %e, "quarantine retention task"),
+        let work = move || {
+            let quarantined = queue.expire_quarantine(now, retention.quarantine);
+            let state = queue.expire_state(now, retention.sent_ids);
+            (quarantined, state)
+        };
+        let Ok((quarantined, state)) = tokio::task::spawn_blocking(work).await else {
+            error!("retention task failed");
+            continue;
+        };
+        match quarantined {
+            Ok(0) => {}
+            Ok(n) => info!(deleted = n, "quarantine retention"),
+            Err(e) => error!(error = %e, "quarantine retention"),
+        }
+        match state {
+            Ok(e) if e == backstop_queue::state::Expired::default() => {}
+            Ok(e) => info!(state = e.state, sent_ids = e.sent, "expired state deleted"),
+            Err(e) => error!(error = %e, "state expiry"),
         }
     }
 }
@@ -323,9 +348,8 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(setup: &Setup, clock: Arc<dyn Clock>) -> anyhow::Result<Shared> {
         let config = &setup.config;
-        let needs_dns = config.routes.iter().any(|r| r.relay.is_none())
-            || !config.dnsbl.is_empty()
-            || config.sender_checks.is_some();
+        let needs_dns =
+            config.has_mx_route() || !config.dnsbl.is_empty() || config.sender_checks.is_some();
         let dns = match needs_dns {
             true => Some(backstop_filter::dns::resolver(&config.dns)?),
             false => None,
@@ -374,7 +398,7 @@ pub(crate) fn delivery_agent(
             },
         })
         .collect::<Vec<_>>();
-    let resolver = match (&shared.dns, config.routes.iter().any(|r| r.relay.is_none())) {
+    let resolver = match (&shared.dns, config.has_mx_route()) {
         (Some(dns), true) => Some(backstop_delivery::mx::Resolver::new(dns.clone())),
         _ => None,
     };

@@ -101,6 +101,8 @@ pub struct Config {
     pub bounce_provenance: bool,
     /// The domains it applies to; empty: every local domain.
     pub bounce_provenance_domains: Vec<Domain>,
+    /// How long the Message-ID of a message sent is remembered for bounce provenance.
+    pub sent_id_retention: std::time::Duration,
     /// DNS blocklists asked about untrusted clients at MAIL FROM.
     pub dnsbl: Vec<backstop_filter::dnsbl::List>,
     /// SPF, DKIM and DMARC of untrusted clients' mail; `None` when off.
@@ -113,6 +115,13 @@ pub struct Config {
     pub log: Log,
     /// What works but is likely not what was meant (an unqualified host name, say).
     pub warnings: Vec<ConfigError>,
+}
+
+impl Config {
+    /// Some route delivers by MX (it has no relay), so delivery needs DNS.
+    pub fn has_mx_route(&self) -> bool {
+        self.routes.iter().any(|r| r.relay.is_none())
+    }
 }
 
 /// Checks config text; `file` names it in messages. Every problem is in the `Err`.
@@ -314,7 +323,7 @@ fn read(ctx: &mut Ctx<'_>, text: &str) -> Option<Config> {
     let dkim = dkim::check(ctx, dkim);
     let sender_checks = sender_checks::check(read!(raw.sender_checks));
     let bounce_provenance = read!(raw.bounce_provenance);
-    let (bounce_provenance, bounce_provenance_domains) = sender_checks::bounce_provenance(
+    let provenance = sender_checks::bounce_provenance(
         ctx,
         bounce_provenance,
         batv.as_ref().is_some_and(|b| b.check_bounces),
@@ -346,8 +355,9 @@ fn read(ctx: &mut Ctx<'_>, text: &str) -> Option<Config> {
         batv,
         ldap,
         callahead,
-        bounce_provenance,
-        bounce_provenance_domains,
+        bounce_provenance: provenance.enabled,
+        bounce_provenance_domains: provenance.domains,
+        sent_id_retention: provenance.retention,
         dnsbl,
         sender_checks,
         dkim,

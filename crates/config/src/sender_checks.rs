@@ -1,12 +1,15 @@
 //! `[sender_checks]` (SPF, DKIM, DMARC, iprev of untrusted clients' mail) and
 //! `[bounce_provenance]` (bounces of messages we never sent).
 
+use std::time::Duration;
+
 use backstop_filter::sender_auth::{Action, Actions};
 use backstop_types::Domain;
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::error::Ctx;
+use crate::units::{secs, Seconds};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -78,6 +81,7 @@ pub(crate) fn check(c: RawSenderChecks) -> Option<Actions> {
 pub(crate) struct RawBounceProvenance {
     enabled: bool,
     domains: Vec<Spanned<String>>,
+    retention: Spanned<Seconds>,
 }
 
 impl Default for RawBounceProvenance {
@@ -85,17 +89,40 @@ impl Default for RawBounceProvenance {
         RawBounceProvenance {
             enabled: true,
             domains: Vec::new(),
+            retention: Spanned::new(0..0, secs(30 * 86_400)),
         }
     }
 }
 
-/// Whether to check, and for which domains (empty: the local ones). Off where BATV already
-/// checks every bounce.
+/// `[bounce_provenance]` as checked.
+pub(crate) struct BounceProvenance {
+    /// Off where BATV already checks every bounce.
+    pub enabled: bool,
+    /// Empty: the local domains.
+    pub domains: Vec<Domain>,
+    /// How long a sent Message-ID is remembered.
+    pub retention: Duration,
+}
+
+/// Whether to check, for which domains, and how long sent Message-IDs are kept.
 pub(crate) fn bounce_provenance(
     ctx: &mut Ctx<'_>,
     raw: RawBounceProvenance,
     batv_checks_bounces: bool,
-) -> (bool, Vec<Domain>) {
+) -> BounceProvenance {
     let domains = crate::domains(ctx, &raw.domains);
-    (raw.enabled && !batv_checks_bounces, domains)
+    let mut retention = raw.retention.get_ref().0;
+    if retention.is_zero() {
+        ctx.error(
+            raw.retention.span(),
+            "bounce_provenance.retention",
+            "must be more than 0 (a bounce comes days after the message it returns)",
+        );
+        retention = RawBounceProvenance::default().retention.get_ref().0;
+    }
+    BounceProvenance {
+        enabled: raw.enabled && !batv_checks_bounces,
+        domains,
+        retention,
+    }
 }

@@ -380,6 +380,22 @@ fn delivery_limits() {
 }
 
 #[test]
+fn sent_message_ids_are_kept_for_a_retention() {
+    let c = parse(MINIMAL, "test.toml").unwrap();
+    assert_eq!(c.sent_id_retention, Duration::from_secs(30 * 86_400));
+    let c = parse(
+        &format!("[bounce_provenance]\nretention = \"7d\"\n{MINIMAL}"),
+        "test.toml",
+    )
+    .unwrap();
+    assert_eq!(c.sent_id_retention, Duration::from_secs(7 * 86_400));
+    check(
+        &format!("[bounce_provenance]\nretention = 0\n{MINIMAL}"),
+        expect!["test.toml:2: bounce_provenance.retention: must be more than 0 (a bounce comes days after the message it returns)"],
+    );
+}
+
+#[test]
 fn batv_and_dkim_keys() {
     let text = format!(
         "{MINIMAL}[batv]\nsign_with = 2\n[[batv.key]]\nnumber = 1\nsecret_file = \"/etc/backstop/batv-1.key\"\n[[batv.key]]\nnumber = 12\nsecret_file = \"/x\"\n"

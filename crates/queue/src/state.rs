@@ -1,8 +1,10 @@
 //! Small state other parts need kept: the index of Message-IDs we sent (to recognise bounces
 //! to mail we really sent) and a key-value area (greylisting, caches), each with a time.
 
+use std::time::Duration;
+
 use backstop_types::UnixTime;
-use rocksdb::WriteBatch;
+use rocksdb::{BottommostLevelCompaction, CompactOptions, IteratorMode, WriteBatch};
 
 use crate::store::{Queue, QueueError, CF_SENT_IDS, CF_STATE};
 
@@ -71,6 +73,86 @@ impl Queue {
         }
         Ok(Some(value.to_vec()))
     }
+
+    /// Deletes what has expired by `now`: state entries past their time, and sent Message-IDs
+    /// recorded more than `sent_retention` ago. The deletions are then compacted away, so the
+    /// entries leave the database's files, not only its answers. Each column family is read
+    /// once, in order, and deleted from in batches (no long write, no unbounded batch).
+    pub fn expire_state(
+        &self,
+        now: UnixTime,
+        sent_retention: Duration,
+    ) -> Result<Expired, QueueError> {
+        let state = self.delete_where(CF_STATE, |value| {
+            // A value too short to hold its time is no entry of ours: it goes too.
+            value
+                .split_first_chunk::<8>()
+                .is_none_or(|(expires, _)| u64::from_be_bytes(*expires) <= now.0)
+        })?;
+        let sent = self.delete_where(CF_SENT_IDS, |value| {
+            <[u8; 8]>::try_from(value).map_or(true, |at| {
+                u64::from_be_bytes(at).saturating_add(sent_retention.as_secs()) <= now.0
+            })
+        })?;
+        Ok(Expired { state, sent })
+    }
+
+    /// Deletes every entry of `cf` whose value `expired` says so; compacts it when any went.
+    fn delete_where(&self, cf: &str, expired: impl Fn(&[u8]) -> bool) -> Result<u64, QueueError> {
+        const BATCH: usize = 10_000;
+        let db = &self.inner.db;
+        let mut deleted = 0;
+        let mut batch = WriteBatch::default();
+        for item in db.iterator_cf(self.cf(cf), IteratorMode::Start) {
+            let (key, value) = item?;
+            if expired(&value) {
+                batch.delete_cf(self.cf(cf), key);
+                deleted += 1;
+                if batch.len() >= BATCH {
+                    db.write(std::mem::take(&mut batch))?;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            db.write(batch)?;
+        }
+        if deleted > 0 {
+            // A tombstone only hides an entry; compaction drops both from the files, also
+            // where RocksDB would only have moved a file down a level.
+            let mut options = CompactOptions::default();
+            options.set_bottommost_level_compaction(BottommostLevelCompaction::ForceOptimized);
+            db.compact_range_cf_opt(self.cf(cf), None::<&[u8]>, None::<&[u8]>, &options);
+        }
+        Ok(deleted)
+    }
+
+    /// The number of entries in the files and memory of `cf`, deletions included (a test's view of what
+    /// is really stored, not of what reads answer).
+    #[cfg(test)]
+    pub(crate) fn stored_entries(&self, cf: &str) -> u64 {
+        let files = self.inner.db.live_files().unwrap();
+        let in_files: u64 = files
+            .iter()
+            .filter(|f| f.column_family_name == cf)
+            .map(|f| f.num_entries)
+            .sum();
+        let in_memory = self
+            .inner
+            .db
+            .property_int_value_cf(self.cf(cf), "rocksdb.num-entries-active-mem-table")
+            .unwrap()
+            .unwrap_or(0);
+        in_files + in_memory
+    }
+}
+
+/// What one [`Queue::expire_state`] deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Expired {
+    /// Greylisting, rate and callahead entries past their time.
+    pub state: u64,
+    /// Sent Message-IDs past the retention.
+    pub sent: u64,
 }
 
 #[cfg(test)]
