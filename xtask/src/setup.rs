@@ -119,6 +119,11 @@ pub const TEST_PEERS: &[Requirement] = &[
         package: "python3-milter",
         present_if: &["/usr/lib/python3/dist-packages/Milter"],
     },
+    // The site's shared state of several nodes: one Redis, or a cluster of three.
+    Requirement {
+        package: "redis-server",
+        present_if: &["/usr/bin/redis-server"],
+    },
     // The TLS scanner a security review runs against the listeners.
     Requirement {
         package: "testssl.sh",

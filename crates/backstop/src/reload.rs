@@ -87,7 +87,8 @@ pub(crate) async fn reload_on_hangup(
             continue;
         }
         let previous = Arc::clone(&r.contexts.borrow());
-        let built = Shared::new(&setup, Arc::clone(&r.clock)).and_then(|shared| {
+        let state = Arc::clone(&previous.policy.state);
+        let built = Shared::new(&setup, Arc::clone(&r.clock), state).and_then(|shared| {
             let tls = load_tls(&setup.config, &r.data_dir)?;
             let context =
                 smtp_context(&setup, tls, &shared, &r.queue, &r.metrics, Some(&previous))?;
@@ -147,6 +148,9 @@ fn needs_restart(old: &Setup, new: &Setup) -> Option<&'static str> {
     }
     if old.delivery.paused != new.delivery.paused {
         return Some("delivery.paused changed");
+    }
+    if old.state != new.state {
+        return Some("[state] changed");
     }
     None
 }

@@ -185,7 +185,9 @@ impl Server {
         } = self;
         let config = &setup.config;
         let (stop, stopping) = watch::channel(false);
-        let shared = Shared::new(&setup, clock)?;
+        let state = site_state(&setup, &queue)?;
+        announce!("backstop: shared state in {}", state.describe());
+        let shared = Shared::new(&setup, clock, state)?;
         let counters = Arc::new(backstop_delivery::report::Counters::default());
         let smtp_metrics = Arc::new(backstop_listener::metrics::SmtpMetrics::default());
         let sources = Arc::new(crate::metrics::Sources {
@@ -343,10 +345,35 @@ pub(crate) struct Shared {
     pub(crate) batv: Option<backstop_batv::Keys>,
     /// The time, for every part that reads it.
     pub(crate) clock: Arc<dyn Clock>,
+    /// The site's state, made once at start (a reload keeps it: its counters go on).
+    pub(crate) state: Arc<dyn backstop_state::State>,
+}
+
+/// The site's state as `[state]` says: this node's (the queue and memory), or the site's Redis,
+/// each call bounded by its timeout. Redis is connected to at the first call, so a node starts
+/// while Redis is down.
+pub(crate) fn site_state(
+    setup: &Setup,
+    queue: &Queue,
+) -> anyhow::Result<Arc<dyn backstop_state::State>> {
+    use backstop_state::{Bounded, State};
+    Ok(match &setup.config.state {
+        None => Arc::new(backstop_queue::state::NodeState::new(queue.clone())),
+        Some(settings) => {
+            let redis: Arc<dyn State> =
+                Arc::new(backstop_state::redis::Redis::new(settings.clone())?);
+            // The deadline is the whole call's, connecting included.
+            Arc::new(Bounded::new(redis, settings.timeout.saturating_mul(2)))
+        }
+    })
 }
 
 impl Shared {
-    pub(crate) fn new(setup: &Setup, clock: Arc<dyn Clock>) -> anyhow::Result<Shared> {
+    pub(crate) fn new(
+        setup: &Setup,
+        clock: Arc<dyn Clock>,
+        state: Arc<dyn backstop_state::State>,
+    ) -> anyhow::Result<Shared> {
         let config = &setup.config;
         let needs_dns =
             config.has_mx_route() || !config.dnsbl.is_empty() || config.sender_checks.is_some();
@@ -358,6 +385,7 @@ impl Shared {
             dns,
             batv: crate::batv::keys(setup)?,
             clock,
+            state,
         })
     }
 }
@@ -437,5 +465,12 @@ pub(crate) fn delivery_agent(
             counters,
         },
         own: Arc::clone(own),
+        site_sent: config
+            .state
+            .as_ref()
+            .map(|_| backstop_delivery::agent::SiteSent {
+                state: Arc::clone(&shared.state),
+                retention: config.sent_id_retention,
+            }),
     })
 }

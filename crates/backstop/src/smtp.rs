@@ -17,7 +17,7 @@ use tracing::warn;
 
 use crate::load::Setup;
 use crate::serve::Shared;
-use crate::sink::{QueueSink, QueueStore};
+use crate::sink::QueueSink;
 
 /// The SMTP side's shared state: the queue as the sink, the site's policy.
 pub(crate) type SmtpContext = Context<QueueSink, SitePolicy>;
@@ -119,7 +119,7 @@ pub(crate) fn smtp_context(
             .map(|l| Arc::new(backstop_filter::ldap::LdapSource::new(l))),
         greylist: config.greylist,
         rate_limits: config.rate_limits.clone(),
-        rates: previous.map_or_else(Arc::default, |p| Arc::clone(&p.policy.rates)),
+        counters: previous.map_or_else(Arc::default, |p| Arc::clone(&p.policy.counters)),
         callahead: callahead(setup, clock),
         proxy: proxy(setup),
         dnsbl: match (&shared.dns, config.dnsbl.is_empty()) {
@@ -152,7 +152,7 @@ pub(crate) fn smtp_context(
             .map(|l| Arc::new(backstop_filter::ldap::LdapSource::new(l))),
         auth_dovecot: config.auth.dovecot.clone(),
         users: Arc::clone(&users),
-        store: Arc::new(QueueStore(queue.clone())),
+        state: Arc::clone(&shared.state),
         clock: Arc::clone(clock),
     };
     // The session asks for what the policy checks.

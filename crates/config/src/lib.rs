@@ -30,6 +30,7 @@ mod recipients;
 mod route;
 mod sender_checks;
 mod smtp;
+mod state;
 mod tls;
 mod units;
 
@@ -103,6 +104,8 @@ pub struct Config {
     pub bounce_provenance_domains: Vec<Domain>,
     /// How long the Message-ID of a message sent is remembered for bounce provenance.
     pub sent_id_retention: std::time::Duration,
+    /// The site's Redis for the shared state; `None`: the state is this node's.
+    pub state: Option<backstop_state::redis::Settings>,
     /// DNS blocklists asked about untrusted clients at MAIL FROM.
     pub dnsbl: Vec<backstop_filter::dnsbl::List>,
     /// SPF, DKIM and DMARC of untrusted clients' mail; `None` when off.
@@ -189,6 +192,7 @@ const TOP_LEVEL: &[&str] = &[
     "sender_checks",
     "dnsbl",
     "bounce_provenance",
+    "state",
     "admin",
     "metrics",
     "log",
@@ -215,6 +219,7 @@ struct Sections<'t> {
     dkim: Option<Value<'t>>,
     sender_checks: Option<Value<'t>>,
     bounce_provenance: Option<Value<'t>>,
+    state: Option<Value<'t>>,
     admin: Option<Value<'t>>,
     metrics: Option<Value<'t>>,
     log: Option<Value<'t>>,
@@ -279,6 +284,7 @@ fn read(ctx: &mut Ctx<'_>, text: &str) -> Option<Config> {
         dkim: section("dkim"),
         sender_checks: section("sender_checks"),
         bounce_provenance: section("bounce_provenance"),
+        state: section("state"),
         admin: section("admin"),
         metrics: section("metrics"),
         log: section("log"),
@@ -328,6 +334,8 @@ fn read(ctx: &mut Ctx<'_>, text: &str) -> Option<Config> {
         bounce_provenance,
         batv.as_ref().is_some_and(|b| b.check_bounces),
     );
+    let state = read!(raw.state);
+    let state = state::check(ctx, state);
     let admin = read!(raw.admin);
     let admin = admin::admin(ctx, admin, &data_dir);
     let metrics = read!(raw.metrics);
@@ -358,6 +366,7 @@ fn read(ctx: &mut Ctx<'_>, text: &str) -> Option<Config> {
         bounce_provenance: provenance.enabled,
         bounce_provenance_domains: provenance.domains,
         sent_id_retention: provenance.retention,
+        state,
         dnsbl,
         sender_checks,
         dkim,

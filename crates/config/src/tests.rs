@@ -135,7 +135,7 @@ fn errors_name_file_line_and_key_in_plain_words() {
     );
     check(
         &format!("{MINIMAL}[smpt]\nmax_recipients = 5\n"),
-        expect!["test.toml:5: smpt: unknown key or section smpt; the known ones are: hostname, data_dir, smtp, tls, auth, listener, queue, recipients, ldap, greylist, rate_limits, delivery, content, filter, route, dns, batv, dkim, sender_checks, dnsbl, bounce_provenance, admin, metrics, log"],
+        expect!["test.toml:5: smpt: unknown key or section smpt; the known ones are: hostname, data_dir, smtp, tls, auth, listener, queue, recipients, ldap, greylist, rate_limits, delivery, content, filter, route, dns, batv, dkim, sender_checks, dnsbl, bounce_provenance, state, admin, metrics, log"],
     );
 }
 
@@ -392,6 +392,42 @@ fn sent_message_ids_are_kept_for_a_retention() {
     check(
         &format!("[bounce_provenance]\nretention = 0\n{MINIMAL}"),
         expect!["test.toml:2: bounce_provenance.retention: must be more than 0 (a bounce comes days after the message it returns)"],
+    );
+}
+
+#[test]
+fn the_shared_state_is_the_nodes_or_a_redis() {
+    use backstop_state::redis::Servers;
+    assert_eq!(parse(MINIMAL, "test.toml").unwrap().state, None);
+    let one = parse(
+        &format!("[state]\nredis = \"redis://10.0.0.5:6379/0\"\n{MINIMAL}"),
+        "test.toml",
+    )
+    .unwrap()
+    .state
+    .unwrap();
+    assert_eq!(one.servers, Servers::One("redis://10.0.0.5:6379/0".into()));
+    assert_eq!(
+        (one.prefix.as_str(), one.timeout),
+        ("backstop:", Duration::from_secs(1))
+    );
+    let cluster = parse(
+        &format!("[state]\nredis_cluster = [\"redis://10.0.0.5:7000\", \"redis://10.0.0.6:7000\"]\nprefix = \"mx:\"\n{MINIMAL}"),
+        "test.toml",
+    )
+    .unwrap()
+    .state
+    .unwrap();
+    assert!(matches!(cluster.servers, Servers::Cluster(nodes) if nodes.len() == 2));
+    check(
+        &format!("[state]\nredis = \"http://10.0.0.5/\"\ntimeout = 0\n{MINIMAL}"),
+        expect![[r#"
+            test.toml:2: state.redis: not a Redis URL: redis://HOST:PORT/DB (or redis+unix:///PATH)
+            test.toml:3: state.timeout: must be more than 0 and at most 60s (a session waits this long for each answer)"#]],
+    );
+    check(
+        &format!("[state]\nredis = \"redis://a\"\nredis_cluster = [\"redis://b\"]\n{MINIMAL}"),
+        expect!["test.toml:2: state.redis: redis (one server) and redis_cluster (the nodes of a cluster) exclude each other"],
     );
 }
 

@@ -77,6 +77,34 @@ pub struct Agent {
     pub reports: crate::report::Settings,
     /// Where we listen ourselves: never a next hop.
     pub own: Arc<crate::own::OwnAddresses>,
+    /// The site's state, when it is not this node's (Redis): sent Message-IDs go there too, so
+    /// that a bounce for mail sent from here is recognised at every node.
+    pub site_sent: Option<SiteSent>,
+}
+
+/// Where the sent Message-IDs of a site of several nodes go, and for how long.
+#[derive(Clone)]
+pub struct SiteSent {
+    pub state: Arc<dyn backstop_state::State>,
+    pub retention: std::time::Duration,
+}
+
+impl SiteSent {
+    /// Records `message_id` as sent at `now`. A failure is logged: the node's own index has
+    /// it, but a bounce for it at another node would be refused as one for mail never sent.
+    pub(crate) async fn record(&self, message_id: &str, now: UnixTime) {
+        use backstop_state::Key;
+        let expires = UnixTime(now.0.saturating_add(self.retention.as_secs()));
+        let key = Key::SentId(backstop_state::message_id_hash(message_id));
+        let at = now.0.to_be_bytes();
+        let result = match self.state.put(&key, &at, expires, now).await {
+            Ok(()) => self.state.put(&Key::AnySent, b"1", expires, now).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            warn!(message_id = %Escaped(message_id), error = %e, state = %self.state.describe(), "sent Message-ID not recorded in the site's state: a bounce for it at another node will be refused");
+        }
+    }
 }
 
 /// What one attempt on a message came to, over all its destinations.

@@ -637,6 +637,9 @@ impl Scheduler {
         let me = Arc::clone(self);
         let now = self.now();
         tokio::spawn(async move {
+            if let (Some(site), Some(id)) = (&agent.site_sent, &result.sent_message_id) {
+                site.record(id, now).await;
+            }
             let attempted = crate::agent::Attempted {
                 outcomes: result.outcomes,
                 passed_on: result.passed_on,

@@ -37,11 +37,6 @@ pub enum ScanError {
 #[error("{0}")]
 pub struct LookupError(pub String);
 
-/// Greylisting or rate-limit state that could not be read or written.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct StoreError(pub String);
-
 /// A rate that is not `COUNT/WINDOW` (`"100/1h"`) above zero.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RateSyntax {

@@ -3,21 +3,15 @@
 //! spam software never does. Once a client network has retried successfully it passes at once
 //! for a while (auto-pass), so regular senders are delayed only once.
 //!
-//! State lives behind [`GreyStore`] (the queue's key-value area today; a shared store for
-//! several nodes later). Time is passed in.
+//! State lives in the site's [`State`] (this node's queue, or Redis for several nodes), so a
+//! sender retrying through another MX is not greylisted again. Time is passed in.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use backstop_types::{Address, ReversePath, UnixTime};
 
-use crate::error::StoreError;
-
-/// Where greylisting state is kept. Values expire on their own.
-pub trait GreyStore: Send + Sync {
-    fn get(&self, key: &[u8], now: UnixTime) -> Result<Option<Vec<u8>>, StoreError>;
-    fn put(&self, key: &[u8], value: &[u8], expires: UnixTime) -> Result<(), StoreError>;
-}
+use backstop_state::{Key, State, StateError};
 
 /// The rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,52 +38,65 @@ pub enum GreyVerdict {
 
 /// Decides one triplet and records what it learns. A store that fails makes the verdict
 /// [`GreyVerdict::Unavailable`], never a pass.
-pub fn check(
-    store: &dyn GreyStore,
+pub async fn check(
+    store: &dyn State,
     policy: &GreylistPolicy,
     client: IpAddr,
     sender: &ReversePath,
     recipient: &Address,
     now: UnixTime,
 ) -> GreyVerdict {
-    let decide = || -> Result<GreyVerdict, StoreError> {
-        let network = network(client);
-        let pass_key = format!("grey:pass:{network}");
-        if store.get(pass_key.as_bytes(), now)?.is_some() {
-            return Ok(GreyVerdict::Pass);
-        }
-        let sender = match sender.address() {
-            Some(a) => a.to_string().to_lowercase(),
-            None => String::new(),
-        };
-        let triplet = format!(
-            "grey:triplet:{network}/{sender}/{}",
-            recipient.to_string().to_lowercase()
-        );
-        let first_seen = store
-            .get(triplet.as_bytes(), now)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .map(u64::from_be_bytes);
-        match first_seen {
-            Some(first) if now.0 >= first + policy.delay.as_secs() => {
-                // A real retry: this client network is a mail server that retries.
-                let until = UnixTime(now.0 + policy.auto_pass.as_secs());
-                store.put(pass_key.as_bytes(), b"1", until)?;
-                Ok(GreyVerdict::Pass)
-            }
-            Some(first) => Ok(GreyVerdict::Defer {
-                retry_after: first + policy.delay.as_secs() - now.0,
-            }),
-            None => {
-                let forget = UnixTime(now.0 + policy.retry_window.as_secs());
-                store.put(triplet.as_bytes(), &now.0.to_be_bytes(), forget)?;
-                Ok(GreyVerdict::Defer {
-                    retry_after: policy.delay.as_secs(),
-                })
-            }
-        }
+    decide(store, policy, client, sender, recipient, now)
+        .await
+        .unwrap_or_else(|e| GreyVerdict::Unavailable(e.to_string()))
+}
+
+async fn decide(
+    store: &dyn State,
+    policy: &GreylistPolicy,
+    client: IpAddr,
+    sender: &ReversePath,
+    recipient: &Address,
+    now: UnixTime,
+) -> Result<GreyVerdict, StateError> {
+    let network = network(client);
+    let pass = Key::GreyPass(network.clone());
+    if store.get(&pass, now).await?.is_some() {
+        return Ok(GreyVerdict::Pass);
+    }
+    let sender = match sender.address() {
+        Some(a) => a.to_string().to_lowercase(),
+        None => String::new(),
     };
-    decide().unwrap_or_else(|e| GreyVerdict::Unavailable(e.0))
+    let triplet = Key::GreyTriplet(format!(
+        "{network}/{sender}/{}",
+        recipient.to_string().to_lowercase()
+    ));
+    let first_seen = store
+        .get(&triplet, now)
+        .await?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map(u64::from_be_bytes);
+    match first_seen {
+        Some(first) if now.0 >= first.saturating_add(policy.delay.as_secs()) => {
+            // A real retry: this client network is a mail server that retries.
+            let until = UnixTime(now.0.saturating_add(policy.auto_pass.as_secs()));
+            store.put(&pass, b"1", until, now).await?;
+            Ok(GreyVerdict::Pass)
+        }
+        Some(first) => Ok(GreyVerdict::Defer {
+            retry_after: first + policy.delay.as_secs() - now.0,
+        }),
+        None => {
+            let forget = UnixTime(now.0.saturating_add(policy.retry_window.as_secs()));
+            store
+                .put(&triplet, &now.0.to_be_bytes(), forget, now)
+                .await?;
+            Ok(GreyVerdict::Defer {
+                retry_after: policy.delay.as_secs(),
+            })
+        }
+    }
 }
 
 /// The client's network: IPv4 /24, IPv6 /64 (big senders retry from a neighbouring address).

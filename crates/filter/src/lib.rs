@@ -15,10 +15,10 @@
 //! - [`dovecot`]: AUTH against Dovecot's auth-client socket (its authentication protocol).
 //! - [`dnsbl`]: DNS blocklists of client addresses, with per-list action and return codes.
 //! - [`greylist`]: greylisting of (client network, sender, recipient) triplets, with auto-pass
-//!   for networks that retried, over a [`greylist::GreyStore`].
+//!   for networks that retried, in the site's [`backstop_state::State`].
 //! - [`ldap`]: recipient validation against an LDAP directory, pooled and cached.
 //! - [`provenance`]: the Message-ID of the original a bounce returns, for bounce provenance.
-//! - [`rate`]: rate limits per client address and per user, over a [`rate::RateStore`].
+//! - [`rate`]: rate limits per client address and per user, counted in the site's [`backstop_state::State`].
 //! - [`recipients`]: recipient validation at RCPT: the recipient table (addresses, catch-alls,
 //!   aliases) and the [`recipients::Verdict`] every source answers with.
 //!

@@ -168,7 +168,7 @@ async fn connection<S: MessageSink, P: Policy>(
     };
     let _ = tcp.set_nodelay(true);
     let local_submitter = context.local_networks.iter().any(|n| n.contains(ip));
-    if !context.policy.allow_connection(ip, local_submitter) {
+    if !context.policy.allow_connection(ip, local_submitter).await {
         let reply = Reply::connection_rate_limited();
         info!(%reply, "connection refused: rate limit");
         refuse(&mut tcp, &reply).await;

@@ -1,6 +1,6 @@
 //! Recipient verification by asking the next hop while the client waits: the mailbox server
 //! (LMTP to Dovecot, with the client's SIZE) or a relay. The next hop's refusal is the
-//! client's reply. Answers are kept for a while in the [`Store`] (quota answers for a minute
+//! client's reply. Answers are kept for a while in the site's [`State`] (quota answers for a minute
 //! at most). A next hop that cannot answer means 451: never an accept on a failed lookup.
 
 use std::time::Duration;
@@ -12,7 +12,7 @@ use backstop_types::{Address, Clock, Domain, EnhancedStatus, RemoteReply, Reply,
 use std::sync::Arc;
 use tracing::{info, warn};
 
-use crate::Store;
+use backstop_state::{Key, State};
 
 /// The routes that ask, first match wins.
 pub struct Callahead {
@@ -51,7 +51,7 @@ impl Callahead {
     /// domain asks; a `*` route never takes a local domain).
     pub async fn check(
         &self,
-        store: &dyn Store,
+        store: &dyn State,
         recipient: &Address,
         local: bool,
         size: Option<u64>,
@@ -64,16 +64,21 @@ impl Callahead {
         else {
             return RecipientVerdict::Accept(vec![recipient.clone()]);
         };
-        let key = format!("callahead:{}", recipient.to_string().to_ascii_lowercase());
+        let key = Key::Callahead(recipient.to_string().to_ascii_lowercase());
         let now = self.clock.now();
-        match store.get(key.as_bytes(), now) {
+        match store.get(&key, now).await {
             Ok(Some(answer)) => {
                 if let Some(verdict) = remembered(&answer, recipient) {
                     return verdict;
                 }
             }
             Ok(None) => {}
-            Err(e) => warn!(error = %Escaped(&e.0), "callahead cache unreadable"),
+            // The answers are the site's: without them every node would ask the next hop for
+            // every recipient. Try later, as for any check that cannot answer.
+            Err(e) => {
+                warn!(%recipient, error = %e, state = %store.describe(), "callahead answers unavailable: 451");
+                return RecipientVerdict::Unavailable;
+            }
         }
         let probe =
             backstop_smtp_client::probe(&route.hop, &route.client, &self.sender, recipient, size)
@@ -117,8 +122,8 @@ impl Callahead {
         };
         if let Some((answer, ttl)) = remember {
             let expires = UnixTime(now.0 + ttl.as_secs());
-            if let Err(e) = store.put(key.as_bytes(), answer.as_bytes(), expires) {
-                warn!(error = %Escaped(&e.0), "callahead cache not written");
+            if let Err(e) = store.put(&key, answer.as_bytes(), expires, now).await {
+                warn!(error = %e, "callahead answer not kept");
             }
         }
         verdict

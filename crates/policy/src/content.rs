@@ -36,7 +36,7 @@ impl SitePolicy {
             }
         });
         if self.bounce_provenance && provenance_applies && envelope.sender == ReversePath::Null {
-            if let Some(reply) = self.provenance(&message.body) {
+            if let Some(reply) = self.provenance(&message.body).await {
                 return ContentVerdict::Refuse(reply);
             }
         }
@@ -90,18 +90,19 @@ impl SitePolicy {
     }
 
     /// The refusal for a bounce returning a message we never sent; `None` to go on: it is ours,
-    /// it returns nothing we could look up, or we have never sent anything to compare with.
-    fn provenance(&self, body: &[u8]) -> Option<Reply> {
+    /// it returns nothing we could look up, or we have never sent anything to compare with. A
+    /// bounce whose Message-ID cannot be looked up now is refused for now (451).
+    async fn provenance(&self, body: &[u8]) -> Option<Reply> {
         let id = backstop_filter::provenance::returned_message_id(body)?;
-        match self.store.sent(&id) {
+        match crate::store::sent(&*self.state, &id, self.clock.now()).await {
             Ok(Sent::No) => {
                 info!(message_id = %Escaped(&id), "bounce returns a message we never sent: 550");
                 Some(Reply::bounce_not_ours())
             }
             Ok(Sent::Yes | Sent::NothingYet) => None,
             Err(e) => {
-                warn!(error = %Escaped(&e.0), "sent Message-ID index unreadable: bounce accepted");
-                None
+                warn!(error = %e, state = %self.state.describe(), "sent Message-ID index unavailable: 451");
+                Some(Reply::bounce_provenance_unavailable())
             }
         }
     }

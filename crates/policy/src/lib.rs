@@ -19,7 +19,7 @@
 //! A source that cannot answer is a 4xx (the client retries), never an accept.
 //!
 //! Network I/O here: only through the parts (DNS, LDAP, Dovecot, scanners) and the SMTP client
-//! (callahead and proxy). State that outlives a session is behind [`Store`]; the time comes
+//! (callahead and proxy). State that outlives a session is the site's [`State`]; the time comes
 //! from a [`Clock`].
 
 pub mod auth;
@@ -40,19 +40,20 @@ use std::sync::Arc;
 use backstop_filter::content::ContentAction;
 use backstop_filter::greylist::GreylistPolicy;
 use backstop_filter::pipeline::Pipeline;
-use backstop_filter::rate::{MemoryRates, RateLimits};
+use backstop_filter::rate::RateLimits;
 use backstop_filter::recipients::TableFile;
 use backstop_listener::UserStore;
 use backstop_session::{
     AuthOutcome, Checks, ContentVerdict, Message, Policy, RecipientQuery, RecipientVerdict,
     SenderQuery, SenderVerdict,
 };
+use backstop_state::{MemoryCounters, State};
 use backstop_types::{Clock, Domain};
 
 pub use bounce::BounceCheck;
 pub use callahead::Callahead;
 pub use proxy::Proxy;
-pub use store::{Sent, Store};
+pub use store::Sent;
 
 /// The site's policy: every check it is configured with. The binary builds it from the
 /// config; fields left `None` (or empty) are checks that are off.
@@ -66,8 +67,9 @@ pub struct SitePolicy {
     pub ldap: Option<Arc<backstop_filter::ldap::LdapSource>>,
     pub greylist: Option<GreylistPolicy>,
     pub rate_limits: RateLimits,
-    /// The counters; kept across reloads, so a reload resets no limit.
-    pub rates: Arc<MemoryRates>,
+    /// This node's own rate counters, which count when the site's state cannot; kept across
+    /// reloads, as the site's state is.
+    pub counters: Arc<MemoryCounters>,
     /// Recipient verification by asking the next hop.
     pub callahead: Option<Arc<Callahead>>,
     /// Domains passed through to their relay in-session.
@@ -89,8 +91,9 @@ pub struct SitePolicy {
     pub auth_dovecot: Option<backstop_filter::dovecot::DovecotAuth>,
     /// The users, for the rights a login from elsewhere gets.
     pub users: Arc<UserStore>,
-    /// Greylisting state, callahead answers and the sent-Message-ID index.
-    pub store: Arc<dyn Store>,
+    /// The site's state: greylisting, rate counters, callahead answers and the sent-Message-ID
+    /// index.
+    pub state: Arc<dyn State>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -126,9 +129,9 @@ impl Policy for SitePolicy {
         }
     }
 
-    fn allow_connection(&self, ip: IpAddr, local_submitter: bool) -> bool {
+    async fn allow_connection(&self, ip: IpAddr, local_submitter: bool) -> bool {
         match (&self.rate_limits.client_connections, local_submitter) {
-            (Some(limit), false) => self.count(&format!("conn:{ip}"), limit),
+            (Some(limit), false) => self.count(&format!("conn:{ip}"), limit).await,
             _ => true,
         }
     }

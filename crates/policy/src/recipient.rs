@@ -19,7 +19,6 @@ use backstop_types::text::Escaped;
 use backstop_types::{Address, ReversePath};
 use tracing::{info, warn};
 
-use crate::store::Grey;
 use crate::{SessionState, SitePolicy};
 
 impl SitePolicy {
@@ -50,7 +49,7 @@ impl SitePolicy {
             _ => None,
         };
         // 2 to 5.
-        let verdict = self.decide(&query, directory);
+        let verdict = self.decide(&query, directory).await;
         // 6. Our own checks passed: the next hop answers.
         let RecipientVerdict::Accept(targets) = &verdict else {
             return verdict;
@@ -62,7 +61,7 @@ impl SitePolicy {
             for target in targets {
                 let local = self.local_domains.contains(target.domain());
                 match callahead
-                    .check(&*self.store, target, local, query.size)
+                    .check(&*self.state, target, local, query.size)
                     .await
                 {
                     RecipientVerdict::Accept(_) => {}
@@ -74,7 +73,7 @@ impl SitePolicy {
     }
 
     /// Steps 2 to 5, with what the directory said (`None`: no directory, or not asked).
-    pub(crate) fn decide(
+    pub(crate) async fn decide(
         &self,
         query: &RecipientQuery,
         directory: Option<Verdict>,
@@ -107,8 +106,16 @@ impl SitePolicy {
         };
         if let (Some(policy), false) = (&self.greylist, query.trusted) {
             let now = self.clock.now();
-            let store = Grey(&*self.store);
-            match greylist::check(&store, policy, query.client, &query.sender, address, now) {
+            let verdict = greylist::check(
+                &*self.state,
+                policy,
+                query.client,
+                &query.sender,
+                address,
+                now,
+            )
+            .await;
+            match verdict {
                 GreyVerdict::Pass => {}
                 GreyVerdict::Defer { retry_after } => {
                     return RecipientVerdict::Defer { retry_after };
@@ -120,13 +127,15 @@ impl SitePolicy {
             }
         }
         let limits = &self.rate_limits;
-        let allowed = self.within_limits(
-            "rcpt",
-            (limits.user_recipients, limits.client_recipients),
-            query.user.as_deref(),
-            query.trusted,
-            query.client,
-        );
+        let allowed = self
+            .within_limits(
+                "rcpt",
+                (limits.user_recipients, limits.client_recipients),
+                query.user.as_deref(),
+                query.trusted,
+                query.client,
+            )
+            .await;
         if !allowed {
             return RecipientVerdict::RateLimited;
         }

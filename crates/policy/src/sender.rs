@@ -3,8 +3,10 @@
 
 use std::net::IpAddr;
 
-use backstop_filter::rate::{self, Limit};
+use backstop_filter::rate::Limit;
 use backstop_session::{SenderQuery, SenderVerdict};
+use backstop_state::Key;
+use backstop_types::text::Escaped;
 use backstop_types::Reply;
 use tracing::warn;
 
@@ -43,13 +45,15 @@ impl SitePolicy {
             }
         }
         let limits = &self.rate_limits;
-        let allowed = self.within_limits(
-            "msg",
-            (limits.user_messages, limits.client_messages),
-            query.user.as_deref(),
-            query.trusted,
-            query.client,
-        );
+        let allowed = self
+            .within_limits(
+                "msg",
+                (limits.user_messages, limits.client_messages),
+                query.user.as_deref(),
+                query.trusted,
+                query.client,
+            )
+            .await;
         if allowed {
             SenderVerdict::Accept
         } else {
@@ -59,7 +63,7 @@ impl SitePolicy {
 
     /// Counts one event of `kind` for whoever sent it: an authenticated user against the user
     /// limit, an untrusted client address against the client limit; local networks are free.
-    pub(crate) fn within_limits(
+    pub(crate) async fn within_limits(
         &self,
         kind: &str,
         (user_limit, client_limit): (Option<Limit>, Option<Limit>),
@@ -67,26 +71,31 @@ impl SitePolicy {
         trusted: bool,
         client: IpAddr,
     ) -> bool {
-        match (user, trusted) {
-            (Some(user), _) => {
-                user_limit.is_none_or(|l| self.count(&format!("{kind}:user:{user}"), &l))
+        match (user, trusted, user_limit, client_limit) {
+            (Some(user), _, Some(limit), _) => {
+                self.count(&format!("{kind}:user:{user}"), &limit).await
             }
-            (None, true) => true,
-            (None, false) => {
-                client_limit.is_none_or(|l| self.count(&format!("{kind}:ip:{client}"), &l))
+            (None, false, _, Some(limit)) => {
+                self.count(&format!("{kind}:ip:{client}"), &limit).await
             }
+            _ => true,
         }
     }
 
-    /// Counts one event against a limit; false when it goes over. A counter that fails lets
-    /// the event through: rate limits shape traffic, they do not guard correctness.
-    pub(crate) fn count(&self, key: &str, limit: &Limit) -> bool {
-        match rate::allow(&*self.rates, key, limit, self.clock.now()) {
-            Ok(allowed) => allowed,
+    /// Counts one event against a limit in the site's state; false when it goes over. When
+    /// the site's state does not answer, this node's own counter counts instead (with a
+    /// warning): a limit then holds per node, never lets everything through, and never refuses
+    /// mail for the store's sake.
+    pub(crate) async fn count(&self, name: &str, limit: &Limit) -> bool {
+        let key = Key::Rate(name.to_owned());
+        let now = self.clock.now();
+        let count = match self.state.add_in_window(&key, 1, limit.window, now).await {
+            Ok(count) => count,
             Err(e) => {
-                warn!(error = %e, key, "rate counter failed");
-                true
+                warn!(error = %e, key = %Escaped(name), state = %self.state.describe(), "rate counter of the site unavailable: this node's own counts");
+                self.counters.add(&key, 1, limit.window, now)
             }
-        }
+        };
+        count <= limit.count
     }
 }

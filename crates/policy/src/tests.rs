@@ -13,8 +13,8 @@ use backstop_session::{
 use backstop_types::{Address, Clock, Domain, ManualClock, ReversePath, UnixTime};
 use expect_test::{expect, Expect};
 
-use crate::store::MemoryStore;
 use crate::{BounceCheck, SessionState, SitePolicy};
+use backstop_state::MemoryState;
 
 /// Noon on a day, so that a BATV tag's day is the clock's.
 const NOW: UnixTime = UnixTime(1_790_000_000);
@@ -28,7 +28,7 @@ fn bare() -> SitePolicy {
         ldap: None,
         greylist: None,
         rate_limits: RateLimits::default(),
-        rates: Arc::default(),
+        counters: Arc::default(),
         callahead: None,
         proxy: None,
         dnsbl: None,
@@ -43,7 +43,7 @@ fn bare() -> SitePolicy {
         auth_ldap: None,
         auth_dovecot: None,
         users: Arc::default(),
-        store: Arc::new(MemoryStore::default()),
+        state: Arc::new(MemoryState::default()),
         clock: Arc::new(ManualClock::at(NOW)),
     }
 }
@@ -163,7 +163,7 @@ fn the_recipient_order_table() {
         for (_, sender, trusted) in &columns {
             let dir = tempfile::tempdir().unwrap();
             let policy = site(dir.path(), Arc::new(ManualClock::at(NOW)));
-            let verdict = policy.decide(&query(recipient, sender, *local, *trusted), None);
+            let verdict = decide(&policy, &query(recipient, sender, *local, *trusted));
             table.push_str(&format!(" | {:<18}", short(&verdict)));
         }
         table.push('\n');
@@ -190,6 +190,15 @@ fn the_recipient_order_table() {
     );
 }
 
+/// The recipient checks of steps 2 to 5, run to their end here: the state is in memory and
+/// never makes them wait.
+fn decide(policy: &SitePolicy, query: &RecipientQuery) -> RecipientVerdict {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(policy.decide(query, None))
+}
+
 fn check(actual: &str, expect: Expect) {
     expect.assert_eq(actual);
 }
@@ -202,9 +211,9 @@ fn a_retry_after_the_delay_passes() {
     let policy = site(dir.path(), clock.clone());
     let mail = ReversePath::Address(address("someone@example.org"));
     let ask = || {
-        policy.decide(
+        decide(
+            &policy,
             &query(&address("bob@example.com"), &mail, true, false),
-            None,
         )
     };
     assert_eq!(ask(), RecipientVerdict::Defer { retry_after: 300 });
@@ -222,17 +231,17 @@ fn trusted_clients_are_never_greylisted_and_unknown_recipients_leave_no_state() 
     let dir = tempfile::tempdir().unwrap();
     let table = dir.path().join("recipients");
     std::fs::write(&table, "bob@example.com\n").unwrap();
-    let store = Arc::new(MemoryStore::default());
+    let store = Arc::new(MemoryState::default());
     let policy = SitePolicy {
         recipients: Some(TableFile::open(&table).unwrap()),
         greylist: Some(greylisting()),
-        store: store.clone(),
+        state: store.clone(),
         ..bare()
     };
     let ask = |recipient: &str, trusted: bool| {
-        policy.decide(
+        decide(
+            &policy,
             &query(&address(recipient), &ReversePath::Null, true, trusted),
-            None,
         )
     };
     let bob = address("bob@example.com");
@@ -241,7 +250,7 @@ fn trusted_clients_are_never_greylisted_and_unknown_recipients_leave_no_state() 
         RecipientVerdict::Accept(vec![bob])
     );
     assert_eq!(ask("nobody@example.com", false), RecipientVerdict::Unknown);
-    assert!(store.values.lock().unwrap().is_empty());
+    assert_eq!(store.len(), 0);
     assert_eq!(
         ask("bob@example.com", false),
         RecipientVerdict::Defer { retry_after: 300 }
@@ -263,7 +272,7 @@ fn bounces_need_our_tag_and_leave_it_behind() {
         }),
         ..bare()
     };
-    let bounce = |r: &Address| policy.decide(&query(r, &ReversePath::Null, true, false), None);
+    let bounce = |r: &Address| decide(&policy, &query(r, &ReversePath::Null, true, false));
     assert_eq!(bounce(&tagged), RecipientVerdict::Accept(vec![bob.clone()]));
     assert_eq!(
         bounce(&bob),
@@ -291,7 +300,7 @@ fn bounces_need_our_tag_and_leave_it_behind() {
     // Mail with a sender is not a bounce: untagged is fine.
     let mail = ReversePath::Address(address("x@example.org"));
     assert_eq!(
-        policy.decide(&query(&bob, &mail, true, false), None),
+        decide(&policy, &query(&bob, &mail, true, false)),
         RecipientVerdict::Accept(vec![bob])
     );
 }
@@ -339,7 +348,11 @@ async fn users_are_limited_apart_from_clients_and_local_networks_are_exempt() {
             SenderVerdict::Accept
         );
     }
-    assert!(policy.allow_connection("192.0.2.1".parse().unwrap(), false));
+    assert!(
+        policy
+            .allow_connection("192.0.2.1".parse().unwrap(), false)
+            .await
+    );
 }
 
 /// Which checks the session asks for follows from what is configured: nothing configured,
@@ -379,4 +392,124 @@ fn the_checks_asked_follow_the_configuration() {
         ..bare()
     };
     assert_eq!(connections.checks(), Checks::default());
+}
+
+/// The site's state cannot be reached (Redis down): every call fails.
+struct Down;
+
+impl backstop_state::State for Down {
+    fn get<'a>(
+        &'a self,
+        _: &'a backstop_state::Key,
+        _: UnixTime,
+    ) -> backstop_state::Answer<'a, Option<Vec<u8>>> {
+        Box::pin(async { Err(backstop_state::StateError::Unreachable("refused".into())) })
+    }
+    fn put<'a>(
+        &'a self,
+        _: &'a backstop_state::Key,
+        _: &'a [u8],
+        _: UnixTime,
+        _: UnixTime,
+    ) -> backstop_state::Answer<'a, ()> {
+        Box::pin(async { Err(backstop_state::StateError::Unreachable("refused".into())) })
+    }
+    fn add_in_window<'a>(
+        &'a self,
+        _: &'a backstop_state::Key,
+        _: u64,
+        _: Duration,
+        _: UnixTime,
+    ) -> backstop_state::Answer<'a, u64> {
+        Box::pin(async { Err(backstop_state::StateError::Timeout(Duration::from_secs(1))) })
+    }
+    fn describe(&self) -> String {
+        "Redis at redis://127.0.0.1:1/0".into()
+    }
+}
+
+/// Each caller's rule for a site state that does not answer (docs/anti-backscatter.md):
+/// greylisting and callahead answers are 451, never accept unchecked and never 5xx; a bounce
+/// whose provenance cannot be looked up is 451; rate limits count on this node instead.
+#[tokio::test]
+async fn a_site_state_that_does_not_answer_is_451_or_the_nodes_own_count() {
+    use backstop_session::ContentVerdict;
+    use backstop_types::{
+        BodyType, ClientInfo, DsnParams, Envelope, Notify, Recipient, TrustClass,
+    };
+    let policy = SitePolicy {
+        greylist: Some(greylisting()),
+        rate_limits: RateLimits {
+            client_messages: Some(Limit::parse("2/1h").unwrap()),
+            ..RateLimits::default()
+        },
+        bounce_provenance: true,
+        state: Arc::new(Down),
+        ..bare()
+    };
+    let mut session = SessionState::default();
+    let mail = ReversePath::Address(address("someone@example.org"));
+    assert_eq!(
+        policy
+            .check_recipient(
+                &mut session,
+                query(&address("bob@example.com"), &mail, true, false)
+            )
+            .await,
+        RecipientVerdict::Unavailable
+    );
+    let sender = || SenderQuery {
+        sender: mail.clone(),
+        client: "192.0.2.1".parse().unwrap(),
+        helo: "client.example.org".into(),
+        user: None,
+        trusted: false,
+    };
+    for _ in 0..2 {
+        assert_eq!(
+            policy.check_sender(&mut session, sender()).await,
+            SenderVerdict::Accept
+        );
+    }
+    assert_eq!(
+        policy.check_sender(&mut session, sender()).await,
+        SenderVerdict::RateLimited
+    );
+    let bounce = b"From: MAILER-DAEMON@mx.example.org\r\n\
+Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+--b\r\nContent-Type: text/plain\r\n\r\nsorry\r\n\
+--b\r\nContent-Type: message/rfc822\r\n\r\nFrom: a@example.com\r\nMessage-ID: <x@example.com>\r\n\r\nhi\r\n\
+--b--\r\n";
+    let message = backstop_session::Message {
+        envelope: Envelope {
+            sender: ReversePath::Null,
+            recipients: vec![Recipient {
+                address: address("bob@example.com"),
+                notify: Notify::Default,
+                orcpt: None,
+            }],
+            dsn: DsnParams {
+                ret: None,
+                envid: None,
+            },
+            body_type: BodyType::SevenBit,
+            smtputf8: false,
+            client: ClientInfo {
+                ip: "192.0.2.1".parse().unwrap(),
+                helo: "mx.example.org".into(),
+                ptr: None,
+                tls: None,
+                auth: None,
+                listener: "mx".into(),
+            },
+            arrival: NOW,
+            trust: TrustClass::Unverified,
+        },
+        body: bounce.to_vec(),
+        proxied: None,
+    };
+    match policy.check_message(&mut session, &message).await {
+        ContentVerdict::Refuse(reply) => assert_eq!(reply.code(), 451, "{reply}"),
+        other => panic!("{other:?}"),
+    }
 }

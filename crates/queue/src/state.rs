@@ -1,25 +1,16 @@
 //! Small state other parts need kept: the index of Message-IDs we sent (to recognise bounces
-//! to mail we really sent) and a key-value area (greylisting, caches), each with a time.
+//! to mail we really sent) and a key-value area (greylisting, caches), each with a time; and
+//! [`NodeState`], the site's [`State`] when the site is this one node.
 
 use std::time::Duration;
 
+use backstop_state::{Answer, Key, MemoryCounters, State};
 use backstop_types::UnixTime;
 use rocksdb::{BottommostLevelCompaction, CompactOptions, IteratorMode, WriteBatch};
 
 use crate::store::{Queue, QueueError, CF_SENT_IDS, CF_STATE};
 
-/// The key of a Message-ID in the sent index: the first 16 bytes of SHA-256 over the id
-/// without its angle brackets, so that every part of backstop hashes it the same way.
-pub fn message_id_hash(message_id: &str) -> [u8; 16] {
-    let id = message_id
-        .trim()
-        .trim_start_matches('<')
-        .trim_end_matches('>');
-    let digest = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
-    let mut hash = [0; 16];
-    hash.copy_from_slice(&digest.as_ref()[..16]);
-    hash
-}
+pub use backstop_state::message_id_hash;
 
 impl Queue {
     /// Records that a message with this Message-ID hash was sent at `at`.
@@ -153,6 +144,92 @@ pub struct Expired {
     pub state: u64,
     /// Sent Message-IDs past the retention.
     pub sent: u64,
+}
+
+/// The embedded default's [`State`]: values in this queue's `state` column family, sent
+/// Message-IDs in its sent index (where delivery records them, in the attempt's own write),
+/// counters in this process's memory. RocksDB answers in microseconds, so the calls answer on
+/// the caller's task.
+pub struct NodeState {
+    queue: Queue,
+    counters: MemoryCounters,
+}
+
+impl NodeState {
+    pub fn new(queue: Queue) -> NodeState {
+        NodeState {
+            queue,
+            counters: MemoryCounters::default(),
+        }
+    }
+
+    fn get_now(&self, key: &Key, now: UnixTime) -> Result<Option<Vec<u8>>, QueueError> {
+        match key {
+            Key::SentId(hash) => Ok(self
+                .sent_message_id(*hash)?
+                .map(|at| at.0.to_be_bytes().to_vec())),
+            Key::AnySent => Ok((!self.queue.sent_message_ids_empty()?).then(|| b"1".to_vec())),
+            other => self.queue.state_get(&other.bytes(), now),
+        }
+    }
+
+    fn sent_message_id(&self, hash: [u8; 16]) -> Result<Option<UnixTime>, QueueError> {
+        self.queue.sent_message_id(hash)
+    }
+
+    fn put_now(
+        &self,
+        key: &Key,
+        value: &[u8],
+        expires: UnixTime,
+        now: UnixTime,
+    ) -> Result<(), QueueError> {
+        match key {
+            // The sent index keeps the time sent; its retention is the sweep's.
+            Key::SentId(hash) => self.queue.record_sent_message_id(*hash, now),
+            // Implied by any sent Message-ID.
+            Key::AnySent => Ok(()),
+            other => self.queue.state_put(&other.bytes(), value, expires),
+        }
+    }
+}
+
+fn failed(e: QueueError) -> backstop_state::StateError {
+    backstop_state::StateError::Failed(e.to_string())
+}
+
+impl State for NodeState {
+    fn get<'a>(&'a self, key: &'a Key, now: UnixTime) -> Answer<'a, Option<Vec<u8>>> {
+        Box::pin(std::future::ready(self.get_now(key, now).map_err(failed)))
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a Key,
+        value: &'a [u8],
+        expires: UnixTime,
+        now: UnixTime,
+    ) -> Answer<'a, ()> {
+        Box::pin(std::future::ready(
+            self.put_now(key, value, expires, now).map_err(failed),
+        ))
+    }
+
+    fn add_in_window<'a>(
+        &'a self,
+        key: &'a Key,
+        amount: u64,
+        window: Duration,
+        now: UnixTime,
+    ) -> Answer<'a, u64> {
+        Box::pin(std::future::ready(Ok(self
+            .counters
+            .add(key, amount, window, now))))
+    }
+
+    fn describe(&self) -> String {
+        "this node (the queue's database and memory)".to_owned()
+    }
 }
 
 #[cfg(test)]

@@ -54,7 +54,11 @@ pub trait Policy: Send + Sync + 'static {
 
     /// Whether a new connection from `ip` may start (connection rate limits). Clients in the
     /// local networks are exempt.
-    fn allow_connection(&self, ip: IpAddr, local_submitter: bool) -> bool;
+    fn allow_connection(
+        &self,
+        ip: IpAddr,
+        local_submitter: bool,
+    ) -> impl Future<Output = bool> + Send;
 
     /// A new session's context.
     fn open_session(&self) -> Self::Session;

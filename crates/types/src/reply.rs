@@ -551,6 +551,16 @@ impl Reply {
         )
     }
 
+    /// A bounce whose provenance cannot be checked now (the site's state does not answer):
+    /// one we cannot check is not accepted.
+    pub fn bounce_provenance_unavailable() -> Reply {
+        Reply::new(
+            451,
+            EnhancedStatus(4, 3, 0),
+            "Bounce cannot be checked now, try again later",
+        )
+    }
+
     /// Over a rate limit (connections, messages or recipients in a time window).
     pub fn rate_limited() -> Reply {
         Reply::new(

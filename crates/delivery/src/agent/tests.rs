@@ -78,6 +78,7 @@ pub(crate) fn agent(dir: &std::path::Path) -> Agent {
             counters: Arc::default(),
         },
         own: Arc::default(),
+        site_sent: None,
     }
 }
 

@@ -1,45 +1,28 @@
-use std::collections::HashMap;
-use std::sync::Mutex;
+use backstop_state::{Answer, Key, MemoryState, State, StateError};
 
 use super::*;
 
-/// An in-memory store with expiry, as the real one behaves.
-/// Key → (value, expiry).
-type Entries = HashMap<Vec<u8>, (Vec<u8>, UnixTime)>;
-
-#[derive(Default)]
-struct Memory(Mutex<Entries>);
-
-impl GreyStore for Memory {
-    fn get(&self, key: &[u8], now: UnixTime) -> Result<Option<Vec<u8>>, crate::error::StoreError> {
-        let map = self.0.lock().unwrap();
-        Ok(map
-            .get(key)
-            .filter(|(_, exp)| *exp > now)
-            .map(|(v, _)| v.clone()))
-    }
-    fn put(
-        &self,
-        key: &[u8],
-        value: &[u8],
-        expires: UnixTime,
-    ) -> Result<(), crate::error::StoreError> {
-        self.0
-            .lock()
-            .unwrap()
-            .insert(key.to_vec(), (value.to_vec(), expires));
-        Ok(())
-    }
-}
-
+/// A store that cannot be reached.
 struct Broken;
 
-impl GreyStore for Broken {
-    fn get(&self, _: &[u8], _: UnixTime) -> Result<Option<Vec<u8>>, crate::error::StoreError> {
-        Err(crate::error::StoreError("store down".into()))
+impl State for Broken {
+    fn get<'a>(&'a self, _: &'a Key, _: UnixTime) -> Answer<'a, Option<Vec<u8>>> {
+        Box::pin(async { Err(StateError::Unreachable("store down".into())) })
     }
-    fn put(&self, _: &[u8], _: &[u8], _: UnixTime) -> Result<(), crate::error::StoreError> {
-        Err(crate::error::StoreError("store down".into()))
+    fn put<'a>(&'a self, _: &'a Key, _: &'a [u8], _: UnixTime, _: UnixTime) -> Answer<'a, ()> {
+        Box::pin(async { Err(StateError::Unreachable("store down".into())) })
+    }
+    fn add_in_window<'a>(
+        &'a self,
+        _: &'a Key,
+        _: u64,
+        _: Duration,
+        _: UnixTime,
+    ) -> Answer<'a, u64> {
+        Box::pin(async { Err(StateError::Unreachable("store down".into())) })
+    }
+    fn describe(&self) -> String {
+        "nothing".into()
     }
 }
 
@@ -57,18 +40,18 @@ fn rcpt(s: &str) -> Address {
     Address::parse(s).unwrap()
 }
 
-#[test]
-fn first_deferred_early_retry_deferred_real_retry_passes() {
-    let store = Memory::default();
+#[tokio::test]
+async fn first_deferred_early_retry_deferred_real_retry_passes() {
+    let store = MemoryState::default();
     let ip: IpAddr = "192.0.2.10".parse().unwrap();
     let t0 = UnixTime(1_800_000_000);
     let bob = rcpt("bob@example.com");
     assert_eq!(
-        check(&store, &POLICY, ip, &sender(), &bob, t0),
+        check(&store, &POLICY, ip, &sender(), &bob, t0).await,
         GreyVerdict::Defer { retry_after: 300 }
     );
     assert_eq!(
-        check(&store, &POLICY, ip, &sender(), &bob, UnixTime(t0.0 + 100)),
+        check(&store, &POLICY, ip, &sender(), &bob, UnixTime(t0.0 + 100)).await,
         GreyVerdict::Defer { retry_after: 200 }
     );
     // The retry comes from a neighbour in the same /24, as big senders' pools do.
@@ -81,7 +64,8 @@ fn first_deferred_early_retry_deferred_real_retry_passes() {
             &sender(),
             &bob,
             UnixTime(t0.0 + 300)
-        ),
+        )
+        .await,
         GreyVerdict::Pass
     );
     // Auto-pass: the network retried once, so new triplets from it pass at once...
@@ -94,7 +78,8 @@ fn first_deferred_early_retry_deferred_real_retry_passes() {
             &ReversePath::Null,
             &rcpt("carol@example.com"),
             later
-        ),
+        )
+        .await,
         GreyVerdict::Pass
     );
     // ...until the auto-pass runs out.
@@ -107,41 +92,42 @@ fn first_deferred_early_retry_deferred_real_retry_passes() {
             &ReversePath::Null,
             &rcpt("dave@example.com"),
             much_later
-        ),
+        )
+        .await,
         GreyVerdict::Defer { retry_after: 300 }
     );
 }
 
-#[test]
-fn other_networks_and_forgotten_attempts_start_over() {
-    let store = Memory::default();
+#[tokio::test]
+async fn other_networks_and_forgotten_attempts_start_over() {
+    let store = MemoryState::default();
     let t0 = UnixTime(1_800_000_000);
     let bob = rcpt("bob@example.com");
     let a: IpAddr = "192.0.2.10".parse().unwrap();
     let b: IpAddr = "198.51.100.10".parse().unwrap();
-    check(&store, &POLICY, a, &sender(), &bob, t0);
+    check(&store, &POLICY, a, &sender(), &bob, t0).await;
     assert_eq!(
-        check(&store, &POLICY, b, &sender(), &bob, UnixTime(t0.0 + 600)),
+        check(&store, &POLICY, b, &sender(), &bob, UnixTime(t0.0 + 600)).await,
         GreyVerdict::Defer { retry_after: 300 }
     );
     // A retry after the window is a first attempt again.
     let too_late = UnixTime(t0.0 + 2 * 86_400 + 1);
     assert_eq!(
-        check(&store, &POLICY, a, &sender(), &bob, too_late),
+        check(&store, &POLICY, a, &sender(), &bob, too_late).await,
         GreyVerdict::Defer { retry_after: 300 }
     );
     // IPv6 clients are grouped by /64.
     let v6a: IpAddr = "2001:db8:1:2::25".parse().unwrap();
     let v6b: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
-    check(&store, &POLICY, v6a, &sender(), &bob, t0);
+    check(&store, &POLICY, v6a, &sender(), &bob, t0).await;
     assert_eq!(
-        check(&store, &POLICY, v6b, &sender(), &bob, UnixTime(t0.0 + 300)),
+        check(&store, &POLICY, v6b, &sender(), &bob, UnixTime(t0.0 + 300)).await,
         GreyVerdict::Pass
     );
 }
 
-#[test]
-fn a_store_that_cannot_answer_is_unavailable_not_a_pass() {
+#[tokio::test]
+async fn a_store_that_cannot_answer_is_unavailable_not_a_pass() {
     let verdict = check(
         &Broken,
         &POLICY,
@@ -149,6 +135,10 @@ fn a_store_that_cannot_answer_is_unavailable_not_a_pass() {
         &sender(),
         &rcpt("bob@example.com"),
         UnixTime(0),
+    )
+    .await;
+    assert_eq!(
+        verdict,
+        GreyVerdict::Unavailable("the state store cannot be reached: store down".into())
     );
-    assert_eq!(verdict, GreyVerdict::Unavailable("store down".into()));
 }

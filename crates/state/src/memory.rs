@@ -1,0 +1,105 @@
+//! State in this process's memory: the node's own rate counters (the embedded default's, and
+//! the fallback when the site's store cannot answer), and a whole [`State`] for tests.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use backstop_types::UnixTime;
+
+use crate::{window_start, Answer, Key, State};
+
+/// Counters per key in fixed windows, in memory. Bounded: past 100,000 keys, counters whose
+/// window has ended are forgotten.
+#[derive(Debug, Default)]
+pub struct MemoryCounters {
+    windows: Mutex<HashMap<Key, (u64, u64)>>,
+}
+
+impl MemoryCounters {
+    /// Adds `amount` to `key`'s count in the window of `window` holding `now`; the new count.
+    pub fn add(&self, key: &Key, amount: u64, window: Duration, now: UnixTime) -> u64 {
+        let width = window.as_secs().max(1);
+        let start = window_start(window, now);
+        // The map only guards counters; a panic elsewhere leaves them usable.
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if windows.len() > 100_000 {
+            windows.retain(|_, (s, _)| s.saturating_add(width) > now.0);
+        }
+        let entry = windows.entry(key.clone()).or_insert((start, 0));
+        if entry.0 != start {
+            *entry = (start, 0);
+        }
+        entry.1 = entry.1.saturating_add(amount);
+        entry.1
+    }
+
+    /// How many keys are counted now.
+    pub fn len(&self) -> usize {
+        self.windows.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A whole [`State`] in memory: values with their expiry, and [`MemoryCounters`]. For tests,
+/// and for a node that keeps nothing across restarts.
+#[derive(Debug, Default)]
+pub struct MemoryState {
+    values: Mutex<HashMap<Key, (Vec<u8>, UnixTime)>>,
+    counters: MemoryCounters,
+}
+
+impl MemoryState {
+    /// How many values are kept (expired ones included until the next put).
+    pub fn len(&self) -> usize {
+        self.values.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl State for MemoryState {
+    fn get<'a>(&'a self, key: &'a Key, now: UnixTime) -> Answer<'a, Option<Vec<u8>>> {
+        let values = self.values.lock().unwrap_or_else(|p| p.into_inner());
+        let value = values
+            .get(key)
+            .filter(|(_, expires)| *expires > now)
+            .map(|(v, _)| v.clone());
+        Box::pin(std::future::ready(Ok(value)))
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a Key,
+        value: &'a [u8],
+        expires: UnixTime,
+        now: UnixTime,
+    ) -> Answer<'a, ()> {
+        let mut values = self.values.lock().unwrap_or_else(|p| p.into_inner());
+        if values.len() > 100_000 {
+            values.retain(|_, (_, e)| *e > now);
+        }
+        values.insert(key.clone(), (value.to_vec(), expires));
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn add_in_window<'a>(
+        &'a self,
+        key: &'a Key,
+        amount: u64,
+        window: Duration,
+        now: UnixTime,
+    ) -> Answer<'a, u64> {
+        let count = self.counters.add(key, amount, window, now);
+        Box::pin(std::future::ready(Ok(count)))
+    }
+
+    fn describe(&self) -> String {
+        "this process's memory".to_owned()
+    }
+}

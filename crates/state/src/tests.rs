@@ -1,0 +1,438 @@
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::redis::{Redis, Servers, Settings};
+use super::*;
+
+const T0: UnixTime = UnixTime(1_800_000_000);
+
+#[test]
+fn keys_of_different_kinds_never_collide() {
+    let keys = [
+        Key::GreyTriplet("a".into()),
+        Key::GreyPass("a".into()),
+        Key::Rate("a".into()),
+        Key::Callahead("a".into()),
+        Key::SentId(*b"aaaaaaaaaaaaaaaa"),
+        Key::AnySent,
+    ];
+    let mut stored: Vec<_> = keys.iter().map(Key::bytes).collect();
+    stored.sort();
+    stored.dedup();
+    assert_eq!(stored.len(), keys.len());
+    // The names the queue's RocksDB used before, so an upgraded node keeps what it knew.
+    assert_eq!(
+        Key::GreyPass("192.0.2.0/24".into()).bytes(),
+        b"grey:pass:192.0.2.0/24"
+    );
+    assert_eq!(
+        Key::Callahead("bob@example.test".into()).bytes(),
+        b"callahead:bob@example.test"
+    );
+}
+
+#[test]
+fn message_id_hashes_ignore_brackets_and_space() {
+    assert_eq!(
+        message_id_hash("<abc@example.test>"),
+        message_id_hash(" abc@example.test ")
+    );
+    assert_ne!(
+        message_id_hash("abc@example.test"),
+        message_id_hash("abd@example.test")
+    );
+}
+
+#[test]
+fn memory_counters_count_per_key_in_fixed_windows() {
+    let counters = MemoryCounters::default();
+    let hour = Duration::from_secs(3600);
+    let key = Key::Rate("client-messages:192.0.2.1".into());
+    let start = UnixTime(window_start(hour, T0));
+    assert_eq!(counters.add(&key, 1, hour, start), 1);
+    assert_eq!(counters.add(&key, 2, hour, UnixTime(start.0 + 3599)), 3);
+    assert_eq!(counters.add(&Key::Rate("other".into()), 1, hour, start), 1);
+    // The next window starts again from nothing.
+    assert_eq!(counters.add(&key, 1, hour, UnixTime(start.0 + 3600)), 1);
+    // A huge amount saturates, never wraps to a small count.
+    assert_eq!(
+        counters.add(&key, u64::MAX, hour, UnixTime(start.0 + 3600)),
+        u64::MAX
+    );
+}
+
+#[tokio::test]
+async fn memory_state_expires_values() {
+    let state = MemoryState::default();
+    let key = Key::GreyPass("192.0.2.0/24".into());
+    state
+        .put(&key, b"1", UnixTime(T0.0 + 10), T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        state.get(&key, UnixTime(T0.0 + 9)).await.unwrap(),
+        Some(b"1".to_vec())
+    );
+    assert_eq!(state.get(&key, UnixTime(T0.0 + 10)).await.unwrap(), None);
+}
+
+/// A store that takes every call and never answers.
+struct Silent;
+
+impl State for Silent {
+    fn get<'a>(&'a self, _: &'a Key, _: UnixTime) -> Answer<'a, Option<Vec<u8>>> {
+        Box::pin(std::future::pending())
+    }
+    fn put<'a>(&'a self, _: &'a Key, _: &'a [u8], _: UnixTime, _: UnixTime) -> Answer<'a, ()> {
+        Box::pin(std::future::pending())
+    }
+    fn add_in_window<'a>(
+        &'a self,
+        _: &'a Key,
+        _: u64,
+        _: Duration,
+        _: UnixTime,
+    ) -> Answer<'a, u64> {
+        Box::pin(std::future::pending())
+    }
+    fn describe(&self) -> String {
+        "nothing".into()
+    }
+}
+
+#[tokio::test]
+async fn a_silent_store_is_a_timeout_at_the_deadline() {
+    let bounded = Bounded::new(Arc::new(Silent), Duration::from_millis(100));
+    let key = Key::AnySent;
+    assert_eq!(
+        bounded.get(&key, T0).await,
+        Err(StateError::Timeout(Duration::from_millis(100)))
+    );
+    assert!(matches!(
+        bounded.put(&key, b"", T0, T0).await,
+        Err(StateError::Timeout(_))
+    ));
+    assert!(matches!(
+        bounded
+            .add_in_window(&key, 1, Duration::from_secs(1), T0)
+            .await,
+        Err(StateError::Timeout(_))
+    ));
+}
+
+/// Whether Redis is installed; missing in CI is a failure, elsewhere a loud skip.
+fn have_redis(test: &str) -> bool {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !found {
+        if std::env::var_os("CI").is_some() {
+            panic!("{test}: redis-server is not installed, and CI must run every test (cargo xtask test installs it)");
+        }
+        eprintln!("\n*** SKIPPED {test}: redis-server is not installed (cargo xtask test installs it) ***\n");
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A redis-server of a test's own on 127.0.0.1, stopped when dropped.
+struct RedisServer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    fn start(port: u16, cluster: bool) -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = Command::new("redis-server");
+        command
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no", "--dir"])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if cluster {
+            command.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+            ]);
+        }
+        let mut child = command.spawn().expect("redis-server");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.contains("Ready to accept connections") => break,
+                Some(Ok(_)) => {}
+                _ => panic!("redis-server on port {port} did not start"),
+            }
+        }
+        // Keep reading, so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        RedisServer {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn redis(servers: Servers) -> Redis {
+    Redis::new(Settings {
+        servers,
+        prefix: "test:".into(),
+        timeout: Duration::from_secs(2),
+    })
+    .unwrap()
+}
+
+/// What every store must do, asked of one.
+async fn behaves_as_a_state(state: Arc<dyn State>) {
+    let now = UnixTime(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    );
+    let key = Key::GreyTriplet("192.0.2.0/24/a@example.test/b@example.test".into());
+    assert_eq!(state.get(&key, now).await.unwrap(), None);
+    state
+        .put(&key, b"\x00first\r\n", UnixTime(now.0 + 60), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        state.get(&key, now).await.unwrap(),
+        Some(b"\x00first\r\n".to_vec())
+    );
+    // Put again: the new value.
+    state
+        .put(&key, b"second", UnixTime(now.0 + 60), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        state.get(&key, now).await.unwrap(),
+        Some(b"second".to_vec())
+    );
+    // Put as expired: gone.
+    state.put(&key, b"third", now, now).await.unwrap();
+    assert_eq!(state.get(&key, now).await.unwrap(), None);
+
+    // Counters: concurrent additions all count.
+    let counter = Key::Rate("client-messages:192.0.2.1".into());
+    let hour = Duration::from_secs(3600);
+    let adds: Vec<_> = (0..50)
+        .map(|_| {
+            let (state, counter) = (Arc::clone(&state), counter.clone());
+            tokio::spawn(async move { state.add_in_window(&counter, 2, hour, now).await })
+        })
+        .collect();
+    let mut counts = Vec::new();
+    for add in adds {
+        counts.push(add.await.unwrap().unwrap());
+    }
+    counts.sort();
+    assert_eq!(counts, (1..=50).map(|n| n * 2).collect::<Vec<_>>());
+    // The next window is a new count; a huge amount does not wrap.
+    let next = UnixTime(window_start(hour, now) + 3600);
+    assert_eq!(
+        state.add_in_window(&counter, 1, hour, next).await.unwrap(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn memory_state_behaves_as_a_state() {
+    behaves_as_a_state(Arc::new(MemoryState::default())).await;
+}
+
+#[tokio::test]
+async fn redis_behaves_as_a_state_and_expires_by_itself() {
+    if !have_redis("redis_behaves_as_a_state_and_expires_by_itself") {
+        return;
+    }
+    let server = RedisServer::start(free_port(), false);
+    let state = Arc::new(redis(Servers::One(server.url())));
+    behaves_as_a_state(state.clone()).await;
+    // Redis expires what was put, by its own clock.
+    let now = T0;
+    let key = Key::Callahead("bob@example.test".into());
+    state
+        .put(&key, b"250", UnixTime(now.0 + 1), now)
+        .await
+        .unwrap();
+    assert_eq!(state.get(&key, now).await.unwrap(), Some(b"250".to_vec()));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(state.get(&key, now).await.unwrap(), None);
+    assert!(state.describe().contains(&server.port.to_string()));
+}
+
+#[tokio::test]
+async fn redis_down_then_back_without_a_restart() {
+    if !have_redis("redis_down_then_back_without_a_restart") {
+        return;
+    }
+    let port = free_port();
+    // Down from the start: calls fail, the node does not wait forever.
+    let state = redis(Servers::One(format!("redis://127.0.0.1:{port}/0")));
+    let key = Key::GreyPass("192.0.2.0/24".into());
+    assert!(matches!(
+        state.get(&key, T0).await,
+        Err(StateError::Unreachable(_) | StateError::Timeout(_))
+    ));
+    // Up: it answers.
+    let server = RedisServer::start(port, false);
+    state
+        .put(&key, b"1", UnixTime(T0.0 + 600), T0)
+        .await
+        .unwrap();
+    assert_eq!(state.get(&key, T0).await.unwrap(), Some(b"1".to_vec()));
+    // Down in the middle: an error, not a hang and not an empty answer.
+    drop(server);
+    let answer = state.get(&key, T0).await;
+    assert!(
+        matches!(
+            answer,
+            Err(StateError::Unreachable(_) | StateError::Timeout(_))
+        ),
+        "{answer:?}"
+    );
+    // Back (empty: it kept nothing): normal service on the same handle.
+    let _server = RedisServer::start(port, false);
+    let mut answer = state.get(&key, T0).await;
+    for _ in 0..20 {
+        if answer.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        answer = state.get(&key, T0).await;
+    }
+    assert_eq!(answer, Ok(None));
+    state
+        .put(&key, b"2", UnixTime(T0.0 + 600), T0)
+        .await
+        .unwrap();
+    assert_eq!(state.get(&key, T0).await.unwrap(), Some(b"2".to_vec()));
+}
+
+#[tokio::test]
+async fn a_peer_that_is_not_redis_is_an_error_not_a_hang() {
+    // Answers every connection with garbage, then a second one stays silent.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let mut held = Vec::new();
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let _ = socket
+                .write_all(b"\x00\xff garbage\r\nHTTP/1.1 400\r\n\r\n")
+                .await;
+            held.push(socket);
+        }
+    });
+    let state = Redis::new(Settings {
+        servers: Servers::One(format!("redis://127.0.0.1:{port}/0")),
+        prefix: String::new(),
+        timeout: Duration::from_millis(500),
+    })
+    .unwrap();
+    let bounded = Bounded::new(Arc::new(state), Duration::from_secs(3));
+    let started = std::time::Instant::now();
+    let answer = bounded.get(&Key::AnySent, T0).await;
+    assert!(answer.is_err(), "{answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[test]
+fn a_bad_url_is_refused_at_once_without_its_password() {
+    let Err(e) = Redis::new(Settings {
+        servers: Servers::One("http://user:secret@host/".into()),
+        prefix: String::new(),
+        timeout: Duration::from_secs(1),
+    }) else {
+        panic!("accepted");
+    };
+    assert!(!e.to_string().contains("secret"), "{e}");
+}
+
+#[tokio::test]
+async fn a_redis_cluster_behaves_as_a_state() {
+    if !have_redis("a_redis_cluster_behaves_as_a_state") {
+        return;
+    }
+    let servers: Vec<RedisServer> = (0..3)
+        .map(|_| RedisServer::start(free_port(), true))
+        .collect();
+    let nodes: Vec<String> = servers
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect();
+    let created = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&nodes)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli");
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stdout)
+    );
+    // Until every node agrees the cluster is up.
+    for _ in 0..100 {
+        let info = Command::new("redis-cli")
+            .args(["-p", &servers[0].port.to_string(), "cluster", "info"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let state = Arc::new(redis(Servers::Cluster(
+        servers.iter().map(RedisServer::url).collect(),
+    )));
+    behaves_as_a_state(state.clone()).await;
+    // Keys of many kinds spread over the three masters, each readable back.
+    for n in 0..100 {
+        let key = Key::Callahead(format!("user{n}@example.test"));
+        state
+            .put(&key, b"250", UnixTime(T0.0 + 600), T0)
+            .await
+            .unwrap();
+        assert_eq!(state.get(&key, T0).await.unwrap(), Some(b"250".to_vec()));
+    }
+}
