@@ -455,6 +455,7 @@ pub(crate) fn delivery_agent(
             dead_after: config.delivery.dead_after,
             dead_backoff: config.delivery.dead_backoff,
             in_flight: config.delivery.max_in_flight,
+            idle: backstop_delivery::scheduler::IDLE,
         },
         reports: backstop_delivery::report::Settings {
             delay_warnings: {

@@ -8,8 +8,10 @@
 //!   failure (refused, reset, timed out, TLS failed, 421), between 1 and
 //!   [`Limits::per_destination`] (Postfix's slow start with feedback).
 //! - A worker holds one connection (and one of [`Limits::connections`] permits) and takes the
-//!   destination's jobs one after the other on it; idle, it waits [`IDLE`] for more before it
-//!   says QUIT.
+//!   destination's jobs one after the other on it; idle, it waits [`Limits::idle`] for more
+//!   before it
+//!   says QUIT, unless a worker of another destination is waiting for a connection: then it
+//!   gives its connection up at once (an idle connection never holds up mail elsewhere).
 //! - After [`Limits::dead_after`] connection-level failures in a row a destination is down
 //!   for [`Limits::dead_backoff`]: its queued and new jobs are deferred without a connection
 //!   being tried, and the first attempt after the backoff probes with one connection.
@@ -67,6 +69,8 @@ pub struct Limits {
     pub dead_backoff: Duration,
     /// Messages in flight at most (leased and not yet recorded): bounds memory.
     pub in_flight: usize,
+    /// How long an idle connection waits for its destination's next job ([`IDLE`]).
+    pub idle: Duration,
 }
 
 /// Where a recipient's delivery goes: one queue and one window each.
@@ -153,6 +157,10 @@ struct State {
 pub struct Scheduler {
     state: Mutex<State>,
     connections: Arc<Semaphore>,
+    /// Workers waiting for one of the `connections` permits.
+    waiting: std::sync::atomic::AtomicUsize,
+    /// Told when a worker starts to wait for a connection: idle workers let theirs go.
+    wanted: Notify,
     /// Maildir writes at once (file system work on the blocking pool).
     local: Arc<Semaphore>,
     /// A message finished or a worker stopped.
@@ -194,6 +202,8 @@ impl Scheduler {
                 workers: 0,
             }),
             connections: Arc::new(Semaphore::new(limits.connections.max(1))),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            wanted: Notify::new(),
             local: Arc::new(Semaphore::new(8)),
             changed: Notify::new(),
             stopping: watch::channel(Stop::Running).0,
@@ -461,15 +471,32 @@ impl Scheduler {
     /// One worker: takes the destination's jobs one after another on one connection.
     async fn worker(self: Arc<Scheduler>, destination: Destination) {
         let mut stopping = self.stopping.subscribe();
-        let permits = match destination {
-            Destination::Local => Arc::clone(&self.local),
-            _ => Arc::clone(&self.connections),
+        let remote = destination != Destination::Local;
+        let permits = match remote {
+            false => Arc::clone(&self.local),
+            true => Arc::clone(&self.connections),
         };
-        let permit = tokio::select! {
-            permit = permits.acquire_owned() => permit.ok(),
-            _ = stopping.wait_for(|s| *s != Stop::Running) => None,
+        let permit = match Arc::clone(&permits).try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                // Every connection is in use: idle ones are asked to close.
+                if remote {
+                    self.waiting.fetch_add(1, Ordering::SeqCst);
+                    self.wanted.notify_waiters();
+                }
+                let permit = tokio::select! {
+                    permit = permits.acquire_owned() => permit.ok(),
+                    _ = stopping.wait_for(|s| *s != Stop::Running) => None,
+                };
+                if remote {
+                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                }
+                permit
+            }
         };
         let mut connection: Option<Connection> = None;
+        // The agent's, once a job has brought it.
+        let mut idle = IDLE;
         if permit.is_some() {
             loop {
                 let next = {
@@ -478,7 +505,10 @@ impl Scheduler {
                     dest.and_then(|d| d.queue.pop_front())
                 };
                 let Some(job) = next else {
-                    if !self.wait_for_job(&destination, &mut stopping).await {
+                    if !self
+                        .wait_for_job(&destination, idle, remote, &mut stopping)
+                        .await
+                    {
                         break;
                     }
                     continue;
@@ -488,6 +518,7 @@ impl Scheduler {
                     break;
                 }
                 let id = job.id;
+                idle = job.agent.limits.idle;
                 let work = deliver(&destination, &job, &mut connection);
                 let result = tokio::select! {
                     result = work => Some(result),
@@ -518,12 +549,26 @@ impl Scheduler {
         self.changed.notify_waiters();
     }
 
-    /// Waits up to [`IDLE`] for a job for `destination`; false when none came (or stopping).
+    /// Waits up to [`Limits::idle`] for a job for `destination`; false when none came, when another
+    /// destination wants the connection (`remote`: it holds one), or when stopping.
     async fn wait_for_job(
         &self,
         destination: &Destination,
+        idle: Duration,
+        remote: bool,
         stopping: &mut watch::Receiver<Stop>,
     ) -> bool {
+        // Registered before the check, so a worker that starts waiting in between wakes us.
+        let wanted = self.wanted.notified();
+        tokio::pin!(wanted);
+        wanted.as_mut().enable();
+        if remote && self.waiting.load(Ordering::SeqCst) > 0 {
+            let state = self.lock();
+            return state
+                .dests
+                .get(destination)
+                .is_some_and(|d| !d.queue.is_empty());
+        }
         let arrived = {
             let mut state = self.lock();
             let Some(dest) = state.dests.get_mut(destination) else {
@@ -534,7 +579,8 @@ impl Scheduler {
         };
         let woken = tokio::select! {
             _ = arrived.notified() => true,
-            _ = tokio::time::sleep(IDLE) => false,
+            _ = tokio::time::sleep(idle) => false,
+            _ = &mut wanted, if remote => false,
             _ = stopping.wait_for(|s| *s != Stop::Running) => false,
         };
         let mut state = self.lock();

@@ -72,6 +72,7 @@ pub(crate) fn agent(dir: &std::path::Path) -> Agent {
             dead_after: 3,
             dead_backoff: Duration::from_secs(60),
             in_flight: 100,
+            idle: crate::scheduler::IDLE,
         },
         reports: crate::report::Settings {
             delay_warnings: Vec::new(),

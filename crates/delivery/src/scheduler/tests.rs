@@ -230,3 +230,40 @@ async fn a_dead_destination_is_not_tried_for_each_message_and_comes_back() {
     );
     assert!(agent.queue.list().unwrap().is_empty());
 }
+
+/// With every connection in use, an idle connection of one destination is given up at once
+/// for another destination's waiting mail: it does not hold the connection for its idle time.
+/// Here that time is an hour and there is one connection in all: whichever destination gets
+/// it first, the other's message would wait the hour without the hand-over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_gives_way_to_another_destinations_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = agent(dir.path());
+    agent.limits.connections = 1;
+    agent.limits.idle = Duration::from_secs(3600);
+    let first = Arc::new(Peer::default());
+    let second = Arc::new(Peer::default());
+    agent.routes.routes = vec![
+        relay("first.example", start(Arc::clone(&first)).await),
+        relay("second.example", start(Arc::clone(&second)).await),
+    ];
+    let t0 = UnixTime(1_800_000_000);
+    for to in ["a@first.example", "b@second.example"] {
+        agent
+            .queue
+            .enqueue(&envelope(&[to], t0), b"Subject: x\r\n\r\nx\r\n".to_vec())
+            .await
+            .unwrap();
+    }
+    let scheduler = Scheduler::new(agent.limits, backstop_types::clock::system());
+    let drained = {
+        let (scheduler, agent) = (Arc::clone(&scheduler), agent.clone());
+        tokio::spawn(async move { scheduler.drain(&agent, t0).await })
+    };
+    eventually("both destinations got their message", || {
+        first.messages.load(Ordering::SeqCst) == 1 && second.messages.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let report = drained.await.unwrap();
+    assert_eq!((report.messages, report.delivered), (2, 2));
+}
