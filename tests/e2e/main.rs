@@ -13,6 +13,7 @@ mod batv;
 mod bounces;
 mod callahead;
 mod cli;
+mod cluster;
 mod content;
 mod crash;
 mod delivery;
