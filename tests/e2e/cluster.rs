@@ -1,6 +1,7 @@
 //! A site of two nodes on one Redis (`[state] redis`): two backstop processes on different
-//! loopback addresses share greylisting and rate limits, and when Redis stops, greylisting
-//! answers 451 (nothing accepted unchecked) until Redis is back, without a restart.
+//! loopback addresses share greylisting, rate limits and the sent Message-IDs of bounce
+//! provenance, and when Redis stops, greylisting answers 451 (nothing accepted unchecked)
+//! until Redis is back, without a restart.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -164,6 +165,133 @@ fn a_rate_limit_is_the_sites_not_each_nodes() {
             "{reply}"
         );
     }
+    a.stop();
+    b.stop();
+}
+
+/// A next hop that takes every message.
+fn accepting_hop() -> std::net::SocketAddr {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut out = stream;
+                let _ = out.write_all(b"220 hop.test ESMTP\r\n");
+                let mut in_data = false;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let reply: &[u8] = match (in_data, line.get(..4).map(str::to_ascii_uppercase)) {
+                        (true, _) if line == ".\r\n" => {
+                            in_data = false;
+                            b"250 2.0.0 taken\r\n"
+                        }
+                        (true, _) => continue,
+                        (false, Some(v)) if v == "EHLO" => b"250-hop.test\r\n250 8BITMIME\r\n",
+                        (false, Some(v)) if v == "DATA" => {
+                            in_data = true;
+                            b"354 go on\r\n"
+                        }
+                        (false, Some(v)) if v == "QUIT" => {
+                            let _ = out.write_all(b"221 bye\r\n");
+                            return;
+                        }
+                        _ => b"250 2.0.0 ok\r\n",
+                    };
+                    let _ = out.write_all(reply);
+                }
+            });
+        }
+    });
+    address
+}
+
+/// A bounce (null sender) to user@example.test at `server` returning a message with
+/// `message_id`; the reply to its data.
+fn bounce_returning(server: &Server, message_id: &str) -> String {
+    let mut c = RawClient::connect(server.mx);
+    c.reply();
+    c.command("EHLO mx.elsewhere.example");
+    assert!(c.command("MAIL FROM:<>").starts_with("250"));
+    assert!(c.command("RCPT TO:<user@example.test>").starts_with("250"));
+    assert!(c.command("DATA").starts_with("354"));
+    c.send(
+        format!(
+            "From: MAILER-DAEMON@elsewhere.example\r\n\
+             Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+             --b\r\nContent-Type: text/plain\r\n\r\nsorry\r\n\
+             --b\r\nContent-Type: message/rfc822\r\n\r\nFrom: alice@example.test\r\n\
+             Message-ID: <{message_id}>\r\n\r\nhello\r\n--b--\r\n.\r\n"
+        )
+        .as_bytes(),
+    );
+    let reply = c.reply();
+    c.command("QUIT");
+    reply
+}
+
+/// Mail sent through node A; its bounce comes to node B, which recognises it by the
+/// Message-ID A recorded in the site's Redis, and refuses a bounce for mail never sent.
+#[test]
+fn a_bounce_for_mail_sent_by_one_node_is_recognised_at_the_other() {
+    let test = "a_bounce_for_mail_sent_by_one_node_is_recognised_at_the_other";
+    if !have("redis-server", test) || !have("swaks", test) {
+        return;
+    }
+    let port = free_port();
+    let _redis = Redis::start(port);
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let hop = accepting_hop();
+    let provenance =
+        "\n[batv]\ncheck_bounces = false\n\n[bounce_provenance]\ndomains = [\"example.test\"]\n";
+    let route = format!(
+        "\n[[route]]\ndomains = [\"elsewhere.example\"]\nrelay = \"{hop}\"\nhost = \"hop.test\"\ntls = \"none\"\n"
+    );
+    let a = node(a_dir.path(), 1, port, &(provenance.to_owned() + &route));
+    let b = node(b_dir.path(), 2, port, provenance);
+    // A delivers (the template pauses delivery).
+    let a_config = std::fs::read_to_string(a_dir.path().join("backstop.toml")).unwrap();
+    a.stop();
+    let a = Server::start(
+        a_dir.path(),
+        &a_config.replace("[delivery]\npaused = true", "[delivery]\npaused = false"),
+    );
+    let sent = a.submit_as_alice(
+        "alice@example.test",
+        "bob@elsewhere.example",
+        &["--header", "Message-ID: <sent-by-a@example.test>"],
+    );
+    assert!(sent.contains("250 2.0.0"), "{sent}");
+    // Until A has delivered it and told the site.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "EXISTS", "backstop:sent-any"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).trim() == "1" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never sent:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ours = bounce_returning(&b, "sent-by-a@example.test");
+    assert!(ours.starts_with("250"), "{ours}");
+    let forged = bounce_returning(&b, "never@example.test");
+    assert_eq!(
+        forged.trim_end(),
+        "550 5.7.1 Bounce refused: it returns a message we never sent"
+    );
     a.stop();
     b.stop();
 }
