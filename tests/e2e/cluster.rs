@@ -1,7 +1,7 @@
-//! A site of two nodes on one Redis (`[state] redis`): two backstop processes on different
-//! loopback addresses share greylisting, rate limits and the sent Message-IDs of bounce
-//! provenance, and when Redis stops, greylisting answers 451 (nothing accepted unchecked)
-//! until Redis is back, without a restart.
+//! A site of two nodes on one Redis or on a 3-master Redis Cluster (`[state]`): two backstop
+//! processes on different loopback addresses share greylisting, rate limits, callahead answers
+//! and the sent Message-IDs of bounce provenance, and when Redis stops, greylisting answers 451
+//! (nothing accepted unchecked) until Redis is back, without a restart.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -443,4 +443,101 @@ fn a_bounce_for_mail_sent_by_one_node_is_recognised_at_the_other() {
 fn a_bounce_is_recognised_at_the_other_node_on_a_redis_cluster() {
     let test = "a_bounce_is_recognised_at_the_other_node_on_a_redis_cluster";
     a_bounce_is_recognised_at_the_other_node(Kind::Cluster, test);
+}
+
+/// A next hop that knows only bob@example.net, counting the RCPTs it is asked.
+fn counting_hop() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let asked = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&asked);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let counter = std::sync::Arc::clone(&counter);
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut out = stream;
+                let _ = out.write_all(b"220 hop.test ESMTP\r\n");
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let upper = line.to_ascii_uppercase();
+                    let reply: &[u8] = if upper.starts_with("EHLO") {
+                        b"250-hop.test\r\n250 8BITMIME\r\n"
+                    } else if upper.starts_with("RCPT") {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        if upper.contains("<BOB@EXAMPLE.NET>") {
+                            b"250 2.1.5 ok\r\n"
+                        } else {
+                            b"550 5.1.1 no such user\r\n"
+                        }
+                    } else if upper.starts_with("QUIT") {
+                        let _ = out.write_all(b"221 bye\r\n");
+                        return;
+                    } else {
+                        b"250 2.0.0 ok\r\n"
+                    };
+                    let _ = out.write_all(reply);
+                }
+            });
+        }
+    });
+    (address, asked)
+}
+
+/// A callahead answer one node got is the other's: B does not ask the next hop again.
+fn callahead_answers_are_the_sites(kind: Kind, test: &str) {
+    use std::sync::atomic::Ordering;
+    let Some(site) = Site::start(kind, test) else {
+        return;
+    };
+    let (hop, asked) = counting_hop();
+    let route = format!(
+        "\n[[route]]\ndomains = [\"example.net\"]\nrelay = \"{hop}\"\nhost = \"hop.test\"\ntls = \"none\"\ncallahead = true\n"
+    );
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let relay = |dir: &Path, n: u8| {
+        let text = config(dir, "relay_domains = [\"example.net\"]")
+            .replace("127.0.0.1:0", &format!("127.0.0.{n}:0"))
+            + &site.state()
+            + &route;
+        Server::start(dir, &text)
+    };
+    let (a, b) = (relay(a_dir.path(), 1), relay(b_dir.path(), 2));
+    for to in ["bob@example.net", "nobody@example.net"] {
+        let reply = rcpt(&a, to);
+        let expected = if to.starts_with("bob") {
+            "250"
+        } else {
+            "550 5.1.1"
+        };
+        assert!(reply.starts_with(expected), "{reply}\n{}", a.log());
+    }
+    let probes = asked.load(Ordering::SeqCst);
+    assert_eq!(probes, 2);
+    // B answers both from the site's answers, without a probe of its own.
+    assert!(rcpt(&b, "bob@example.net").starts_with("250"));
+    assert!(rcpt(&b, "nobody@example.net").starts_with("550 5.1.1"));
+    assert_eq!(asked.load(Ordering::SeqCst), probes);
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn callahead_answers_are_shared_by_the_nodes() {
+    callahead_answers_are_the_sites(Kind::One, "callahead_answers_are_shared_by_the_nodes");
+}
+
+#[test]
+fn callahead_answers_are_shared_on_a_redis_cluster() {
+    let test = "callahead_answers_are_shared_on_a_redis_cluster";
+    callahead_answers_are_the_sites(Kind::Cluster, test);
 }
