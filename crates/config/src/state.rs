@@ -42,7 +42,15 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, raw: RawState) -> Option<Settings> {
     }
     let url = |ctx: &mut Ctx<'_>, key: &str, url: &Spanned<String>| {
         let text = url.get_ref();
-        let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+        if text.starts_with("rediss://") {
+            ctx.error(
+                url.span(),
+                key,
+                "TLS to Redis is not built in: reach Redis over a private network, a Unix socket (redis+unix:///PATH) or a TLS tunnel",
+            );
+            return None;
+        }
+        let scheme_ok = ["redis://", "redis+unix://", "unix://"]
             .iter()
             .any(|s| text.starts_with(s));
         match scheme_ok && backstop_state::redis::parses(text) {

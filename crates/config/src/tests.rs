@@ -426,6 +426,10 @@ fn the_shared_state_is_the_nodes_or_a_redis() {
             test.toml:3: state.timeout: must be more than 0 and at most 60s (a session waits this long for each answer)"#]],
     );
     check(
+        &format!("[state]\nredis = \"rediss://10.0.0.5:6380/0\"\n{MINIMAL}"),
+        expect!["test.toml:2: state.redis: TLS to Redis is not built in: reach Redis over a private network, a Unix socket (redis+unix:///PATH) or a TLS tunnel"],
+    );
+    check(
         &format!("[state]\nredis = \"redis://a\"\nredis_cluster = [\"redis://b\"]\n{MINIMAL}"),
         expect!["test.toml:2: state.redis: redis (one server) and redis_cluster (the nodes of a cluster) exclude each other"],
     );
