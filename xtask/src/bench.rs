@@ -5,6 +5,9 @@
 //!   the same parameters; the latency from the end of DATA to the 250 at 50 sessions; and
 //!   backstop's memory: peak RSS, and RSS per idle connection with 2,000 and 10,000 held at
 //!   once.
+//!   Then the receive rate at 50 sessions with greylisting and rate limits off, on with the
+//!   state on the node, and on with the state in Redis (`bench/state.rs`; `cargo xtask bench
+//!   state` runs only that).
 //! - delivery: how fast queued mail is delivered to `smtp-sink` (see `bench/delivery.rs`),
 //!   then the same with a sick destination (a slow receiver, a blackhole) among healthy ones,
 //!   and backstop's memory per outbound connection with 10,000 open at once
@@ -19,6 +22,7 @@
 mod delivery;
 mod peers;
 mod sick;
+mod state;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -80,6 +84,10 @@ const LATENCY_SESSIONS: usize = 50;
 const LATENCY_MESSAGES: usize = 100;
 
 pub fn bench(root: &Path, args: &[String]) -> Result<(), String> {
+    if args.first().map(String::as_str) == Some("state") {
+        let (binary, dir) = prepare(root)?;
+        return finish(state::run(&binary, &dir), &dir);
+    }
     let (with_receive, with_delivery, with_sick) = match args.first().map(String::as_str) {
         None => (true, true, true),
         Some("receive") => (true, false, false),
@@ -87,20 +95,11 @@ pub fn bench(root: &Path, args: &[String]) -> Result<(), String> {
         Some("sick") => (false, false, true),
         Some(other) => {
             return Err(format!(
-                "cargo xtask bench: no part {other:?} (receive, delivery, sick)"
+                "cargo xtask bench: no part {other:?} (receive, delivery, sick, state)"
             ))
         }
     };
-    crate::setup::ensure(crate::setup::BUILD)?;
-    crate::setup::ensure(crate::setup::BENCH)?;
-    crate::cargo(root, &["build", "--release", "-p", "backstop"])?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let binary = target.join("release/backstop");
-    let dir = std::env::temp_dir().join(format!("backstop-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let (binary, dir) = prepare(root)?;
     let mut result = Ok(());
     if with_receive {
         result = receive(&binary, &dir);
@@ -111,9 +110,29 @@ pub fn bench(root: &Path, args: &[String]) -> Result<(), String> {
     if with_sick && result.is_ok() {
         result = sick::run(&binary, &dir);
     }
+    finish(result, &dir)
+}
+
+/// The packages, the release build, and a fresh directory for the servers' files.
+fn prepare(root: &Path) -> Result<(PathBuf, PathBuf), String> {
+    crate::setup::ensure(crate::setup::BUILD)?;
+    crate::setup::ensure(crate::setup::BENCH)?;
+    crate::cargo(root, &["build", "--release", "-p", "backstop"])?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let binary = target.join("release/backstop");
+    let dir = std::env::temp_dir().join(format!("backstop-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    Ok((binary, dir))
+}
+
+/// Removes the servers' files after a run that went through; keeps them after a failure.
+fn finish(result: Result<(), String>, dir: &Path) -> Result<(), String> {
     match result {
         Ok(()) => {
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_dir_all(dir);
             Ok(())
         }
         // The servers' logs and configs stay for a look.
@@ -207,7 +226,8 @@ fn receive(binary: &Path, dir: &Path) -> Result<(), String> {
         let per_connection = idle_cost(&backstop, idle)?;
         println!("backstop RSS per idle connection ({idle} open at once): {per_connection:.1} KiB");
     }
-    Ok(())
+    drop(backstop);
+    state::run(binary, dir)
 }
 
 /// LATENCY_SESSIONS clients each send LATENCY_MESSAGES 5 KB messages over one connection

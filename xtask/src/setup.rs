@@ -142,6 +142,11 @@ pub const BENCH: &[Requirement] = &[
         package: "knot",
         present_if: &["/usr/sbin/knotd"],
     },
+    // The shared state's cost on the receive path, with the state in Redis.
+    Requirement {
+        package: "redis-server",
+        present_if: &["/usr/bin/redis-server"],
+    },
 ];
 
 /// Installs what is missing (as root), or says exactly what to run.
