@@ -335,7 +335,7 @@ fn read(ctx: &mut Ctx<'_>, text: &str) -> Option<Config> {
         batv.as_ref().is_some_and(|b| b.check_bounces),
     );
     let state = read!(raw.state);
-    let state = state::check(ctx, state);
+    let state = state::check(ctx, state, provenance.retention);
     let admin = read!(raw.admin);
     let admin = admin::admin(ctx, admin, &data_dir);
     let metrics = read!(raw.metrics);

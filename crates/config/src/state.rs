@@ -31,7 +31,11 @@ impl Default for RawState {
 }
 
 /// `None`: the state is this node's (the queue's database and memory).
-pub(crate) fn check(ctx: &mut Ctx<'_>, raw: RawState) -> Option<Settings> {
+pub(crate) fn check(
+    ctx: &mut Ctx<'_>,
+    raw: RawState,
+    sent_retention: Duration,
+) -> Option<Settings> {
     let timeout = raw.timeout.get_ref().0;
     if timeout.is_zero() || timeout > Duration::from_secs(60) {
         ctx.error(
@@ -92,5 +96,6 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, raw: RawState) -> Option<Settings> {
         servers,
         prefix: raw.prefix,
         timeout: timeout.clamp(Duration::from_millis(1), Duration::from_secs(60)),
+        sent_retention,
     })
 }

@@ -33,7 +33,12 @@ pub struct Settings {
     pub prefix: String,
     /// For connecting and for each answer.
     pub timeout: Duration,
+    /// How long a sent Message-ID is kept (`[bounce_provenance] retention`): how many daily
+    /// buckets a lookup reads.
+    pub sent_retention: Duration,
 }
+
+const DAY: u64 = 86_400;
 
 /// Counts in a window atomically: adds, and starts the key's life with the window's first
 /// addition. One key, so a cluster routes it to the node that holds it.
@@ -52,6 +57,16 @@ impl Connection {
         match self.clone() {
             Connection::One(mut c) => cmd.query_async(&mut c).await,
             Connection::Cluster(mut c) => cmd.query_async(&mut c).await,
+        }
+    }
+
+    async fn pipeline<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> redis::RedisResult<T> {
+        match self.clone() {
+            Connection::One(mut c) => pipe.query_async(&mut c).await,
+            Connection::Cluster(mut c) => pipe.query_async(&mut c).await,
         }
     }
 }
@@ -125,7 +140,22 @@ impl Redis {
     /// Runs `cmd`; a failure that means the connection is gone forgets it.
     async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StateError> {
         let connection = self.connection().await?;
-        match connection.query(&cmd).await {
+        let answer = connection.query(&cmd).await;
+        self.answer(answer).await
+    }
+
+    /// Runs `pipe` (its keys in one slot), as [`Redis::query`].
+    async fn pipeline<T: redis::FromRedisValue>(
+        &self,
+        pipe: redis::Pipeline,
+    ) -> Result<T, StateError> {
+        let connection = self.connection().await?;
+        let answer = connection.pipeline(&pipe).await;
+        self.answer(answer).await
+    }
+
+    async fn answer<T>(&self, answer: redis::RedisResult<T>) -> Result<T, StateError> {
+        match answer {
             Ok(answer) => Ok(answer),
             Err(e) => {
                 if e.is_connection_dropped() || e.is_io_error() || e.is_timeout() {
@@ -140,6 +170,56 @@ impl Redis {
 
     fn key(&self, key: &Key) -> Vec<u8> {
         [self.settings.prefix.as_bytes(), &key.bytes()].concat()
+    }
+
+    /// The hash of the Message-IDs sent on `day` (days since the epoch). One hash per day
+    /// holds an entry in about 80 bytes where a key of its own takes about 150, and expires
+    /// whole; the `{sent}` hash tag keeps every day on one cluster node, so a lookup of all
+    /// the days kept is one pipeline.
+    fn sent_bucket(&self, day: u64) -> Vec<u8> {
+        format!("{}{{sent}}:{day}", self.settings.prefix).into_bytes()
+    }
+
+    /// Records a sent Message-ID in today's hash, which lives until `expires` of its newest
+    /// entry (and a day, for the entries made late that day).
+    async fn put_sent(
+        &self,
+        hash: &[u8; 16],
+        value: &[u8],
+        expires: UnixTime,
+        now: UnixTime,
+    ) -> Result<(), StateError> {
+        let bucket = self.sent_bucket(now.0 / DAY);
+        let life = expires.0.saturating_sub(now.0).saturating_add(DAY);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
+            .arg(&bucket)
+            .arg(hash.as_slice())
+            .arg(value)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&bucket)
+            .arg(life)
+            .ignore();
+        self.pipeline::<()>(pipe).await
+    }
+
+    /// The value recorded for a sent Message-ID on any day kept.
+    async fn get_sent(
+        &self,
+        hash: &[u8; 16],
+        now: UnixTime,
+    ) -> Result<Option<Vec<u8>>, StateError> {
+        let today = now.0 / DAY;
+        let days = self.settings.sent_retention.as_secs() / DAY + 1;
+        let mut pipe = redis::pipe();
+        for day in (today.saturating_sub(days)..=today).rev() {
+            pipe.cmd("HGET")
+                .arg(self.sent_bucket(day))
+                .arg(hash.as_slice());
+        }
+        let found: Vec<Option<Vec<u8>>> = self.pipeline(pipe).await?;
+        Ok(found.into_iter().flatten().next())
     }
 }
 
@@ -159,8 +239,11 @@ fn redacted(url: &str) -> String {
 }
 
 impl State for Redis {
-    fn get<'a>(&'a self, key: &'a Key, _now: UnixTime) -> Answer<'a, Option<Vec<u8>>> {
+    fn get<'a>(&'a self, key: &'a Key, now: UnixTime) -> Answer<'a, Option<Vec<u8>>> {
         Box::pin(async move {
+            if let Key::SentId(hash) = key {
+                return self.get_sent(hash, now).await;
+            }
             let mut cmd = redis::cmd("GET");
             cmd.arg(self.key(key));
             self.query(cmd).await
@@ -175,6 +258,9 @@ impl State for Redis {
         now: UnixTime,
     ) -> Answer<'a, ()> {
         Box::pin(async move {
+            if let Key::SentId(hash) = key {
+                return self.put_sent(hash, value, expires, now).await;
+            }
             let seconds = expires.0.saturating_sub(now.0);
             let mut cmd = if seconds == 0 {
                 // Expired already: what was there goes.

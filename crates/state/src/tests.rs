@@ -213,6 +213,7 @@ fn redis(servers: Servers) -> Redis {
         servers,
         prefix: "test:".into(),
         timeout: Duration::from_secs(2),
+        sent_retention: Duration::from_secs(30 * 86_400),
     })
     .unwrap()
 }
@@ -247,6 +248,26 @@ async fn behaves_as_a_state(state: Arc<dyn State>) {
     // Put as expired: gone.
     state.put(&key, b"third", now, now).await.unwrap();
     assert_eq!(state.get(&key, now).await.unwrap(), None);
+
+    // Sent Message-IDs: found on the day recorded and for the retention after it.
+    let sent = Key::SentId(message_id_hash("<behaves@example.test>"));
+    assert_eq!(state.get(&sent, now).await.unwrap(), None);
+    let kept = UnixTime(now.0 + 30 * 86_400);
+    state
+        .put(&sent, &now.0.to_be_bytes(), kept, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        state.get(&sent, now).await.unwrap(),
+        Some(now.0.to_be_bytes().to_vec())
+    );
+    let later = UnixTime(now.0 + 20 * 86_400);
+    assert_eq!(
+        state.get(&sent, later).await.unwrap(),
+        Some(now.0.to_be_bytes().to_vec())
+    );
+    let other = Key::SentId(message_id_hash("<other@example.test>"));
+    assert_eq!(state.get(&other, later).await.unwrap(), None);
 
     // Counters: concurrent additions all count.
     let counter = Key::Rate("client-messages:192.0.2.1".into());
@@ -367,6 +388,7 @@ async fn a_peer_that_is_not_redis_is_an_error_not_a_hang() {
         servers: Servers::One(format!("redis://127.0.0.1:{port}/0")),
         prefix: String::new(),
         timeout: Duration::from_millis(500),
+        sent_retention: Duration::from_secs(30 * 86_400),
     })
     .unwrap();
     let bounded = Bounded::new(Arc::new(state), Duration::from_secs(3));
@@ -382,6 +404,7 @@ fn a_bad_url_is_refused_at_once_without_its_password() {
         servers: Servers::One("http://user:secret@host/".into()),
         prefix: String::new(),
         timeout: Duration::from_secs(1),
+        sent_retention: Duration::from_secs(30 * 86_400),
     }) else {
         panic!("accepted");
     };
