@@ -17,6 +17,7 @@ pub(crate) struct RawState {
     redis_cluster: Vec<Spanned<String>>,
     prefix: String,
     timeout: Spanned<Seconds>,
+    tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RawState {
@@ -26,6 +27,7 @@ impl Default for RawState {
             redis_cluster: Vec::new(),
             prefix: "backstop:".to_owned(),
             timeout: Spanned::new(0..0, secs(1)),
+            tls_ca_file: None,
         }
     }
 }
@@ -46,15 +48,7 @@ pub(crate) fn check(
     }
     let url = |ctx: &mut Ctx<'_>, key: &str, url: &Spanned<String>| {
         let text = url.get_ref();
-        if text.starts_with("rediss://") {
-            ctx.error(
-                url.span(),
-                key,
-                "TLS to Redis is not built in: reach Redis over a private network, a Unix socket (redis+unix:///PATH) or a TLS tunnel",
-            );
-            return None;
-        }
-        let scheme_ok = ["redis://", "redis+unix://", "unix://"]
+        let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
             .iter()
             .any(|s| text.starts_with(s));
         match scheme_ok && backstop_state::redis::parses(text) {
@@ -63,7 +57,7 @@ pub(crate) fn check(
                 ctx.error(
                     url.span(),
                     key,
-                    "not a Redis URL: redis://HOST:PORT/DB (or redis+unix:///PATH)",
+                    "not a Redis URL: redis://HOST:PORT/DB (rediss:// for TLS, redis+unix:///PATH)",
                 );
                 None
             }
@@ -97,5 +91,6 @@ pub(crate) fn check(
         prefix: raw.prefix,
         timeout: timeout.clamp(Duration::from_millis(1), Duration::from_secs(60)),
         sent_retention,
+        ca_file: raw.tls_ca_file,
     })
 }

@@ -422,12 +422,19 @@ fn the_shared_state_is_the_nodes_or_a_redis() {
     check(
         &format!("[state]\nredis = \"http://10.0.0.5/\"\ntimeout = 0\n{MINIMAL}"),
         expect![[r#"
-            test.toml:2: state.redis: not a Redis URL: redis://HOST:PORT/DB (or redis+unix:///PATH)
+            test.toml:2: state.redis: not a Redis URL: redis://HOST:PORT/DB (rediss:// for TLS, redis+unix:///PATH)
             test.toml:3: state.timeout: must be more than 0 and at most 60s (a session waits this long for each answer)"#]],
     );
-    check(
-        &format!("[state]\nredis = \"rediss://10.0.0.5:6380/0\"\n{MINIMAL}"),
-        expect!["test.toml:2: state.redis: TLS to Redis is not built in: reach Redis over a private network, a Unix socket (redis+unix:///PATH) or a TLS tunnel"],
+    let tls = parse(
+        &format!("[state]\nredis = \"rediss://10.0.0.5:6380/0\"\ntls_ca_file = \"/etc/backstop/redis-ca.pem\"\n{MINIMAL}"),
+        "test.toml",
+    )
+    .unwrap()
+    .state
+    .unwrap();
+    assert_eq!(
+        tls.ca_file,
+        Some(PathBuf::from("/etc/backstop/redis-ca.pem"))
     );
     check(
         &format!("[state]\nredis = \"redis://a\"\nredis_cluster = [\"redis://b\"]\n{MINIMAL}"),

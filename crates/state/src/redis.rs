@@ -36,6 +36,9 @@ pub struct Settings {
     /// How long a sent Message-ID is kept (`[bounce_provenance] retention`): how many daily
     /// buckets a lookup reads.
     pub sent_retention: Duration,
+    /// For `rediss://`: the CA certificates (PEM) Redis's certificate must chain to; without
+    /// it, the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 const DAY: u64 = 86_400;
@@ -74,6 +77,8 @@ impl Connection {
 /// The site's state in Redis.
 pub struct Redis {
     settings: Settings,
+    /// The CA file's PEM, read once.
+    root_cert: Option<Vec<u8>>,
     /// Made at the first call; dropped after a failure that says the connection is gone.
     connection: Mutex<Option<Connection>>,
 }
@@ -90,8 +95,16 @@ impl Redis {
             redis::Client::open(url.as_str())
                 .map_err(|e| StateError::Failed(format!("{}: {e}", redacted(url))))?;
         }
+        let root_cert = match &settings.ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| StateError::Failed(format!("{}: {e}", path.display())))?,
+            ),
+            None => None,
+        };
         Ok(Redis {
             settings,
+            root_cert,
             connection: Mutex::new(None),
         })
     }
@@ -105,7 +118,13 @@ impl Redis {
         let unreachable = |e: redis::RedisError| StateError::Unreachable(e.to_string());
         let made = match &self.settings.servers {
             Servers::One(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(unreachable)?;
+                let client = match &self.root_cert {
+                    Some(root) => {
+                        redis::Client::build_with_tls(url.as_str(), self.certificates(root))
+                    }
+                    None => redis::Client::open(url.as_str()),
+                }
+                .map_err(unreachable)?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(timeout))
                     .set_response_timeout(Some(timeout))
@@ -120,7 +139,11 @@ impl Redis {
                 Connection::One(manager)
             }
             Servers::Cluster(urls) => {
-                let client = ClusterClient::builder(urls.iter().map(String::as_str))
+                let mut builder = ClusterClient::builder(urls.iter().map(String::as_str));
+                if let Some(root) = &self.root_cert {
+                    builder = builder.certs(self.certificates(root));
+                }
+                let client = builder
                     .connection_timeout(timeout)
                     .response_timeout(timeout)
                     .retries(1)
@@ -165,6 +188,13 @@ impl Redis {
                     Err(StateError::Failed(e.to_string()))
                 }
             }
+        }
+    }
+
+    fn certificates(&self, root: &[u8]) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root.to_vec()),
         }
     }
 

@@ -214,6 +214,7 @@ fn redis(servers: Servers) -> Redis {
         prefix: "test:".into(),
         timeout: Duration::from_secs(2),
         sent_retention: Duration::from_secs(30 * 86_400),
+        ca_file: None,
     })
     .unwrap()
 }
@@ -389,6 +390,7 @@ async fn a_peer_that_is_not_redis_is_an_error_not_a_hang() {
         prefix: String::new(),
         timeout: Duration::from_millis(500),
         sent_retention: Duration::from_secs(30 * 86_400),
+        ca_file: None,
     })
     .unwrap();
     let bounded = Bounded::new(Arc::new(state), Duration::from_secs(3));
@@ -405,6 +407,7 @@ fn a_bad_url_is_refused_at_once_without_its_password() {
         prefix: String::new(),
         timeout: Duration::from_secs(1),
         sent_retention: Duration::from_secs(30 * 86_400),
+        ca_file: None,
     }) else {
         panic!("accepted");
     };
@@ -458,4 +461,157 @@ async fn a_redis_cluster_behaves_as_a_state() {
             .unwrap();
         assert_eq!(state.get(&key, T0).await.unwrap(), Some(b"250".to_vec()));
     }
+}
+
+/// Makes a CA and a certificate for 127.0.0.1 signed by it in `dir` (ca.pem, server.pem,
+/// server.key) with the openssl command.
+fn certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=test-ca",
+            "-days",
+            "2",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    ]
+    .concat());
+    std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+}
+
+#[tokio::test]
+async fn redis_over_tls_with_the_sites_ca() {
+    if !have_redis("redis_over_tls_with_the_sites_ca") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let port = free_port();
+    let mut child = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args([
+            "--tls-cert-file",
+            "server.pem",
+            "--tls-key-file",
+            "server.key",
+        ])
+        .args(["--tls-ca-cert-file", "ca.pem", "--dir"])
+        .arg(dir.path())
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    while !lines
+        .next()
+        .unwrap()
+        .unwrap()
+        .contains("Ready to accept connections")
+    {}
+    std::thread::spawn(move || lines.for_each(drop));
+    let settings = |ca: &str| Settings {
+        servers: Servers::One(format!("rediss://127.0.0.1:{port}/0")),
+        prefix: "tls:".into(),
+        timeout: Duration::from_secs(2),
+        sent_retention: Duration::from_secs(30 * 86_400),
+        ca_file: Some(dir.path().join(ca)),
+    };
+    // With the site's CA: it answers.
+    let state = Redis::new(settings("ca.pem")).unwrap();
+    let key = Key::GreyPass("192.0.2.0/24".into());
+    state
+        .put(&key, b"1", UnixTime(T0.0 + 60), T0)
+        .await
+        .unwrap();
+    assert_eq!(state.get(&key, T0).await.unwrap(), Some(b"1".to_vec()));
+    // A certificate that does not chain to the CA given: refused, not used.
+    let other = tempfile::tempdir().unwrap();
+    certificates(other.path());
+    std::fs::copy(other.path().join("ca.pem"), dir.path().join("other-ca.pem")).unwrap();
+    let wrong = Redis::new(settings("other-ca.pem")).unwrap();
+    let answer = wrong.get(&key, T0).await;
+    assert!(
+        matches!(
+            answer,
+            Err(StateError::Unreachable(_) | StateError::Timeout(_))
+        ),
+        "{answer:?}"
+    );
+    // A CA file that is not there: an error at once, naming it.
+    let Err(e) = Redis::new(settings("missing.pem")) else {
+        panic!("accepted a missing CA file");
+    };
+    assert!(e.to_string().contains("missing.pem"), "{e}");
+    let _ = child.kill();
+    let _ = child.wait();
 }
