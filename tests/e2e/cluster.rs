@@ -387,7 +387,7 @@ fn a_bounce_is_recognised_at_the_other_node(kind: Kind, test: &str) {
     if !have("swaks", test) {
         return;
     }
-    let Some(site) = Site::start(kind, test) else {
+    let Some(mut site) = Site::start(kind, test) else {
         return;
     };
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -397,15 +397,17 @@ fn a_bounce_is_recognised_at_the_other_node(kind: Kind, test: &str) {
     let route = format!(
         "\n[[route]]\ndomains = [\"elsewhere.example\"]\nrelay = \"{hop}\"\nhost = \"hop.test\"\ntls = \"none\"\n"
     );
-    let a = node(a_dir.path(), 1, &site, &(provenance.to_owned() + &route));
-    let b = node(b_dir.path(), 2, &site, provenance);
-    // A delivers (the template pauses delivery).
-    let a_config = std::fs::read_to_string(a_dir.path().join("backstop.toml")).unwrap();
-    a.stop();
-    let a = Server::start(
-        a_dir.path(),
-        &a_config.replace("[delivery]\npaused = true", "[delivery]\npaused = false"),
-    );
+    // Both deliver (the template pauses delivery): A to the next hop, B into its Maildirs.
+    let delivering = |dir: &Path, n: u8, extra: &str| {
+        let text = config(dir, "")
+            .replace("127.0.0.1:0", &format!("127.0.0.{n}:0"))
+            .replace("[delivery]\npaused = true", "[delivery]\npaused = false")
+            + &site.state()
+            + extra;
+        Server::start(dir, &text)
+    };
+    let a = delivering(a_dir.path(), 1, &(provenance.to_owned() + &route));
+    let b = delivering(b_dir.path(), 2, provenance);
     let sent = a.submit_as_alice(
         "alice@example.test",
         "bob@elsewhere.example",
@@ -424,11 +426,22 @@ fn a_bounce_is_recognised_at_the_other_node(kind: Kind, test: &str) {
     }
     let ours = bounce_returning(&b, "sent-by-a@example.test");
     assert!(ours.starts_with("250"), "{ours}");
+    // B delivers it to the user the bounce is for.
+    let delivered = &b.local_mailbox("example.test/user", 1)[0];
+    assert!(
+        delivered.contains("Message-ID: <sent-by-a@example.test>"),
+        "{delivered}"
+    );
     let forged = bounce_returning(&b, "never@example.test");
     assert_eq!(
         forged.trim_end(),
         "550 5.7.1 Bounce refused: it returns a message we never sent"
     );
+    // Redis stopped: a bounce cannot be checked, so it is not taken (451), ours neither.
+    site.down();
+    let unchecked = bounce_returning(&b, "sent-by-a@example.test");
+    assert!(unchecked.starts_with("451 4.3.0"), "{unchecked}");
+    assert_eq!(b.local_mailbox("example.test/user", 1).len(), 1);
     a.stop();
     b.stop();
 }
