@@ -232,7 +232,7 @@ fn bounces_need_a_valid_batv_tag() {
 }
 
 /// A report (null sender) to user@example.test returning an original with `message_id`.
-fn bounce_returning(server: &Server, message_id: &str) -> String {
+pub(crate) fn bounce_returning(server: &Server, message_id: &str) -> String {
     let mut c = RawClient::connect(server.mx);
     c.reply();
     c.command("EHLO mx.elsewhere.example");

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::bounces::bounce_returning;
 use crate::harness::{config, free_port, have, RawClient, Server};
 
 /// A redis-server of the test's own on 127.0.0.1, killed when dropped (its directory, where a
@@ -355,30 +356,6 @@ fn accepting_hop() -> std::net::SocketAddr {
         }
     });
     address
-}
-
-/// A bounce (null sender) to user@example.test at `server` returning a message with
-/// `message_id`; the reply to its data.
-fn bounce_returning(server: &Server, message_id: &str) -> String {
-    let mut c = RawClient::connect(server.mx);
-    c.reply();
-    c.command("EHLO mx.elsewhere.example");
-    assert!(c.command("MAIL FROM:<>").starts_with("250"));
-    assert!(c.command("RCPT TO:<user@example.test>").starts_with("250"));
-    assert!(c.command("DATA").starts_with("354"));
-    c.send(
-        format!(
-            "From: MAILER-DAEMON@elsewhere.example\r\n\
-             Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
-             --b\r\nContent-Type: text/plain\r\n\r\nsorry\r\n\
-             --b\r\nContent-Type: message/rfc822\r\n\r\nFrom: alice@example.test\r\n\
-             Message-ID: <{message_id}>\r\n\r\nhello\r\n--b--\r\n.\r\n"
-        )
-        .as_bytes(),
-    );
-    let reply = c.reply();
-    c.command("QUIT");
-    reply
 }
 
 /// Mail sent through node A; its bounce comes to node B, which recognises it by the

@@ -166,15 +166,12 @@ impl NodeState {
     fn get_now(&self, key: &Key, now: UnixTime) -> Result<Option<Vec<u8>>, QueueError> {
         match key {
             Key::SentId(hash) => Ok(self
+                .queue
                 .sent_message_id(*hash)?
                 .map(|at| at.0.to_be_bytes().to_vec())),
             Key::AnySent => Ok((!self.queue.sent_message_ids_empty()?).then(|| b"1".to_vec())),
             other => self.queue.state_get(&other.bytes(), now),
         }
-    }
-
-    fn sent_message_id(&self, hash: [u8; 16]) -> Result<Option<UnixTime>, QueueError> {
-        self.queue.sent_message_id(hash)
     }
 
     fn put_now(
