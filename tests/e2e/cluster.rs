@@ -317,6 +317,62 @@ fn a_rate_limit_is_the_sites_on_a_redis_cluster() {
     );
 }
 
+/// AUTH PLAIN as alice with `password` at `server`'s submission port: the reply.
+fn login(server: &Server, password: &str) -> String {
+    use base64::Engine;
+    let mut c = RawClient::connect(server.submission);
+    c.reply();
+    c.command("EHLO client.example.org");
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("\0alice\0{password}"));
+    let reply = c.command(&format!("AUTH PLAIN {token}"));
+    c.command("QUIT");
+    reply
+}
+
+fn failed_logins_are_the_sites(kind: Kind, test: &str) {
+    let Some(mut site) = Site::start(kind, test) else {
+        return;
+    };
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // A 30-day window: the count must not start over in the middle of the test.
+    let auth = "\n[auth]\nallow_plaintext = true\nmax_failures = 3\nmax_failure_delay = \"1s\"\nfailure_window = \"30d\"\n";
+    let a = node(a_dir.path(), 1, &site, auth);
+    let b = node(b_dir.path(), 2, &site, auth);
+    // Three wrong passwords for the site: two at A, one at B...
+    for server in [&a, &b, &a] {
+        let reply = login(server, "wrong");
+        assert!(reply.starts_with("535"), "{reply}");
+    }
+    // ...and the right one is no longer checked at either node.
+    for server in [&b, &a] {
+        let reply = login(server, "secret");
+        assert!(reply.starts_with("454 4.7.0"), "{reply}");
+    }
+    // Redis stops: each node counts on its own, so a login is checked again (never refused
+    // for the store's sake), and its guessers are still held back per node.
+    site.down();
+    let reply = login(&b, "secret");
+    assert!(reply.starts_with("235"), "{reply}");
+    assert!(b
+        .log()
+        .contains("failed-login counter of the site unavailable"));
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn failed_logins_are_counted_for_the_site() {
+    failed_logins_are_the_sites(Kind::One, "failed_logins_are_counted_for_the_site");
+}
+
+#[test]
+fn failed_logins_are_counted_for_the_site_on_a_redis_cluster() {
+    failed_logins_are_the_sites(
+        Kind::Cluster,
+        "failed_logins_are_counted_for_the_site_on_a_redis_cluster",
+    );
+}
+
 /// A next hop that takes every message.
 fn accepting_hop() -> std::net::SocketAddr {
     use std::io::Write;

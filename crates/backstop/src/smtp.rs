@@ -182,6 +182,7 @@ pub(crate) fn smtp_context(
             Some(p) => Arc::new(p.auth_limits.resized(config.auth.limits)),
             None => Arc::new(backstop_listener::auth_limits::AuthLimits::new(
                 config.auth.limits,
+                Arc::clone(&shared.state),
             )),
         },
         local_networks: config.smtp.local_networks.clone(),

@@ -611,7 +611,7 @@ async fn authenticate<S: MessageSink, P: Policy>(
 ) -> AuthOutcome {
     let limits = &context.auth_limits;
     let user = credentials.username.clone();
-    if !limits.allowed(client, &user, std::time::Instant::now()) {
+    if !limits.allowed(client, &user, context.clock.now()).await {
         context.metrics.auth_throttled();
         return AuthOutcome::Throttled;
     }
@@ -641,7 +641,7 @@ async fn authenticate<S: MessageSink, P: Policy>(
     drop(permit);
     if outcome == AuthOutcome::Failure {
         context.metrics.auth_failed();
-        let delay = limits.failed(client, &user, std::time::Instant::now());
+        let delay = limits.failed(client, &user, context.clock.now()).await;
         tokio::time::sleep(delay).await;
     }
     outcome

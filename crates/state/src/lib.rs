@@ -1,6 +1,7 @@
 //! The state a site's nodes must share, behind one async interface ([`State`]):
 //! greylisting (a sender retrying through another MX must not be greylisted again), rate
-//! counters (a limit is the site's, not N times the limit), callahead answers and the
+//! counters (a limit is the site's, not N times the limit), failed logins (a password guesser
+//! spread over the nodes is counted once), callahead answers and the
 //! sent-Message-ID index of bounce provenance (a bounce for mail sent by node A may come to
 //! node B).
 //!
@@ -12,7 +13,8 @@
 //!
 //! What a caller does when the store cannot answer is the caller's rule, stated once where it
 //! asks (see docs/anti-backscatter.md): greylisting, callahead and bounce provenance answer 451,
-//! rate limits fall back to the node's own counters. [`Bounded`] puts a deadline on every call.
+//! rate limits and failed-login counts fall back to the node's own counters. [`Bounded`] puts
+//! a deadline on every call.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,7 +26,7 @@ use backstop_types::UnixTime;
 mod memory;
 pub mod redis;
 
-pub use memory::{MemoryCounters, MemoryState};
+pub use memory::{MemoryCounters, MemoryState, MAX_COUNTERS};
 
 /// A future a [`State`] call returns.
 pub type Answer<'a, T> = Pin<Box<dyn Future<Output = Result<T, StateError>> + Send + 'a>>;
@@ -40,6 +42,9 @@ pub enum Key {
     Rate(String),
     /// A callahead answer for a recipient (lower case).
     Callahead(String),
+    /// Failed logins counted in a window: `ip:NETWORK` (an IPv6 client's /64) or `user:NAME`
+    /// (lower case).
+    AuthFailures(String),
     /// A Message-ID we sent, by [`message_id_hash`].
     SentId([u8; 16]),
     /// Present once any Message-ID was recorded (bounce provenance has something to compare).
@@ -55,6 +60,7 @@ impl Key {
             Key::GreyPass(n) => format!("grey:pass:{n}").into_bytes(),
             Key::Rate(r) => format!("rate:{r}").into_bytes(),
             Key::Callahead(r) => format!("callahead:{r}").into_bytes(),
+            Key::AuthFailures(a) => format!("auth-failures:{a}").into_bytes(),
             Key::SentId(hash) => [b"sent:".as_slice(), hash].concat(),
             Key::AnySent => b"sent-any".to_vec(),
         }
@@ -66,6 +72,7 @@ impl Key {
             Key::GreyTriplet(_) | Key::GreyPass(_) => "greylist",
             Key::Rate(_) => "rate",
             Key::Callahead(_) => "callahead",
+            Key::AuthFailures(_) => "auth",
             Key::SentId(_) | Key::AnySent => "sent",
         }
     }

@@ -9,8 +9,13 @@ use backstop_types::UnixTime;
 
 use crate::{window_start, Answer, Key, State};
 
-/// Counters per key in fixed windows, in memory. Bounded: past 100,000 keys, counters whose
-/// window has ended are forgotten.
+/// Keys [`MemoryCounters`] holds at most.
+pub const MAX_COUNTERS: usize = 100_000;
+
+/// Counters per key in fixed windows, in memory. Bounded: past [`MAX_COUNTERS`] keys, counters
+/// whose window has ended are forgotten, and if that is not enough, those that counted only
+/// once (a flood of one-off keys must not push out the few that count a lot: a password
+/// guesser's); if even that is not enough, all of them.
 #[derive(Debug, Default)]
 pub struct MemoryCounters {
     windows: Mutex<HashMap<Key, (u64, u64)>>,
@@ -23,8 +28,14 @@ impl MemoryCounters {
         let start = window_start(window, now);
         // The map only guards counters; a panic elsewhere leaves them usable.
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        if windows.len() > 100_000 {
+        if windows.len() >= MAX_COUNTERS {
             windows.retain(|_, (s, _)| s.saturating_add(width) > now.0);
+        }
+        if windows.len() >= MAX_COUNTERS {
+            windows.retain(|_, (_, count)| *count > 1);
+        }
+        if windows.len() >= MAX_COUNTERS {
+            windows.clear();
         }
         let entry = windows.entry(key.clone()).or_insert((start, 0));
         if entry.0 != start {

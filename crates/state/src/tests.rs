@@ -64,6 +64,23 @@ fn memory_counters_count_per_key_in_fixed_windows() {
     );
 }
 
+/// A flood of one-off keys within one window stays bounded, and does not push out a key that
+/// counted many times (a password guesser hiding behind a spray of names).
+#[test]
+fn memory_counters_stay_bounded_and_keep_the_heavy_counts() {
+    let counters = MemoryCounters::default();
+    let window = Duration::from_secs(600);
+    let guesser = Key::AuthFailures("ip:192.0.2.7".into());
+    for _ in 0..5 {
+        counters.add(&guesser, 1, window, T0);
+    }
+    for n in 0..(MAX_COUNTERS as u32 * 2) {
+        counters.add(&Key::AuthFailures(format!("user:u{n}")), 1, window, T0);
+        assert!(counters.len() <= MAX_COUNTERS, "{}", counters.len());
+    }
+    assert_eq!(counters.add(&guesser, 1, window, T0), 6);
+}
+
 #[tokio::test]
 async fn memory_state_expires_values() {
     let state = MemoryState::default();
