@@ -131,7 +131,10 @@ impl Policy for SitePolicy {
 
     async fn allow_connection(&self, ip: IpAddr, local_submitter: bool) -> bool {
         match (&self.rate_limits.client_connections, local_submitter) {
-            (Some(limit), false) => self.count(&format!("conn:{ip}"), limit).await,
+            (Some(limit), false) => {
+                let network = backstop_listener::limits::client_network(ip);
+                self.count(&format!("conn:{network}"), limit).await
+            }
             _ => true,
         }
     }

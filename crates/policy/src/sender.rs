@@ -62,7 +62,8 @@ impl SitePolicy {
     }
 
     /// Counts one event of `kind` for whoever sent it: an authenticated user against the user
-    /// limit, an untrusted client address against the client limit; local networks are free.
+    /// limit, an untrusted client address against the client limit (an IPv6 client as its
+    /// /64, as for connection slots); local networks are free.
     pub(crate) async fn within_limits(
         &self,
         kind: &str,
@@ -76,7 +77,8 @@ impl SitePolicy {
                 self.count(&format!("{kind}:user:{user}"), &limit).await
             }
             (None, false, _, Some(limit)) => {
-                self.count(&format!("{kind}:ip:{client}"), &limit).await
+                let network = backstop_listener::limits::client_network(client);
+                self.count(&format!("{kind}:ip:{network}"), &limit).await
             }
             _ => true,
         }

@@ -1,3 +1,4 @@
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -392,6 +393,45 @@ fn the_checks_asked_follow_the_configuration() {
         ..bare()
     };
     assert_eq!(connections.checks(), Checks::default());
+}
+
+/// An IPv6 client is its /64 for the rate limits too: one host usually has the whole /64, and
+/// a new address in it per connection must not be a new client.
+#[tokio::test]
+async fn an_ipv6_client_is_limited_as_its_64() {
+    let policy = SitePolicy {
+        rate_limits: RateLimits {
+            client_connections: Some(Limit::parse("2/1d").unwrap()),
+            client_messages: Some(Limit::parse("1/1d").unwrap()),
+            ..RateLimits::default()
+        },
+        ..bare()
+    };
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert!(policy.allow_connection(ip("2001:db8:1:2::1"), false).await);
+    assert!(policy.allow_connection(ip("2001:db8:1:2::2"), false).await);
+    assert!(!policy.allow_connection(ip("2001:db8:1:2::3"), false).await);
+    assert!(policy.allow_connection(ip("2001:db8:1:3::1"), false).await);
+    let mut session = SessionState::default();
+    let query = |client: &str| SenderQuery {
+        sender: ReversePath::Null,
+        client: ip(client),
+        helo: "client.example".into(),
+        user: None,
+        trusted: false,
+    };
+    assert_eq!(
+        policy
+            .check_sender(&mut session, query("2001:db8:1:2::1"))
+            .await,
+        SenderVerdict::Accept
+    );
+    assert_eq!(
+        policy
+            .check_sender(&mut session, query("2001:db8:1:2::ffff"))
+            .await,
+        SenderVerdict::RateLimited
+    );
 }
 
 /// The site's state cannot be reached (Redis down): every call fails.
