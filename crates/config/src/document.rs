@@ -16,11 +16,24 @@ pub(crate) fn open<'t>(ctx: &mut Ctx<'_>, text: &'t str) -> Option<Spanned<DeTab
     if errors.is_empty() {
         return Some(table);
     }
+    // The line of each message the parser gives no place for, searched once per message.
+    let mut placed: Vec<(String, Option<Range<usize>>)> = Vec::new();
     for e in errors {
-        let span = e
-            .span()
-            .or_else(|| line_of(text, e.message()))
-            .unwrap_or(0..0);
+        let span = match e.span() {
+            Some(span) => span,
+            None => {
+                let known = placed.iter().find(|(m, _)| m == e.message());
+                let line = match known {
+                    Some((_, line)) => line.clone(),
+                    None => {
+                        let line = line_of(text, e.message());
+                        placed.push((e.message().to_owned(), line.clone()));
+                        line
+                    }
+                };
+                line.unwrap_or(0..0)
+            }
+        };
         ctx.syntax_error(span, plain(e.message()));
     }
     None

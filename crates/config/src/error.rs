@@ -113,7 +113,7 @@ impl std::error::Error for Errors {}
 
 /// The text being checked, and what was found wrong with it so far.
 pub(crate) struct Ctx<'a> {
-    text: &'a str,
+    lines: Lines<'a>,
     file: &'a str,
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<ConfigError>,
@@ -122,7 +122,7 @@ pub(crate) struct Ctx<'a> {
 impl<'a> Ctx<'a> {
     pub fn new(text: &'a str, file: &'a str) -> Ctx<'a> {
         Ctx {
-            text,
+            lines: Lines::new(text),
             file,
             errors: Vec::new(),
             warnings: Vec::new(),
@@ -139,7 +139,7 @@ impl<'a> Ctx<'a> {
                 key: (!key.is_empty()).then(|| key.to_owned()),
             };
         }
-        locate(self.text, self.file, span)
+        self.lines.locate(self.file, span)
     }
 
     /// A problem at `span` (or at `key` when the value is not in the file).
@@ -164,7 +164,7 @@ impl<'a> Ctx<'a> {
     /// A problem at `span` of the text itself (a syntax error): always at its line, even at
     /// the very start, where [`Ctx::error`] reads `0..0` as a value the file does not have.
     pub fn syntax_error(&mut self, span: Range<usize>, message: impl Into<String>) {
-        let at = locate(self.text, self.file, span);
+        let at = self.lines.locate(self.file, span);
         self.errors.push(ConfigError {
             at,
             message: message.into(),
@@ -189,35 +189,71 @@ impl<'a> Ctx<'a> {
     }
 }
 
-/// The line of `span` and the key written there, with its table.
-fn locate(text: &str, file: &str, span: Range<usize>) -> Location {
-    let start = floor_char_boundary(text, span.start.min(text.len()));
-    let line = text[..start].matches('\n').count() + 1;
-    let line_text = text.lines().nth(line - 1).unwrap_or("");
-    let table = text[..start]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))
-        .map(|l| table_name(l).to_owned());
-    let header = line_text.trim();
-    let key = match line_text.split_once('=') {
-        _ if header.starts_with('[') => Some(table_name(header).to_owned()),
-        // A line too broken to name a key (a syntax error's: `= 1`) names only its table.
-        Some((k, _)) if k.trim().is_empty() || k.contains(char::is_control) => table,
-        Some((k, _)) => {
-            let k = k.trim().trim_matches('"');
-            Some(match &table {
-                Some(t) => format!("{t}.{k}"),
-                None => k.to_owned(),
-            })
+/// The text's lines, indexed once, so that placing each of many problems costs a binary search
+/// and not a walk through the text (a broken file may have a problem on every line).
+struct Lines<'a> {
+    text: &'a str,
+    /// Where each line starts (the first at 0, then after each `\n`).
+    starts: Vec<usize>,
+    /// For each line, the last table header (`[x]`, `[[x]]`) on a line before it.
+    header_before: Vec<Option<usize>>,
+}
+
+impl<'a> Lines<'a> {
+    fn new(text: &'a str) -> Lines<'a> {
+        let starts: Vec<usize> = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        let mut header_before = Vec::with_capacity(starts.len());
+        let mut last = None;
+        for n in 0..starts.len() {
+            header_before.push(last);
+            if Lines::line_in(text, &starts, n).trim().starts_with('[') {
+                last = Some(n);
+            }
         }
-        _ => table,
-    };
-    Location {
-        file: file.to_owned(),
-        line: Some(line),
-        key,
+        Lines {
+            text,
+            starts,
+            header_before,
+        }
+    }
+
+    /// Line `n` (from 0) without its line break.
+    fn line_in<'t>(text: &'t str, starts: &[usize], n: usize) -> &'t str {
+        let end = starts.get(n + 1).map_or(text.len(), |next| next - 1);
+        let line = &text[starts[n]..end];
+        line.strip_suffix('\r').unwrap_or(line)
+    }
+
+    /// The line of `span` and the key written there, with its table.
+    fn locate(&self, file: &str, span: Range<usize>) -> Location {
+        let text = self.text;
+        let start = floor_char_boundary(text, span.start.min(text.len()));
+        // The lines that start at or before `start`: the number of `span`'s line.
+        let line = self.starts.partition_point(|&s| s <= start);
+        let line_text = Lines::line_in(text, &self.starts, line - 1);
+        let table = self.header_before[line - 1]
+            .map(|h| table_name(Lines::line_in(text, &self.starts, h).trim()).to_owned());
+        let header = line_text.trim();
+        let key = match line_text.split_once('=') {
+            _ if header.starts_with('[') => Some(table_name(header).to_owned()),
+            // A line too broken to name a key (a syntax error's: `= 1`) names only its table.
+            Some((k, _)) if k.trim().is_empty() || k.contains(char::is_control) => table,
+            Some((k, _)) => {
+                let k = k.trim().trim_matches('"');
+                Some(match &table {
+                    Some(t) => format!("{t}.{k}"),
+                    None => k.to_owned(),
+                })
+            }
+            _ => table,
+        };
+        Location {
+            file: file.to_owned(),
+            line: Some(line),
+            key,
+        }
     }
 }
 
