@@ -30,9 +30,8 @@ pub fn session_config() -> Arc<SessionConfig> {
         require_auth: false,
         local_domains: vec![Domain::parse("bench.test").unwrap()],
         relay_domains: Vec::new(),
-        check_recipients: false,
-        check_senders: false,
-        check_messages: false,
+        checks: backstop_session::Checks::default(),
+        memory: backstop_session::budget::MemoryBudget::new(1 << 30),
     })
 }
 

@@ -98,6 +98,11 @@ impl Driver {
                 senders: flags & 16 != 0,
                 messages: flags & 32 != 0,
             },
+            // No memory for messages at all: every DATA and BDAT is deferred (452 4.3.1).
+            memory: backstop_session::budget::MemoryBudget::new(match flags & 64 {
+                0 => 1 << 30,
+                _ => 0,
+            }),
         });
         let peer = Peer {
             ip: "192.0.2.1".parse().expect("an IP address"),

@@ -20,6 +20,7 @@ pub struct Sources {
     pub queue: Queue,
     pub delivery: Arc<Counters>,
     pub smtp: Arc<SmtpMetrics>,
+    pub memory: Arc<backstop_session::budget::MemoryBudget>,
 }
 
 impl Sources {
@@ -27,6 +28,18 @@ impl Sources {
     pub fn render(&self, now: UnixTime) -> String {
         let mut out = self.smtp.prometheus();
         out.append(self.delivery.prometheus());
+        out.single(
+            "smtp_message_memory_bytes",
+            Kind::Gauge,
+            "Memory held for message data in progress (smtp.max_message_memory).",
+            self.memory.used(),
+        )
+        .single(
+            "smtp_message_memory_limit_bytes",
+            Kind::Gauge,
+            "The limit on memory for message data in progress.",
+            self.memory.limit(),
+        );
         match (self.queue.list(), self.queue.quarantine_list()) {
             (Ok(entries), Ok(quarantined)) => {
                 let oldest = entries.iter().map(|(_, e)| e.envelope.arrival.0).min();

@@ -194,6 +194,7 @@ impl Server {
             queue: queue.clone(),
             delivery: Arc::clone(&counters),
             smtp: Arc::clone(&smtp_metrics),
+            memory: Arc::clone(&shared.memory),
         });
         if let Some(socket) = metrics {
             tokio::spawn(crate::metrics::serve(
@@ -347,6 +348,9 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     /// The site's state, made once at start (a reload keeps it: its counters go on).
     pub(crate) state: Arc<dyn backstop_state::State>,
+    /// The memory for messages in progress (`[smtp] max_message_memory`): one for the whole
+    /// server; a reload changes its limit, and what sessions hold stays counted.
+    pub(crate) memory: Arc<backstop_session::budget::MemoryBudget>,
 }
 
 /// The site's state as `[state]` says: this node's (the queue and memory), or the site's Redis,
@@ -386,6 +390,7 @@ impl Shared {
             batv: crate::batv::keys(setup)?,
             clock,
             state,
+            memory: backstop_session::budget::MemoryBudget::new(config.smtp.max_message_memory),
         })
     }
 }

@@ -157,12 +157,19 @@ pub(crate) fn smtp_context(
     };
     // The session asks for what the policy checks.
     let checks = policy.checks();
+    shared.memory.set_limit(config.smtp.max_message_memory);
     let listeners = config
         .listeners
         .iter()
         .map(|l| {
             let settings = backstop_listener::ListenerSettings {
-                session: Arc::new(session_config(config, &l.name, l.kind, checks)),
+                session: Arc::new(session_config(
+                    config,
+                    &l.name,
+                    l.kind,
+                    checks,
+                    &shared.memory,
+                )),
                 greeting_delay: config.smtp.greeting_delay,
                 shutdown_grace: config.smtp.shutdown_grace,
                 stress_timeout: config.smtp.stress_timeout,
@@ -268,6 +275,7 @@ fn session_config(
     name: &str,
     kind: ListenerKind,
     checks: Checks,
+    memory: &Arc<backstop_session::budget::MemoryBudget>,
 ) -> SessionConfig {
     let submission_auth = if config.auth.allow_plaintext {
         AuthPolicy::AllowPlaintext
@@ -305,5 +313,6 @@ fn session_config(
         local_domains: config.smtp.local_domains.clone(),
         relay_domains: config.smtp.relay_domains.clone(),
         checks,
+        memory: Arc::clone(memory),
     }
 }

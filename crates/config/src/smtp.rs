@@ -16,6 +16,9 @@ pub struct Smtp {
     pub relay_domains: Vec<Domain>,
     pub local_networks: Vec<IpNetwork>,
     pub max_message_size: u64,
+    /// Message data all sessions together may hold in memory; beyond it, DATA and BDAT get
+    /// 452 4.3.1.
+    pub max_message_memory: u64,
     pub max_recipients: usize,
     pub max_line_length: usize,
     pub max_errors: u32,
@@ -42,6 +45,7 @@ pub(crate) struct RawSmtp {
     relay_domains: Vec<Spanned<String>>,
     local_networks: Vec<Spanned<String>>,
     max_message_size: ByteSize,
+    max_message_memory: Spanned<ByteSize>,
     max_recipients: Spanned<usize>,
     max_line_length: Spanned<usize>,
     max_errors: Spanned<u32>,
@@ -66,6 +70,7 @@ impl Default for RawSmtp {
             relay_domains: Vec::new(),
             local_networks: Vec::new(),
             max_message_size: ByteSize(50 * 1024 * 1024),
+            max_message_memory: Spanned::new(0..0, ByteSize(1024 * 1024 * 1024)),
             max_recipients: unspanned(100),
             max_line_length: unspanned(2048),
             max_errors: Spanned::new(0..0, 20),
@@ -126,6 +131,20 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, raw: RawSmtp) -> Smtp {
             "must be more than 0",
         );
     }
+    // A message of the largest size must fit, with room for our header fields: below that,
+    // such a message would be deferred for ever.
+    let memory = raw.max_message_memory.get_ref().0;
+    let least_memory = raw.max_message_size.0.saturating_add(1024 * 1024);
+    if memory < least_memory {
+        ctx.error(
+            raw.max_message_memory.span(),
+            "smtp.max_message_memory",
+            format!(
+                "must be at least smtp.max_message_size and 1 MiB more ({least_memory} octets), \
+                 or a message of the largest size could never be taken"
+            ),
+        );
+    }
     let defaults = RawSmtp::default();
     // A value reported above falls back to its default, so nothing downstream sees it.
     let or_default = |v: &Spanned<usize>, d: &Spanned<usize>, min: usize| {
@@ -140,6 +159,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, raw: RawSmtp) -> Smtp {
         relay_domains,
         local_networks,
         max_message_size: raw.max_message_size.0,
+        max_message_memory: memory.max(least_memory),
         max_recipients: or_default(&raw.max_recipients, &defaults.max_recipients, 1),
         max_line_length: or_default(&raw.max_line_length, &defaults.max_line_length, 512),
         max_errors: (*raw.max_errors.get_ref()).max(1),

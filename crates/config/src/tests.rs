@@ -71,7 +71,7 @@ fn errors_name_file_line_and_key_in_plain_words() {
     );
     check(
         &format!("[smtp]\nmax_recipient = 5\n{MINIMAL}"),
-        expect!["test.toml:2: smtp.max_recipient: unknown key max_recipient; the keys here are local_domains, relay_domains, local_networks, max_message_size, max_recipients, max_line_length, max_errors, command_timeout, data_timeout, min_data_rate, max_hops, stress_timeout, greeting_delay, shutdown_grace, max_connections, max_connections_per_ip"],
+        expect!["test.toml:2: smtp.max_recipient: unknown key max_recipient; the keys here are local_domains, relay_domains, local_networks, max_message_size, max_message_memory, max_recipients, max_line_length, max_errors, command_timeout, data_timeout, min_data_rate, max_hops, stress_timeout, greeting_delay, shutdown_grace, max_connections, max_connections_per_ip"],
     );
     check(
         &format!("[smtp]\nlocal_domains = \"example.com\"\n{MINIMAL}"),
@@ -94,6 +94,12 @@ fn errors_name_file_line_and_key_in_plain_words() {
     check(
         &format!("[smtp]\nmax_message_size = \"10Q\"\n{MINIMAL}"),
         expect![[r#"test.toml:2: smtp.max_message_size: "10Q": unknown unit (use k, M or G)"#]],
+    );
+    check(
+        &format!("[smtp]\nmax_message_size = \"50M\"\nmax_message_memory = \"40M\"\n{MINIMAL}"),
+        expect![[
+            r#"test.toml:3: smtp.max_message_memory: must be at least smtp.max_message_size and 1 MiB more (53477376 octets), or a message of the largest size could never be taken"#
+        ]],
     );
     check(
         &format!("[smtp]\ndata_timeout = \"soon\"\n{MINIMAL}"),

@@ -20,6 +20,9 @@ pub struct DataFramer {
     /// Octets of message content seen, whether kept or not.
     size: u64,
     max_size: u64,
+    /// The memory budget was used up: nothing more is kept, and the message will be refused
+    /// for now.
+    dropping: bool,
 }
 
 /// What a call to [`DataFramer::feed`] found.
@@ -39,6 +42,8 @@ pub enum Verdict {
     BadLineEndings,
     /// More than the maximum size was sent; the excess was not kept.
     TooBig,
+    /// The memory for messages in progress was used up on the way ([`DataFramer::drop_content`]).
+    NoMemory,
 }
 
 impl DataFramer {
@@ -61,12 +66,29 @@ impl DataFramer {
             tainted: false,
             size: 0,
             max_size,
+            dropping: false,
         }
     }
 
     /// Octets of content received so far (after dot-unstuffing).
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Keep nothing more (the memory budget is used up): framing goes on to the end of the
+    /// data, which is then [`Verdict::NoMemory`].
+    pub fn drop_content(&mut self) {
+        self.dropping = true;
+    }
+
+    /// Whether [`DataFramer::drop_content`] was called.
+    pub fn is_dropping(&self) -> bool {
+        self.dropping
+    }
+
+    /// Octets of content kept so far (the size, up to the maximum; nothing when dropping).
+    pub fn kept(&self) -> u64 {
+        self.size.min(self.max_size)
     }
 
     /// Whether a bare CR, a bare LF or a NUL has been seen (a CR at the very end of the input
@@ -144,6 +166,8 @@ impl DataFramer {
             Verdict::BadLineEndings
         } else if self.size > self.max_size {
             Verdict::TooBig
+        } else if self.dropping {
+            Verdict::NoMemory
         } else {
             Verdict::Clean
         }
@@ -159,7 +183,10 @@ impl DataFramer {
 
     fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
         // Content past the limit is counted, not kept: the message will be refused anyway.
-        let room = self.max_size.saturating_sub(self.size);
+        let room = match self.dropping {
+            true => 0,
+            false => self.max_size.saturating_sub(self.size),
+        };
         let keep = bytes.len().min(usize::try_from(room).unwrap_or(usize::MAX));
         out.extend_from_slice(&bytes[..keep]);
         self.size += bytes.len() as u64;

@@ -21,6 +21,7 @@
 //! - [`headers`]: the hop count and forged `Authentication-Results:` in a received header.
 //! - [`received`]: the `Received:` trace header (RFC 5321 4.4, RFC 3848).
 
+pub mod budget;
 pub mod data;
 pub mod headers;
 pub mod params;
@@ -30,6 +31,7 @@ pub mod sasl;
 pub mod session;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backstop_types::{Domain, Envelope, TlsInfo};
@@ -79,6 +81,9 @@ pub struct SessionConfig {
     pub relay_domains: Vec<Domain>,
     /// What the driver is asked about (the policy's [`Checks`]).
     pub checks: Checks,
+    /// The memory all sessions together may hold for messages in progress; one for the whole
+    /// server, shared by every listener's config.
+    pub memory: Arc<budget::MemoryBudget>,
 }
 
 /// When AUTH is offered on a listener.

@@ -11,6 +11,7 @@ use backstop_types::{
 };
 use smtp_proto::{MailFrom, RcptTo, Request};
 
+use crate::budget::Reservation;
 use crate::data::{DataFramer, Progress, Verdict};
 use crate::params::{self, Number};
 use crate::sasl::{self, Mechanism, SaslError};
@@ -50,6 +51,46 @@ pub struct ServerSession {
     /// When the request under way (a command line, a DATA, a BDAT chunk) began, for its
     /// deadline; `None` between requests.
     request_started: Option<UnixTime>,
+    /// This session's share of the memory for messages in progress: covers the message's
+    /// buffer from DATA (or the first BDAT) until the message is stored or refused.
+    memory: Reservation,
+}
+
+/// Covered at the start of the data, before any of it arrives: the first growth steps of the
+/// buffer, so that most messages never come back to the budget.
+const FIRST_SHARE: u64 = 64 * 1024;
+
+/// Makes room in `body` for `incoming` more octets from `framer`, within the memory budget.
+/// False when the budget is used up; the caller then drops the message's content.
+fn room_for(
+    memory: &mut Reservation,
+    body: &mut Vec<u8>,
+    framer: &DataFramer,
+    max_size: u64,
+    incoming: usize,
+) -> bool {
+    // The framer never keeps more than the maximum size of content.
+    let header = body.len() as u64 - framer.kept().min(body.len() as u64);
+    let ceiling = header.saturating_add(max_size);
+    let needed = (body.len() as u64)
+        .saturating_add(incoming as u64)
+        .min(ceiling);
+    if needed <= body.capacity() as u64 {
+        return true;
+    }
+    // Grow as a Vec would (doubling), but never past what the message can use.
+    let target = needed
+        .max((body.capacity() as u64).saturating_mul(2))
+        .min(ceiling.max(needed));
+    if target > memory.held() && !memory.cover(target) {
+        if needed > memory.held() && !memory.cover(needed) {
+            return false;
+        }
+        body.reserve_exact(usize::try_from(needed).unwrap_or(usize::MAX) - body.len());
+        return true;
+    }
+    body.reserve_exact(usize::try_from(target).unwrap_or(usize::MAX) - body.len());
+    true
 }
 
 struct PendingRcpt {
@@ -120,6 +161,7 @@ enum Line {
 impl ServerSession {
     pub fn new(config: Arc<SessionConfig>, peer: Peer, now: UnixTime) -> ServerSession {
         let tls = peer.tls.clone();
+        let config_memory = Arc::clone(&config.memory);
         ServerSession {
             config,
             peer,
@@ -139,6 +181,7 @@ impl ServerSession {
             pending_mail: None,
             stage: "connect",
             request_started: None,
+            memory: Reservation::new(&config_memory),
         }
     }
 
@@ -374,6 +417,15 @@ impl ServerSession {
         if self.is_closed() {
             return;
         }
+        // Held until the message is stored; given back at once when it will not be.
+        if !matches!(
+            verdict,
+            ContentVerdict::Accept
+                | ContentVerdict::AcceptChanged(_)
+                | ContentVerdict::Quarantine(_)
+        ) {
+            self.memory.cover(0);
+        }
         match verdict {
             ContentVerdict::Accept => self.outputs.push_back(Output::Enqueue(message)),
             ContentVerdict::AcceptChanged(changed) => {
@@ -419,6 +471,7 @@ impl ServerSession {
         }
         self.phase = Phase::Command;
         self.txn = None;
+        self.memory.cover(0);
         match result {
             Ok(id) => self.reply(Reply::queued(id)),
             Err(EnqueueFailure::StorageFull) => self.reply(Reply::insufficient_storage()),
@@ -458,6 +511,19 @@ impl ServerSession {
                 Phase::Data(framer) => {
                     // The transaction exists for as long as the phase is Data.
                     let Some(txn) = self.txn.as_mut() else { return };
+                    if !framer.is_dropping()
+                        && !room_for(
+                            &mut self.memory,
+                            &mut txn.body,
+                            framer,
+                            self.config.max_message_size,
+                            self.input.len(),
+                        )
+                    {
+                        framer.drop_content();
+                        txn.body = Vec::new();
+                        self.memory.cover(0);
+                    }
                     match framer.feed(&self.input, &mut txn.body) {
                         Progress::NeedMore => {
                             self.input.clear();
@@ -488,6 +554,19 @@ impl ServerSession {
                     if discard.is_none() {
                         if let Some(txn) = self.txn.as_mut() {
                             if let Some(framer) = txn.bdat.as_mut() {
+                                if !framer.is_dropping()
+                                    && !room_for(
+                                        &mut self.memory,
+                                        &mut txn.body,
+                                        framer,
+                                        self.config.max_message_size,
+                                        take,
+                                    )
+                                {
+                                    framer.drop_content();
+                                    txn.body = Vec::new();
+                                    self.memory.cover(0);
+                                }
                                 framer.feed(&self.input[..take], &mut txn.body);
                             }
                         }
@@ -964,6 +1043,11 @@ impl ServerSession {
         if self.txn.as_ref().is_some_and(|t| t.bdat.is_some()) {
             return self.error(Reply::bad_sequence("DATA cannot follow BDAT"));
         }
+        // No memory for the message now: the client keeps it and tries later, before it sends
+        // a byte of it. The transaction stays, as after any reply to DATA that is not 354.
+        if !self.memory.cover(FIRST_SHARE) {
+            return self.reply(Reply::insufficient_memory());
+        }
         self.start_body();
         self.phase = Phase::Data(DataFramer::data(self.config.max_message_size));
         self.request_started = Some(self.now);
@@ -987,8 +1071,14 @@ impl ServerSession {
         };
         if discard.is_none() && self.txn.as_ref().is_some_and(|t| t.bdat.is_none()) {
             self.start_body();
+            let mut framer = DataFramer::bdat(self.config.max_message_size);
+            // No memory for the message now: its chunks are read and dropped, and the first
+            // one is answered 452 (see `end_of_chunk`).
+            if !self.memory.cover(FIRST_SHARE) {
+                framer.drop_content();
+            }
             if let Some(txn) = self.txn.as_mut() {
-                txn.bdat = Some(DataFramer::bdat(self.config.max_message_size));
+                txn.bdat = Some(framer);
             }
         }
         self.phase = Phase::Bdat {
@@ -1022,7 +1112,9 @@ impl ServerSession {
         };
         // Bad line endings or too much data are refused at once, not only after the last
         // chunk, so the client stops sending chunks (RFC 3030 2).
-        let refused = framer.is_tainted() || framer.size() > self.config.max_message_size;
+        let refused = framer.is_tainted()
+            || framer.size() > self.config.max_message_size
+            || framer.is_dropping();
         if last || refused {
             let Some(framer) = txn.bdat.take() else {
                 return;
@@ -1039,11 +1131,20 @@ impl ServerSession {
             Verdict::Clean => {}
             Verdict::BadLineEndings => {
                 self.txn = None;
+                self.memory.cover(0);
                 return self.error(Reply::bad_line_endings());
             }
             Verdict::TooBig => {
                 self.txn = None;
+                self.memory.cover(0);
                 return self.error(Reply::message_too_big(self.config.max_message_size));
+            }
+            // Not the client's fault: no error counted.
+            Verdict::NoMemory => {
+                self.txn = None;
+                self.memory.cover(0);
+                self.phase = Phase::Command;
+                return self.reply(Reply::insufficient_memory());
             }
         }
         let Some(mut txn) = self.txn.take() else {
@@ -1052,6 +1153,7 @@ impl ServerSession {
         let header_end = crate::headers::section(&txn.body).len();
         // A mail loop: the message has passed this way, or through too many hands, already.
         if crate::headers::hops(&txn.body[..header_end]) > self.config.max_hops {
+            self.memory.cover(0);
             return self.error(Reply::too_many_hops(self.config.max_hops));
         }
         // Only we may speak for our authserv-id (RFC 8601 5): a field that claims it is forged.
@@ -1062,6 +1164,7 @@ impl ServerSession {
         if let Some(auth) = &self.auth {
             if let Some(from) = unowned_from(&self.sender_rights, &txn.body) {
                 let reply = Reply::from_not_owned(&auth.user, &from);
+                self.memory.cover(0);
                 return self.error(reply);
             }
         }

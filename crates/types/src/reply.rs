@@ -741,6 +741,16 @@ impl Reply {
         )
     }
 
+    /// The memory for messages in progress is used up (`[smtp] max_message_memory`): the
+    /// client keeps the message and tries later.
+    pub fn insufficient_memory() -> Reply {
+        Reply::new(
+            452,
+            EnhancedStatus(4, 3, 1),
+            "Insufficient system memory for messages in progress, try again later",
+        )
+    }
+
     pub fn queue_unavailable() -> Reply {
         Reply::new(
             451,
