@@ -169,6 +169,133 @@ fn quarantine_verbs() {
     server.stop();
 }
 
+/// Sends one message from `from` to `to`; its queue id.
+fn send_from(server: &Server, from: &str, to: &str) -> String {
+    let mut c = RawClient::connect(server.mx);
+    c.reply();
+    c.command("EHLO client.example");
+    c.command(&format!("MAIL FROM:<{from}>"));
+    c.command(&format!("RCPT TO:<{to}>"));
+    c.command("DATA");
+    c.send(b"Subject: x\r\n\r\nbody\r\n.\r\n");
+    let reply = c.reply();
+    c.command("QUIT");
+    queue_id_in(&reply).to_string()
+}
+
+/// `backstop ARGS` with the config found through BACKSTOP_CONFIG (no --config) and `stdin`.
+fn cli_env(dir: &Path, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("BACKSTOP_CONFIG", dir.join("backstop.toml"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// postsuper's habits: several ids at once, ALL, ids on standard input, filters; the config
+/// found through BACKSTOP_CONFIG.
+#[test]
+fn queue_and_quarantine_verbs_take_several_ids_all_stdin_and_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::start(d, &config(d, ""));
+    let a = send_from(&server, "news@lists.example.org", "user@example.test");
+    let b = send_from(&server, "news@lists.example.org", "other@example.test");
+    let c = send_from(&server, "friend@example.net", "user@example.test");
+    let out = cli_env(d, &["queue", "list"], "");
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && list.ends_with("-- 3 message(s)\n"),
+        "{list}"
+    );
+
+    // Several ids.
+    assert_eq!(
+        ok(d, &["queue", "hold", &a, &b]),
+        format!("{a}: held\n{b}: held\n")
+    );
+    // ALL narrowed by the sender's domain: the two held ones, not the third.
+    let released = ok(
+        d,
+        &["queue", "release", "ALL", "--from", "@lists.example.org"],
+    );
+    assert_eq!(released, format!("{a}: released\n{b}: released\n"));
+    // Nothing older than a day.
+    let out = cli(d, &["queue", "delete", "ALL", "--older-than", "1d"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no message matches"));
+    // Ids from standard input, as from `jq -r '.[].id'`; an unknown one fails alone.
+    let out = cli_env(
+        d,
+        &["queue", "delete", "-"],
+        &format!("{c}\n0000000000000bad\n"),
+    );
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{c}: deleted\n")
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0000000000000bad: not in the queue"));
+    // A filter on a recipient domain.
+    let json = ok(
+        d,
+        &[
+            "queue",
+            "delete",
+            "ALL",
+            "--to-domain",
+            "EXAMPLE.test",
+            "--json",
+        ],
+    );
+    assert!(
+        json.contains(&format!("\"id\": \"{a}\"")) && json.contains("\"ok\": true"),
+        "{json}"
+    );
+    assert_eq!(ok(d, &["queue", "list"]), "Mail queue is empty\n");
+    assert!(fails(d, &["queue", "delete"]).contains("name the messages"));
+    assert!(fails(d, &["queue", "delete", "ALL", "--older-than", "soon"]).contains("--older-than"));
+
+    // The quarantine: by reason.
+    let virus = send_from(&server, "x@example.net", "user@example.test");
+    let odd = send_from(&server, "y@example.net", "user@example.test");
+    server.stop();
+    {
+        let queue = Queue::open(&d.join("var/queue")).unwrap();
+        let id = |s: &str| s.parse::<QueueId>().unwrap();
+        assert!(queue
+            .quarantine(
+                id(&virus),
+                "clamd: Eicar-Test-Signature",
+                UnixTime(1_800_000_000)
+            )
+            .unwrap());
+        assert!(queue
+            .quarantine(id(&odd), "rspamd: add header", UnixTime(1_800_000_000))
+            .unwrap());
+    }
+    let server = Server::restart(d);
+    assert_eq!(
+        ok(d, &["quarantine", "delete", "ALL", "--reason", "eicar"]),
+        format!("{virus}: deleted\n")
+    );
+    let out = cli_env(d, &["quarantine", "release", "-"], &odd);
+    assert!(out.status.success());
+    assert_eq!(ok(d, &["quarantine", "list"]), "Quarantine is empty\n");
+    server.stop();
+}
+
 #[test]
 fn admin_api_over_loopback_http_needs_the_token() {
     use std::io::{Read, Write};

@@ -537,20 +537,175 @@ fn headers(body: &[u8]) -> String {
 
 /// Sends one request to the server and prints the answer, as a table or as JSON.
 pub fn run(endpoint: &AdminEndpoint, request: Request, json: bool) -> anyhow::Result<()> {
+    let data = ask(endpoint, &request)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&data)?);
+        return Ok(());
+    }
+    print!("{}", render(&request, data)?);
+    Ok(())
+}
+
+/// Asks the server; the answer's data, or the error it gave.
+fn ask(endpoint: &AdminEndpoint, request: &Request) -> anyhow::Result<serde_json::Value> {
     let answer = match endpoint {
-        AdminEndpoint::Unix(socket) => ask_unix(socket, &request)?,
-        AdminEndpoint::Http { address, token } => ask_http(*address, token, &request)?,
+        AdminEndpoint::Unix(socket) => ask_unix(socket, request)?,
+        AdminEndpoint::Http { address, token } => ask_http(*address, token, request)?,
     };
     let response: Response = serde_json::from_str(&answer).context("the server's answer")?;
     if !response.ok {
         bail!("{}", response.error.unwrap_or_else(|| "failed".into()));
     }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&response.data)?);
-        return Ok(());
+    Ok(response.data)
+}
+
+/// What narrows a selection of messages (`--to-domain`, `--from`, `--older-than`,
+/// `--reason`); a filter not given lets everything through.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    /// A recipient in this domain (any letter case).
+    pub to_domain: Option<String>,
+    /// This sender (an address, `<>` for the null sender, or `@domain` for a whole domain).
+    pub from: Option<String>,
+    /// Arrived (or quarantined) longer ago than this.
+    pub older_than: Option<std::time::Duration>,
+    /// The quarantine reason contains this (any letter case).
+    pub reason: Option<String>,
+}
+
+impl Filter {
+    pub fn is_empty(&self) -> bool {
+        self.to_domain.is_none()
+            && self.from.is_none()
+            && self.older_than.is_none()
+            && self.reason.is_none()
     }
-    print!("{}", render(&request, response.data)?);
-    Ok(())
+
+    fn admits(&self, sender: &str, recipients: &[String], at: u64, reason: &str, now: u64) -> bool {
+        let domain_of = |address: &str| {
+            address
+                .rsplit_once('@')
+                .map(|(_, d)| d.trim_end_matches('>').to_ascii_lowercase())
+        };
+        let to_domain = self.to_domain.as_ref().is_none_or(|want| {
+            let want = want.trim_start_matches('@').to_ascii_lowercase();
+            recipients
+                .iter()
+                .any(|r| domain_of(r).as_deref() == Some(&want))
+        });
+        let from = self.from.as_ref().is_none_or(|want| {
+            let bare = sender.trim_start_matches('<').trim_end_matches('>');
+            match want.strip_prefix('@') {
+                Some(domain) => domain_of(bare).is_some_and(|d| d.eq_ignore_ascii_case(domain)),
+                None => {
+                    bare.eq_ignore_ascii_case(want.trim_start_matches('<').trim_end_matches('>'))
+                }
+            }
+        });
+        let older = self
+            .older_than
+            .is_none_or(|age| now.saturating_sub(at) > age.as_secs());
+        let reason_ok = self.reason.as_ref().is_none_or(|want| {
+            reason
+                .to_ascii_lowercase()
+                .contains(&want.to_ascii_lowercase())
+        });
+        to_domain && from && older && reason_ok
+    }
+}
+
+/// Where a selection is taken from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    Queue,
+    Quarantine,
+}
+
+/// The ids that `ids` (queue ids, `ALL`) and `filter` select in `place`. Explicit ids are
+/// kept as given, in order, when there is no filter (the server says which it does not
+/// know); otherwise the server's list is read and filtered.
+pub fn select(
+    endpoint: &AdminEndpoint,
+    place: Place,
+    ids: &[String],
+    filter: &Filter,
+) -> anyhow::Result<Vec<String>> {
+    let all = ids.iter().any(|id| id.eq_ignore_ascii_case("ALL"));
+    if !all && filter.is_empty() {
+        return Ok(ids.to_vec());
+    }
+    let now = backstop_types::SystemClock.now().0;
+    let listed: Vec<(String, bool)> = match place {
+        Place::Queue => {
+            let list: Vec<MessageSummary> =
+                serde_json::from_value(ask(endpoint, &Request::QueueList)?)?;
+            list.into_iter()
+                .map(|m| {
+                    let admitted = filter.admits(&m.sender, &m.recipients, m.arrival, "", now);
+                    (m.id, admitted)
+                })
+                .collect()
+        }
+        Place::Quarantine => {
+            let list: Vec<QuarantineSummary> =
+                serde_json::from_value(ask(endpoint, &Request::QuarantineList)?)?;
+            list.into_iter()
+                .map(|q| {
+                    let admitted =
+                        filter.admits(&q.sender, &q.recipients, q.quarantined, &q.reason, now);
+                    (q.id, admitted)
+                })
+                .collect()
+        }
+    };
+    Ok(listed
+        .into_iter()
+        .filter(|(id, admitted)| {
+            *admitted && (all || ids.iter().any(|given| given.eq_ignore_ascii_case(id)))
+        })
+        .map(|(id, _)| id)
+        .collect())
+}
+
+/// Sends `request(id)` for each of `ids`, printing each answer (or each error, on standard
+/// error) as it comes; every id is tried. The number that failed.
+pub fn run_each(
+    endpoint: &AdminEndpoint,
+    ids: &[String],
+    request: impl Fn(String) -> Request,
+    json: bool,
+) -> usize {
+    let mut failed = 0;
+    let mut results = Vec::new();
+    for id in ids {
+        let request = request(id.clone());
+        match ask(endpoint, &request) {
+            Ok(data) if !json => match render(&request, data) {
+                Ok(text) => print!("{text}"),
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("backstop: {e:#}");
+                }
+            },
+            Ok(_) => results.push(serde_json::json!({ "id": id, "ok": true })),
+            Err(e) => {
+                failed += 1;
+                match json {
+                    true => results.push(
+                        serde_json::json!({ "id": id, "ok": false, "error": format!("{e:#}") }),
+                    ),
+                    false => eprintln!("backstop: {e:#}"),
+                }
+            }
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::Value::Array(results)).unwrap_or_default()
+        );
+    }
+    failed
 }
 
 fn ask_unix(socket: &Path, request: &Request) -> anyhow::Result<String> {
@@ -724,6 +879,62 @@ fn render(request: &Request, data: serde_json::Value) -> anyhow::Result<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_select_by_domain_sender_age_and_reason() {
+        let now = 1_800_000_000;
+        let rcpts = ["a@Example.test".to_owned(), "b@other.test".to_owned()];
+        let admits = |f: &Filter, sender: &str, at: u64, reason: &str| {
+            f.admits(sender, &rcpts, at, reason, now)
+        };
+        let every = Filter::default();
+        assert!(admits(&every, "<>", now, ""));
+        let domain = Filter {
+            to_domain: Some("example.TEST".into()),
+            ..Filter::default()
+        };
+        assert!(admits(&domain, "<x@y.test>", now, ""));
+        let elsewhere = Filter {
+            to_domain: Some("@nowhere.test".into()),
+            ..Filter::default()
+        };
+        assert!(!admits(&elsewhere, "<x@y.test>", now, ""));
+        let from = Filter {
+            from: Some("X@y.test".into()),
+            ..Filter::default()
+        };
+        assert!(admits(&from, "<x@y.test>", now, ""));
+        assert!(!admits(&from, "<z@y.test>", now, ""));
+        let from_domain = Filter {
+            from: Some("@Y.test".into()),
+            ..Filter::default()
+        };
+        assert!(admits(&from_domain, "<z@y.test>", now, ""));
+        assert!(!admits(&from_domain, "<>", now, ""));
+        let null = Filter {
+            from: Some("<>".into()),
+            ..Filter::default()
+        };
+        assert!(admits(&null, "<>", now, ""));
+        assert!(!admits(&null, "<z@y.test>", now, ""));
+        let old = Filter {
+            older_than: Some(std::time::Duration::from_secs(3600)),
+            ..Filter::default()
+        };
+        assert!(admits(&old, "<>", now - 3601, ""));
+        assert!(!admits(&old, "<>", now - 60, ""));
+        let reason = Filter {
+            reason: Some("VIRUS".into()),
+            ..Filter::default()
+        };
+        assert!(admits(
+            &reason,
+            "<>",
+            now,
+            "clamd: virus Eicar-Test-Signature"
+        ));
+        assert!(!admits(&reason, "<>", now, "delivery failed"));
+    }
 
     #[tokio::test]
     async fn the_socket_is_its_owners_from_the_start() {

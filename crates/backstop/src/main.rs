@@ -22,16 +22,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server (on the embedded default config unless --config is given).
+    /// Run the server on its config (see --config; the embedded default when there is none).
     Serve {
-        /// The config file (TOML).
+        /// The config file (TOML); else $BACKSTOP_CONFIG, else /etc/backstop/backstop.toml
+        /// when it exists, else the embedded default.
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
     /// Check a config file and report every problem with file, line and key.
     CheckConfig {
-        /// The config file (TOML).
-        file: PathBuf,
+        /// The config file (TOML); else $BACKSTOP_CONFIG, else /etc/backstop/backstop.toml.
+        file: Option<PathBuf>,
     },
     /// The queue of the running server (like mailq, postqueue and postsuper).
     Queue {
@@ -56,7 +57,8 @@ enum Command {
     Batv {
         #[command(subcommand)]
         command: BatvCommand,
-        /// The config file; the embedded default config when absent.
+        /// The config file; else $BACKSTOP_CONFIG, else /etc/backstop/backstop.toml when it
+        /// exists, else the embedded default.
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
     },
@@ -69,8 +71,8 @@ enum Command {
 /// Which server to ask, and how to print the answer.
 #[derive(Args)]
 struct AdminTarget {
-    /// The server's config file (its admin socket is found from it); the embedded default
-    /// config when absent.
+    /// The server's config file (its admin socket is found from it); else $BACKSTOP_CONFIG,
+    /// else /etc/backstop/backstop.toml when it exists, else the embedded default.
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     /// Print JSON instead of a table.
@@ -84,14 +86,26 @@ enum QueueCommand {
     List,
     /// A message's envelope, per-recipient state and last error, and its headers.
     Show { id: String },
-    /// Make messages due now (all unless an id is given); held ones stay held.
-    Flush { id: Option<String> },
-    /// Keep a message from being delivered until released.
-    Hold { id: String },
-    /// Let a held message be delivered again.
-    Release { id: String },
-    /// Remove a message for good.
-    Delete { id: String },
+    /// Make messages due now (all when no id is given); held ones stay held.
+    Flush {
+        #[command(flatten)]
+        selection: Selection,
+    },
+    /// Keep messages from being delivered until released.
+    Hold {
+        #[command(flatten)]
+        selection: Selection,
+    },
+    /// Let held messages be delivered again.
+    Release {
+        #[command(flatten)]
+        selection: Selection,
+    },
+    /// Remove messages for good.
+    Delete {
+        #[command(flatten)]
+        selection: Selection,
+    },
 }
 
 #[derive(Subcommand)]
@@ -100,10 +114,61 @@ enum QuarantineCommand {
     List,
     /// A quarantined message's reason, envelope and headers.
     Show { id: String },
-    /// Put a message back in the queue for delivery.
-    Release { id: String },
-    /// Remove a message for good.
-    Delete { id: String },
+    /// Put messages back in the queue for delivery.
+    Release {
+        #[command(flatten)]
+        selection: Selection,
+        /// Only messages whose reason contains this (any letter case).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Remove messages for good.
+    Delete {
+        #[command(flatten)]
+        selection: Selection,
+        /// Only messages whose reason contains this (any letter case).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+/// The messages a verb acts on (like postsuper's): ids, `ALL`, or `-` for ids read from
+/// standard input (separated by spaces or lines), narrowed by the filters.
+#[derive(Args)]
+struct Selection {
+    /// Queue ids, ALL for every message, or - to read ids from standard input.
+    ids: Vec<String>,
+    /// Only messages with a recipient in this domain.
+    #[arg(long, value_name = "DOMAIN")]
+    to_domain: Option<String>,
+    /// Only messages from this sender: an address, @domain, or <> for bounces.
+    #[arg(long, value_name = "SENDER")]
+    from: Option<String>,
+    /// Only messages older than this (30m, 12h, 7d).
+    #[arg(long, value_name = "AGE")]
+    older_than: Option<String>,
+}
+
+/// The config file a command reads: `--config`, else `$BACKSTOP_CONFIG`, else
+/// /etc/backstop/backstop.toml when it exists (where the package puts it, as Postfix's
+/// commands find /etc/postfix); `None`: the embedded default.
+fn config_path(flag: Option<PathBuf>) -> Option<PathBuf> {
+    config_path_from(
+        flag,
+        std::env::var_os("BACKSTOP_CONFIG"),
+        std::path::Path::new(DEFAULT_CONFIG),
+    )
+}
+
+const DEFAULT_CONFIG: &str = "/etc/backstop/backstop.toml";
+
+fn config_path_from(
+    flag: Option<PathBuf>,
+    env: Option<std::ffi::OsString>,
+    default: &std::path::Path,
+) -> Option<PathBuf> {
+    flag.or_else(|| env.filter(|v| !v.is_empty()).map(PathBuf::from))
+        .or_else(|| default.exists().then(|| default.to_owned()))
 }
 
 #[derive(Subcommand)]
@@ -139,7 +204,7 @@ fn batv_command(config: Option<&std::path::Path>, command: BatvCommand) -> ExitC
             }
         };
     }
-    let config = match load(config) {
+    let config = match load(config_path(config.map(ToOwned::to_owned)).as_deref()) {
         Ok(config) => config,
         Err(code) => return code,
     };
@@ -165,7 +230,7 @@ fn batv_command(config: Option<&std::path::Path>, command: BatvCommand) -> ExitC
 }
 
 fn admin(target: &AdminTarget, request: admin::Request) -> ExitCode {
-    let config = match load(target.config.as_deref()) {
+    let config = match load(config_path(target.config.clone()).as_deref()) {
         Ok(config) => config,
         Err(code) => return code,
     };
@@ -178,49 +243,155 @@ fn admin(target: &AdminTarget, request: admin::Request) -> ExitCode {
     }
 }
 
+/// A verb over a selection of messages in `place`: each selected id in turn.
+fn admin_each(
+    target: &AdminTarget,
+    place: admin::Place,
+    selection: Selection,
+    reason: Option<String>,
+    request: impl Fn(String) -> admin::Request,
+) -> ExitCode {
+    let config = match load(config_path(target.config.clone()).as_deref()) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let older_than = match selection
+        .older_than
+        .as_deref()
+        .map(backstop_config::parse_duration)
+    {
+        None => None,
+        Some(Ok(age)) => Some(age),
+        Some(Err(why)) => {
+            eprintln!("backstop: --older-than: {why}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = admin::Filter {
+        to_domain: selection.to_domain,
+        from: selection.from,
+        older_than,
+        reason,
+    };
+    let mut ids = Vec::new();
+    for id in selection.ids {
+        if id == "-" {
+            let mut text = String::new();
+            if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut text) {
+                eprintln!("backstop: reading ids from standard input: {e}");
+                return ExitCode::FAILURE;
+            }
+            ids.extend(text.split_whitespace().map(str::to_owned));
+        } else {
+            ids.push(id);
+        }
+    }
+    if ids.is_empty() {
+        eprintln!(
+            "backstop: name the messages: queue ids, ALL, or - to read ids from standard input"
+        );
+        return ExitCode::from(2);
+    }
+    let selected = match admin::select(&config.admin, place, &ids, &filter) {
+        Ok(selected) => selected,
+        Err(e) => {
+            eprintln!("backstop: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if selected.is_empty() {
+        eprintln!("backstop: no message matches");
+        return ExitCode::SUCCESS;
+    }
+    match admin::run_each(&config.admin, &selected, request, target.json) {
+        0 => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => match load(config.as_deref()) {
-            Ok(setup) => match serve::run(setup, config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("backstop: {e:#}");
-                    ExitCode::FAILURE
-                }
-            },
-            Err(code) => code,
-        },
-        // Every problem of the text and of the files it names, one per line; warnings too.
-        Command::CheckConfig { file } => match load(Some(&file)) {
-            Ok(setup) => {
-                for warning in &setup.config.warnings {
-                    eprintln!("warning: {warning}");
-                }
-                println!("{}: ok", file.display());
-                ExitCode::SUCCESS
+        Command::Serve { config } => {
+            let config = config_path(config);
+            match load(config.as_deref()) {
+                Ok(setup) => match serve::run(setup, config) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("backstop: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                },
+                Err(code) => code,
             }
-            Err(code) => code,
-        },
-        Command::Queue { command, target } => {
-            let request = match command {
-                QueueCommand::List => admin::Request::QueueList,
-                QueueCommand::Show { id } => admin::Request::QueueShow { id },
-                QueueCommand::Flush { id } => admin::Request::QueueFlush { id },
-                QueueCommand::Hold { id } => admin::Request::QueueHold { id },
-                QueueCommand::Release { id } => admin::Request::QueueRelease { id },
-                QueueCommand::Delete { id } => admin::Request::QueueDelete { id },
+        }
+        // Every problem of the text and of the files it names, one per line; warnings too.
+        Command::CheckConfig { file } => {
+            let Some(file) = config_path(file) else {
+                eprintln!("backstop: no config file: name one, set BACKSTOP_CONFIG, or create {DEFAULT_CONFIG}");
+                return ExitCode::from(2);
             };
-            admin(&target, request)
+            match load(Some(&file)) {
+                Ok(setup) => {
+                    for warning in &setup.config.warnings {
+                        eprintln!("warning: {warning}");
+                    }
+                    println!("{}: ok", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            }
+        }
+        Command::Queue { command, target } => {
+            use admin::{Place, Request};
+            let each = |selection: Selection, request: &dyn Fn(String) -> Request| {
+                admin_each(&target, Place::Queue, selection, None, request)
+            };
+            match command {
+                QueueCommand::List => admin(&target, Request::QueueList),
+                QueueCommand::Show { id } => admin(&target, Request::QueueShow { id }),
+                // Without ids or filters: every message, in one request.
+                QueueCommand::Flush { selection }
+                    if selection.ids.is_empty()
+                        && selection.to_domain.is_none()
+                        && selection.from.is_none()
+                        && selection.older_than.is_none() =>
+                {
+                    admin(&target, Request::QueueFlush { id: None })
+                }
+                QueueCommand::Flush { mut selection } => {
+                    if selection.ids.is_empty() {
+                        selection.ids.push("ALL".into());
+                    }
+                    each(selection, &|id| Request::QueueFlush { id: Some(id) })
+                }
+                QueueCommand::Hold { selection } => {
+                    each(selection, &|id| Request::QueueHold { id })
+                }
+                QueueCommand::Release { selection } => {
+                    each(selection, &|id| Request::QueueRelease { id })
+                }
+                QueueCommand::Delete { selection } => {
+                    each(selection, &|id| Request::QueueDelete { id })
+                }
+            }
         }
         Command::Quarantine { command, target } => {
-            let request = match command {
-                QuarantineCommand::List => admin::Request::QuarantineList,
-                QuarantineCommand::Show { id } => admin::Request::QuarantineShow { id },
-                QuarantineCommand::Release { id } => admin::Request::QuarantineRelease { id },
-                QuarantineCommand::Delete { id } => admin::Request::QuarantineDelete { id },
-            };
-            admin(&target, request)
+            use admin::{Place, Request};
+            match command {
+                QuarantineCommand::List => admin(&target, Request::QuarantineList),
+                QuarantineCommand::Show { id } => admin(&target, Request::QuarantineShow { id }),
+                QuarantineCommand::Release { selection, reason } => {
+                    admin_each(&target, Place::Quarantine, selection, reason, |id| {
+                        Request::QuarantineRelease { id }
+                    })
+                }
+                QuarantineCommand::Delete { selection, reason } => {
+                    admin_each(&target, Place::Quarantine, selection, reason, |id| {
+                        Request::QuarantineDelete { id }
+                    })
+                }
+            }
         }
         Command::Metrics { target } => admin(&target, admin::Request::Metrics),
         Command::Batv { command, config } => batv_command(config.as_deref(), command),
@@ -250,5 +421,28 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_is_the_flag_then_the_environment_then_etc_then_the_embedded_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("backstop.toml");
+        let flag = Some(PathBuf::from("/x/flag.toml"));
+        let env = Some(std::ffi::OsString::from("/x/env.toml"));
+        assert_eq!(config_path_from(flag.clone(), env.clone(), &etc), flag);
+        assert_eq!(
+            config_path_from(None, env, &etc),
+            Some(PathBuf::from("/x/env.toml"))
+        );
+        // An empty BACKSTOP_CONFIG is as if it were not set.
+        assert_eq!(config_path_from(None, Some("".into()), &etc), None);
+        assert_eq!(config_path_from(None, None, &etc), None);
+        std::fs::write(&etc, "").unwrap();
+        assert_eq!(config_path_from(None, None, &etc), Some(etc));
     }
 }
