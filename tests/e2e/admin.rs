@@ -116,10 +116,63 @@ fn queue_verbs() {
         fails(d, &["queue", "delete", &second]).contains(&format!("{second}: not in the queue"))
     );
     assert!(fails(d, &["queue", "show", "nonsense"]).contains("a queue id is 16 hex digits"));
+
+    // The message itself, as postcat -q shows it: as text, cut at --limit, or raw.
+    let body = ok(d, &["queue", "show", &first, "--body"]);
+    assert!(
+        body.contains("\n--- message (") && body.ends_with("Subject: first\n\nbody\n"),
+        "{body}"
+    );
+    let cut = ok(d, &["queue", "show", &first, "--body", "--limit", "10"]);
+    assert!(cut.contains("more octets not shown"), "{cut}");
+    let raw = cli(d, &["queue", "show", &first, "--raw"]);
+    assert!(raw.status.success());
+    assert!(raw.stdout.starts_with(b"Received: from "));
+    assert!(raw.stdout.ends_with(b"Subject: first\r\n\r\nbody\r\n"));
+    assert!(fails(d, &["queue", "show", &first, "--body", "--limit", "lots"]).contains("--limit"));
     server.stop();
 
-    // Without a running server the commands say what is wrong.
-    assert!(fails(d, &["queue", "list"]).contains("cannot reach the server's admin socket"));
+    // Without a running server, what only reads is answered from the queue on disk (as mailq
+    // and postcat are); what changes the queue says what is wrong.
+    let out = cli(d, &["queue", "list"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&first));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the server is not running: read from"));
+    assert!(ok(d, &["queue", "show", &first, "--body"]).contains("Subject: first"));
+    assert!(
+        fails(d, &["queue", "delete", &first]).contains("cannot reach the server's admin socket")
+    );
+}
+
+/// A message's own bytes never drive the terminal: escape sequences and control characters in
+/// its header and body are shown escaped.
+#[test]
+fn a_hostile_message_is_shown_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::start(d, &config(d, ""));
+    let mut c = RawClient::connect(server.mx);
+    c.reply();
+    c.command("EHLO client.example");
+    c.command("MAIL FROM:<sender@example.org>");
+    c.command("RCPT TO:<user@example.test>");
+    c.command("DATA");
+    c.send(b"Subject: \x1b[2J\x1b]0;owned\x07\r\n\r\nbody \x1b[31mred\r\n.\r\n");
+    let id = queue_id_in(&c.reply()).to_string();
+    let shown = ok(d, &["queue", "show", &id, "--body"]);
+    assert!(
+        !shown.contains('\x1b') && !shown.contains('\x07'),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains("Subject: \\u{1b}[2J\\u{1b}]0;owned\\u{7}\n"),
+        "{shown}"
+    );
+    assert!(shown.contains("body \\u{1b}[31mred\n"), "{shown}");
+    // --raw is for files and programs: the octets as they are.
+    let raw = cli(d, &["queue", "show", &id, "--raw"]);
+    assert!(raw.stdout.ends_with(b"body \x1b[31mred\r\n"));
+    server.stop();
 }
 
 #[test]
@@ -152,6 +205,13 @@ fn quarantine_verbs() {
         "{show}"
     );
     assert!(show.contains("Subject: to release\n"), "{show}");
+    // Judged before release: the message itself (also while the server is down).
+    let body = ok(d, &["quarantine", "show", &keep, "--body"]);
+    assert!(body.ends_with("Subject: to release\n\nbody\n"), "{body}");
+    server.stop();
+    assert!(ok(d, &["quarantine", "list"]).contains("test: suspicious attachment"));
+    assert!(ok(d, &["quarantine", "show", &keep, "--body"]).contains("Subject: to release"));
+    let server = Server::restart(d);
     assert!(ok(d, &["quarantine", "list", "--json"])
         .contains("\"reason\": \"test: suspicious attachment\""));
 

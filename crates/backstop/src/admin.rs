@@ -20,12 +20,15 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 /// A request, as the CLI sends it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum Request {
     QueueList,
     QueueShow {
         id: String,
+        /// Send the message too, up to this many octets (base64, in `message`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body: Option<u64>,
     },
     QueueFlush {
         id: Option<String>,
@@ -42,6 +45,9 @@ pub enum Request {
     QuarantineList,
     QuarantineShow {
         id: String,
+        /// As for `QueueShow`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body: Option<u64>,
     },
     QuarantineRelease {
         id: String,
@@ -86,6 +92,9 @@ struct MessageDetail {
     trust: String,
     recipient_states: Vec<RecipientDetail>,
     headers: String,
+    /// The message's first octets as asked (`body`), base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -115,6 +124,9 @@ struct QuarantineDetail {
     client_ip: String,
     helo: String,
     headers: String,
+    /// As for `MessageDetail`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -381,12 +393,14 @@ fn answer(queue: &Queue, request: Request) -> anyhow::Result<serde_json::Value> 
             }
             serde_json::to_value(list)?
         }
-        Request::QueueShow { id } => {
+        Request::QueueShow { id, body } => {
             let id = parse_id(&id)?;
             let Some(m) = queue.message(id)? else {
                 bail!("{id}: not in the queue");
             };
-            serde_json::to_value(detail(id, &m.entry, &m.body))?
+            let mut detail = detail(id, &m.entry, &m.body);
+            detail.message = body.map(|limit| first_octets(&m.body, limit));
+            serde_json::to_value(detail)?
         }
         Request::QueueFlush { id } => {
             let id = id.as_deref().map(parse_id).transpose()?;
@@ -409,7 +423,7 @@ fn answer(queue: &Queue, request: Request) -> anyhow::Result<serde_json::Value> 
                 .collect();
             serde_json::to_value(list)?
         }
-        Request::QuarantineShow { id } => {
+        Request::QuarantineShow { id, body: limit } => {
             let id = parse_id(&id)?;
             let Some((record, body)) = queue.quarantine_show(id)? else {
                 bail!("{id}: not in quarantine");
@@ -420,6 +434,7 @@ fn answer(queue: &Queue, request: Request) -> anyhow::Result<serde_json::Value> 
                 client_ip: record.envelope.client.ip.to_string(),
                 helo: record.envelope.client.helo.clone(),
                 headers: headers(&body),
+                message: limit.map(|limit| first_octets(&body, limit)),
             })?
         }
         Request::QuarantineRelease { id } => done(
@@ -507,7 +522,15 @@ fn detail(id: QueueId, entry: &Entry, body: &[u8]) -> MessageDetail {
         },
         recipient_states,
         headers: headers(body),
+        message: None,
     }
+}
+
+/// The first `limit` octets of `body`, base64.
+fn first_octets(body: &[u8], limit: u64) -> String {
+    use base64::Engine as _;
+    let end = usize::try_from(limit).unwrap_or(usize::MAX).min(body.len());
+    base64::engine::general_purpose::STANDARD.encode(&body[..end])
 }
 
 fn quarantine_summary(id: QueueId, r: &QuarantineRecord) -> QuarantineSummary {
@@ -535,15 +558,105 @@ fn headers(body: &[u8]) -> String {
 
 // --- Client -------------------------------------------------------------------------------
 
-/// Sends one request to the server and prints the answer, as a table or as JSON.
-pub fn run(endpoint: &AdminEndpoint, request: Request, json: bool) -> anyhow::Result<()> {
-    let data = ask(endpoint, &request)?;
+/// How `show` prints the message itself, besides its envelope and header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// The envelope and the header only.
+    Header,
+    /// The message as text, control characters escaped (see `for_terminal`).
+    Text,
+    /// The message's octets exactly as stored, and nothing else.
+    Raw,
+}
+
+/// Sends one request to the server and prints the answer, as a table or as JSON. When the
+/// server cannot be reached, a request that only reads (list, show) is answered from the
+/// queue on disk under `data_dir`, opened read-only, as mailq and postcat work while Postfix
+/// is down.
+pub fn run(
+    endpoint: &AdminEndpoint,
+    data_dir: &Path,
+    request: Request,
+    json: bool,
+    view: View,
+) -> anyhow::Result<()> {
+    let data = match ask(endpoint, &request) {
+        Ok(data) => data,
+        Err(e) if unreachable(&e) && reads_only(&request) => {
+            let dir = data_dir.join("queue");
+            let queue = Queue::open_read_only(&dir)
+                .with_context(|| format!("{e:#}; reading the queue on disk instead"))?;
+            eprintln!(
+                "backstop: the server is not running: read from {} (read-only)",
+                dir.display()
+            );
+            answer(&queue, request.clone())?
+        }
+        Err(e) => return Err(e),
+    };
+    if view == View::Raw {
+        use std::io::Write as _;
+        let message = data
+            .get("message")
+            .and_then(|m| m.as_str())
+            .context("the server sent no message")?;
+        let bytes = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.decode(message)?
+        };
+        std::io::stdout().write_all(&bytes)?;
+        return Ok(());
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&data)?);
         return Ok(());
     }
     print!("{}", render(&request, data)?);
     Ok(())
+}
+
+/// Whether `request` only reads.
+fn reads_only(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::QueueList
+            | Request::QueueShow { .. }
+            | Request::QuarantineList
+            | Request::QuarantineShow { .. }
+    )
+}
+
+/// Whether `e` is that nobody listens at the admin endpoint (the server is not running).
+fn unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            )
+        })
+    })
+}
+
+/// The message of a `show` answer as text for a terminal, with a note when it was cut.
+fn shown_message(message: Option<&str>, size: usize) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    let Some(message) = message else {
+        return Ok(String::new());
+    };
+    let bytes = base64::engine::general_purpose::STANDARD.decode(message)?;
+    let mut out = format!("\n--- message ({size} octets) ---\n");
+    out.push_str(&backstop_types::text::for_terminal(&bytes));
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    if bytes.len() < size {
+        out.push_str(&format!(
+            "--- {} more octets not shown (--limit SIZE to see more) ---\n",
+            size - bytes.len()
+        ));
+    }
+    Ok(out)
 }
 
 /// Asks the server; the answer's data, or the error it gave.
@@ -821,7 +934,8 @@ fn render(request: &Request, data: serde_json::Value) -> anyhow::Result<String> 
                 }
             }
             out.push('\n');
-            out.push_str(&d.headers.replace("\r\n", "\n"));
+            out.push_str(&backstop_types::text::for_terminal(d.headers.as_bytes()));
+            out.push_str(&shown_message(d.message.as_deref(), s.size)?);
         }
         Request::QuarantineList => {
             let list: Vec<QuarantineSummary> = serde_json::from_value(data)?;
@@ -833,11 +947,17 @@ fn render(request: &Request, data: serde_json::Value) -> anyhow::Result<String> 
                 "ID", "QUARANTINED", "REASON", "SENDER -> RECIPIENTS"
             ));
             for q in &list {
+                // A long reason (a remote reply) is cut so the columns stay; `show` has it all.
+                let reason = backstop_types::text::Escaped(&q.reason).to_string();
+                let reason = match reason.char_indices().nth(39) {
+                    Some((at, _)) => format!("{}…", &reason[..at]),
+                    None => reason,
+                };
                 out.push_str(&format!(
                     "{:<16}  {:<31}  {:<40}  {} -> {}\n",
                     q.id,
                     UnixTime(q.quarantined).to_rfc5322(),
-                    q.reason,
+                    reason,
                     q.sender,
                     q.recipients.join(", ")
                 ));
@@ -852,13 +972,17 @@ fn render(request: &Request, data: serde_json::Value) -> anyhow::Result<String> 
                 "quarantined:   {}\n",
                 UnixTime(s.quarantined).to_rfc5322()
             ));
-            out.push_str(&format!("reason:        {}\n", s.reason));
+            out.push_str(&format!(
+                "reason:        {}\n",
+                backstop_types::text::Escaped(&s.reason)
+            ));
             out.push_str(&format!("size:          {}\n", d.size));
             out.push_str(&format!("sender:        {}\n", s.sender));
             out.push_str(&format!("recipients:    {}\n", s.recipients.join(", ")));
             out.push_str(&format!("client:        {} ({})\n", d.client_ip, d.helo));
             out.push('\n');
-            out.push_str(&d.headers.replace("\r\n", "\n"));
+            out.push_str(&backstop_types::text::for_terminal(d.headers.as_bytes()));
+            out.push_str(&shown_message(d.message.as_deref(), d.size)?);
         }
         Request::QueueFlush { .. } => {
             let c: Count = serde_json::from_value(data)?;

@@ -85,7 +85,11 @@ enum QueueCommand {
     /// Every queued message.
     List,
     /// A message's envelope, per-recipient state and last error, and its headers.
-    Show { id: String },
+    Show {
+        id: String,
+        #[command(flatten)]
+        body: BodyArgs,
+    },
     /// Make messages due now (all when no id is given); held ones stay held.
     Flush {
         #[command(flatten)]
@@ -113,7 +117,11 @@ enum QuarantineCommand {
     /// Every quarantined message with its reason.
     List,
     /// A quarantined message's reason, envelope and headers.
-    Show { id: String },
+    Show {
+        id: String,
+        #[command(flatten)]
+        body: BodyArgs,
+    },
     /// Put messages back in the queue for delivery.
     Release {
         #[command(flatten)]
@@ -130,6 +138,36 @@ enum QuarantineCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+}
+
+/// Whether `show` prints the message itself (like postcat -q).
+#[derive(Args)]
+struct BodyArgs {
+    /// The message too, as text (control characters escaped), up to --limit.
+    #[arg(long)]
+    body: bool,
+    /// Only the message, exactly as stored (for a file or another program).
+    #[arg(long, conflicts_with = "body")]
+    raw: bool,
+    /// The most of the message to show (100k for --body; all of it for --raw).
+    #[arg(long, value_name = "SIZE")]
+    limit: Option<String>,
+}
+
+impl BodyArgs {
+    /// What to ask for and how to show it; an error message for a bad --limit.
+    fn view(&self) -> Result<(Option<u64>, admin::View), String> {
+        let limit = match self.limit.as_deref().map(backstop_config::parse_size) {
+            None => None,
+            Some(Ok(size)) => Some(size),
+            Some(Err(why)) => return Err(format!("--limit: {why}")),
+        };
+        Ok(match (self.body, self.raw) {
+            (_, true) => (Some(limit.unwrap_or(u64::MAX)), admin::View::Raw),
+            (true, _) => (Some(limit.unwrap_or(100 * 1024)), admin::View::Text),
+            _ => (None, admin::View::Header),
+        })
+    }
 }
 
 /// The messages a verb acts on (like postsuper's): ids, `ALL`, or `-` for ids read from
@@ -230,11 +268,16 @@ fn batv_command(config: Option<&std::path::Path>, command: BatvCommand) -> ExitC
 }
 
 fn admin(target: &AdminTarget, request: admin::Request) -> ExitCode {
-    let config = match load(config_path(target.config.clone()).as_deref()) {
-        Ok(config) => config,
+    admin_view(target, request, admin::View::Header)
+}
+
+fn admin_view(target: &AdminTarget, request: admin::Request, view: admin::View) -> ExitCode {
+    let setup = match load(config_path(target.config.clone()).as_deref()) {
+        Ok(setup) => setup,
         Err(code) => return code,
     };
-    match admin::run(&config.admin, request, target.json) {
+    let data_dir = &setup.config.data_dir;
+    match admin::run(&setup.admin, data_dir, request, target.json, view) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("backstop: {e:#}");
@@ -349,7 +392,13 @@ fn main() -> ExitCode {
             };
             match command {
                 QueueCommand::List => admin(&target, Request::QueueList),
-                QueueCommand::Show { id } => admin(&target, Request::QueueShow { id }),
+                QueueCommand::Show { id, body } => match body.view() {
+                    Ok((body, view)) => admin_view(&target, Request::QueueShow { id, body }, view),
+                    Err(why) => {
+                        eprintln!("backstop: {why}");
+                        ExitCode::from(2)
+                    }
+                },
                 // Without ids or filters: every message, in one request.
                 QueueCommand::Flush { selection }
                     if selection.ids.is_empty()
@@ -380,7 +429,15 @@ fn main() -> ExitCode {
             use admin::{Place, Request};
             match command {
                 QuarantineCommand::List => admin(&target, Request::QuarantineList),
-                QuarantineCommand::Show { id } => admin(&target, Request::QuarantineShow { id }),
+                QuarantineCommand::Show { id, body } => match body.view() {
+                    Ok((body, view)) => {
+                        admin_view(&target, Request::QuarantineShow { id, body }, view)
+                    }
+                    Err(why) => {
+                        eprintln!("backstop: {why}");
+                        ExitCode::from(2)
+                    }
+                },
                 QuarantineCommand::Release { selection, reason } => {
                     admin_each(&target, Place::Quarantine, selection, reason, |id| {
                         Request::QuarantineRelease { id }

@@ -52,6 +52,28 @@ fn needs_escape(c: char) -> bool {
         || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
+/// A whole message (or its header) as text for a terminal: its lines as lines (CR LF shown as
+/// a line break, a tab as a tab), every other control or invisible character escaped as in
+/// [`Escaped`], so that what a stranger wrote cannot move the cursor, clear the screen or fake
+/// a line of the tool's own output. Octets that are not UTF-8 are shown as U+FFFD.
+pub fn for_terminal(message: &[u8]) -> String {
+    let text = String::from_utf8_lossy(message);
+    let mut out = String::with_capacity(text.len());
+    let mut lines = text.split("\r\n").peekable();
+    while let Some(line) = lines.next() {
+        for (n, piece) in line.split('\t').enumerate() {
+            if n > 0 {
+                out.push('\t');
+            }
+            out.push_str(&Escaped(piece).to_string());
+        }
+        if lines.peek().is_some() {
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// A value that would break the line it is written into.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{what} contains {found}, which would break the line it goes into")]
@@ -104,6 +126,15 @@ mod tests {
         // A backslash is doubled, so `\n` in the text cannot pass for an escaped newline.
         assert_eq!(Escaped("a\\nb").to_string(), "a\\\\nb");
         assert_eq!(format!("{:?}", Escaped("a\nb")), "\"a\\nb\"");
+    }
+
+    #[test]
+    fn a_message_for_the_terminal_keeps_its_lines_and_tabs_only() {
+        let message = b"Subject: hi\r\n\tthere\r\nX: \x1b[2J\x07\r\n\r\nbare\nlf\rcr\xff\r\n";
+        assert_eq!(
+            for_terminal(message),
+            "Subject: hi\n\tthere\nX: \\u{1b}[2J\\u{7}\n\nbare\\nlf\\rcr\u{fffd}\n"
+        );
     }
 
     #[test]
