@@ -80,6 +80,19 @@ fn local_mail_is_delivered_into_maildirs() {
             shown.contains("451 4.4.0 no route to elsewhere.example"),
             "{shown}"
         );
+        // mailq's habit: the reason under the message.
+        let (ok, list) = server.cli(&["queue", "list"]);
+        assert!(ok, "{list}");
+        assert!(
+            list.contains("\n                  (451 4.4.0 no route to elsewhere.example"),
+            "{list}"
+        );
+        let (_, json) = server.cli(&["queue", "list", "--json"]);
+        assert!(json.contains("\"format\": 1"), "{json}");
+        assert!(
+            json.contains("\"last_reply\": \"451 4.4.0 no route"),
+            "{json}"
+        );
     }
     server.stop();
 }

@@ -78,6 +78,20 @@ struct MessageSummary {
     held: bool,
     /// Recipients still pending.
     pending: usize,
+    /// Why the message is still here: the last reply to a pending recipient (`host: reply`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_reply: Option<String>,
+}
+
+/// The version of `queue list --json`'s form; it changes only when a field changes meaning or
+/// goes away.
+const LIST_FORMAT: u32 = 1;
+
+/// `queue list`'s answer.
+#[derive(Debug, Serialize, Deserialize)]
+struct QueueListing {
+    format: u32,
+    messages: Vec<MessageSummary>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -386,12 +400,15 @@ fn answer(queue: &Queue, request: Request) -> anyhow::Result<serde_json::Value> 
     let now = backstop_types::SystemClock.now();
     let value = match request {
         Request::QueueList => {
-            let mut list = Vec::new();
+            let mut messages = Vec::new();
             for (id, entry) in queue.list()? {
                 let size = queue.message(id)?.map_or(0, |m| m.body.len());
-                list.push(summary(id, &entry, size));
+                messages.push(summary(id, &entry, size));
             }
-            serde_json::to_value(list)?
+            serde_json::to_value(QueueListing {
+                format: LIST_FORMAT,
+                messages,
+            })?
         }
         Request::QueueShow { id, body } => {
             let id = parse_id(&id)?;
@@ -472,6 +489,26 @@ fn summary(id: QueueId, entry: &Entry, size: usize) -> MessageSummary {
         recipients: recipients(&entry.envelope),
         held: entry.held,
         pending: entry.states.iter().filter(|s| s.is_pending()).count(),
+        last_reply: entry.states.iter().rev().find_map(|s| match s {
+            RecipientState::Pending {
+                last: Some(attempt),
+                ..
+            } => Some(attempt_text(attempt)),
+            _ => None,
+        }),
+    }
+}
+
+/// `host: code status text`, or without the host when none answered.
+fn attempt_text(attempt: &backstop_types::Attempt) -> String {
+    let reply = &attempt.reply;
+    let reply = match reply.status {
+        Some(s) => format!("{} {s} {}", reply.code, reply.text),
+        None => format!("{} {}", reply.code, reply.text),
+    };
+    match &attempt.remote_host {
+        Some(host) => format!("{host}: {reply}"),
+        None => reply,
     }
 }
 
@@ -750,9 +787,11 @@ pub fn select(
     let now = backstop_types::SystemClock.now().0;
     let listed: Vec<(String, bool)> = match place {
         Place::Queue => {
-            let list: Vec<MessageSummary> =
+            let listing: QueueListing =
                 serde_json::from_value(ask(endpoint, &Request::QueueList)?)?;
-            list.into_iter()
+            listing
+                .messages
+                .into_iter()
                 .map(|m| {
                     let admitted = filter.admits(&m.sender, &m.recipients, m.arrival, "", now);
                     (m.id, admitted)
@@ -874,7 +913,7 @@ fn render(request: &Request, data: serde_json::Value) -> anyhow::Result<String> 
     let mut out = String::new();
     match request {
         Request::QueueList => {
-            let list: Vec<MessageSummary> = serde_json::from_value(data)?;
+            let list = serde_json::from_value::<QueueListing>(data)?.messages;
             if list.is_empty() {
                 return Ok("Mail queue is empty\n".into());
             }
@@ -893,6 +932,15 @@ fn render(request: &Request, data: serde_json::Value) -> anyhow::Result<String> 
                     m.sender,
                     m.recipients.join(", ")
                 ));
+                // Why it is still here, on a line of its own as mailq shows it.
+                if let Some(reply) = &m.last_reply {
+                    let reply = backstop_types::text::Escaped(reply).to_string();
+                    let reply = match reply.char_indices().nth(100) {
+                        Some((at, _)) => format!("{}…", &reply[..at]),
+                        None => reply,
+                    };
+                    out.push_str(&format!("{:<18}({reply})\n", ""));
+                }
             }
             out.push_str(&format!("-- {} message(s)\n", list.len()));
         }
