@@ -94,5 +94,32 @@ fn local_mail_is_delivered_into_maildirs() {
             "{json}"
         );
     }
+    // The log, greppable as Postfix's: the accept line with the Message-ID, one line per
+    // delivery attempt with to=, from=, relay=, delay=, the reply with its code and status=.
+    let log = server.log();
+    let line = |parts: &[&str]| log.lines().any(|l| parts.iter().all(|p| l.contains(p)));
+    assert!(
+        line(&["accepted", "from=<alice@example.test>", "message_id=<"]),
+        "{log}"
+    );
+    assert!(
+        line(&[
+            "to=User@example.test",
+            "from=<sender@example.org>",
+            "relay=local",
+            "delay=",
+            "reply=250 ",
+            "status=sent"
+        ]),
+        "{log}"
+    );
+    assert!(
+        line(&[
+            "to=friend@elsewhere.example",
+            "reply=451 4.4.0 no route to elsewhere.example",
+            "status=deferred"
+        ]),
+        "{log}"
+    );
     server.stop();
 }

@@ -130,3 +130,32 @@ fn json_logs_are_one_object_per_line_with_the_session_and_transaction_spans() {
     assert_eq!(txn["name"], "txn", "{accepted}");
     assert_eq!(txn["queue_id"], id.as_str(), "{accepted}");
 }
+
+/// Session ids never start over: a restarted server's sessions do not reuse the ids of the
+/// previous run's, so the log lines of two runs are not confused.
+#[test]
+fn session_ids_are_unique_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let connect = |server: &Server| {
+        let mut c = RawClient::connect(server.mx);
+        c.reply();
+        c.command("QUIT");
+    };
+    let server = Server::start(d, &config(d, ""));
+    connect(&server);
+    connect(&server);
+    server.stop();
+    let server = Server::restart(d);
+    connect(&server);
+    server.stop();
+    let log = std::fs::read_to_string(d.join("server.log")).unwrap();
+    let mut ids: Vec<&str> = log
+        .split("session{id=")
+        .skip(1)
+        .filter_map(|rest| rest.split(' ').next())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "{ids:?}\n{log}");
+}

@@ -94,6 +94,17 @@ fn unauthenticated_relaying_is_refused() {
         String::from_utf8_lossy(&out.stdout)
     );
     let messages = queued(dir.path());
+    // The refusal's line says who asked for what.
+    let log = server.log();
+    assert!(
+        log.lines().any(|l| l.contains("refused")
+            && l.contains("stage=\"rcpt\"")
+            && l.contains("helo=")
+            && l.contains("from=<spammer@example.org>")
+            && l.contains("to=victim@elsewhere.example")
+            && l.contains("554 5.7.1 Relay access denied")),
+        "{log}"
+    );
     server.stop();
     assert_eq!(messages.len(), 1);
     assert_eq!(messages[0].1.sender, ReversePath::Null);

@@ -343,6 +343,13 @@ fn sigterm_lets_a_transaction_under_way_finish() {
     let id = queue_id_in(&done);
     server.stop();
     assert!(queued(d).iter().any(|(i, _, _)| *i == id));
+    // Our own 421s are not refusals of the clients.
+    let log = std::fs::read_to_string(d.join("server.log")).unwrap();
+    assert_eq!(log.matches("closed: shutting down").count(), 2, "{log}");
+    assert!(
+        !log.lines().any(|l| l.contains("refused") && l.contains("4.3.2")),
+        "{log}"
+    );
 }
 
 #[test]

@@ -203,18 +203,29 @@ impl Agent {
         now: UnixTime,
     ) -> Result<(), QueueError> {
         let envelope = &entry.envelope;
+        // Seconds since the message arrived, as Postfix's delay=.
+        let delay = now.0.saturating_sub(envelope.arrival.0);
+        let from = &envelope.sender;
         for (index, outcome) in &attempted.outcomes {
-            let address = &envelope.recipients[*index].address;
+            let to = &envelope.recipients[*index].address;
             self.reports.counters.attempted(outcome);
+            // One line per recipient and attempt, greppable as Postfix's: to=, from=, relay=,
+            // delay=, the whole reply with its code, and status=.
             match outcome {
                 AttemptOutcome::Delivered(a) => {
-                    info!(to = %address, relay = a.remote_host.as_deref().unwrap_or("local"), reply = %Escaped(&a.reply.text), "delivered");
+                    let relay = a.remote_host.as_deref().unwrap_or("local");
+                    let reply = Escaped(&reply_text(&a.reply)).to_string();
+                    info!(%to, %from, relay = %relay, delay, %reply, status = %"sent", "delivered");
                 }
                 AttemptOutcome::Transient(a) => {
-                    warn!(to = %address, relay = a.remote_host.as_deref().unwrap_or("none"), reply = %Escaped(&a.reply.text), "deferred");
+                    let relay = a.remote_host.as_deref().unwrap_or("none");
+                    let reply = Escaped(&reply_text(&a.reply)).to_string();
+                    warn!(%to, %from, relay = %relay, delay, %reply, status = %"deferred", "deferred");
                 }
                 AttemptOutcome::Permanent(a) => {
-                    warn!(to = %address, relay = a.remote_host.as_deref().unwrap_or("none"), reply = %Escaped(&a.reply.text), "failed");
+                    let relay = a.remote_host.as_deref().unwrap_or("none");
+                    let reply = Escaped(&reply_text(&a.reply)).to_string();
+                    warn!(%to, %from, relay = %relay, delay, %reply, status = %"failed", "failed");
                 }
             }
         }
@@ -321,6 +332,14 @@ pub(crate) fn no_route(domain: &Domain) -> AttemptOutcome {
             text: format!("no route to {domain}: no [[route]] covers it"),
         },
     })
+}
+
+/// A reply as it was given: `550 5.1.1 text`.
+fn reply_text(reply: &backstop_types::RemoteReply) -> String {
+    match reply.status {
+        Some(status) => format!("{} {status} {}", reply.code, reply.text),
+        None => format!("{} {}", reply.code, reply.text),
+    }
 }
 
 #[cfg(test)]

@@ -88,7 +88,18 @@ pub async fn serve<S: MessageSink, P: Policy>(
     while loops.join_next().await.is_some() {}
 }
 
-static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
+/// Session ids: they start at the process's start time in milliseconds, times 1,000, so that
+/// the ids of one run never repeat those of an earlier one (that would take more than a
+/// million sessions a second, kept up for the whole run) and log lines from different runs
+/// are not confused.
+static SESSION_IDS: std::sync::LazyLock<AtomicU64> = std::sync::LazyLock::new(|| {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 1000)
+        });
+    AtomicU64::new(millis.saturating_mul(1000).saturating_add(1))
+});
 
 async fn accept_loop<S: MessageSink, P: Policy>(
     listener: Listener,
@@ -386,13 +397,30 @@ where
             let next = async {
                 match output {
                     Output::Reply(reply) => {
-                        if reply.code() >= 400 {
-                            // One line per refusal: the session's span names the session.
+                        if reply == Reply::shutting_down() {
+                            // Our own doing, not the client's: no refusal.
+                            info!("closed: shutting down");
+                        } else if reply.code() >= 400 {
+                            // One line per refusal, with what the client asked for: the
+                            // session's span names the session and its peer.
                             let stage = session.stage();
                             let reason = reply
                                 .status()
                                 .map_or_else(|| reply.code().to_string(), |s| s.to_string());
-                            info!(stage, %reply, "refused");
+                            let helo = session.helo_name().map(|h| Escaped(h).to_string());
+                            let from = session.asked_from().map(|f| Escaped(&f.to_string()).to_string());
+                            let to = match stage {
+                                "rcpt" => session.asked_to().map(|t| Escaped(&t.to_string()).to_string()),
+                                _ => None,
+                            };
+                            info!(
+                                stage,
+                                helo = helo.as_deref().map(tracing::field::display),
+                                from = from.as_deref().map(tracing::field::display),
+                                to = to.as_deref().map(tracing::field::display),
+                                %reply,
+                                "refused"
+                            );
                             context.metrics.rejected(stage, reason);
                         } else {
                             debug!(%reply, "reply");
@@ -514,13 +542,17 @@ where
                         let sender = message.envelope.sender.to_string();
                         let recipients = message.envelope.recipients.len();
                         let size = message.body.len();
+                        let message_id = backstop_session::headers::message_id(
+                            backstop_session::headers::section(&message.body),
+                        );
                         let result = context.sink.enqueue(*message).await;
                         match result {
                             Ok(id) => {
                                 context.metrics.accepted();
                                 tracing::Span::current()
                                     .record("queue_id", tracing::field::display(id));
-                                info!(queue_id = %id, from = %sender, recipients, size, "accepted")
+                                let message_id = message_id.as_deref().map(Escaped);
+                                info!(queue_id = %id, from = %sender, recipients, size, message_id = message_id.map(tracing::field::display), "accepted")
                             }
                             Err(failure) => {
                                 warn!(from = %sender, ?failure, "not accepted: queue write failed")

@@ -47,6 +47,22 @@ pub fn hops(header: &[u8]) -> usize {
         .count()
 }
 
+/// The value of the first `Message-ID:` field, unfolded and trimmed, for log lines (lossy
+/// UTF-8; the caller escapes it). At most 998 characters, as a line may hold.
+pub fn message_id(header: &[u8]) -> Option<String> {
+    let (_, field) = fields(header)
+        .find(|(_, f)| name(f).is_some_and(|n| n.eq_ignore_ascii_case(b"Message-ID")))?;
+    let colon = field.iter().position(|&b| b == b':')?;
+    let value: Vec<u8> = field[colon + 1..]
+        .iter()
+        .copied()
+        .filter(|b| !matches!(b, b'\r' | b'\n'))
+        .take(998)
+        .collect();
+    let value = String::from_utf8_lossy(&value).trim().to_owned();
+    (!value.is_empty()).then_some(value)
+}
+
 const AUTH_RESULTS: &[u8] = b"Authentication-Results";
 /// Written over the name of a field that claims our authserv-id: as long as the original, so
 /// the message is changed in place and nothing after it moves.
@@ -149,5 +165,14 @@ Authentication-Results: mx.example.com; in the body\r\n"
         let field = b"Authentication-Results: (a (nested) comment) mx.test (x); none\r\n";
         assert_eq!(authserv_id(field), Some(&b"mx.test"[..]));
         assert_eq!(authserv_id(b"Authentication-Results:   \r\n"), None);
+    }
+
+    #[test]
+    fn the_message_id_is_read_unfolded() {
+        let header =
+            b"Subject: x\r\nmessage-id:\r\n <abc@example.test>\r\nMessage-ID: <second@x>\r\n";
+        assert_eq!(message_id(header).as_deref(), Some("<abc@example.test>"));
+        assert_eq!(message_id(b"Subject: x\r\n"), None);
+        assert_eq!(message_id(b"Message-ID:   \r\n"), None);
     }
 }

@@ -54,6 +54,10 @@ pub struct ServerSession {
     /// This session's share of the memory for messages in progress: covers the message's
     /// buffer from DATA (or the first BDAT) until the message is stored or refused.
     memory: Reservation,
+    /// The sender of the latest MAIL and the recipient of the latest RCPT the client sent
+    /// (read well enough to parse), for log lines.
+    asked_from: Option<ReversePath>,
+    asked_to: Option<Address>,
 }
 
 /// Covered at the start of the data, before any of it arrives: the first growth steps of the
@@ -182,6 +186,8 @@ impl ServerSession {
             stage: "connect",
             request_started: None,
             memory: Reservation::new(&config_memory),
+            asked_from: None,
+            asked_to: None,
         }
     }
 
@@ -263,6 +269,21 @@ impl ServerSession {
     /// The server is shutting down: tell the client and close.
     pub fn shutdown(&mut self) {
         self.close_with(Reply::shutting_down());
+    }
+
+    /// The name the client gave in HELO or EHLO, for log lines.
+    pub fn helo_name(&self) -> Option<&str> {
+        self.helo.as_ref().map(|h| h.name.as_str())
+    }
+
+    /// The sender of the latest MAIL command, for log lines.
+    pub fn asked_from(&self) -> Option<&ReversePath> {
+        self.asked_from.as_ref()
+    }
+
+    /// The recipient of the latest RCPT command, for log lines.
+    pub fn asked_to(&self) -> Option<&Address> {
+        self.asked_to.as_ref()
     }
 
     /// A transaction is under way (after MAIL, until its end): what a shutdown lets finish.
@@ -790,6 +811,7 @@ impl ServerSession {
                 Err(_) => return self.error(Reply::bad_sender_syntax()),
             }
         };
+        self.asked_from = Some(sender.clone());
         if let Some(auth) = &self.auth {
             if !self.sender_rights.allows(&sender) {
                 let reply = Reply::sender_not_owned(&auth.user);
@@ -899,6 +921,7 @@ impl ServerSession {
                 Err(_) => return self.error(Reply::bad_recipient_syntax()),
             }
         };
+        self.asked_to = Some(address.clone());
         if !txn.smtputf8 && !address.is_ascii() {
             return self.error(Reply::smtputf8_required());
         }
