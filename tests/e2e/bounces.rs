@@ -209,10 +209,10 @@ fn bounces_need_a_valid_batv_tag() {
     refused(&mut c, "alice@example.test", "carries no BATV tag");
     refused(&mut c, &forged, "BATV tag is not valid");
     refused(&mut c, &expired, "BATV tag has expired");
-    // Each refusal is counted by stage and reason.
+    // Each refusal is counted by stage, the check that decided, and code.
     let (_, metrics) = server.cli(&["metrics"]);
     assert!(
-        metrics.contains("smtp_rejections_total{stage=\"rcpt\",reason=\"5.7.1\"} 3\n"),
+        metrics.contains("smtp_rejections_total{stage=\"rcpt\",check=\"batv\",code=\"5.7.1\"} 3\n"),
         "{metrics}"
     );
     assert!(c.command(&format!("RCPT TO:<{tagged}>")).starts_with("250"));

@@ -159,7 +159,7 @@ action = "reject"
         "{log}"
     );
     let (_, metrics) = server.cli(&["metrics"]);
-    let line = "smtp_rejections_total{stage=\"data\",reason=\"5.7.1\"} 3\n";
+    let line = "smtp_rejections_total{stage=\"data\",check=\"rule\",code=\"5.7.1\"} 3\n";
     assert!(metrics.contains(line), "{metrics}");
     let messages = queued(d);
     server.stop();

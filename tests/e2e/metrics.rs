@@ -82,7 +82,7 @@ fn metrics_move_with_sessions_refusals_and_deliveries() {
     assert_eq!(
         value(
             &after,
-            "smtp_rejections_total{stage=\"rcpt\",reason=\"5.7.1\"}"
+            "smtp_rejections_total{stage=\"rcpt\",check=\"relay\",code=\"5.7.1\"}"
         ),
         1.0
     );

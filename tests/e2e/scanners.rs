@@ -173,6 +173,14 @@ fn clamd_refuses_a_virus_and_names_it() {
     // clamd stopped: 451, and the message is not taken.
     drop(clamd);
     assert_eq!(send(&server, &plain("later", "again")), UNAVAILABLE);
+    // Both counted as clamd's decisions.
+    let (_, metrics) = server.cli(&["metrics"]);
+    for line in [
+        "smtp_rejections_total{stage=\"data\",check=\"clamd\",code=\"5.7.0\"} 1\n",
+        "smtp_rejections_total{stage=\"data\",check=\"clamd\",code=\"4.7.1\"} 1\n",
+    ] {
+        assert!(metrics.contains(line), "{line}: {metrics}");
+    }
     let messages = queued(d);
     server.stop();
     assert_eq!(messages.len(), 1);

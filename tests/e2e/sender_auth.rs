@@ -231,8 +231,15 @@ print(code, text.decode())
     // The refusals at the end of DATA, counted: DMARC 5.7.1, SPF 5.7.23, iprev 5.7.25, and
     // the DNS failure 4.7.24.
     let (_, metrics) = server.cli(&["metrics"]);
-    for reason in ["5.7.1", "5.7.23", "5.7.25", "4.7.24"] {
-        let line = format!("smtp_rejections_total{{stage=\"data\",reason=\"{reason}\"}} 1\n");
+    for (check, code) in [
+        ("dmarc", "5.7.1"),
+        ("spf", "5.7.23"),
+        ("iprev", "5.7.25"),
+        ("sender_auth", "4.7.24"),
+    ] {
+        let line = format!(
+            "smtp_rejections_total{{stage=\"data\",check=\"{check}\",code=\"{code}\"}} 1\n"
+        );
         assert!(metrics.contains(&line), "{line}: {metrics}");
     }
     let messages = queued(d);
@@ -442,14 +449,15 @@ fn a_lookup_that_fails_for_now_is_a_451_never_a_guess() {
         "{log}"
     );
     let (_, metrics) = server.cli(&["metrics"]);
-    for (stage, reason, count) in [
-        ("mail", "5.7.23", 1),
-        ("mail", "4.7.24", 1),
-        ("data", "4.7.24", 1),
-        ("data", "5.7.1", 1),
+    for (stage, check, code, count) in [
+        ("mail", "spf", "5.7.23", 1),
+        ("mail", "sender_auth", "4.7.24", 1),
+        ("data", "sender_auth", "4.7.24", 1),
+        ("data", "dmarc", "5.7.1", 1),
     ] {
-        let line =
-            format!("smtp_rejections_total{{stage=\"{stage}\",reason=\"{reason}\"}} {count}\n");
+        let line = format!(
+            "smtp_rejections_total{{stage=\"{stage}\",check=\"{check}\",code=\"{code}\"}} {count}\n"
+        );
         assert!(metrics.contains(&line), "{line}: {metrics}");
     }
     server.stop();

@@ -347,7 +347,8 @@ fn sigterm_lets_a_transaction_under_way_finish() {
     let log = std::fs::read_to_string(d.join("server.log")).unwrap();
     assert_eq!(log.matches("closed: shutting down").count(), 2, "{log}");
     assert!(
-        !log.lines().any(|l| l.contains("refused") && l.contains("4.3.2")),
+        !log.lines()
+            .any(|l| l.contains("refused") && l.contains("4.3.2")),
         "{log}"
     );
 }

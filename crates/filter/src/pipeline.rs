@@ -101,6 +101,16 @@ pub enum Scanner {
 }
 
 impl Scanner {
+    /// The scanner's kind, as log lines and metrics name the check that decided.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Scanner::Rule(_) => "rule",
+            Scanner::Milter(_) => "milter",
+            Scanner::Rspamd(_) => "rspamd",
+            Scanner::Clamd(_) => "clamd",
+        }
+    }
+
     async fn scan(&self, draft: &Draft) -> Result<Step, ScanError> {
         match self {
             // Regexes over the decoded message: off the async workers, so the deadline holds.
@@ -148,7 +158,9 @@ impl Pipeline {
             };
             match result {
                 Ok(Step::Continue(_)) => {}
-                Ok(Step::Refuse(reply)) => return Outcome::Refuse(reply),
+                Ok(Step::Refuse(reply)) => {
+                    return Outcome::Refuse(reply.decided_by(check.scanner.kind()))
+                }
                 Ok(Step::Quarantine(why)) => {
                     return Outcome::Quarantine(format!("{}: {why}", check.name));
                 }
@@ -158,7 +170,9 @@ impl Pipeline {
                 Err(error) => match check.on_error {
                     OnError::Tempfail => {
                         warn!(check = %check.name, %error, "content check failed: 451");
-                        return Outcome::Refuse(Reply::content_check_unavailable());
+                        return Outcome::Refuse(
+                            Reply::content_check_unavailable().decided_by(check.scanner.kind()),
+                        );
                     }
                     OnError::Accept => {
                         warn!(

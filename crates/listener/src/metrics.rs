@@ -20,7 +20,7 @@ pub struct SmtpMetrics {
     discarded: AtomicU64,
     auth_failures: AtomicU64,
     auth_throttled: AtomicU64,
-    rejections: Mutex<BTreeMap<(&'static str, String), u64>>,
+    rejections: Mutex<BTreeMap<(&'static str, &'static str, String), u64>>,
     /// Checks before the reply to DATA: count per bucket (not cumulative), sum in µs, count.
     check_buckets: [AtomicU64; BUCKETS.len()],
     check_micros: AtomicU64,
@@ -65,12 +65,14 @@ impl SmtpMetrics {
         self.auth_throttled.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn rejected(&self, stage: &'static str, reason: String) {
+    /// A refusal at `stage`, decided by `check`, with `code` (the enhanced status code, or
+    /// the reply code when it has none).
+    pub fn rejected(&self, stage: &'static str, check: &'static str, code: String) {
         *self
             .rejections
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry((stage, reason))
+            .entry((stage, check, code))
             .or_default() += 1;
     }
 
@@ -138,9 +140,9 @@ impl SmtpMetrics {
         out.family(
             "smtp_rejections_total",
             Kind::Counter,
-            "Replies refusing or deferring something, by stage and reason.",
+            "Replies refusing or deferring something, by stage, the check that decided, and code.",
         );
-        for ((stage, reason), n) in self
+        for ((stage, check, code), n) in self
             .rejections
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -148,7 +150,7 @@ impl SmtpMetrics {
         {
             out.sample(
                 "smtp_rejections_total",
-                &[("stage", stage), ("reason", reason)],
+                &[("stage", stage), ("check", check), ("code", code)],
                 n,
             );
         }
@@ -192,8 +194,8 @@ mod tests {
         {
             let _open = m.session();
             m.accepted();
-            m.rejected("rcpt", "5.1.1".into());
-            m.rejected("rcpt", "5.1.1".into());
+            m.rejected("rcpt", "recipients", "5.1.1".into());
+            m.rejected("rcpt", "recipients", "5.1.1".into());
             m.checked(Duration::from_millis(7));
             m.checked(Duration::from_secs(60));
             assert!(m.prometheus().finish().contains("smtp_sessions_open 1\n"));
@@ -203,7 +205,7 @@ mod tests {
             "smtp_sessions_total 1\n",
             "smtp_sessions_open 0\n",
             "smtp_messages_accepted_total 1\n",
-            "smtp_rejections_total{stage=\"rcpt\",reason=\"5.1.1\"} 2\n",
+            "smtp_rejections_total{stage=\"rcpt\",check=\"recipients\",code=\"5.1.1\"} 2\n",
             "smtp_content_check_seconds_bucket{le=\"0.005\"} 0\n",
             "smtp_content_check_seconds_bucket{le=\"0.01\"} 1\n",
             "smtp_content_check_seconds_bucket{le=\"30\"} 1\n",

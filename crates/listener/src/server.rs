@@ -172,7 +172,8 @@ async fn connection<S: MessageSink, P: Policy>(
                 Refusal::Total => Reply::too_many_connections(),
                 Refusal::PerIp => Reply::too_many_connections_from_ip(),
             };
-            info!(%reply, "connection refused");
+            info!(check = reply.check(), %reply, "connection refused");
+            count_refusal(&context.metrics, &reply);
             refuse(&mut tcp, &reply).await;
             return;
         }
@@ -181,7 +182,8 @@ async fn connection<S: MessageSink, P: Policy>(
     let local_submitter = context.local_networks.iter().any(|n| n.contains(ip));
     if !context.policy.allow_connection(ip, local_submitter).await {
         let reply = Reply::connection_rate_limited();
-        info!(%reply, "connection refused: rate limit");
+        info!(check = reply.check(), %reply, "connection refused: rate limit");
+        count_refusal(&context.metrics, &reply);
         refuse(&mut tcp, &reply).await;
         return;
     }
@@ -415,13 +417,14 @@ where
                             };
                             info!(
                                 stage,
+                                check = reply.check(),
                                 helo = helo.as_deref().map(tracing::field::display),
                                 from = from.as_deref().map(tracing::field::display),
                                 to = to.as_deref().map(tracing::field::display),
                                 %reply,
                                 "refused"
                             );
-                            context.metrics.rejected(stage, reason);
+                            context.metrics.rejected(stage, reply.check(), reason);
                         } else {
                             debug!(%reply, "reply");
                         }
@@ -629,6 +632,14 @@ where
             Ok(Err(e)) => return Err(e),
         }
     }
+}
+
+/// Counts a refusal before the session began (stage `connect`).
+fn count_refusal(metrics: &crate::metrics::SmtpMetrics, reply: &Reply) {
+    let code = reply
+        .status()
+        .map_or_else(|| reply.code().to_string(), |s| s.to_string());
+    metrics.rejected("connect", reply.check(), code);
 }
 
 /// Checks a login: refused unchecked while the client or the name has too many failures;

@@ -20,7 +20,9 @@ impl SitePolicy {
         ) {
             (ContentAction::Off, _) | (_, Ok(())) => {}
             (ContentAction::Reject, Err(v)) => {
-                return ContentVerdict::Refuse(Reply::content_refused(&v.to_string()));
+                return ContentVerdict::Refuse(
+                    Reply::content_refused(&v.to_string()).decided_by("rfc5322"),
+                );
             }
             (ContentAction::Quarantine, Err(v)) => {
                 return ContentVerdict::Quarantine(format!("RFC 5322: {v}"));

@@ -24,6 +24,9 @@ pub struct Reply {
     code: u16,
     status: Option<EnhancedStatus>,
     lines: Vec<String>,
+    /// The check that decided a refusal (`relay`, `greylist`, `rspamd`, ...), for log lines
+    /// and metrics; never sent. `None`: the protocol itself (syntax, sequence, ...).
+    check: Option<&'static str>,
 }
 
 impl Reply {
@@ -42,7 +45,22 @@ impl Reply {
             code,
             status: Some(status),
             lines: vec![text],
+            check: None,
         }
+    }
+
+    /// This reply, as the decision of `check` (see [`Reply::check`]).
+    pub fn decided_by(mut self, check: &'static str) -> Reply {
+        self.check = Some(check);
+        self
+    }
+
+    /// The check that decided this refusal, for log lines and metrics: `relay`, `recipients`,
+    /// `greylist`, `rate`, `batv`, `provenance`, `dnsbl`, `spf`, `dmarc`, `iprev`, `auth`,
+    /// `connections`, `limits`, `loop`, `content` (or the scanner: `rspamd`, `clamd`, `milter`,
+    /// `rule`), `next_hop`, `resources`; `protocol` for everything else.
+    pub fn check(&self) -> &'static str {
+        self.check.unwrap_or("protocol")
     }
 
     pub fn code(&self) -> u16 {
@@ -89,6 +107,7 @@ impl Reply {
             code: 220,
             status: None,
             lines: vec![format!("{hostname} ESMTP backstop")],
+            check: None,
         }
     }
 
@@ -101,6 +120,7 @@ impl Reply {
             code: 250,
             status: None,
             lines,
+            check: None,
         }
     }
 
@@ -143,6 +163,7 @@ impl Reply {
             EnhancedStatus(4, 7, 0),
             "Too many connections, try again later",
         )
+        .decided_by("connections")
     }
 
     pub fn too_many_connections_from_ip() -> Reply {
@@ -151,6 +172,7 @@ impl Reply {
             EnhancedStatus(4, 7, 0),
             "Too many connections from your address, try again later",
         )
+        .decided_by("connections")
     }
 
     pub fn too_many_errors() -> Reply {
@@ -310,6 +332,7 @@ impl Reply {
             code: 334,
             status: None,
             lines: vec![base64.to_owned()],
+            check: None,
         }
     }
 
@@ -323,6 +346,7 @@ impl Reply {
             EnhancedStatus(5, 7, 8),
             "Authentication credentials invalid",
         )
+        .decided_by("auth")
     }
 
     pub fn auth_temporary_failure() -> Reply {
@@ -331,6 +355,7 @@ impl Reply {
             EnhancedStatus(4, 7, 0),
             "Temporary authentication failure",
         )
+        .decided_by("auth")
     }
 
     /// Too many failed logins from this client or for this name: no password is checked until
@@ -341,6 +366,7 @@ impl Reply {
             EnhancedStatus(4, 7, 0),
             "Too many failed logins, try again later",
         )
+        .decided_by("auth")
     }
 
     pub fn auth_cancelled() -> Reply {
@@ -370,6 +396,7 @@ impl Reply {
             EnhancedStatus(5, 7, 11),
             "Encryption required for requested authentication mechanism",
         )
+        .decided_by("auth")
     }
 
     pub fn auth_not_offered() -> Reply {
@@ -381,7 +408,7 @@ impl Reply {
     }
 
     pub fn auth_required() -> Reply {
-        Reply::new(530, EnhancedStatus(5, 7, 0), "Authentication required")
+        Reply::new(530, EnhancedStatus(5, 7, 0), "Authentication required").decided_by("auth")
     }
 
     // --- The transaction --------------------------------------------------------------------
@@ -393,6 +420,7 @@ impl Reply {
             EnhancedStatus(5, 7, 1),
             format!("Sender address rejected: not owned by user {user}"),
         )
+        .decided_by("auth")
     }
 
     /// An authenticated user's message names, in its `From:` header, an address the user does
@@ -406,6 +434,7 @@ impl Reply {
                 printable(from)
             ),
         )
+        .decided_by("auth")
     }
 
     pub fn sender_ok() -> Reply {
@@ -428,6 +457,7 @@ impl Reply {
             EnhancedStatus(5, 1, 3),
             "Recipient address rejected: mailbox name not allowed",
         )
+        .decided_by("recipients")
     }
 
     /// A message with more `Received:` fields than the hop limit: a mail loop (RFC 5321 6.3).
@@ -437,6 +467,7 @@ impl Reply {
             EnhancedStatus(5, 4, 6),
             format!("Too many hops (more than {limit} Received: fields): mail loop"),
         )
+        .decided_by("loop")
     }
 
     pub fn bad_recipient_syntax() -> Reply {
@@ -458,6 +489,7 @@ impl Reply {
             EnhancedStatus(4, 5, 3),
             format!("Too many recipients (at most {limit} per message)"),
         )
+        .decided_by("limits")
     }
 
     /// No such local recipient (RFC 3463 5.1.1).
@@ -467,6 +499,7 @@ impl Reply {
             EnhancedStatus(5, 1, 1),
             "Recipient address rejected: user unknown",
         )
+        .decided_by("recipients")
     }
 
     /// The recipient source could not answer: never accept on a failed lookup.
@@ -476,6 +509,7 @@ impl Reply {
             EnhancedStatus(4, 4, 3),
             "Recipient lookup failed, try again later",
         )
+        .decided_by("recipients")
     }
 
     /// Greylisting: a real mail server retries; most spam software does not.
@@ -485,6 +519,7 @@ impl Reply {
             EnhancedStatus(4, 7, 1),
             format!("Greylisted, please try again in {retry_after} seconds"),
         )
+        .decided_by("greylist")
     }
 
     /// A bounce to an address whose mail always leaves with a BATV-tagged return path, without
@@ -495,6 +530,7 @@ impl Reply {
             EnhancedStatus(5, 7, 1),
             format!("Bounce refused: {why}; we did not send the message it answers"),
         )
+        .decided_by("batv")
     }
 
     /// The From domain's DMARC policy rejects the message (RFC 7489 6.6.3).
@@ -504,6 +540,7 @@ impl Reply {
             EnhancedStatus(5, 7, 1),
             format!("Message rejected by the DMARC policy of {domain}"),
         )
+        .decided_by("dmarc")
     }
 
     /// SPF fail for the envelope sender's domain (RFC 7372: 5.7.23).
@@ -513,6 +550,7 @@ impl Reply {
             EnhancedStatus(5, 7, 23),
             format!("SPF check failed: {domain} does not allow this client to send its mail"),
         )
+        .decided_by("spf")
     }
 
     /// The client is on a DNS blocklist (the wording of Postfix's reject_rbl_client).
@@ -522,6 +560,7 @@ impl Reply {
             EnhancedStatus(5, 7, 1),
             format!("Service unavailable; client [{ip}] blocked using {zone}"),
         )
+        .decided_by("dnsbl")
     }
 
     /// The client's address has no PTR name that resolves back to it (RFC 7372: 5.7.25).
@@ -531,6 +570,7 @@ impl Reply {
             EnhancedStatus(5, 7, 25),
             format!("Reverse DNS of {ip} does not resolve back to it"),
         )
+        .decided_by("iprev")
     }
 
     /// SPF or DMARC could not be checked for now (a DNS failure).
@@ -540,6 +580,7 @@ impl Reply {
             EnhancedStatus(4, 7, 24),
             "Sender authentication could not be completed (DNS), try again later",
         )
+        .decided_by("sender_auth")
     }
 
     /// A bounce returning a message (by its Message-ID) that we never sent: backscatter.
@@ -549,6 +590,7 @@ impl Reply {
             EnhancedStatus(5, 7, 1),
             "Bounce refused: it returns a message we never sent",
         )
+        .decided_by("provenance")
     }
 
     /// A bounce whose provenance cannot be checked now (the site's state does not answer):
@@ -559,6 +601,7 @@ impl Reply {
             EnhancedStatus(4, 3, 0),
             "Bounce cannot be checked now, try again later",
         )
+        .decided_by("provenance")
     }
 
     /// Over a rate limit (connections, messages or recipients in a time window).
@@ -568,6 +611,7 @@ impl Reply {
             EnhancedStatus(4, 7, 1),
             "Rate limit exceeded, slow down and try again later",
         )
+        .decided_by("rate")
     }
 
     /// Too many new connections from one address in a short time.
@@ -577,6 +621,7 @@ impl Reply {
             EnhancedStatus(4, 7, 0),
             "Too many connections from your address in a short time, try again later",
         )
+        .decided_by("rate")
     }
 
     /// A check could not be made: try again later.
@@ -586,10 +631,11 @@ impl Reply {
             EnhancedStatus(4, 3, 0),
             "Temporary failure, try again later",
         )
+        .decided_by("resources")
     }
 
     pub fn relay_denied() -> Reply {
-        Reply::new(554, EnhancedStatus(5, 7, 1), "Relay access denied")
+        Reply::new(554, EnhancedStatus(5, 7, 1), "Relay access denied").decided_by("relay")
     }
 
     pub fn message_too_big(limit: u64) -> Reply {
@@ -598,6 +644,7 @@ impl Reply {
             EnhancedStatus(5, 3, 4),
             format!("Message size exceeds the fixed maximum of {limit} octets"),
         )
+        .decided_by("limits")
     }
 
     pub fn start_data() -> Reply {
@@ -633,17 +680,18 @@ impl Reply {
             EnhancedStatus(5, 6, 0),
             format!("Message refused: {why}"),
         )
+        .decided_by("content")
     }
 
     /// A content rule or scanner refused the message, with a text safe to show.
     pub fn content_rejected(text: &str) -> Reply {
-        Reply::new(550, EnhancedStatus(5, 7, 1), printable(text))
+        Reply::new(550, EnhancedStatus(5, 7, 1), printable(text)).decided_by("content")
     }
 
     /// A content scanner asked for the message to be tried again later (a soft reject, a
     /// greylist, a milter's tempfail).
     pub fn content_deferred(text: &str) -> Reply {
-        Reply::new(451, EnhancedStatus(4, 7, 1), printable(text))
+        Reply::new(451, EnhancedStatus(4, 7, 1), printable(text)).decided_by("content")
     }
 
     /// The virus scanner found `signature` (its name only; the text stays printable).
@@ -653,6 +701,7 @@ impl Reply {
             EnhancedStatus(5, 7, 0),
             format!("Message contains a virus ({})", printable(signature)),
         )
+        .decided_by("content")
     }
 
     /// A content check could not be made in time (a scanner down, slow or broken): the
@@ -663,6 +712,7 @@ impl Reply {
             EnhancedStatus(4, 7, 1),
             "Content check unavailable, try again later",
         )
+        .decided_by("content")
     }
 
     /// A scanner's own reply (a milter's SMFIR_REPLYCODE): `code` must be 4xx or 5xx, else
@@ -684,7 +734,7 @@ impl Reply {
             (parts.next().is_none() && status.0 == class).then_some((status, rest))
         });
         let (status, text) = parsed.unwrap_or((EnhancedStatus(class, 7, 1), text));
-        Some(Reply::new(code, status, printable(text)))
+        Some(Reply::new(code, status, printable(text)).decided_by("content"))
     }
 
     /// A next hop's reply, passed on to our client (proxy mode): its code and enhanced status
@@ -702,7 +752,7 @@ impl Reply {
         let status = status
             .filter(|s| s.0 == class)
             .unwrap_or(EnhancedStatus(class, 0, 0));
-        Reply::new(code, status, printable(text))
+        Reply::new(code, status, printable(text)).decided_by("next_hop")
     }
 
     /// Proxied and queued recipients do not mix in one transaction (proxy mode).
@@ -721,6 +771,7 @@ impl Reply {
             EnhancedStatus(4, 4, 1),
             "The destination server cannot be reached, try again later",
         )
+        .decided_by("next_hop")
     }
 
     /// A rule marked certain discards the message: the client is told it was taken.
@@ -739,6 +790,7 @@ impl Reply {
             EnhancedStatus(4, 3, 1),
             "Insufficient system storage, try again later",
         )
+        .decided_by("resources")
     }
 
     /// The memory for messages in progress is used up (`[smtp] max_message_memory`): the
@@ -749,6 +801,7 @@ impl Reply {
             EnhancedStatus(4, 3, 1),
             "Insufficient system memory for messages in progress, try again later",
         )
+        .decided_by("resources")
     }
 
     pub fn queue_unavailable() -> Reply {
@@ -757,6 +810,7 @@ impl Reply {
             EnhancedStatus(4, 3, 0),
             "Message not accepted: queue write failed, try again later",
         )
+        .decided_by("resources")
     }
 }
 
