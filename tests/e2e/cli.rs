@@ -231,6 +231,7 @@ fn every_config_in_etc_passes_check_config() {
         [
             "backstop.toml",
             "edge-relay.toml",
+            "mx-and-submission.toml",
             "mx.toml",
             "submission.toml"
         ]

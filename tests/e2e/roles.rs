@@ -173,6 +173,7 @@ fn every_config_in_etc_starts_as_shipped() {
         [
             "backstop.toml",
             "edge-relay.toml",
+            "mx-and-submission.toml",
             "mx.toml",
             "submission.toml"
         ]

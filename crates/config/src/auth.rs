@@ -90,11 +90,16 @@ pub(crate) fn check(
 ) -> Auth {
     let inline_users = inline_users(ctx, &raw.user);
     let needs_users = listeners.iter().any(|l| l.kind != ListenerKind::Mx);
-    if needs_users && raw.users_file.is_none() && raw.user.is_empty() {
+    // Users come from the users file, [[auth.user]], or whoever checks logins for us.
+    let has_users = raw.users_file.is_some()
+        || !raw.user.is_empty()
+        || raw.dovecot.is_some()
+        || raw.ldap.is_some();
+    if needs_users && !has_users {
         ctx.error(
             listener_span.unwrap_or(0..0),
             "listener",
-            "a submission listener needs users: set auth.users_file or add [[auth.user]]",
+            "a submission listener needs users: set auth.users_file, add [[auth.user]], or check logins with auth.dovecot or [auth.ldap]",
         );
     }
     let defaults = AuthLimitConfig::default();

@@ -133,7 +133,7 @@ fn errors_name_file_line_and_key_in_plain_words() {
     );
     check(
         "[[listener]]\nname = \"s\"\naddress = \"127.0.0.1:587\"\nkind = \"submission\"\n",
-        expect!["test.toml:1: listener: a submission listener needs users: set auth.users_file or add [[auth.user]]"],
+        expect!["test.toml:1: listener: a submission listener needs users: set auth.users_file, add [[auth.user]], or check logins with auth.dovecot or [auth.ldap]"],
     );
     check(
         "[[listener]\n",
@@ -148,6 +148,20 @@ fn errors_name_file_line_and_key_in_plain_words() {
 /// Found by the config fuzz target: a syntax error at the very start of the file (its span is
 /// `0..0`, which otherwise stands for a value the file does not have) was shown without a line.
 /// A line too broken to name a key names none (it showed `: ` or the line's junk, a NUL too).
+/// Logins checked by Dovecot or a directory are users enough for a submission listener.
+#[test]
+fn a_submission_listener_may_leave_its_users_to_dovecot_or_ldap() {
+    let listener = "[[listener]]\nname = \"s\"\naddress = \"127.0.0.1:587\"\nkind = \"submission\"\n";
+    let dovecot = format!("[auth]\ndovecot = \"unix:/run/dovecot/auth-backstop\"\n{listener}");
+    assert!(parse(&dovecot, "test.toml").is_ok());
+    let ldap = format!(
+        "[auth.ldap]\nurl = \"ldap://127.0.0.1\"\nbase = \"dc=example\"\nfilter = \"(uid=%s)\"\n{listener}"
+    );
+    if let Err(e) = parse(&ldap, "test.toml") {
+        panic!("{e}");
+    }
+}
+
 #[test]
 fn a_syntax_error_at_the_start_is_at_line_1() {
     check(
