@@ -19,6 +19,7 @@ mod crash;
 mod delivery;
 mod disk_full;
 mod dkim;
+mod fail2ban;
 mod greylist;
 mod hostile;
 mod ldap;

@@ -124,6 +124,12 @@ pub const TEST_PEERS: &[Requirement] = &[
         package: "redis-server",
         present_if: &["/usr/bin/redis-server"],
     },
+    // fail2ban-regex, to check the shipped filter against backstop's log (its daemon is not
+    // started: the install runs under a policy-rc.d that refuses).
+    Requirement {
+        package: "fail2ban",
+        present_if: &["/usr/bin/fail2ban-regex"],
+    },
     // The TLS scanner a security review runs against the listeners.
     Requirement {
         package: "testssl.sh",

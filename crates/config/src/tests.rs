@@ -151,7 +151,8 @@ fn errors_name_file_line_and_key_in_plain_words() {
 /// Logins checked by Dovecot or a directory are users enough for a submission listener.
 #[test]
 fn a_submission_listener_may_leave_its_users_to_dovecot_or_ldap() {
-    let listener = "[[listener]]\nname = \"s\"\naddress = \"127.0.0.1:587\"\nkind = \"submission\"\n";
+    let listener =
+        "[[listener]]\nname = \"s\"\naddress = \"127.0.0.1:587\"\nkind = \"submission\"\n";
     let dovecot = format!("[auth]\ndovecot = \"unix:/run/dovecot/auth-backstop\"\n{listener}");
     assert!(parse(&dovecot, "test.toml").is_ok());
     let ldap = format!(
