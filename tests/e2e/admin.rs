@@ -70,6 +70,13 @@ fn queue_verbs() {
     let json = ok(d, &["queue", "list", "--json"]);
     assert!(json.contains(&format!("\"id\": \"{first}\"")), "{json}");
     assert!(json.contains("\"pending\": 2"), "{json}");
+    // qshape's table: both messages, for example.test, under 5 minutes old.
+    let shape = ok(d, &["queue", "summary"]);
+    assert!(
+        shape.contains("\nexample.test      2     2     0"),
+        "{shape}"
+    );
+    assert!(ok(d, &["queue", "summary", "--json"]).contains("\"domain\": \"example.test\""));
 
     let show = ok(d, &["queue", "show", &first]);
     assert!(

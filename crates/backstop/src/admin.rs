@@ -81,6 +81,9 @@ struct MessageSummary {
     /// Why the message is still here: the last reply to a pending recipient (`host: reply`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_reply: Option<String>,
+    /// The recipients still pending.
+    #[serde(default)]
+    pending_recipients: Vec<String>,
 }
 
 /// The version of `queue list --json`'s form; it changes only when a field changes meaning or
@@ -489,6 +492,14 @@ fn summary(id: QueueId, entry: &Entry, size: usize) -> MessageSummary {
         recipients: recipients(&entry.envelope),
         held: entry.held,
         pending: entry.states.iter().filter(|s| s.is_pending()).count(),
+        pending_recipients: entry
+            .envelope
+            .recipients
+            .iter()
+            .zip(&entry.states)
+            .filter(|(_, s)| s.is_pending())
+            .map(|(r, _)| r.address.to_string())
+            .collect(),
         last_reply: entry.states.iter().rev().find_map(|s| match s {
             RecipientState::Pending {
                 last: Some(attempt),
@@ -650,6 +661,114 @@ pub fn run(
     }
     print!("{}", render(&request, data)?);
     Ok(())
+}
+
+/// The age buckets of `queue summary`, in minutes, as qshape's: up to 5, 10, 20, ... 1280,
+/// and older.
+const AGE_BUCKETS: [u64; 9] = [5, 10, 20, 40, 80, 160, 320, 640, 1280];
+
+/// `backstop queue summary`: the messages waiting, by recipient domain and age (qshape's
+/// table). A message counts once for each domain it still has a recipient in.
+pub fn queue_summary(endpoint: &AdminEndpoint, data_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let request = Request::QueueList;
+    let data = match ask(endpoint, &request) {
+        Ok(data) => data,
+        Err(e) if unreachable(&e) => {
+            let dir = data_dir.join("queue");
+            let queue = Queue::open_read_only(&dir)
+                .with_context(|| format!("{e:#}; reading the queue on disk instead"))?;
+            eprintln!(
+                "backstop: the server is not running: read from {} (read-only)",
+                dir.display()
+            );
+            answer(&queue, request)?
+        }
+        Err(e) => return Err(e),
+    };
+    let listing: QueueListing = serde_json::from_value(data)?;
+    let now = backstop_types::SystemClock.now().0;
+    let rows = shape(&listing.messages, now);
+    if json {
+        let rows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(domain, counts)| serde_json::json!({ "domain": domain, "total": counts.iter().sum::<usize>(), "by_age": counts }))
+            .collect();
+        let out = serde_json::json!({
+            "format": LIST_FORMAT,
+            "age_buckets_minutes": AGE_BUCKETS,
+            "domains": rows,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    print!("{}", render_shape(&rows));
+    Ok(())
+}
+
+/// Messages per (domain, age bucket); the domains by their total, largest first, then by name.
+fn shape(messages: &[MessageSummary], now: u64) -> Vec<(String, Vec<usize>)> {
+    let mut rows: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+    for m in messages {
+        let minutes = now.saturating_sub(m.arrival) / 60;
+        let bucket = AGE_BUCKETS
+            .iter()
+            .position(|limit| minutes < *limit)
+            .unwrap_or(AGE_BUCKETS.len());
+        let mut domains: Vec<String> = m
+            .pending_recipients
+            .iter()
+            .filter_map(|r| r.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()))
+            .collect();
+        domains.sort();
+        domains.dedup();
+        for domain in domains {
+            rows.entry(domain)
+                .or_insert_with(|| vec![0; AGE_BUCKETS.len() + 1])[bucket] += 1;
+        }
+    }
+    let mut rows: Vec<(String, Vec<usize>)> = rows.into_iter().collect();
+    rows.sort_by(|a, b| {
+        let total = |r: &(String, Vec<usize>)| r.1.iter().sum::<usize>();
+        total(b).cmp(&total(a)).then_with(|| a.0.cmp(&b.0))
+    });
+    rows
+}
+
+fn render_shape(rows: &[(String, Vec<usize>)]) -> String {
+    let width = rows
+        .iter()
+        .map(|(d, _)| d.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max("TOTAL".len());
+    let mut out = format!("{:>width$} {:>6}", "", "T");
+    for limit in AGE_BUCKETS {
+        out.push_str(&format!(" {limit:>5}"));
+    }
+    out.push_str(&format!(
+        " {:>5}\n",
+        format!("{}+", AGE_BUCKETS[AGE_BUCKETS.len() - 1])
+    ));
+    let mut totals = vec![0; AGE_BUCKETS.len() + 1];
+    for (_, counts) in rows {
+        for (t, c) in totals.iter_mut().zip(counts) {
+            *t += c;
+        }
+    }
+    let line = |name: &str, counts: &[usize]| {
+        let mut line = format!("{name:>width$} {:>6}", counts.iter().sum::<usize>());
+        for c in counts {
+            line.push_str(&format!(" {c:>5}"));
+        }
+        line.push('\n');
+        line
+    };
+    out.push_str(&line("TOTAL", &totals));
+    for (domain, counts) in rows {
+        out.push_str(&line(domain, counts));
+    }
+    out.push_str("(messages waiting, by recipient domain and minutes in the queue)\n");
+    out
 }
 
 /// Whether `request` only reads.
@@ -1051,6 +1170,56 @@ fn render(request: &Request, data: serde_json::Value) -> anyhow::Result<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_queue_shape_counts_messages_by_domain_and_age() {
+        let now = 1_800_000_000;
+        let message = |minutes: u64, to: &[&str]| MessageSummary {
+            id: "0".into(),
+            arrival: now - minutes * 60,
+            size: 1,
+            sender: "<>".into(),
+            recipients: to.iter().map(|s| s.to_string()).collect(),
+            held: false,
+            pending: to.len(),
+            last_reply: None,
+            pending_recipients: to.iter().map(|s| s.to_string()).collect(),
+        };
+        let rows = shape(
+            &[
+                message(1, &["a@slow.example", "b@SLOW.example"]),
+                message(7, &["a@slow.example", "c@other.example"]),
+                message(5000, &["a@slow.example"]),
+            ],
+            now,
+        );
+        assert_eq!(
+            rows,
+            [
+                (
+                    "slow.example".to_owned(),
+                    vec![1, 1, 0, 0, 0, 0, 0, 0, 0, 1]
+                ),
+                (
+                    "other.example".to_owned(),
+                    vec![0, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+                ),
+            ]
+        );
+        let table = render_shape(&rows);
+        assert!(
+            table.starts_with("                   T     5    10"),
+            "{table}"
+        );
+        assert!(
+            table.contains("\n        TOTAL      4     1     2     0"),
+            "{table}"
+        );
+        assert!(
+            table.contains("\n slow.example      3     1     1"),
+            "{table}"
+        );
+    }
 
     #[test]
     fn filters_select_by_domain_sender_age_and_reason() {

@@ -84,6 +84,8 @@ struct AdminTarget {
 enum QueueCommand {
     /// Every queued message.
     List,
+    /// The messages waiting, by recipient domain and age (like qshape).
+    Summary,
     /// A message's envelope, per-recipient state and last error, and its headers.
     Show {
         id: String,
@@ -392,6 +394,19 @@ fn main() -> ExitCode {
             };
             match command {
                 QueueCommand::List => admin(&target, Request::QueueList),
+                QueueCommand::Summary => {
+                    let setup = match load(config_path(target.config.clone()).as_deref()) {
+                        Ok(setup) => setup,
+                        Err(code) => return code,
+                    };
+                    match admin::queue_summary(&setup.admin, &setup.config.data_dir, target.json) {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            eprintln!("backstop: {e:#}");
+                            ExitCode::FAILURE
+                        }
+                    }
+                }
                 QueueCommand::Show { id, body } => match body.view() {
                     Ok((body, view)) => admin_view(&target, Request::QueueShow { id, body }, view),
                     Err(why) => {
