@@ -26,6 +26,7 @@ mod ldap;
 mod limits;
 mod lmtp;
 mod metrics;
+mod monitoring;
 mod mx;
 mod postfix;
 mod proxy;

@@ -14,14 +14,14 @@ use crate::harness::{config, free_port, have, is_root, queue_id_in, queued, RawC
 use crate::mx::dkim_key;
 use crate::sender_auth::{message, txt};
 
-/// A scanner process, stopped (SIGTERM, then SIGKILL) when dropped.
-struct Peer {
+/// A scanner (or other peer) process, stopped (SIGTERM, then SIGKILL) when dropped.
+pub(crate) struct Peer {
     child: Child,
     name: &'static str,
 }
 
 impl Peer {
-    fn spawn(name: &'static str, command: &mut Command, log: &Path) -> Peer {
+    pub(crate) fn spawn(name: &'static str, command: &mut Command, log: &Path) -> Peer {
         let log = std::fs::File::create(log).unwrap();
         let child = command
             .stdin(Stdio::null())
@@ -33,7 +33,7 @@ impl Peer {
     }
 
     /// Waits until `ready` says so, or fails the test with `log`.
-    fn wait(self, log: &Path, ready: impl Fn() -> bool) -> Peer {
+    pub(crate) fn wait(self, log: &Path, ready: impl Fn() -> bool) -> Peer {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !ready() {
             assert!(

@@ -124,6 +124,12 @@ pub const TEST_PEERS: &[Requirement] = &[
         package: "redis-server",
         present_if: &["/usr/bin/redis-server"],
     },
+    // promtool and Prometheus, to check the shipped alert rules and dashboard queries (the
+    // service is not started: the tests run their own on loopback).
+    Requirement {
+        package: "prometheus",
+        present_if: &["/usr/bin/promtool"],
+    },
     // fail2ban-regex, to check the shipped filter against backstop's log (its daemon is not
     // started: the install runs under a policy-rc.d that refuses).
     Requirement {
