@@ -237,3 +237,60 @@ fn every_config_in_etc_passes_check_config() {
         ]
     );
 }
+
+/// `backstop report` sums up a real log, as pflogsumm does Postfix's: from a file, and from
+/// standard input as `journalctl ... | backstop report` gives it.
+#[test]
+fn report_sums_up_the_log() {
+    use crate::harness::{config, RawClient, Server};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Delivery on: the local recipient's message goes into its Maildir.
+    let server = Server::start(d, &config(d, "").replace("paused = true", "paused = false"));
+    let mut c = server.ready_for_rcpt();
+    assert!(c
+        .command("RCPT TO:<someone@elsewhere.example>")
+        .starts_with("554"));
+    assert!(c.command("RCPT TO:<user@example.test>").starts_with("250"));
+    assert!(c.command("DATA").starts_with("354"));
+    c.send(b"Subject: counted\r\n\r\nhello\r\n.\r\n");
+    assert!(c.reply().starts_with("250"));
+    c.command("QUIT");
+    let mut c = RawClient::connect(server.mx);
+    c.reply();
+    c.command("QUIT");
+    // Wait for the delivery line.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !server.log().contains("status=sent") {
+        assert!(std::time::Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    server.stop();
+    let log = d.join("server.log");
+    let out = Command::new(BIN).arg("report").arg(&log).output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{shown}");
+    for line in [
+        "         1  accepted\n",
+        "         1  delivered (per recipient)\n",
+        "         1  refused in session (4xx and 5xx replies)\n",
+        "Refusals by the check that decided\n         1  relay\n",
+        "Sender domains, by messages accepted\n         1  example.org\n",
+        "Recipient domains, by deliveries\n         1  example.test\n",
+    ] {
+        assert!(shown.contains(line), "{line:?} in:\n{shown}");
+    }
+    // From standard input, only the last day: the same.
+    let out = Command::new(BIN)
+        .args(["report", "--since", "1d"])
+        .stdin(std::fs::File::open(&log).unwrap())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("         1  accepted\n"));
+    let out = Command::new(BIN)
+        .args(["report", "--since", "soon"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--since"));
+}

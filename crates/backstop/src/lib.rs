@@ -15,6 +15,7 @@
 //! - [`admin`]: the admin API on a Unix socket, and the `queue` and `quarantine` commands that
 //!   talk to it.
 //! - [`batv`]: BATV keys from the config (made on first use by default), `batv sign|verify`.
+//! - [`report`]: `backstop report`, a summary of the log (pflogsumm's).
 //! - `interfaces`: this host's addresses, which delivery never connects to.
 //!
 //! No check is implemented here: the order of checks is `backstop_policy`'s, the checks are
@@ -27,6 +28,7 @@ pub mod load;
 mod logging;
 mod metrics;
 mod reload;
+pub mod report;
 pub mod serve;
 mod signals;
 mod sink;

@@ -62,6 +62,19 @@ enum Command {
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
     },
+    /// A summary of backstop's log (like pflogsumm): what was accepted, delivered, deferred
+    /// and refused, by the check that decided, the busiest domains, the commonest deferrals.
+    Report {
+        /// Log files (text or JSON lines); standard input when none, e.g.
+        /// `journalctl -u backstop -o cat | backstop report`.
+        files: Vec<PathBuf>,
+        /// Only what was logged in this last stretch of time (24h, 7d).
+        #[arg(long, value_name = "AGE")]
+        since: Option<String>,
+        /// How many rows each table shows.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
     /// Print the version.
     Version,
     /// Read a password from standard input and print its argon2id hash for the users file.
@@ -288,6 +301,52 @@ fn admin_view(target: &AdminTarget, request: admin::Request, view: admin::View) 
     }
 }
 
+/// `backstop report`: reads the log lines of `files` (or standard input) and prints the summary.
+fn report(files: &[PathBuf], since: Option<&str>, top: usize) -> ExitCode {
+    let since = match since.map(backstop_config::parse_duration) {
+        None => None,
+        Some(Ok(age)) => Some(backstop::report::since(age)),
+        Some(Err(why)) => {
+            eprintln!("backstop: --since: {why}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut summary = backstop::report::Summary::default();
+    let mut read = |input: Box<dyn BufRead>, name: &str| -> Result<(), ExitCode> {
+        for line in input.split(b'\n') {
+            match line {
+                // A log line is text; anything else is read as well as it can be.
+                Ok(line) => summary.read(&String::from_utf8_lossy(&line), since.as_deref()),
+                Err(e) => {
+                    eprintln!("backstop: reading {name}: {e}");
+                    return Err(ExitCode::FAILURE);
+                }
+            }
+        }
+        Ok(())
+    };
+    if files.is_empty() {
+        if let Err(code) = read(Box::new(std::io::stdin().lock()), "standard input") {
+            return code;
+        }
+    }
+    for file in files {
+        let opened = match std::fs::File::open(file) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("backstop: {}: {e}", file.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        let name = file.display().to_string();
+        if let Err(code) = read(Box::new(std::io::BufReader::new(opened)), &name) {
+            return code;
+        }
+    }
+    print!("{}", summary.render(top));
+    ExitCode::SUCCESS
+}
+
 /// A verb over a selection of messages in `place`: each selected id in turn.
 fn admin_each(
     target: &AdminTarget,
@@ -467,6 +526,7 @@ fn main() -> ExitCode {
         }
         Command::Metrics { target } => admin(&target, admin::Request::Metrics),
         Command::Batv { command, config } => batv_command(config.as_deref(), command),
+        Command::Report { files, since, top } => report(&files, since.as_deref(), top),
         Command::Version => {
             println!("backstop {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

@@ -218,7 +218,7 @@ fn a_scanner_past_the_deadline_is_a_451_unless_told_to_accept() {
     };
     assert_eq!(
         run(&pipeline, &mut draft(MESSAGE)),
-        Outcome::Refuse(Reply::content_check_unavailable())
+        Outcome::Refuse(Reply::content_check_unavailable().decided_by("clamd"))
     );
     // on_error = accept: the next check still runs.
     let lenient = Check {
@@ -234,7 +234,7 @@ fn a_scanner_past_the_deadline_is_a_451_unless_told_to_accept() {
     };
     assert_eq!(
         run(&pipeline, &mut draft(MESSAGE)),
-        Outcome::Refuse(Reply::content_rejected("after"))
+        Outcome::Refuse(Reply::content_rejected("after").decided_by("rule"))
     );
     // A scanner nobody listens for.
     let gone = Check {
@@ -250,7 +250,7 @@ fn a_scanner_past_the_deadline_is_a_451_unless_told_to_accept() {
     };
     assert_eq!(
         run(&pipeline, &mut draft(MESSAGE)),
-        Outcome::Refuse(Reply::content_check_unavailable())
+        Outcome::Refuse(Reply::content_check_unavailable().decided_by("clamd"))
     );
 }
 
@@ -309,7 +309,7 @@ fn a_scanner_asking_for_a_broken_field_fails_its_check() {
     let mut d = draft(MESSAGE);
     assert_eq!(
         run(&pipeline, &mut d),
-        Outcome::Refuse(Reply::content_check_unavailable())
+        Outcome::Refuse(Reply::content_check_unavailable().decided_by("rspamd"))
     );
     assert_eq!(text(&d), MESSAGE);
     rspamd.join().unwrap();
