@@ -166,6 +166,8 @@ impl Server {
     }
 
     fn start_listening(dir: &Path, config: &Path, names: &[&str]) -> Server {
+        // What an earlier run of this directory logged is not this run's.
+        let logged_before = std::fs::metadata(dir.join("server.log")).map_or(0, |m| m.len());
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -198,18 +200,37 @@ impl Server {
         });
         let mut addresses = std::collections::HashMap::new();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while names.iter().any(|n| !addresses.contains_key(*n)) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = rx.recv_timeout(left) else {
-                let _ = child.kill();
-                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-                panic!("backstop did not start; its log:\n{log}");
-            };
-            // "backstop: listener mx (mx) on 127.0.0.1:40123"
+        // With JSON logs standard output stays empty: the announcements are log events.
+        let json = text.contains("format = \"json\"");
+        // "backstop: listener mx (mx) on 127.0.0.1:40123"
+        let take = |addresses: &mut std::collections::HashMap<String, SocketAddr>, line: &str| {
             if let Some(rest) = line.strip_prefix("backstop: listener ") {
                 let addr: SocketAddr = rest.rsplit(' ').next().unwrap().parse().unwrap();
                 let name = rest.split(' ').next().unwrap_or_default();
                 addresses.insert(name.to_owned(), addr);
+            }
+        };
+        while names.iter().any(|n| !addresses.contains_key(*n)) {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+                panic!("backstop did not start; its log:\n{log}");
+            }
+            if json {
+                let log = std::fs::read(dir.join("server.log")).unwrap_or_default();
+                let start = usize::try_from(logged_before).unwrap_or(0).min(log.len());
+                for line in String::from_utf8_lossy(&log[start..]).lines() {
+                    if let Ok(event) = serde_json::from_str::<serde_json::Value>(line) {
+                        if let Some(message) = event["fields"]["message"].as_str() {
+                            take(&mut addresses, message);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+                take(&mut addresses, &line);
             }
         }
         let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));

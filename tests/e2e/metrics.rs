@@ -159,3 +159,48 @@ fn session_ids_are_unique_across_restarts() {
     ids.dedup();
     assert_eq!(ids.len(), 3, "{ids:?}\n{log}");
 }
+
+/// With JSON logs, everything the server writes is JSON: standard output stays empty (what it
+/// announces at start is a log event), and every line on standard error is an object.
+#[test]
+fn json_logs_leave_nothing_else_on_stdout_or_stderr() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = config(d, "") + "\n[log]\nformat = \"json\"\n";
+    let file = d.join("backstop.toml");
+    std::fs::write(&file, text).unwrap();
+    let child = Command::new(crate::harness::BIN)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .current_dir(d)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Up once the admin socket is there; then stop it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !d.join("var/admin.sock").exists() {
+        assert!(Instant::now() < deadline, "never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("backstop: listener mx (mx) on 127.0.0.1:"),
+        "{stderr}"
+    );
+    for line in stderr.lines() {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(event["fields"]["message"].is_string(), "{line}");
+    }
+}

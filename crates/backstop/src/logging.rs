@@ -32,7 +32,16 @@ impl LogControl {
     }
 }
 
+/// Whether the log is JSON (set once, at start).
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the log is JSON: then nothing but log objects goes to standard output or error.
+pub(crate) fn json() -> bool {
+    JSON.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub(crate) fn init(log: &backstop_config::Log) -> anyhow::Result<LogControl> {
+    JSON.store(log.json, std::sync::atomic::Ordering::Relaxed);
     use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
     let from_env = std::env::var("RUST_LOG").ok().filter(|e| !e.is_empty());

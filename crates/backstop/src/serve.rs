@@ -17,13 +17,19 @@ use crate::load::Setup;
 use crate::logging::LogControl;
 use crate::smtp::{load_tls, smtp_context};
 
-/// Tells the operator something on standard output (where it listens, where data lives).
-/// A write error is ignored: a daemon must not die because its stdout was closed (a finished
-/// pipe reader, a detached terminal), as `println!` would make it.
+/// Tells the operator something (where it listens, where data lives): a log line, and with
+/// text logs the same line on standard output for the terminal and for scripts; with JSON logs
+/// standard output stays empty, so that everything the server writes is JSON. A write error is
+/// ignored: a daemon must not die because its stdout was closed (a finished pipe reader, a
+/// detached terminal), as `println!` would make it.
 macro_rules! announce {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
+        let text = format!($($arg)*);
+        tracing::info!("{text}");
+        if !crate::logging::json() {
+            let _ = writeln!(std::io::stdout(), "{text}");
+        }
     }};
 }
 pub(crate) use announce;
@@ -131,7 +137,6 @@ impl Server {
                 l.name,
                 l.kind.name()
             );
-            info!(listener = %l.name, %address, "listening");
             listeners.push(Listener {
                 name: l.name.clone(),
                 socket,
