@@ -231,7 +231,7 @@ impl Driver {
         if let TrustClass::Authenticated { user } = &envelope.trust {
             assert!(!has_control(user));
         }
-        let entry = Entry::new(envelope.clone());
+        let entry = Entry::new(envelope.clone(), message.body.len() as u64);
         assert_eq!(decode_entry(&encode_entry(&entry)).as_ref(), Ok(&entry));
     }
 }

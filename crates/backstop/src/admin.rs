@@ -405,7 +405,11 @@ fn answer(queue: &Queue, request: Request) -> anyhow::Result<serde_json::Value> 
         Request::QueueList => {
             let mut messages = Vec::new();
             for (id, entry) in queue.list()? {
-                let size = queue.message(id)?.map_or(0, |m| m.body.len());
+                // The record has the size; only records older than that need the body read.
+                let size = match entry.size {
+                    0 => queue.message(id)?.map_or(0, |m| m.body.len()),
+                    size => usize::try_from(size).unwrap_or(usize::MAX),
+                };
                 messages.push(summary(id, &entry, size));
             }
             serde_json::to_value(QueueListing {

@@ -117,11 +117,12 @@ impl Queue {
         };
         let mut batch = WriteBatch::default();
         let k = id.to_be_bytes();
+        let size = body.len() as u64;
         batch.put_cf(self.cf(CF_MESSAGES), k, body);
         batch.put_cf(
             self.cf(CF_ENTRIES),
             k,
-            record::encode_entry(&Entry::new(record.envelope)),
+            record::encode_entry(&Entry::new(record.envelope, size)),
         );
         self.set_due(&mut batch, id, Some(now.0))?;
         batch.delete_cf(self.cf(CF_QUARANTINE), key(id, RECORD));

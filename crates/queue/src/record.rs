@@ -5,7 +5,10 @@
 //!   pending and due at arrival;
 //! - version 2: the envelope as in version 1, then the hold flag and one state per recipient;
 //! - version 3: version 2, then per recipient whether a DSN has reported its failure, and how
-//!   many delay notices have been sent.
+//!   many delay notices have been sent;
+//! - version 4: version 3, then the size of the stored message, so that listing the queue
+//!   (and planning memory for a delivery) never reads a body. Earlier versions read as size 0,
+//!   "not known".
 //!
 //! Only the newest version is written; every older decoder stays, with a committed fixture, so
 //! queues written by earlier releases keep working.
@@ -32,6 +35,7 @@ pub enum RecordError {
 const ENTRY_V1: u8 = 1;
 const ENTRY_V2: u8 = 2;
 const ENTRY_V3: u8 = 3;
+const ENTRY_V4: u8 = 4;
 
 /// A message's record in the queue: its envelope, where each recipient stands, and whether an
 /// administrator holds it.
@@ -46,11 +50,13 @@ pub struct Entry {
     pub reported: Vec<bool>,
     /// How many of the configured delay notices have been sent.
     pub delay_notices: u32,
+    /// Octets of the stored message; 0 when not known (a record written before version 4).
+    pub size: u64,
 }
 
 impl Entry {
-    /// A newly accepted message: every recipient pending, due at arrival.
-    pub fn new(envelope: Envelope) -> Entry {
+    /// A newly accepted message of `size` octets: every recipient pending, due at arrival.
+    pub fn new(envelope: Envelope, size: u64) -> Entry {
         let states = vec![
             RecipientState::Pending {
                 attempts: 0,
@@ -66,13 +72,14 @@ impl Entry {
             held: false,
             reported,
             delay_notices: 0,
+            size,
         }
     }
 }
 
 pub fn encode_entry(entry: &Entry) -> Vec<u8> {
     let mut w = Writer(Vec::with_capacity(256));
-    w.u8(ENTRY_V3);
+    w.u8(ENTRY_V4);
     write_envelope(&mut w, &entry.envelope);
     w.u8(u8::from(entry.held));
     w.u32(entry.states.len() as u32);
@@ -111,18 +118,19 @@ pub fn encode_entry(entry: &Entry) -> Vec<u8> {
         w.u8(u8::from(*reported));
     }
     w.u32(entry.delay_notices);
+    w.u64(entry.size);
     w.0
 }
 
 pub fn decode_entry(bytes: &[u8]) -> Result<Entry, RecordError> {
     let mut r = Reader(bytes);
     let version = r.u8()?;
-    if !matches!(version, ENTRY_V1 | ENTRY_V2 | ENTRY_V3) {
+    if !matches!(version, ENTRY_V1 | ENTRY_V2 | ENTRY_V3 | ENTRY_V4) {
         return Err(RecordError::UnknownVersion(version));
     }
     let envelope = read_envelope(&mut r)?;
     if version == ENTRY_V1 {
-        return Ok(Entry::new(envelope));
+        return Ok(Entry::new(envelope, 0));
     }
     let held = r.u8()? != 0;
     let count = r.u32()? as usize;
@@ -151,7 +159,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, RecordError> {
             _ => return Err(RecordError::Invalid("recipient state")),
         });
     }
-    let (reported, delay_notices) = if version == ENTRY_V3 {
+    let (reported, delay_notices) = if version >= ENTRY_V3 {
         let n = r.u32()? as usize;
         if n != count {
             return Err(RecordError::Invalid("reported count"));
@@ -164,6 +172,10 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, RecordError> {
     } else {
         (vec![false; count], 0)
     };
+    let size = match version {
+        ENTRY_V4 => r.u64()?,
+        _ => 0,
+    };
     if !r.0.is_empty() {
         return Err(RecordError::Invalid("trailing bytes"));
     }
@@ -173,6 +185,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, RecordError> {
         held,
         reported,
         delay_notices,
+        size,
     })
 }
 

@@ -248,7 +248,7 @@ impl Queue {
             batch.put_cf(
                 self.cf(CF_ENTRIES),
                 report.to_be_bytes(),
-                record::encode_entry(&Entry::new(envelope)),
+                record::encode_entry(&Entry::new(envelope, body.len() as u64)),
             );
             batch.put_cf(self.cf(CF_MESSAGES), report.to_be_bytes(), body);
             self.set_due(&mut batch, report, Some(due))?;

@@ -199,7 +199,7 @@ impl Queue {
         writer
             .send(Accept {
                 id,
-                entry: record::encode_entry(&Entry::new(envelope.clone())),
+                entry: record::encode_entry(&Entry::new(envelope.clone(), body.len() as u64)),
                 body,
                 due: envelope.arrival.0,
                 done,

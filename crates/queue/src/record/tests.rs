@@ -84,6 +84,7 @@ fn sample_entry() -> Entry {
         held: true,
         reported: vec![false; 3],
         delay_notices: 0,
+        size: 0,
     }
 }
 
@@ -91,7 +92,7 @@ fn sample_entry() -> Entry {
 fn round_trip() {
     let e = sample_entry();
     assert_eq!(decode_entry(&encode_entry(&e)), Ok(e));
-    let mut plain = Entry::new(sample());
+    let mut plain = Entry::new(sample(), 0);
     plain.envelope.sender = ReversePath::Null;
     plain.envelope.client.tls = None;
     plain.envelope.client.auth = None;
@@ -120,7 +121,7 @@ fn fixture(name: &str) -> std::path::PathBuf {
 fn reads_the_committed_v1_fixture() {
     // Written by the first release (the envelope alone): every recipient reads as pending.
     let bytes = std::fs::read(fixture("envelope-v1.bin")).unwrap();
-    assert_eq!(decode_entry(&bytes), Ok(Entry::new(sample())));
+    assert_eq!(decode_entry(&bytes), Ok(Entry::new(sample(), 0)));
 }
 
 /// A v3 entry: a failure reported by a DSN, and a delay notice sent.
@@ -131,11 +132,24 @@ fn sample_entry_v3() -> Entry {
     entry
 }
 
+/// A v4 entry: v3's, with its message's size.
+fn sample_entry_v4() -> Entry {
+    let mut entry = sample_entry_v3();
+    entry.size = 48_213;
+    entry
+}
+
+#[test]
+fn reads_the_committed_v4_fixture() {
+    if std::env::var_os("BACKSTOP_WRITE_FIXTURES").is_some() {
+        std::fs::write(fixture("entry-v4.bin"), encode_entry(&sample_entry_v4())).unwrap();
+    }
+    let bytes = std::fs::read(fixture("entry-v4.bin")).unwrap();
+    assert_eq!(decode_entry(&bytes), Ok(sample_entry_v4()));
+}
+
 #[test]
 fn reads_the_committed_v3_fixture() {
-    if std::env::var_os("BACKSTOP_WRITE_FIXTURES").is_some() {
-        std::fs::write(fixture("entry-v3.bin"), encode_entry(&sample_entry_v3())).unwrap();
-    }
     let bytes = std::fs::read(fixture("entry-v3.bin")).unwrap();
     assert_eq!(decode_entry(&bytes), Ok(sample_entry_v3()));
 }

@@ -13,7 +13,7 @@ async fn an_accepted_message_survives_reopening() {
     };
     let queue = Queue::open(dir.path()).unwrap();
     let stored = queue.message(id).unwrap().unwrap();
-    assert_eq!(stored.entry, Entry::new(sample()));
+    assert_eq!(stored.entry, Entry::new(sample(), 20));
     assert_eq!(stored.body, b"Subject: x\r\n\r\nbody\r\n");
     assert_eq!(queue.list().unwrap().len(), 1);
     assert_eq!(queue.schedule().unwrap(), vec![(sample().arrival, id)]);
