@@ -353,9 +353,10 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     /// The site's state, made once at start (a reload keeps it: its counters go on).
     pub(crate) state: Arc<dyn backstop_state::State>,
-    /// The memory for messages in progress (`[smtp] max_message_memory`): one for the whole
-    /// server; a reload changes its limit, and what sessions hold stays counted.
-    pub(crate) memory: Arc<backstop_session::budget::MemoryBudget>,
+    /// The memory for messages in progress (`[smtp] max_message_memory`), receiving and
+    /// delivering: one for the whole server; a reload changes its limit, and what is held stays
+    /// counted.
+    pub(crate) memory: Arc<backstop_types::budget::MemoryBudget>,
 }
 
 /// The site's state as `[state]` says: this node's (the queue and memory), or the site's Redis,
@@ -483,5 +484,6 @@ pub(crate) fn delivery_agent(
                 state: Arc::clone(&shared.state),
                 retention: config.sent_id_retention,
             }),
+        memory: Arc::clone(&shared.memory),
     })
 }

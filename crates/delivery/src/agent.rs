@@ -80,6 +80,9 @@ pub struct Agent {
     /// The site's state, when it is not this node's (Redis): sent Message-IDs go there too, so
     /// that a bounce for mail sent from here is recognised at every node.
     pub site_sent: Option<SiteSent>,
+    /// The memory for messages in progress, shared with the receiving sessions: a delivery
+    /// covers its message in it before reading it from the queue.
+    pub memory: Arc<backstop_types::budget::MemoryBudget>,
 }
 
 /// Where the sent Message-IDs of a site of several nodes go, and for how long.

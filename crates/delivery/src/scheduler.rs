@@ -30,13 +30,14 @@ use std::time::Duration;
 
 use backstop_queue::Entry;
 use backstop_smtp_client::{ClientError, Connection, Endpoint, NextHop, Transaction};
+use backstop_types::budget::Reservation;
 use backstop_types::{
     Attempt, AttemptOutcome, Clock, Domain, EnhancedStatus, QueueId, RecipientState, RemoteReply,
     UnixTime,
 };
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::agent::{Agent, Via};
 use crate::mx::Unroutable;
@@ -103,6 +104,9 @@ struct Job {
     /// The route (index into the agent's routes); `None` for local delivery.
     route: Option<usize>,
     recipients: Vec<usize>,
+    /// Octets of the message as its record says (0: not known), covered in the memory budget
+    /// before the message is read.
+    size: u64,
 }
 
 /// What a job came to.
@@ -365,6 +369,7 @@ impl Scheduler {
                         agent: Arc::clone(agent),
                         route,
                         recipients: vec![index],
+                        size: entry.size,
                     },
                 )),
             }
@@ -799,6 +804,7 @@ async fn deliver(
 }
 
 async fn deliver_local(job: &Job) -> JobResult {
+    let _memory = memory_for(job).await;
     let agent = Arc::clone(&job.agent);
     let (id, recipients) = (job.id, job.recipients.clone());
     let now = job.now;
@@ -950,7 +956,30 @@ async fn deliver_mx(
 }
 
 /// Sends the job's message over an open connection: the body is read from the queue now.
+/// A share of the memory budget for `job`'s message, taken before the message is read. While
+/// the budget is used up (by sessions receiving, or other deliveries) it waits: delivery can
+/// wait, and what it waits for is given back as soon as those messages are stored or sent. A
+/// message larger than the whole budget, or one whose size its record does not say, goes
+/// without a share rather than never.
+async fn memory_for(job: &Job) -> Reservation {
+    let budget = &job.agent.memory;
+    let mut share = Reservation::new(budget);
+    if job.size == 0 || job.size > budget.limit() {
+        return share;
+    }
+    let mut waiting = false;
+    while !share.cover(job.size) {
+        if !waiting {
+            debug!(queue_id = %job.id, size = job.size, "waiting for memory to read the message");
+            waiting = true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    share
+}
+
 async fn send(job: &Job, c: &mut Connection, lmtp: bool) -> JobResult {
+    let _memory = memory_for(job).await;
     let agent = Arc::clone(&job.agent);
     let id = job.id;
     let read = tokio::task::spawn_blocking(move || agent.queue.message(id)).await;

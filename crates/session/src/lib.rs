@@ -21,7 +21,8 @@
 //! - [`headers`]: the hop count and forged `Authentication-Results:` in a received header.
 //! - [`received`]: the `Received:` trace header (RFC 5321 4.4, RFC 3848).
 
-pub mod budget;
+/// The memory budget lives in `backstop_types` (delivery shares it); the sessions' path to it.
+pub use backstop_types::budget;
 pub mod data;
 pub mod headers;
 pub mod params;

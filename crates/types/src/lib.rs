@@ -13,6 +13,8 @@
 //! - [`queue_id`]: [`QueueId`], the name of a message in the queue.
 //! - [`delivery`]: [`RecipientState`], where each recipient of a queued message stands, and
 //!   [`AttemptOutcome`], what one delivery attempt came to.
+//! - [`budget`]: [`budget::MemoryBudget`], the memory the server may hold for message data in
+//!   progress (sessions receiving, deliveries sending), and each holder's share.
 //! - [`clock`]: [`Clock`], the one way to read the time: [`SystemClock`], or [`ManualClock`]
 //!   for tests.
 //!
@@ -20,6 +22,7 @@
 //! in as [`UnixTime`], read from a [`Clock`] the caller was given.
 
 pub mod address;
+pub mod budget;
 pub mod clock;
 pub mod delivery;
 pub mod endpoint;

@@ -80,6 +80,7 @@ pub(crate) fn agent(dir: &std::path::Path) -> Agent {
         },
         own: Arc::default(),
         site_sent: None,
+        memory: backstop_types::budget::MemoryBudget::new(1 << 30),
     }
 }
 

@@ -267,3 +267,41 @@ async fn an_idle_connection_gives_way_to_another_destinations_mail() {
     let report = drained.await.unwrap();
     assert_eq!((report.messages, report.delivered), (2, 2));
 }
+
+/// A delivery covers its message in the memory budget before reading it: while the budget is
+/// used up (by receiving sessions, say) it waits, and goes on once there is room; its share
+/// comes back when it is done. A message bigger than the whole budget, or of unknown size,
+/// does not wait for ever.
+#[tokio::test]
+async fn a_delivery_waits_for_memory_before_reading_its_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = agent(dir.path());
+    let budget = backstop_types::budget::MemoryBudget::new(100_000);
+    agent.memory = Arc::clone(&budget);
+    let agent = Arc::new(agent);
+    let job = |size| Job {
+        id: QueueId(1),
+        now: UnixTime(1_800_000_000),
+        agent: Arc::clone(&agent),
+        route: None,
+        recipients: vec![0],
+        size,
+    };
+    let mut sessions = Reservation::new(&budget);
+    assert!(sessions.cover(60_000));
+    let waiting = tokio::spawn({
+        let job = job(50_000);
+        async move {
+            let share = memory_for(&job).await;
+            share.held()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "went on without room");
+    drop(sessions);
+    assert_eq!(waiting.await.unwrap(), 50_000);
+    assert_eq!(budget.used(), 0, "the share came back");
+    // Bigger than the budget, or not known: no share, no wait.
+    assert_eq!(memory_for(&job(200_000)).await.held(), 0);
+    assert_eq!(memory_for(&job(0)).await.held(), 0);
+}

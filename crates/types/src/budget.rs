@@ -1,13 +1,15 @@
-//! The memory all sessions together may hold for message data in progress
-//! (`[smtp] max_message_memory`): each session covers what its message's buffer takes before
-//! the buffer grows, and gives it back once the message is stored or refused. A DATA or BDAT
-//! that finds the budget used up is answered `452 4.3.1` (try later) instead of growing the
-//! server until the kernel kills it; the client keeps its message.
+//! The memory the server may hold for message data in progress (`[smtp] max_message_memory`),
+//! receiving and delivering together: each session covers what its message's buffer takes
+//! before the buffer grows, and gives it back once the message is stored or refused; each
+//! delivery covers the message it reads from the queue while it sends it. A DATA or BDAT that
+//! finds the budget used up is answered `452 4.3.1` (try later) instead of growing the server
+//! until the kernel kills it; the client keeps its message. A delivery waits for room.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// The budget, shared by every session of every listener (and kept across reloads).
+/// The budget, shared by every session of every listener and by delivery (and kept across
+/// reloads).
 #[derive(Debug)]
 pub struct MemoryBudget {
     limit: AtomicU64,
