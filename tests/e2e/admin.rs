@@ -292,6 +292,21 @@ fn queue_and_quarantine_verbs_take_several_ids_all_stdin_and_filters() {
         ok(d, &["queue", "hold", &a, &b]),
         format!("{a}: held\n{b}: held\n")
     );
+    // A flush of ALL leaves the held ones held (and says nothing about them).
+    assert_eq!(ok(d, &["queue", "flush", "ALL"]), "flushed 1 message(s)\n");
+    // An id named beside a filter that is not in the queue is reported, not skipped.
+    let out = cli(
+        d,
+        &[
+            "queue",
+            "hold",
+            "00000000000000ff",
+            "--from",
+            "@example.net",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("00000000000000ff: not in the queue"));
     // ALL narrowed by the sender's domain: the two held ones, not the third.
     let released = ok(
         d,

@@ -424,3 +424,36 @@ fn sigterm_does_not_wait_for_a_silent_receiver() {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].0, id);
 }
+
+/// The memory budget is the server's across reloads: SIGHUP changes its limit, and the metric
+/// follows (a new budget per reload would let old and new sessions hold twice the limit, and
+/// leave the metric on the first one).
+#[test]
+fn a_reload_changes_the_memory_limit_of_the_one_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text = config(d, "max_message_size = \"1M\"\nmax_message_memory = \"3M\"");
+    let server = Server::start(d, &text);
+    let limit = |server: &Server| {
+        let (ok, metrics) = server.cli(&["metrics"]);
+        assert!(ok, "{metrics}");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("smtp_message_memory_limit_bytes "))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    };
+    assert_eq!(limit(&server), "3145728");
+    std::fs::write(
+        d.join("backstop.toml"),
+        text.replace("max_message_memory = \"3M\"", "max_message_memory = \"5M\""),
+    )
+    .unwrap();
+    hangup(&server);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while limit(&server) != "5242880" {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.stop();
+}

@@ -844,6 +844,9 @@ pub struct Filter {
     pub older_than: Option<std::time::Duration>,
     /// The quarantine reason contains this (any letter case).
     pub reason: Option<String>,
+    /// Leave held messages out of `ALL` and of a filter's selection (flush: held ones stay
+    /// held).
+    pub not_held: bool,
 }
 
 impl Filter {
@@ -916,7 +919,8 @@ pub fn select(
                 .messages
                 .into_iter()
                 .map(|m| {
-                    let admitted = filter.admits(&m.sender, &m.recipients, m.arrival, "", now);
+                    let admitted = filter.admits(&m.sender, &m.recipients, m.arrival, "", now)
+                        && !(filter.not_held && m.held);
                     (m.id, admitted)
                 })
                 .collect()
@@ -933,12 +937,20 @@ pub fn select(
                 .collect()
         }
     };
+    // An id named that is not there at all is asked for anyway, so that the server says so.
+    let unknown: Vec<String> = ids
+        .iter()
+        .filter(|given| !given.eq_ignore_ascii_case("ALL"))
+        .filter(|given| !listed.iter().any(|(id, _)| id.eq_ignore_ascii_case(given)))
+        .cloned()
+        .collect();
     Ok(listed
         .into_iter()
         .filter(|(id, admitted)| {
             *admitted && (all || ids.iter().any(|given| given.eq_ignore_ascii_case(id)))
         })
         .map(|(id, _)| id)
+        .chain(unknown)
         .collect())
 }
 
@@ -1101,7 +1113,12 @@ fn render(request: &Request, data: serde_json::Value) -> anyhow::Result<String> 
                 out.push('\n');
                 if let Some(reply) = &r.last_reply {
                     let host = r.remote_host.as_deref().unwrap_or("-");
-                    out.push_str(&format!("  last reply:  {host}: {reply}\n"));
+                    // The remote server's words: escaped for the terminal.
+                    out.push_str(&format!(
+                        "  last reply:  {}: {}\n",
+                        backstop_types::text::Escaped(host),
+                        backstop_types::text::Escaped(reply)
+                    ));
                 }
             }
             out.push('\n');

@@ -371,11 +371,14 @@ fn admin_each(
             return ExitCode::from(2);
         }
     };
+    // A flush leaves held messages held: they are not selected by ALL or a filter.
+    let not_held = matches!(request(String::new()), admin::Request::QueueFlush { .. });
     let filter = admin::Filter {
         to_domain: selection.to_domain,
         from: selection.from,
         older_than,
         reason,
+        not_held,
     };
     let mut ids = Vec::new();
     for id in selection.ids {

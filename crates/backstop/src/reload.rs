@@ -88,7 +88,17 @@ pub(crate) async fn reload_on_hangup(
         }
         let previous = Arc::clone(&r.contexts.borrow());
         let state = Arc::clone(&previous.policy.state);
-        let built = Shared::new(&setup, Arc::clone(&r.clock), state).and_then(|shared| {
+        // The memory budget is the server's: sessions under way hold shares of this one, and
+        // the metrics read it; the new config only changes its limit (in smtp_context).
+        let memory = previous
+            .listeners
+            .values()
+            .next()
+            .map(|l| Arc::clone(&l.session.memory));
+        let built = Shared::new(&setup, Arc::clone(&r.clock), state).and_then(|mut shared| {
+            if let Some(memory) = &memory {
+                shared.memory = Arc::clone(memory);
+            }
             let tls = load_tls(&setup.config, &r.data_dir)?;
             let context =
                 smtp_context(&setup, tls, &shared, &r.queue, &r.metrics, Some(&previous))?;

@@ -112,7 +112,7 @@ impl Summary {
                 }
             }
             "failed" => self.failed += 1,
-            "refused" => {
+            "refused" | "connection refused" | "connection refused: rate limit" => {
                 self.refused += 1;
                 let check = field("check").unwrap_or_else(|| "protocol".to_owned());
                 *self.refused_by_check.entry(check).or_default() += 1;
@@ -288,7 +288,8 @@ mod tests {
 2026-12-02T01:50:12.348851Z  INFO session{id=1796176212326001 peer=127.0.0.1:43778 listener=mx}:txn{n=2 queue_id=0006619CDD173741}: backstop_listener::server: accepted queue_id=0006619CDD173741 from=<a@Example.org> recipients=1 size=443 message_id=<m1@example.org>
 2026-12-02T01:50:12.564231Z  INFO delivery{queue_id=0006619CDD173741}: backstop_delivery::agent: delivered to=user@example.test from=<a@example.org> relay=local delay=0 reply=250 2.0.0 delivered to maildir as /x status=sent
 2026-12-02T01:51:00.000000Z  WARN delivery{queue_id=0006619CDD173742}: backstop_delivery::agent: deferred to=bob@slow.example from=<a@example.org> relay=mx.slow.example[192.0.2.1] delay=60 reply=451 4.7.1 Try again later status=deferred
-2026-12-02T01:52:00.000000Z  WARN backstop_queue::schedule: delivery failed: quarantined, no bounce queue_id=0006619CDD173743 reason=x"#;
+2026-12-02T01:52:00.000000Z  WARN backstop_queue::schedule: delivery failed: quarantined, no bounce queue_id=0006619CDD173743 reason=x
+2026-12-02T01:53:00.000000Z  INFO backstop_listener::server: connection refused check="connections" reply=421 4.7.0 Too many connections from your address, try again later"#;
 
     #[test]
     fn a_text_log_is_summed_up() {
@@ -296,13 +297,14 @@ mod tests {
         for line in TEXT.lines() {
             s.read(line, None);
         }
-        assert_eq!(s.lines, 6);
+        assert_eq!(s.lines, 7);
         assert_eq!((s.accepted, s.accepted_bytes), (1, 443));
         assert_eq!(
             (s.delivered, s.deferred, s.refused, s.quarantined),
-            (1, 1, 1, 1)
+            (1, 1, 2, 1)
         );
         assert_eq!(s.refused_by_check["relay"], 1);
+        assert_eq!(s.refused_by_check["connections"], 1);
         assert_eq!(s.senders["example.org"], 1);
         assert_eq!(s.recipients["example.test"], 1);
         assert_eq!(
@@ -313,7 +315,9 @@ mod tests {
         let shown = s.render(10);
         assert!(shown.contains("         1  accepted\n"), "{shown}");
         assert!(
-            shown.contains("Refusals by the check that decided\n         1  relay\n"),
+            shown.contains(
+                "Refusals by the check that decided\n         1  connections\n         1  relay\n"
+            ),
             "{shown}"
         );
         // Only what came after a point in time.

@@ -661,6 +661,12 @@ async fn authenticate<S: MessageSink, P: Policy>(
     let Ok(permit) = limits.checks().acquire_owned().await else {
         return AuthOutcome::TemporaryFailure;
     };
+    // Asked again with the permit: logins that waited for it in parallel see the failures of
+    // those checked before them, so a burst of connections gets no more guesses than one.
+    if !limits.allowed(client, &user, context.clock.now()).await {
+        context.metrics.auth_throttled();
+        return AuthOutcome::Throttled;
+    }
     let password = credentials.password.clone();
     let users = Arc::clone(&context.users);
     let other = match users.knows(&user) {

@@ -76,9 +76,11 @@ fn room_for(
     // The framer never keeps more than the maximum size of content.
     let header = body.len() as u64 - framer.kept().min(body.len() as u64);
     let ceiling = header.saturating_add(max_size);
+    // One more than the input: a CR held over from the previous read comes out with it.
     let needed = (body.len() as u64)
         .saturating_add(incoming as u64)
-        .min(ceiling);
+        .saturating_add(1)
+        .min(ceiling.saturating_add(1));
     if needed <= body.capacity() as u64 {
         return true;
     }
@@ -271,6 +273,13 @@ impl ServerSession {
         self.close_with(Reply::shutting_down());
     }
 
+    /// The transaction is over (done, refused, reset): its share of the memory for message
+    /// data goes back with it (a message already handed on is not in a transaction).
+    fn end_transaction(&mut self) {
+        self.txn = None;
+        self.memory.cover(0);
+    }
+
     /// The name the client gave in HELO or EHLO, for log lines.
     pub fn helo_name(&self) -> Option<&str> {
         self.helo.as_ref().map(|h| h.name.as_str())
@@ -322,7 +331,7 @@ impl ServerSession {
         }
         self.tls = Some(tls);
         self.helo = None;
-        self.txn = None;
+        self.end_transaction();
         self.auth = None;
         self.phase = Phase::Command;
         self.process();
@@ -454,7 +463,7 @@ impl ServerSession {
             }
             ContentVerdict::Relayed(reply) => {
                 self.phase = Phase::Command;
-                self.txn = None;
+                self.end_transaction();
                 if reply.is_positive() || reply.is_transient() {
                     self.reply(reply);
                 } else {
@@ -464,7 +473,7 @@ impl ServerSession {
             }
             ContentVerdict::Discard(_) => {
                 self.phase = Phase::Command;
-                self.txn = None;
+                self.end_transaction();
                 self.reply(Reply::discarded());
                 self.process();
             }
@@ -491,7 +500,7 @@ impl ServerSession {
             return;
         }
         self.phase = Phase::Command;
-        self.txn = None;
+        self.end_transaction();
         self.memory.cover(0);
         match result {
             Ok(id) => self.reply(Reply::queued(id)),
@@ -718,7 +727,7 @@ impl ServerSession {
                 None => return self.close_with(Reply::bad_chunk_size()),
             },
             Request::Rset => {
-                self.txn = None;
+                self.end_transaction();
                 self.reply(Reply::ok());
             }
             Request::Noop { .. } => self.reply(Reply::ok()),
@@ -748,7 +757,7 @@ impl ServerSession {
             return self.error(Reply::invalid_helo());
         }
         // A new EHLO resets any transaction in progress (RFC 5321 4.1.4).
-        self.txn = None;
+        self.end_transaction();
         let reply = if esmtp {
             Reply::ehlo(&self.config.hostname, &host, self.capabilities())
         } else {
@@ -1153,18 +1162,18 @@ impl ServerSession {
         match verdict {
             Verdict::Clean => {}
             Verdict::BadLineEndings => {
-                self.txn = None;
+                self.end_transaction();
                 self.memory.cover(0);
                 return self.error(Reply::bad_line_endings());
             }
             Verdict::TooBig => {
-                self.txn = None;
+                self.end_transaction();
                 self.memory.cover(0);
                 return self.error(Reply::message_too_big(self.config.max_message_size));
             }
             // Not the client's fault: no error counted.
             Verdict::NoMemory => {
-                self.txn = None;
+                self.end_transaction();
                 self.memory.cover(0);
                 self.phase = Phase::Command;
                 return self.reply(Reply::insufficient_memory());

@@ -13,12 +13,21 @@ use crate::{window_start, Answer, Key, State};
 pub const MAX_COUNTERS: usize = 100_000;
 
 /// Counters per key in fixed windows, in memory. Bounded: past [`MAX_COUNTERS`] keys, counters
-/// whose window has ended are forgotten, and if that is not enough, those that counted only
-/// once (a flood of one-off keys must not push out the few that count a lot: a password
-/// guesser's); if even that is not enough, all of them.
+/// whose own window has ended are forgotten, and if that is not enough, the half that counted
+/// least (a flood of one-off keys must not push out the few that count a lot: a password
+/// guesser's). Reading a count (adding 0) keeps nothing for a key not counted yet.
 #[derive(Debug, Default)]
 pub struct MemoryCounters {
-    windows: Mutex<HashMap<Key, (u64, u64)>>,
+    windows: Mutex<HashMap<Key, Counter>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Counter {
+    /// The window's start and end (each counter's own width: rate limits and failed logins
+    /// count in windows of different lengths).
+    start: u64,
+    end: u64,
+    count: u64,
 }
 
 impl MemoryCounters {
@@ -28,21 +37,34 @@ impl MemoryCounters {
         let start = window_start(window, now);
         // The map only guards counters; a panic elsewhere leaves them usable.
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        if windows.len() >= MAX_COUNTERS {
-            windows.retain(|_, (s, _)| s.saturating_add(width) > now.0);
+        let fresh = Counter {
+            start,
+            end: start.saturating_add(width),
+            count: 0,
+        };
+        if amount == 0 {
+            return windows
+                .get(key)
+                .filter(|c| c.start == start && c.end == fresh.end)
+                .map_or(0, |c| c.count);
         }
-        if windows.len() >= MAX_COUNTERS {
-            windows.retain(|_, (_, count)| *count > 1);
+        if windows.len() >= MAX_COUNTERS && !windows.contains_key(key) {
+            windows.retain(|_, c| c.end > now.0);
+            if windows.len() >= MAX_COUNTERS {
+                // Keep the half that counted most.
+                let mut counts: Vec<u64> = windows.values().map(|c| c.count).collect();
+                let middle = counts.len() / 2;
+                let (_, median, _) = counts.select_nth_unstable(middle);
+                let median = *median;
+                windows.retain(|_, c| c.count > median);
+            }
         }
-        if windows.len() >= MAX_COUNTERS {
-            windows.clear();
+        let entry = windows.entry(key.clone()).or_insert(fresh);
+        if entry.start != start || entry.end != fresh.end {
+            *entry = fresh;
         }
-        let entry = windows.entry(key.clone()).or_insert((start, 0));
-        if entry.0 != start {
-            *entry = (start, 0);
-        }
-        entry.1 = entry.1.saturating_add(amount);
-        entry.1
+        entry.count = entry.count.saturating_add(amount);
+        entry.count
     }
 
     /// How many keys are counted now.

@@ -81,6 +81,34 @@ fn memory_counters_stay_bounded_and_keep_the_heavy_counts() {
     assert_eq!(counters.add(&guesser, 1, window, T0), 6);
 }
 
+/// Counters of different window lengths share the map: a sweep forgets each by its own window
+/// (a 10-minute failed-login count outlives a 1-minute rate counter), and reading a count keeps
+/// nothing for a key never counted.
+#[test]
+fn memory_counters_expire_each_by_its_own_window() {
+    let counters = MemoryCounters::default();
+    let ten = Duration::from_secs(600);
+    let t = UnixTime(window_start(ten, T0));
+    let guesser = Key::AuthFailures("ip:192.0.2.7".into());
+    counters.add(&guesser, 3, ten, t);
+    assert_eq!(
+        counters.add(&Key::AuthFailures("user:nobody".into()), 0, ten, t),
+        0
+    );
+    assert_eq!(counters.len(), 1, "a read keeps nothing");
+    // Fill the map with one-minute counters, two minutes later: the sweep keeps the guesser.
+    let later = UnixTime(t.0 + 120);
+    for n in 0..(MAX_COUNTERS as u32 + 10) {
+        counters.add(
+            &Key::Rate(format!("r{n}")),
+            1,
+            Duration::from_secs(60),
+            later,
+        );
+    }
+    assert_eq!(counters.add(&guesser, 0, ten, later), 3);
+}
+
 #[tokio::test]
 async fn memory_state_expires_values() {
     let state = MemoryState::default();
