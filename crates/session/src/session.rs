@@ -155,6 +155,12 @@ struct Transaction {
     number: u64,
     /// Proxied recipients (`Some(true)`), queued ones (`Some(false)`), or none yet.
     proxied: Option<bool>,
+    /// Between BDAT chunks: since when the session waits for the next one, and how long it
+    /// waited between earlier ones. The whole wait of a transaction is bounded by the command
+    /// timeout, so a client cannot hold a half-sent message (and its memory) for ever with
+    /// NOOPs.
+    bdat_waiting_since: Option<UnixTime>,
+    bdat_waited: Duration,
 }
 
 /// What reading one command line produced.
@@ -249,11 +255,20 @@ impl ServerSession {
             ),
             _ => (self.config.command_timeout, self.config.command_timeout),
         };
-        let Some(started) = self.request_started else {
-            return per_read;
+        // Between BDAT chunks: what is left of the transaction's allowance for waiting.
+        let wait_left = self.txn.as_ref().and_then(|t| {
+            let since = t.bdat_waiting_since?;
+            let waited = t.bdat_waited + Duration::from_secs(self.now.0.saturating_sub(since.0));
+            Some(self.config.command_timeout.saturating_sub(waited))
+        });
+        let timeout = match self.request_started {
+            None => per_read,
+            Some(started) => {
+                let spent = Duration::from_secs(self.now.0.saturating_sub(started.0));
+                per_read.min(budget.saturating_sub(spent))
+            }
         };
-        let spent = Duration::from_secs(self.now.0.saturating_sub(started.0));
-        per_read.min(budget.saturating_sub(spent))
+        wait_left.map_or(timeout, |left| timeout.min(left))
     }
 
     /// The time `octets` may take at the minimum data rate.
@@ -875,6 +890,8 @@ impl ServerSession {
                 self.transactions
             },
             proxied: None,
+            bdat_waiting_since: None,
+            bdat_waited: Duration::ZERO,
         };
         if self.config.checks.senders {
             let query = SenderQuery {
@@ -1094,6 +1111,13 @@ impl ServerSession {
             _ => return self.close_with(Reply::message_too_big(self.config.max_message_size)),
         };
         self.request_started = Some(self.now);
+        // The wait for this chunk is over; it counts toward the transaction's allowance.
+        let now = self.now;
+        if let Some(txn) = self.txn.as_mut() {
+            if let Some(since) = txn.bdat_waiting_since.take() {
+                txn.bdat_waited += Duration::from_secs(now.0.saturating_sub(since.0));
+            }
+        }
         let discard = match self.data_refusal() {
             Some(refusal) => Some(refusal),
             None if self.helo.as_ref().is_some_and(|h| !h.esmtp) => {
@@ -1154,6 +1178,7 @@ impl ServerSession {
             let verdict = framer.finish(&mut txn.body);
             self.end_of_data(verdict);
         } else {
+            txn.bdat_waiting_since = Some(self.now);
             self.reply(Reply::chunk_received(chunk_size));
         }
     }
