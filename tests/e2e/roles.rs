@@ -257,7 +257,7 @@ fn an_ipv4_client_on_an_ipv6_listener_is_looked_up_by_its_ipv4_address() {
     let log = std::fs::read_to_string(d.join("server.log")).unwrap();
     let mapped: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("::ffff:") && !l.contains("listening listener=mx"))
+        .filter(|l| l.contains("::ffff:") && !l.contains("backstop: listener mx (mx) on"))
         .collect();
     assert!(mapped.is_empty(), "{mapped:#?}");
 }
