@@ -796,6 +796,9 @@ async fn deliver(
     job: &Job,
     connection: &mut Option<Connection>,
 ) -> JobResult {
+    // Room for the message first: a wait for memory happens before a connection is opened,
+    // and the share covers a second try on a fresh connection too.
+    let _memory = memory_for(job).await;
     match destination {
         Destination::Local => deliver_local(job).await,
         Destination::Relay { hop, .. } => deliver_relay(job, hop, connection).await,
@@ -804,7 +807,6 @@ async fn deliver(
 }
 
 async fn deliver_local(job: &Job) -> JobResult {
-    let _memory = memory_for(job).await;
     let agent = Arc::clone(&job.agent);
     let (id, recipients) = (job.id, job.recipients.clone());
     let now = job.now;
@@ -979,7 +981,6 @@ async fn memory_for(job: &Job) -> Reservation {
 }
 
 async fn send(job: &Job, c: &mut Connection, lmtp: bool) -> JobResult {
-    let _memory = memory_for(job).await;
     let agent = Arc::clone(&job.agent);
     let id = job.id;
     let read = tokio::task::spawn_blocking(move || agent.queue.message(id)).await;
