@@ -280,7 +280,7 @@ fn route(r: &RouteConfig, report: &mut impl FnMut(ConfigError)) -> Route {
                 user: auth.user.clone(),
                 password,
             })
-            .map_err(|e| report(e))
+            .map_err(&mut *report)
             .ok()
     });
     Route {

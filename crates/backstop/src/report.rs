@@ -29,11 +29,14 @@ pub struct Summary {
     pub to: Option<String>,
 }
 
+/// A field of an event by its key.
+type Fields<'a> = Box<dyn Fn(&str) -> Option<String> + 'a>;
+
 /// One log event: its message and its fields (the span fields are not needed).
 struct Event<'a> {
     timestamp: Option<String>,
     message: String,
-    field: Box<dyn Fn(&str) -> Option<String> + 'a>,
+    field: Fields<'a>,
 }
 
 /// The keys backstop's summary reads; in a text line a value runs to the next of them.

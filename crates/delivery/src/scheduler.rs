@@ -335,8 +335,9 @@ impl Scheduler {
             // server, say); a catch-all route never takes it. So does postmaster at our own
             // host name when no local domain took it.
             let named = route.is_some_and(|r| routes.routes[r].domains.contains(domain));
-            let local = (routes.local_domains.contains(domain) && !named)
-                || (domain.as_str() == agent.hostname && !named);
+            let local = (routes.local_domains.contains(domain)
+                || domain.as_str() == agent.hostname)
+                && !named;
             let (destination, route) = if local {
                 (Destination::Local, None)
             } else {
