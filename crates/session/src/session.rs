@@ -64,8 +64,25 @@ pub struct ServerSession {
 /// buffer, so that most messages never come back to the budget.
 const FIRST_SHARE: u64 = 64 * 1024;
 
-/// Makes room in `body` for `incoming` more octets from `framer`, within the memory budget.
-/// False when the budget is used up; the caller then drops the message's content.
+/// Before `incoming` more octets go through `framer` into `body`: makes room for them within
+/// the memory budget, or, when the budget is used up, drops the message's content (the framer
+/// keeps nothing more, the buffer and the share are given up; the data ends in 452 4.3.1).
+fn keep_within_budget(
+    memory: &mut Reservation,
+    body: &mut Vec<u8>,
+    framer: &mut DataFramer,
+    max_size: u64,
+    incoming: usize,
+) {
+    if !framer.is_dropping() && !room_for(memory, body, framer, max_size, incoming) {
+        framer.drop_content();
+        *body = Vec::new();
+        memory.cover(0);
+    }
+}
+
+/// Makes room in `body` for `incoming` more octets from `framer`, within the memory budget;
+/// false when the budget is used up.
 fn room_for(
     memory: &mut Reservation,
     body: &mut Vec<u8>,
@@ -556,19 +573,13 @@ impl ServerSession {
                 Phase::Data(framer) => {
                     // The transaction exists for as long as the phase is Data.
                     let Some(txn) = self.txn.as_mut() else { return };
-                    if !framer.is_dropping()
-                        && !room_for(
-                            &mut self.memory,
-                            &mut txn.body,
-                            framer,
-                            self.config.max_message_size,
-                            self.input.len(),
-                        )
-                    {
-                        framer.drop_content();
-                        txn.body = Vec::new();
-                        self.memory.cover(0);
-                    }
+                    keep_within_budget(
+                        &mut self.memory,
+                        &mut txn.body,
+                        framer,
+                        self.config.max_message_size,
+                        self.input.len(),
+                    );
                     match framer.feed(&self.input, &mut txn.body) {
                         Progress::NeedMore => {
                             self.input.clear();
@@ -599,19 +610,13 @@ impl ServerSession {
                     if discard.is_none() {
                         if let Some(txn) = self.txn.as_mut() {
                             if let Some(framer) = txn.bdat.as_mut() {
-                                if !framer.is_dropping()
-                                    && !room_for(
-                                        &mut self.memory,
-                                        &mut txn.body,
-                                        framer,
-                                        self.config.max_message_size,
-                                        take,
-                                    )
-                                {
-                                    framer.drop_content();
-                                    txn.body = Vec::new();
-                                    self.memory.cover(0);
-                                }
+                                keep_within_budget(
+                                    &mut self.memory,
+                                    &mut txn.body,
+                                    framer,
+                                    self.config.max_message_size,
+                                    take,
+                                );
                                 framer.feed(&self.input[..take], &mut txn.body);
                             }
                         }
