@@ -516,14 +516,9 @@ fn summary(id: QueueId, entry: &Entry, size: usize) -> MessageSummary {
 
 /// `host: code status text`, or without the host when none answered.
 fn attempt_text(attempt: &backstop_types::Attempt) -> String {
-    let reply = &attempt.reply;
-    let reply = match reply.status {
-        Some(s) => format!("{} {s} {}", reply.code, reply.text),
-        None => format!("{} {}", reply.code, reply.text),
-    };
     match &attempt.remote_host {
-        Some(host) => format!("{host}: {reply}"),
-        None => reply,
+        Some(host) => format!("{host}: {}", attempt.reply),
+        None => attempt.reply.to_string(),
     }
 }
 
@@ -549,10 +544,7 @@ fn detail(id: QueueId, entry: &Entry, body: &[u8]) -> MessageDetail {
                 attempts,
                 next_attempt: next,
                 remote_host: last.and_then(|a| a.remote_host.clone()),
-                last_reply: last.map(|a| match a.reply.status {
-                    Some(s) => format!("{} {s} {}", a.reply.code, a.reply.text),
-                    None => format!("{} {}", a.reply.code, a.reply.text),
-                }),
+                last_reply: last.map(|a| a.reply.to_string()),
             }
         })
         .collect();
@@ -632,20 +624,7 @@ pub fn run(
     json: bool,
     view: View,
 ) -> anyhow::Result<()> {
-    let data = match ask(endpoint, &request) {
-        Ok(data) => data,
-        Err(e) if unreachable(&e) && reads_only(&request) => {
-            let dir = data_dir.join("queue");
-            let queue = Queue::open_read_only(&dir)
-                .with_context(|| format!("{e:#}; reading the queue on disk instead"))?;
-            eprintln!(
-                "backstop: the server is not running: read from {} (read-only)",
-                dir.display()
-            );
-            answer(&queue, request.clone())?
-        }
-        Err(e) => return Err(e),
-    };
+    let data = ask_or_read(endpoint, data_dir, &request)?;
     if view == View::Raw {
         use std::io::Write as _;
         let message = data
@@ -674,21 +653,7 @@ const AGE_BUCKETS: [u64; 9] = [5, 10, 20, 40, 80, 160, 320, 640, 1280];
 /// `backstop queue summary`: the messages waiting, by recipient domain and age (qshape's
 /// table). A message counts once for each domain it still has a recipient in.
 pub fn queue_summary(endpoint: &AdminEndpoint, data_dir: &Path, json: bool) -> anyhow::Result<()> {
-    let request = Request::QueueList;
-    let data = match ask(endpoint, &request) {
-        Ok(data) => data,
-        Err(e) if unreachable(&e) => {
-            let dir = data_dir.join("queue");
-            let queue = Queue::open_read_only(&dir)
-                .with_context(|| format!("{e:#}; reading the queue on disk instead"))?;
-            eprintln!(
-                "backstop: the server is not running: read from {} (read-only)",
-                dir.display()
-            );
-            answer(&queue, request)?
-        }
-        Err(e) => return Err(e),
-    };
+    let data = ask_or_read(endpoint, data_dir, &Request::QueueList)?;
     let listing: QueueListing = serde_json::from_value(data)?;
     let now = backstop_types::SystemClock.now().0;
     let rows = shape(&listing.messages, now);
@@ -773,6 +738,28 @@ fn render_shape(rows: &[(String, Vec<usize>)]) -> String {
     }
     out.push_str("(messages waiting, by recipient domain and minutes in the queue)\n");
     out
+}
+
+/// The server's answer to `request`; when nobody listens at the endpoint and the request only
+/// reads, the answer from the queue on disk under `data_dir`, opened read-only.
+fn ask_or_read(
+    endpoint: &AdminEndpoint,
+    data_dir: &Path,
+    request: &Request,
+) -> anyhow::Result<serde_json::Value> {
+    match ask(endpoint, request) {
+        Err(e) if unreachable(&e) && reads_only(request) => {
+            let dir = data_dir.join("queue");
+            let queue = Queue::open_read_only(&dir)
+                .with_context(|| format!("{e:#}; reading the queue on disk instead"))?;
+            eprintln!(
+                "backstop: the server is not running: read from {} (read-only)",
+                dir.display()
+            );
+            answer(&queue, request.clone())
+        }
+        answered => answered,
+    }
 }
 
 /// Whether `request` only reads.

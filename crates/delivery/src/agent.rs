@@ -217,17 +217,17 @@ impl Agent {
             match outcome {
                 AttemptOutcome::Delivered(a) => {
                     let relay = a.remote_host.as_deref().unwrap_or("local");
-                    let reply = Escaped(&reply_text(&a.reply)).to_string();
+                    let reply = Escaped(&a.reply.to_string()).to_string();
                     info!(%to, %from, relay = %relay, delay, %reply, status = %"sent", "delivered");
                 }
                 AttemptOutcome::Transient(a) => {
                     let relay = a.remote_host.as_deref().unwrap_or("none");
-                    let reply = Escaped(&reply_text(&a.reply)).to_string();
+                    let reply = Escaped(&a.reply.to_string()).to_string();
                     warn!(%to, %from, relay = %relay, delay, %reply, status = %"deferred", "deferred");
                 }
                 AttemptOutcome::Permanent(a) => {
                     let relay = a.remote_host.as_deref().unwrap_or("none");
-                    let reply = Escaped(&reply_text(&a.reply)).to_string();
+                    let reply = Escaped(&a.reply.to_string()).to_string();
                     warn!(%to, %from, relay = %relay, delay, %reply, status = %"failed", "failed");
                 }
             }
@@ -335,14 +335,6 @@ pub(crate) fn no_route(domain: &Domain) -> AttemptOutcome {
             text: format!("no route to {domain}: no [[route]] covers it"),
         },
     })
-}
-
-/// A reply as it was given: `550 5.1.1 text`.
-fn reply_text(reply: &backstop_types::RemoteReply) -> String {
-    match reply.status {
-        Some(status) => format!("{} {status} {}", reply.code, reply.text),
-        None => format!("{} {}", reply.code, reply.text),
-    }
 }
 
 #[cfg(test)]

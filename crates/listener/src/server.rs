@@ -406,9 +406,6 @@ where
                             // One line per refusal, with what the client asked for: the
                             // session's span names the session and its peer.
                             let stage = session.stage();
-                            let reason = reply
-                                .status()
-                                .map_or_else(|| reply.code().to_string(), |s| s.to_string());
                             let helo = session.helo_name().map(|h| Escaped(h).to_string());
                             let from = session.asked_from().map(|f| Escaped(&f.to_string()).to_string());
                             let to = match stage {
@@ -424,7 +421,7 @@ where
                                 %reply,
                                 "refused"
                             );
-                            context.metrics.rejected(stage, reply.check(), reason);
+                            context.metrics.rejected(stage, reply.check(), code_of(&reply));
                         } else {
                             debug!(%reply, "reply");
                         }
@@ -636,10 +633,14 @@ where
 
 /// Counts a refusal before the session began (stage `connect`).
 fn count_refusal(metrics: &crate::metrics::SmtpMetrics, reply: &Reply) {
-    let code = reply
+    metrics.rejected("connect", reply.check(), code_of(reply));
+}
+
+/// A refusal's code for the metrics: its enhanced status, or the reply code when it has none.
+fn code_of(reply: &Reply) -> String {
+    reply
         .status()
-        .map_or_else(|| reply.code().to_string(), |s| s.to_string());
-    metrics.rejected("connect", reply.check(), code);
+        .map_or_else(|| reply.code().to_string(), |s| s.to_string())
 }
 
 /// Checks a login: refused unchecked while the client or the name has too many failures;

@@ -11,6 +11,16 @@ pub struct RemoteReply {
     pub text: String,
 }
 
+/// The reply as it was given: `550 5.1.1 text`, or `550 text` without an enhanced status.
+impl std::fmt::Display for RemoteReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.status {
+            Some(status) => write!(f, "{} {status} {}", self.code, self.text),
+            None => write!(f, "{} {}", self.code, self.text),
+        }
+    }
+}
+
 /// One delivery attempt's result for a recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {

@@ -138,6 +138,21 @@ impl UnixTime {
     }
 }
 
+impl UnixTime {
+    /// The time in RFC 3339 form in UTC, to the second, e.g. `2026-11-22T17:19:59Z`: how log
+    /// lines begin.
+    pub fn to_rfc3339(self) -> String {
+        let secs = self.0 % 86_400;
+        let (year, month, day) = civil_from_days(self.0 / 86_400);
+        format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        )
+    }
+}
+
 /// Year, month (1-12) and day (1-31) of a day count since 1970-01-01, for dates from 1970 on.
 /// Howard Hinnant's `civil_from_days`, restricted to non-negative input.
 fn civil_from_days(days: u64) -> (u64, u64, u64) {
@@ -168,5 +183,8 @@ mod tests {
             UnixTime(1_795_367_999).to_rfc5322(),
             "Sun, 22 Nov 2026 17:19:59 +0000"
         );
+        assert_eq!(UnixTime(0).to_rfc3339(), "1970-01-01T00:00:00Z");
+        assert_eq!(UnixTime(951_782_400).to_rfc3339(), "2000-02-29T00:00:00Z");
+        assert_eq!(UnixTime(1_795_367_999).to_rfc3339(), "2026-11-22T17:19:59Z");
     }
 }
