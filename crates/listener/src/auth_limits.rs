@@ -144,7 +144,7 @@ fn keys(client: IpAddr, user: &str) -> [Key; 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use backstop_state::{Answer, MemoryState, StateError};
+    use backstop_state::MemoryState;
 
     const T0: UnixTime = UnixTime(1_800_000_000);
 
@@ -217,40 +217,10 @@ mod tests {
         assert!(!a.resized(config()).allowed(ip, "bob", t).await);
     }
 
-    /// A store that is down.
-    struct Down;
-
-    impl State for Down {
-        fn get<'a>(&'a self, _: &'a Key, _: UnixTime) -> Answer<'a, Option<Vec<u8>>> {
-            Box::pin(std::future::ready(Err(StateError::Unreachable(
-                "down".into(),
-            ))))
-        }
-        fn put<'a>(&'a self, _: &'a Key, _: &'a [u8], _: UnixTime, _: UnixTime) -> Answer<'a, ()> {
-            Box::pin(std::future::ready(Err(StateError::Unreachable(
-                "down".into(),
-            ))))
-        }
-        fn add_in_window<'a>(
-            &'a self,
-            _: &'a Key,
-            _: u64,
-            _: Duration,
-            _: UnixTime,
-        ) -> Answer<'a, u64> {
-            Box::pin(std::future::ready(Err(StateError::Unreachable(
-                "down".into(),
-            ))))
-        }
-        fn describe(&self) -> String {
-            "nowhere".into()
-        }
-    }
-
     /// The site's state down: the node's own counts still hold the guesser back.
     #[tokio::test]
     async fn the_nodes_own_counts_hold_when_the_site_state_is_down() {
-        let l = AuthLimits::new(config(), Arc::new(Down));
+        let l = AuthLimits::new(config(), Arc::new(backstop_state::Unreachable));
         let t = start();
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
         assert!(l.allowed(ip, "alice", t).await);

@@ -26,7 +26,7 @@ use backstop_types::UnixTime;
 mod memory;
 pub mod redis;
 
-pub use memory::{MemoryCounters, MemoryState, MAX_COUNTERS};
+pub use memory::{MemoryCounters, MemoryState, Unreachable, MAX_COUNTERS};
 
 /// A future a [`State`] call returns.
 pub type Answer<'a, T> = Pin<Box<dyn Future<Output = Result<T, StateError>> + Send + 'a>>;

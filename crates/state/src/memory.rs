@@ -136,3 +136,38 @@ impl State for MemoryState {
         "this process's memory".to_owned()
     }
 }
+
+/// A store that cannot be reached: every call fails at once. For the tests of each caller's
+/// rule for a store that does not answer.
+#[derive(Debug, Default)]
+pub struct Unreachable;
+
+impl Unreachable {
+    fn error() -> crate::StateError {
+        crate::StateError::Unreachable("store down".into())
+    }
+}
+
+impl State for Unreachable {
+    fn get<'a>(&'a self, _: &'a Key, _: UnixTime) -> Answer<'a, Option<Vec<u8>>> {
+        Box::pin(std::future::ready(Err(Unreachable::error())))
+    }
+
+    fn put<'a>(&'a self, _: &'a Key, _: &'a [u8], _: UnixTime, _: UnixTime) -> Answer<'a, ()> {
+        Box::pin(std::future::ready(Err(Unreachable::error())))
+    }
+
+    fn add_in_window<'a>(
+        &'a self,
+        _: &'a Key,
+        _: u64,
+        _: Duration,
+        _: UnixTime,
+    ) -> Answer<'a, u64> {
+        Box::pin(std::future::ready(Err(Unreachable::error())))
+    }
+
+    fn describe(&self) -> String {
+        "nowhere (unreachable)".into()
+    }
+}

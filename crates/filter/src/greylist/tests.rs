@@ -1,30 +1,6 @@
-use backstop_state::{Answer, Key, MemoryState, State, StateError};
+use backstop_state::{MemoryState, Unreachable};
 
 use super::*;
-
-/// A store that cannot be reached.
-struct Broken;
-
-impl State for Broken {
-    fn get<'a>(&'a self, _: &'a Key, _: UnixTime) -> Answer<'a, Option<Vec<u8>>> {
-        Box::pin(async { Err(StateError::Unreachable("store down".into())) })
-    }
-    fn put<'a>(&'a self, _: &'a Key, _: &'a [u8], _: UnixTime, _: UnixTime) -> Answer<'a, ()> {
-        Box::pin(async { Err(StateError::Unreachable("store down".into())) })
-    }
-    fn add_in_window<'a>(
-        &'a self,
-        _: &'a Key,
-        _: u64,
-        _: Duration,
-        _: UnixTime,
-    ) -> Answer<'a, u64> {
-        Box::pin(async { Err(StateError::Unreachable("store down".into())) })
-    }
-    fn describe(&self) -> String {
-        "nothing".into()
-    }
-}
 
 const POLICY: GreylistPolicy = GreylistPolicy {
     delay: Duration::from_secs(300),
@@ -129,7 +105,7 @@ async fn other_networks_and_forgotten_attempts_start_over() {
 #[tokio::test]
 async fn a_store_that_cannot_answer_is_unavailable_not_a_pass() {
     let verdict = check(
-        &Broken,
+        &Unreachable,
         &POLICY,
         "192.0.2.1".parse().unwrap(),
         &sender(),
