@@ -37,6 +37,7 @@ mod relay;
 mod roles;
 mod scanners;
 mod sender_auth;
+mod sendmail;
 mod signals;
 mod smarthost;
 mod smuggling;

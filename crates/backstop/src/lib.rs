@@ -16,6 +16,8 @@
 //!   talk to it.
 //! - [`batv`]: BATV keys from the config (made on first use by default), `batv sign|verify`.
 //! - [`report`]: `backstop report`, a summary of the log (pflogsumm's).
+//! - [`sendmail`]: `backstop sendmail` (and `backstop` run as `sendmail`): sendmail's command
+//!   line, submitting through the server's local socket as the Unix user it runs as.
 //! - `interfaces`: this host's addresses, which delivery never connects to.
 //!
 //! No check is implemented here: the order of checks is `backstop_policy`'s, the checks are
@@ -29,6 +31,7 @@ mod logging;
 mod metrics;
 mod reload;
 pub mod report;
+pub mod sendmail;
 pub mod serve;
 mod signals;
 mod sink;

@@ -75,6 +75,15 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         top: usize,
     },
+    /// Send a message from standard input, as sendmail(1) does (-t, -f, -F, -i, -oi, -N, -R,
+    /// -V, recipients as arguments), through the running server's local socket. Also what
+    /// `backstop` does when run by the name `sendmail` (/usr/sbin/sendmail).
+    #[command(disable_help_flag = true)]
+    Sendmail {
+        /// sendmail's options and the recipients.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Print the version.
     Version,
     /// Read a password from standard input and print its argon2id hash for the users file.
@@ -417,6 +426,14 @@ fn admin_each(
 }
 
 fn main() -> ExitCode {
+    // Run as /usr/sbin/sendmail (a link or the alternative): sendmail's command line, whose
+    // options clap could not read (-oi, -fuser).
+    let mut args = std::env::args();
+    let program = args.next().unwrap_or_default();
+    if std::path::Path::new(&program).file_name() == Some(std::ffi::OsStr::new("sendmail")) {
+        let args: Vec<String> = args.collect();
+        return backstop::sendmail::run(&args, config_path(None));
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => {
@@ -530,6 +547,7 @@ fn main() -> ExitCode {
         Command::Metrics { target } => admin(&target, admin::Request::Metrics),
         Command::Batv { command, config } => batv_command(config.as_deref(), command),
         Command::Report { files, since, top } => report(&files, since.as_deref(), top),
+        Command::Sendmail { args } => backstop::sendmail::run(&args, config_path(None)),
         Command::Version => {
             println!("backstop {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

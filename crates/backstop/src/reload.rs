@@ -153,6 +153,9 @@ fn needs_restart(old: &Setup, new: &Setup) -> Option<&'static str> {
     if old.data_dir != new.data_dir {
         return Some("data_dir changed");
     }
+    if old.sendmail != new.sendmail {
+        return Some("the sendmail socket changed");
+    }
     if old.metrics != new.metrics {
         return Some("the metrics address changed");
     }

@@ -64,6 +64,31 @@ pub fn run(setup: Setup, path: Option<PathBuf>) -> anyhow::Result<()> {
         })
 }
 
+/// Binds the local submission socket, open to every user who can reach its directory (mode
+/// 0666: the directory decides who may submit). A socket left by a killed run is replaced; one
+/// a running server answers on is not.
+async fn bind_local(path: &std::path::Path) -> anyhow::Result<backstop_listener::LocalListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("sendmail socket: creating {}", parent.display()))?;
+    }
+    if path.exists() && tokio::net::UnixStream::connect(path).await.is_err() {
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    let socket = tokio::net::UnixListener::bind(path)
+        .and_then(|socket| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+            Ok(socket)
+        })
+        .with_context(|| format!("sendmail socket {}", path.display()))?;
+    announce!("backstop: sendmail socket {}", path.display());
+    Ok(backstop_listener::LocalListener {
+        name: "sendmail".to_owned(),
+        socket,
+    })
+}
+
 /// What SIGHUP needs: where the config is read from, the signal, and the log to change.
 pub struct Reload {
     /// The config file; the embedded default when `None`.
@@ -83,6 +108,8 @@ pub struct Server {
     admin: crate::admin::Bound,
     metrics: Option<TcpListener>,
     listeners: Vec<Listener>,
+    /// The local submission socket (`backstop sendmail`).
+    local: Option<backstop_listener::LocalListener>,
     clock: Arc<dyn Clock>,
 }
 
@@ -121,6 +148,11 @@ impl Server {
             }
             None => None,
         };
+        // The local socket before the listeners, whose announcement says all is up.
+        let local = match &config.sendmail {
+            Some(path) => Some(bind_local(path).await?),
+            None => None,
+        };
         let mut listeners = Vec::new();
         let addresses: Vec<std::net::SocketAddr> =
             config.listeners.iter().map(|l| l.address).collect();
@@ -154,6 +186,7 @@ impl Server {
             admin,
             metrics,
             listeners,
+            local,
             clock,
         })
     }
@@ -186,6 +219,7 @@ impl Server {
             admin,
             metrics,
             listeners,
+            local,
             clock,
         } = self;
         let config = &setup.config;
@@ -282,7 +316,7 @@ impl Server {
             info!("shutting down");
             let _ = stop.send(true);
         });
-        backstop_listener::serve(listeners, current, stopping).await;
+        backstop_listener::serve(listeners, local, current, stopping).await;
         if let Some(Err(e)) = match delivery {
             Some(task) => Some(task.await),
             None => None,

@@ -166,7 +166,7 @@ pub(crate) fn smtp_context(
                 session: Arc::new(session_config(
                     config,
                     &l.name,
-                    l.kind,
+                    Role::Listener(l.kind),
                     checks,
                     &shared.memory,
                 )),
@@ -177,6 +177,21 @@ pub(crate) fn smtp_context(
             (l.name.clone(), settings)
         })
         .collect();
+    let local = config
+        .sendmail
+        .is_some()
+        .then(|| backstop_listener::ListenerSettings {
+            session: Arc::new(session_config(
+                config,
+                "sendmail",
+                Role::LocalSocket,
+                checks,
+                &shared.memory,
+            )),
+            greeting_delay: std::time::Duration::ZERO,
+            shutdown_grace: config.smtp.shutdown_grace,
+            stress_timeout: config.smtp.stress_timeout,
+        });
     Ok(Context {
         sink: QueueSink {
             queue: queue.clone(),
@@ -195,6 +210,7 @@ pub(crate) fn smtp_context(
         local_networks: config.smtp.local_networks.clone(),
         metrics: Arc::clone(metrics),
         listeners,
+        local,
         clock: Arc::clone(clock),
     })
 }
@@ -270,10 +286,18 @@ fn proxy(setup: &Setup) -> Option<Arc<Proxy>> {
     Proxy::new(routes).map(Arc::new)
 }
 
+/// Whose sessions a [`SessionConfig`] is for.
+enum Role {
+    Listener(ListenerKind),
+    /// The local submission socket: logged in by the driver (as the peer's Unix user), no
+    /// TLS and no AUTH to offer.
+    LocalSocket,
+}
+
 fn session_config(
     config: &Config,
     name: &str,
-    kind: ListenerKind,
+    role: Role,
     checks: Checks,
     memory: &Arc<backstop_session::budget::MemoryBudget>,
 ) -> SessionConfig {
@@ -282,11 +306,12 @@ fn session_config(
     } else {
         AuthPolicy::RequireTls
     };
-    let (starttls, auth, require_auth) = match kind {
-        ListenerKind::Mx => (true, AuthPolicy::Disabled, false),
-        ListenerKind::Submission => (true, submission_auth, true),
+    let (starttls, auth, require_auth) = match role {
+        Role::Listener(ListenerKind::Mx) => (true, AuthPolicy::Disabled, false),
+        Role::Listener(ListenerKind::Submission) => (true, submission_auth, true),
         // TLS is on from the start: no STARTTLS to offer.
-        ListenerKind::Submissions => (false, submission_auth, true),
+        Role::Listener(ListenerKind::Submissions) => (false, submission_auth, true),
+        Role::LocalSocket => (false, AuthPolicy::Disabled, true),
     };
     SessionConfig {
         hostname: config.hostname.clone(),

@@ -1,4 +1,5 @@
-//! `[admin]` (the admin API) and `[metrics]` (Prometheus).
+//! `[admin]` (the admin API), `[metrics]` (Prometheus) and `[sendmail]` (the local socket
+//! `backstop sendmail` submits through).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -80,4 +81,25 @@ pub(crate) struct RawMetrics {
 
 pub(crate) fn metrics(ctx: &mut Ctx<'_>, raw: RawMetrics) -> Option<SocketAddr> {
     crate::socket_address(ctx, raw.address.as_ref()?, "127.0.0.1:9025")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawSendmail {
+    enabled: bool,
+    socket: PathBuf,
+}
+
+impl Default for RawSendmail {
+    fn default() -> RawSendmail {
+        RawSendmail {
+            enabled: true,
+            socket: PathBuf::from("sendmail.sock"),
+        }
+    }
+}
+
+/// The local submission socket (relative to `data_dir` unless absolute); `None` when off.
+pub(crate) fn sendmail(raw: RawSendmail, data_dir: &Path) -> Option<PathBuf> {
+    raw.enabled.then(|| data_dir.join(&raw.socket))
 }

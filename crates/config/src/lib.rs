@@ -113,6 +113,9 @@ pub struct Config {
     /// DKIM keys for our users' mail, by From domain.
     pub dkim: Vec<DkimKey>,
     pub admin: AdminEndpoint,
+    /// The Unix socket local programs submit through with `backstop sendmail`, as the Unix
+    /// user they run as; `None` when `[sendmail] enabled = false`.
+    pub sendmail: Option<PathBuf>,
     /// Where `GET /metrics` is answered; `None`: only `backstop metrics`.
     pub metrics: Option<std::net::SocketAddr>,
     pub log: Log,
@@ -194,6 +197,7 @@ const TOP_LEVEL: &[&str] = &[
     "bounce_provenance",
     "state",
     "admin",
+    "sendmail",
     "metrics",
     "log",
 ];
@@ -221,6 +225,7 @@ struct Sections<'t> {
     bounce_provenance: Option<Value<'t>>,
     state: Option<Value<'t>>,
     admin: Option<Value<'t>>,
+    sendmail: Option<Value<'t>>,
     metrics: Option<Value<'t>>,
     log: Option<Value<'t>>,
 }
@@ -286,6 +291,7 @@ fn read(ctx: &mut Ctx<'_>, text: &str) -> Option<Config> {
         bounce_provenance: section("bounce_provenance"),
         state: section("state"),
         admin: section("admin"),
+        sendmail: section("sendmail"),
         metrics: section("metrics"),
         log: section("log"),
     };
@@ -338,6 +344,7 @@ fn read(ctx: &mut Ctx<'_>, text: &str) -> Option<Config> {
     let state = state::check(ctx, state, provenance.retention);
     let admin = read!(raw.admin);
     let admin = admin::admin(ctx, admin, &data_dir);
+    let sendmail = admin::sendmail(read!(raw.sendmail), &data_dir);
     let metrics = read!(raw.metrics);
     let metrics = admin::metrics(ctx, metrics);
     let log = read!(raw.log);
@@ -371,6 +378,7 @@ fn read(ctx: &mut Ctx<'_>, text: &str) -> Option<Config> {
         sender_checks,
         dkim,
         admin,
+        sendmail,
         metrics,
         log,
         warnings: Vec::new(),

@@ -141,7 +141,7 @@ fn errors_name_file_line_and_key_in_plain_words() {
     );
     check(
         &format!("{MINIMAL}[smpt]\nmax_recipients = 5\n"),
-        expect!["test.toml:5: smpt: unknown key or section smpt; the known ones are: hostname, data_dir, smtp, tls, auth, listener, queue, recipients, ldap, greylist, rate_limits, delivery, content, filter, route, dns, batv, dkim, sender_checks, dnsbl, bounce_provenance, state, admin, metrics, log"],
+        expect!["test.toml:5: smpt: unknown key or section smpt; the known ones are: hostname, data_dir, smtp, tls, auth, listener, queue, recipients, ldap, greylist, rate_limits, delivery, content, filter, route, dns, batv, dkim, sender_checks, dnsbl, bounce_provenance, state, admin, sendmail, metrics, log"],
     );
 }
 
@@ -282,6 +282,33 @@ fn an_unqualified_host_name_is_a_warning() {
     )
     .unwrap();
     assert!(c.warnings.is_empty());
+}
+
+#[test]
+fn the_sendmail_socket_is_in_data_dir_unless_absolute_or_off() {
+    let c = parse(MINIMAL, "test.toml").unwrap();
+    assert_eq!(c.sendmail.as_deref(), Some(Path::new("var/sendmail.sock")));
+    let c = parse(
+        &format!("{MINIMAL}[sendmail]\nsocket = \"/run/backstop/sendmail.sock\"\n"),
+        "test.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.sendmail.as_deref(),
+        Some(Path::new("/run/backstop/sendmail.sock"))
+    );
+    let c = parse(
+        &format!("{MINIMAL}[sendmail]\nenabled = false\n"),
+        "test.toml",
+    )
+    .unwrap();
+    assert_eq!(c.sendmail, None);
+    check(
+        &format!("{MINIMAL}[sendmail]\nenable = false\n"),
+        expect![
+            "test.toml:6: sendmail.enable: unknown key enable; the keys here are enabled, socket"
+        ],
+    );
 }
 
 #[test]

@@ -13,12 +13,15 @@
 //! - [`bind`]: listening sockets, with `IPV6_V6ONLY` where an IPv4 listener shares the port.
 //! - [`limits`]: connection limits (total and per client, an IPv6 client as its /64), stress
 //!   mode, client networks, and the unmapping of IPv4-mapped addresses.
+//! - [`local_user`]: the name of a Unix user (the local submission socket's peer), from
+//!   `/etc/passwd`.
 //! - [`auth_limits`]: failed logins counted per client and per name across connections, with
 //!   a growing delay and then `454 4.7.0`; password checks bounded.
 
 pub mod auth_limits;
 pub mod bind;
 pub mod limits;
+pub mod local_user;
 pub mod metrics;
 pub mod server;
 pub mod tls;
@@ -26,5 +29,5 @@ pub mod users;
 
 pub use backstop_session::{MessageSink, Policy};
 pub use limits::{ConnectionLimits, IpNetwork};
-pub use server::{serve, Context, Listener, ListenerMode, ListenerSettings};
+pub use server::{serve, Context, Listener, ListenerMode, ListenerSettings, LocalListener};
 pub use users::UserStore;

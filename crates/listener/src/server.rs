@@ -13,7 +13,7 @@ use backstop_session::{
 use backstop_types::text::Escaped;
 use backstop_types::{Clock, Reply};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
@@ -38,6 +38,14 @@ pub struct Listener {
     pub name: String,
     pub socket: TcpListener,
     pub mode: ListenerMode,
+}
+
+/// The local submission socket (`backstop sendmail`): each session on it is logged in as the
+/// Unix user the kernel names as its peer, before the greeting, and counts as from
+/// 127.0.0.1. Its rules are [`Context::local`].
+pub struct LocalListener {
+    pub name: String,
+    pub socket: UnixListener,
 }
 
 /// The rules for one listener's sessions.
@@ -68,6 +76,8 @@ pub struct Context<S, P> {
     pub metrics: Arc<crate::metrics::SmtpMetrics>,
     /// Each listener's rules, by its name.
     pub listeners: std::collections::HashMap<String, ListenerSettings>,
+    /// The local submission socket's rules, when there is one.
+    pub local: Option<ListenerSettings>,
     /// The time, for the sessions.
     pub clock: Arc<dyn Clock>,
 }
@@ -78,12 +88,16 @@ pub struct Context<S, P> {
 /// sessions already open keep the one they started with.
 pub async fn serve<S: MessageSink, P: Policy>(
     listeners: Vec<Listener>,
+    local: Option<LocalListener>,
     contexts: watch::Receiver<Arc<Context<S, P>>>,
     shutdown: watch::Receiver<bool>,
 ) {
     let mut loops = JoinSet::new();
     for listener in listeners {
         loops.spawn(accept_loop(listener, contexts.clone(), shutdown.clone()));
+    }
+    if let Some(local) = local {
+        loops.spawn(local_accept_loop(local, contexts.clone(), shutdown.clone()));
     }
     while loops.join_next().await.is_some() {}
 }
@@ -144,6 +158,111 @@ async fn accept_loop<S: MessageSink, P: Policy>(
             .spawn(connection(tcp, peer, settings, context, shutdown.clone()).instrument(span));
     }
     while connections.join_next().await.is_some() {}
+}
+
+async fn local_accept_loop<S: MessageSink, P: Policy>(
+    listener: LocalListener,
+    contexts: watch::Receiver<Arc<Context<S, P>>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.socket.accept() => accepted,
+            _ = shutdown.changed() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
+        // The kernel's word for who connected; a peer it cannot name is not served.
+        let uid = match stream.peer_cred() {
+            Ok(cred) => cred.uid(),
+            Err(e) => {
+                warn!(error = %e, "local submission: the peer's user is unknown; closed");
+                continue;
+            }
+        };
+        let user = crate::local_user::name(uid);
+        let span =
+            info_span!("session", id, uid, user = %Escaped(&user), listener = %listener.name);
+        let context = Arc::clone(&contexts.borrow());
+        let Some(settings) = &context.local else {
+            warn!(listener = %listener.name, "no settings for the local socket");
+            continue;
+        };
+        let setup = Setup {
+            session: Arc::clone(&settings.session),
+            greeting_delay: Duration::ZERO,
+            shutdown_grace: settings.shutdown_grace,
+            stress_timeout: settings.stress_timeout,
+            mode: ListenerMode::Plain,
+            id,
+        };
+        connections.spawn(
+            local_connection(stream, user, setup, context, shutdown.clone()).instrument(span),
+        );
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+/// A session on the local submission socket: no TLS, no AUTH, no greeting delay; within the
+/// total connection limit (as 127.0.0.1) but never refused by a rate meant for the network.
+async fn local_connection<S: MessageSink, P: Policy>(
+    mut stream: UnixStream,
+    user: String,
+    listener: Setup,
+    context: Arc<Context<S, P>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    let _slot = match context.limits.admit(ip) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            let reply = match refusal {
+                Refusal::Total => Reply::too_many_connections(),
+                Refusal::PerIp => Reply::too_many_connections_from_ip(),
+            };
+            info!(check = reply.check(), %reply, "connection refused");
+            count_refusal(&context.metrics, &reply);
+            let mut out = Vec::new();
+            reply.write_to(&mut out);
+            let _ = stream.write_all(&out).await;
+            return;
+        }
+    };
+    let _open = context.metrics.session();
+    debug!("connected");
+    let mut checks = context.policy.open_session();
+    let peer = Peer {
+        ip,
+        local_submitter: true,
+        tls: None,
+        id: listener.id,
+    };
+    let mut session = ServerSession::new(Arc::clone(&listener.session), peer, context.clock.now());
+    session.log_in_locally(user);
+    session.greet();
+    let result = drive(
+        &mut stream,
+        &mut session,
+        &context,
+        &mut checks,
+        &mut shutdown,
+        &listener,
+    )
+    .await;
+    drop(checks);
+    match result {
+        Ok(_) => debug!("disconnected"),
+        Err(e) => debug!(error = %e, "connection ended with an error"),
+    }
 }
 
 /// What one connection's session is set up with.

@@ -391,6 +391,19 @@ impl ServerSession {
         self.process();
     }
 
+    /// Logs the session in without AUTH, as a local user the operating system vouches for:
+    /// the driver of the local submission socket calls it before the greeting, with the Unix
+    /// user the kernel names as the peer (`backstop sendmail`). Such a user may use any
+    /// envelope sender, as Postfix's sendmail allows; AUTH is then refused as for any session
+    /// already logged in.
+    pub fn log_in_locally(&mut self, user: String) {
+        self.sender_rights = SenderRights::Any;
+        self.auth = Some(AuthInfo {
+            user,
+            mechanism: "local".to_owned(),
+        });
+    }
+
     /// The answer to [`Output::CheckSender`].
     pub fn handle_sender(&mut self, verdict: SenderVerdict) {
         if self.is_closed() {
