@@ -294,3 +294,61 @@ fn report_sums_up_the_log() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--since"));
 }
+
+#[test]
+fn config_show_prints_values_and_defaults_that_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for name in [
+        "mx.toml",
+        "submission.toml",
+        "edge-relay.toml",
+        "mx-and-submission.toml",
+    ] {
+        let file = root.join("etc").join(name);
+        let out = Command::new(BIN)
+            .args(["config", "show", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let shown = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            shown.contains("\n[smtp]\n") && shown.contains("max_recipients = "),
+            "{shown}"
+        );
+        // What it prints is a config check-config takes (its files aside: same directory).
+        let copy = dir.path().join(name);
+        std::fs::write(&copy, &shown).unwrap();
+        let reparsed = Command::new(BIN)
+            .args(["config", "show", "--config"])
+            .arg(&copy)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8(reparsed.stdout).unwrap(), shown, "{name}");
+    }
+    let out = Command::new(BIN)
+        .args(["config", "show", "--defaults"])
+        .output()
+        .unwrap();
+    let defaults = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        defaults.lines().any(|l| l == "max_message_size = \"50M\""),
+        "{defaults}"
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[smtp]\nmax_recipients = \"many\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "show", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("bad.toml:2: smtp.max_recipients"), "{said}");
+}

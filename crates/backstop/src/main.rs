@@ -29,6 +29,11 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// The config as the server reads it (like postconf).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Check a config file and report every problem with file, line and key.
     CheckConfig {
         /// The config file (TOML); else $BACKSTOP_CONFIG, else /etc/backstop/backstop.toml.
@@ -231,6 +236,50 @@ fn config_path_from(
 ) -> Option<PathBuf> {
     flag.or_else(|| env.filter(|v| !v.is_empty()).map(PathBuf::from))
         .or_else(|| default.exists().then(|| default.to_owned()))
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Every key of every section, with the file's value or the default, as TOML (password
+    /// hashes and Redis passwords hidden).
+    Show {
+        /// Only the defaults: what an empty file means (like postconf -d).
+        #[arg(long)]
+        defaults: bool,
+        /// The config file; else $BACKSTOP_CONFIG, else /etc/backstop/backstop.toml when it
+        /// exists, else the embedded default.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// `backstop config show`: the config read (not the files it names) and printed; a bad one
+/// is reported as check-config does, exit code 2.
+fn config_show(path: Option<PathBuf>, defaults: bool) -> ExitCode {
+    if defaults {
+        print!("{}", backstop_config::defaults());
+        return ExitCode::SUCCESS;
+    }
+    let parsed = match config_path(path) {
+        None => backstop_config::embedded(),
+        Some(path) => match std::fs::read_to_string(&path) {
+            Ok(text) => backstop_config::parse(&text, &path.display().to_string()),
+            Err(e) => {
+                eprintln!("backstop: {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match parsed {
+        Ok(config) => {
+            print!("{}", config.show());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -449,6 +498,9 @@ fn main() -> ExitCode {
                 Err(code) => code,
             }
         }
+        Command::Config {
+            command: ConfigCommand::Show { defaults, config },
+        } => config_show(config, defaults),
         // Every problem of the text and of the files it names, one per line; warnings too.
         Command::CheckConfig { file } => {
             let Some(file) = config_path(file) else {

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::error::{Ctx, Located};
@@ -22,7 +22,7 @@ pub enum AdminEndpoint {
     },
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawAdmin {
     socket: PathBuf,
@@ -73,7 +73,7 @@ pub(crate) fn admin(ctx: &mut Ctx<'_>, raw: RawAdmin, data_dir: &Path) -> AdminE
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawMetrics {
     address: Option<Spanned<String>>,
@@ -83,7 +83,7 @@ pub(crate) fn metrics(ctx: &mut Ctx<'_>, raw: RawMetrics) -> Option<SocketAddr> 
     crate::socket_address(ctx, raw.address.as_ref()?, "127.0.0.1:9025")
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawSendmail {
     enabled: bool,

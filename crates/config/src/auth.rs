@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use backstop_listener::auth_limits::AuthLimitConfig;
 use backstop_types::Domain;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::error::{Ctx, Located};
@@ -31,7 +31,7 @@ pub struct Auth {
     pub limits: AuthLimitConfig,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawAuth {
     users_file: Option<Spanned<PathBuf>>,
@@ -70,7 +70,7 @@ impl Default for RawAuth {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUser {
     name: Spanned<String>,

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use backstop_types::{Address, Domain};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::error::{Ctx, Located};
@@ -32,7 +32,7 @@ pub enum BatvKeys {
     Generated { file: PathBuf },
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawBatv {
     enabled: bool,
@@ -56,7 +56,7 @@ impl Default for RawBatv {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBatvKey {
     number: Spanned<u8>,

@@ -5,7 +5,7 @@ use std::time::Duration;
 use backstop_filter::net::Endpoint;
 use backstop_filter::pipeline::{Check, OnError, Scanner};
 use backstop_filter::rules::{Action, Matcher, Rule};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::error::Ctx;
@@ -14,7 +14,7 @@ use crate::units::Seconds;
 pub use backstop_filter::content::ContentAction;
 
 /// [`ContentAction`] as the config spells it.
-#[derive(Deserialize, Default, Clone, Copy)]
+#[derive(Serialize, Deserialize, Default, Clone, Copy)]
 #[serde(rename_all = "lowercase")]
 enum RawAction {
     #[default]
@@ -33,7 +33,7 @@ impl From<RawAction> for ContentAction {
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawContent {
     #[serde(default)]
@@ -52,7 +52,7 @@ pub(crate) fn content(raw: RawContent) -> (ContentAction, Duration) {
 
 /// One `[[filter]]`: a rule on the message, or a scanner reached over the network; its
 /// `type` says which, and which of the other keys apply.
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawFilter {
     #[serde(rename = "type")]
@@ -73,7 +73,7 @@ pub(crate) struct RawFilter {
     on_error: Option<Spanned<OnErrorSetting>>,
 }
 
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
 #[serde(rename_all = "snake_case")]
 enum FilterKind {
     Header,
@@ -110,7 +110,7 @@ impl FilterKind {
     }
 }
 
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 enum RuleAction {
     Reject,
@@ -119,7 +119,7 @@ enum RuleAction {
     Discard,
 }
 
-#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 enum OnErrorSetting {
     #[default]

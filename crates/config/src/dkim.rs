@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use backstop_types::Domain;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::error::{Ctx, Located};
@@ -16,7 +16,7 @@ pub struct DkimKey {
     pub key_file: Located<PathBuf>,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDkim {
     domain: Spanned<String>,

@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use backstop_filter::dnsbl::{List, ListAction};
 use backstop_types::Domain;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::error::Ctx;
 use crate::units::Seconds;
 
-#[derive(Deserialize, Default)]
+#[derive(Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDns {
     /// `address:port` of each; the system's (/etc/resolv.conf) when empty.
@@ -36,7 +36,7 @@ pub(crate) fn settings(ctx: &mut Ctx<'_>, raw: RawDns) -> backstop_filter::dns::
     dns
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawDnsbl {
     zone: Spanned<String>,
@@ -46,7 +46,7 @@ pub(crate) struct RawDnsbl {
     codes: Vec<Spanned<String>>,
 }
 
-#[derive(Deserialize, Clone, Copy, Default)]
+#[derive(Serialize, Deserialize, Clone, Copy, Default)]
 #[serde(rename_all = "lowercase")]
 enum Action {
     #[default]

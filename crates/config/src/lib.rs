@@ -29,6 +29,7 @@ mod queue;
 mod recipients;
 mod route;
 mod sender_checks;
+pub mod show;
 mod smtp;
 mod state;
 mod tls;
@@ -38,7 +39,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 
 use backstop_types::Domain;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 pub use admin::AdminEndpoint;
@@ -119,11 +120,25 @@ pub struct Config {
     /// Where `GET /metrics` is answered; `None`: only `backstop metrics`.
     pub metrics: Option<std::net::SocketAddr>,
     pub log: Log,
+    /// Every section as read, defaults filled in, for `backstop config show`.
+    pub shown: show::Shown,
     /// What works but is likely not what was meant (an unqualified host name, say).
     pub warnings: Vec<ConfigError>,
 }
 
 impl Config {
+    /// The config as TOML, every key with its value or its default (`backstop config show`).
+    pub fn show(&self) -> String {
+        let top = [
+            ("hostname", toml::Value::String(self.hostname.clone())),
+            (
+                "data_dir",
+                toml::Value::String(self.data_dir.display().to_string()),
+            ),
+        ];
+        self.shown.render(&top)
+    }
+
     /// Some route delivers by MX (it has no relay), so delivery needs DNS.
     pub fn has_mx_route(&self) -> bool {
         self.routes.iter().any(|r| r.relay.is_none())
@@ -135,6 +150,15 @@ pub fn parse(text: &str, file: &str) -> Result<Config, Errors> {
     match parse_all(text, file) {
         (Some(config), errors) if errors.is_empty() => Ok(config),
         (_, errors) => Err(Errors::new(errors)),
+    }
+}
+
+/// Every key's default, as TOML (`backstop config show --defaults`): the config of an empty
+/// file, whose host name is this machine's.
+pub fn defaults() -> String {
+    match parse_all("", "(defaults)") {
+        (Some(config), _) => config.show(),
+        (None, _) => String::new(),
     }
 }
 
@@ -163,7 +187,7 @@ pub fn parse_all(text: &str, file: &str) -> (Option<Config>, Vec<ConfigError>) {
 }
 
 /// The top-level keys besides the sections.
-#[derive(Deserialize, Default)]
+#[derive(Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawTop {
     /// Our name in greetings and `Received:`; the machine's host name when absent.
@@ -295,59 +319,65 @@ fn read(ctx: &mut Ctx<'_>, text: &str) -> Option<Config> {
         metrics: section("metrics"),
         log: section("log"),
     };
+    let mut shown = show::Shown::default();
+    // Each section read (or its defaults), and kept for `config show` as it was read.
     macro_rules! read {
-        ($value:expr) => {
-            $value.and_then(|v| read(ctx, v)).unwrap_or_default()
-        };
+        ($name:literal, $value:expr) => {{
+            let raw = $value.and_then(|v| read(ctx, v)).unwrap_or_default();
+            shown.add($name, &raw);
+            raw
+        }};
     }
-    let smtp = read!(raw.smtp);
+    let smtp = read!("smtp", raw.smtp);
     let smtp = smtp::check(ctx, smtp);
-    let tls = read!(raw.tls);
+    let tls = read!("tls", raw.tls);
     let tls = tls::check(ctx, tls);
     let listeners = raw.listener.and_then(|v| read(ctx, v));
+    shown.add("listener", &listeners);
     let listeners = listener::check(ctx, listeners, listener_span.clone());
-    let auth = read!(raw.auth);
+    let auth = read!("auth", raw.auth);
     let auth = auth::check(ctx, auth, &listeners, listener_span);
-    let queue = read!(raw.queue);
+    let queue = read!("queue", raw.queue);
     let queue = queue::check(ctx, queue);
-    let recipients = read!(raw.recipients);
+    let recipients = read!("recipients", raw.recipients);
     let (recipients, callahead) = recipients::check(ctx, recipients, &hostname);
     let ldap = raw.ldap.and_then(|v| read(ctx, v));
+    shown.add("ldap", &ldap);
     let ldap = ldap.map(|raw| ldap::check(ctx, raw, "ldap"));
-    let greylist = read!(raw.greylist);
+    let greylist = read!("greylist", raw.greylist);
     let greylist = limits::greylist(ctx, greylist);
-    let rate_limits = read!(raw.rate_limits);
+    let rate_limits = read!("rate_limits", raw.rate_limits);
     let rate_limits = limits::rate_limits(ctx, rate_limits);
-    let delivery = read!(raw.delivery);
+    let delivery = read!("delivery", raw.delivery);
     let delivery = delivery::check(ctx, delivery, &data_dir);
-    let (rfc5322, content_deadline) = content::content(read!(raw.content));
-    let filters = read!(raw.filter);
+    let (rfc5322, content_deadline) = content::content(read!("content", raw.content));
+    let filters = read!("filter", raw.filter);
     let content_checks = content::filters(ctx, filters, &hostname);
-    let routes = read!(raw.route);
+    let routes = read!("route", raw.route);
     let routes = route::check(ctx, routes, &smtp);
-    let dns = read!(raw.dns);
+    let dns = read!("dns", raw.dns);
     let dns = dns::settings(ctx, dns);
-    let dnsbl = read!(raw.dnsbl);
+    let dnsbl = read!("dnsbl", raw.dnsbl);
     let dnsbl = dns::blocklists(ctx, dnsbl);
-    let batv = read!(raw.batv);
+    let batv = read!("batv", raw.batv);
     let batv = batv::check(ctx, batv, &data_dir);
-    let dkim = read!(raw.dkim);
+    let dkim = read!("dkim", raw.dkim);
     let dkim = dkim::check(ctx, dkim);
-    let sender_checks = sender_checks::check(read!(raw.sender_checks));
-    let bounce_provenance = read!(raw.bounce_provenance);
+    let sender_checks = sender_checks::check(read!("sender_checks", raw.sender_checks));
+    let bounce_provenance = read!("bounce_provenance", raw.bounce_provenance);
     let provenance = sender_checks::bounce_provenance(
         ctx,
         bounce_provenance,
         batv.as_ref().is_some_and(|b| b.check_bounces),
     );
-    let state = read!(raw.state);
+    let state = read!("state", raw.state);
     let state = state::check(ctx, state, provenance.retention);
-    let admin = read!(raw.admin);
+    let admin = read!("admin", raw.admin);
     let admin = admin::admin(ctx, admin, &data_dir);
-    let sendmail = admin::sendmail(read!(raw.sendmail), &data_dir);
-    let metrics = read!(raw.metrics);
+    let sendmail = admin::sendmail(read!("sendmail", raw.sendmail), &data_dir);
+    let metrics = read!("metrics", raw.metrics);
     let metrics = admin::metrics(ctx, metrics);
-    let log = read!(raw.log);
+    let log = read!("log", raw.log);
     let log = log::check(ctx, log);
 
     Some(Config {
@@ -381,6 +411,7 @@ fn read(ctx: &mut Ctx<'_>, text: &str) -> Option<Config> {
         sendmail,
         metrics,
         log,
+        shown,
         warnings: Vec::new(),
     })
 }

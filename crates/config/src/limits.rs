@@ -2,7 +2,7 @@
 
 use backstop_filter::greylist::GreylistPolicy;
 use backstop_filter::rate::Limit;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::error::Ctx;
@@ -10,7 +10,7 @@ use crate::units::{secs, Seconds};
 
 pub use backstop_filter::rate::RateLimits;
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawGreylist {
     enabled: bool,
@@ -57,7 +57,7 @@ pub(crate) fn greylist(ctx: &mut Ctx<'_>, g: RawGreylist) -> Option<GreylistPoli
     })
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRateLimits {
     client_connections: Option<Spanned<String>>,

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::ops::Range;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::error::Ctx;
@@ -16,7 +16,7 @@ pub struct ListenerConfig {
 }
 
 /// The three listener roles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerKind {
     /// Port 25 style: mail for our domains from anyone; STARTTLS offered, no AUTH.
@@ -38,7 +38,7 @@ impl ListenerKind {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawListener {
     name: Spanned<String>,

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::error::Ctx;
@@ -26,7 +26,7 @@ pub struct Retry {
     pub lifetime: Duration,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawQueue {
     min_backoff: Spanned<Seconds>,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use backstop_types::Address;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::error::{Ctx, Located};
@@ -27,7 +27,7 @@ pub struct CallaheadTtl {
     pub negative: Duration,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawRecipients {
     table: Option<Spanned<PathBuf>>,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use backstop_smtp_client::{Endpoint, NextHop};
 use backstop_types::Domain;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::error::{Ctx, Located};
@@ -46,7 +46,7 @@ pub struct RouteAuth {
     pub password_file: Located<PathBuf>,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRoute {
     /// Domains, or "*" for every domain no earlier route and no local domain covers.
@@ -68,7 +68,7 @@ pub(crate) struct RawRoute {
     auth_password_file: Option<Spanned<PathBuf>>,
 }
 
-#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 enum Protocol {
     #[default]
@@ -76,7 +76,7 @@ enum Protocol {
     Lmtp,
 }
 
-#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 enum Tls {
     None,

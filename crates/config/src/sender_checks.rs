@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use backstop_filter::sender_auth::{Action, Actions};
 use backstop_types::Domain;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::error::Ctx;
 use crate::units::{secs, Seconds};
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawSenderChecks {
     enabled: bool,
@@ -39,7 +39,7 @@ impl Default for RawSenderChecks {
     }
 }
 
-#[derive(Deserialize, Clone, Copy)]
+#[derive(Serialize, Deserialize, Clone, Copy)]
 #[serde(rename_all = "lowercase")]
 enum CheckAction {
     Reject,
@@ -57,7 +57,7 @@ impl From<CheckAction> for Action {
     }
 }
 
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 enum DnsErrorAction {
     Tempfail,
@@ -76,7 +76,7 @@ pub(crate) fn check(c: RawSenderChecks) -> Option<Actions> {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawBounceProvenance {
     enabled: bool,

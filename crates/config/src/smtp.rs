@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use backstop_listener::IpNetwork;
 use backstop_types::Domain;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::error::Ctx;
@@ -38,7 +38,7 @@ pub struct Smtp {
     pub max_connections_per_ip: usize,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawSmtp {
     local_domains: Vec<Spanned<String>>,

@@ -4,13 +4,13 @@
 use std::time::Duration;
 
 use backstop_state::redis::{Servers, Settings};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::error::Ctx;
 use crate::units::{secs, Seconds};
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawState {
     redis: Option<Spanned<String>>,

@@ -590,3 +590,44 @@ fn broken_text_is_an_error_not_a_panic() {
         let _ = parse_all(&format!("{}\u{0}=\"\n[[x", &text[..at]), "mx.toml");
     }
 }
+
+#[test]
+fn config_show_has_every_key_and_reads_back_the_same() {
+    let text = format!(
+        "hostname = \"mx.example.com\"\n[smtp]\nmax_message_size = \"20M\"\nlocal_domains = [\"example.com\"]\n\
+[state]\nredis = \"redis://app:s3cret@127.0.0.1:6379/0\"\n{MINIMAL}"
+    );
+    let shown = parse(&text, "test.toml").unwrap().show();
+    // The file's values, the defaults of what it leaves out, in the file's own syntax.
+    for line in [
+        "hostname = \"mx.example.com\"",
+        "[smtp]",
+        "max_message_size = \"20M\"",
+        "max_recipients = 100",
+        "command_timeout = \"5m\"",
+        "[[listener]]",
+        "address = \"127.0.0.1:25\"",
+        "[sendmail]",
+        "redis = \"redis://app:***@127.0.0.1:6379/0\"",
+    ] {
+        assert!(shown.lines().any(|l| l == line), "{line} not in:\n{shown}");
+    }
+    assert!(!shown.contains("s3cret"));
+    // What it shows is a config that means the same (the Redis password aside).
+    let again = parse(&shown.replace("***", "s3cret"), "shown.toml")
+        .unwrap()
+        .show();
+    assert_eq!(again, shown);
+}
+
+#[test]
+fn config_show_hides_password_hashes_and_defaults_are_an_empty_file() {
+    let shown = embedded().unwrap().show();
+    assert!(shown.contains("password_hash = \"(hidden)\""), "{shown}");
+    assert!(!shown.contains("$argon2id$"));
+    let defaults = crate::defaults();
+    assert!(defaults.contains("\n[smtp]\n"), "{defaults}");
+    assert!(defaults.lines().any(|l| l == "max_message_size = \"50M\""));
+    assert!(defaults.lines().any(|l| l == "local_domains = []"));
+    assert!(!defaults.contains("[[listener]]"));
+}

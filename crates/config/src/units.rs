@@ -25,6 +25,38 @@ impl<'de> Deserialize<'de> for Seconds {
     }
 }
 
+/// As an admin would write it: the largest unit that divides it (`"50M"`, `"512k"`, `1000`).
+impl serde::Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let n = self.0;
+        let with_unit = [(1u64 << 30, "G"), (1 << 20, "M"), (1 << 10, "k")]
+            .into_iter()
+            .find(|(factor, _)| n != 0 && n.is_multiple_of(*factor))
+            .map(|(factor, unit)| format!("{}{unit}", n / factor));
+        match with_unit {
+            Some(text) => s.serialize_str(&text),
+            None => s.serialize_u64(n),
+        }
+    }
+}
+
+/// As an admin would write it: the largest unit that divides it (`"2d"`, `"5m"`, `"30s"`).
+impl serde::Serialize for Seconds {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&duration_text(self.0))
+    }
+}
+
+/// A duration in the largest unit that divides it, as [`parse_duration`] reads it back.
+pub fn duration_text(d: Duration) -> String {
+    let n = d.as_secs();
+    let (factor, unit) = [(86_400, "d"), (3600, "h"), (60, "m")]
+        .into_iter()
+        .find(|(factor, _)| n != 0 && n.is_multiple_of(*factor))
+        .unwrap_or((1, "s"));
+    format!("{}{unit}", n / factor)
+}
+
 pub(crate) fn secs(n: u64) -> Seconds {
     Seconds(Duration::from_secs(n))
 }
