@@ -8,6 +8,7 @@
 mod dns;
 mod harness;
 
+mod address;
 mod admin;
 mod batv;
 mod bounces;

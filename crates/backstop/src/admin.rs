@@ -57,6 +57,8 @@ pub enum Request {
     },
     /// The counters, in Prometheus' text format.
     Metrics,
+    /// How a recipient would be handled (`backstop address test`).
+    AddressTest(crate::address_test::Question),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -205,11 +207,28 @@ fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
     made
 }
 
-/// What the admin API answers from: the queue, and the metrics.
+/// What the admin API answers from: the queue, the metrics, and the current rules.
 #[derive(Clone)]
 pub struct Served {
     pub queue: Queue,
     pub metrics: std::sync::Arc<crate::metrics::Sources>,
+    /// The sessions' rules and the delivery settings as they are now, for `address test`.
+    pub(crate) smtp: watch::Receiver<crate::address_test::SmtpContext>,
+    pub(crate) delivery: watch::Receiver<backstop_delivery::agent::Agent>,
+}
+
+/// Answers one request: `address test` on the runtime (it may ask LDAP and DNS), the queue's
+/// requests off it (they block on RocksDB).
+async fn dispatch(served: Served, request: Request) -> anyhow::Result<Response> {
+    if let Request::AddressTest(question) = &request {
+        let smtp = served.smtp.borrow().clone();
+        let agent = served.delivery.borrow().clone();
+        let answered = crate::address_test::answer(&smtp, &agent, question)
+            .await
+            .and_then(|a| Ok(serde_json::to_value(a)?));
+        return Ok(respond(answered));
+    }
+    Ok(tokio::task::spawn_blocking(move || handle(&served, request)).await?)
 }
 
 pub async fn serve(
@@ -295,7 +314,7 @@ async fn http_exchange(stream: TcpStream, token: &str, queue: Served) -> anyhow:
         let response = match serde_json::from_slice::<Request>(&body) {
             Ok(request) => {
                 info!(?request, "admin request");
-                tokio::task::spawn_blocking(move || handle(&queue, request)).await?
+                dispatch(queue, request).await?
             }
             Err(e) => Response {
                 ok: false,
@@ -363,8 +382,7 @@ async fn connection(stream: UnixStream, queue: Served) -> anyhow::Result<()> {
     let response = match serde_json::from_str::<Request>(&line) {
         Ok(request) => {
             info!(?request, "admin request");
-            // The queue calls block on RocksDB: keep them off the async workers.
-            tokio::task::spawn_blocking(move || handle(&queue, request)).await?
+            dispatch(queue, request).await?
         }
         Err(e) => Response {
             ok: false,
@@ -385,6 +403,10 @@ fn handle(served: &Served, request: Request) -> Response {
         )),
         request => answer(&served.queue, request),
     };
+    respond(answered)
+}
+
+fn respond(answered: anyhow::Result<serde_json::Value>) -> Response {
     match answered {
         Ok(data) => Response {
             ok: true,
@@ -472,6 +494,7 @@ fn answer(queue: &Queue, request: Request) -> anyhow::Result<serde_json::Value> 
             "in quarantine",
         )?,
         Request::Metrics => bail!("metrics are answered by handle"),
+        Request::AddressTest(_) => bail!("address tests are answered by the running server"),
     };
     Ok(value)
 }
@@ -1171,6 +1194,9 @@ fn render(request: &Request, data: serde_json::Value) -> anyhow::Result<String> 
         }
         Request::QuarantineDelete { id } => out.push_str(&format!("{id}: deleted\n")),
         Request::Metrics => out.push_str(data.as_str().unwrap_or_default()),
+        Request::AddressTest(_) => {
+            out.push_str(&crate::address_test::render(&serde_json::from_value(data)?))
+        }
     }
     Ok(out)
 }

@@ -12,6 +12,8 @@
 //! - `reload`: SIGHUP, and the recipient table reloaded when its file changes.
 //! - `logging`, `signals`: the log (level changed on reload) and the signals.
 //! - `metrics`: `GET /metrics` on the configured address.
+//! - [`address_test`]: `backstop address test`, answered by the running server: the RCPT
+//!   rules, the recipient checks explained without their side effects, and the route.
 //! - [`admin`]: the admin API on a Unix socket, and the `queue` and `quarantine` commands that
 //!   talk to it.
 //! - [`batv`]: BATV keys from the config (made on first use by default), `batv sign|verify`.
@@ -23,6 +25,7 @@
 //! No check is implemented here: the order of checks is `backstop_policy`'s, the checks are
 //! `backstop_filter`'s (`cargo xtask tidy` holds to it).
 
+pub mod address_test;
 pub mod admin;
 pub mod batv;
 mod interfaces;

@@ -53,6 +53,14 @@ enum Command {
         #[command(flatten)]
         target: AdminTarget,
     },
+    /// How the running server would handle a recipient (like sendmail -bv): the RCPT rules,
+    /// each recipient check, the reply, and where delivery would take it. Nothing is sent.
+    Address {
+        #[command(subcommand)]
+        command: AddressCommand,
+        #[command(flatten)]
+        target: AdminTarget,
+    },
     /// The running server's metrics, in Prometheus' text format (as GET /metrics serves them)
     Metrics {
         #[command(flatten)]
@@ -236,6 +244,27 @@ fn config_path_from(
 ) -> Option<PathBuf> {
     flag.or_else(|| env.filter(|v| !v.is_empty()).map(PathBuf::from))
         .or_else(|| default.exists().then(|| default.to_owned()))
+}
+
+#[derive(Subcommand)]
+enum AddressCommand {
+    /// What RCPT TO:<ADDRESS> would get, and why; greylisting, rates and callahead are said,
+    /// not done.
+    Test {
+        address: String,
+        /// MAIL FROM (<> for a bounce); someone@example.org when not given.
+        #[arg(long, value_name = "SENDER")]
+        sender: Option<String>,
+        /// The client's IP address; 192.0.2.1, a stranger, when not given.
+        #[arg(long, value_name = "IP")]
+        client: Option<String>,
+        /// As this logged-in user (a submission).
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// On this listener; the first that needs no login (with --user, that needs one).
+        #[arg(long, value_name = "NAME")]
+        listener: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -597,6 +626,26 @@ fn main() -> ExitCode {
             }
         }
         Command::Metrics { target } => admin(&target, admin::Request::Metrics),
+        Command::Address {
+            command:
+                AddressCommand::Test {
+                    address,
+                    sender,
+                    client,
+                    user,
+                    listener,
+                },
+            target,
+        } => admin(
+            &target,
+            admin::Request::AddressTest(backstop::address_test::Question {
+                address,
+                sender,
+                client,
+                user,
+                listener,
+            }),
+        ),
         Command::Batv { command, config } => batv_command(config.as_deref(), command),
         Command::Report { files, since, top } => report(&files, since.as_deref(), top),
         Command::Sendmail { args } => backstop::sendmail::run(&args, config_path(None)),

@@ -242,14 +242,6 @@ impl Server {
                 stopping.clone(),
             ));
         }
-        let admin = tokio::spawn(crate::admin::serve(
-            admin,
-            crate::admin::Served {
-                queue: queue.clone(),
-                metrics: sources,
-            },
-            stopping.clone(),
-        ));
         let maildir = std::path::absolute(&config.delivery.maildir)?;
         let own = Arc::new(backstop_delivery::own::OwnAddresses {
             listeners: listeners
@@ -292,6 +284,16 @@ impl Server {
         ));
         let context = smtp_context(&setup, tls, &shared, &queue, &smtp_metrics, None)?;
         let (contexts, current) = watch::channel(Arc::new(context));
+        let admin = tokio::spawn(crate::admin::serve(
+            admin,
+            crate::admin::Served {
+                queue: queue.clone(),
+                metrics: sources,
+                smtp: current.clone(),
+                delivery: agents.subscribe(),
+            },
+            stopping.clone(),
+        ));
         let watcher = tokio::spawn(crate::reload::watch_recipients(current.clone()));
         let reloader = reload.map(|reload| {
             tokio::spawn(crate::reload::reload_on_hangup(

@@ -54,6 +54,39 @@ impl Routes {
     }
 }
 
+impl Agent {
+    /// Where mail for `domain` goes, and by which route (`None`: into Maildirs); `None`: no
+    /// route takes it. A local domain goes into Maildirs unless a route names it (LMTP to a
+    /// mailbox server, say); a catch-all route never takes it. So does postmaster at our own
+    /// host name when no local domain took it.
+    pub fn destination(
+        &self,
+        domain: &Domain,
+    ) -> Option<(crate::scheduler::Destination, Option<usize>)> {
+        use crate::scheduler::Destination;
+        let routes = &self.routes;
+        let route = routes.route_for(domain);
+        let named = route.is_some_and(|r| routes.routes[r].domains.contains(domain));
+        let local =
+            (routes.local_domains.contains(domain) || domain.as_str() == self.hostname) && !named;
+        if local {
+            return Some((Destination::Local, None));
+        }
+        let route = route?;
+        let destination = match &routes.routes[route].via {
+            Via::Relay(hop) => Destination::Relay {
+                hop: hop.clone(),
+                lmtp: routes.routes[route].client.lmtp,
+            },
+            Via::Mx { port } => Destination::Mx {
+                domain: domain.clone(),
+                port: *port,
+            },
+        };
+        Some((destination, Some(route)))
+    }
+}
+
 /// What identifies the mail we send as ours: BATV tags on the return path and DKIM signatures,
 /// for mail from authenticated submitters (and local networks) in our own domains.
 pub struct Signing {

@@ -39,7 +39,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::agent::{Agent, Via};
+use crate::agent::Agent;
 use crate::mx::Unroutable;
 
 /// How long a leased message is ours before it becomes due again (if we die meanwhile).
@@ -329,33 +329,9 @@ impl Scheduler {
                 continue;
             }
             let domain = recipient.address.domain();
-            let routes = &agent.routes;
-            let route = routes.route_for(domain);
-            // A local domain goes into Maildirs unless a route names it (LMTP to a mailbox
-            // server, say); a catch-all route never takes it. So does postmaster at our own
-            // host name when no local domain took it.
-            let named = route.is_some_and(|r| routes.routes[r].domains.contains(domain));
-            let local = (routes.local_domains.contains(domain)
-                || domain.as_str() == agent.hostname)
-                && !named;
-            let (destination, route) = if local {
-                (Destination::Local, None)
-            } else {
-                let Some(route) = route else {
-                    immediate.push((index, crate::agent::no_route(domain)));
-                    continue;
-                };
-                let destination = match &routes.routes[route].via {
-                    Via::Relay(hop) => Destination::Relay {
-                        hop: hop.clone(),
-                        lmtp: routes.routes[route].client.lmtp,
-                    },
-                    Via::Mx { port } => Destination::Mx {
-                        domain: domain.clone(),
-                        port: *port,
-                    },
-                };
-                (destination, Some(route))
+            let Some((destination, route)) = agent.destination(domain) else {
+                immediate.push((index, crate::agent::no_route(domain)));
+                continue;
             };
             match jobs
                 .iter_mut()

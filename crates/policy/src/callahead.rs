@@ -47,6 +47,14 @@ pub struct Ttl {
 pub const QUOTA_TTL: Duration = Duration::from_secs(60);
 
 impl Callahead {
+    /// The route whose next hop is asked about a recipient in `domain` (a local one when
+    /// `local`), if one is.
+    pub fn route_for(&self, domain: &Domain, local: bool) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| r.domains.contains(domain) || (r.any_domain && !local))
+    }
+
     /// Asks about `recipient` (of a local domain when `local`: only a route that names the
     /// domain asks; a `*` route never takes a local domain).
     pub async fn check(
@@ -56,12 +64,7 @@ impl Callahead {
         local: bool,
         size: Option<u64>,
     ) -> RecipientVerdict {
-        let domain = recipient.domain();
-        let Some(route) = self
-            .routes
-            .iter()
-            .find(|r| r.domains.contains(domain) || (r.any_domain && !local))
-        else {
+        let Some(route) = self.route_for(recipient.domain(), local) else {
             return RecipientVerdict::Accept(vec![recipient.clone()]);
         };
         let key = Key::Callahead(recipient.to_string().to_ascii_lowercase());

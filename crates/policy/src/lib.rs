@@ -26,6 +26,7 @@ pub mod auth;
 pub mod bounce;
 pub mod callahead;
 pub mod content;
+pub mod explain;
 pub mod proxy;
 pub mod recipient;
 pub mod sender;

@@ -52,6 +52,11 @@ impl Proxy {
         (!routes.is_empty()).then_some(Proxy { routes })
     }
 
+    /// The relay of `route`.
+    pub fn relay(&self, route: usize) -> &NextHop {
+        &self.routes[route].relay
+    }
+
     /// The proxied route of `domain`, if it has one.
     pub fn route(&self, domain: &Domain) -> Option<usize> {
         self.routes.iter().position(|r| r.domains.contains(domain))

@@ -87,16 +87,7 @@ impl SitePolicy {
             (Some(file), true) => Some(file.table().check(address)),
             _ => None,
         };
-        let answer = match (from_table, directory) {
-            (Some(Verdict::Accept(targets)), _) => Verdict::Accept(targets),
-            (Some(Verdict::Unavailable(why)), _) | (_, Some(Verdict::Unavailable(why))) => {
-                Verdict::Unavailable(why)
-            }
-            (_, Some(directory)) => directory,
-            (Some(table), None) => table,
-            (None, None) => Verdict::Accept(vec![address.clone()]),
-        };
-        let targets = match answer {
+        let targets = match answer(from_table, directory, address) {
             Verdict::Accept(targets) => targets,
             Verdict::Unknown => return RecipientVerdict::Unknown,
             Verdict::Unavailable(why) => {
@@ -145,7 +136,10 @@ impl SitePolicy {
     /// Step 2: the address a recipient is looked up as. A bounce (null sender) to a local
     /// address must carry a valid tag, which is removed; mail with a sender to a validly
     /// tagged address (an autoreply) has the tag removed too.
-    fn bounce_address(&self, query: &RecipientQuery) -> Result<Address, RecipientVerdict> {
+    pub(crate) fn bounce_address(
+        &self,
+        query: &RecipientQuery,
+    ) -> Result<Address, RecipientVerdict> {
         match (&self.batv, &query.sender, query.local) {
             (Some(check), ReversePath::Null, true) if check.enforce => check
                 .recipient(&query.recipient)
@@ -159,5 +153,23 @@ impl SitePolicy {
             }),
             _ => Ok(query.recipient.clone()),
         }
+    }
+}
+
+/// Step 3's answer from the table's and the directory's: the first that knows the address;
+/// either one unavailable is unavailable; neither asked, the address as it is.
+pub(crate) fn answer(
+    from_table: Option<Verdict>,
+    directory: Option<Verdict>,
+    address: &Address,
+) -> Verdict {
+    match (from_table, directory) {
+        (Some(Verdict::Accept(targets)), _) => Verdict::Accept(targets),
+        (Some(Verdict::Unavailable(why)), _) | (_, Some(Verdict::Unavailable(why))) => {
+            Verdict::Unavailable(why)
+        }
+        (_, Some(directory)) => directory,
+        (Some(table), None) => table,
+        (None, None) => Verdict::Accept(vec![address.clone()]),
     }
 }

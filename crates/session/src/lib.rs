@@ -38,7 +38,7 @@ use std::time::Duration;
 use backstop_types::{Domain, Envelope, TlsInfo};
 
 pub use policy::{Checks, MessageSink, Policy};
-pub use session::ServerSession;
+pub use session::{recipient_scope, Scope, ServerSession};
 
 /// What a session needs from the configuration. Built once per listener; a session keeps the
 /// one it started with for its whole life, so a config reload never changes rules mid-session.
@@ -267,6 +267,17 @@ pub enum BounceProblem {
     Invalid,
     /// A tag past its expiry day.
     Expired,
+}
+
+impl BounceProblem {
+    /// The refusal at RCPT: `550 5.7.1` saying what is wrong with the tag.
+    pub fn reply(self) -> backstop_types::Reply {
+        backstop_types::Reply::bounce_refused(match self {
+            BounceProblem::Missing => "its address carries no BATV tag",
+            BounceProblem::Invalid => "its BATV tag is not valid",
+            BounceProblem::Expired => "its BATV tag has expired",
+        })
+    }
 }
 
 /// The answer to [`Output::CheckMessage`].

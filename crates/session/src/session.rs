@@ -476,13 +476,7 @@ impl ServerSession {
             RecipientVerdict::Unavailable => self.reply(Reply::recipient_lookup_failed()),
             RecipientVerdict::Defer { retry_after } => self.reply(Reply::greylisted(retry_after)),
             RecipientVerdict::RateLimited => self.reply(Reply::rate_limited()),
-            RecipientVerdict::NotOurBounce(problem) => {
-                self.error(Reply::bounce_refused(match problem {
-                    crate::BounceProblem::Missing => "its address carries no BATV tag",
-                    crate::BounceProblem::Invalid => "its BATV tag is not valid",
-                    crate::BounceProblem::Expired => "its BATV tag has expired",
-                }))
-            }
+            RecipientVerdict::NotOurBounce(problem) => self.error(problem.reply()),
         }
         self.process();
     }
@@ -979,25 +973,10 @@ impl ServerSession {
             return self.reply(Reply::too_many_recipients(self.config.max_recipients));
         }
         let trusted = self.auth.is_some() || self.peer.local_submitter;
-        // RFC 5321 4.5.1: postmaster must be accepted for every domain we serve, unverified.
-        let is_postmaster = address.local_part().eq_ignore_ascii_case("postmaster")
-            && (address.domain().as_str() == self.config.hostname.to_ascii_lowercase()
-                || self.config.local_domains.contains(address.domain()));
-        let ours = self.config.local_domains.contains(address.domain())
-            || self.config.relay_domains.contains(address.domain());
-        if !trusted && !is_postmaster && !ours {
-            return self.error(Reply::relay_denied());
-        }
-        // `user%foreign@local`, `foreign!user@local` and `"user@foreign"@local` ask a relay to
-        // route onward (the percent hack, bang paths). Never on behalf of untrusted clients.
-        if !trusted && address.local_part().contains(['%', '!', '@']) {
-            return self.error(Reply::relay_denied());
-        }
-        if self.config.maildir_domains.contains(address.domain())
-            && backstop_types::address::maildir_folder_name(&address).is_none()
-        {
-            return self.error(Reply::mailbox_name_not_allowed());
-        }
+        let scope = match recipient_scope(&self.config, &address, trusted) {
+            Ok(scope) => scope,
+            Err(refused) => return self.error(refused),
+        };
         let notify = if to.flags & smtp_proto::RCPT_NOTIFY_NEVER != 0 {
             Notify::Never
         } else if to.flags
@@ -1014,8 +993,8 @@ impl ServerSession {
         } else {
             Notify::Default
         };
-        let local = self.config.local_domains.contains(address.domain());
-        if self.config.checks.recipients && ours && !is_postmaster {
+        let local = scope == Scope::Local;
+        if self.config.checks.recipients && matches!(scope, Scope::Local | Scope::RelayDomain) {
             let sender = match &self.txn {
                 Some(txn) => txn.sender.clone(),
                 None => return,
@@ -1482,4 +1461,51 @@ fn unowned_from(rights: &SenderRights, message: &[u8]) -> Option<String> {
         })
         .map(str::to_owned);
     unowned
+}
+
+/// Where a recipient stands at RCPT before any lookup, by the domains the session serves and
+/// whether the client is trusted (logged in, or a local submitter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The postmaster of a domain we serve: accepted unverified (RFC 5321 4.5.1).
+    Postmaster,
+    /// In a local domain: delivered here; the recipient checks decide.
+    Local,
+    /// In a relay domain: passed on; the recipient checks decide.
+    RelayDomain,
+    /// Anywhere else, for a trusted client: relayed without a lookup.
+    Onward,
+}
+
+/// The relay rules of RCPT: a refusal (relay denied, a mailbox name no Maildir can hold), or
+/// the recipient's [`Scope`]. `backstop address test` asks the same.
+pub fn recipient_scope(
+    config: &SessionConfig,
+    address: &Address,
+    trusted: bool,
+) -> Result<Scope, Reply> {
+    let local = config.local_domains.contains(address.domain());
+    // RFC 5321 4.5.1: postmaster must be accepted for every domain we serve, unverified.
+    let is_postmaster = address.local_part().eq_ignore_ascii_case("postmaster")
+        && (address.domain().as_str() == config.hostname.to_ascii_lowercase() || local);
+    let relay_domain = config.relay_domains.contains(address.domain());
+    if !trusted && !is_postmaster && !local && !relay_domain {
+        return Err(Reply::relay_denied());
+    }
+    // `user%foreign@local`, `foreign!user@local` and `"user@foreign"@local` ask a relay to
+    // route onward (the percent hack, bang paths). Never on behalf of untrusted clients.
+    if !trusted && address.local_part().contains(['%', '!', '@']) {
+        return Err(Reply::relay_denied());
+    }
+    if config.maildir_domains.contains(address.domain())
+        && backstop_types::address::maildir_folder_name(address).is_none()
+    {
+        return Err(Reply::mailbox_name_not_allowed());
+    }
+    Ok(match (is_postmaster, local, relay_domain) {
+        (true, _, _) => Scope::Postmaster,
+        (false, true, _) => Scope::Local,
+        (false, false, true) => Scope::RelayDomain,
+        (false, false, false) => Scope::Onward,
+    })
 }
