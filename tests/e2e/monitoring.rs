@@ -1,6 +1,9 @@
 //! The monitoring shipped in etc/: the Prometheus alert rules pass `promtool check rules`, and
 //! a real Prometheus scraping a running backstop loads them (every rule healthy) and answers
-//! every query of the Grafana dashboard; every metric they name is one backstop serves.
+//! every query of the Grafana dashboard with data; every metric they name is one backstop
+//! serves. The dashboard itself fits Grafana's own schema of a dashboard (the types Grafana
+//! publishes as `@grafana/schema`, checked by the TypeScript compiler), which refuses broken
+//! copies of it.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -181,10 +184,24 @@ fn alert_rules_and_the_dashboard_work_in_a_real_prometheus() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    // Every panel's query is one Prometheus takes; the plain gauges have data already.
+    // Every panel's query is one Prometheus takes (one that does not parse is an error), and
+    // it answers with data: every metric the queries name is served (above), so an empty answer
+    // is a selector that matches nothing, such as a wrong label. rate() and increase() need two
+    // scrapes, hence the wait.
+    let deadline = Instant::now() + Duration::from_secs(60);
     for expr in &exprs {
-        let answer = query(web, expr);
-        assert_eq!(answer["status"], "success", "{expr}: {answer}");
+        loop {
+            let answer = query(web, expr);
+            assert_eq!(answer["status"], "success", "{expr}: {answer}");
+            if answer["data"]["result"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty())
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{expr}: no data: {answer}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
     let accepted = query(web, "smtp_messages_accepted_total{job=\"backstop\"}");
     assert_eq!(accepted["data"]["result"][0]["value"][1], "1", "{accepted}");
@@ -194,4 +211,127 @@ fn alert_rules_and_the_dashboard_work_in_a_real_prometheus() {
     );
     assert_eq!(refused["data"]["result"][0]["value"][1], "1", "{refused}");
     server.stop();
+}
+
+/// `json`, a dashboard, as TypeScript typed with Grafana's `Dashboard` (its queries with
+/// Grafana's `DataQuery`, as the dashboard's type leaves them open). Line N is the JSON's
+/// line N, for the compiler's messages.
+fn typed(json: &str) -> String {
+    format!(
+        "import type {{ Dashboard, DataQuery }} from '@grafana/schema'; export const dashboard = ({json}\n) satisfies Dashboard;\n\
+         export const queries = dashboard.panels.flatMap((p): DataQuery[] => ('targets' in p ? p.targets : []));\n"
+    )
+}
+
+/// Mistakes in a dashboard, each of which the schema must refuse.
+const BROKEN: [&str; 6] = [
+    "grid_position_a_string",
+    "refresh_a_number",
+    "panel_type_a_number",
+    "panel_key_misspelt",
+    "query_ref_id_a_number",
+    "variable_hide_out_of_range",
+];
+
+/// `dashboard` with the mistake `name` (one of BROKEN).
+fn broken(dashboard: &serde_json::Value, name: &str) -> serde_json::Value {
+    let mut d = dashboard.clone();
+    match name {
+        "grid_position_a_string" => d["panels"][0]["gridPos"] = serde_json::json!("x"),
+        "refresh_a_number" => d["refresh"] = serde_json::json!(30),
+        "panel_type_a_number" => d["panels"][0]["type"] = serde_json::json!(7),
+        "panel_key_misspelt" => d["panels"][0]["titel"] = serde_json::json!("typo"),
+        "query_ref_id_a_number" => d["panels"][0]["targets"][0]["refId"] = serde_json::json!(1),
+        "variable_hide_out_of_range" => d["templating"]["list"][0]["hide"] = serde_json::json!(9),
+        _ => unreachable!("{name}"),
+    }
+    d
+}
+
+/// Grafana's own schema of a dashboard, as the TypeScript types that Grafana generates from it
+/// and publishes (`@grafana/schema`, the dashboard model of its frontend), with the TypeScript
+/// compiler in strict mode: every key known, every value of its type, enums in range, every
+/// query with a refId; and every panel of a type Grafana ships. Grafana's server is in none of
+/// the registries the project installs from, so it does not load the dashboard here; Grafana's
+/// Python SDK (`grafana-foundation-sdk`) decodes without checking, so it cannot tell either.
+#[test]
+fn the_dashboard_fits_grafanas_own_schema() {
+    let test = "the_dashboard_fits_grafanas_own_schema";
+    if !have("node", test) || !have("npm", test) {
+        return;
+    }
+    // Where `cargo xtask test` installs typescript and @grafana/schema (npm install --global).
+    let out = Command::new("npm")
+        .args(["root", "--global"])
+        .output()
+        .unwrap();
+    let modules = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let tsc = modules.join("typescript/bin/tsc");
+    let schema = modules.join("@grafana/schema");
+    if !have(&tsc.display().to_string(), test)
+        || !have(&schema.join("package.json").display().to_string(), test)
+    {
+        return;
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // '@grafana/schema' resolves from here to the global install.
+    std::os::unix::fs::symlink(&modules, d.join("node_modules")).unwrap();
+    let text = std::fs::read_to_string(etc("grafana/backstop.json")).unwrap();
+    std::fs::write(d.join("dashboard.ts"), typed(&text)).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut files = vec!["dashboard.ts".to_owned()];
+    for name in BROKEN {
+        let file = format!("{name}.ts");
+        let json = serde_json::to_string_pretty(&broken(&dashboard, name)).unwrap();
+        std::fs::write(d.join(&file), typed(&json)).unwrap();
+        files.push(file);
+    }
+    let out = Command::new("node")
+        .arg(&tsc)
+        .args([
+            "--noEmit",
+            "--strict",
+            "--target",
+            "es2022",
+            "--module",
+            "esnext",
+            "--moduleResolution",
+            "bundler",
+        ])
+        .args(&files)
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let refused = |file: &str| said.lines().any(|l| l.starts_with(&format!("{file}(")));
+    assert!(
+        !refused("dashboard.ts"),
+        "etc/grafana/backstop.json does not fit Grafana's schema (dashboard.ts's lines are the file's):\n{said}"
+    );
+    for name in BROKEN {
+        assert!(
+            refused(&format!("{name}.ts")),
+            "the schema took a dashboard with {name}:\n{said}"
+        );
+    }
+
+    // Every panel is of a type Grafana ships a schema for (the panel plugins in its release).
+    let shipped: Vec<String> = std::fs::read_dir(schema.join("dist/types/raw/composable"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("panelcfg").is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(shipped.iter().any(|t| t == "timeseries"), "{shipped:?}");
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let kind = panel["type"].as_str().unwrap();
+        assert!(
+            kind == "row" || shipped.iter().any(|t| t == kind),
+            "panel {}: Grafana has no panel type {kind} (it has {shipped:?})",
+            panel["title"]
+        );
+    }
 }

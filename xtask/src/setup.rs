@@ -141,7 +141,51 @@ pub const TEST_PEERS: &[Requirement] = &[
         package: "testssl.sh",
         present_if: &["/usr/bin/testssl"],
     },
+    // Node's package manager, for TEST_NPM.
+    Requirement {
+        package: "npm",
+        present_if: &["/usr/bin/npm", "/usr/local/bin/npm"],
+    },
 ];
+
+/// What the end-to-end tests take from the npm registry, at these versions (installed with
+/// `npm install --global`): Grafana's dashboard schema, the TypeScript types of the dashboard
+/// model that Grafana publishes, and the compiler that checks etc/grafana/backstop.json
+/// against them (Grafana itself is in no registry this project uses).
+pub const TEST_NPM: &[(&str, &str)] = &[("typescript", "5.9.3"), ("@grafana/schema", "13.2.3")];
+
+/// Installs the npm packages missing or at another version (as root), or says what to run.
+pub fn ensure_npm(packages: &[(&str, &str)]) -> Result<(), String> {
+    let root = Command::new("npm")
+        .args(["root", "--global"])
+        .output()
+        .map_err(|e| format!("npm: {e}"))?;
+    let root = Path::new(String::from_utf8_lossy(&root.stdout).trim()).to_owned();
+    let missing: Vec<String> = packages
+        .iter()
+        .filter(|(name, version)| {
+            !std::fs::read_to_string(root.join(name).join("package.json"))
+                .unwrap_or_default()
+                .contains(&format!("\"version\": \"{version}\""))
+        })
+        .map(|(name, version)| format!("{name}@{version}"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let command = format!(
+        "npm install --global --no-audit --no-fund {}",
+        missing.join(" ")
+    );
+    if !is_root() {
+        return Err(format!(
+            "missing npm packages: {}. Run: sudo {command}",
+            missing.join(" ")
+        ));
+    }
+    println!("xtask: installing {}", missing.join(" "));
+    sh(&command)
+}
 
 /// What `cargo xtask bench` drives and compares with: Postfix, whose package has smtp-source
 /// and smtp-sink, and Knot for the MX lookups of the delivery runs.
