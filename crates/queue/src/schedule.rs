@@ -283,7 +283,21 @@ impl Queue {
                         .db
                         .get_cf(self.cf(CF_MESSAGES), key)?
                         .unwrap_or_default();
-                    self.put_quarantined(&mut batch, id, &entry.envelope, &body, &reason, now);
+                    // Only the recipients it failed for: a release must not deliver twice
+                    // to those it reached (or whose failure a report covered).
+                    let mut undelivered = entry.envelope.clone();
+                    undelivered.recipients = entry
+                        .envelope
+                        .recipients
+                        .iter()
+                        .zip(&entry.states)
+                        .zip(&entry.reported)
+                        .filter(|((_, state), reported)| {
+                            matches!(state, RecipientState::Failed { .. }) && !**reported
+                        })
+                        .map(|((recipient, _), _)| recipient.clone())
+                        .collect();
+                    self.put_quarantined(&mut batch, id, &undelivered, &body, &reason, now);
                     tracing::warn!(queue_id = %id, reason = %backstop_types::text::Escaped(&reason), "delivery failed: quarantined, no bounce");
                 }
                 self.remove(&mut batch, id)?;

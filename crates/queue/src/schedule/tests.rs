@@ -415,3 +415,46 @@ async fn a_sent_message_id_is_recorded_with_the_attempt() {
         .unwrap();
     assert_eq!(queue.sent_message_id(hash).unwrap(), Some(t0));
 }
+
+#[tokio::test]
+async fn quarantine_after_a_failure_holds_only_the_recipients_not_reached() {
+    let (_dir, queue, id, t0) = queue_with_one().await;
+    let outcomes = vec![
+        (0, AttemptOutcome::Delivered(reply(250, "ok"))),
+        (1, AttemptOutcome::Permanent(reply(550, "no such user"))),
+    ];
+    let after = queue
+        .record_attempts_with(id, &outcomes, t0, &POLICY, None, &mut |entry, _| Notices {
+            reports: Vec::new(),
+            reported: Vec::new(),
+            delay_notices: entry.delay_notices,
+        })
+        .unwrap();
+    assert!(matches!(after, AfterAttempts::Finished(_)));
+    let (record, body) = queue.quarantine_show(id).unwrap().unwrap();
+    assert_eq!(body, b"body");
+    let held: Vec<String> = record
+        .envelope
+        .recipients
+        .iter()
+        .map(|r| r.address.to_string())
+        .collect();
+    assert_eq!(held, ["carol@local.test"], "bob has his copy already");
+    assert!(
+        record.reason.contains("carol@local.test: 550"),
+        "{}",
+        record.reason
+    );
+    // Released, it goes to carol alone: bob never gets a second copy.
+    assert!(queue.quarantine_release(id, t0).unwrap());
+    let queued = queue.list().unwrap();
+    assert_eq!(queued.len(), 1);
+    let recipients: Vec<String> = queued[0]
+        .1
+        .envelope
+        .recipients
+        .iter()
+        .map(|r| r.address.to_string())
+        .collect();
+    assert_eq!(recipients, ["carol@local.test"]);
+}
