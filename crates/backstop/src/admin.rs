@@ -61,6 +61,31 @@ pub enum Request {
     AddressTest(crate::address_test::Question),
 }
 
+impl Request {
+    /// The request as a log line shows it: the command and what it names, escaped.
+    fn describe(&self) -> String {
+        use backstop_types::text::Escaped;
+        let (command, what) = match self {
+            Request::QueueList => ("queue-list", None),
+            Request::QueueShow { id, .. } => ("queue-show", Some(id.as_str())),
+            Request::QueueFlush { id } => ("queue-flush", id.as_deref()),
+            Request::QueueHold { id } => ("queue-hold", Some(id.as_str())),
+            Request::QueueRelease { id } => ("queue-release", Some(id.as_str())),
+            Request::QueueDelete { id } => ("queue-delete", Some(id.as_str())),
+            Request::QuarantineList => ("quarantine-list", None),
+            Request::QuarantineShow { id, .. } => ("quarantine-show", Some(id.as_str())),
+            Request::QuarantineRelease { id } => ("quarantine-release", Some(id.as_str())),
+            Request::QuarantineDelete { id } => ("quarantine-delete", Some(id.as_str())),
+            Request::Metrics => ("metrics", None),
+            Request::AddressTest(q) => ("address-test", Some(q.address.as_str())),
+        };
+        match what {
+            Some(what) => format!("{command} {}", Escaped(what)),
+            None => command.to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Response {
     ok: bool,
@@ -313,7 +338,7 @@ async fn http_exchange(stream: TcpStream, token: &str, queue: Served) -> anyhow:
         reader.read_exact(&mut body).await?;
         let response = match serde_json::from_slice::<Request>(&body) {
             Ok(request) => {
-                info!(?request, "admin request");
+                info!(request = %request.describe(), "admin request");
                 dispatch(queue, request).await?
             }
             Err(e) => Response {
@@ -381,7 +406,7 @@ async fn connection(stream: UnixStream, queue: Served) -> anyhow::Result<()> {
     BufReader::new(read).read_line(&mut line).await?;
     let response = match serde_json::from_str::<Request>(&line) {
         Ok(request) => {
-            info!(?request, "admin request");
+            info!(request = %request.describe(), "admin request");
             dispatch(queue, request).await?
         }
         Err(e) => Response {

@@ -92,6 +92,8 @@ pub async fn serve<S: MessageSink, P: Policy>(
     contexts: watch::Receiver<Arc<Context<S, P>>>,
     shutdown: watch::Receiver<bool>,
 ) {
+    // The ids start now, at the start of the run (not at its first connection).
+    std::sync::LazyLock::force(&SESSION_IDS);
     let mut loops = JoinSet::new();
     for listener in listeners {
         loops.spawn(accept_loop(listener, contexts.clone(), shutdown.clone()));
