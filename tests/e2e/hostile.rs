@@ -252,6 +252,37 @@ fn a_line_break_in_a_login_name_cannot_forge_a_log_line() {
 }
 
 #[test]
+fn a_bidi_override_in_an_address_is_escaped_in_the_accepted_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &config(dir.path(), ""));
+    let mut c = RawClient::connect(server.mx);
+    c.reply();
+    c.command("EHLO client.example.org");
+    // U+202E turns what follows it around on a terminal: `gpj.exe` reads as `exe.jpg`.
+    let reply = c.command("MAIL FROM:<we\u{202e}ird@example.org> SMTPUTF8");
+    assert!(reply.starts_with("250"), "{reply}");
+    assert!(c.command("RCPT TO:<bob@example.test>").starts_with("250"));
+    assert!(c.command("DATA").starts_with("354"));
+    let reply = c.command("Subject: x\r\n\r\nx\r\n.");
+    assert!(reply.starts_with("250"), "{reply}");
+    c.command("QUIT");
+    server.stop();
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    let accepted = log
+        .lines()
+        .find(|l| l.contains(" accepted queue_id="))
+        .expect("an accepted line");
+    assert!(
+        accepted.contains("from=<we\\u{202e}ird@example.org>"),
+        "{accepted}"
+    );
+    assert!(
+        !log.contains('\u{202e}'),
+        "the raw character is in the log:\n{log}"
+    );
+}
+
+#[test]
 fn password_guessing_is_slowed_and_then_refused_across_connections() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(

@@ -241,9 +241,11 @@ impl Agent {
         let envelope = &entry.envelope;
         // Seconds since the message arrived, as Postfix's delay=.
         let delay = now.0.saturating_sub(envelope.arrival.0);
-        let from = &envelope.sender;
+        // Addresses are the client's words: a bidi override or a line separator in one must
+        // not rewrite the line it is logged in.
+        let from = Escaped(&envelope.sender.to_string()).to_string();
         for (index, outcome) in &attempted.outcomes {
-            let to = &envelope.recipients[*index].address;
+            let to = Escaped(&envelope.recipients[*index].address.to_string()).to_string();
             self.reports.counters.attempted(outcome);
             // One line per recipient and attempt, greppable as Postfix's: to=, from=, relay=,
             // delay=, the whole reply with its code, and status=.

@@ -583,7 +583,7 @@ where
                             ContentVerdict::Accept | ContentVerdict::AcceptChanged(_) => {}
                             ContentVerdict::Discard(reason) => {
                                 context.metrics.discarded();
-                                warn!(from = %message.envelope.sender, reason, "message discarded")
+                                warn!(from = %Escaped(&message.envelope.sender.to_string()), reason, "message discarded")
                             }
                             ContentVerdict::Refuse(reply) => info!(%reply, "message refused"),
                             ContentVerdict::Relayed(reply) => {
@@ -603,10 +603,10 @@ where
                                 context.metrics.quarantined();
                                 tracing::Span::current()
                                     .record("queue_id", tracing::field::display(id));
-                                info!(queue_id = %id, from = %sender, "accepted into quarantine")
+                                info!(queue_id = %id, from = %Escaped(&sender.to_string()), "accepted into quarantine")
                             }
                             Err(failure) => {
-                                warn!(from = %sender, ?failure, "quarantine write failed")
+                                warn!(from = %Escaped(&sender.to_string()), ?failure, "quarantine write failed")
                             }
                         }
                         session.handle_enqueued(result);
@@ -673,10 +673,10 @@ where
                                 tracing::Span::current()
                                     .record("queue_id", tracing::field::display(id));
                                 let message_id = message_id.as_deref().map(Escaped);
-                                info!(queue_id = %id, from = %sender, recipients, size, message_id = message_id.map(tracing::field::display), "accepted")
+                                info!(queue_id = %id, from = %Escaped(&sender.to_string()), recipients, size, message_id = message_id.map(tracing::field::display), "accepted")
                             }
                             Err(failure) => {
-                                warn!(from = %sender, ?failure, "not accepted: queue write failed")
+                                warn!(from = %Escaped(&sender.to_string()), ?failure, "not accepted: queue write failed")
                             }
                         }
                         session.handle_enqueued(result);
