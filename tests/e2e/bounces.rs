@@ -75,6 +75,15 @@ fn a_forged_sender_gets_nothing_and_the_message_waits_in_quarantine() {
     let maillog = setup.mx.maillog();
     assert!(!maillog.contains("from=<>"), "{maillog}");
     assert!(!maillog.contains("mail=1"), "{maillog}");
+    // The delivery line says where the message went, as Postfix's status= does.
+    let log = server.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" failed to=full@example.com ")
+                && l.contains("reply=552")
+                && l.ends_with("status=quarantined")),
+        "{log}"
+    );
     server.stop();
 }
 
@@ -129,6 +138,12 @@ fn an_authenticated_submitter_gets_one_report() {
     queue_id_in(&transcript);
 
     let reports = delivered(&setup.mx, "example.net/bob", 1, &server);
+    let log = server.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" failed to=full@example.com ") && l.ends_with("status=bounced")),
+        "{log}"
+    );
     // Exactly one, even after more passes.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(setup.mx.mailbox("example.net/bob").len(), 1);

@@ -238,34 +238,8 @@ impl Agent {
         attempted: Attempted,
         now: UnixTime,
     ) -> Result<(), QueueError> {
-        let envelope = &entry.envelope;
-        // Seconds since the message arrived, as Postfix's delay=.
-        let delay = now.0.saturating_sub(envelope.arrival.0);
-        // Addresses are the client's words: a bidi override or a line separator in one must
-        // not rewrite the line it is logged in.
-        let from = Escaped(&envelope.sender.to_string()).to_string();
-        for (index, outcome) in &attempted.outcomes {
-            let to = Escaped(&envelope.recipients[*index].address.to_string()).to_string();
+        for (_, outcome) in &attempted.outcomes {
             self.reports.counters.attempted(outcome);
-            // One line per recipient and attempt, greppable as Postfix's: to=, from=, relay=,
-            // delay=, the whole reply with its code, and status=.
-            match outcome {
-                AttemptOutcome::Delivered(a) => {
-                    let relay = a.remote_host.as_deref().unwrap_or("local");
-                    let reply = Escaped(&a.reply.to_string()).to_string();
-                    info!(%to, %from, relay = %relay, delay, %reply, status = %"sent", "delivered");
-                }
-                AttemptOutcome::Transient(a) => {
-                    let relay = a.remote_host.as_deref().unwrap_or("none");
-                    let reply = Escaped(&a.reply.to_string()).to_string();
-                    warn!(%to, %from, relay = %relay, delay, %reply, status = %"deferred", "deferred");
-                }
-                AttemptOutcome::Permanent(a) => {
-                    let relay = a.remote_host.as_deref().unwrap_or("none");
-                    let reply = Escaped(&a.reply.to_string()).to_string();
-                    warn!(%to, %from, relay = %relay, delay, %reply, status = %"failed", "failed");
-                }
-            }
         }
         let successes = crate::report::Successes {
             passed_on: &attempted.passed_on,
@@ -283,6 +257,13 @@ impl Agent {
             sent,
             &mut |entry, changes| self.notices(id, entry, changes, &successes, now),
         )?;
+        let recorded = match &after {
+            AfterAttempts::Finished(entry) | AfterAttempts::Rescheduled { entry, .. } => {
+                Some(entry)
+            }
+            AfterAttempts::Gone => None,
+        };
+        log_outcomes(entry, recorded, &attempted.outcomes, now);
         match after {
             AfterAttempts::Finished(_) => info!("done: removed from the queue"),
             AfterAttempts::Rescheduled { due, .. } => {
@@ -291,6 +272,60 @@ impl Agent {
             AfterAttempts::Gone => info!("deleted meanwhile"),
         }
         Ok(())
+    }
+}
+
+/// One line per recipient and attempt, greppable as Postfix's: to=, from=, relay=, delay=,
+/// the whole reply with its code, and status= as the queue recorded it (`recorded`, the entry
+/// after the attempt; `None` when the message was deleted meanwhile): `sent`, `deferred`,
+/// `bounced` (failed, and a report goes to the sender) or `quarantined` (failed, no report:
+/// the message is held in quarantine). A recipient whose lifetime ran out with this attempt is
+/// a failure, with the queue's own reply for it.
+fn log_outcomes(
+    entry: &Entry,
+    recorded: Option<&Entry>,
+    outcomes: &[(usize, AttemptOutcome)],
+    now: UnixTime,
+) {
+    let envelope = &entry.envelope;
+    // Seconds since the message arrived, as Postfix's delay=.
+    let delay = now.0.saturating_sub(envelope.arrival.0);
+    // Addresses are the client's words: a bidi override or a line separator in one must not
+    // rewrite the line it is logged in.
+    let from = Escaped(&envelope.sender.to_string()).to_string();
+    for (index, outcome) in outcomes {
+        let to = Escaped(&envelope.recipients[*index].address.to_string()).to_string();
+        let attempt = match outcome {
+            AttemptOutcome::Delivered(a)
+            | AttemptOutcome::Transient(a)
+            | AttemptOutcome::Permanent(a) => a,
+        };
+        let state = recorded.and_then(|e| Some((e.states.get(*index)?, e.reported.get(*index)?)));
+        let (status, attempt) = match (outcome, state) {
+            (AttemptOutcome::Delivered(_), _) => ("sent", attempt),
+            (_, Some((backstop_types::RecipientState::Failed { last, .. }, true))) => {
+                ("bounced", last)
+            }
+            (_, Some((backstop_types::RecipientState::Failed { last, .. }, false))) => {
+                ("quarantined", last)
+            }
+            (AttemptOutcome::Permanent(_), None) => ("failed", attempt),
+            (_, _) => ("deferred", attempt),
+        };
+        let relay = attempt.remote_host.as_deref().unwrap_or(match status {
+            "sent" => "local",
+            _ => "none",
+        });
+        let reply = Escaped(&attempt.reply.to_string()).to_string();
+        match status {
+            "sent" => {
+                info!(%to, %from, relay = %relay, delay, %reply, status = %status, "delivered")
+            }
+            "deferred" => {
+                warn!(%to, %from, relay = %relay, delay, %reply, status = %status, "deferred")
+            }
+            _ => warn!(%to, %from, relay = %relay, delay, %reply, status = %status, "failed"),
+        }
     }
 }
 
