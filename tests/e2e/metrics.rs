@@ -204,3 +204,40 @@ fn json_logs_leave_nothing_else_on_stdout_or_stderr() {
         assert!(event["fields"]["message"].is_string(), "{line}");
     }
 }
+
+/// A fatal error after start (a port taken) is a JSON log event too, not plain text.
+#[test]
+fn with_json_logs_a_fatal_error_is_a_json_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let text = config(d, "").replace(
+        "name = \"mx\"\naddress = \"127.0.0.1:0\"",
+        &format!("name = \"mx\"\naddress = \"127.0.0.1:{port}\""),
+    ) + "\n[log]\nformat = \"json\"\n";
+    assert!(text.contains(&format!("127.0.0.1:{port}")));
+    let file = d.join("backstop.toml");
+    std::fs::write(&file, text).unwrap();
+    let out = std::process::Command::new(crate::harness::BIN)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .current_dir(d)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut fatal = None;
+    for line in stderr.lines() {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if event["fields"]["message"] == "stopped: the server cannot run" {
+            fatal = event["fields"]["error"].as_str().map(str::to_owned);
+        }
+    }
+    let fatal = fatal.unwrap_or_else(|| panic!("no fatal event:\n{stderr}"));
+    assert!(fatal.contains("cannot listen on 127.0.0.1:"), "{fatal}");
+    drop(taken);
+}

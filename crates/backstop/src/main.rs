@@ -519,6 +519,7 @@ fn main() -> ExitCode {
             match load(config.as_deref()) {
                 Ok(setup) => match serve::run(setup, config) {
                     Ok(()) => ExitCode::SUCCESS,
+                    Err(e) if e.is::<serve::Logged>() => ExitCode::FAILURE,
                     Err(e) => {
                         eprintln!("backstop: {e:#}");
                         ExitCode::FAILURE

@@ -46,6 +46,33 @@ pub fn run(setup: Setup, path: Option<PathBuf>) -> anyhow::Result<()> {
     for warning in &setup.config.warnings {
         warn!(%warning, "config");
     }
+    // From here on the log is up: a fatal error is a log line (a JSON object with JSON logs),
+    // never plain text among the log's lines.
+    let result = serve_until_stopped(setup, path, log);
+    if let Err(e) = &result {
+        error!(error = %format!("{e:#}"), "stopped: the server cannot run");
+        return Err(anyhow::Error::new(Logged));
+    }
+    result
+}
+
+/// A fatal error the log has already said.
+#[derive(Debug)]
+pub struct Logged;
+
+impl std::fmt::Display for Logged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stopped (the log says why)")
+    }
+}
+
+impl std::error::Error for Logged {}
+
+fn serve_until_stopped(
+    setup: Setup,
+    path: Option<PathBuf>,
+    log: crate::LogControl,
+) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
