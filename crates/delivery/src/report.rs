@@ -177,7 +177,7 @@ impl Agent {
                 // backscatter prevented either.
                 if let Some(reason) = gate::requested(&envelope.sender, recipient.notify, event) {
                     self.reports.counters.count_suppressed(reason);
-                    debug!(queue_id = %id, recipient = %recipient.address, event = ?event, reason = reason.label(), "no delivery status notification: not requested");
+                    debug!(queue_id = %id, recipient = %recipient.address, event = event.name(), reason = reason.label(), "no delivery status notification: not requested");
                     continue;
                 }
                 let message = body.get_or_insert_with(|| {
@@ -202,7 +202,7 @@ impl Agent {
                             queue_id = %id,
                             sender = %envelope.sender,
                             recipient = %recipient.address,
-                            event = ?event,
+                            event = event.name(),
                             reason = reason.label(),
                             "no delivery status notification: backscatter prevented"
                         );
@@ -258,7 +258,7 @@ impl Agent {
                 info!(
                     queue_id = %id,
                     to = %envelope.sender,
-                    action = ?action,
+                    action = action.name(),
                     recipients = indexes.len(),
                     "delivery status notification"
                 );

@@ -17,6 +17,18 @@ pub enum Event {
     Relayed,
 }
 
+impl Event {
+    /// As the log shows it: `failed`, `delayed`, `delivered`, `relayed`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::Failed => "failed",
+            Event::Delayed => "delayed",
+            Event::Delivered => "delivered",
+            Event::Relayed => "relayed",
+        }
+    }
+}
+
 /// What the gate knows about the sender of a message.
 #[derive(Debug, Clone, Copy)]
 pub struct Sender<'a> {

@@ -20,7 +20,8 @@ pub enum Action {
 }
 
 impl Action {
-    fn name(self) -> &'static str {
+    /// RFC 3464's name for it (`failed`, `delayed`, `delivered`, `relayed`).
+    pub fn name(self) -> &'static str {
         match self {
             Action::Failed => "failed",
             Action::Delayed => "delayed",

@@ -80,7 +80,7 @@ impl Dnsbl {
                 }
             });
             if let Some(code) = hit {
-                tracing::info!(zone = %list.zone, %ip, %code, action = ?list.action, "client is on a blocklist");
+                tracing::info!(zone = %list.zone, %ip, %code, action = match list.action { ListAction::Reject => "reject", ListAction::Log => "log" }, "client is on a blocklist");
                 let listed = Listing::Listed {
                     zone: list.zone.clone(),
                     code,

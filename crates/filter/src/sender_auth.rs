@@ -88,6 +88,24 @@ pub enum Outcome {
     TempFail,
 }
 
+impl std::fmt::Display for Outcome {
+    /// As the log shows it: `accept`, `refuse dmarc example.com`, `quarantine <why>`,
+    /// `tempfail`; the domain and reason escaped (they come from the message).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use backstop_types::text::Escaped;
+        match self {
+            Outcome::Accept => f.write_str("accept"),
+            Outcome::Refuse(Refusal::Dmarc { domain }) => {
+                write!(f, "refuse dmarc {}", Escaped(domain))
+            }
+            Outcome::Refuse(Refusal::Spf { domain }) => write!(f, "refuse spf {}", Escaped(domain)),
+            Outcome::Refuse(Refusal::Iprev { ip }) => write!(f, "refuse iprev {ip}"),
+            Outcome::Quarantine(why) => write!(f, "quarantine {}", Escaped(why)),
+            Outcome::TempFail => f.write_str("tempfail"),
+        }
+    }
+}
+
 /// The results of one message.
 #[derive(Debug, Clone)]
 pub struct Checked {

@@ -606,7 +606,7 @@ where
                                 info!(queue_id = %id, from = %Escaped(&sender.to_string()), "accepted into quarantine")
                             }
                             Err(failure) => {
-                                warn!(from = %Escaped(&sender.to_string()), ?failure, "quarantine write failed")
+                                warn!(from = %Escaped(&sender.to_string()), failure = failure.label(), "quarantine write failed")
                             }
                         }
                         session.handle_enqueued(result);
@@ -645,7 +645,7 @@ where
                                 info!(%address, "recipient rate limit: 451")
                             }
                             RecipientVerdict::NotOurBounce(problem) => {
-                                info!(%address, ?problem, "bounce without a valid BATV tag: 550")
+                                info!(address = %Escaped(&address.to_string()), problem = problem.label(), "bounce without a valid BATV tag: 550")
                             }
                             RecipientVerdict::Proxied(reply) => {
                                 info!(%address, %reply, "proxied: the next hop's reply")
@@ -676,7 +676,7 @@ where
                                 info!(queue_id = %id, from = %Escaped(&sender.to_string()), recipients, size, message_id = message_id.map(tracing::field::display), "accepted")
                             }
                             Err(failure) => {
-                                warn!(from = %Escaped(&sender.to_string()), ?failure, "not accepted: queue write failed")
+                                warn!(from = %Escaped(&sender.to_string()), failure = failure.label(), "not accepted: queue write failed")
                             }
                         }
                         session.handle_enqueued(result);

@@ -53,7 +53,7 @@ impl SitePolicy {
                 sender: &envelope.sender,
             };
             let checked = auth.check(&client, &message.body).await;
-            info!(results = %checked.summary, outcome = ?checked.outcome, "sender authentication");
+            info!(results = %checked.summary, outcome = %checked.outcome, "sender authentication");
             let refusal = match checked.outcome {
                 Outcome::Accept => None,
                 Outcome::Refuse(Refusal::Dmarc { domain }) => Some(Reply::dmarc_rejected(&domain)),

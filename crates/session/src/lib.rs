@@ -270,6 +270,15 @@ pub enum BounceProblem {
 }
 
 impl BounceProblem {
+    /// As the log shows it: `missing`, `invalid`, `expired`.
+    pub fn label(self) -> &'static str {
+        match self {
+            BounceProblem::Missing => "missing",
+            BounceProblem::Invalid => "invalid",
+            BounceProblem::Expired => "expired",
+        }
+    }
+
     /// The refusal at RCPT: `550 5.7.1` saying what is wrong with the tag.
     pub fn reply(self) -> backstop_types::Reply {
         backstop_types::Reply::bounce_refused(match self {
@@ -307,6 +316,16 @@ pub enum EnqueueFailure {
     StorageFull,
     /// Any other storage failure: `451 4.3.0`.
     Unavailable,
+}
+
+impl EnqueueFailure {
+    /// As the log shows it.
+    pub fn label(self) -> &'static str {
+        match self {
+            EnqueueFailure::StorageFull => "storage full",
+            EnqueueFailure::Unavailable => "unavailable",
+        }
+    }
 }
 
 /// Which envelope senders an authenticated user may use in MAIL FROM.
