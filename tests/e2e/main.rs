@@ -43,4 +43,5 @@ mod signals;
 mod smarthost;
 mod smuggling;
 mod submission;
+mod systemd;
 mod tls;

@@ -11,6 +11,8 @@
 //! - `sink`: the queue as the sessions' message sink and as the policy's store.
 //! - `reload`: SIGHUP, and the recipient table reloaded when its file changes.
 //! - `logging`, `signals`: the log (level changed on reload) and the signals.
+//! - [`notify`]: systemd's `Type=notify` readiness messages (`READY=1`, `RELOADING=1`,
+//!   `STOPPING=1`).
 //! - `metrics`: `GET /metrics` on the configured address.
 //! - [`address_test`]: `backstop address test`, answered by the running server: the RCPT
 //!   rules, the recipient checks explained without their side effects, and the route.
@@ -32,6 +34,7 @@ mod interfaces;
 pub mod load;
 mod logging;
 mod metrics;
+pub mod notify;
 mod reload;
 pub mod report;
 pub mod sendmail;

@@ -49,6 +49,8 @@ pub(crate) struct Reloader {
     pub log: LogControl,
     /// The time every check reads.
     pub clock: Arc<dyn backstop_types::Clock>,
+    /// The service manager, told when a reload begins and ends.
+    pub systemd: crate::notify::Notify,
 }
 
 /// On SIGHUP: reads the config again and, if it is good and keeps what needs a restart, builds
@@ -66,68 +68,76 @@ pub(crate) async fn reload_on_hangup(
         return std::future::pending().await;
     };
     while hangup.recv().await.is_some() {
-        let setup = match crate::load::load(r.path.as_deref()) {
-            Ok(setup) => setup,
-            Err(errors) => {
-                for e in &errors.0 {
-                    error!(error = %e, "config");
-                }
-                error!(
-                    errors = errors.0.len(),
-                    "reload refused: the config has errors; nothing changed"
-                );
-                continue;
+        r.systemd.reloading();
+        reload(&mut running, &r);
+        // Applied or refused, the server serves on a config that is good.
+        r.systemd.ready();
+    }
+}
+
+/// One reload: `running` is replaced by the config read again when it is good and keeps what
+/// needs a restart; otherwise the reason is logged and nothing changes.
+fn reload(running: &mut Setup, r: &Reloader) {
+    let setup = match crate::load::load(r.path.as_deref()) {
+        Ok(setup) => setup,
+        Err(errors) => {
+            for e in &errors.0 {
+                error!(error = %e, "config");
             }
-        };
-        if let Some(why) = needs_restart(&running, &setup) {
             error!(
-                why,
-                "reload refused: this change needs a restart; nothing changed"
+                errors = errors.0.len(),
+                "reload refused: the config has errors; nothing changed"
             );
-            continue;
+            return;
         }
-        let previous = Arc::clone(&r.contexts.borrow());
-        let state = Arc::clone(&previous.policy.state);
-        // The memory budget is the server's: sessions under way hold shares of this one, and
-        // the metrics read it; the new config only changes its limit (in smtp_context).
-        let memory = previous
-            .listeners
-            .values()
-            .next()
-            .map(|l| Arc::clone(&l.session.memory));
-        let built = Shared::new(&setup, Arc::clone(&r.clock), state).and_then(|mut shared| {
-            if let Some(memory) = &memory {
-                shared.memory = Arc::clone(memory);
-            }
-            let tls = load_tls(&setup.config, &r.data_dir)?;
-            let context =
-                smtp_context(&setup, tls, &shared, &r.queue, &r.metrics, Some(&previous))?;
-            let maildir = std::path::absolute(&setup.config.delivery.maildir)?;
-            let agent = delivery_agent(
-                &setup,
-                &r.queue,
-                maildir,
-                Arc::clone(&r.counters),
-                &shared,
-                &r.own,
-            )?;
-            Ok((context, agent))
-        });
-        match built {
-            Ok((context, agent)) => {
-                r.contexts.send_replace(Arc::new(context));
-                r.agents.send_replace(agent);
-                if setup.config.log.level != running.config.log.level {
-                    r.log.set_level(&setup.config.log.level);
-                }
-                for warning in &setup.config.warnings {
-                    warn!(%warning, "config");
-                }
-                running = setup;
-                info!("config reloaded");
-            }
-            Err(e) => error!(error = %format!("{e:#}"), "reload refused; nothing changed"),
+    };
+    if let Some(why) = needs_restart(running, &setup) {
+        error!(
+            why,
+            "reload refused: this change needs a restart; nothing changed"
+        );
+        return;
+    }
+    let previous = Arc::clone(&r.contexts.borrow());
+    let state = Arc::clone(&previous.policy.state);
+    // The memory budget is the server's: sessions under way hold shares of this one, and
+    // the metrics read it; the new config only changes its limit (in smtp_context).
+    let memory = previous
+        .listeners
+        .values()
+        .next()
+        .map(|l| Arc::clone(&l.session.memory));
+    let built = Shared::new(&setup, Arc::clone(&r.clock), state).and_then(|mut shared| {
+        if let Some(memory) = &memory {
+            shared.memory = Arc::clone(memory);
         }
+        let tls = load_tls(&setup.config, &r.data_dir)?;
+        let context = smtp_context(&setup, tls, &shared, &r.queue, &r.metrics, Some(&previous))?;
+        let maildir = std::path::absolute(&setup.config.delivery.maildir)?;
+        let agent = delivery_agent(
+            &setup,
+            &r.queue,
+            maildir,
+            Arc::clone(&r.counters),
+            &shared,
+            &r.own,
+        )?;
+        Ok((context, agent))
+    });
+    match built {
+        Ok((context, agent)) => {
+            r.contexts.send_replace(Arc::new(context));
+            r.agents.send_replace(agent);
+            if setup.config.log.level != running.config.log.level {
+                r.log.set_level(&setup.config.log.level);
+            }
+            for warning in &setup.config.warnings {
+                warn!(%warning, "config");
+            }
+            *running = setup;
+            info!("config reloaded");
+        }
+        Err(e) => error!(error = %format!("{e:#}"), "reload refused; nothing changed"),
     }
 }
 

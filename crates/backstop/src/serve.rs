@@ -86,6 +86,7 @@ fn serve_until_stopped(
                 path,
                 hangup: signals.hangup,
                 log,
+                systemd: crate::notify::Notify::from_env(),
             };
             server.run(signals.stop.wait(), Some(reload)).await
         })
@@ -116,13 +117,17 @@ async fn bind_local(path: &std::path::Path) -> anyhow::Result<backstop_listener:
     })
 }
 
-/// What SIGHUP needs: where the config is read from, the signal, and the log to change.
+/// What SIGHUP needs: where the config is read from, the signal, and the log to change; and
+/// the service manager, told of each reload (and, since only `backstop serve` reloads, of
+/// readiness and stopping).
 pub struct Reload {
     /// The config file; the embedded default when `None`.
     pub path: Option<PathBuf>,
     /// `None` when SIGHUP could not be caught.
     pub hangup: Option<tokio::signal::unix::Signal>,
     pub log: LogControl,
+    /// systemd's `$NOTIFY_SOCKET` (`Type=notify`), or nowhere.
+    pub systemd: crate::notify::Notify,
 }
 
 /// A server whose sockets are bound and whose queue is open, not yet serving: once this is
@@ -232,7 +237,9 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then tells open sessions (421), lets deliveries
-    /// under way finish within the grace, and returns. With `reload`, SIGHUP reloads.
+    /// under way finish within the grace, and returns. With `reload`, SIGHUP reloads, and the
+    /// service manager hears `READY=1` once everything is built and the listeners are about to
+    /// accept, and `STOPPING=1` when `shutdown` completes.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -321,6 +328,10 @@ impl Server {
             },
             stopping.clone(),
         ));
+        let systemd = match &reload {
+            Some(reload) => reload.systemd.clone(),
+            None => crate::notify::Notify::nowhere(),
+        };
         let watcher = tokio::spawn(crate::reload::watch_recipients(current.clone()));
         let reloader = reload.map(|reload| {
             tokio::spawn(crate::reload::reload_on_hangup(
@@ -337,14 +348,19 @@ impl Server {
                     own,
                     log: reload.log,
                     clock: Arc::clone(&shared.clock),
+                    systemd: reload.systemd,
                 },
             ))
         });
+        let told = systemd.clone();
         tokio::spawn(async move {
             shutdown.await;
             info!("shutting down");
+            told.stopping();
             let _ = stop.send(true);
         });
+        // Every part is built and every socket bound: the accept loops start now.
+        systemd.ready();
         backstop_listener::serve(listeners, local, current, stopping).await;
         if let Some(Err(e)) = match delivery {
             Some(task) => Some(task.await),
