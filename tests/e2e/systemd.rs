@@ -1,6 +1,7 @@
 //! What systemd sees of a service: `Type=notify` readiness (`READY=1` on `$NOTIFY_SOCKET`
 //! once the listeners answer, `RELOADING=1` and `READY=1` around SIGHUP, `STOPPING=1` on
-//! SIGTERM).
+//! SIGTERM), and log lines that carry their syslog priority when standard error is the
+//! journal's stream (`$JOURNAL_STREAM`), as systemd starts a service.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -126,4 +127,65 @@ fn systemd_hears_ready_when_the_listeners_answer_then_reloads_and_the_stop() {
         heard.join().unwrap()
     });
     assert_eq!(stopping, "STOPPING=1\nSTATUS=stopping");
+}
+
+#[test]
+fn under_the_journal_each_log_line_starts_with_its_syslog_priority() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("backstop.toml"), config(d, "")).unwrap();
+    // Standard error is the journal's stream when JOURNAL_STREAM names its device and inode;
+    // a file stands in for journald's socket.
+    let log = d.join("server.log");
+    std::fs::write(&log, "").unwrap();
+    let meta = std::fs::metadata(&log).unwrap();
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    // serve() creates server.log anew: the same inode, truncated.
+    let (server, mut stdout) = serve(
+        d,
+        &[
+            ("JOURNAL_STREAM", stream.as_ref()),
+            ("RUST_LOG", "debug".as_ref()),
+        ],
+    );
+    // A session, for debug lines.
+    let mut client = RawClient::connect(mx_listener(&mut stdout, d));
+    assert!(client.reply().starts_with("220 "));
+    client.command("QUIT");
+    // An error: a reload refused.
+    std::fs::write(d.join("backstop.toml"), "bogus = 1\n").unwrap();
+    server.signal("-HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("reload refused")
+    {
+        assert!(std::time::Instant::now() < deadline, "no reload refused");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.stop();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        std::fs::metadata(&log).unwrap().ino(),
+        meta.ino(),
+        "the log is still the file JOURNAL_STREAM names"
+    );
+    let line = |priority: &str, words: &str| {
+        text.lines()
+            .any(|l| l.starts_with(priority) && l.contains(words))
+    };
+    assert!(line("<3>", "reload refused"), "{text}");
+    assert!(line("<4>", "generated a self-signed certificate"), "{text}");
+    assert!(line("<6>", "queue in"), "{text}");
+    assert!(line("<7>", "DEBUG"), "{text}");
+    let unmarked: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            !["<3>", "<4>", "<6>", "<7>"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .collect();
+    assert!(unmarked.is_empty(), "{unmarked:#?}");
 }

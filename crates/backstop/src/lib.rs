@@ -10,7 +10,8 @@
 //!   the delivery side.
 //! - `sink`: the queue as the sessions' message sink and as the policy's store.
 //! - `reload`: SIGHUP, and the recipient table reloaded when its file changes.
-//! - `logging`, `signals`: the log (level changed on reload) and the signals.
+//! - `logging`, `signals`: the log (level changed on reload; each line with its syslog priority
+//!   when standard error is the journal) and the signals.
 //! - [`notify`]: systemd's `Type=notify` readiness messages (`READY=1`, `RELOADING=1`,
 //!   `STOPPING=1`).
 //! - `metrics`: `GET /metrics` on the configured address.
