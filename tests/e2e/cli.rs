@@ -352,3 +352,65 @@ fn config_show_prints_values_and_defaults_that_read_back() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("bad.toml:2: smtp.max_recipients"), "{said}");
 }
+
+/// `backstop man DIR` writes section-8 pages for the command and every subcommand, generated
+/// from the command line (so its options are the binary's), and stays out of the help.
+#[test]
+fn man_writes_a_page_per_subcommand_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .arg("man")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut pages: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    pages.sort();
+    for page in [
+        "backstop.8",
+        "backstop-serve.8",
+        "backstop-check-config.8",
+        "backstop-queue.8",
+        "backstop-queue-flush.8",
+        "backstop-quarantine-release.8",
+        "backstop-batv-new-key.8",
+        "backstop-report.8",
+    ] {
+        assert!(pages.iter().any(|p| p == page), "{page} in {pages:?}");
+    }
+    assert!(
+        pages
+            .iter()
+            .all(|p| !p.starts_with("backstop-man") && !p.starts_with("backstop-help")),
+        "{pages:?}"
+    );
+    let top = std::fs::read_to_string(dir.path().join("backstop.8")).unwrap();
+    assert!(top.contains(".TH backstop 8"), "{top}");
+    assert!(top.contains(".SH FILES") && top.contains("/etc/backstop/backstop.toml"));
+    let flush = std::fs::read_to_string(dir.path().join("backstop-queue-flush.8")).unwrap();
+    assert!(flush.contains("older\\-than"), "{flush}");
+    // groff reads every page without a warning.
+    if crate::harness::have(
+        "groff",
+        "man_writes_a_page_per_subcommand_from_the_command_line",
+    ) {
+        for page in &pages {
+            let out = Command::new("groff")
+                .args(["-man", "-Tutf8", "-ww", "-z"])
+                .arg(dir.path().join(page))
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success() && said.is_empty(), "{page}: {said}");
+        }
+    }
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(!String::from_utf8_lossy(&help.stdout).contains(" man "));
+}

@@ -96,6 +96,11 @@ pub const TEST_PEERS: &[Requirement] = &[
         package: "systemd",
         present_if: &["/usr/bin/systemd-analyze"],
     },
+    // Reads the generated man pages for warnings.
+    Requirement {
+        package: "groff-base",
+        present_if: &["/usr/bin/groff"],
+    },
     // Reads the metrics endpoint.
     Requirement {
         package: "curl",

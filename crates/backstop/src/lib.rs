@@ -23,6 +23,7 @@
 //! - [`report`]: `backstop report`, a summary of the log (pflogsumm's).
 //! - [`sendmail`]: `backstop sendmail` (and `backstop` run as `sendmail`): sendmail's command
 //!   line, submitting through the server's local socket as the Unix user it runs as.
+//! - [`man`]: the man pages, generated from the command line (`backstop man DIR`).
 //! - `interfaces`: this host's addresses, which delivery never connects to.
 //!
 //! No check is implemented here: the order of checks is `backstop_policy`'s, the checks are
@@ -34,6 +35,7 @@ pub mod batv;
 mod interfaces;
 pub mod load;
 mod logging;
+pub mod man;
 mod metrics;
 pub mod notify;
 mod reload;

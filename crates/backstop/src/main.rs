@@ -101,6 +101,9 @@ enum Command {
     Version,
     /// Read a password from standard input and print its argon2id hash for the users file.
     HashPassword,
+    /// Write the man pages of this command line into DIR (for packaging).
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 /// Which server to ask, and how to print the answer.
@@ -650,6 +653,15 @@ fn main() -> ExitCode {
         Command::Batv { command, config } => batv_command(config.as_deref(), command),
         Command::Report { files, since, top } => report(&files, since.as_deref(), top),
         Command::Sendmail { args } => backstop::sendmail::run(&args, config_path(None)),
+        Command::Man { dir } => {
+            match backstop::man::write_pages(<Cli as clap::CommandFactory>::command(), &dir) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("backstop: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Version => {
             println!("backstop {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
