@@ -11,10 +11,12 @@
 //!   Rust, one after another (see `fuzz.rs`).
 //! - `cargo xtask bench [receive|delivery|sick]`: the receive path and memory per idle connection,
 //!   then delivery throughput, each beside Postfix and smtp-sink (see `bench.rs`).
+//! - `cargo xtask dist [--profile release|dev] [--out DIR]`: the Debian package (see `dist.rs`).
 //!
 //! Set-up uses apt-get when running as root; otherwise it prints the exact command to run.
 
 mod bench;
+mod dist;
 mod fuzz;
 mod setup;
 mod tidy;
@@ -30,9 +32,11 @@ fn main() -> ExitCode {
         Some("tidy") => tidy::check(&root()).map_err(|problems| problems.join("\n")),
         Some("bench") => bench::bench(&root(), &args[1..]),
         Some("fuzz") => fuzz::fuzz(&root(), &args[1..]),
+        Some("dist") => dist::dist(&root(), &args[1..]),
         _ => Err(format!(
-            "usage: cargo xtask run [-- SERVE-ARGS] | test [-- CARGO-TEST-ARGS] | tidy | bench [receive|delivery|sick]\n{}",
-            fuzz::USAGE
+            "usage: cargo xtask run [-- SERVE-ARGS] | test [-- CARGO-TEST-ARGS] | tidy | bench [receive|delivery|sick]\n{}\n{}",
+            fuzz::USAGE,
+            dist::USAGE
         )),
     };
     match result {
@@ -57,14 +61,18 @@ fn root() -> PathBuf {
         .to_owned()
 }
 
+/// Where cargo builds: `$CARGO_TARGET_DIR`, else the workspace's `target`.
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
 fn run(args: &[String]) -> Result<(), String> {
     setup::ensure(setup::BUILD)?;
     let root = root();
     cargo(&root, &["build", "--release", "--package", "backstop"])?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let binary = target.join("release/backstop");
+    let binary = target_dir(&root).join("release/backstop");
     let args: Vec<&str> = args
         .iter()
         .map(String::as_str)

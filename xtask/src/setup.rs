@@ -210,6 +210,19 @@ pub const BENCH: &[Requirement] = &[
     },
 ];
 
+/// What `cargo xtask dist` runs besides dpkg-deb: dpkg-shlibdeps (the package's Depends) and
+/// strip.
+pub const DIST: &[Requirement] = &[
+    Requirement {
+        package: "dpkg-dev",
+        present_if: &["/usr/bin/dpkg-shlibdeps"],
+    },
+    Requirement {
+        package: "binutils",
+        present_if: &["/usr/bin/strip"],
+    },
+];
+
 /// Installs what is missing (as root), or says exactly what to run.
 pub fn ensure(requirements: &[Requirement]) -> Result<(), String> {
     let missing: Vec<&str> = requirements
