@@ -26,8 +26,12 @@
 //! backstop beside Postfix. So `/usr/sbin/sendmail` is an alternative rather than a file of
 //! the package (see the postinst; docs/guide/install.md).
 
+mod installed;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+pub use installed::test_installed;
 
 pub const USAGE: &str = "cargo xtask dist [--profile release|dev] [--out DIR]";
 

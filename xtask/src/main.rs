@@ -4,14 +4,18 @@
 //!   release, and run `backstop serve` (on the embedded default config unless ARGS say
 //!   otherwise, e.g. `-- --config etc/backstop.toml`).
 //! - `cargo xtask test`: install the build's system packages and the test peers (Postfix,
-//!   swaks, Python) when missing, then run every test of the workspace, then every fuzz
-//!   target for a few seconds (`fuzz.rs`).
+//!   swaks, Python) when missing, then run every test of the workspace, then the package test
+//!   (below), then every fuzz target for a few seconds (`fuzz.rs`).
 //! - `cargo xtask tidy`: the repository's own rules (also run as a test).
 //! - `cargo xtask fuzz [TARGET] [--time S | --runs N]`: the fuzz targets in `fuzz/`, on stable
 //!   Rust, one after another (see `fuzz.rs`).
 //! - `cargo xtask bench [receive|delivery|sick]`: the receive path and memory per idle connection,
 //!   then delivery throughput, each beside Postfix and smtp-sink (see `bench.rs`).
 //! - `cargo xtask dist [--profile release|dev] [--out DIR]`: the Debian package (see `dist.rs`).
+//! - `cargo xtask test-dist`: the package of the debug build installed on this machine with
+//!   dpkg, its server started and answering, then removed and purged (see `dist/installed.rs`);
+//!   `cargo xtask test` ends with it where `CI=true` or `BACKSTOP_TEST_INSTALL=1`, and says
+//!   loudly that it skipped it elsewhere.
 //!
 //! Set-up uses apt-get when running as root; otherwise it prints the exact command to run.
 
@@ -33,8 +37,9 @@ fn main() -> ExitCode {
         Some("bench") => bench::bench(&root(), &args[1..]),
         Some("fuzz") => fuzz::fuzz(&root(), &args[1..]),
         Some("dist") => dist::dist(&root(), &args[1..]),
+        Some("test-dist") if args.len() == 1 => dist::test_installed(&root(), None),
         _ => Err(format!(
-            "usage: cargo xtask run [-- SERVE-ARGS] | test [-- CARGO-TEST-ARGS] | tidy | bench [receive|delivery|sick]\n{}\n{}",
+            "usage: cargo xtask run [-- SERVE-ARGS] | test [-- CARGO-TEST-ARGS] | test-dist | tidy | bench [receive|delivery|sick]\n{}\n{}",
             fuzz::USAGE,
             dist::USAGE
         )),
@@ -111,9 +116,11 @@ fn test(args: &[String]) -> Result<(), String> {
     cargo_args.extend(&selected);
     cargo(&root, &cargo_args)?;
     if selected.is_empty() {
+        // The binary the end-to-end tests ran, packaged.
+        dist::test_installed(&root, Some(target_dir(&root).join("debug/backstop")))?;
         fuzz::smoke(&root)
     } else {
-        println!("xtask: a selection of tests was run, so the fuzz targets were not; `cargo xtask test` alone runs them");
+        println!("xtask: a selection of tests was run, so the package test and the fuzz targets were not; `cargo xtask test` alone runs them");
         Ok(())
     }
 }

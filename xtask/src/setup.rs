@@ -223,6 +223,36 @@ pub const DIST: &[Requirement] = &[
     },
 ];
 
+/// What the package test needs: the package's own Depends (dpkg -i installs none), a network
+/// namespace for the server, and an SMTP client.
+pub const INSTALL_TEST: &[Requirement] = &[
+    Requirement {
+        package: "adduser",
+        present_if: &["/usr/sbin/adduser"],
+    },
+    Requirement {
+        package: "openssl",
+        present_if: &["/usr/bin/openssl"],
+    },
+    Requirement {
+        package: "iproute2",
+        present_if: &["/usr/sbin/ip", "/bin/ip"],
+    },
+    Requirement {
+        package: "swaks",
+        present_if: &["/usr/bin/swaks"],
+    },
+    // swaks --tls needs these.
+    Requirement {
+        package: "libnet-ssleay-perl",
+        present_if: &["/usr/share/doc/libnet-ssleay-perl"],
+    },
+    Requirement {
+        package: "libio-socket-ssl-perl",
+        present_if: &["/usr/share/perl5/IO/Socket/SSL.pm"],
+    },
+];
+
 /// Installs what is missing (as root), or says exactly what to run.
 pub fn ensure(requirements: &[Requirement]) -> Result<(), String> {
     let missing: Vec<&str> = requirements
@@ -269,7 +299,7 @@ pub fn ensure(requirements: &[Requirement]) -> Result<(), String> {
     result
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
