@@ -245,8 +245,14 @@ fn config_path_from(
     env: Option<std::ffi::OsString>,
     default: &std::path::Path,
 ) -> Option<PathBuf> {
+    // A default this user may not even look at (/etc/backstop is the service's group's) is
+    // still the config: reading it then says so, where the embedded one would mislead.
+    let present = |path: &std::path::Path| match std::fs::metadata(path) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::PermissionDenied,
+    };
     flag.or_else(|| env.filter(|v| !v.is_empty()).map(PathBuf::from))
-        .or_else(|| default.exists().then(|| default.to_owned()))
+        .or_else(|| present(default).then(|| default.to_owned()))
 }
 
 #[derive(Subcommand)]

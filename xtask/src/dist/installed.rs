@@ -366,6 +366,15 @@ fn serve(machine: &mut Machine, work: &Path) -> Result<(), String> {
     socket
         .set_read_timeout(Some(Duration::from_secs(60)))
         .map_err(|e| e.to_string())?;
+    // What the unit's RuntimeDirectory=backstop makes for it: /run/backstop, the service
+    // user's, open to all (the sendmail socket is there).
+    let run_dir = Path::new("/run/backstop");
+    if !run_dir.exists() {
+        std::fs::create_dir(run_dir).map_err(|e| e.to_string())?;
+        machine.run_dir = true;
+    }
+    std::os::unix::fs::chown(run_dir, Some(uid), None).map_err(|e| e.to_string())?;
+    set_mode(run_dir, 0o755)?;
     let log_path = work.join("server.log");
     let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
     // What the unit gives it: its user and group, CAP_NET_BIND_SERVICE alone, no new
@@ -466,6 +475,59 @@ fn serve(machine: &mut Machine, work: &Path) -> Result<(), String> {
         "xtask: package test: 250 over STARTTLS on 127.0.0.1:25, EHLO on [::1]:25, delivered into {}",
         new.display()
     );
+    // Any local user sends mail with the sendmail alternative: nobody, who cannot read the
+    // config, reaches the server through the socket in /run/backstop, logged in as nobody.
+    let mut sendmail = Command::new("runuser")
+        .args([
+            "-u",
+            "nobody",
+            "--",
+            "/usr/lib/backstop/sendmail",
+            "root@localhost",
+        ])
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("runuser: {e}"))?;
+    if let Some(mut stdin) = sendmail.stdin.take() {
+        use std::io::Write as _;
+        stdin
+            .write_all(b"Subject: from cron\n\nsent by /usr/lib/backstop/sendmail\n")
+            .map_err(|e| e.to_string())?;
+    }
+    let sent = sendmail.wait_with_output().map_err(|e| e.to_string())?;
+    check(
+        sent.status.success(),
+        format!(
+            "sendmail as nobody: {}\n{}",
+            String::from_utf8_lossy(&sent.stderr),
+            server_log()
+        ),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let from_cron = loop {
+        let found = std::fs::read_dir(new)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .find(|m| m.contains("Subject: from cron"));
+        if let Some(message) = found {
+            break message;
+        }
+        check(
+            Instant::now() < deadline,
+            format!("sendmail's message not delivered:\n{}", server_log()),
+        )?;
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    check(
+        from_cron.contains("(Authenticated sender: nobody)"),
+        format!("not nobody's:\n{from_cron}"),
+    )?;
+    println!("xtask: package test: nobody's mail by /usr/lib/backstop/sendmail delivered");
     // The CLI finds the installed config, and the server through its admin socket.
     output("/usr/sbin/backstop", &["queue", "list"])?;
 
@@ -501,6 +563,8 @@ struct Machine {
     installed: bool,
     netns: Option<String>,
     server: Option<Child>,
+    /// /run/backstop was made by the test (as the unit's RuntimeDirectory would be).
+    run_dir: bool,
 }
 
 impl Machine {
@@ -520,6 +584,7 @@ impl Machine {
             installed: false,
             netns: None,
             server: None,
+            run_dir: false,
         })
     }
 }
@@ -550,6 +615,9 @@ impl Drop for Machine {
             .status();
         for dir in ["/var/lib/backstop", "/etc/backstop", "/usr/lib/backstop"] {
             let _ = std::fs::remove_dir_all(dir);
+        }
+        if self.run_dir {
+            let _ = std::fs::remove_dir_all("/run/backstop");
         }
         if !self.user_existed && user("backstop").is_some() {
             let _ = Command::new("userdel").arg("backstop").status();
