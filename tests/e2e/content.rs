@@ -30,6 +30,15 @@ fn malformed_messages_are_refused_before_the_reply_to_data() {
         "550 5.6.0 Message refused: no Date: header field (RFC 5322 3.6)\r\n"
     );
     assert!(send(&server, GOOD).starts_with("250 2.0.0 Ok: queued as "));
+    // The refusal's log line names the message's recipient, as a refusal at RCPT does.
+    let log = server.log();
+    assert!(
+        log.lines().any(|l| l.contains(" refused stage=\"data\"")
+            && l.contains(
+                "from=<sender@example.org> to=user@example.test recipients=1 reply=550 5.6.0"
+            )),
+        "{log}"
+    );
     let messages = queued(d);
     server.stop();
     assert_eq!(messages.len(), 1, "only the good message is queued");

@@ -529,9 +529,15 @@ where
                             let stage = session.stage();
                             let helo = session.helo_name().map(|h| Escaped(h).to_string());
                             let from = session.asked_from().map(|f| Escaped(&f.to_string()).to_string());
-                            let to = match stage {
-                                "rcpt" => session.asked_to().map(|t| Escaped(&t.to_string()).to_string()),
-                                _ => None,
+                            // At RCPT the recipient asked for; at the end of a message its
+                            // first recipient and how many it has (as Postfix names one).
+                            let (to, recipients) = match stage {
+                                "rcpt" => (session.asked_to().map(|t| Escaped(&t.to_string()).to_string()), None),
+                                "data" => match session.data_recipients() {
+                                    Some((first, n)) => (Some(Escaped(&first.to_string()).to_string()), Some(n)),
+                                    None => (None, None),
+                                },
+                                _ => (None, None),
                             };
                             info!(
                                 stage,
@@ -539,6 +545,7 @@ where
                                 helo = helo.as_deref().map(tracing::field::display),
                                 from = from.as_deref().map(tracing::field::display),
                                 to = to.as_deref().map(tracing::field::display),
+                                recipients,
                                 %reply,
                                 "refused"
                             );

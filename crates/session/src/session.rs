@@ -58,6 +58,9 @@ pub struct ServerSession {
     /// (read well enough to parse), for log lines.
     asked_from: Option<ReversePath>,
     asked_to: Option<Address>,
+    /// The first recipient of the message under way and how many it has, from DATA (or the
+    /// first BDAT) on, for the log line of a refusal at its end.
+    data_to: Option<(Address, usize)>,
 }
 
 /// Covered at the start of the data, before any of it arrives: the first growth steps of the
@@ -213,6 +216,7 @@ impl ServerSession {
             memory: Reservation::new(&config_memory),
             asked_from: None,
             asked_to: None,
+            data_to: None,
         }
     }
 
@@ -325,6 +329,12 @@ impl ServerSession {
     /// The recipient of the latest RCPT command, for log lines.
     pub fn asked_to(&self) -> Option<&Address> {
         self.asked_to.as_ref()
+    }
+
+    /// The message's first recipient and how many it has, from DATA on (until the next MAIL),
+    /// for the log line of a refusal of the message.
+    pub fn data_recipients(&self) -> Option<(&Address, usize)> {
+        self.data_to.as_ref().map(|(first, n)| (first, *n))
     }
 
     /// A transaction is under way (after MAIL, until its end): what a shutdown lets finish.
@@ -848,6 +858,7 @@ impl ServerSession {
             }
         };
         self.asked_from = Some(sender.clone());
+        self.data_to = None;
         if let Some(auth) = &self.auth {
             if !self.sender_rights.allows(&sender) {
                 let reply = Reply::sender_not_owned(&auth.user);
@@ -1148,6 +1159,10 @@ impl ServerSession {
         let client = self.client_info();
         let esmtp = self.helo.as_ref().is_some_and(|h| h.esmtp);
         let Some(txn) = self.txn.as_mut() else { return };
+        self.data_to = txn
+            .recipients
+            .first()
+            .map(|r| (r.address.clone(), txn.recipients.len()));
         txn.body = crate::received::header(
             &self.config.hostname,
             &client,
