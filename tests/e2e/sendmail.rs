@@ -252,3 +252,86 @@ fn the_socket_offers_neither_tls_nor_auth_and_takes_any_sender_from_its_user() {
     assert!(reply().starts_with("221"));
     server.stop();
 }
+
+#[test]
+fn a_bare_name_is_a_local_user_and_an_untrusted_user_sends_only_as_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    // root is not trusted here: it is held to its own address, as every user is by default.
+    let extra = "\n[sendmail]\ntrusted_users = []\n";
+    let server = Server::start(dir.path(), &(config(dir.path(), "") + extra));
+    let cfg = dir.path().join("backstop.toml");
+    let cfg = cfg.to_str().unwrap();
+    let user = me();
+    let mailname = std::fs::read_to_string("/etc/mailname")
+        .map(|m| m.trim().to_owned())
+        .unwrap_or_default();
+    let domain = if mailname.is_empty() {
+        "mx.backstop.test".to_owned()
+    } else {
+        mailname
+    };
+
+    // As cron writes it when MAILTO is unset: a bare `root`.
+    let out = run(
+        Path::new(BIN),
+        &[
+            "sendmail",
+            "--config",
+            cfg,
+            "-FCronDaemon",
+            "-i",
+            "-B8BITMIME",
+            "-oem",
+            "root",
+        ],
+        "Subject: Cron <root@host> run-parts\n\noutput\n",
+    );
+    assert!(out.status.success(), "{}\n{}", stderr(&out), server.log());
+    let messages = queued(dir.path());
+    assert_eq!(messages.len(), 1);
+    let to: Vec<String> = messages[0]
+        .1
+        .recipients
+        .iter()
+        .map(|r| r.address.to_string())
+        .collect();
+    assert_eq!(to, [format!("root@{domain}")]);
+
+    // Someone else's address, as envelope sender or as From:, is refused: no report could go
+    // to it and nothing is signed in its name.
+    let out = run(
+        Path::new(BIN),
+        &[
+            "sendmail",
+            "--config",
+            cfg,
+            "-f",
+            "ceo@example.test",
+            "x@elsewhere.example",
+        ],
+        "Subject: forged\n\nx\n",
+    );
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    let out = run(
+        Path::new(BIN),
+        &["sendmail", "--config", cfg, "x@elsewhere.example"],
+        "From: ceo@example.test\nSubject: forged\n\nx\n",
+    );
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    // Its own address at a local domain is its own.
+    let out = run(
+        Path::new(BIN),
+        &[
+            "sendmail",
+            "--config",
+            cfg,
+            "-f",
+            &format!("{user}@example.test"),
+            "x@elsewhere.example",
+        ],
+        "Subject: mine\n\nx\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(queued(dir.path()).len(), 2);
+    server.stop();
+}

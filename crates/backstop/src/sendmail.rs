@@ -126,8 +126,8 @@ impl Options {
                 },
                 // Accepted and ignored: verbosity, initial submission, queue runs, and the
                 // body type, hop count, traffic log and option settings with their values.
-                "v" | "U" | "n" | "m" | "e" | "G" | "L" | "x" | "q" => {}
-                "B" | "h" | "X" | "O" => {
+                "v" | "U" | "n" | "m" | "e" | "G" | "x" | "q" => {}
+                "B" | "h" | "X" | "O" | "L" => {
                     value(letter)?;
                 }
                 _ => return Err(format!("unknown option {arg}")),
@@ -166,6 +166,15 @@ fn notify(value: &str) -> Result<Notify, String> {
 /// The message as read: CRLF line endings; up to a line `.` unless `dot_ends` is false.
 pub fn read_message(input: &[u8], dot_ends: bool) -> Vec<u8> {
     let mut message = Vec::with_capacity(input.len() + input.len() / 32);
+    // An mbox envelope line (`From user date`, as `git format-patch` writes it) is no header
+    // field: dropped, as Postfix drops it.
+    let input = match input.strip_prefix(b"From ") {
+        Some(rest) => rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(&[][..], |at| &rest[at + 1..]),
+        None => input,
+    };
     let mut lines = input.split(|&b| b == b'\n').peekable();
     while let Some(line) = lines.next() {
         // The piece after a final LF is no line.
@@ -319,8 +328,9 @@ fn display_name(name: &str) -> String {
 }
 
 /// The recipients as addresses: each argument may be a list (`a@x, b@y`) and may have angle
-/// brackets.
-fn parse_recipients(lists: &[String]) -> Result<Vec<Address>, String> {
+/// brackets; a bare name (`root`, as cron and mdadm write it) is a user of `domain`, the mail
+/// name (Postfix's `append_at_myorigin`).
+fn parse_recipients(lists: &[String], domain: &str) -> Result<Vec<Address>, String> {
     let mut out: Vec<Address> = Vec::new();
     for item in lists.iter().flat_map(|l| l.split(',')) {
         let item = item.trim();
@@ -330,6 +340,13 @@ fn parse_recipients(lists: &[String]) -> Result<Vec<Address>, String> {
         let bare = match (item.find('<'), item.rfind('>')) {
             (Some(open), Some(close)) if open < close => &item[open + 1..close],
             _ => item,
+        };
+        let qualified;
+        let bare = if bare.contains('@') {
+            bare
+        } else {
+            qualified = format!("{bare}@{domain}");
+            &qualified
         };
         let address = Address::parse(bare)
             .map_err(|e| format!("{}: {e}", backstop_types::text::Escaped(item)))?;
@@ -446,7 +463,7 @@ pub fn run(args: &[String], config: Option<PathBuf>) -> ExitCode {
     let (message, extracted) = prepare(&message, options.extract, &submitter, now, &unique);
     let mut lists = options.recipients.clone();
     lists.extend(extracted);
-    let recipients = match parse_recipients(&lists) {
+    let recipients = match parse_recipients(&lists, &submitter.domain) {
         Ok(r) if r.is_empty() => {
             eprintln!(
                 "sendmail: no recipients (name them, or use -t to take them from the message)"

@@ -12,7 +12,7 @@ use backstop_listener::{ConnectionLimits, Context};
 use backstop_policy::{BounceCheck, Callahead, Proxy, SitePolicy};
 use backstop_queue::Queue;
 use backstop_session::{AuthOutcome, AuthPolicy, Checks, Policy as _, SessionConfig};
-use backstop_types::Clock;
+use backstop_types::{Clock, Domain};
 use tracing::warn;
 
 use crate::load::Setup;
@@ -211,6 +211,7 @@ pub(crate) fn smtp_context(
         metrics: Arc::clone(metrics),
         listeners,
         local,
+        local_senders: local_senders(config),
         clock: Arc::clone(clock),
     })
 }
@@ -284,6 +285,24 @@ fn proxy(setup: &Setup) -> Option<Arc<Proxy>> {
         })
         .collect();
     Proxy::new(routes).map(Arc::new)
+}
+
+/// What a local user of the sendmail socket may send as: its name at this host's name, at the
+/// mail name (`/etc/mailname`, which `backstop sendmail` uses without `-f`) and at each local
+/// domain; anything for `[sendmail] trusted_users` or without `[auth] restrict_sender`.
+fn local_senders(config: &Config) -> backstop_listener::LocalSenders {
+    let mailname = std::fs::read_to_string("/etc/mailname").unwrap_or_default();
+    let mut domains: Vec<Domain> = [config.hostname.as_str(), mailname.trim()]
+        .into_iter()
+        .filter_map(|name| Domain::parse(name).ok())
+        .chain(config.smtp.local_domains.iter().cloned())
+        .collect();
+    domains.dedup();
+    backstop_listener::LocalSenders {
+        restrict: config.auth.restrict_sender,
+        trusted_users: config.sendmail_trusted_users.clone(),
+        domains,
+    }
 }
 
 /// Whose sessions a [`SessionConfig`] is for.

@@ -88,6 +88,7 @@ pub(crate) fn metrics(ctx: &mut Ctx<'_>, raw: RawMetrics) -> Option<SocketAddr> 
 pub(crate) struct RawSendmail {
     enabled: bool,
     socket: PathBuf,
+    trusted_users: Vec<String>,
 }
 
 impl Default for RawSendmail {
@@ -95,11 +96,15 @@ impl Default for RawSendmail {
         RawSendmail {
             enabled: true,
             socket: PathBuf::from("sendmail.sock"),
+            trusted_users: vec!["root".to_owned()],
         }
     }
 }
 
 /// The local submission socket (relative to `data_dir` unless absolute); `None` when off.
-pub(crate) fn sendmail(raw: RawSendmail, data_dir: &Path) -> Option<PathBuf> {
-    raw.enabled.then(|| data_dir.join(&raw.socket))
+pub(crate) fn sendmail(raw: RawSendmail, data_dir: &Path) -> (Option<PathBuf>, Vec<String>) {
+    (
+        raw.enabled.then(|| data_dir.join(&raw.socket)),
+        raw.trusted_users,
+    )
 }

@@ -117,6 +117,9 @@ pub struct Config {
     /// The Unix socket local programs submit through with `backstop sendmail`, as the Unix
     /// user they run as; `None` when `[sendmail] enabled = false`.
     pub sendmail: Option<PathBuf>,
+    /// The Unix users whose `backstop sendmail` may use any sender (`-f`); the others only
+    /// their own address, when `[auth] restrict_sender` is on.
+    pub sendmail_trusted_users: Vec<String>,
     /// Where `GET /metrics` is answered; `None`: only `backstop metrics`.
     pub metrics: Option<std::net::SocketAddr>,
     pub log: Log,
@@ -374,7 +377,8 @@ fn read(ctx: &mut Ctx<'_>, text: &str) -> Option<Config> {
     let state = state::check(ctx, state, provenance.retention);
     let admin = read!("admin", raw.admin);
     let admin = admin::admin(ctx, admin, &data_dir);
-    let sendmail = admin::sendmail(read!("sendmail", raw.sendmail), &data_dir);
+    let (sendmail, sendmail_trusted_users) =
+        admin::sendmail(read!("sendmail", raw.sendmail), &data_dir);
     let metrics = read!("metrics", raw.metrics);
     let metrics = admin::metrics(ctx, metrics);
     let log = read!("log", raw.log);
@@ -409,6 +413,7 @@ fn read(ctx: &mut Ctx<'_>, text: &str) -> Option<Config> {
         dkim,
         admin,
         sendmail,
+        sendmail_trusted_users,
         metrics,
         log,
         shown,

@@ -305,9 +305,7 @@ fn the_sendmail_socket_is_in_data_dir_unless_absolute_or_off() {
     assert_eq!(c.sendmail, None);
     check(
         &format!("{MINIMAL}[sendmail]\nenable = false\n"),
-        expect![
-            "test.toml:6: sendmail.enable: unknown key enable; the keys here are enabled, socket"
-        ],
+        expect!["test.toml:6: sendmail.enable: unknown key enable; the keys here are enabled, socket, trusted_users"],
     );
 }
 

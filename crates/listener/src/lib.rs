@@ -29,5 +29,7 @@ pub mod users;
 
 pub use backstop_session::{MessageSink, Policy};
 pub use limits::{ConnectionLimits, IpNetwork};
-pub use server::{serve, Context, Listener, ListenerMode, ListenerSettings, LocalListener};
+pub use server::{
+    serve, Context, Listener, ListenerMode, ListenerSettings, LocalListener, LocalSenders,
+};
 pub use users::UserStore;

@@ -48,6 +48,34 @@ pub struct LocalListener {
     pub socket: UnixListener,
 }
 
+/// Which envelope senders (and From: addresses) a local user of the sendmail socket may use:
+/// any, for a trusted user or when senders are not restricted (`[auth] restrict_sender =
+/// false`); else the user's own name in each of `domains` (the host name, the mail name, the
+/// local domains), as a logged-in user is held to the addresses that are theirs.
+#[derive(Debug, Clone, Default)]
+pub struct LocalSenders {
+    pub restrict: bool,
+    pub trusted_users: Vec<String>,
+    pub domains: Vec<backstop_types::Domain>,
+}
+
+impl LocalSenders {
+    pub fn rights(&self, user: &str) -> backstop_session::SenderRights {
+        use backstop_session::SenderRights;
+        if !self.restrict || self.trusted_users.iter().any(|t| t == user) {
+            return SenderRights::Any;
+        }
+        SenderRights::Only {
+            addresses: self
+                .domains
+                .iter()
+                .filter_map(|d| backstop_types::Address::new(user, d.clone()).ok())
+                .collect(),
+            domains: Vec::new(),
+        }
+    }
+}
+
 /// The rules for one listener's sessions.
 pub struct ListenerSettings {
     pub session: Arc<SessionConfig>,
@@ -78,6 +106,8 @@ pub struct Context<S, P> {
     pub listeners: std::collections::HashMap<String, ListenerSettings>,
     /// The local submission socket's rules, when there is one.
     pub local: Option<ListenerSettings>,
+    /// Which senders a local user may use there.
+    pub local_senders: LocalSenders,
     /// The time, for the sessions.
     pub clock: Arc<dyn Clock>,
 }
@@ -249,7 +279,8 @@ async fn local_connection<S: MessageSink, P: Policy>(
         id: listener.id,
     };
     let mut session = ServerSession::new(Arc::clone(&listener.session), peer, context.clock.now());
-    session.log_in_locally(user);
+    let rights = context.local_senders.rights(&user);
+    session.log_in_locally(user, rights);
     session.greet();
     let result = drive(
         &mut stream,

@@ -403,11 +403,10 @@ impl ServerSession {
 
     /// Logs the session in without AUTH, as a local user the operating system vouches for:
     /// the driver of the local submission socket calls it before the greeting, with the Unix
-    /// user the kernel names as the peer (`backstop sendmail`). Such a user may use any
-    /// envelope sender, as Postfix's sendmail allows; AUTH is then refused as for any session
-    /// already logged in.
-    pub fn log_in_locally(&mut self, user: String) {
-        self.sender_rights = SenderRights::Any;
+    /// user the kernel names as the peer (`backstop sendmail`) and the senders it may use
+    /// (as a logged-in user's); AUTH is then refused as for any session already logged in.
+    pub fn log_in_locally(&mut self, user: String, rights: SenderRights) {
+        self.sender_rights = rights;
         self.auth = Some(AuthInfo {
             user,
             mechanism: "local".to_owned(),

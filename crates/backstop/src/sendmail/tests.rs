@@ -20,6 +20,8 @@ fn options_are_read_as_sendmail_writes_them() {
         "env1",
         "-oem",
         "-odb",
+        "-L",
+        "cron",
         "you@example.net, two@example.net",
     ]))
     .unwrap();
@@ -72,6 +74,14 @@ fn the_message_gets_crlf_and_ends_at_a_dot_unless_told_otherwise() {
         b"Subject: x\r\n\r\nline 1\r\n.\r\nafter\r\nlast\r\n"
     );
     assert_eq!(read_message(b"", true), b"");
+    // An mbox envelope line is no header field.
+    assert_eq!(
+        read_message(
+            b"From git Mon Sep 17 00:00:00 2001\nSubject: patch\n\nx\n",
+            true
+        ),
+        b"Subject: patch\r\n\r\nx\r\n"
+    );
     assert_eq!(read_message(b"\n", true), b"\r\n");
 }
 
@@ -182,12 +192,15 @@ fn a_full_name_is_quoted_or_encoded_and_never_breaks_the_header() {
 
 #[test]
 fn recipients_may_be_lists_with_brackets_and_are_checked() {
-    let got =
-        parse_recipients(&args(&["a@x.example, <b@y.example>", "Bob <a@x.example>"])).unwrap();
+    let got = parse_recipients(
+        &args(&["a@x.example, <b@y.example>", "Bob <a@x.example>", "root"]),
+        "host.example",
+    )
+    .unwrap();
     let got: Vec<String> = got.iter().map(ToString::to_string).collect();
-    assert_eq!(got, ["a@x.example", "b@y.example"]);
-    let err = parse_recipients(&args(&["no-at-sign\u{7}"])).unwrap_err();
-    assert!(err.starts_with("no-at-sign\\u{7}: "), "{err}");
+    assert_eq!(got, ["a@x.example", "b@y.example", "root@host.example"]);
+    let err = parse_recipients(&args(&["bad\u{7}@x.example"]), "host.example").unwrap_err();
+    assert!(err.starts_with("bad\\u{7}@x.example: "), "{err}");
     assert_eq!(parse_sender("<>"), Ok(ReversePath::Null));
     assert_eq!(parse_sender(""), Ok(ReversePath::Null));
     assert!(parse_sender("x@").is_err());
