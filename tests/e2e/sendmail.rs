@@ -335,3 +335,31 @@ fn a_bare_name_is_a_local_user_and_an_untrusted_user_sends_only_as_itself() {
     assert_eq!(queued(dir.path()).len(), 2);
     server.stop();
 }
+
+#[test]
+fn a_socket_path_that_names_another_file_is_an_error_and_the_file_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let var = dir.path().join("var");
+    std::fs::create_dir_all(&var).unwrap();
+    std::fs::write(var.join("precious.key"), "secret").unwrap();
+    let cfg = dir.path().join("backstop.toml");
+    std::fs::write(
+        &cfg,
+        config(dir.path(), "") + "\n[sendmail]\nsocket = \"precious.key\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("sendmail socket"), "{said}");
+    assert_eq!(
+        std::fs::read_to_string(var.join("precious.key")).unwrap(),
+        "secret"
+    );
+}

@@ -101,7 +101,13 @@ async fn bind_local(path: &std::path::Path) -> anyhow::Result<backstop_listener:
         std::fs::create_dir_all(parent)
             .with_context(|| format!("sendmail socket: creating {}", parent.display()))?;
     }
-    if path.exists() && tokio::net::UnixStream::connect(path).await.is_err() {
+    // Only a socket is replaced: a config that names another file (a key, by a slip) must
+    // not delete it.
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| {
+        use std::os::unix::fs::FileTypeExt;
+        m.file_type().is_socket()
+    });
+    if is_socket && tokio::net::UnixStream::connect(path).await.is_err() {
         std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
     }
     let socket = tokio::net::UnixListener::bind(path)

@@ -1093,6 +1093,8 @@ impl ServerSession {
     }
 
     fn data(&mut self) {
+        // Named from this message's start on (a DATA refused here has none).
+        self.data_to = None;
         if let Some(refusal) = self.data_refusal() {
             return self.error(refusal);
         }
@@ -1111,6 +1113,10 @@ impl ServerSession {
     }
 
     fn bdat(&mut self, chunk_size: u64, last: bool) {
+        // No transaction: no message to name (not the last one's).
+        if self.txn.is_none() {
+            self.data_to = None;
+        }
         // A chunk larger than any message we take: refusing it would mean reading all of it
         // first, however large the client says it is.
         let chunk_size = match usize::try_from(chunk_size) {

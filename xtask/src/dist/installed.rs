@@ -550,6 +550,9 @@ fn serve(machine: &mut Machine, work: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The policy-rc.d the test puts in place, recognised by its text.
+const POLICY: &str = "#!/bin/sh\n# backstop's package test\nexit 101\n";
+
 /// What the test found and what it changed, undone when it ends, however it ends.
 struct Machine {
     /// /usr/sbin/sendmail before the test.
@@ -570,10 +573,11 @@ struct Machine {
 impl Machine {
     fn as_found() -> Result<Machine, String> {
         let policy = Path::new("/usr/sbin/policy-rc.d");
-        let own_policy = !policy.exists();
+        // One this test left when it was killed (no clean-up ran) is its own, and goes too.
+        let left_by_us = std::fs::read_to_string(policy).is_ok_and(|t| t == POLICY);
+        let own_policy = left_by_us || !policy.exists();
         if own_policy {
-            std::fs::write(policy, "#!/bin/sh\n# backstop's package test\nexit 101\n")
-                .map_err(|e| e.to_string())?;
+            std::fs::write(policy, POLICY).map_err(|e| e.to_string())?;
             set_mode(policy, 0o755)?;
         }
         Ok(Machine {
