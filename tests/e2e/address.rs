@@ -14,7 +14,7 @@ fn address_test_says_each_check_the_reply_and_the_route_and_counts_nothing() {
     )
     .unwrap();
     let extra = format!(
-        "\n[recipients]\ntable = \"{}\"\n\n[rate_limits]\nclient_recipients = \"1/1d\"\n\n[greylist]\nenabled = true\n\n[[route]]\ndomains = [\"relay.example\"]\nrelay = \"127.0.0.1:9\"\n",
+        "\n[recipients]\ntable = \"{}\"\n\n[rate_limits]\nclient_recipients = \"1/1d\"\n\n[greylist]\nenabled = true\ndelay = 1\n\n[[route]]\ndomains = [\"relay.example\"]\nrelay = \"127.0.0.1:9\"\n",
         table.display()
     );
     let server = Server::start(
@@ -40,6 +40,7 @@ fn address_test_says_each_check_the_reply_and_the_route_and_counts_nothing() {
         out.contains("greylist     applies: a first attempt"),
         "{out}"
     );
+    assert!(out.contains("4.7.1 for 1 s"), "{out}");
     assert!(
         out.contains("rate         at most 1 recipients per 86400 s for this client"),
         "{out}"
@@ -120,20 +121,38 @@ fn address_test_says_each_check_the_reply_and_the_route_and_counts_nothing() {
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(v["reply"].as_str().map(|r| &r[..3]), Some("250"));
 
-    // Nothing was counted or recorded: the client of all those tests still has its one
-    // recipient, and its first real attempt is greylisted as a first attempt is.
-    let mut c = RawClient::connect(server.mx);
-    c.reply();
-    c.command("EHLO client.example.org");
-    let reply = c.command("MAIL FROM:<someone@example.org>");
-    assert!(reply.starts_with("250"), "{reply}");
-    let reply = c.command("RCPT TO:<bob@example.test>");
+    // Nothing was counted or recorded. Asked three times about the triplet of the real RCPT
+    // below (this client, sender and recipient): had a test recorded it, the real attempt,
+    // made after the greylisting delay, would pass as a retry; it is greylisted as a first.
+    for _ in 0..3 {
+        test(&["--client", "127.0.0.1", "bob@example.test"]);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let rcpt = || {
+        let mut c = RawClient::connect(server.mx);
+        c.reply();
+        c.command("EHLO client.example.org");
+        let reply = c.command("MAIL FROM:<someone@example.org>");
+        assert!(reply.starts_with("250"), "{reply}");
+        let reply = c.command("RCPT TO:<bob@example.test>");
+        c.command("QUIT");
+        reply
+    };
+    let first = rcpt();
     assert!(
-        reply.starts_with("451 4.7.1"),
-        "greylisted, not rate-limited: {reply}"
+        first.starts_with("451 4.7.1"),
+        "greylisted as a first attempt: {first}"
     );
-    c.command("QUIT");
-    drop(c);
+    // The retry passes greylisting and meets the rate of one recipient a day: had the tests
+    // been counted, it would be over it.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let retry = rcpt();
+    assert!(retry.starts_with("250"), "within the rate: {retry}");
+    let over = rcpt();
+    assert!(
+        over.starts_with("451 4.7.1"),
+        "the rate counts real ones: {over}"
+    );
     server.stop();
 }
 
