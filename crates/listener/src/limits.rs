@@ -98,7 +98,16 @@ pub struct ConnectionLimits {
 #[derive(Debug, Default)]
 struct Counts {
     total: usize,
-    per_ip: HashMap<IpAddr, usize>,
+    per_ip: HashMap<Client, usize>,
+}
+
+/// Whose connections count together: a network client (an IPv6 one as its /64), or a local
+/// user of the sendmail socket (by uid, so that one user cannot fill another's places, nor
+/// those of programs that connect from 127.0.0.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Client {
+    Ip(IpAddr),
+    LocalUser(u32),
 }
 
 /// Why a connection was not admitted.
@@ -112,7 +121,7 @@ pub enum Refusal {
 #[derive(Debug)]
 pub struct ConnectionSlot {
     limits: ConnectionLimits,
-    ip: IpAddr,
+    client: Client,
 }
 
 impl ConnectionLimits {
@@ -137,21 +146,30 @@ impl ConnectionLimits {
     }
 
     pub fn admit(&self, ip: IpAddr) -> Result<ConnectionSlot, Refusal> {
-        let ip = client_network(ip);
+        self.admit_client(Client::Ip(client_network(ip)))
+    }
+
+    /// A connection of local user `uid` on the sendmail socket: within the total, and within
+    /// the per-client limit counted for that user alone.
+    pub fn admit_local_user(&self, uid: u32) -> Result<ConnectionSlot, Refusal> {
+        self.admit_client(Client::LocalUser(uid))
+    }
+
+    fn admit_client(&self, client: Client) -> Result<ConnectionSlot, Refusal> {
         let mut counts = self.lock();
         if counts.total >= self.max_total {
             return Err(Refusal::Total);
         }
-        let per_ip = counts.per_ip.entry(ip).or_insert(0);
-        if *per_ip >= self.max_per_ip {
+        let per_client = counts.per_ip.entry(client).or_insert(0);
+        if *per_client >= self.max_per_ip {
             return Err(Refusal::PerIp);
         }
-        *per_ip += 1;
+        *per_client += 1;
         counts.total += 1;
         self.update_stress(counts.total);
         Ok(ConnectionSlot {
             limits: self.clone(),
-            ip,
+            client,
         })
     }
 
@@ -193,10 +211,10 @@ impl Drop for ConnectionSlot {
         let mut counts = self.limits.lock();
         counts.total -= 1;
         self.limits.update_stress(counts.total);
-        if let Some(n) = counts.per_ip.get_mut(&self.ip) {
+        if let Some(n) = counts.per_ip.get_mut(&self.client) {
             *n -= 1;
             if *n == 0 {
-                counts.per_ip.remove(&self.ip);
+                counts.per_ip.remove(&self.client);
             }
         }
     }
@@ -234,6 +252,22 @@ mod tests {
         drop(s1);
         assert_eq!(limits.open_connections(), 2);
         assert!(limits.admit(a).is_ok());
+    }
+
+    #[test]
+    fn a_local_user_counts_alone_and_within_the_total() {
+        let limits = ConnectionLimits::new(5, 2);
+        let localhost: IpAddr = "127.0.0.1".parse().unwrap();
+        let _n1 = limits.admit_local_user(65534).unwrap();
+        let _n2 = limits.admit_local_user(65534).unwrap();
+        assert_eq!(limits.admit_local_user(65534).unwrap_err(), Refusal::PerIp);
+        // Another user, and 127.0.0.1's TCP clients, still have their places.
+        let _r = limits.admit_local_user(0).unwrap();
+        let _t1 = limits.admit(localhost).unwrap();
+        let _t2 = limits.admit(localhost).unwrap();
+        assert_eq!(limits.admit_local_user(0).unwrap_err(), Refusal::Total);
+        drop(_n1);
+        assert!(limits.admit_local_user(65534).is_ok());
     }
 
     #[test]

@@ -238,23 +238,25 @@ async fn local_accept_loop<S: MessageSink, P: Policy>(
             id,
         };
         connections.spawn(
-            local_connection(stream, user, setup, context, shutdown.clone()).instrument(span),
+            local_connection(stream, uid, user, setup, context, shutdown.clone()).instrument(span),
         );
     }
     while connections.join_next().await.is_some() {}
 }
 
 /// A session on the local submission socket: no TLS, no AUTH, no greeting delay; within the
-/// total connection limit (as 127.0.0.1) but never refused by a rate meant for the network.
+/// total connection limit, and the per-client one counted for its user alone (not with
+/// 127.0.0.1's TCP clients); never refused by a connection rate meant for the network.
 async fn local_connection<S: MessageSink, P: Policy>(
     mut stream: UnixStream,
+    uid: u32,
     user: String,
     listener: Setup,
     context: Arc<Context<S, P>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
-    let _slot = match context.limits.admit(ip) {
+    let _slot = match context.limits.admit_local_user(uid) {
         Ok(slot) => slot,
         Err(refusal) => {
             let reply = match refusal {
