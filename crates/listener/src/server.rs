@@ -178,14 +178,7 @@ async fn accept_loop<S: MessageSink, P: Policy>(
             warn!(listener = %listener.name, "no settings for this listener");
             continue;
         };
-        let settings = Setup {
-            session: Arc::clone(&settings.session),
-            greeting_delay: settings.greeting_delay,
-            shutdown_grace: settings.shutdown_grace,
-            stress_timeout: settings.stress_timeout,
-            mode: listener.mode,
-            id,
-        };
+        let settings = Setup::new(settings, listener.mode, id);
         connections
             .spawn(connection(tcp, peer, settings, context, shutdown.clone()).instrument(span));
     }
@@ -229,14 +222,7 @@ async fn local_accept_loop<S: MessageSink, P: Policy>(
             warn!(listener = %listener.name, "no settings for the local socket");
             continue;
         };
-        let setup = Setup {
-            session: Arc::clone(&settings.session),
-            greeting_delay: Duration::ZERO,
-            shutdown_grace: settings.shutdown_grace,
-            stress_timeout: settings.stress_timeout,
-            mode: ListenerMode::Plain,
-            id,
-        };
+        let setup = Setup::new(settings, ListenerMode::Plain, id);
         connections.spawn(
             local_connection(stream, uid, user, setup, context, shutdown.clone()).instrument(span),
         );
@@ -258,18 +244,7 @@ async fn local_connection<S: MessageSink, P: Policy>(
     let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     let _slot = match context.limits.admit_local_user(uid) {
         Ok(slot) => slot,
-        Err(refusal) => {
-            let reply = match refusal {
-                Refusal::Total => Reply::too_many_connections(),
-                Refusal::PerIp => Reply::too_many_connections_from_ip(),
-            };
-            info!(check = reply.check(), %reply, "connection refused");
-            count_refusal(&context.metrics, &reply);
-            let mut out = Vec::new();
-            reply.write_to(&mut out);
-            let _ = stream.write_all(&out).await;
-            return;
-        }
+        Err(refusal) => return refuse_over_limit(&mut stream, refusal, &context.metrics).await,
     };
     let _open = context.metrics.session();
     debug!("connected");
@@ -311,6 +286,19 @@ struct Setup {
     id: u64,
 }
 
+impl Setup {
+    fn new(settings: &ListenerSettings, mode: ListenerMode, id: u64) -> Setup {
+        Setup {
+            session: Arc::clone(&settings.session),
+            greeting_delay: settings.greeting_delay,
+            shutdown_grace: settings.shutdown_grace,
+            stress_timeout: settings.stress_timeout,
+            mode,
+            id,
+        }
+    }
+}
+
 async fn connection<S: MessageSink, P: Policy>(
     mut tcp: TcpStream,
     peer: SocketAddr,
@@ -321,16 +309,7 @@ async fn connection<S: MessageSink, P: Policy>(
     let ip = peer.ip();
     let _slot = match context.limits.admit(ip) {
         Ok(slot) => slot,
-        Err(refusal) => {
-            let reply = match refusal {
-                Refusal::Total => Reply::too_many_connections(),
-                Refusal::PerIp => Reply::too_many_connections_from_ip(),
-            };
-            info!(check = reply.check(), %reply, "connection refused");
-            count_refusal(&context.metrics, &reply);
-            refuse(&mut tcp, &reply).await;
-            return;
-        }
+        Err(refusal) => return refuse_over_limit(&mut tcp, refusal, &context.metrics).await,
     };
     let _ = tcp.set_nodelay(true);
     let local_submitter = context.local_networks.iter().any(|n| n.contains(ip));
@@ -380,10 +359,26 @@ async fn connection<S: MessageSink, P: Policy>(
 
 /// Sends a refusal before the greeting; the caller then drops the connection. A client that
 /// is already gone needs no reply.
-async fn refuse(tcp: &mut TcpStream, reply: &Reply) {
+async fn refuse<T: AsyncWrite + Unpin>(stream: &mut T, reply: &Reply) {
     let mut out = Vec::new();
     reply.write_to(&mut out);
-    let _ = tcp.write_all(&out).await;
+    let _ = stream.write_all(&out).await;
+}
+
+/// A connection past the connection limits: logged, counted, and told `421` before the
+/// greeting.
+async fn refuse_over_limit<T: AsyncWrite + Unpin>(
+    stream: &mut T,
+    refusal: Refusal,
+    metrics: &crate::metrics::SmtpMetrics,
+) {
+    let reply = match refusal {
+        Refusal::Total => Reply::too_many_connections(),
+        Refusal::PerIp => Reply::too_many_connections_from_ip(),
+    };
+    info!(check = reply.check(), %reply, "connection refused");
+    count_refusal(metrics, &reply);
+    refuse(stream, &reply).await;
 }
 
 async fn plain<S: MessageSink, P: Policy>(
