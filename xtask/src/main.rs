@@ -105,6 +105,7 @@ fn run(args: &[String]) -> Result<(), String> {
 fn test(args: &[String]) -> Result<(), String> {
     setup::ensure(setup::BUILD)?;
     setup::ensure(setup::TEST_PEERS)?;
+    setup::ensure(setup::SWAKS)?;
     setup::ensure_npm(setup::TEST_NPM)?;
     let root = root();
     let mut cargo_args = vec!["test", "--workspace"];

@@ -29,12 +29,9 @@ pub const BUILD: &[Requirement] = &[
     },
 ];
 
-/// The real peers the end-to-end tests talk to.
-pub const TEST_PEERS: &[Requirement] = &[
-    Requirement {
-        package: "postfix",
-        present_if: &["/usr/sbin/postfix"],
-    },
+/// swaks, the SMTP client of the end-to-end tests and of the package test, with what its
+/// `--tls` needs.
+pub const SWAKS: &[Requirement] = &[
     Requirement {
         package: "swaks",
         present_if: &["/usr/bin/swaks"],
@@ -47,6 +44,14 @@ pub const TEST_PEERS: &[Requirement] = &[
     Requirement {
         package: "libio-socket-ssl-perl",
         present_if: &["/usr/share/perl5/IO/Socket/SSL.pm"],
+    },
+];
+
+/// The real peers the end-to-end tests talk to (and [`SWAKS`]).
+pub const TEST_PEERS: &[Requirement] = &[
+    Requirement {
+        package: "postfix",
+        present_if: &["/usr/sbin/postfix"],
     },
     // Dovecot's LMTP server, the mailbox server an MX hands mail to.
     Requirement {
@@ -223,8 +228,8 @@ pub const DIST: &[Requirement] = &[
     },
 ];
 
-/// What the package test needs: the package's own Depends (dpkg -i installs none), a network
-/// namespace for the server, and an SMTP client.
+/// What the package test needs: the package's own Depends (dpkg -i installs none) and a
+/// network namespace for the server (and [`SWAKS`], its SMTP client).
 pub const INSTALL_TEST: &[Requirement] = &[
     Requirement {
         package: "adduser",
@@ -237,19 +242,6 @@ pub const INSTALL_TEST: &[Requirement] = &[
     Requirement {
         package: "iproute2",
         present_if: &["/usr/sbin/ip", "/bin/ip"],
-    },
-    Requirement {
-        package: "swaks",
-        present_if: &["/usr/bin/swaks"],
-    },
-    // swaks --tls needs these.
-    Requirement {
-        package: "libnet-ssleay-perl",
-        present_if: &["/usr/share/doc/libnet-ssleay-perl"],
-    },
-    Requirement {
-        package: "libio-socket-ssl-perl",
-        present_if: &["/usr/share/perl5/IO/Socket/SSL.pm"],
     },
 ];
 

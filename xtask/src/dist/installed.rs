@@ -59,6 +59,7 @@ pub fn test_installed(root: &Path, binary: Option<PathBuf>) -> Result<(), String
     }
     crate::setup::ensure(crate::setup::DIST)?;
     crate::setup::ensure(crate::setup::INSTALL_TEST)?;
+    crate::setup::ensure(crate::setup::SWAKS)?;
     if let Some(status) = package_status()? {
         return Err(format!(
             "backstop is already on this machine ({status}): the test would remove it"
