@@ -377,11 +377,16 @@ fn this_user() -> (String, Option<String>) {
 
 /// The domain of a sender without -f: /etc/mailname (Debian's), else the config's hostname.
 fn mail_domain(hostname: &str) -> String {
+    mail_name().unwrap_or_else(|| hostname.to_owned())
+}
+
+/// The host's mail name, `/etc/mailname` (Debian's): the domain of local users' addresses.
+/// The server holds local users to it too.
+pub(crate) fn mail_name() -> Option<String> {
     std::fs::read_to_string("/etc/mailname")
         .ok()
         .map(|t| t.trim().to_owned())
         .filter(|t| !t.is_empty() && !t.contains(char::is_whitespace))
-        .unwrap_or_else(|| hostname.to_owned())
 }
 
 /// The socket and the host name from the config; when it cannot be read (its directory is

@@ -291,8 +291,8 @@ fn proxy(setup: &Setup) -> Option<Arc<Proxy>> {
 /// mail name (`/etc/mailname`, which `backstop sendmail` uses without `-f`) and at each local
 /// domain; anything for `[sendmail] trusted_users` or without `[auth] restrict_sender`.
 fn local_senders(config: &Config) -> backstop_listener::LocalSenders {
-    let mailname = std::fs::read_to_string("/etc/mailname").unwrap_or_default();
-    let mut domains: Vec<Domain> = [config.hostname.as_str(), mailname.trim()]
+    let mailname = crate::sendmail::mail_name().unwrap_or_default();
+    let mut domains: Vec<Domain> = [config.hostname.as_str(), mailname.as_str()]
         .into_iter()
         .filter_map(|name| Domain::parse(name).ok())
         .chain(config.smtp.local_domains.iter().cloned())
