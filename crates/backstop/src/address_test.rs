@@ -186,11 +186,8 @@ async fn destination(agent: &Agent, address: &Address) -> String {
     let domain = address.domain();
     match agent.destination(domain) {
         None => format!("no route takes {domain}: it would fail (a route with domains = [\"*\"] takes every domain)"),
-        Some((Destination::Local, _)) => match backstop_types::address::maildir_folder_name(address) {
-            Some(folder) => format!(
-                "into the Maildir {}",
-                agent.routes.maildir.join(domain.as_str()).join(folder).display()
-            ),
+        Some((Destination::Local, _)) => match backstop_delivery::maildir::folder(&agent.routes.maildir, address) {
+            Some(folder) => format!("into the Maildir {}", folder.display()),
             None => "into a Maildir, but no Maildir can hold this name".into(),
         },
         Some((Destination::Relay { hop, lmtp }, _)) => format!(

@@ -50,7 +50,7 @@ pub fn deliver(
 
 /// The recipient's Maildir, or `None` when the local part cannot be a folder name (the session
 /// refuses those at RCPT; this is the last line).
-fn folder(root: &Path, recipient: &Address) -> Option<PathBuf> {
+pub fn folder(root: &Path, recipient: &Address) -> Option<PathBuf> {
     let local = backstop_types::address::maildir_folder_name(recipient)?;
     let domain = recipient.domain().as_str();
     let safe_domain = !domain.starts_with('.') && !domain.contains(['/', '\\']);
