@@ -32,6 +32,7 @@ pub fn session_config() -> Arc<SessionConfig> {
         relay_domains: Vec::new(),
         checks: backstop_session::Checks::default(),
         memory: backstop_session::budget::MemoryBudget::new(1 << 30),
+        spool: None,
     })
 }
 

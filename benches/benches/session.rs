@@ -35,7 +35,7 @@ fn transaction(c: &mut Criterion) {
                         s.handle_enqueued(Ok(QueueId(1)));
                     }
                 }
-                assert!(queued > size);
+                assert!(queued > size as u64);
             });
         });
     }

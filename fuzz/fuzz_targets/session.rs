@@ -65,6 +65,8 @@ struct Driver {
     now: UnixTime,
     closed: bool,
     queued: u64,
+    /// What the session spooled, by file.
+    spooled: std::collections::HashMap<std::path::PathBuf, Vec<u8>>,
 }
 
 impl Driver {
@@ -103,6 +105,11 @@ impl Driver {
                 0 => 1 << 30,
                 _ => 0,
             }),
+            // Half the runs spool past a small threshold (most messages here are small).
+            spool: (rng.below(2) == 0).then(|| backstop_session::SpoolConfig {
+                dir: "/incoming".into(),
+                threshold: 64 + rng.below(200) as u64,
+            }),
         });
         let peer = Peer {
             ip: "192.0.2.1".parse().expect("an IP address"),
@@ -119,6 +126,7 @@ impl Driver {
             now,
             closed: false,
             queued: 0,
+            spooled: Default::default(),
         };
         driver.drain(rng);
         driver
@@ -130,6 +138,15 @@ impl Driver {
             match output {
                 Output::Reply(reply) => assert_reply(&reply),
                 Output::Close => self.closed = true,
+                Output::Spool {
+                    path,
+                    bytes,
+                    create,
+                } => {
+                    assert!(path.starts_with("/incoming"), "{path:?}");
+                    assert_eq!(create, !self.spooled.contains_key(&path), "{path:?}");
+                    self.spooled.entry(path).or_default().extend_from_slice(&bytes);
+                }
                 Output::StartTls => self.session.tls_established(tls()),
                 Output::Authenticate(credentials) => {
                     assert!(
@@ -214,8 +231,16 @@ impl Driver {
         let envelope = &message.envelope;
         assert!(!envelope.recipients.is_empty());
         assert!(envelope.recipients.len() <= self.config.max_recipients * 2);
-        assert_line_ends("a received message", &message.body);
-        assert!(message.body.starts_with(b"Received: "));
+        let mut whole = message.body.head().to_vec();
+        if let Some(tail) = message.body.tail() {
+            let spooled = &self.spooled[&tail.path];
+            assert_eq!(spooled.len() as u64, tail.len, "the length the body says");
+            whole.extend_from_slice(spooled);
+            // Spooled: the head is the header section, whole.
+            assert!(message.body.head().ends_with(b"\r\n\r\n"));
+        }
+        assert_line_ends("a received message", &whole);
+        assert!(whole.starts_with(b"Received: "));
         let helo = &envelope.client.helo;
         assert!(!helo.is_empty() && !has_control(helo) && !helo.contains(' '));
         check_path(&envelope.sender);

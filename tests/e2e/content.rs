@@ -65,7 +65,7 @@ fn a_quarantine_verdict_keeps_the_message_out_of_delivery() {
         record.reason,
         "RFC 5322: no Date: header field (RFC 5322 3.6)"
     );
-    assert!(String::from_utf8_lossy(&body).contains("Subject: sloppy"));
+    assert!(String::from_utf8_lossy(body.head()).contains("Subject: sloppy"));
 }
 
 /// A message from sender@example.org with this subject and MIME body (after the headers).

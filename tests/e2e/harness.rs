@@ -399,7 +399,8 @@ pub fn queued(dir: &Path) -> Vec<(QueueId, Envelope, Vec<u8>)> {
         .unwrap()
         .into_iter()
         .map(|(id, entry)| {
-            let body = queue.message(id).unwrap().unwrap().body;
+            // A spooled body read back whole: what the server would send.
+            let body = queue.message(id).unwrap().unwrap().body.read_all().unwrap();
             (id, entry.envelope, body)
         })
         .collect()

@@ -42,6 +42,7 @@ mod sendmail;
 mod signals;
 mod smarthost;
 mod smuggling;
+mod spool;
 mod submission;
 mod systemd;
 mod tls;

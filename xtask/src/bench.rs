@@ -12,6 +12,9 @@
 //!   then the same with a sick destination (a slow receiver, a blackhole) among healthy ones,
 //!   and backstop's memory per outbound connection with 10,000 open at once
 //!   (`bench/sick.rs`). `cargo xtask bench sick` runs only that last part.
+//! - large (only when named): memory with large messages, 200 concurrent 20 MiB transfers and
+//!   a queue of 10 MB messages delivered, and the 5 KB receive rate beside an earlier build
+//!   (`--baseline BINARY`) and Postfix (`bench/large.rs`).
 //!
 //! backstop runs its release build on a fresh data directory (250 only after fsync). Postfix
 //! is a throw-away instance on loopback whose smtpd puts every message on hold (cleanup writes
@@ -20,6 +23,7 @@
 //! without it, or without Postfix, its column says why.
 
 mod delivery;
+mod large;
 mod peers;
 mod sick;
 mod state;
@@ -88,6 +92,10 @@ pub fn bench(root: &Path, args: &[String]) -> Result<(), String> {
         let (binary, dir) = prepare(root)?;
         return finish(state::run(&binary, &dir), &dir);
     }
+    if args.first().map(String::as_str) == Some("large") {
+        let (binary, dir) = prepare(root)?;
+        return finish(large::run(&binary, &dir, &args[1..]), &dir);
+    }
     let (with_receive, with_delivery, with_sick) = match args.first().map(String::as_str) {
         None => (true, true, true),
         Some("receive") => (true, false, false),
@@ -95,7 +103,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<(), String> {
         Some("sick") => (false, false, true),
         Some(other) => {
             return Err(format!(
-                "cargo xtask bench: no part {other:?} (receive, delivery, sick, state)"
+                "cargo xtask bench: no part {other:?} (receive, delivery, sick, state, large)"
             ))
         }
     };

@@ -99,7 +99,7 @@ struct Response {
 struct MessageSummary {
     id: String,
     arrival: u64,
-    size: usize,
+    size: u64,
     sender: String,
     recipients: Vec<String>,
     held: bool,
@@ -164,7 +164,7 @@ struct QuarantineSummary {
 struct QuarantineDetail {
     #[serde(flatten)]
     summary: QuarantineSummary,
-    size: usize,
+    size: u64,
     client_ip: String,
     helo: String,
     headers: String,
@@ -455,7 +455,7 @@ fn answer(queue: &Queue, request: Request) -> anyhow::Result<serde_json::Value> 
                 // The record has the size; only records older than that need the body read.
                 let size = match entry.size {
                     0 => queue.message(id)?.map_or(0, |m| m.body.len()),
-                    size => usize::try_from(size).unwrap_or(usize::MAX),
+                    size => size,
                 };
                 messages.push(summary(id, &entry, size));
             }
@@ -470,7 +470,7 @@ fn answer(queue: &Queue, request: Request) -> anyhow::Result<serde_json::Value> 
                 bail!("{id}: not in the queue");
             };
             let mut detail = detail(id, &m.entry, &m.body);
-            detail.message = body.map(|limit| first_octets(&m.body, limit));
+            detail.message = body.map(|limit| first_octets(&m.body, limit)).transpose()?;
             serde_json::to_value(detail)?
         }
         Request::QueueFlush { id } => {
@@ -504,8 +504,8 @@ fn answer(queue: &Queue, request: Request) -> anyhow::Result<serde_json::Value> 
                 size: body.len(),
                 client_ip: record.envelope.client.ip.to_string(),
                 helo: record.envelope.client.helo.clone(),
-                headers: headers(&body),
-                message: limit.map(|limit| first_octets(&body, limit)),
+                headers: headers(body.head()),
+                message: limit.map(|limit| first_octets(&body, limit)).transpose()?,
             })?
         }
         Request::QuarantineRelease { id } => done(
@@ -535,7 +535,7 @@ fn parse_id(id: &str) -> anyhow::Result<QueueId> {
     id.parse::<QueueId>().map_err(anyhow::Error::from)
 }
 
-fn summary(id: QueueId, entry: &Entry, size: usize) -> MessageSummary {
+fn summary(id: QueueId, entry: &Entry, size: u64) -> MessageSummary {
     MessageSummary {
         id: id.to_string(),
         arrival: entry.envelope.arrival.0,
@@ -570,7 +570,7 @@ fn attempt_text(attempt: &backstop_types::Attempt) -> String {
     }
 }
 
-fn detail(id: QueueId, entry: &Entry, body: &[u8]) -> MessageDetail {
+fn detail(id: QueueId, entry: &Entry, body: &backstop_types::Body) -> MessageDetail {
     let e = &entry.envelope;
     let recipient_states = e
         .recipients
@@ -613,16 +613,19 @@ fn detail(id: QueueId, entry: &Entry, body: &[u8]) -> MessageDetail {
             backstop_types::TrustClass::Unverified => "unverified".to_owned(),
         },
         recipient_states,
-        headers: headers(body),
+        headers: headers(body.head()),
         message: None,
     }
 }
 
 /// The first `limit` octets of `body`, base64.
-fn first_octets(body: &[u8], limit: u64) -> String {
+fn first_octets(body: &backstop_types::Body, limit: u64) -> anyhow::Result<String> {
     use base64::Engine as _;
-    let end = usize::try_from(limit).unwrap_or(usize::MAX).min(body.len());
-    base64::engine::general_purpose::STANDARD.encode(&body[..end])
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let start = body
+        .read_prefix(limit)
+        .map_err(|e| anyhow::anyhow!("reading the spooled message: {e}"))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(start))
 }
 
 fn quarantine_summary(id: QueueId, r: &QuarantineRecord) -> QuarantineSummary {
@@ -834,7 +837,7 @@ fn unreachable(e: &anyhow::Error) -> bool {
 }
 
 /// The message of a `show` answer as text for a terminal, with a note when it was cut.
-fn shown_message(message: Option<&str>, size: usize) -> anyhow::Result<String> {
+fn shown_message(message: Option<&str>, size: u64) -> anyhow::Result<String> {
     use base64::Engine as _;
     let Some(message) = message else {
         return Ok(String::new());
@@ -845,10 +848,10 @@ fn shown_message(message: Option<&str>, size: usize) -> anyhow::Result<String> {
     if !out.ends_with('\n') {
         out.push('\n');
     }
-    if bytes.len() < size {
+    if (bytes.len() as u64) < size {
         out.push_str(&format!(
             "--- {} more octets not shown (--limit SIZE to see more) ---\n",
-            size - bytes.len()
+            size - bytes.len() as u64
         ));
     }
     Ok(out)

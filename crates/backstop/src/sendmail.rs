@@ -565,7 +565,9 @@ async fn submit(
         smtputf8,
         size: message.len() as u64,
     };
-    let result = connection.deliver(&txn, &[message]).await;
+    let result = connection
+        .deliver(&txn, backstop_smtp_client::Outgoing::memory(&[message]))
+        .await;
     connection.quit().await;
     let (mut sent, mut permanent, mut transient) = (0, 0, 0);
     for (index, outcome) in &result.outcomes {

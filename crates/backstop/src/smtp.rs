@@ -146,6 +146,9 @@ pub(crate) fn smtp_context(
             checks: config.content_checks.clone(),
             deadline: config.content_deadline,
         },
+        max_scan_size: config.max_scan_size,
+        memory: Arc::clone(&shared.memory),
+        hostname: config.hostname.clone(),
         auth_ldap: setup
             .auth_ldap
             .clone()
@@ -169,6 +172,7 @@ pub(crate) fn smtp_context(
                     Role::Listener(l.kind),
                     checks,
                     &shared.memory,
+                    &queue.incoming_dir(),
                 )),
                 greeting_delay: config.smtp.greeting_delay,
                 shutdown_grace: config.smtp.shutdown_grace,
@@ -187,6 +191,7 @@ pub(crate) fn smtp_context(
                 Role::LocalSocket,
                 checks,
                 &shared.memory,
+                &queue.incoming_dir(),
             )),
             greeting_delay: std::time::Duration::ZERO,
             shutdown_grace: config.smtp.shutdown_grace,
@@ -319,6 +324,7 @@ fn session_config(
     role: Role,
     checks: Checks,
     memory: &Arc<backstop_session::budget::MemoryBudget>,
+    spool: &std::path::Path,
 ) -> SessionConfig {
     let submission_auth = if config.auth.allow_plaintext {
         AuthPolicy::AllowPlaintext
@@ -358,5 +364,9 @@ fn session_config(
         relay_domains: config.smtp.relay_domains.clone(),
         checks,
         memory: Arc::clone(memory),
+        spool: Some(backstop_session::SpoolConfig {
+            dir: spool.to_owned(),
+            threshold: config.smtp.spool_threshold,
+        }),
     }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::error::Ctx;
-use crate::units::Seconds;
+use crate::units::{ByteSize, Seconds};
 
 pub use backstop_filter::content::ContentAction;
 
@@ -39,15 +39,32 @@ pub(crate) struct RawContent {
     #[serde(default)]
     rfc5322: RawAction,
     deadline: Option<Seconds>,
+    max_scan_size: Option<ByteSize>,
 }
 
-/// The RFC 5322 action and the deadline of a whole content run: far below the 10 minutes a
-/// client waits for the reply to DATA (RFC 5321 4.5.3.2.6).
-pub(crate) fn content(raw: RawContent) -> (ContentAction, Duration) {
+/// The `[content]` settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentSettings {
+    pub rfc5322: ContentAction,
+    /// The deadline of a whole content run: far below the 10 minutes a client waits for the
+    /// reply to DATA (RFC 5321 4.5.3.2.6).
+    pub deadline: Duration,
+    /// The largest message the checks that need it whole (DKIM, DMARC, the `[[filter]]`
+    /// pipeline) read into memory; a larger one is accepted unchecked by them, with a log
+    /// line and a note in `Authentication-Results:`. `None`: every message, up to
+    /// `smtp.max_message_size`.
+    pub max_scan_size: Option<u64>,
+}
+
+pub(crate) fn content(raw: RawContent) -> ContentSettings {
     let deadline = raw.deadline.map_or(Duration::from_secs(60), |d| {
         d.0.clamp(Duration::from_secs(1), Duration::from_secs(300))
     });
-    (raw.rfc5322.into(), deadline)
+    ContentSettings {
+        rfc5322: raw.rfc5322.into(),
+        deadline,
+        max_scan_size: raw.max_scan_size.map(|b| b.0),
+    }
 }
 
 /// One `[[filter]]`: a rule on the message, or a scanner reached over the network; its

@@ -88,6 +88,9 @@ pub struct Config {
     /// The content checks (`[[filter]]`), in order, and the deadline of a whole run.
     pub content_checks: Vec<backstop_filter::pipeline::Check>,
     pub content_deadline: std::time::Duration,
+    /// `[content] max_scan_size`: the largest message the checks that need it whole (DKIM,
+    /// DMARC, `[[filter]]`) read into memory; `None`: every message.
+    pub max_scan_size: Option<u64>,
     pub delivery: DeliveryConfig,
     /// Routes, first match wins.
     pub routes: Vec<RouteConfig>,
@@ -353,7 +356,11 @@ fn read(ctx: &mut Ctx<'_>, text: &str) -> Option<Config> {
     let rate_limits = limits::rate_limits(ctx, rate_limits);
     let delivery = read!("delivery", raw.delivery);
     let delivery = delivery::check(ctx, delivery, &data_dir);
-    let (rfc5322, content_deadline) = content::content(read!("content", raw.content));
+    let content::ContentSettings {
+        rfc5322,
+        deadline: content_deadline,
+        max_scan_size,
+    } = content::content(read!("content", raw.content));
     let filters = read!("filter", raw.filter);
     let content_checks = content::filters(ctx, filters, &hostname);
     let routes = read!("route", raw.route);
@@ -398,6 +405,7 @@ fn read(ctx: &mut Ctx<'_>, text: &str) -> Option<Config> {
         rfc5322,
         content_checks,
         content_deadline,
+        max_scan_size,
         delivery,
         routes,
         dns,

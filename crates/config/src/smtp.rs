@@ -19,6 +19,9 @@ pub struct Smtp {
     /// Message data all sessions together may hold in memory; beyond it, DATA and BDAT get
     /// 452 4.3.1.
     pub max_message_memory: u64,
+    /// Past this many octets a message being received goes to a spool file; only its header
+    /// section stays in memory (and must end within it).
+    pub spool_threshold: u64,
     pub max_recipients: usize,
     pub max_line_length: usize,
     pub max_errors: u32,
@@ -46,6 +49,7 @@ pub(crate) struct RawSmtp {
     local_networks: Vec<Spanned<String>>,
     max_message_size: ByteSize,
     max_message_memory: Spanned<ByteSize>,
+    spool_threshold: Spanned<ByteSize>,
     max_recipients: Spanned<usize>,
     max_line_length: Spanned<usize>,
     max_errors: Spanned<u32>,
@@ -71,6 +75,7 @@ impl Default for RawSmtp {
             local_networks: Vec::new(),
             max_message_size: ByteSize(50 * 1024 * 1024),
             max_message_memory: Spanned::new(0..0, ByteSize(1024 * 1024 * 1024)),
+            spool_threshold: Spanned::new(0..0, ByteSize(SPOOL_THRESHOLD)),
             max_recipients: unspanned(100),
             max_line_length: unspanned(2048),
             max_errors: Spanned::new(0..0, 20),
@@ -86,6 +91,11 @@ impl Default for RawSmtp {
         }
     }
 }
+
+/// The default spool threshold: 256 KiB in memory per message at most, so 200 large messages
+/// arriving at once hold about 50 MiB (Exim's `header_maxsize` is 1 MiB; a header section
+/// longer than the threshold is refused).
+const SPOOL_THRESHOLD: u64 = 256 * 1024;
 
 pub(crate) fn check(ctx: &mut Ctx<'_>, raw: RawSmtp) -> Smtp {
     let local_domains = crate::domains(ctx, &raw.local_domains);
@@ -145,6 +155,14 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, raw: RawSmtp) -> Smtp {
             ),
         );
     }
+    let spool_threshold = raw.spool_threshold.get_ref().0;
+    if spool_threshold < 64 * 1024 {
+        ctx.error(
+            raw.spool_threshold.span(),
+            "smtp.spool_threshold",
+            "must be at least 64K (a message's header section must fit within it)",
+        );
+    }
     let defaults = RawSmtp::default();
     // A value reported above falls back to its default, so nothing downstream sees it.
     let or_default = |v: &Spanned<usize>, d: &Spanned<usize>, min: usize| {
@@ -160,6 +178,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, raw: RawSmtp) -> Smtp {
         local_networks,
         max_message_size: raw.max_message_size.0,
         max_message_memory: memory.max(least_memory),
+        spool_threshold: spool_threshold.max(64 * 1024),
         max_recipients: or_default(&raw.max_recipients, &defaults.max_recipients, 1),
         max_line_length: or_default(&raw.max_line_length, &defaults.max_line_length, 512),
         max_errors: (*raw.max_errors.get_ref()).max(1),

@@ -71,7 +71,7 @@ fn errors_name_file_line_and_key_in_plain_words() {
     );
     check(
         &format!("[smtp]\nmax_recipient = 5\n{MINIMAL}"),
-        expect!["test.toml:2: smtp.max_recipient: unknown key max_recipient; the keys here are local_domains, relay_domains, local_networks, max_message_size, max_message_memory, max_recipients, max_line_length, max_errors, command_timeout, data_timeout, min_data_rate, max_hops, stress_timeout, greeting_delay, shutdown_grace, max_connections, max_connections_per_ip"],
+        expect!["test.toml:2: smtp.max_recipient: unknown key max_recipient; the keys here are local_domains, relay_domains, local_networks, max_message_size, max_message_memory, spool_threshold, max_recipients, max_line_length, max_errors, command_timeout, data_timeout, min_data_rate, max_hops, stress_timeout, greeting_delay, shutdown_grace, max_connections, max_connections_per_ip"],
     );
     check(
         &format!("[smtp]\nlocal_domains = \"example.com\"\n{MINIMAL}"),

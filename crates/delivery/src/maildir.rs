@@ -3,12 +3,13 @@
 //! A message is written to `tmp/`, synced, then renamed into `new/` (and the directory
 //! synced), so a reader never sees half a message and a crash never loses a delivered one.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use backstop_types::{
-    Address, Attempt, AttemptOutcome, EnhancedStatus, QueueId, RemoteReply, ReversePath, UnixTime,
+    Address, Attempt, AttemptOutcome, Body, EnhancedStatus, QueueId, RemoteReply, ReversePath,
+    UnixTime,
 };
 
 /// Delivers `body` for `recipient`, with `Return-Path:` and `Delivered-To:` on top as a local
@@ -19,7 +20,7 @@ pub fn deliver(
     id: QueueId,
     sender: &ReversePath,
     recipient: &Address,
-    body: &[u8],
+    body: &Body,
     now: UnixTime,
 ) -> AttemptOutcome {
     let Some(folder) = folder(root, recipient) else {
@@ -63,7 +64,7 @@ fn write(
     id: QueueId,
     sender: &ReversePath,
     recipient: &Address,
-    body: &[u8],
+    body: &Body,
     now: UnixTime,
 ) -> std::io::Result<PathBuf> {
     static SEQUENCE: AtomicU64 = AtomicU64::new(0);
@@ -89,7 +90,13 @@ fn write(
             file,
             "Return-Path: {sender}\r\nDelivered-To: {recipient}\r\n"
         )?;
-        file.write_all(body)?;
+        file.write_all(body.head())?;
+        if let Some(tail) = body.tail() {
+            let copied = std::io::copy(&mut tail.open()?.take(tail.len), &mut file)?;
+            if copied < tail.len {
+                return Err(backstop_types::body::short(&tail.path, copied, tail.len));
+            }
+        }
         file.sync_all()?;
     }
     std::fs::rename(&tmp, &new)?;
@@ -163,7 +170,7 @@ mod tests {
             QueueId(7),
             &sender,
             &rcpt,
-            b"Subject: x\r\n\r\nhi\r\n",
+            &Body::new(b"Subject: x\r\n\r\nhi\r\n".to_vec()),
             UnixTime(1_800_000_000),
         );
         assert!(
@@ -198,7 +205,7 @@ mod tests {
                 QueueId(1),
                 &ReversePath::Null,
                 &rcpt,
-                b"x",
+                &Body::new(b"x".to_vec()),
                 UnixTime(0),
             );
             assert!(

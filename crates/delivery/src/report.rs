@@ -185,7 +185,7 @@ impl Agent {
                         .message(id)
                         .ok()
                         .flatten()
-                        .map(|m| m.body)
+                        .map(|m| returned(m.body))
                         .unwrap_or_default()
                 });
                 let sender = Sender {
@@ -249,7 +249,7 @@ impl Agent {
                     .message(id)
                     .ok()
                     .flatten()
-                    .map(|m| m.body)
+                    .map(|m| returned(m.body))
                     .unwrap_or_default()
             });
             if let Some(report) = self.report(id, message, entry, action, indexes, now) {
@@ -383,4 +383,11 @@ impl Agent {
         };
         Some((report, body))
     }
+}
+
+/// What a report returns of a message: all of it when it is held in memory; of a spooled
+/// (large) one, its header section only, as Postfix's `bounce_size_limit` cuts a large
+/// message short.
+fn returned(body: backstop_types::Body) -> Vec<u8> {
+    body.into_parts().0
 }

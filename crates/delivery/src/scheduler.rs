@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use backstop_queue::Entry;
-use backstop_smtp_client::{ClientError, Connection, Endpoint, NextHop, Transaction};
+use backstop_smtp_client::{ClientError, Connection, Endpoint, NextHop, Outgoing, Transaction};
 use backstop_types::budget::Reservation;
 use backstop_types::{
     Attempt, AttemptOutcome, Clock, Domain, EnhancedStatus, QueueId, RecipientState, RemoteReply,
@@ -775,7 +775,7 @@ async fn deliver(
 ) -> JobResult {
     // Room for the message first: a wait for memory happens before a connection is opened,
     // and the share covers a second try on a fresh connection too.
-    let _memory = memory_for(job).await;
+    let _memory = memory_for(job, job.size.min(STREAMED_SHARE)).await;
     match destination {
         Destination::Local => deliver_local(job).await,
         Destination::Relay { hop, .. } => deliver_relay(job, hop, connection).await,
@@ -934,22 +934,27 @@ async fn deliver_mx(
     })
 }
 
+/// What a delivery holds of a message at most, unless it must sign it: the head of a spooled
+/// message (its header section) and the chunks on their way out; a message stored whole is
+/// smaller than the spool threshold (1 MiB by default).
+const STREAMED_SHARE: u64 = 1024 * 1024 + 256 * 1024;
+
 /// Sends the job's message over an open connection: the body is read from the queue now.
 /// A share of the memory budget for `job`'s message, taken before the message is read. While
 /// the budget is used up (by sessions receiving, or other deliveries) it waits: delivery can
 /// wait, and what it waits for is given back as soon as those messages are stored or sent. A
 /// message larger than the whole budget, or one whose size its record does not say, goes
 /// without a share rather than never.
-async fn memory_for(job: &Job) -> Reservation {
+async fn memory_for(job: &Job, size: u64) -> Reservation {
     let budget = &job.agent.memory;
     let mut share = Reservation::new(budget);
-    if job.size == 0 || job.size > budget.limit() {
+    if size == 0 || size > budget.limit() {
         return share;
     }
     let mut waiting = false;
-    while !share.cover(job.size) {
+    while !share.cover(size) {
         if !waiting {
-            debug!(queue_id = %job.id, size = job.size, "waiting for memory to read the message");
+            debug!(queue_id = %job.id, size, "waiting for memory to read the message");
             waiting = true;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -969,7 +974,21 @@ async fn send(job: &Job, c: &mut Connection, lmtp: bool) -> JobResult {
         Err(e) => return all(job, local_failure(&format!("reading the message: {e}"))),
     };
     let envelope = &message.entry.envelope;
-    let (sender, prefix) = job.agent.identify(envelope, &message.body, job.now);
+    let (sender, prefix) = match message.body.in_memory() {
+        Some(whole) => job.agent.identify(envelope, whole, job.now),
+        // A DKIM signature covers the whole body: our own user's spooled message is read
+        // whole to sign it, within the memory budget.
+        None if crate::agent::ours(envelope, &job.agent.routes.local_domains) => {
+            let _share = memory_for(job, message.body.len()).await;
+            let body = message.body.clone();
+            match tokio::task::spawn_blocking(move || body.read_all()).await {
+                Ok(Ok(whole)) => job.agent.identify(envelope, &whole, job.now),
+                Ok(Err(e)) => return all(job, local_failure(&format!("reading the message: {e}"))),
+                Err(e) => return all(job, local_failure(&format!("reading the message: {e}"))),
+            }
+        }
+        None => job.agent.identify(envelope, &[], job.now),
+    };
     let recipients: Vec<(usize, &backstop_types::Recipient)> = job
         .recipients
         .iter()
@@ -982,9 +1001,14 @@ async fn send(job: &Job, c: &mut Connection, lmtp: bool) -> JobResult {
         envid: envelope.dsn.envid.as_deref(),
         body_type: envelope.body_type,
         smtputf8: envelope.smtputf8,
-        size: (prefix.len() + message.body.len()) as u64,
+        size: prefix.len() as u64 + message.body.len(),
     };
-    let result = c.deliver(&txn, &[prefix.as_bytes(), &message.body]).await;
+    let pieces = [prefix.as_bytes(), message.body.head()];
+    let body = Outgoing {
+        pieces: &pieces,
+        tail: message.body.tail(),
+    };
+    let result = c.deliver(&txn, body).await;
     let connection_failed = result
         .error
         .as_ref()
@@ -1006,7 +1030,7 @@ async fn send(job: &Job, c: &mut Connection, lmtp: bool) -> JobResult {
         .iter()
         .any(|(_, o)| matches!(o, AttemptOutcome::Delivered(_)));
     if delivered_remote && crate::agent::ours(envelope, &job.agent.routes.local_domains) {
-        job_result.sent_message_id = crate::agent::message_id(&message.body);
+        job_result.sent_message_id = crate::agent::message_id(message.body.head());
     }
     job_result.outcomes = result.outcomes;
     job_result

@@ -120,9 +120,70 @@ pub fn rfc5322(message: &[u8]) -> Result<(), Violation> {
     }
 }
 
+/// [`rfc5322`] for a spooled message: the head as a message of its own (the header section
+/// is all there), then the rest read from `tail` a piece at a time for lines longer than 998
+/// octets, numbered on from the head's. Blocking: run it on the blocking pool.
+pub fn rfc5322_spooled(
+    head: &[u8],
+    tail: impl std::io::Read,
+) -> std::io::Result<Result<(), Violation>> {
+    if let Err(v) = rfc5322(head) {
+        return Ok(Err(v));
+    }
+    let head_lines = head.iter().filter(|&&b| b == b'\n').count();
+    // The head ends with the empty line, so the rest starts a line.
+    let mut line = head_lines + 1;
+    let mut len = 0usize;
+    let mut buf = vec![0; 64 * 1024];
+    let mut tail = tail;
+    loop {
+        let n = match tail.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                line += 1;
+                len = 0;
+            } else if b != b'\r' {
+                len += 1;
+                if len > 998 {
+                    return Ok(Err(Violation::LineTooLong(line)));
+                }
+            }
+        }
+    }
+    Ok(Ok(()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A spooled message is judged as the same message in memory.
+    #[test]
+    fn a_spooled_message_is_checked_as_a_whole_one() {
+        let (head, rest) = GOOD.split_at(GOOD.find("\r\n\r\n").unwrap() + 4);
+        assert_eq!(
+            rfc5322_spooled(head.as_bytes(), rest.as_bytes()).unwrap(),
+            Ok(())
+        );
+        let long = format!("line\r\n{}\r\n", "x".repeat(999));
+        let whole = format!("{GOOD}{long}");
+        assert_eq!(
+            rfc5322_spooled(head.as_bytes(), format!("{rest}{long}").as_bytes()).unwrap(),
+            rfc5322(whole.as_bytes())
+        );
+        assert!(rfc5322(whole.as_bytes()).is_err());
+        let no_date = GOOD.replace("Date: Sun, 22 Nov 2026 17:00:00 +0000\r\n", "");
+        let (head, rest) = no_date.split_at(no_date.find("\r\n\r\n").unwrap() + 4);
+        assert_eq!(
+            rfc5322_spooled(head.as_bytes(), rest.as_bytes()).unwrap(),
+            Err(Violation::NoDate)
+        );
+    }
 
     const GOOD: &str = "Received: from x\r\n\tby y; Sun, 22 Nov 2026 17:00:00 +0000\r\n\
         From: a@example.org\r\nDate: Sun, 22 Nov 2026 17:00:00 +0000\r\nSubject: hi\r\n\

@@ -15,6 +15,8 @@
 //!   mode, client networks, and the unmapping of IPv4-mapped addresses.
 //! - [`local_user`]: the name of a Unix user (the local submission socket's peer), from
 //!   `/etc/passwd`.
+//! - `spool`: the file a large message is written into as it arrives (in the queue's
+//!   `spool/incoming/`), removed when its transaction is over unless the queue took it.
 //! - [`auth_limits`]: failed logins counted per client and per name across connections, with
 //!   a growing delay and then `454 4.7.0`; password checks bounded.
 
@@ -24,6 +26,7 @@ pub mod limits;
 pub mod local_user;
 pub mod metrics;
 pub mod server;
+mod spool;
 pub mod tls;
 pub mod users;
 

@@ -21,6 +21,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::auth_limits::AuthLimits;
 use crate::limits::{unmapped, ConnectionLimits, IpNetwork, Refusal};
+use crate::spool::SpoolFile;
 use crate::users::UserStore;
 use crate::{tls, MessageSink, Policy};
 
@@ -542,6 +543,8 @@ where
     // The span of the transaction under way, by its number.
     let mut transaction: Option<(u64, tracing::Span)> = None;
     let mut stress = context.limits.stress_changes();
+    // The spool file of the message under way, when it is large (removed on drop).
+    let mut spool: Option<SpoolFile> = None;
     loop {
         while let Some(output) = session.poll_output() {
             let span = transaction_span(&mut transaction, session);
@@ -609,6 +612,19 @@ where
                             "authentication"
                         );
                         session.handle_auth(credentials, outcome);
+                    }
+                    Output::Spool {
+                        path,
+                        bytes,
+                        create,
+                    } => SpoolFile::write(&mut spool, path, &bytes, create).await,
+                    Output::CheckMessage(message)
+                    | Output::Enqueue(message)
+                    | Output::Quarantine { message, .. }
+                        if SpoolFile::broken(&spool, &message.body) =>
+                    {
+                        warn!(from = %Escaped(&message.envelope.sender.to_string()), "not accepted: the message could not be spooled");
+                        session.handle_enqueued(Err(backstop_session::EnqueueFailure::StorageFull));
                     }
                     Output::CheckMessage(message) => {
                         let started = std::time::Instant::now();
@@ -699,7 +715,7 @@ where
                         let recipients = message.envelope.recipients.len();
                         let size = message.body.len();
                         let message_id = backstop_session::headers::message_id(
-                            backstop_session::headers::section(&message.body),
+                            backstop_session::headers::section(message.body.head()),
                         );
                         let result = context.sink.enqueue(*message).await;
                         match result {
@@ -729,6 +745,9 @@ where
             if let Some(next) = next {
                 return Ok(next);
             }
+        }
+        if !session.in_transaction() {
+            spool = None;
         }
         flush(stream, &mut out).await?;
         if draining.is_some() && !session.in_transaction() && !session.is_closed() {

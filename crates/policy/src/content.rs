@@ -5,8 +5,9 @@
 use backstop_filter::content::ContentAction;
 use backstop_filter::pipeline::{Draft, Outcome};
 use backstop_session::{ContentVerdict, Message};
+use backstop_types::budget::Reservation;
 use backstop_types::text::Escaped;
-use backstop_types::{Reply, ReversePath, TrustClass};
+use backstop_types::{Body, Reply, ReversePath, TrustClass};
 use tracing::{info, warn};
 
 use crate::{Sent, SitePolicy};
@@ -14,10 +15,17 @@ use crate::{Sent, SitePolicy};
 impl SitePolicy {
     /// Every check on a whole message, in order; the first that does not pass answers.
     pub(crate) async fn content(&self, message: &Message) -> ContentVerdict {
-        match (
-            self.rfc5322,
-            backstop_filter::content::rfc5322(&message.body),
-        ) {
+        let rfc5322 = match self.rfc5322 {
+            ContentAction::Off => Ok(()),
+            _ => match rfc5322(&message.body).await {
+                Ok(found) => found,
+                Err(e) => {
+                    warn!(error = %e, "reading the spooled message for the RFC 5322 check: 451");
+                    return ContentVerdict::Refuse(Reply::check_unavailable());
+                }
+            },
+        };
+        match (self.rfc5322, rfc5322) {
             (ContentAction::Off, _) | (_, Ok(())) => {}
             (ContentAction::Reject, Err(v)) => {
                 return ContentVerdict::Refuse(
@@ -38,12 +46,73 @@ impl SitePolicy {
             }
         });
         if self.bounce_provenance && provenance_applies && envelope.sender == ReversePath::Null {
-            if let Some(reply) = self.provenance(&message.body).await {
+            // A bounce names what it returns near its start: a large one is read that far.
+            let start = match message.body.in_memory() {
+                Some(whole) => Ok(whole.to_vec()),
+                None => {
+                    let body = message.body.clone();
+                    tokio::task::spawn_blocking(move || body.read_prefix(BOUNCE_PREFIX))
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                }
+            };
+            let start = match start {
+                Ok(start) => start,
+                Err(e) => {
+                    warn!(error = %e, "reading the spooled bounce: 451");
+                    return ContentVerdict::Refuse(Reply::check_unavailable());
+                }
+            };
+            if let Some(reply) = self.provenance(&start).await {
                 return ContentVerdict::Refuse(reply);
             }
         }
         // Our own users' mail is not theirs to prove.
         let untrusted = envelope.trust == TrustClass::Unverified;
+        let authenticates = self.sender_auth.is_some() && untrusted;
+        if !authenticates && self.content.is_empty() {
+            return ContentVerdict::Accept;
+        }
+        // The checks from here on read the whole message: a spooled one is read into memory
+        // within the budget, or, larger than `max_scan_size`, let through unchecked by them.
+        let size = message.body.len();
+        if self.max_scan_size.is_some_and(|max| size > max) {
+            warn!(size, max_scan_size = self.max_scan_size, "message larger than max_scan_size: sender authentication and content checks skipped");
+            let mut unchecked = message.clone();
+            unchecked.body.prepend(
+                format!(
+                    "Authentication-Results: {}; none (message of {size} octets, larger than max_scan_size: not checked)\r\n",
+                    self.hostname
+                )
+                .as_bytes(),
+            );
+            return ContentVerdict::AcceptChanged(Box::new(unchecked));
+        }
+        let mut share = Reservation::new(&self.memory);
+        let loaded;
+        let whole: &[u8] = match message.body.in_memory() {
+            Some(whole) => whole,
+            None => {
+                // The message read, and the checks' copy of it.
+                if !share.cover(size.saturating_mul(2)) {
+                    info!(size, "no memory to check the message now: 452");
+                    return ContentVerdict::Refuse(Reply::insufficient_memory());
+                }
+                let body = message.body.clone();
+                loaded = match tokio::task::spawn_blocking(move || body.read_all()).await {
+                    Ok(Ok(whole)) => whole,
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "reading the spooled message for the checks: 451");
+                        return ContentVerdict::Refuse(Reply::check_unavailable());
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "reading the spooled message for the checks: 451");
+                        return ContentVerdict::Refuse(Reply::check_unavailable());
+                    }
+                };
+                &loaded
+            }
+        };
         let mut header = None;
         if let (Some(auth), true) = (&self.sender_auth, untrusted) {
             use backstop_filter::sender_auth::{Client, Outcome, Refusal};
@@ -52,7 +121,7 @@ impl SitePolicy {
                 helo: &envelope.client.helo,
                 sender: &envelope.sender,
             };
-            let checked = auth.check(&client, &message.body).await;
+            let checked = auth.check(&client, whole).await;
             info!(results = %checked.summary, outcome = %checked.outcome, "sender authentication");
             let refusal = match checked.outcome {
                 Outcome::Accept => None,
@@ -70,9 +139,17 @@ impl SitePolicy {
         if header.is_none() && self.content.is_empty() {
             return ContentVerdict::Accept;
         }
+        if self.content.is_empty() {
+            // Only the header to add: the stored body (in memory or spooled) keeps its place.
+            let mut checked = message.clone();
+            checked
+                .body
+                .prepend(header.as_deref().unwrap_or_default().as_bytes());
+            return ContentVerdict::AcceptChanged(Box::new(checked));
+        }
         // The checks see (and may change) the message as it will be stored.
         let mut body = header.as_deref().unwrap_or_default().as_bytes().to_vec();
-        body.extend_from_slice(&message.body);
+        body.extend_from_slice(whole);
         let mut draft = Draft::new(envelope.clone(), body);
         draft.changed = header.is_some();
         match self.content.run(&mut draft).await {
@@ -81,7 +158,7 @@ impl SitePolicy {
             }
             Outcome::Accept if draft.changed => ContentVerdict::AcceptChanged(Box::new(Message {
                 envelope: draft.envelope,
-                body: draft.message,
+                body: Body::new(draft.message),
                 proxied: message.proxied,
             })),
             Outcome::Accept => ContentVerdict::Accept,
@@ -107,5 +184,26 @@ impl SitePolicy {
                 Some(Reply::bounce_provenance_unavailable())
             }
         }
+    }
+}
+
+/// How much of a large bounce is read to find the message it returns.
+const BOUNCE_PREFIX: usize = 1024 * 1024;
+
+/// The RFC 5322 check on a message in memory or spooled (the rest read from its file on the
+/// blocking pool).
+async fn rfc5322(body: &Body) -> std::io::Result<Result<(), backstop_filter::content::Violation>> {
+    match (body.in_memory(), body.tail()) {
+        (Some(whole), _) => Ok(backstop_filter::content::rfc5322(whole)),
+        (None, Some(tail)) => {
+            let (head, tail) = (body.head().to_vec(), tail.clone());
+            tokio::task::spawn_blocking(move || {
+                let file = std::io::Read::take(tail.open()?, tail.len);
+                backstop_filter::content::rfc5322_spooled(&head, file)
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        }
+        (None, None) => Ok(Ok(())),
     }
 }

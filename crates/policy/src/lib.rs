@@ -86,6 +86,13 @@ pub struct SitePolicy {
     pub bounce_provenance_domains: Vec<Domain>,
     /// The configured content checks (`[[filter]]`), run last.
     pub content: Pipeline,
+    /// The largest message the whole-message checks (sender authentication, `content`) read;
+    /// a larger one is accepted unchecked by them, with a note in `Authentication-Results:`.
+    pub max_scan_size: Option<u64>,
+    /// The memory budget a spooled message is read into for those checks.
+    pub memory: Arc<backstop_types::budget::MemoryBudget>,
+    /// Our host name, the authserv-id of the notes we add.
+    pub hostname: String,
     /// A directory for logins the users file does not know.
     pub auth_ldap: Option<Arc<backstop_filter::ldap::LdapSource>>,
     /// Dovecot's auth-client socket, for logins the users file does not know.

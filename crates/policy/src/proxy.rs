@@ -138,7 +138,12 @@ impl Proxy {
             if reply.code != 354 {
                 return Ok(reply);
             }
-            connection.data(&[&message.body]).await
+            connection
+                .data(backstop_smtp_client::Outgoing {
+                    pieces: &[message.body.head()],
+                    tail: message.body.tail(),
+                })
+                .await
         }
         .await;
         if connection.is_ready() {

@@ -41,6 +41,9 @@ fn bare() -> SitePolicy {
             checks: Vec::new(),
             deadline: Duration::from_secs(60),
         },
+        max_scan_size: None,
+        memory: backstop_types::budget::MemoryBudget::new(1 << 30),
+        hostname: "mx.test".into(),
         auth_ldap: None,
         auth_dovecot: None,
         users: Arc::default(),
@@ -545,7 +548,7 @@ Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\
             arrival: NOW,
             trust: TrustClass::Unverified,
         },
-        body: bounce.to_vec(),
+        body: bounce.to_vec().into(),
         proxied: None,
     };
     match policy.check_message(&mut session, &message).await {

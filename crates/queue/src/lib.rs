@@ -15,12 +15,15 @@
 //! decode records that way.
 //!
 //! Column families:
-//! - `messages`: queue id (8 octets, big-endian) → message body as received.
+//! - `messages`: queue id (8 octets, big-endian) → message body as received (a large one's
+//!   head only), and queue id ++ `s` → the length of its spooled rest in `spool/<queue id>`
+//!   (see [`spool`]).
 //! - `envelopes`: queue id → entry record (envelope, per-recipient state, hold flag).
 //! - `schedule`: due time (8 octets, big-endian Unix seconds) ++ queue id → empty: the order in
 //!   which the delivery agent picks messages up. Held messages are not in it.
 //! - `due`: queue id → its due time, to find its schedule key.
-//! - `quarantine`: queue id ++ 0 → quarantine record, queue id ++ 1 → body.
+//! - `quarantine`: queue id ++ 0 → quarantine record, queue id ++ 1 → body (head), queue id ++
+//!   2 → the length of its spooled rest.
 //! - `sent_message_ids`: Message-ID hash → time sent.
 //! - `state`: key → expiry time ++ value.
 //! - `damaged`: records that could not be decoded, moved aside with the reason.
@@ -30,6 +33,8 @@ pub mod quarantine;
 pub mod record;
 #[cfg(feature = "store")]
 pub mod schedule;
+#[cfg(feature = "store")]
+pub mod spool;
 #[cfg(feature = "store")]
 pub mod state;
 #[cfg(feature = "store")]

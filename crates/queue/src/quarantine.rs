@@ -2,14 +2,16 @@
 //! failure after acceptance for a sender we cannot verify). Each keeps its envelope, its body
 //! and the reason, until an administrator releases or deletes it or the retention runs out.
 //!
-//! Keys in the `quarantine` column family: `id ++ 0` → record, `id ++ 1` → body.
+//! Keys in the `quarantine` column family: `id ++ 0` → record, `id ++ 1` → body (its head when
+//! spooled), `id ++ 2` → a spooled body's length (see [`crate::spool`]).
 
 use std::time::Duration;
 
-use backstop_types::{Envelope, QueueId, UnixTime};
+use backstop_types::{Body, Envelope, QueueId, UnixTime};
 use rocksdb::{IteratorMode, WriteBatch};
 
 use crate::record::{self, Entry, QuarantineRecord};
+use crate::spool::{marker, QUARANTINE_MARKER, QUEUED_MARKER};
 use crate::store::{id_from_key, Queue, QueueError, CF_ENTRIES, CF_MESSAGES, CF_QUARANTINE};
 
 const RECORD: u8 = 0;
@@ -29,11 +31,7 @@ impl Queue {
         let Some(entry) = self.entry_locked(id)? else {
             return Ok(false);
         };
-        let body = self
-            .inner
-            .db
-            .get_cf(self.cf(CF_MESSAGES), id.to_be_bytes())?
-            .unwrap_or_default();
+        let body = self.stored_body(id)?;
         let mut batch = WriteBatch::default();
         self.put_quarantined(&mut batch, id, &entry.envelope, &body, reason, now);
         self.remove(&mut batch, id)?;
@@ -44,14 +42,31 @@ impl Queue {
 
     /// Stores a new message straight into quarantine under a new queue id (an in-session
     /// "quarantine" verdict): synced before it returns, like [`Queue::enqueue`].
+    /// A spooled body's file is moved into place first, as [`Queue::enqueue`] does.
     pub fn quarantine_new(
         &self,
         envelope: &Envelope,
-        body: &[u8],
+        body: &Body,
         reason: &str,
     ) -> Result<QueueId, QueueError> {
         let id = self.next_id();
-        self.enqueue_quarantined(id, envelope, body, reason)?;
+        let placed;
+        let body = match body.tail() {
+            None => body,
+            Some(tail) => {
+                let tail = self
+                    .take_spooled(id, tail)
+                    .map_err(|e| QueueError::Spool(id.to_string(), e))?;
+                placed = Body::spooled(body.head().to_vec(), tail);
+                &placed
+            }
+        };
+        if let Err(e) = self.enqueue_quarantined(id, envelope, body, reason) {
+            if body.tail().is_some() {
+                self.unlink_spooled(id);
+            }
+            return Err(e);
+        }
         tracing::warn!(queue_id = %id, reason, "message accepted into quarantine");
         Ok(id)
     }
@@ -61,7 +76,7 @@ impl Queue {
         &self,
         id: QueueId,
         envelope: &Envelope,
-        body: &[u8],
+        body: &Body,
         reason: &str,
     ) -> Result<(), QueueError> {
         let mut batch = WriteBatch::default();
@@ -96,17 +111,18 @@ impl Queue {
     pub fn quarantine_show(
         &self,
         id: QueueId,
-    ) -> Result<Option<(QuarantineRecord, Vec<u8>)>, QueueError> {
+    ) -> Result<Option<(QuarantineRecord, Body)>, QueueError> {
         let db = &self.inner.db;
         let Some(bytes) = db.get_cf(self.cf(CF_QUARANTINE), key(id, RECORD))? else {
             return Ok(None);
         };
         let record = record::decode_quarantine(&bytes)
             .map_err(|source| QueueError::Record { id, source })?;
-        let body = db
+        let head = db
             .get_cf(self.cf(CF_QUARANTINE), key(id, BODY))?
             .unwrap_or_default();
-        Ok(Some((record, body)))
+        let spooled = db.get_cf(self.cf(CF_QUARANTINE), marker(id, QUARANTINE_MARKER))?;
+        Ok(Some((record, self.body_from(id, head, spooled)?)))
     }
 
     /// Puts a quarantined message back in the queue, due now, under its old id.
@@ -117,8 +133,14 @@ impl Queue {
         };
         let mut batch = WriteBatch::default();
         let k = id.to_be_bytes();
-        let size = body.len() as u64;
-        batch.put_cf(self.cf(CF_MESSAGES), k, body);
+        let size = body.len();
+        self.put_body(
+            &mut batch,
+            CF_MESSAGES,
+            &k,
+            marker(id, QUEUED_MARKER),
+            &body,
+        );
         batch.put_cf(
             self.cf(CF_ENTRIES),
             k,
@@ -127,6 +149,7 @@ impl Queue {
         self.set_due(&mut batch, id, Some(now.0))?;
         batch.delete_cf(self.cf(CF_QUARANTINE), key(id, RECORD));
         batch.delete_cf(self.cf(CF_QUARANTINE), key(id, BODY));
+        batch.delete_cf(self.cf(CF_QUARANTINE), marker(id, QUARANTINE_MARKER));
         self.write_synced(batch)?;
         tracing::info!(queue_id = %id, "released from quarantine");
         Ok(true)
@@ -144,7 +167,9 @@ impl Queue {
         let mut batch = WriteBatch::default();
         batch.delete_cf(self.cf(CF_QUARANTINE), key(id, RECORD));
         batch.delete_cf(self.cf(CF_QUARANTINE), key(id, BODY));
+        batch.delete_cf(self.cf(CF_QUARANTINE), marker(id, QUARANTINE_MARKER));
         self.write_synced(batch)?;
+        self.unlink_spooled(id);
         Ok(true)
     }
 
@@ -170,7 +195,7 @@ impl Queue {
         batch: &mut WriteBatch,
         id: QueueId,
         envelope: &Envelope,
-        body: &[u8],
+        body: &Body,
         reason: &str,
         at: UnixTime,
     ) {
@@ -184,7 +209,13 @@ impl Queue {
             key(id, RECORD),
             record::encode_quarantine(&record),
         );
-        batch.put_cf(self.cf(CF_QUARANTINE), key(id, BODY), body);
+        self.put_body(
+            batch,
+            CF_QUARANTINE,
+            &key(id, BODY),
+            marker(id, QUARANTINE_MARKER),
+            body,
+        );
     }
 }
 

@@ -263,6 +263,8 @@ impl Queue {
                 _ => None,
             })
             .min();
+        // Set when the message leaves for good (not into quarantine): its spool file goes.
+        let mut finished = false;
         let after = match next {
             Some(due) => {
                 batch.put_cf(self.cf(CF_ENTRIES), key, record::encode_entry(&entry));
@@ -277,12 +279,9 @@ impl Queue {
                 // Failures no report covered are never bounced: the message goes to
                 // quarantine with the reason, in the same write that takes it out of the
                 // queue.
-                if let Some(reason) = failure_reason(&entry) {
-                    let body = self
-                        .inner
-                        .db
-                        .get_cf(self.cf(CF_MESSAGES), key)?
-                        .unwrap_or_default();
+                let quarantined = failure_reason(&entry);
+                if let Some(reason) = &quarantined {
+                    let body = self.stored_body(id)?;
                     // Only the recipients it failed for: a release must not deliver twice
                     // to those it reached (or whose failure a report covered).
                     let mut undelivered = entry.envelope.clone();
@@ -297,10 +296,11 @@ impl Queue {
                         })
                         .map(|((recipient, _), _)| recipient.clone())
                         .collect();
-                    self.put_quarantined(&mut batch, id, &undelivered, &body, &reason, now);
-                    tracing::warn!(queue_id = %id, reason = %backstop_types::text::Escaped(&reason), "delivery failed: quarantined, no bounce");
+                    self.put_quarantined(&mut batch, id, &undelivered, &body, reason, now);
+                    tracing::warn!(queue_id = %id, reason = %backstop_types::text::Escaped(reason), "delivery failed: quarantined, no bounce");
                 }
                 self.remove(&mut batch, id)?;
+                finished = quarantined.is_none();
                 AfterAttempts::Finished(entry)
             }
         };
@@ -309,6 +309,9 @@ impl Queue {
         // On disk before the caller acts on it (a log line, a report sent); concurrent
         // deliveries share the sync.
         self.sync_wal(written)?;
+        if finished {
+            self.unlink_spooled(id);
+        }
         Ok(after)
     }
 
@@ -363,6 +366,7 @@ impl Queue {
         let mut batch = WriteBatch::default();
         self.remove(&mut batch, id)?;
         self.write_synced(batch)?;
+        self.unlink_spooled(id);
         Ok(true)
     }
 
@@ -407,6 +411,10 @@ impl Queue {
         let key = id.to_be_bytes();
         batch.delete_cf(self.cf(CF_ENTRIES), key);
         batch.delete_cf(self.cf(CF_MESSAGES), key);
+        batch.delete_cf(
+            self.cf(CF_MESSAGES),
+            crate::spool::marker(id, crate::spool::QUEUED_MARKER),
+        );
         self.set_due(batch, id, None)?;
         batch.delete_cf(self.cf(CF_DUE), key);
         Ok(())

@@ -1,12 +1,12 @@
 //! [`Queue`]: the RocksDB database, the durable accept path with group commit, and reading.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use backstop_types::{Envelope, QueueId};
+use backstop_types::{Body, Envelope, QueueId};
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
@@ -57,6 +57,9 @@ pub enum QueueError {
     WriterGone,
     #[error("the queue is open read-only")]
     ReadOnly,
+    /// The spool directory or a spool file (a large message's body) failed.
+    #[error("queue spool {0}: {1}")]
+    Spool(String, std::io::Error),
 }
 
 impl From<rocksdb::Error> for QueueError {
@@ -75,7 +78,7 @@ impl From<rocksdb::Error> for QueueError {
 pub struct StoredMessage {
     pub id: QueueId,
     pub entry: Entry,
-    pub body: Vec<u8>,
+    pub body: Body,
 }
 
 /// The queue. Cheap to clone; all clones share one database and one writer thread.
@@ -86,6 +89,8 @@ pub struct Queue {
 
 pub(crate) struct Inner {
     pub(crate) db: Arc<DB>,
+    /// Large messages' bodies (see [`crate::spool`]): `spool` in the queue's directory.
+    pub(crate) spool: PathBuf,
     /// `None` for a read-only queue.
     writer: Option<mpsc::Sender<Accept>>,
     thread: Option<thread::JoinHandle<()>>,
@@ -129,7 +134,9 @@ impl Drop for Inner {
 struct Accept {
     id: QueueId,
     entry: Vec<u8>,
-    body: Vec<u8>,
+    /// The body's head; with the spooled tail's length when it has one (already in place).
+    head: Vec<u8>,
+    spooled: Option<u64>,
     due: u64,
     done: oneshot::Sender<Result<(), rocksdb::Error>>,
 }
@@ -156,9 +163,10 @@ impl Queue {
             .name("queue-writer".into())
             .spawn(move || group_commit(&writer_db, &rx))
             .map_err(QueueError::WriterThread)?;
-        Ok(Queue {
+        let queue = Queue {
             inner: Arc::new(Inner {
                 db,
+                spool: path.join("spool"),
                 writer: Some(tx),
                 thread: Some(thread),
                 last_id,
@@ -166,7 +174,15 @@ impl Queue {
                 wal: Mutex::default(),
                 schedule_deletes: AtomicU64::new(0),
             }),
-        })
+        };
+        let removed = queue.sweep_spool()?;
+        if removed > 0 {
+            tracing::info!(
+                files = removed,
+                "spool: removed what an interrupted run left"
+            );
+        }
+        Ok(queue)
     }
 
     /// Opens an existing queue read-only (for inspection while a server may be running).
@@ -179,6 +195,7 @@ impl Queue {
         Ok(Queue {
             inner: Arc::new(Inner {
                 db: Arc::new(db),
+                spool: path.join("spool"),
                 writer: None,
                 thread: None,
                 last_id: AtomicU64::new(0),
@@ -192,21 +209,55 @@ impl Queue {
     /// Stores a message durably: when this returns `Ok`, body and entry are synced to disk and
     /// the message is scheduled for delivery at its arrival time. Only then may the client hear
     /// `250`.
-    pub async fn enqueue(&self, envelope: &Envelope, body: Vec<u8>) -> Result<QueueId, QueueError> {
+    ///
+    /// A spooled body's file is synced and moved into place first (on the blocking pool); if
+    /// the record then cannot be written, the file is removed again.
+    pub async fn enqueue(
+        &self,
+        envelope: &Envelope,
+        body: impl Into<Body>,
+    ) -> Result<QueueId, QueueError> {
+        let body = body.into();
         let writer = self.inner.writer.as_ref().ok_or(QueueError::ReadOnly)?;
         let id = self.next_id();
+        let size = body.len();
+        let (head, tail) = body.into_parts();
+        let spooled = match tail {
+            None => None,
+            Some(tail) => {
+                let queue = self.clone();
+                let placed = tokio::task::spawn_blocking(move || queue.take_spooled(id, &tail))
+                    .await
+                    .map_err(|e| {
+                        QueueError::Spool(e.to_string(), std::io::Error::other("task failed"))
+                    })?;
+                Some(
+                    placed
+                        .map_err(|e| QueueError::Spool(id.to_string(), e))?
+                        .len,
+                )
+            }
+        };
         let (done, wait) = oneshot::channel();
-        writer
-            .send(Accept {
-                id,
-                entry: record::encode_entry(&Entry::new(envelope.clone(), body.len() as u64)),
-                body,
-                due: envelope.arrival.0,
-                done,
-            })
-            .map_err(|_| QueueError::WriterGone)?;
-        wait.await.map_err(|_| QueueError::WriterGone)??;
-        Ok(id)
+        let accepted = async {
+            writer
+                .send(Accept {
+                    id,
+                    entry: record::encode_entry(&Entry::new(envelope.clone(), size)),
+                    head,
+                    spooled,
+                    due: envelope.arrival.0,
+                    done,
+                })
+                .map_err(|_| QueueError::WriterGone)?;
+            wait.await.map_err(|_| QueueError::WriterGone)??;
+            Ok(id)
+        }
+        .await;
+        if accepted.is_err() && spooled.is_some() {
+            self.unlink_spooled(id);
+        }
+        accepted
     }
 
     /// Every message in the queue, oldest first. Records that cannot be read are moved aside
@@ -237,12 +288,21 @@ impl Queue {
         let Some(entry) = self.entry(id)? else {
             return Ok(None);
         };
-        let body = self
-            .inner
-            .db
+        let body = self.stored_body(id)?;
+        Ok(Some(StoredMessage { id, entry, body }))
+    }
+
+    /// The body of queued message `id` (empty if it has none).
+    pub(crate) fn stored_body(&self, id: QueueId) -> Result<Body, QueueError> {
+        let db = &self.inner.db;
+        let head = db
             .get_cf(self.cf(CF_MESSAGES), id.to_be_bytes())?
             .unwrap_or_default();
-        Ok(Some(StoredMessage { id, entry, body }))
+        let marker = db.get_cf(
+            self.cf(CF_MESSAGES),
+            crate::spool::marker(id, crate::spool::QUEUED_MARKER),
+        )?;
+        self.body_from(id, head, marker)
     }
 
     /// Keys of records that could not be decoded and were moved aside, with the reason.
@@ -468,7 +528,14 @@ fn group_commit(db: &DB, rx: &mpsc::Receiver<Accept>) {
         let mut batch = WriteBatch::default();
         for a in &group {
             let key = a.id.to_be_bytes();
-            batch.put_cf(messages, key, &a.body);
+            batch.put_cf(messages, key, &a.head);
+            if let Some(len) = a.spooled {
+                batch.put_cf(
+                    messages,
+                    crate::spool::marker(a.id, crate::spool::QUEUED_MARKER),
+                    len.to_be_bytes(),
+                );
+            }
             batch.put_cf(entries, key, &a.entry);
             batch.put_cf(schedule, schedule_key(a.due, a.id), []);
             batch.put_cf(due, key, a.due.to_be_bytes());

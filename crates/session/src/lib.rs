@@ -85,6 +85,19 @@ pub struct SessionConfig {
     /// The memory all sessions together may hold for messages in progress; one for the whole
     /// server, shared by every listener's config.
     pub memory: Arc<budget::MemoryBudget>,
+    /// Where a message larger than its threshold goes while it arrives; `None`: every
+    /// message is held in memory.
+    pub spool: Option<SpoolConfig>,
+}
+
+/// Spooling of large messages on receipt: past `threshold` octets, the content after the
+/// header section goes to a file in `dir` ([`Output::Spool`]) and only the header section
+/// stays in memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolConfig {
+    /// The directory of files being received (the queue's `incoming` spool directory).
+    pub dir: std::path::PathBuf,
+    pub threshold: u64,
 }
 
 /// When AUTH is offered on a listener.
@@ -137,6 +150,15 @@ pub enum Output {
     /// Store this message durably, then call [`ServerSession::handle_enqueued`]. The client gets
     /// no reply until then.
     Enqueue(Box<Message>),
+    /// Append `bytes` to the spool file at `path` (create it when `create`), before reading
+    /// more input. The message that ends the transaction names the file in its
+    /// [`Body`](backstop_types::Body); the driver removes the file when the transaction is
+    /// over and it was not taken into the queue.
+    Spool {
+        path: std::path::PathBuf,
+        bytes: Vec<u8>,
+        create: bool,
+    },
     /// Write any replies before this, then close the connection.
     Close,
 }
@@ -361,7 +383,7 @@ impl SenderRights {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     pub envelope: Envelope,
-    pub body: Vec<u8>,
+    pub body: backstop_types::Body,
     /// Set when the recipients are proxied: the policy sends it on and answers `Relayed`.
     pub proxied: Option<TransactionRef>,
 }

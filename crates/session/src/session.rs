@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use backstop_types::text::has_control;
 use backstop_types::{
-    Address, AuthInfo, BodyType, ClientInfo, Domain, DsnParams, Envelope, Notify, Orcpt, Recipient,
-    Reply, Ret, ReversePath, TlsInfo, TrustClass, UnixTime,
+    Address, AuthInfo, Body, BodyType, ClientInfo, Domain, DsnParams, Envelope, Notify, Orcpt,
+    Recipient, Reply, Ret, ReversePath, Spooled, TlsInfo, TrustClass, UnixTime,
 };
 use smtp_proto::{MailFrom, RcptTo, Request};
 
@@ -72,22 +72,23 @@ const FIRST_SHARE: u64 = 64 * 1024;
 /// keeps nothing more, the buffer and the share are given up; the data ends in 452 4.3.1).
 fn keep_within_budget(
     memory: &mut Reservation,
-    body: &mut Vec<u8>,
+    (head, body): (u64, &mut Vec<u8>),
     framer: &mut DataFramer,
     max_size: u64,
     incoming: usize,
 ) {
-    if !framer.is_dropping() && !room_for(memory, body, framer, max_size, incoming) {
+    if !framer.is_dropping() && !room_for(memory, head, body, framer, max_size, incoming) {
         framer.drop_content();
         *body = Vec::new();
         memory.cover(0);
     }
 }
 
-/// Makes room in `body` for `incoming` more octets from `framer`, within the memory budget;
-/// false when the budget is used up.
+/// Makes room in `body` for `incoming` more octets from `framer`, within the memory budget
+/// (beside `head` octets held for a spooled message); false when the budget is used up.
 fn room_for(
     memory: &mut Reservation,
+    head: u64,
     body: &mut Vec<u8>,
     framer: &DataFramer,
     max_size: u64,
@@ -108,8 +109,9 @@ fn room_for(
     let target = needed
         .max((body.capacity() as u64).saturating_mul(2))
         .min(ceiling.max(needed));
-    if target > memory.held() && !memory.cover(target) {
-        if needed > memory.held() && !memory.cover(needed) {
+    let (target_total, needed_total) = (target.saturating_add(head), needed.saturating_add(head));
+    if target_total > memory.held() && !memory.cover(target_total) {
+        if needed_total > memory.held() && !memory.cover(needed_total) {
             return false;
         }
         body.reserve_exact(usize::try_from(needed).unwrap_or(usize::MAX) - body.len());
@@ -118,6 +120,27 @@ fn room_for(
     body.reserve_exact(usize::try_from(target).unwrap_or(usize::MAX) - body.len());
     true
 }
+
+impl Transaction {
+    /// The octets held beside the buffer (a spooled message's head), and the buffer.
+    fn buffer(&mut self) -> (u64, &mut Vec<u8>) {
+        (
+            self.spool.as_ref().map_or(0, |s| s.head.len() as u64),
+            &mut self.body,
+        )
+    }
+}
+
+/// A message being spooled: its header section stays here, the rest goes to `path`.
+struct TxnSpool {
+    path: std::path::PathBuf,
+    head: Vec<u8>,
+    /// Octets handed to the driver for the file so far.
+    written: u64,
+}
+
+/// The most content a spooled message holds in memory before it is handed to the spool.
+const SPOOL_CHUNK: usize = 64 * 1024;
 
 struct PendingRcpt {
     address: Address,
@@ -167,8 +190,14 @@ struct Transaction {
     recipients: Vec<Recipient>,
     /// RCPT commands accepted: the recipient limit counts these, not alias expansions.
     accepted_rcpts: usize,
-    /// The message as it will be queued: our `Received:` header, then the client's data.
+    /// The message as it will be queued: our `Received:` header, then the client's data. Once
+    /// the message is spooled, only the data not yet handed to the spool.
     body: Vec<u8>,
+    /// Set once the message outgrew the spool threshold.
+    spool: Option<TxnSpool>,
+    /// The header section did not end within the spool threshold: the content is dropped and
+    /// the message refused at its end (as Exim's `header_maxsize`).
+    header_too_large: bool,
     /// Set once the first BDAT chunk arrives; carries line-ending state across chunks.
     bdat: Option<DataFramer>,
     /// The session's MAIL count when this began.
@@ -311,6 +340,71 @@ impl ServerSession {
 
     /// The transaction is over (done, refused, reset): its share of the memory for message
     /// data goes back with it (a message already handed on is not in a transaction).
+    /// Hands message content to the spool once the message outgrows the threshold: the
+    /// header section stays in memory, the rest goes to the driver in chunks
+    /// ([`Output::Spool`]). A header section that does not end within the threshold drops
+    /// the content; the message is refused at its end.
+    fn spill(&mut self) {
+        let Some(config) = &self.config.spool else {
+            return;
+        };
+        let Some(txn) = self.txn.as_mut() else { return };
+        let framer = match &mut self.phase {
+            Phase::Data(framer) => Some(framer),
+            _ => txn.bdat.as_mut(),
+        };
+        let Some(framer) = framer else { return };
+        if framer.is_dropping() {
+            return;
+        }
+        match &mut txn.spool {
+            None => {
+                // The client's octets count, not the fields we put in front.
+                if framer.kept() <= config.threshold {
+                    return;
+                }
+                let Some(at) = txn.body.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    txn.header_too_large = true;
+                    framer.drop_content();
+                    txn.body = Vec::new();
+                    self.memory.cover(0);
+                    return;
+                };
+                let rest = txn.body[at + 4..].to_vec();
+                txn.body.truncate(at + 4);
+                let mut head = std::mem::replace(&mut txn.body, Vec::with_capacity(SPOOL_CHUNK));
+                head.shrink_to_fit();
+                // Unique among this process's sessions; what a crash leaves is removed at the
+                // next start.
+                let path = config.dir.join(format!("{}-{}", self.peer.id, txn.number));
+                self.memory
+                    .cover(head.len() as u64 + 2 * SPOOL_CHUNK as u64);
+                txn.spool = Some(TxnSpool {
+                    path: path.clone(),
+                    head,
+                    written: rest.len() as u64,
+                });
+                self.outputs.push_back(Output::Spool {
+                    path,
+                    bytes: rest,
+                    create: true,
+                });
+            }
+            Some(spool) => {
+                if txn.body.len() < SPOOL_CHUNK {
+                    return;
+                }
+                let bytes = std::mem::replace(&mut txn.body, Vec::with_capacity(SPOOL_CHUNK));
+                spool.written += bytes.len() as u64;
+                self.outputs.push_back(Output::Spool {
+                    path: spool.path.clone(),
+                    bytes,
+                    create: false,
+                });
+            }
+        }
+    }
+
     fn end_transaction(&mut self) {
         self.txn = None;
         self.memory.cover(0);
@@ -591,7 +685,7 @@ impl ServerSession {
                     let Some(txn) = self.txn.as_mut() else { return };
                     keep_within_budget(
                         &mut self.memory,
-                        &mut txn.body,
+                        txn.buffer(),
                         framer,
                         self.config.max_message_size,
                         self.input.len(),
@@ -599,6 +693,7 @@ impl ServerSession {
                     match framer.feed(&self.input, &mut txn.body) {
                         Progress::NeedMore => {
                             self.input.clear();
+                            self.spill();
                             return;
                         }
                         Progress::End { consumed } => {
@@ -623,12 +718,14 @@ impl ServerSession {
                         return;
                     }
                     *remaining -= take;
+                    let more = *remaining > 0;
                     if discard.is_none() {
                         if let Some(txn) = self.txn.as_mut() {
+                            let head = txn.spool.as_ref().map_or(0, |s| s.head.len() as u64);
                             if let Some(framer) = txn.bdat.as_mut() {
                                 keep_within_budget(
                                     &mut self.memory,
-                                    &mut txn.body,
+                                    (head, &mut txn.body),
                                     framer,
                                     self.config.max_message_size,
                                     take,
@@ -638,7 +735,8 @@ impl ServerSession {
                         }
                     }
                     self.input.drain(..take);
-                    if *remaining > 0 {
+                    self.spill();
+                    if more {
                         return;
                     }
                     self.request_started = (!self.input.is_empty()).then_some(self.now);
@@ -906,6 +1004,8 @@ impl ServerSession {
             recipients: Vec::new(),
             accepted_rcpts: 0,
             body: Vec::new(),
+            spool: None,
+            header_too_large: false,
             bdat: None,
             number: {
                 self.transactions += 1;
@@ -1213,6 +1313,11 @@ impl ServerSession {
                 self.memory.cover(0);
                 return self.error(Reply::message_too_big(self.config.max_message_size));
             }
+            Verdict::NoMemory if self.txn.as_ref().is_some_and(|t| t.header_too_large) => {
+                self.end_transaction();
+                let limit = self.config.spool.as_ref().map_or(0, |s| s.threshold);
+                return self.error(Reply::header_too_large(limit));
+            }
             // Not the client's fault: no error counted.
             Verdict::NoMemory => {
                 self.end_transaction();
@@ -1224,19 +1329,37 @@ impl ServerSession {
         let Some(mut txn) = self.txn.take() else {
             return;
         };
-        let header_end = crate::headers::section(&txn.body).len();
+        let mut body = match txn.spool.take() {
+            None => Body::new(std::mem::take(&mut txn.body)),
+            Some(spool) => {
+                // The rest of the content goes to the spool before the message is handed on.
+                let bytes = std::mem::take(&mut txn.body);
+                let len = spool.written + bytes.len() as u64;
+                self.outputs.push_back(Output::Spool {
+                    path: spool.path.clone(),
+                    bytes,
+                    create: false,
+                });
+                Body::spooled(
+                    spool.head,
+                    Spooled {
+                        path: spool.path,
+                        len,
+                    },
+                )
+            }
+        };
+        let head = body.head_mut();
+        let header_end = crate::headers::section(head).len();
         // A mail loop: the message has passed this way, or through too many hands, already.
-        if crate::headers::hops(&txn.body[..header_end]) > self.config.max_hops {
+        if crate::headers::hops(&head[..header_end]) > self.config.max_hops {
             self.memory.cover(0);
             return self.error(Reply::too_many_hops(self.config.max_hops));
         }
         // Only we may speak for our authserv-id (RFC 8601 5): a field that claims it is forged.
-        crate::headers::obscure_forged_auth_results(
-            &mut txn.body[..header_end],
-            &self.config.hostname,
-        );
+        crate::headers::obscure_forged_auth_results(&mut head[..header_end], &self.config.hostname);
         if let Some(auth) = &self.auth {
-            if let Some(from) = unowned_from(&self.sender_rights, &txn.body) {
+            if let Some(from) = unowned_from(&self.sender_rights, &head[..header_end]) {
                 let reply = Reply::from_not_owned(&auth.user, &from);
                 self.memory.cover(0);
                 return self.error(reply);
@@ -1266,7 +1389,7 @@ impl ServerSession {
         });
         let message = Box::new(Message {
             envelope,
-            body: txn.body,
+            body,
             proxied,
         });
         // A proxied message always goes to the policy, which sends it on.

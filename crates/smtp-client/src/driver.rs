@@ -21,6 +21,30 @@ use crate::{Endpoint, NextHop, Settings, TlsPolicy};
 /// The most a body is written in one piece (a smaller piece after dot-stuffing).
 const CHUNK: usize = 64 * 1024;
 
+/// A message as it is sent: pieces in memory (header fields put on top, the stored head), then
+/// the spooled rest, read from its file as it goes out.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outgoing<'a> {
+    pub pieces: &'a [&'a [u8]],
+    pub tail: Option<&'a backstop_types::Spooled>,
+}
+
+impl<'a> Outgoing<'a> {
+    /// A message all in memory.
+    pub fn memory(pieces: &'a [&'a [u8]]) -> Outgoing<'a> {
+        Outgoing { pieces, tail: None }
+    }
+
+    /// Its length in octets.
+    pub fn len(&self) -> u64 {
+        self.pieces.iter().map(|p| p.len() as u64).sum::<u64>() + self.tail.map_or(0, |t| t.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// An open connection to a next hop, ready for a transaction.
 pub struct Connection {
     stream: Stream,
@@ -77,7 +101,7 @@ impl Connection {
             opened: Instant::now(),
             buf: vec![0; 4096],
         };
-        match connection.run(&[]).await {
+        match connection.run(Outgoing::default()).await {
             Action::Ready => Ok(connection),
             Action::Failed(e) => Err(e),
             other => Err(ClientError::garbage(
@@ -111,9 +135,8 @@ impl Connection {
         &self.session
     }
 
-    /// Sends one message: `body` is the message as it is sent, in pieces (header fields put
-    /// on top, then the stored message), whose lengths add up to `txn.size`.
-    pub async fn deliver(&mut self, txn: &Transaction<'_>, body: &[&[u8]]) -> TxnResult {
+    /// Sends one message: `body` is the message as it is sent, whose length is `txn.size`.
+    pub async fn deliver(&mut self, txn: &Transaction<'_>, body: Outgoing<'_>) -> TxnResult {
         self.session.begin(txn);
         match self.run(body).await {
             Action::Finished(result) => result,
@@ -141,11 +164,11 @@ impl Connection {
     /// Sends one command line and returns its reply (callahead, proxy mode).
     pub async fn command(&mut self, line: &str) -> Result<RemoteReply, ClientError> {
         self.session.command(line)?;
-        self.replied(&[]).await
+        self.replied(Outgoing::default()).await
     }
 
     /// After a 354: sends the message dot-stuffed and returns the final reply (proxy mode).
-    pub async fn data(&mut self, body: &[&[u8]]) -> Result<RemoteReply, ClientError> {
+    pub async fn data(&mut self, body: Outgoing<'_>) -> Result<RemoteReply, ClientError> {
         self.session.body();
         self.replied(body).await
     }
@@ -153,11 +176,11 @@ impl Connection {
     /// QUIT, waiting for the reply at most the command timeout, then closes.
     pub async fn quit(mut self) {
         self.session.quit();
-        let _ = self.run(&[]).await;
+        let _ = self.run(Outgoing::default()).await;
         let _ = self.stream.shutdown().await;
     }
 
-    async fn replied(&mut self, body: &[&[u8]]) -> Result<RemoteReply, ClientError> {
+    async fn replied(&mut self, body: Outgoing<'_>) -> Result<RemoteReply, ClientError> {
         match self.run(body).await {
             Action::Replied(reply) => Ok(reply),
             Action::Failed(e) => Err(e),
@@ -170,7 +193,7 @@ impl Connection {
     }
 
     /// Does what the session asks until it has something for the caller.
-    async fn run(&mut self, body: &[&[u8]]) -> Action {
+    async fn run(&mut self, body: Outgoing<'_>) -> Action {
         let t = self.settings.timeouts;
         loop {
             match self.session.poll() {
@@ -241,20 +264,48 @@ impl Connection {
     }
 
     /// Writes the message in chunks, each within the data-block timeout: dot-stuffed and with
-    /// the end-of-data line, or as it is (BDAT).
-    async fn write_body(&mut self, body: &[&[u8]], stuffed: bool) -> Result<(), ClientError> {
+    /// the end-of-data line, or as it is (BDAT). A spooled rest is read a chunk at a time; if
+    /// it cannot be read whole, the end of the data is never sent.
+    async fn write_body(&mut self, body: Outgoing<'_>, stuffed: bool) -> Result<(), ClientError> {
         let block = self.settings.timeouts.data_block;
         let mut stuffer = DotStuffer::default();
         let mut out = Vec::with_capacity(if stuffed { CHUNK + CHUNK / 32 } else { 0 });
-        for part in body {
+        let mut send = async |this: &mut Connection, chunk: &[u8]| {
+            if stuffed {
+                out.clear();
+                stuffer.push(chunk, &mut out);
+                this.write(&out, block).await
+            } else {
+                this.write(chunk, block).await
+            }
+        };
+        for part in body.pieces {
             for chunk in part.chunks(CHUNK) {
-                if stuffed {
-                    out.clear();
-                    stuffer.push(chunk, &mut out);
-                    self.write(&out, block).await?;
-                } else {
-                    self.write(chunk, block).await?;
+                send(self, chunk).await?;
+            }
+        }
+        if let Some(tail) = body.tail {
+            use tokio::io::AsyncReadExt;
+            let mut file = tokio::fs::File::open(&tail.path)
+                .await
+                .map_err(ClientError::unreadable)?;
+            let mut chunk = vec![0; CHUNK];
+            let mut left = tail.len;
+            while left > 0 {
+                let want = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
+                let n = file
+                    .read(&mut chunk[..want])
+                    .await
+                    .map_err(ClientError::unreadable)?;
+                if n == 0 {
+                    return Err(ClientError::unreadable(backstop_types::body::short(
+                        &tail.path,
+                        tail.len - left,
+                        tail.len,
+                    )));
                 }
+                send(self, &chunk[..n]).await?;
+                left -= n as u64;
             }
         }
         if stuffed {

@@ -177,6 +177,19 @@ impl ClientError {
         )
     }
 
+    /// The message could not be read here (its spool file): the connection is dropped before
+    /// the end of the data, so the next hop takes nothing, and it is tried again later.
+    pub fn unreadable(why: impl std::fmt::Display) -> ClientError {
+        made_up(
+            Retry::Transient,
+            Source::Local,
+            Stage::Data,
+            451,
+            EnhancedStatus(4, 3, 0),
+            format!("reading the message: {why}"),
+        )
+    }
+
     /// The transaction ended before this recipient had a reply of its own.
     pub fn no_reply_for_recipient() -> ClientError {
         made_up(

@@ -30,7 +30,7 @@ pub mod tls;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use driver::{probe, Connection};
+pub use driver::{probe, Connection, Outgoing};
 pub use error::{ClientError, Retry, Source, Stage};
 pub use session::{Action, ClientSession, Transaction, TxnResult};
 

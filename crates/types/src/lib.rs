@@ -15,13 +15,17 @@
 //!   [`AttemptOutcome`], what one delivery attempt came to.
 //! - [`budget`]: [`budget::MemoryBudget`], the memory the server may hold for message data in
 //!   progress (sessions receiving, deliveries sending), and each holder's share.
+//! - [`body`]: [`Body`], a message's octets: the head (every header field) in memory, a large
+//!   message's rest in a spool file.
 //! - [`clock`]: [`Clock`], the one way to read the time: [`SystemClock`], or [`ManualClock`]
 //!   for tests.
 //!
-//! Architecture invariant: this crate does no I/O and knows no async runtime. Time is passed
+//! Architecture invariant: this crate does no I/O (but reading a spooled body back, in
+//! [`body`]) and knows no async runtime. Time is passed
 //! in as [`UnixTime`], read from a [`Clock`] the caller was given.
 
 pub mod address;
+pub mod body;
 pub mod budget;
 pub mod clock;
 pub mod delivery;
@@ -35,6 +39,7 @@ pub mod secret;
 pub mod text;
 
 pub use address::{Address, AddressError, Domain, ReversePath};
+pub use body::{Body, Spooled};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use delivery::{Attempt, AttemptOutcome, RecipientState, RemoteReply};
 pub use endpoint::Endpoint;

@@ -647,6 +647,17 @@ impl Reply {
         .decided_by("limits")
     }
 
+    /// A message larger than the spool threshold whose header section does not end within it
+    /// (Exim's `header_maxsize` refuses such a message too).
+    pub fn header_too_large(limit: u64) -> Reply {
+        Reply::new(
+            552,
+            EnhancedStatus(5, 3, 4),
+            format!("Message header section exceeds {limit} octets"),
+        )
+        .decided_by("limits")
+    }
+
     pub fn start_data() -> Reply {
         Reply::new(
             354,

@@ -292,7 +292,7 @@ async fn a_delivery_waits_for_memory_before_reading_its_message() {
     let waiting = tokio::spawn({
         let job = job(50_000);
         async move {
-            let share = memory_for(&job).await;
+            let share = memory_for(&job, job.size).await;
             share.held()
         }
     });
@@ -302,6 +302,6 @@ async fn a_delivery_waits_for_memory_before_reading_its_message() {
     assert_eq!(waiting.await.unwrap(), 50_000);
     assert_eq!(budget.used(), 0, "the share came back");
     // Bigger than the budget, or not known: no share, no wait.
-    assert_eq!(memory_for(&job(200_000)).await.held(), 0);
-    assert_eq!(memory_for(&job(0)).await.held(), 0);
+    assert_eq!(memory_for(&job(200_000), 200_000).await.held(), 0);
+    assert_eq!(memory_for(&job(0), 0).await.held(), 0);
 }

@@ -58,12 +58,19 @@ async fn a_quarantine_verdict_stores_straight_into_quarantine() {
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path()).unwrap();
     queue
-        .enqueue_quarantined(QueueId(7), &sample(), b"spam", "rspamd: quarantine")
+        .enqueue_quarantined(
+            QueueId(7),
+            &sample(),
+            &b"spam".to_vec().into(),
+            "rspamd: quarantine",
+        )
         .unwrap();
     assert!(queue.list().unwrap().is_empty());
     assert_eq!(queue.quarantine_list().unwrap()[0].0, QueueId(7));
     assert!(queue.quarantine_delete(QueueId(7)).unwrap());
-    let id = queue.quarantine_new(&sample(), b"ham?", "rfc5322").unwrap();
+    let id = queue
+        .quarantine_new(&sample(), &b"ham?".to_vec().into(), "rfc5322")
+        .unwrap();
     assert_eq!(queue.quarantine_show(id).unwrap().unwrap().1, b"ham?");
     assert!(queue.list().unwrap().is_empty());
 }

@@ -103,7 +103,9 @@ async fn a_message_goes_out_dot_stuffed_in_one_pipelined_batch() {
     let (from, to) = (sender(), recipients());
     let body: [&[u8]; 2] = [b"X-Sig: 1\r\n", b"Subject: x\r\n\r\n.hidden\r\nend"];
     let size = body.iter().map(|p| p.len() as u64).sum();
-    let result = c.deliver(&transaction(&from, &to, size), &body).await;
+    let result = c
+        .deliver(&transaction(&from, &to, size), Outgoing::memory(&body))
+        .await;
     assert!(
         matches!(&result.outcomes[0].1, AttemptOutcome::Delivered(a) if a.reply.text == "queued"),
         "{result:?}"
@@ -160,7 +162,9 @@ async fn a_peer_that_hangs_up_after_the_data_leaves_the_recipients_transient() {
         .await
         .unwrap();
     let (from, to) = (sender(), recipients());
-    let result = c.deliver(&transaction(&from, &to, 5), &[b"x\r\n"]).await;
+    let result = c
+        .deliver(&transaction(&from, &to, 5), Outgoing::memory(&[b"x\r\n"]))
+        .await;
     assert!(
         matches!(&result.outcomes[0].1, AttemptOutcome::Transient(a) if a.reply.code == 451),
         "{result:?}"
@@ -222,4 +226,98 @@ async fn starttls_then_ehlo_again_under_tls() {
     assert!(c.session().tls_active());
     c.quit().await;
     assert_eq!(server.await.unwrap(), "QUIT\r\n");
+}
+
+fn spool_file(name: &str, content: &[u8]) -> backstop_types::Spooled {
+    let dir = std::env::temp_dir().join(format!("backstop-driver-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    backstop_types::Spooled {
+        path,
+        len: content.len() as u64,
+    }
+}
+
+/// A spooled rest is read from its file as it goes out, dot-stuffed across the read pieces
+/// (a dot at the start of a line that starts a piece), after the pieces in memory.
+#[tokio::test]
+async fn a_spooled_message_is_sent_from_its_file() {
+    let (hop, seen) = peer(|line| match line {
+        "<connect>" => Some("220 peer.test\r\n"),
+        l if l.starts_with("EHLO") => Some("250-peer.test\r\n250 PIPELINING\r\n"),
+        "DATA" => Some("250 ok\r\n250 ok\r\n354 go\r\n"),
+        l if l.starts_with("MAIL") || l.starts_with("RCPT") => None,
+        "." => Some("250 2.0.0 queued\r\n"),
+        "QUIT" => Some("221 bye\r\n"),
+        _ => None,
+    })
+    .await;
+    let mut c = Connection::open(&hop, &settings(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    for n in 0..20_000 {
+        rest.extend_from_slice(format!(".{n:06} of the spooled part\r\n").as_bytes());
+    }
+    let tail = spool_file("sent", &rest);
+    let (from, to) = (sender(), recipients());
+    let head: [&[u8]; 1] = [b"Subject: big\r\n\r\n"];
+    let body = Outgoing {
+        pieces: &head,
+        tail: Some(&tail),
+    };
+    let result = c.deliver(&transaction(&from, &to, body.len()), body).await;
+    assert!(
+        matches!(&result.outcomes[0].1, AttemptOutcome::Delivered(_)),
+        "{result:?}"
+    );
+    c.quit().await;
+    let seen = seen.await.unwrap();
+    let data = &seen[seen.find("DATA\r\n").unwrap() + 6..seen.find("\r\n.\r\nQUIT").unwrap() + 2];
+    let mut expected = b"Subject: big\r\n\r\n".to_vec();
+    for line in rest.split_inclusive(|&b| b == b'\n') {
+        expected.push(b'.');
+        expected.extend_from_slice(line);
+    }
+    assert_eq!(data.len(), expected.len());
+    assert!(data.as_bytes() == expected, "the stuffed message differs");
+    std::fs::remove_file(&tail.path).unwrap();
+}
+
+/// A spool file shorter than its record (a truncated disk file) never ends the data: the
+/// connection is dropped before the final dot, and the recipient is tried again later.
+#[tokio::test]
+async fn a_short_spool_file_never_sends_the_end_of_data() {
+    let (hop, seen) = peer(|line| match line {
+        "<connect>" => Some("220 peer.test\r\n"),
+        l if l.starts_with("EHLO") => Some("250-peer.test\r\n250 PIPELINING\r\n"),
+        "DATA" => Some("250 ok\r\n250 ok\r\n354 go\r\n"),
+        l if l.starts_with("MAIL") || l.starts_with("RCPT") => None,
+        "." => Some("250 2.0.0 queued\r\n"),
+        _ => None,
+    })
+    .await;
+    let mut c = Connection::open(&hop, &settings(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let mut tail = spool_file("short", b"only this\r\n");
+    tail.len = 1000;
+    let (from, to) = (sender(), recipients());
+    let head: [&[u8]; 1] = [b"Subject: cut\r\n\r\n"];
+    let body = Outgoing {
+        pieces: &head,
+        tail: Some(&tail),
+    };
+    let result = c.deliver(&transaction(&from, &to, body.len()), body).await;
+    match &result.outcomes[0].1 {
+        AttemptOutcome::Transient(a) => {
+            assert!(a.reply.text.contains("reading the message"), "{a:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(c);
+    let seen = seen.await.unwrap();
+    assert!(seen.ends_with("only this\r\n"), "{seen:?}");
+    std::fs::remove_file(&tail.path).unwrap();
 }
