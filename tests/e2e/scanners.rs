@@ -184,6 +184,46 @@ fn clamd_refuses_a_virus_and_names_it() {
     let messages = queued(d);
     server.stop();
     assert_eq!(messages.len(), 1);
+
+    // A message too large to read into memory (past max_scan_size, spooled past the
+    // threshold) is streamed to clamd from its file: the virus at its end is found. A rule,
+    // which needs the message whole, is skipped for it, and the message says so.
+    let clamd = Peer::spawn("clamd", Command::new("clamd").arg("-c").arg(&conf), &log)
+        .wait(&log, || socket.exists());
+    let server = Server::start(
+        d,
+        &(config(d, "spool_threshold = \"64K\"")
+            + &format!(
+                "\n[content]\nmax_scan_size = \"100K\"\n\n[[filter]]\ntype = \"header\"\nheader = \"Subject\"\npattern = \"(?i)invoice\"\naction = \"reject\"\n\n[[filter]]\ntype = \"clamd\"\naddress = \"unix:{}\"\n",
+                socket.display()
+            )),
+    );
+    let padding = format!("{}\r\n", "p".repeat(76)).repeat(5000);
+    let large_infected =
+        infected.replace("see attached\r\n", &format!("see attached\r\n{padding}"));
+    assert!(large_infected.len() > 300_000);
+    assert_eq!(
+        send(&server, &large_infected),
+        "554 5.7.0 Message contains a virus (Backstop-Test-Eicar.UNOFFICIAL)"
+    );
+    let large_clean = plain("invoice", &padding);
+    let reply = send(&server, &large_clean);
+    assert!(reply.starts_with("250 2.0.0 Ok: queued as"), "{reply}");
+    let body = stored(d, &reply);
+    assert!(
+        body.starts_with("Authentication-Results: mx.backstop.test; none (message of "),
+        "{}",
+        &body[..300]
+    );
+    assert!(body.ends_with(&large_clean), "the message, whole");
+    assert!(server
+        .log()
+        .contains("content check skipped: the message is larger than max_scan_size"));
+    // A small one still gets every check.
+    let small = send(&server, &plain("invoice", "small"));
+    assert!(small.starts_with("5"), "{small}");
+    server.stop();
+    drop(clamd);
 }
 
 /// Standard base64 of `data`, in lines of 76.

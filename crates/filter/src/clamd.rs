@@ -18,7 +18,12 @@ pub struct Clamd {
 const CHUNK: usize = 64 * 1024;
 
 impl Clamd {
-    pub async fn check(&self, message: &[u8]) -> Result<Step, ScanError> {
+    /// Scans `message`, then `tail` read from its spool file when there is one.
+    pub async fn check(
+        &self,
+        message: &[u8],
+        tail: Option<&backstop_types::Spooled>,
+    ) -> Result<Step, ScanError> {
         let failed = |source| ScanError::Network {
             scanner: "clamd",
             endpoint: self.endpoint.clone(),
@@ -30,6 +35,14 @@ impl Clamd {
             let len = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
             stream.write_all(&len.to_be_bytes()).await.map_err(failed)?;
             stream.write_all(chunk).await.map_err(failed)?;
+        }
+        if let Some(tail) = tail {
+            let mut reader = crate::spooled::Reader::open(tail).await?;
+            while let Some(chunk) = reader.next(CHUNK).await? {
+                let len = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
+                stream.write_all(&len.to_be_bytes()).await.map_err(failed)?;
+                stream.write_all(chunk).await.map_err(failed)?;
+            }
         }
         stream.write_all(&[0; 4]).await.map_err(failed)?;
         stream.flush().await.map_err(failed)?;

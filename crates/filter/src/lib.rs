@@ -43,3 +43,4 @@ pub mod recipients;
 pub mod rspamd;
 pub mod rules;
 pub mod sender_auth;
+mod spooled;

@@ -214,7 +214,28 @@ impl Milter {
             }
         }
         if c.wants(NO_BODY) {
-            for chunk in draft.message[draft.body_offset()..].chunks(CHUNK) {
+            let mut tail = match &draft.tail {
+                Some(tail) => Some(
+                    crate::spooled::Reader::open(tail)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                ),
+                None => None,
+            };
+            let mut in_memory = draft.message[draft.body_offset()..].chunks(CHUNK);
+            loop {
+                let chunk = match in_memory.next() {
+                    Some(chunk) => chunk,
+                    None => match tail.as_mut() {
+                        Some(reader) => {
+                            match reader.next(CHUNK).await.map_err(|e| e.to_string())? {
+                                Some(chunk) => chunk,
+                                None => break,
+                            }
+                        }
+                        None => break,
+                    },
+                };
                 c.send(b'B', chunk).await?;
                 if c.protocol & NR_BODY != 0 {
                     continue;

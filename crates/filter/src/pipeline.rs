@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use backstop_types::{Address, Envelope, Notify, Recipient, Reply, ReversePath};
+use backstop_types::{Address, Envelope, Notify, Recipient, Reply, ReversePath, Spooled};
 use tracing::warn;
 
 use crate::error::ScanError;
@@ -19,8 +19,12 @@ use crate::{clamd, milter, rspamd, rules};
 #[derive(Debug, Clone)]
 pub struct Draft {
     pub envelope: Envelope,
-    /// The whole message, CRLF line ends.
+    /// The whole message, CRLF line ends; with a `tail`, its header section only.
     pub message: Vec<u8>,
+    /// The rest of a message too large to read into memory (`[content] max_scan_size`), in
+    /// its spool file: only the checks that can stream it (clamd, milters) see it, and a new
+    /// body from a check replaces it.
+    pub tail: Option<Spooled>,
     /// Whether a check changed the message or the envelope.
     pub changed: bool,
 }
@@ -111,6 +115,12 @@ impl Scanner {
         }
     }
 
+    /// Whether it can read a spooled message from its file, a piece at a time; the others
+    /// need the message whole in memory.
+    pub fn streams(&self) -> bool {
+        matches!(self, Scanner::Milter(_) | Scanner::Clamd(_))
+    }
+
     async fn scan(&self, draft: &Draft) -> Result<Step, ScanError> {
         match self {
             // Regexes over the decoded message: off the async workers, so the deadline holds.
@@ -122,7 +132,7 @@ impl Scanner {
             }
             Scanner::Milter(milter) => milter.check(draft).await,
             Scanner::Rspamd(rspamd) => rspamd.check(draft).await,
-            Scanner::Clamd(clamd) => clamd.check(&draft.message).await,
+            Scanner::Clamd(clamd) => clamd.check(&draft.message, draft.tail.as_ref()).await,
         }
     }
 }
@@ -142,6 +152,10 @@ impl Pipeline {
     pub async fn run(&self, draft: &mut Draft) -> Outcome {
         let deadline = Instant::now() + self.deadline;
         for check in &self.checks {
+            if draft.tail.is_some() && !check.scanner.streams() {
+                warn!(check = %check.name, sender = %draft.envelope.sender, "content check skipped: the message is larger than max_scan_size");
+                continue;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             let result = match tokio::time::timeout(left, check.scanner.scan(draft)).await {
                 Ok(result) => result,
@@ -244,7 +258,16 @@ impl Draft {
         Draft {
             envelope,
             message,
+            tail: None,
             changed: false,
+        }
+    }
+
+    /// A message too large for memory: its header section, and the rest in its spool file.
+    pub fn spooled(envelope: Envelope, head: Vec<u8>, tail: Spooled) -> Draft {
+        Draft {
+            tail: Some(tail),
+            ..Draft::new(envelope, head)
         }
     }
 
@@ -341,6 +364,7 @@ impl Draft {
                 }
             }
             Change::ReplaceBody(new) => {
+                self.tail = None;
                 self.message.truncate(body);
                 if body == self.message.len() && !self.message.ends_with(b"\r\n\r\n") {
                     self.message.extend_from_slice(b"\r\n");

@@ -76,17 +76,22 @@ impl SitePolicy {
         // The checks from here on read the whole message: a spooled one is read into memory
         // within the budget, or, larger than `max_scan_size`, let through unchecked by them.
         let size = message.body.len();
-        if self.max_scan_size.is_some_and(|max| size > max) {
-            warn!(size, max_scan_size = self.max_scan_size, "message larger than max_scan_size: sender authentication and content checks skipped");
-            let mut unchecked = message.clone();
-            unchecked.body.prepend(
-                format!(
-                    "Authentication-Results: {}; none (message of {size} octets, larger than max_scan_size: not checked)\r\n",
-                    self.hostname
-                )
-                .as_bytes(),
-            );
-            return ContentVerdict::AcceptChanged(Box::new(unchecked));
+        if let (Some(tail), true) = (
+            message.body.tail(),
+            self.max_scan_size.is_some_and(|max| size > max),
+        ) {
+            // Only the checks that stream it from its file (clamd, milters) see it.
+            warn!(size, max_scan_size = self.max_scan_size, "message larger than max_scan_size: sender authentication and the checks that need it whole skipped");
+            let mut head = format!(
+                "Authentication-Results: {}; none (message of {size} octets, larger than max_scan_size: not checked)\r\n",
+                self.hostname
+            )
+            .into_bytes();
+            head.extend_from_slice(message.body.head());
+            let mut draft = Draft::spooled(envelope.clone(), head, tail.clone());
+            draft.changed = true;
+            let outcome = self.content.run(&mut draft).await;
+            return verdict(outcome, draft, message.proxied);
         }
         let mut share = Reservation::new(&self.memory);
         let loaded;
@@ -152,20 +157,8 @@ impl SitePolicy {
         body.extend_from_slice(whole);
         let mut draft = Draft::new(envelope.clone(), body);
         draft.changed = header.is_some();
-        match self.content.run(&mut draft).await {
-            Outcome::Accept if draft.envelope.recipients.is_empty() => {
-                ContentVerdict::Discard("a content check removed every recipient".into())
-            }
-            Outcome::Accept if draft.changed => ContentVerdict::AcceptChanged(Box::new(Message {
-                envelope: draft.envelope,
-                body: Body::new(draft.message),
-                proxied: message.proxied,
-            })),
-            Outcome::Accept => ContentVerdict::Accept,
-            Outcome::Refuse(reply) => ContentVerdict::Refuse(reply),
-            Outcome::Quarantine(reason) => ContentVerdict::Quarantine(reason),
-            Outcome::Discard(reason) => ContentVerdict::Discard(reason),
-        }
+        let outcome = self.content.run(&mut draft).await;
+        verdict(outcome, draft, message.proxied)
     }
 
     /// The refusal for a bounce returning a message we never sent; `None` to go on: it is ours,
@@ -184,6 +177,32 @@ impl SitePolicy {
                 Some(Reply::bounce_provenance_unavailable())
             }
         }
+    }
+}
+
+/// The session's verdict from the pipeline's outcome on `draft` (a spooled draft keeps its
+/// file, unless a check gave it a new body).
+fn verdict(
+    outcome: Outcome,
+    draft: Draft,
+    proxied: Option<backstop_session::TransactionRef>,
+) -> ContentVerdict {
+    match outcome {
+        Outcome::Accept if draft.envelope.recipients.is_empty() => {
+            ContentVerdict::Discard("a content check removed every recipient".into())
+        }
+        Outcome::Accept if draft.changed => ContentVerdict::AcceptChanged(Box::new(Message {
+            envelope: draft.envelope,
+            body: match draft.tail {
+                Some(tail) => Body::spooled(draft.message, tail),
+                None => Body::new(draft.message),
+            },
+            proxied,
+        })),
+        Outcome::Accept => ContentVerdict::Accept,
+        Outcome::Refuse(reply) => ContentVerdict::Refuse(reply),
+        Outcome::Quarantine(reason) => ContentVerdict::Quarantine(reason),
+        Outcome::Discard(reason) => ContentVerdict::Discard(reason),
     }
 }
 

@@ -314,3 +314,109 @@ fn a_scanner_asking_for_a_broken_field_fails_its_check() {
     assert_eq!(text(&d), MESSAGE);
     rspamd.join().unwrap();
 }
+
+/// A clamd on loopback that reads one INSTREAM and answers FOUND when the stream holds
+/// `VIRUS-MARK`; the stream it got comes back through the handle.
+fn scripted_clamd() -> (Check, std::thread::JoinHandle<Vec<u8>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let check = Check {
+        name: "clamd scripted".into(),
+        scanner: Scanner::Clamd(crate::clamd::Clamd {
+            endpoint: crate::net::Endpoint::from(listener.local_addr().unwrap()),
+        }),
+        on_error: OnError::Tempfail,
+    };
+    let got = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut command = [0u8; 10];
+        s.read_exact(&mut command).unwrap();
+        assert_eq!(&command, b"zINSTREAM\0");
+        let mut stream = Vec::new();
+        loop {
+            let mut len = [0u8; 4];
+            if s.read_exact(&mut len).is_err() {
+                return stream;
+            }
+            let len = u32::from_be_bytes(len) as usize;
+            if len == 0 {
+                break;
+            }
+            let mut chunk = vec![0; len];
+            s.read_exact(&mut chunk).unwrap();
+            stream.extend_from_slice(&chunk);
+        }
+        let found = stream.windows(10).any(|w| w == b"VIRUS-MARK");
+        let answer: &[u8] = if found {
+            b"stream: Mark FOUND\0"
+        } else {
+            b"stream: OK\0"
+        };
+        s.write_all(answer).unwrap();
+        stream
+    });
+    (check, got)
+}
+
+fn spooled_draft(name: &str, rest: &[u8], len: u64) -> Draft {
+    let dir = std::env::temp_dir().join(format!("backstop-pipeline-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, rest).unwrap();
+    let head = draft(MESSAGE);
+    let at = head.body_offset();
+    Draft::spooled(
+        head.envelope,
+        head.message[..at].to_vec(),
+        backstop_types::Spooled { path, len },
+    )
+}
+
+/// A message too large for memory: the checks that need it whole are skipped, clamd reads it
+/// from its file (all of it: what is past the head is scanned), and a file cut short is a
+/// failed check, never a clean one.
+#[test]
+fn a_spooled_draft_is_streamed_to_clamd_and_skipped_by_rules() {
+    let mut rest = b"line\r\n".repeat(50_000);
+    rest.extend_from_slice(b"VIRUS-MARK\r\n");
+    let (clamd, got) = scripted_clamd();
+    let pipeline = Pipeline {
+        checks: vec![rule("line", Action::Reject("a rule saw it".into())), clamd],
+        deadline: Duration::from_secs(60),
+    };
+    let mut d = spooled_draft("virus", &rest, rest.len() as u64);
+    assert!(matches!(run(&pipeline, &mut d), Outcome::Refuse(r) if r.code() == 554));
+    let stream = got.join().unwrap();
+    assert!(stream.ends_with(&rest), "the head, then the whole file");
+    assert!(stream.starts_with(&d.message));
+
+    let (clamd, _got) = scripted_clamd();
+    let pipeline = Pipeline {
+        checks: vec![clamd],
+        deadline: Duration::from_secs(60),
+    };
+    let mut short = spooled_draft("short", b"line\r\n", 1000);
+    assert!(
+        matches!(run(&pipeline, &mut short), Outcome::Refuse(r) if r.code() == 451),
+        "a short file fails the check"
+    );
+}
+
+/// Header changes on a spooled draft touch its head only; a new body replaces the file.
+#[test]
+fn changes_to_a_spooled_draft() {
+    let mut d = spooled_draft("changed", b"old body\r\n", 10);
+    d.apply(Change::AddHeader {
+        name: "X-Scanned".into(),
+        value: "yes".into(),
+    });
+    assert!(d.tail.is_some());
+    assert!(text(&d).ends_with("X-Scanned: yes\n\n"), "{}", text(&d));
+    d.apply(Change::ReplaceBody(b"new body\r\n".to_vec()));
+    assert!(d.tail.is_none());
+    assert!(
+        text(&d).ends_with("X-Scanned: yes\n\nnew body\n"),
+        "{}",
+        text(&d)
+    );
+}
