@@ -404,3 +404,26 @@ fn an_abandoned_transfer_leaves_no_file() {
     assert!(spool_files(d).is_empty(), "{:?}", spool_files(d));
     server.stop();
 }
+
+/// The checks that need a spooled message whole read all of it (within `max_scan_size`,
+/// unset here): a body rule matching text far past the threshold refuses it, and the file
+/// goes with the refused message.
+#[test]
+fn a_spooled_message_gets_the_whole_message_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::start(
+        d,
+        &(config(d, "spool_threshold = \"64K\"")
+            + "\n[[filter]]\ntype = \"body\"\npattern = \"wire the money\"\naction = \"reject\"\n"),
+    );
+    let mut message = large_message("scam", 20_000);
+    message.extend_from_slice(b"and now wire the money\r\n");
+    let reply = send_data(server.mx, &message);
+    assert!(reply.starts_with("550"), "{reply}");
+    let reply = send_data(server.mx, &large_message("fine", 20_000));
+    assert!(reply.starts_with("250"), "{reply}");
+    let id = queue_id_in(&reply);
+    assert_eq!(spool_files(d), vec![id.to_string()]);
+    server.stop();
+}

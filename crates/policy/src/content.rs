@@ -94,17 +94,18 @@ impl SitePolicy {
             return verdict(outcome, draft, message.proxied);
         }
         let mut share = Reservation::new(&self.memory);
-        let loaded;
+        let mut loaded = None;
         let whole: &[u8] = match message.body.in_memory() {
             Some(whole) => whole,
             None => {
-                // The message read, and the checks' copy of it.
-                if !share.cover(size.saturating_mul(2)) {
+                // The message read, with room for our field on top: the checks get it in place.
+                if !share.cover(size.saturating_add(FIELD_ROOM as u64)) {
                     info!(size, "no memory to check the message now: 452");
                     return ContentVerdict::Refuse(Reply::insufficient_memory());
                 }
                 let body = message.body.clone();
-                loaded = match tokio::task::spawn_blocking(move || body.read_all()).await {
+                let read = move || body.read_all_with_room(FIELD_ROOM);
+                let read = match tokio::task::spawn_blocking(read).await {
                     Ok(Ok(whole)) => whole,
                     Ok(Err(e)) => {
                         warn!(error = %e, "reading the spooled message for the checks: 451");
@@ -115,7 +116,7 @@ impl SitePolicy {
                         return ContentVerdict::Refuse(Reply::check_unavailable());
                     }
                 };
-                &loaded
+                loaded.insert(read).as_slice()
             }
         };
         let mut header = None;
@@ -153,8 +154,15 @@ impl SitePolicy {
             return ContentVerdict::AcceptChanged(Box::new(checked));
         }
         // The checks see (and may change) the message as it will be stored.
-        let mut body = header.as_deref().unwrap_or_default().as_bytes().to_vec();
-        body.extend_from_slice(whole);
+        let field = header.as_deref().unwrap_or_default().as_bytes();
+        let body = match loaded {
+            // Moved up in place (the room was kept for it), not copied.
+            Some(mut read) => {
+                read.splice(0..0, field.iter().copied());
+                read
+            }
+            None => [field, message.body.head()].concat(),
+        };
         let mut draft = Draft::new(envelope.clone(), body);
         draft.changed = header.is_some();
         let outcome = self.content.run(&mut draft).await;
@@ -205,6 +213,9 @@ fn verdict(
         Outcome::Discard(reason) => ContentVerdict::Discard(reason),
     }
 }
+
+/// Room kept before a spooled message read for the checks, for our `Authentication-Results:`.
+const FIELD_ROOM: usize = 8 * 1024;
 
 /// How much of a large bounce is read to find the message it returns.
 const BOUNCE_PREFIX: usize = 1024 * 1024;

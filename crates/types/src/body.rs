@@ -89,10 +89,19 @@ impl Body {
     /// The whole message in one buffer, reading the tail from its file (blocking). Callers
     /// bound what they read this way: it holds the whole message in memory.
     pub fn read_all(&self) -> io::Result<Vec<u8>> {
+        self.read_all_with_room(0)
+    }
+
+    /// [`Body::read_all`] into a buffer with `room` octets to spare (for fields to put on
+    /// top without growing it).
+    pub fn read_all_with_room(&self, room: usize) -> io::Result<Vec<u8>> {
+        let size = usize::try_from(self.len()).unwrap_or(usize::MAX);
         let Some(tail) = &self.tail else {
-            return Ok(self.head.clone());
+            let mut out = Vec::with_capacity(size.saturating_add(room));
+            out.extend_from_slice(&self.head);
+            return Ok(out);
         };
-        let mut out = Vec::with_capacity(usize::try_from(self.len()).unwrap_or(usize::MAX));
+        let mut out = Vec::with_capacity(size.saturating_add(room));
         out.extend_from_slice(&self.head);
         let read = tail.open()?.take(tail.len).read_to_end(&mut out)?;
         if (read as u64) < tail.len {

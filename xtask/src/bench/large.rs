@@ -1,5 +1,5 @@
-//! `cargo xtask bench large [--baseline BINARY] [--queue N]`: memory with large messages, in
-//! one run.
+//! `cargo xtask bench large [--baseline BINARY] [--queue N] [--rate-only]`: memory with large
+//! messages, in one run.
 //!
 //! 1. 200 sessions each send a 20 MiB message at the same time: backstop's RSS when idle, the
 //!    highest sampled (every 20 ms) while the transfers and their ends are under way, and
@@ -7,7 +7,8 @@
 //! 2. A queue of N (1,000 by default) 10 MB messages delivered to smtp-sink: the highest RSS
 //!    during the delivery, and how long it took.
 //! 3. The receive rate of 5 KB messages at 50 sessions (smtp-source), this build beside
-//!    `--baseline` (an earlier build, when given) and Postfix.
+//!    `--baseline` (an earlier build, when given), each twice in turn, and Postfix.
+//!    `--rate-only` runs only this part.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ const PRELOAD_SESSIONS: usize = 8;
 pub fn run(binary: &Path, dir: &Path, args: &[String]) -> Result<(), String> {
     let mut baseline = None;
     let mut queue = 1000;
+    let mut rate_only = false;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -36,6 +38,7 @@ pub fn run(binary: &Path, dir: &Path, args: &[String]) -> Result<(), String> {
                     .and_then(|n| n.parse().ok())
                     .ok_or("--queue takes a number")?
             }
+            "--rate-only" => rate_only = true,
             other => {
                 return Err(format!(
                     "cargo xtask bench large: unknown argument {other:?}"
@@ -43,8 +46,10 @@ pub fn run(binary: &Path, dir: &Path, args: &[String]) -> Result<(), String> {
             }
         }
     }
-    transfers(binary, &dir.join("transfers"))?;
-    delivery(binary, &dir.join("delivery"), queue)?;
+    if !rate_only {
+        transfers(binary, &dir.join("transfers"))?;
+        delivery(binary, &dir.join("delivery"), queue)?;
+    }
     receive_rate(binary, baseline.as_deref(), dir)
 }
 
@@ -223,10 +228,13 @@ fn receive_rate(binary: &Path, baseline: Option<&Path>, dir: &Path) -> Result<()
         recipients: 1,
         messages: 6000,
     };
+    // Each build twice, taking turns, so that what the disk was doing before (the write-back of
+    // the runs above) does not fall on one of them alone.
     let mut rows = vec![("this build", binary.to_owned())];
     if let Some(b) = baseline {
         rows.push(("baseline", b.to_owned()));
     }
+    let rows = [rows.clone(), rows].concat();
     println!("5 KB messages at 50 sessions (smtp-source, 6000 messages), messages per second:");
     for (n, (name, binary)) in rows.iter().enumerate() {
         let backstop = Backstop::start(binary, &dir.join(format!("rate-{n}")), RECEIVE)?;
