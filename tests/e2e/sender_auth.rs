@@ -676,3 +676,63 @@ fn iprev_through_dns() {
         Outcome::Quarantine("no forward-confirmed reverse DNS for 192.0.2.2".into())
     );
 }
+
+/// A message larger than `max_scan_size` is not read for DKIM, but padding a forgery past the
+/// limit gains nothing: SPF and DMARC (by SPF alignment) still judge it. A forged sender of a
+/// p=reject domain goes to quarantine (no signature was verified, so no proof either way),
+/// never delivered; an aligned SPF pass is accepted with its results and the note on top.
+#[test]
+fn a_message_padded_past_max_scan_size_is_still_judged_by_spf_and_dmarc() {
+    let test = "a_message_padded_past_max_scan_size_is_still_judged_by_spf_and_dmarc";
+    if !have("knotd", test) || !have("/usr/bin/python3", test) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_key, record) = dkim_key(d, "s1", "rsa");
+    let mut zones = common_zones(&record);
+    zones.push((
+        "forged.example",
+        zone(
+            "forged.example",
+            "@ IN TXT \"v=spf1 ip4:192.0.2.0/24 -all\"\n_dmarc IN TXT \"v=DMARC1; p=reject\"",
+        ),
+    ));
+    let zone_refs: Vec<(&str, &str)> = zones.iter().map(|(o, z)| (*o, z.as_str())).collect();
+    let knot = Knot::start(&d.join("knot"), &zone_refs);
+    let config = config(d, "spool_threshold = \"64K\"").replace(
+        "[sender_checks]\nenabled = false",
+        "[sender_checks]\nenabled = true\nspf_fail = \"accept\"",
+    ) + &format!(
+        "\n[dns]\nnameservers = [\"{}\"]\n\n[content]\nmax_scan_size = \"100K\"\n",
+        knot.address
+    );
+    let server = Server::start(d, &config);
+    let padding = format!("{}\r\n", "p".repeat(76)).repeat(4000);
+    let padded = |from: &str, subject: &str| {
+        message(d, from, subject, None).replace("\r\n\r\nhello\r\n", &format!("\r\n\r\n{padding}"))
+    };
+
+    let reply = send(
+        &server,
+        "a@forged.example",
+        &padded("a@forged.example", "forged"),
+    );
+    assert!(reply.starts_with("250"), "{reply}\n{}", server.log());
+    let reason = server.quarantined(queue_id_in(&reply));
+    assert!(
+        reason.contains("fails on SPF alone; DKIM not verified"),
+        "{reason}"
+    );
+
+    let reply = send(&server, "a@good.example", &padded("a@good.example", "good"));
+    assert!(reply.starts_with("250 2.0.0 Ok: queued as"), "{reply}");
+    let id = queue_id_in(&reply);
+    let (_, _, body) = queued(d).into_iter().find(|(i, _, _)| *i == id).unwrap();
+    let text = String::from_utf8_lossy(&body);
+    let header = &text[..text.find("\r\n\r\n").unwrap()];
+    assert!(header.contains("spf=pass"), "{header}");
+    assert!(header.contains("dmarc=pass"), "{header}");
+    assert!(header.contains("larger than max_scan_size"), "{header}");
+    server.stop();
+}

@@ -427,3 +427,30 @@ fn a_spooled_message_gets_the_whole_message_checks() {
     assert_eq!(spool_files(d), vec![id.to_string()]);
     server.stop();
 }
+
+/// A large message is spooled only while the disk has room for a message of the largest size
+/// and half again (Postfix's rule): below that it is refused for now, and nothing is written.
+/// Here the largest size is beyond any disk, so every message past the threshold finds too
+/// little room; a small one is still taken.
+#[test]
+fn a_disk_without_room_refuses_large_messages_for_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = Server::start(
+        d,
+        &config(
+            d,
+            "spool_threshold = \"64K\"\nmax_message_size = \"100000G\"\nmax_message_memory = \"100001G\"",
+        ),
+    );
+    let reply = send_data(server.mx, &large_message("no-room", 20_000));
+    assert!(
+        reply.starts_with("452 4.3.1 Insufficient system storage"),
+        "{reply}"
+    );
+    assert!(spool_files(d).is_empty(), "{:?}", spool_files(d));
+    assert!(server.log().contains("cannot create the spool file"));
+    let reply = send_data(server.mx, &large_message("small", 10));
+    assert!(reply.starts_with("250"), "{reply}");
+    server.stop();
+}

@@ -52,6 +52,9 @@ impl MessageSink for QueueSink {
                     error!(error = %e, "queue write failed");
                     match e {
                         QueueError::DiskFull(_) => EnqueueFailure::StorageFull,
+                        QueueError::Spool(_, e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                            EnqueueFailure::StorageFull
+                        }
                         _ => EnqueueFailure::Unavailable,
                     }
                 })

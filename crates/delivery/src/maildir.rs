@@ -90,14 +90,21 @@ fn write(
             file,
             "Return-Path: {sender}\r\nDelivered-To: {recipient}\r\n"
         )?;
-        file.write_all(body.head())?;
-        if let Some(tail) = body.tail() {
-            let copied = std::io::copy(&mut tail.open()?.take(tail.len), &mut file)?;
-            if copied < tail.len {
-                return Err(backstop_types::body::short(&tail.path, copied, tail.len));
+        let written = (|| {
+            file.write_all(body.head())?;
+            if let Some(tail) = body.tail() {
+                let copied = std::io::copy(&mut tail.open()?.take(tail.len), &mut file)?;
+                if copied < tail.len {
+                    return Err(backstop_types::body::short(&tail.path, copied, tail.len));
+                }
             }
+            file.sync_all()
+        })();
+        if let Err(e) = written {
+            // Nothing half-written stays behind in tmp/.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
-        file.sync_all()?;
     }
     std::fs::rename(&tmp, &new)?;
     std::fs::File::open(folder.join("new"))?.sync_all()?;

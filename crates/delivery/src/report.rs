@@ -168,7 +168,7 @@ impl Agent {
         if changes.failed.is_empty() && changes.delivered.is_empty() && !delay_due {
             return notices;
         }
-        let mut body: Option<Vec<u8>> = None;
+        let mut body: Option<backstop_types::Body> = None;
         let mut ask = |indexes: &mut dyn Iterator<Item = usize>, event: Event| -> Vec<usize> {
             let mut send = Vec::new();
             for i in indexes {
@@ -185,14 +185,14 @@ impl Agent {
                         .message(id)
                         .ok()
                         .flatten()
-                        .map(|m| returned(m.body))
+                        .map(|m| m.body)
                         .unwrap_or_default()
                 });
                 let sender = Sender {
                     path: &envelope.sender,
                     trust: &envelope.trust,
                     batv_valid: self.batv_valid(&envelope.sender, now),
-                    automatic: gate::is_automatic(message),
+                    automatic: gate::is_automatic(message.head()),
                 };
                 match gate::decide(&sender, recipient.notify, event) {
                     Decision::Send => send.push(i),
@@ -249,7 +249,7 @@ impl Agent {
                     .message(id)
                     .ok()
                     .flatten()
-                    .map(|m| returned(m.body))
+                    .map(|m| m.body)
                     .unwrap_or_default()
             });
             if let Some(report) = self.report(id, message, entry, action, indexes, now) {
@@ -280,13 +280,25 @@ impl Agent {
     fn report(
         &self,
         id: QueueId,
-        original: &[u8],
+        original: &backstop_types::Body,
         entry: &Entry,
         action: Action,
         indexes: &[usize],
         now: UnixTime,
     ) -> Option<(Envelope, Vec<u8>)> {
-        let envelope = &entry.envelope;
+        // A spooled (large) message is returned as its header section, as Postfix's
+        // bounce_size_limit cuts a large one short: as headers, whatever RET asked for.
+        let headers_only;
+        let envelope = match original.tail() {
+            None => &entry.envelope,
+            Some(_) => {
+                let mut e = entry.envelope.clone();
+                e.dsn.ret = Some(backstop_types::Ret::Headers);
+                headers_only = e;
+                &headers_only
+            }
+        };
+        let original = original.head();
         let to = envelope.sender.address()?;
         let until = UnixTime(
             envelope
@@ -383,11 +395,4 @@ impl Agent {
         };
         Some((report, body))
     }
-}
-
-/// What a report returns of a message: all of it when it is held in memory; of a spooled
-/// (large) one, its header section only, as Postfix's `bounce_size_limit` cuts a large
-/// message short.
-fn returned(body: backstop_types::Body) -> Vec<u8> {
-    body.into_parts().0
 }

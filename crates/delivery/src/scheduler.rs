@@ -775,11 +775,13 @@ async fn deliver(
 ) -> JobResult {
     // Room for the message first: a wait for memory happens before a connection is opened,
     // and the share covers a second try on a fresh connection too.
-    let _memory = memory_for(job, job.size.min(STREAMED_SHARE)).await;
+    let mut memory = memory_for(job, job.size.min(STREAMED_SHARE)).await;
     match destination {
         Destination::Local => deliver_local(job).await,
-        Destination::Relay { hop, .. } => deliver_relay(job, hop, connection).await,
-        Destination::Mx { domain, port } => deliver_mx(job, domain, *port, connection).await,
+        Destination::Relay { hop, .. } => deliver_relay(job, hop, connection, &mut memory).await,
+        Destination::Mx { domain, port } => {
+            deliver_mx(job, domain, *port, connection, &mut memory).await
+        }
     }
 }
 
@@ -812,7 +814,12 @@ async fn deliver_local(job: &Job) -> JobResult {
     }
 }
 
-async fn deliver_relay(job: &Job, hop: &NextHop, connection: &mut Option<Connection>) -> JobResult {
+async fn deliver_relay(
+    job: &Job,
+    hop: &NextHop,
+    connection: &mut Option<Connection>,
+    memory: &mut Reservation,
+) -> JobResult {
     let agent = &job.agent;
     let route = &agent.routes.routes[job.route.unwrap_or_default()];
     if let Some(address) = hop.endpoint.socket_addr() {
@@ -830,13 +837,13 @@ async fn deliver_relay(job: &Job, hop: &NextHop, connection: &mut Option<Connect
     let Some(c) = connection.as_mut() else {
         return JobResult::default();
     };
-    let result = send(job, c, route.client.lmtp).await;
+    let result = send(job, c, route.client.lmtp, memory).await;
     if !(reused && result.connection_failed) {
         return result;
     }
     // The next hop closed the idle connection meanwhile: once more on a new one.
     match Connection::open(hop, &route.client).await {
-        Ok(c) => send(job, connection.insert(c), route.client.lmtp).await,
+        Ok(c) => send(job, connection.insert(c), route.client.lmtp, memory).await,
         Err(e) => {
             *connection = None;
             failed_connection(job, hop, &e)
@@ -849,6 +856,7 @@ async fn deliver_mx(
     domain: &Domain,
     port: u16,
     connection: &mut Option<Connection>,
+    memory: &mut Reservation,
 ) -> JobResult {
     let agent = &job.agent;
     let route = &agent.routes.routes[job.route.unwrap_or_default()];
@@ -857,7 +865,7 @@ async fn deliver_mx(
         let Some(c) = connection.as_mut() else {
             return JobResult::default();
         };
-        let result = send(job, c, false).await;
+        let result = send(job, c, false, memory).await;
         if !result.connection_failed {
             return result;
         }
@@ -905,7 +913,7 @@ async fn deliver_mx(
             let result = match Connection::open(&hop, &route.client).await {
                 Ok(c) => {
                     let c = connection.insert(c);
-                    send(job, c, false).await
+                    send(job, c, false, memory).await
                 }
                 Err(e) => {
                     let result = failed_connection(job, &hop, &e);
@@ -934,10 +942,30 @@ async fn deliver_mx(
     })
 }
 
-/// What a delivery holds of a message at most, unless it must sign it: the head of a spooled
-/// message (its header section) and the chunks on their way out; a message stored whole is
-/// smaller than the spool threshold (1 MiB by default).
+/// What a delivery covers before it reads a message (whose record says only its size): the
+/// head of a spooled message and the chunks on their way out, or a message stored whole below
+/// the spool threshold (256 KiB by default). Once read, the share is made what it holds.
 const STREAMED_SHARE: u64 = 1024 * 1024 + 256 * 1024;
+
+/// A chunk of a spooled message on its way out (the SMTP client reads 64 KiB at a time).
+const STREAM_CHUNK: u64 = 64 * 1024;
+
+/// Makes `share` cover `size` octets, waiting while the budget has no room; a size larger than
+/// the whole budget goes with what it has rather than never (as [`memory_for`]).
+async fn grow(job: &Job, share: &mut Reservation, size: u64) {
+    let budget = &job.agent.memory;
+    if size <= share.held() || size > budget.limit() {
+        return;
+    }
+    let mut waiting = false;
+    while !share.cover(size) {
+        if !waiting {
+            debug!(queue_id = %job.id, size, "waiting for memory to read the message");
+            waiting = true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// Sends the job's message over an open connection: the body is read from the queue now.
 /// A share of the memory budget for `job`'s message, taken before the message is read. While
@@ -962,7 +990,7 @@ async fn memory_for(job: &Job, size: u64) -> Reservation {
     share
 }
 
-async fn send(job: &Job, c: &mut Connection, lmtp: bool) -> JobResult {
+async fn send(job: &Job, c: &mut Connection, lmtp: bool, memory: &mut Reservation) -> JobResult {
     let agent = Arc::clone(&job.agent);
     let id = job.id;
     let read = tokio::task::spawn_blocking(move || agent.queue.message(id)).await;
@@ -974,12 +1002,18 @@ async fn send(job: &Job, c: &mut Connection, lmtp: bool) -> JobResult {
         Err(e) => return all(job, local_failure(&format!("reading the message: {e}"))),
     };
     let envelope = &message.entry.envelope;
+    // What is held of it: the head and the chunks on their way out, or all of it.
+    let held = match message.body.tail() {
+        Some(_) => message.body.head().len() as u64 + 2 * STREAM_CHUNK,
+        None => message.body.len(),
+    };
+    grow(job, memory, held).await;
     let (sender, prefix) = match message.body.in_memory() {
         Some(whole) => job.agent.identify(envelope, whole, job.now),
         // A DKIM signature covers the whole body: our own user's spooled message is read
         // whole to sign it, within the memory budget.
         None if crate::agent::ours(envelope, &job.agent.routes.local_domains) => {
-            let _share = memory_for(job, message.body.len()).await;
+            grow(job, memory, held + message.body.len()).await;
             let body = message.body.clone();
             match tokio::task::spawn_blocking(move || body.read_all()).await {
                 Ok(Ok(whole)) => job.agent.identify(envelope, &whole, job.now),

@@ -27,6 +27,8 @@ pub struct Draft {
     pub tail: Option<Spooled>,
     /// Whether a check changed the message or the envelope.
     pub changed: bool,
+    /// Whether a check gave the message a new body (header changes leave it as it was).
+    pub body_replaced: bool,
 }
 
 /// A change a check asks for.
@@ -260,6 +262,7 @@ impl Draft {
             message,
             tail: None,
             changed: false,
+            body_replaced: false,
         }
     }
 
@@ -365,6 +368,7 @@ impl Draft {
             }
             Change::ReplaceBody(new) => {
                 self.tail = None;
+                self.body_replaced = true;
                 self.message.truncate(body);
                 if body == self.message.len() && !self.message.ends_with(b"\r\n\r\n") {
                     self.message.extend_from_slice(b"\r\n");
@@ -393,7 +397,8 @@ impl Draft {
     }
 }
 
-fn body_offset(message: &[u8]) -> usize {
+/// Where the body of `message` starts (after the empty line), or its end when it has none.
+pub fn body_offset(message: &[u8]) -> usize {
     if message.starts_with(b"\r\n") {
         return 2;
     }

@@ -617,7 +617,10 @@ where
                         path,
                         bytes,
                         create,
-                    } => SpoolFile::write(&mut spool, path, &bytes, create).await,
+                    } => {
+                        let max = listener.session.max_message_size;
+                        SpoolFile::write(&mut spool, path, &bytes, create, max).await
+                    }
                     Output::CheckMessage(message)
                     | Output::Enqueue(message)
                     | Output::Quarantine { message, .. }

@@ -24,19 +24,33 @@ pub(crate) struct SpoolFile {
 impl SpoolFile {
     /// Appends `bytes` to the file at `path` (creating it when `create`, in place of `slot`'s
     /// file of an earlier transaction).
+    /// A new file is started only while the disk has room for `max_size` and half again
+    /// (Postfix's rule for its queue: 1.5 × `message_size_limit`), so that clients sending
+    /// large messages at once cannot fill the disk the queue's database needs.
     pub(crate) async fn write(
         slot: &mut Option<SpoolFile>,
         path: PathBuf,
         bytes: &[u8],
         create: bool,
+        max_size: u64,
     ) {
         if create || slot.as_ref().is_none_or(|s| s.path != path) {
-            let file = tokio::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .await;
+            let room = free_space(&path).await;
+            let wanted = max_size.saturating_add(max_size / 2);
+            let file = match room {
+                Ok(free) if free < wanted => Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!("{free} octets free, {wanted} wanted"),
+                )),
+                _ => {
+                    tokio::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&path)
+                        .await
+                }
+            };
             let failed = file.is_err();
             if let Err(e) = &file {
                 error!(file = %path.display(), error = %e, "cannot create the spool file: the message will be refused for now");
@@ -75,6 +89,17 @@ impl SpoolFile {
                 .is_some_and(|s| s.path == tail.path && !s.failed && s.file.is_some()),
         }
     }
+}
+
+/// Octets free for unprivileged use on the file system of `path`'s directory.
+async fn free_space(path: &std::path::Path) -> io::Result<u64> {
+    let dir = path.parent().unwrap_or(path).to_owned();
+    tokio::task::spawn_blocking(move || {
+        let stat = rustix::fs::statvfs(&dir)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    })
+    .await
+    .unwrap_or_else(|e| Err(io::Error::other(e)))
 }
 
 impl Drop for SpoolFile {

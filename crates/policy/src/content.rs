@@ -81,17 +81,31 @@ impl SitePolicy {
             self.max_scan_size.is_some_and(|max| size > max),
         ) {
             // Only the checks that stream it from its file (clamd, milters) see it.
-            warn!(size, max_scan_size = self.max_scan_size, "message larger than max_scan_size: sender authentication and the checks that need it whole skipped");
+            warn!(size, max_scan_size = self.max_scan_size, "message larger than max_scan_size: DKIM, ARC and the checks that need it whole skipped");
             let mut head = format!(
-                "Authentication-Results: {}; none (message of {size} octets, larger than max_scan_size: not checked)\r\n",
+                "Authentication-Results: {}; none (message of {size} octets, larger than max_scan_size: DKIM and content not checked)\r\n",
                 self.hostname
             )
             .into_bytes();
+            // SPF, iprev and DMARC by SPF alignment need no body.
+            if let (Some(auth), true) = (&self.sender_auth, authenticates) {
+                let client = backstop_filter::sender_auth::Client {
+                    ip: envelope.client.ip,
+                    helo: &envelope.client.helo,
+                    sender: &envelope.sender,
+                };
+                let checked = auth.check_header_only(&client, message.body.head()).await;
+                info!(results = %checked.summary, outcome = %checked.outcome, "sender authentication");
+                if let Some(verdict) = sender_verdict(checked.outcome) {
+                    return verdict;
+                }
+                head.splice(0..0, checked.header.into_bytes());
+            }
             head.extend_from_slice(message.body.head());
             let mut draft = Draft::spooled(envelope.clone(), head, tail.clone());
             draft.changed = true;
             let outcome = self.content.run(&mut draft).await;
-            return verdict(outcome, draft, message.proxied);
+            return verdict(outcome, draft, message.proxied, None);
         }
         let mut share = Reservation::new(&self.memory);
         let mut loaded = None;
@@ -121,7 +135,7 @@ impl SitePolicy {
         };
         let mut header = None;
         if let (Some(auth), true) = (&self.sender_auth, untrusted) {
-            use backstop_filter::sender_auth::{Client, Outcome, Refusal};
+            use backstop_filter::sender_auth::Client;
             let client = Client {
                 ip: envelope.client.ip,
                 helo: &envelope.client.helo,
@@ -129,16 +143,8 @@ impl SitePolicy {
             };
             let checked = auth.check(&client, whole).await;
             info!(results = %checked.summary, outcome = %checked.outcome, "sender authentication");
-            let refusal = match checked.outcome {
-                Outcome::Accept => None,
-                Outcome::Refuse(Refusal::Dmarc { domain }) => Some(Reply::dmarc_rejected(&domain)),
-                Outcome::Refuse(Refusal::Spf { domain }) => Some(Reply::spf_failed(&domain)),
-                Outcome::Refuse(Refusal::Iprev { ip }) => Some(Reply::reverse_dns_failed(ip)),
-                Outcome::Quarantine(reason) => return ContentVerdict::Quarantine(reason),
-                Outcome::TempFail => Some(Reply::sender_auth_unavailable()),
-            };
-            if let Some(reply) = refusal {
-                return ContentVerdict::Refuse(reply);
+            if let Some(verdict) = sender_verdict(checked.outcome) {
+                return verdict;
             }
             header = Some(checked.header);
         }
@@ -166,7 +172,12 @@ impl SitePolicy {
         let mut draft = Draft::new(envelope.clone(), body);
         draft.changed = header.is_some();
         let outcome = self.content.run(&mut draft).await;
-        verdict(outcome, draft, message.proxied)
+        verdict(
+            outcome,
+            draft,
+            message.proxied,
+            message.body.tail().cloned(),
+        )
     }
 
     /// The refusal for a bounce returning a message we never sent; `None` to go on: it is ours,
@@ -188,12 +199,14 @@ impl SitePolicy {
     }
 }
 
-/// The session's verdict from the pipeline's outcome on `draft` (a spooled draft keeps its
-/// file, unless a check gave it a new body).
+/// The session's verdict from the pipeline's outcome on `draft`. A spooled message keeps its
+/// file unless a check gave it a new body: read whole for the checks (`spooled`, its file) or
+/// streamed to them (`draft.tail`), what is stored is the changed header section and the file.
 fn verdict(
     outcome: Outcome,
     draft: Draft,
     proxied: Option<backstop_session::TransactionRef>,
+    spooled: Option<backstop_types::Spooled>,
 ) -> ContentVerdict {
     match outcome {
         Outcome::Accept if draft.envelope.recipients.is_empty() => {
@@ -201,9 +214,15 @@ fn verdict(
         }
         Outcome::Accept if draft.changed => ContentVerdict::AcceptChanged(Box::new(Message {
             envelope: draft.envelope,
-            body: match draft.tail {
-                Some(tail) => Body::spooled(draft.message, tail),
-                None => Body::new(draft.message),
+            body: match (draft.tail, spooled) {
+                (Some(tail), _) => Body::spooled(draft.message, tail),
+                (None, Some(tail)) if !draft.body_replaced => {
+                    let mut head = draft.message;
+                    head.truncate(backstop_filter::pipeline::body_offset(&head));
+                    head.shrink_to_fit();
+                    Body::spooled(head, tail)
+                }
+                (None, _) => Body::new(draft.message),
             },
             proxied,
         })),
@@ -212,6 +231,20 @@ fn verdict(
         Outcome::Quarantine(reason) => ContentVerdict::Quarantine(reason),
         Outcome::Discard(reason) => ContentVerdict::Discard(reason),
     }
+}
+
+/// The verdict sender authentication's outcome gives, unless it lets the message go on.
+fn sender_verdict(outcome: backstop_filter::sender_auth::Outcome) -> Option<ContentVerdict> {
+    use backstop_filter::sender_auth::{Outcome, Refusal};
+    let reply = match outcome {
+        Outcome::Accept => return None,
+        Outcome::Refuse(Refusal::Dmarc { domain }) => Reply::dmarc_rejected(&domain),
+        Outcome::Refuse(Refusal::Spf { domain }) => Reply::spf_failed(&domain),
+        Outcome::Refuse(Refusal::Iprev { ip }) => Reply::reverse_dns_failed(ip),
+        Outcome::Quarantine(reason) => return Some(ContentVerdict::Quarantine(reason)),
+        Outcome::TempFail => Reply::sender_auth_unavailable(),
+    };
+    Some(ContentVerdict::Refuse(reply))
 }
 
 /// Room kept before a spooled message read for the checks, for our `Authentication-Results:`.

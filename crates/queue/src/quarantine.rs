@@ -61,12 +61,8 @@ impl Queue {
                 &placed
             }
         };
-        if let Err(e) = self.enqueue_quarantined(id, envelope, body, reason) {
-            if body.tail().is_some() {
-                self.unlink_spooled(id);
-            }
-            return Err(e);
-        }
+        // On a failed write the file stays for the next start's sweep (see `enqueue`).
+        self.enqueue_quarantined(id, envelope, body, reason)?;
         tracing::warn!(queue_id = %id, reason, "message accepted into quarantine");
         Ok(id)
     }

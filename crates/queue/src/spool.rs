@@ -122,13 +122,22 @@ impl Queue {
         std::fs::create_dir_all(&incoming).map_err(io)?;
         let mut removed = 0;
         for entry in std::fs::read_dir(&incoming).map_err(io)? {
-            std::fs::remove_file(entry.map_err(io)?.path()).map_err(io)?;
+            let path = entry.map_err(io)?.path();
+            if !path.is_file() {
+                tracing::warn!(path = %path.display(), "not a spool file, left alone");
+                continue;
+            }
+            std::fs::remove_file(path).map_err(io)?;
             removed += 1;
         }
         let db = &self.inner.db;
         for entry in std::fs::read_dir(&self.inner.spool).map_err(io)? {
             let entry = entry.map_err(io)?;
             if entry.path() == incoming {
+                continue;
+            }
+            if !entry.path().is_file() {
+                tracing::warn!(path = %entry.path().display(), "not a spool file, left alone");
                 continue;
             }
             let named = match entry

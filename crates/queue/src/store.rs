@@ -254,9 +254,8 @@ impl Queue {
             Ok(id)
         }
         .await;
-        if accepted.is_err() && spooled.is_some() {
-            self.unlink_spooled(id);
-        }
+        // A failed synced write may still be in the log and replayed at the next start: its
+        // file stays, and the start's sweep removes it if no record names it.
         accepted
     }
 
