@@ -54,7 +54,9 @@ fn a_full_disk_answers_452_and_loses_nothing() {
     }
     let dir = tempfile::tempdir().unwrap();
     let disk = SmallDisk::mount(&dir.path().join("var"), "24m");
-    let server = Server::start(dir.path(), &config(dir.path(), ""));
+    // Messages of 1 MB are spooled, and a spool file is started only with room for 1.5 times
+    // the largest message: 4M keeps that well inside the 24 MB disk.
+    let server = Server::start(dir.path(), &config(dir.path(), "max_message_size = \"4M\""));
     let line = [b'x'; 998];
     let mut body = b"Subject: filler\r\n\r\n".to_vec();
     for _ in 0..1024 {
@@ -84,6 +86,28 @@ fn a_full_disk_answers_452_and_loses_nothing() {
     assert!(!accepted.is_empty());
     // The session is still usable: the client may try again later.
     assert!(c.command("RSET").starts_with("250"));
+    // Small messages (held in memory, stored in the database itself) fill what is left, until
+    // the database's own write finds the disk full: 452 as well.
+    let mut small = b"Subject: small\r\n\r\n".to_vec();
+    for _ in 0..100 {
+        small.extend_from_slice(&line);
+        small.extend_from_slice(b"\r\n");
+    }
+    let mut database_full = None;
+    for _ in 0..2000 {
+        let reply = send(&mut c, &small);
+        if reply.starts_with("250 ") {
+            accepted.push(queue_id_in(&reply));
+        } else {
+            database_full = Some(reply);
+            break;
+        }
+    }
+    let database_full = database_full.expect("the database never found the disk full");
+    assert!(
+        database_full.starts_with("452 4.3.1 Insufficient system storage"),
+        "{database_full:?}"
+    );
     drop(c);
     server.stop();
 

@@ -6,8 +6,9 @@
 //!    after; every message must be accepted.
 //! 2. A queue of N (1,000 by default) 10 MB messages delivered to smtp-sink: the highest RSS
 //!    during the delivery, and how long it took.
-//! 3. The receive rate of 5 KB messages at 50 sessions (smtp-source), this build beside
-//!    `--baseline` (an earlier build, when given), each twice in turn, and Postfix.
+//! 3. The receive rate of 5 KB messages at 50 sessions, and of 100 KB and 9.5 MB at 10
+//!    (smtp-source), this build beside `--baseline` (an earlier build, when given), each twice
+//!    in turn, and Postfix.
 //!    `--rate-only` runs only this part.
 
 use std::net::SocketAddr;
@@ -221,13 +222,38 @@ fn delivery(binary: &Path, dir: &Path, count: usize) -> Result<(), String> {
     Ok(())
 }
 
-fn receive_rate(binary: &Path, baseline: Option<&Path>, dir: &Path) -> Result<(), String> {
-    let load = Load {
+/// The receive loads compared: 5 KB at 50 sessions, 100 KB and 9.5 MB at 10.
+const RATE_LOADS: [Load; 3] = [
+    Load {
         sessions: 50,
         kib: 5,
         recipients: 1,
         messages: 6000,
-    };
+    },
+    Load {
+        sessions: 10,
+        kib: 100,
+        recipients: 1,
+        messages: 1000,
+    },
+    Load {
+        sessions: 10,
+        // Below Postfix's default message_size_limit (10,240,000 octets).
+        kib: 9500,
+        recipients: 1,
+        messages: 100,
+    },
+];
+
+fn receive_rate(binary: &Path, baseline: Option<&Path>, dir: &Path) -> Result<(), String> {
+    for (n, load) in RATE_LOADS.iter().enumerate() {
+        rate(binary, baseline, &dir.join(format!("load-{n}")), load)?;
+    }
+    Ok(())
+}
+
+fn rate(binary: &Path, baseline: Option<&Path>, dir: &Path, load: &Load) -> Result<(), String> {
+    let settings = RECEIVE;
     // Each build twice, taking turns, so that what the disk was doing before (the write-back of
     // the runs above) does not fall on one of them alone.
     let mut rows = vec![("this build", binary.to_owned())];
@@ -235,16 +261,19 @@ fn receive_rate(binary: &Path, baseline: Option<&Path>, dir: &Path) -> Result<()
         rows.push(("baseline", b.to_owned()));
     }
     let rows = [rows.clone(), rows].concat();
-    println!("5 KB messages at 50 sessions (smtp-source, 6000 messages), messages per second:");
+    println!(
+        "{} KiB messages at {} sessions (smtp-source, {} messages), messages per second:",
+        load.kib, load.sessions, load.messages
+    );
     for (n, (name, binary)) in rows.iter().enumerate() {
-        let backstop = Backstop::start(binary, &dir.join(format!("rate-{n}")), RECEIVE)?;
-        let rate = source(backstop.address, &load)?;
+        let backstop = Backstop::start(binary, &dir.join(format!("rate-{n}")), settings)?;
+        let rate = source(backstop.address, load)?;
         println!("  backstop, {name} ({}): {rate:.0}", binary.display());
     }
     match Postfix::available() {
         Ok(()) => {
             let postfix = Postfix::start(&dir.join("postfix-rate"), "", None)?;
-            let rate = source(postfix.address, &load)?;
+            let rate = source(postfix.address, load)?;
             println!("  postfix: {rate:.0}");
         }
         Err(why) => println!("  (no Postfix: {why})"),
