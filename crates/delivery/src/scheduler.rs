@@ -967,29 +967,18 @@ async fn grow(job: &Job, share: &mut Reservation, size: u64) {
     }
 }
 
-/// Sends the job's message over an open connection: the body is read from the queue now.
 /// A share of the memory budget for `job`'s message, taken before the message is read. While
 /// the budget is used up (by sessions receiving, or other deliveries) it waits: delivery can
 /// wait, and what it waits for is given back as soon as those messages are stored or sent. A
 /// message larger than the whole budget, or one whose size its record does not say, goes
 /// without a share rather than never.
 async fn memory_for(job: &Job, size: u64) -> Reservation {
-    let budget = &job.agent.memory;
-    let mut share = Reservation::new(budget);
-    if size == 0 || size > budget.limit() {
-        return share;
-    }
-    let mut waiting = false;
-    while !share.cover(size) {
-        if !waiting {
-            debug!(queue_id = %job.id, size, "waiting for memory to read the message");
-            waiting = true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut share = Reservation::new(&job.agent.memory);
+    grow(job, &mut share, size).await;
     share
 }
 
+/// Sends the job's message over an open connection: the body is read from the queue now.
 async fn send(job: &Job, c: &mut Connection, lmtp: bool, memory: &mut Reservation) -> JobResult {
     let agent = Arc::clone(&job.agent);
     let id = job.id;
