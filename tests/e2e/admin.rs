@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use backstop_queue::Queue;
+use backstop_types::quarantine::Reason;
 use backstop_types::{QueueId, UnixTime};
 
 use crate::harness::{config, queue_id_in, RawClient, Server, BIN};
@@ -196,7 +197,11 @@ fn quarantine_verbs() {
         let queue = Queue::open(&d.join("var/queue")).unwrap();
         for id in [keep, drop_it] {
             assert!(queue
-                .quarantine(id, "test: suspicious attachment", UnixTime(1_800_000_000))
+                .quarantine(
+                    id,
+                    &Reason::hold("test: suspicious attachment"),
+                    UnixTime(1_800_000_000)
+                )
                 .unwrap());
         }
     }
@@ -359,12 +364,16 @@ fn queue_and_quarantine_verbs_take_several_ids_all_stdin_and_filters() {
         assert!(queue
             .quarantine(
                 id(&virus),
-                "clamd: Eicar-Test-Signature",
+                &Reason::content("clamd", "clamd", "Eicar-Test-Signature"),
                 UnixTime(1_800_000_000)
             )
             .unwrap());
         assert!(queue
-            .quarantine(id(&odd), "rspamd: add header", UnixTime(1_800_000_000))
+            .quarantine(
+                id(&odd),
+                &Reason::content("rspamd", "rspamd", "add header"),
+                UnixTime(1_800_000_000)
+            )
             .unwrap());
     }
     let server = Server::restart(d);

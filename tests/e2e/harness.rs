@@ -353,7 +353,7 @@ impl Server {
         loop {
             let queue = Queue::open_read_only(&self.dir.join("var/queue")).unwrap();
             if let Some((record, _)) = queue.quarantine_show(id).unwrap() {
-                return record.reason;
+                return record.reason.to_string();
             }
             assert!(
                 Instant::now() < deadline,

@@ -673,7 +673,11 @@ fn iprev_through_dns() {
     let quarantined = check(&checker(Action::Quarantine), "192.0.2.2");
     assert_eq!(
         quarantined.outcome,
-        Outcome::Quarantine("no forward-confirmed reverse DNS for 192.0.2.2".into())
+        Outcome::Quarantine(backstop_types::quarantine::Reason::content(
+            "iprev",
+            "",
+            "no forward-confirmed reverse DNS for 192.0.2.2"
+        ))
     );
 }
 

@@ -12,8 +12,8 @@ use anyhow::{bail, Context as _};
 use backstop_queue::{Entry, QuarantineRecord, Queue};
 use backstop_types::{Envelope, QueueId, RecipientState, UnixTime};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 
 use crate::load::Admin as AdminEndpoint;
 use tokio::sync::watch;
@@ -23,7 +23,13 @@ use tracing::{info, warn};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum Request {
-    QueueList,
+    /// A page of the queue, oldest first: up to `limit` (default 100) after `after`.
+    QueueList {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+    },
     QueueShow {
         id: String,
         /// Send the message too, up to this many octets (base64, in `message`).
@@ -42,19 +48,42 @@ pub enum Request {
     QueueDelete {
         id: String,
     },
-    QuarantineList,
+    /// A page of the quarantine, oldest first, as [`QuarantineFilter`] selects.
+    QuarantineList(QuarantineFilter),
     QuarantineShow {
         id: String,
         /// As for `QueueShow`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         body: Option<u64>,
     },
+    /// Back into the queue for every recipient still held, or for `recipient` alone.
     QuarantineRelease {
         id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recipient: Option<String>,
     },
     QuarantineDelete {
         id: String,
     },
+    /// An administrator's hold: a queued message's pending recipients into quarantine.
+    QuarantineHold {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Let `sender` (an address or `@domain`) through to `recipient` where a content check
+    /// or DMARC would hold its mail.
+    QuarantineAllow {
+        recipient: String,
+        sender: String,
+    },
+    QuarantineDisallow {
+        recipient: String,
+        sender: String,
+    },
+    QuarantineAllowList,
+    /// Send the digests that are due now, whatever the schedule.
+    QuarantineDigest,
     /// The counters, in Prometheus' text format.
     Metrics,
     /// How a recipient would be handled (`backstop address test`).
@@ -63,19 +92,28 @@ pub enum Request {
 
 impl Request {
     /// The request as a log line shows it: the command and what it names, escaped.
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         use backstop_types::text::Escaped;
         let (command, what) = match self {
-            Request::QueueList => ("queue-list", None),
+            Request::QueueList { .. } => ("queue-list", None),
             Request::QueueShow { id, .. } => ("queue-show", Some(id.as_str())),
             Request::QueueFlush { id } => ("queue-flush", id.as_deref()),
             Request::QueueHold { id } => ("queue-hold", Some(id.as_str())),
             Request::QueueRelease { id } => ("queue-release", Some(id.as_str())),
             Request::QueueDelete { id } => ("queue-delete", Some(id.as_str())),
-            Request::QuarantineList => ("quarantine-list", None),
+            Request::QuarantineList(_) => ("quarantine-list", None),
             Request::QuarantineShow { id, .. } => ("quarantine-show", Some(id.as_str())),
-            Request::QuarantineRelease { id } => ("quarantine-release", Some(id.as_str())),
+            Request::QuarantineRelease { id, .. } => ("quarantine-release", Some(id.as_str())),
             Request::QuarantineDelete { id } => ("quarantine-delete", Some(id.as_str())),
+            Request::QuarantineHold { id, .. } => ("quarantine-hold", Some(id.as_str())),
+            Request::QuarantineAllow { recipient, .. } => {
+                ("quarantine-allow", Some(recipient.as_str()))
+            }
+            Request::QuarantineDisallow { recipient, .. } => {
+                ("quarantine-disallow", Some(recipient.as_str()))
+            }
+            Request::QuarantineAllowList => ("quarantine-allow-list", None),
+            Request::QuarantineDigest => ("quarantine-digest", None),
             Request::Metrics => ("metrics", None),
             Request::AddressTest(q) => ("address-test", Some(q.address.as_str())),
         };
@@ -96,81 +134,143 @@ struct Response {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct MessageSummary {
-    id: String,
-    arrival: u64,
-    size: u64,
-    sender: String,
-    recipients: Vec<String>,
-    held: bool,
+pub(crate) struct MessageSummary {
+    pub id: String,
+    pub arrival: u64,
+    pub size: u64,
+    pub sender: String,
+    pub recipients: Vec<String>,
+    pub held: bool,
     /// Recipients still pending.
-    pending: usize,
+    pub pending: usize,
     /// Why the message is still here: the last reply to a pending recipient (`host: reply`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    last_reply: Option<String>,
+    pub last_reply: Option<String>,
     /// The recipients still pending.
     #[serde(default)]
-    pending_recipients: Vec<String>,
+    pub pending_recipients: Vec<String>,
 }
 
 /// The version of `queue list --json`'s form; it changes only when a field changes meaning or
 /// goes away.
 const LIST_FORMAT: u32 = 1;
 
-/// `queue list`'s answer.
+/// `queue list`'s answer: a page.
 #[derive(Debug, Serialize, Deserialize)]
-struct QueueListing {
-    format: u32,
-    messages: Vec<MessageSummary>,
+pub(crate) struct QueueListing {
+    pub format: u32,
+    pub messages: Vec<MessageSummary>,
+    /// The cursor of the next page (`after`); absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
+/// What a quarantine listing selects: text filters match anywhere in the sender or a held
+/// recipient (any letter case); `since`/`until` are Unix times.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct QuarantineFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    /// `content`, `dmarc`, `undeliverable` or `hold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
+}
+
+/// `quarantine list`'s answer: a page.
 #[derive(Debug, Serialize, Deserialize)]
-struct MessageDetail {
+pub(crate) struct QuarantinePage {
+    pub format: u32,
+    pub items: Vec<QuarantineSummary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// The most a page holds.
+const MAX_PAGE: usize = 1000;
+/// A page's size when the request names none.
+const DEFAULT_PAGE: usize = 100;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct MessageDetail {
     #[serde(flatten)]
-    summary: MessageSummary,
-    client_ip: String,
-    helo: String,
-    listener: String,
-    tls: Option<String>,
-    authenticated: Option<String>,
-    trust: String,
-    recipient_states: Vec<RecipientDetail>,
-    headers: String,
+    pub summary: MessageSummary,
+    pub client_ip: String,
+    pub helo: String,
+    pub listener: String,
+    pub tls: Option<String>,
+    pub authenticated: Option<String>,
+    pub trust: String,
+    pub recipient_states: Vec<RecipientDetail>,
+    pub headers: String,
     /// The message's first octets as asked (`body`), base64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    message: Option<String>,
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct RecipientDetail {
-    address: String,
-    state: String,
-    attempts: u32,
-    next_attempt: Option<u64>,
-    remote_host: Option<String>,
-    last_reply: Option<String>,
+pub(crate) struct RecipientDetail {
+    pub address: String,
+    pub state: String,
+    pub attempts: u32,
+    pub next_attempt: Option<u64>,
+    pub remote_host: Option<String>,
+    pub last_reply: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct QuarantineSummary {
-    id: String,
-    quarantined: u64,
-    reason: String,
-    sender: String,
-    recipients: Vec<String>,
+pub(crate) struct QuarantineSummary {
+    pub id: String,
+    pub quarantined: u64,
+    /// `content`, `dmarc`, `undeliverable` or `hold`.
+    pub kind: String,
+    /// The reason as one line (`check: detail`).
+    pub reason: String,
+    /// What decided (`rule`, `clamd`, `dmarc`, `delivery`, `admin`, ...) and which check.
+    pub scanner: String,
+    pub check: String,
+    pub detail: String,
+    pub size: u64,
+    pub sender: String,
+    /// The recipients still held.
+    pub recipients: Vec<String>,
+    /// Every recipient with its owner and state.
+    pub held: Vec<HeldDetail>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct QuarantineDetail {
+pub(crate) struct HeldDetail {
+    pub address: String,
+    /// `recipient` or `admin`.
+    pub owner: String,
+    /// `held`, `released` or `deleted`.
+    pub state: String,
+    /// When it was released or deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<u64>,
+    /// A digest has listed it to its owner.
+    pub notified: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct QuarantineDetail {
     #[serde(flatten)]
-    summary: QuarantineSummary,
-    size: u64,
-    client_ip: String,
-    helo: String,
-    headers: String,
+    pub summary: QuarantineSummary,
+    pub client_ip: String,
+    pub helo: String,
+    pub headers: String,
     /// As for `MessageDetail`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    message: Option<String>,
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -183,33 +283,44 @@ struct Count {
 /// Serves the admin API until `shutdown` turns true.
 /// The admin API's socket, bound: the server binds it before it announces its listeners, so
 /// that the API is there as soon as the server says it is up.
-pub enum Bound {
-    Unix(UnixListener, PathBuf),
-    Http(TcpListener, String),
+pub struct Bound {
+    unix: (UnixListener, PathBuf),
+    /// The loopback HTTP listener and its token: the JSON API and the console.
+    http: Option<(TcpListener, String)>,
 }
 
 /// Binds the admin endpoint (a stale Unix socket of a killed run is removed first).
 pub async fn bind(endpoint: AdminEndpoint) -> anyhow::Result<Bound> {
-    match endpoint {
-        AdminEndpoint::Unix(path) => {
-            // A socket left by a previous run that was killed is stale: nobody listens on it.
-            if path.exists() && UnixStream::connect(&path).await.is_err() {
-                std::fs::remove_file(&path)
-                    .with_context(|| format!("removing stale {}", path.display()))?;
-            }
-            let listener =
-                bind_private(&path).with_context(|| format!("admin socket {}", path.display()))?;
-            crate::serve::announce!("backstop: admin socket {}", path.display());
-            Ok(Bound::Unix(listener, path))
-        }
-        AdminEndpoint::Http { address, token } => {
+    let (path, http) = match endpoint {
+        AdminEndpoint::Unix(path) => (path, None),
+        AdminEndpoint::Http {
+            address,
+            token,
+            socket,
+        } => (socket, Some((address, token))),
+    };
+    // A socket left by a previous run that was killed is stale: nobody listens on it.
+    if path.exists() && UnixStream::connect(&path).await.is_err() {
+        std::fs::remove_file(&path)
+            .with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    let listener =
+        bind_private(&path).with_context(|| format!("admin socket {}", path.display()))?;
+    crate::serve::announce!("backstop: admin socket {}", path.display());
+    let http = match http {
+        None => None,
+        Some((address, token)) => {
             let listener = TcpListener::bind(address)
                 .await
                 .with_context(|| format!("admin API on {address}"))?;
             crate::serve::announce!("backstop: admin API on http://{}", listener.local_addr()?);
-            Ok(Bound::Http(listener, token))
+            Some((listener, token))
         }
-    }
+    };
+    Ok(Bound {
+        unix: (listener, path),
+        http,
+    })
 }
 
 /// Binds a Unix socket that only its owner can ever connect to: it is made under a fresh
@@ -236,6 +347,10 @@ fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
 #[derive(Clone)]
 pub struct Served {
     pub queue: Queue,
+    /// The console's logged-in sessions.
+    pub console: std::sync::Arc<crate::console::Sessions>,
+    /// Release-link keys, digest settings and the quarantine's counters.
+    pub quarantine: std::sync::Arc<crate::quarantine::Runtime>,
     pub metrics: std::sync::Arc<crate::metrics::Sources>,
     /// The sessions' rules and the delivery settings as they are now, for `address test`.
     pub(crate) smtp: watch::Receiver<crate::address_test::SmtpContext>,
@@ -253,6 +368,15 @@ async fn dispatch(served: Served, request: Request) -> anyhow::Result<Response> 
             .and_then(|a| Ok(serde_json::to_value(a)?));
         return Ok(respond(answered));
     }
+    if let Request::QuarantineDigest = &request {
+        let dkim = std::sync::Arc::clone(&served.delivery.borrow().signing.dkim);
+        let now = backstop_types::SystemClock.now();
+        let sent =
+            crate::quarantine::digest::send_due(&served.queue, &served.quarantine, &dkim, now)
+                .await
+                .and_then(|count| Ok(serde_json::to_value(Count { count })?));
+        return Ok(respond(sent));
+    }
     Ok(tokio::task::spawn_blocking(move || handle(&served, request)).await?)
 }
 
@@ -261,9 +385,17 @@ pub async fn serve(
     queue: Served,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    match bound {
-        Bound::Unix(listener, path) => serve_unix(listener, path, queue, shutdown).await,
-        Bound::Http(listener, token) => serve_http(listener, token, queue, shutdown).await,
+    let Bound {
+        unix: (listener, path),
+        http,
+    } = bound;
+    let unix = serve_unix(listener, path, queue.clone(), shutdown.clone());
+    match http {
+        None => unix.await,
+        Some((listener, token)) => {
+            let (a, b) = tokio::join!(unix, serve_http(listener, token, queue, shutdown));
+            a.and(b)
+        }
     }
 }
 
@@ -287,59 +419,57 @@ async fn serve_http(
         };
         let (queue, token) = (queue.clone(), std::sync::Arc::clone(&token));
         tokio::spawn(async move {
-            let exchange = http_exchange(stream, &token, queue);
-            match tokio::time::timeout(std::time::Duration::from_secs(30), exchange).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => warn!(error = %e, "admin HTTP request failed"),
-                Err(_) => warn!("admin HTTP request timed out"),
+            let limits = backstop_web::http::Limits {
+                max_body: MAX_BODY,
+                ..Default::default()
+            };
+            let exchange = backstop_web::http::serve_one(
+                stream,
+                &limits,
+                std::time::Duration::from_secs(30),
+                |request| http_answer(request, token, queue),
+            );
+            if let Err(e) = exchange.await {
+                warn!(error = %e, "admin HTTP request failed");
             }
         });
     }
 }
 
-/// One HTTP/1.1 request and its response; the connection is closed after it.
-async fn http_exchange(stream: TcpStream, token: &str, queue: Served) -> anyhow::Result<()> {
-    const MAX_BODY: usize = 1 << 20;
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read.take(MAX_BODY as u64 + 64 * 1024));
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line).await?;
-    let mut length = 0usize;
-    let mut authorized = false;
-    for _ in 0..100 {
-        let mut header = String::new();
-        if reader.read_line(&mut header).await? == 0 || header.trim().is_empty() {
-            break;
-        }
-        let Some((name, value)) = header.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            length = value.parse().unwrap_or(usize::MAX);
-        } else if name.eq_ignore_ascii_case("authorization") {
-            authorized = value
-                .strip_prefix("Bearer ")
-                .is_some_and(|given| same_secret(given.trim(), token));
-        }
+/// The most a JSON request may carry.
+const MAX_BODY: usize = 1 << 20;
+
+/// One HTTP request: the JSON API at `POST /v1` (bearer token), the console elsewhere.
+async fn http_answer(
+    request: backstop_web::http::Request,
+    token: std::sync::Arc<String>,
+    queue: Served,
+) -> backstop_web::http::Response {
+    use backstop_web::http::Method;
+    if request.path != "/v1" {
+        return crate::console::answer(request, queue, &token).await;
     }
-    let (status, body) = if !request_line.starts_with("POST /v1 ") {
-        ("404 Not Found", error_json("use POST /v1"))
+    let authorized = request
+        .header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| same_secret(given.trim(), &token));
+    let (status, body) = if request.method != Method::Post {
+        (404, error_json("use POST /v1"))
     } else if !authorized {
         warn!("admin HTTP request without the right token");
-        (
-            "401 Unauthorized",
-            error_json("a valid bearer token is required"),
-        )
-    } else if length > MAX_BODY {
-        ("413 Content Too Large", error_json("request too large"))
+        (401, error_json("a valid bearer token is required"))
     } else {
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).await?;
-        let response = match serde_json::from_slice::<Request>(&body) {
+        let response = match serde_json::from_slice::<Request>(&request.body) {
             Ok(request) => {
                 info!(request = %request.describe(), "admin request");
-                dispatch(queue, request).await?
+                match dispatch(queue, request).await {
+                    Ok(response) => response,
+                    Err(e) => Response {
+                        ok: false,
+                        error: Some(format!("{e:#}")),
+                        data: serde_json::Value::Null,
+                    },
+                }
             }
             Err(e) => Response {
                 ok: false,
@@ -347,16 +477,9 @@ async fn http_exchange(stream: TcpStream, token: &str, queue: Served) -> anyhow:
                 data: serde_json::Value::Null,
             },
         };
-        ("200 OK", serde_json::to_vec(&response)?)
+        (200, serde_json::to_vec(&response).unwrap_or_default())
     };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    write.write_all(head.as_bytes()).await?;
-    write.write_all(&body).await?;
-    write.shutdown().await?;
-    Ok(())
+    backstop_web::http::Response::json(status, body)
 }
 
 fn error_json(message: &str) -> Vec<u8> {
@@ -426,7 +549,7 @@ fn handle(served: &Served, request: Request) -> Response {
         Request::Metrics => Ok(serde_json::Value::String(
             served.metrics.render(backstop_types::SystemClock.now()),
         )),
-        request => answer(&served.queue, request),
+        request => answer(&served.queue, Some(&served.quarantine.counters), request),
     };
     respond(answered)
 }
@@ -446,23 +569,17 @@ fn respond(answered: anyhow::Result<serde_json::Value>) -> Response {
     }
 }
 
-fn answer(queue: &Queue, request: Request) -> anyhow::Result<serde_json::Value> {
+/// The answer to a request the queue alone can answer; `counters` count releases and
+/// deletions (`None` when the queue is read from disk by the CLI).
+pub(crate) fn answer(
+    queue: &Queue,
+    counters: Option<&crate::quarantine::Counters>,
+    request: Request,
+) -> anyhow::Result<serde_json::Value> {
     let now = backstop_types::SystemClock.now();
     let value = match request {
-        Request::QueueList => {
-            let mut messages = Vec::new();
-            for (id, entry) in queue.list()? {
-                // The record has the size; only records older than that need the body read.
-                let size = match entry.size {
-                    0 => queue.message(id)?.map_or(0, |m| m.body.len()),
-                    size => size,
-                };
-                messages.push(summary(id, &entry, size));
-            }
-            serde_json::to_value(QueueListing {
-                format: LIST_FORMAT,
-                messages,
-            })?
+        Request::QueueList { after, limit } => {
+            serde_json::to_value(queue_page(queue, after.as_deref(), limit, |_| true)?)?
         }
         Request::QueueShow { id, body } => {
             let id = parse_id(&id)?;
@@ -486,14 +603,7 @@ fn answer(queue: &Queue, request: Request) -> anyhow::Result<serde_json::Value> 
             done(queue.release(parse_id(&id)?, now)?, &id, "in the queue")?
         }
         Request::QueueDelete { id } => done(queue.delete(parse_id(&id)?)?, &id, "in the queue")?,
-        Request::QuarantineList => {
-            let list: Vec<QuarantineSummary> = queue
-                .quarantine_list()?
-                .iter()
-                .map(|(id, r)| quarantine_summary(*id, r))
-                .collect();
-            serde_json::to_value(list)?
-        }
+        Request::QuarantineList(filter) => serde_json::to_value(quarantine_page(queue, &filter)?)?,
         Request::QuarantineShow { id, body: limit } => {
             let id = parse_id(&id)?;
             let Some((record, body)) = queue.quarantine_show(id)? else {
@@ -501,27 +611,152 @@ fn answer(queue: &Queue, request: Request) -> anyhow::Result<serde_json::Value> 
             };
             serde_json::to_value(QuarantineDetail {
                 summary: quarantine_summary(id, &record),
-                size: body.len(),
                 client_ip: record.envelope.client.ip.to_string(),
                 helo: record.envelope.client.helo.clone(),
                 headers: headers(body.head()),
                 message: limit.map(|limit| first_octets(&body, limit)).transpose()?,
             })?
         }
-        Request::QuarantineRelease { id } => done(
-            queue.quarantine_release(parse_id(&id)?, now)?,
-            &id,
-            "in quarantine",
-        )?,
-        Request::QuarantineDelete { id } => done(
-            queue.quarantine_delete(parse_id(&id)?)?,
-            &id,
-            "in quarantine",
-        )?,
+        Request::QuarantineRelease { id, recipient } => {
+            let Some(released) =
+                queue.quarantine_release(parse_id(&id)?, recipient.as_deref(), now)?
+            else {
+                bail!("{id}: not in quarantine");
+            };
+            if released.recipients.is_empty() {
+                bail!(
+                    "{id}: {} is not held",
+                    recipient.as_deref().unwrap_or("no recipient")
+                );
+            }
+            if let Some(c) = counters {
+                c.released(released.recipients.len());
+            }
+            info!(queue_id = %id, released_as = %released.queue_id, recipients = %backstop_types::text::Escaped(&released.recipients.join(",")), "quarantine: released by the administrator");
+            serde_json::json!({
+                "count": released.recipients.len(),
+                "queue_id": released.queue_id.to_string(),
+                "recipients": released.recipients,
+            })
+        }
+        Request::QuarantineDelete { id } => {
+            let deleted = queue.quarantine_delete(parse_id(&id)?)?;
+            if let (true, Some(c)) = (deleted, counters) {
+                c.deleted(1);
+            }
+            done(deleted, &id, "in quarantine")?
+        }
+        Request::QuarantineHold { id, reason } => {
+            let reason = backstop_types::quarantine::Reason::hold(
+                reason.unwrap_or_else(|| "held by the administrator".to_owned()),
+            );
+            done(
+                queue.quarantine(parse_id(&id)?, &reason, now)?,
+                &id,
+                "in the queue",
+            )?
+        }
+        Request::QuarantineAllow { recipient, sender } => {
+            let (recipient, sender) = allow_pair(&recipient, &sender)?;
+            queue.allow_sender(&recipient, &sender)?;
+            serde_json::to_value(Count { count: 1 })?
+        }
+        Request::QuarantineDisallow { recipient, sender } => {
+            let (recipient, sender) = allow_pair(&recipient, &sender)?;
+            let removed = queue.disallow_sender(&recipient, &sender)?;
+            done(
+                removed,
+                &format!("{sender} for {recipient}"),
+                "allow-listed",
+            )?
+        }
+        Request::QuarantineAllowList => {
+            let list: Vec<serde_json::Value> = queue
+                .allow_list()?
+                .into_iter()
+                .map(|(recipient, sender)| serde_json::json!({"recipient": recipient, "sender": sender}))
+                .collect();
+            serde_json::Value::Array(list)
+        }
         Request::Metrics => bail!("metrics are answered by handle"),
+        Request::QuarantineDigest => bail!("digests are sent by the running server"),
         Request::AddressTest(_) => bail!("address tests are answered by the running server"),
     };
     Ok(value)
+}
+
+/// A recipient address and a sender (address or `@domain`), checked and lower-cased.
+fn allow_pair(recipient: &str, sender: &str) -> anyhow::Result<(String, String)> {
+    let recipient = backstop_types::Address::parse(recipient)
+        .with_context(|| format!("recipient {recipient:?}"))?
+        .to_string()
+        .to_ascii_lowercase();
+    let sender = match sender.strip_prefix('@') {
+        Some(domain) => format!(
+            "@{}",
+            backstop_types::Domain::parse(domain).with_context(|| format!("sender {sender:?}"))?
+        ),
+        None => backstop_types::Address::parse(sender)
+            .with_context(|| format!("sender {sender:?}"))?
+            .to_string(),
+    };
+    Ok((recipient, sender.to_ascii_lowercase()))
+}
+
+/// A page of the queue: records only, never a body.
+pub(crate) fn queue_page(
+    queue: &Queue,
+    after: Option<&str>,
+    limit: Option<usize>,
+    admits: impl Fn(&Entry) -> bool,
+) -> anyhow::Result<QueueListing> {
+    let after = after.map(parse_id).transpose()?;
+    let limit = limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let page = queue.list_page(after, limit, admits)?;
+    Ok(QueueListing {
+        format: LIST_FORMAT,
+        messages: page
+            .items
+            .iter()
+            .map(|(id, entry)| summary(*id, entry, entry.size))
+            .collect(),
+        next: page.next.map(|id| id.to_string()),
+    })
+}
+
+/// A page of the quarantine as `filter` selects.
+pub(crate) fn quarantine_page(
+    queue: &Queue,
+    filter: &QuarantineFilter,
+) -> anyhow::Result<QuarantinePage> {
+    let kind = filter
+        .kind
+        .as_deref()
+        .map(|k| {
+            backstop_types::quarantine::ReasonKind::parse(k).with_context(|| {
+                format!("{k:?}: the kinds are content, dmarc, undeliverable and hold")
+            })
+        })
+        .transpose()?;
+    let query = backstop_queue::QuarantineQuery {
+        sender: filter.sender.clone().filter(|s| !s.is_empty()),
+        recipient: filter.recipient.clone().filter(|s| !s.is_empty()),
+        kind,
+        since: filter.since.map(UnixTime),
+        until: filter.until.map(UnixTime),
+    };
+    let after = filter.after.as_deref().map(parse_id).transpose()?;
+    let limit = filter.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let page = queue.quarantine_page(&query, after, limit)?;
+    Ok(QuarantinePage {
+        format: LIST_FORMAT,
+        items: page
+            .items
+            .iter()
+            .map(|(id, r)| quarantine_summary(*id, r))
+            .collect(),
+        next: page.next.map(|id| id.to_string()),
+    })
 }
 
 fn done(found: bool, id: &str, place: &str) -> anyhow::Result<serde_json::Value> {
@@ -531,7 +766,7 @@ fn done(found: bool, id: &str, place: &str) -> anyhow::Result<serde_json::Value>
     Ok(serde_json::to_value(Count { count: 1 })?)
 }
 
-fn parse_id(id: &str) -> anyhow::Result<QueueId> {
+pub(crate) fn parse_id(id: &str) -> anyhow::Result<QueueId> {
     id.parse::<QueueId>().map_err(anyhow::Error::from)
 }
 
@@ -570,7 +805,7 @@ fn attempt_text(attempt: &backstop_types::Attempt) -> String {
     }
 }
 
-fn detail(id: QueueId, entry: &Entry, body: &backstop_types::Body) -> MessageDetail {
+pub(crate) fn detail(id: QueueId, entry: &Entry, body: &backstop_types::Body) -> MessageDetail {
     let e = &entry.envelope;
     let recipient_states = e
         .recipients
@@ -628,13 +863,42 @@ fn first_octets(body: &backstop_types::Body, limit: u64) -> anyhow::Result<Strin
     Ok(base64::engine::general_purpose::STANDARD.encode(start))
 }
 
-fn quarantine_summary(id: QueueId, r: &QuarantineRecord) -> QuarantineSummary {
+pub(crate) fn quarantine_summary(id: QueueId, r: &QuarantineRecord) -> QuarantineSummary {
+    use backstop_queue::HeldState;
     QuarantineSummary {
         id: id.to_string(),
         quarantined: r.at.0,
-        reason: r.reason.clone(),
+        kind: r.reason.kind.to_string(),
+        reason: r.reason.to_string(),
+        scanner: r.reason.scanner.clone(),
+        check: r.reason.check.clone(),
+        detail: r.reason.detail.clone(),
+        size: r.size,
         sender: r.envelope.sender.to_string(),
-        recipients: recipients(&r.envelope),
+        recipients: r
+            .still_held()
+            .map(|(_, rcpt, _)| rcpt.address.to_string())
+            .collect(),
+        held: r
+            .envelope
+            .recipients
+            .iter()
+            .zip(&r.held)
+            .map(|(rcpt, h)| {
+                let (state, at) = match h.state {
+                    HeldState::Held => ("held", None),
+                    HeldState::Released(t) => ("released", Some(t.0)),
+                    HeldState::Deleted(t) => ("deleted", Some(t.0)),
+                };
+                HeldDetail {
+                    address: rcpt.address.to_string(),
+                    owner: h.owner.as_str().to_owned(),
+                    state: state.to_owned(),
+                    at,
+                    notified: h.notified,
+                }
+            })
+            .collect(),
     }
 }
 
@@ -643,7 +907,7 @@ fn recipients(e: &Envelope) -> Vec<String> {
 }
 
 /// The header section of a message (up to the first empty line), as text.
-fn headers(body: &[u8]) -> String {
+pub(crate) fn headers(body: &[u8]) -> String {
     let end = body
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -704,10 +968,9 @@ const AGE_BUCKETS: [u64; 9] = [5, 10, 20, 40, 80, 160, 320, 640, 1280];
 /// `backstop queue summary`: the messages waiting, by recipient domain and age (qshape's
 /// table). A message counts once for each domain it still has a recipient in.
 pub fn queue_summary(endpoint: &AdminEndpoint, data_dir: &Path, json: bool) -> anyhow::Result<()> {
-    let data = ask_or_read(endpoint, data_dir, &Request::QueueList)?;
-    let listing: QueueListing = serde_json::from_value(data)?;
+    let messages = every_queued(|r| ask_or_read(endpoint, data_dir, r))?;
     let now = backstop_types::SystemClock.now().0;
-    let rows = shape(&listing.messages, now);
+    let rows = shape(&messages, now);
     if json {
         let rows: Vec<serde_json::Value> = rows
             .iter()
@@ -723,6 +986,102 @@ pub fn queue_summary(endpoint: &AdminEndpoint, data_dir: &Path, json: bool) -> a
     }
     print!("{}", render_shape(&rows));
     Ok(())
+}
+
+/// `list --all`: every page, printed as one list (one JSON page without a cursor).
+pub fn run_all(
+    endpoint: &AdminEndpoint,
+    data_dir: &Path,
+    place: Place,
+    filter: QuarantineFilter,
+    json: bool,
+) -> anyhow::Result<()> {
+    let ask = |r: &Request| ask_or_read(endpoint, data_dir, r);
+    let (request, data) = match place {
+        Place::Queue => (
+            Request::QueueList {
+                after: None,
+                limit: None,
+            },
+            serde_json::to_value(QueueListing {
+                format: LIST_FORMAT,
+                messages: every_queued(ask)?,
+                next: None,
+            })?,
+        ),
+        Place::Quarantine => {
+            let mut all = Vec::new();
+            let mut after = None;
+            loop {
+                let request = Request::QuarantineList(QuarantineFilter {
+                    after: after.take(),
+                    limit: Some(MAX_PAGE),
+                    ..filter.clone()
+                });
+                let page: QuarantinePage = serde_json::from_value(ask(&request)?)?;
+                all.extend(page.items);
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            (
+                Request::QuarantineList(filter),
+                serde_json::to_value(QuarantinePage {
+                    format: LIST_FORMAT,
+                    items: all,
+                    next: None,
+                })?,
+            )
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&data)?);
+    } else {
+        print!("{}", render(&request, data)?);
+    }
+    Ok(())
+}
+
+/// Every message in the queue, a page at a time.
+fn every_queued(
+    ask: impl Fn(&Request) -> anyhow::Result<serde_json::Value>,
+) -> anyhow::Result<Vec<MessageSummary>> {
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let request = Request::QueueList {
+            after: after.take(),
+            limit: Some(MAX_PAGE),
+        };
+        let page: QueueListing = serde_json::from_value(ask(&request)?)?;
+        all.extend(page.messages);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(all),
+        }
+    }
+}
+
+/// Everything in quarantine, a page at a time.
+fn every_quarantined(
+    ask: impl Fn(&Request) -> anyhow::Result<serde_json::Value>,
+) -> anyhow::Result<Vec<QuarantineSummary>> {
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let request = Request::QuarantineList(QuarantineFilter {
+            after: after.take(),
+            limit: Some(MAX_PAGE),
+            ..Default::default()
+        });
+        let page: QuarantinePage = serde_json::from_value(ask(&request)?)?;
+        all.extend(page.items);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(all),
+        }
+    }
 }
 
 /// Messages per (domain, age bucket); the domains by their total, largest first, then by name.
@@ -807,7 +1166,7 @@ fn ask_or_read(
                 "backstop: the server is not running: read from {} (read-only)",
                 dir.display()
             );
-            answer(&queue, request.clone())
+            answer(&queue, None, request.clone())
         }
         answered => answered,
     }
@@ -817,10 +1176,11 @@ fn ask_or_read(
 fn reads_only(request: &Request) -> bool {
     matches!(
         request,
-        Request::QueueList
+        Request::QueueList { .. }
             | Request::QueueShow { .. }
-            | Request::QuarantineList
+            | Request::QuarantineList(_)
             | Request::QuarantineShow { .. }
+            | Request::QuarantineAllowList
     )
 }
 
@@ -861,7 +1221,7 @@ fn shown_message(message: Option<&str>, size: u64) -> anyhow::Result<String> {
 fn ask(endpoint: &AdminEndpoint, request: &Request) -> anyhow::Result<serde_json::Value> {
     let answer = match endpoint {
         AdminEndpoint::Unix(socket) => ask_unix(socket, request)?,
-        AdminEndpoint::Http { address, token } => ask_http(*address, token, request)?,
+        AdminEndpoint::Http { address, token, .. } => ask_http(*address, token, request)?,
     };
     let response: Response = serde_json::from_str(&answer).context("the server's answer")?;
     if !response.ok {
@@ -950,30 +1310,27 @@ pub fn select(
     }
     let now = backstop_types::SystemClock.now().0;
     let listed: Vec<(String, bool)> = match place {
-        Place::Queue => {
-            let listing: QueueListing =
-                serde_json::from_value(ask(endpoint, &Request::QueueList)?)?;
-            listing
-                .messages
-                .into_iter()
-                .map(|m| {
-                    let admitted = filter.admits(&m.sender, &m.recipients, m.arrival, "", now)
-                        && !(filter.not_held && m.held);
-                    (m.id, admitted)
-                })
-                .collect()
-        }
-        Place::Quarantine => {
-            let list: Vec<QuarantineSummary> =
-                serde_json::from_value(ask(endpoint, &Request::QuarantineList)?)?;
-            list.into_iter()
-                .map(|q| {
-                    let admitted =
-                        filter.admits(&q.sender, &q.recipients, q.quarantined, &q.reason, now);
-                    (q.id, admitted)
-                })
-                .collect()
-        }
+        Place::Queue => every_queued(|r| ask(endpoint, r))?
+            .into_iter()
+            .map(|m| {
+                let admitted = filter.admits(&m.sender, &m.recipients, m.arrival, "", now)
+                    && !(filter.not_held && m.held);
+                (m.id, admitted)
+            })
+            .collect(),
+        Place::Quarantine => every_quarantined(|r| ask(endpoint, r))?
+            .into_iter()
+            .map(|q| {
+                let admitted = filter.admits(
+                    &q.sender,
+                    &q.recipients,
+                    q.quarantined,
+                    &format!("{} {}", q.kind, q.reason),
+                    now,
+                );
+                (q.id, admitted)
+            })
+            .collect(),
     };
     // An id named that is not there at all is asked for anyway, so that the server says so.
     let unknown: Vec<String> = ids
@@ -1085,8 +1442,9 @@ fn ask_http(
 fn render(request: &Request, data: serde_json::Value) -> anyhow::Result<String> {
     let mut out = String::new();
     match request {
-        Request::QueueList => {
-            let list = serde_json::from_value::<QueueListing>(data)?.messages;
+        Request::QueueList { .. } => {
+            let listing = serde_json::from_value::<QueueListing>(data)?;
+            let list = listing.messages;
             if list.is_empty() {
                 return Ok("Mail queue is empty\n".into());
             }
@@ -1116,6 +1474,9 @@ fn render(request: &Request, data: serde_json::Value) -> anyhow::Result<String> 
                 }
             }
             out.push_str(&format!("-- {} message(s)\n", list.len()));
+            if let Some(next) = listing.next {
+                out.push_str(&format!("-- more: --after {next}\n"));
+            }
         }
         Request::QueueShow { .. } => {
             let d: MessageDetail = serde_json::from_value(data)?;
@@ -1163,32 +1524,38 @@ fn render(request: &Request, data: serde_json::Value) -> anyhow::Result<String> 
             out.push_str(&backstop_types::text::for_terminal(d.headers.as_bytes()));
             out.push_str(&shown_message(d.message.as_deref(), s.size)?);
         }
-        Request::QuarantineList => {
-            let list: Vec<QuarantineSummary> = serde_json::from_value(data)?;
+        Request::QuarantineList(_) => {
+            let page: QuarantinePage = serde_json::from_value(data)?;
+            let list = page.items;
             if list.is_empty() {
                 return Ok("Quarantine is empty\n".into());
             }
             out.push_str(&format!(
-                "{:<16}  {:<31}  {:<40}  {}\n",
-                "ID", "QUARANTINED", "REASON", "SENDER -> RECIPIENTS"
+                "{:<16}  {:<31}  {:<13}  {:>9}  {}\n",
+                "ID", "QUARANTINED", "KIND", "SIZE", "SENDER -> RECIPIENTS HELD"
             ));
             for q in &list {
-                // A long reason (a remote reply) is cut so the columns stay; `show` has it all.
-                let reason = backstop_types::text::Escaped(&q.reason).to_string();
-                let reason = match reason.char_indices().nth(39) {
-                    Some((at, _)) => format!("{}…", &reason[..at]),
-                    None => reason,
-                };
                 out.push_str(&format!(
-                    "{:<16}  {:<31}  {:<40}  {} -> {}\n",
+                    "{:<16}  {:<31}  {:<13}  {:>9}  {} -> {}\n",
                     q.id,
                     UnixTime(q.quarantined).to_rfc5322(),
-                    reason,
+                    q.kind,
+                    q.size,
                     q.sender,
                     q.recipients.join(", ")
                 ));
+                // The reason on a line of its own, cut so the table stays; `show` has it all.
+                let reason = backstop_types::text::Escaped(&q.reason).to_string();
+                let reason = match reason.char_indices().nth(100) {
+                    Some((at, _)) => format!("{}…", &reason[..at]),
+                    None => reason,
+                };
+                out.push_str(&format!("{:<18}({reason})\n", ""));
             }
             out.push_str(&format!("-- {} message(s)\n", list.len()));
+            if let Some(next) = page.next {
+                out.push_str(&format!("-- more: --after {next}\n"));
+            }
         }
         Request::QuarantineShow { .. } => {
             let d: QuarantineDetail = serde_json::from_value(data)?;
@@ -1198,17 +1565,26 @@ fn render(request: &Request, data: serde_json::Value) -> anyhow::Result<String> 
                 "quarantined:   {}\n",
                 UnixTime(s.quarantined).to_rfc5322()
             ));
+            out.push_str(&format!("kind:          {}\n", s.kind));
             out.push_str(&format!(
                 "reason:        {}\n",
                 backstop_types::text::Escaped(&s.reason)
             ));
-            out.push_str(&format!("size:          {}\n", d.size));
+            out.push_str(&format!("size:          {}\n", s.size));
             out.push_str(&format!("sender:        {}\n", s.sender));
-            out.push_str(&format!("recipients:    {}\n", s.recipients.join(", ")));
+            for h in &s.held {
+                out.push_str(&format!(
+                    "recipient:     {} ({}, owner {}{})\n",
+                    h.address,
+                    h.state,
+                    h.owner,
+                    if h.notified { ", in a digest" } else { "" }
+                ));
+            }
             out.push_str(&format!("client:        {} ({})\n", d.client_ip, d.helo));
             out.push('\n');
             out.push_str(&backstop_types::text::for_terminal(d.headers.as_bytes()));
-            out.push_str(&shown_message(d.message.as_deref(), d.size)?);
+            out.push_str(&shown_message(d.message.as_deref(), s.size)?);
         }
         Request::QueueFlush { .. } => {
             let c: Count = serde_json::from_value(data)?;
@@ -1217,10 +1593,48 @@ fn render(request: &Request, data: serde_json::Value) -> anyhow::Result<String> 
         Request::QueueHold { id } => out.push_str(&format!("{id}: held\n")),
         Request::QueueRelease { id } => out.push_str(&format!("{id}: released\n")),
         Request::QueueDelete { id } => out.push_str(&format!("{id}: deleted\n")),
-        Request::QuarantineRelease { id } => {
-            out.push_str(&format!("{id}: released from quarantine into the queue\n"))
+        Request::QuarantineRelease { id, .. } => {
+            let queue_id = data.get("queue_id").and_then(|v| v.as_str()).unwrap_or(id);
+            let to: Vec<&str> = data
+                .get("recipients")
+                .and_then(|v| v.as_array())
+                .map(|a| a.iter().filter_map(|r| r.as_str()).collect())
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "{id}: released from quarantine into the queue as {queue_id} for {}\n",
+                to.join(", ")
+            ))
         }
         Request::QuarantineDelete { id } => out.push_str(&format!("{id}: deleted\n")),
+        Request::QuarantineHold { id, .. } => {
+            out.push_str(&format!("{id}: moved from the queue into quarantine\n"))
+        }
+        Request::QuarantineAllow { recipient, sender } => {
+            out.push_str(&format!("{recipient} now takes mail from {sender}\n"))
+        }
+        Request::QuarantineDisallow { recipient, sender } => out.push_str(&format!(
+            "{sender} is no longer allow-listed for {recipient}\n"
+        )),
+        Request::QuarantineAllowList => {
+            let list = data.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                out.push_str("The allow-list is empty\n");
+            }
+            for entry in list {
+                let field = |k: &str| {
+                    entry
+                        .get(k)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                out.push_str(&format!("{} <- {}\n", field("recipient"), field("sender")));
+            }
+        }
+        Request::QuarantineDigest => {
+            let c: Count = serde_json::from_value(data)?;
+            out.push_str(&format!("{} digest(s) queued\n", c.count));
+        }
         Request::Metrics => out.push_str(data.as_str().unwrap_or_default()),
         Request::AddressTest(_) => {
             out.push_str(&crate::address_test::render(&serde_json::from_value(data)?))

@@ -27,14 +27,14 @@ pub fn keys(setup: &Setup) -> anyhow::Result<Option<backstop_batv::Keys>> {
     }
 }
 
-fn read_or_make(file: &Path) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn read_or_make(file: &Path) -> anyhow::Result<Vec<u8>> {
     match std::fs::read(file) {
         Ok(secret) => return Ok(secret.trim_ascii().to_vec()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
     }
     let secret = make(file)?;
-    tracing::info!(file = %file.display(), "made a new BATV key");
+    tracing::info!(file = %file.display(), "made a new key");
     Ok(secret)
 }
 

@@ -32,12 +32,14 @@
 pub mod address_test;
 pub mod admin;
 pub mod batv;
+mod console;
 mod interfaces;
 pub mod load;
 mod logging;
 pub mod man;
 mod metrics;
 pub mod notify;
+pub mod quarantine;
 mod reload;
 pub mod report;
 pub mod sendmail;

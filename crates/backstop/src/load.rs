@@ -56,9 +56,11 @@ pub enum Admin {
     /// A Unix socket only its owner may use.
     Unix(PathBuf),
     /// HTTP on a loopback address; every request must carry `Authorization: Bearer <token>`.
+    /// The Unix socket `socket` is served too.
     Http {
         address: std::net::SocketAddr,
         token: String,
+        socket: PathBuf,
     },
 }
 
@@ -166,10 +168,12 @@ fn read_files(config: Config, errors: &mut Vec<ConfigError>) -> Setup {
         AdminEndpoint::Http {
             address,
             token_file,
+            socket,
         } => match token(token_file) {
             Ok(token) => Admin::Http {
                 address: *address,
                 token,
+                socket: socket.clone(),
             },
             Err(e) => {
                 report(e);

@@ -120,8 +120,11 @@ struct AdminTarget {
 
 #[derive(Subcommand)]
 enum QueueCommand {
-    /// Every queued message.
-    List,
+    /// The queued messages, oldest first, a page at a time (like mailq).
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+    },
     /// The messages waiting, by recipient domain and age (like qshape).
     Summary,
     /// A message's envelope, per-recipient state and last error, and its headers.
@@ -154,22 +157,60 @@ enum QueueCommand {
 
 #[derive(Subcommand)]
 enum QuarantineCommand {
-    /// Every quarantined message with its reason.
-    List,
+    /// The quarantined messages with their kind and reason, oldest first, a page at a time.
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+        /// Only messages whose sender contains this (any letter case).
+        #[arg(long, value_name = "TEXT")]
+        from: Option<String>,
+        /// Only messages held for a recipient that contains this.
+        #[arg(long, value_name = "TEXT")]
+        to: Option<String>,
+        /// Only this kind: content, dmarc, undeliverable or hold.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only messages quarantined since: a date (2026-12-01, UTC) or an age (24h, 7d).
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Only messages quarantined before: a date or an age.
+        #[arg(long, value_name = "WHEN")]
+        until: Option<String>,
+    },
     /// A quarantined message's reason, envelope and headers.
     Show {
         id: String,
         #[command(flatten)]
         body: BodyArgs,
     },
-    /// Put messages back in the queue for delivery.
+    /// Put messages back in the queue for delivery: for every recipient still held, or one.
     Release {
         #[command(flatten)]
         selection: Selection,
-        /// Only messages whose reason contains this (any letter case).
+        /// Only messages whose kind or reason contains this (any letter case).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Release the copy of this recipient only; the others stay held.
+        #[arg(long, value_name = "RECIPIENT")]
+        to: Option<String>,
+    },
+    /// Move queued messages into quarantine (an administrator's hold).
+    Hold {
+        #[command(flatten)]
+        selection: Selection,
+        /// The reason recorded with them.
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Let SENDER (an address or @domain) through to RECIPIENT where a content check or DMARC
+    /// would hold its mail (never a virus).
+    Allow { recipient: String, sender: String },
+    /// Take SENDER off RECIPIENT's allow-list.
+    Disallow { recipient: String, sender: String },
+    /// The allow-list.
+    Allowed,
+    /// Send the digests due now (each recipient's new held messages), whatever the schedule.
+    Digest,
     /// Remove messages for good.
     Delete {
         #[command(flatten)]
@@ -178,6 +219,54 @@ enum QuarantineCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+}
+
+/// Which page of a list.
+#[derive(Args)]
+struct PageArgs {
+    /// Start after this queue id (the `--after` a previous page printed).
+    #[arg(long, value_name = "ID")]
+    after: Option<String>,
+    /// The most messages on the page (1 to 1000; 100 when not given).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Every page, one after another.
+    #[arg(long, conflicts_with_all = ["after", "limit"])]
+    all: bool,
+}
+
+/// A `--since`/`--until` value as a Unix time: a date (`2026-12-01`, midnight UTC) or an age
+/// before now (`24h`, `7d`).
+fn when(text: &str) -> Result<u64, String> {
+    let now = backstop_types::Clock::now(&backstop_types::SystemClock).0;
+    if let Ok(age) = backstop_config::parse_duration(text) {
+        return Ok(now.saturating_sub(age.as_secs()));
+    }
+    let parts: Vec<&str> = text.split('-').collect();
+    let number = |s: &str| {
+        s.parse::<i64>()
+            .map_err(|_| format!("{text:?} is neither a date (2026-12-01) nor an age (24h)"))
+    };
+    match parts.as_slice() {
+        [y, m, d] => {
+            let (y, m, d) = (number(y)?, number(m)?, number(d)?);
+            if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+                return Err(format!("{text:?} is not a date"));
+            }
+            // Days since 1970-01-01 (Howard Hinnant's days_from_civil).
+            let y = if m <= 2 { y - 1 } else { y };
+            let era = y.div_euclid(400);
+            let yoe = y - era * 400;
+            let mp = (m + 9) % 12;
+            let doy = (153 * mp + 2) / 5 + d - 1;
+            let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+            let days = era * 146_097 + doe - 719_468;
+            u64::try_from(days * 86_400).map_err(|_| format!("{text:?} is before 1970"))
+        }
+        _ => Err(format!(
+            "{text:?} is neither a date (2026-12-01) nor an age (24h)"
+        )),
+    }
 }
 
 /// Whether `show` prints the message itself (like postcat -q).
@@ -382,6 +471,31 @@ fn admin(target: &AdminTarget, request: admin::Request) -> ExitCode {
     admin_view(target, request, admin::View::Header)
 }
 
+/// `list --all`: every page of the queue or the quarantine, printed as one list.
+fn admin_all(
+    target: &AdminTarget,
+    place: admin::Place,
+    filter: admin::QuarantineFilter,
+) -> ExitCode {
+    let setup = match load(config_path(target.config.clone()).as_deref()) {
+        Ok(setup) => setup,
+        Err(code) => return code,
+    };
+    match admin::run_all(
+        &setup.admin,
+        &setup.config.data_dir,
+        place,
+        filter,
+        target.json,
+    ) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("backstop: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn admin_view(target: &AdminTarget, request: admin::Request, view: admin::View) -> ExitCode {
     let setup = match load(config_path(target.config.clone()).as_deref()) {
         Ok(setup) => setup,
@@ -563,7 +677,18 @@ fn main() -> ExitCode {
                 admin_each(&target, Place::Queue, selection, None, request)
             };
             match command {
-                QueueCommand::List => admin(&target, Request::QueueList),
+                QueueCommand::List { page } if page.all => admin_all(
+                    &target,
+                    admin::Place::Queue,
+                    admin::QuarantineFilter::default(),
+                ),
+                QueueCommand::List { page } => admin(
+                    &target,
+                    Request::QueueList {
+                        after: page.after,
+                        limit: page.limit,
+                    },
+                ),
                 QueueCommand::Summary => {
                     let setup = match load(config_path(target.config.clone()).as_deref()) {
                         Ok(setup) => setup,
@@ -613,7 +738,54 @@ fn main() -> ExitCode {
         Command::Quarantine { command, target } => {
             use admin::{Place, Request};
             match command {
-                QuarantineCommand::List => admin(&target, Request::QuarantineList),
+                QuarantineCommand::List {
+                    page,
+                    from,
+                    to,
+                    kind,
+                    since,
+                    until,
+                } => {
+                    let (since, until) = match (
+                        since.as_deref().map(when).transpose(),
+                        until.as_deref().map(when).transpose(),
+                    ) {
+                        (Ok(since), Ok(until)) => (since, until),
+                        (Err(why), _) | (_, Err(why)) => {
+                            eprintln!("backstop: {why}");
+                            return ExitCode::from(2);
+                        }
+                    };
+                    let filter = admin::QuarantineFilter {
+                        after: page.after,
+                        limit: page.limit,
+                        sender: from,
+                        recipient: to,
+                        kind,
+                        since,
+                        until,
+                    };
+                    match page.all {
+                        true => admin_all(&target, Place::Quarantine, filter),
+                        false => admin(&target, Request::QuarantineList(filter)),
+                    }
+                }
+                QuarantineCommand::Hold { selection, reason } => {
+                    admin_each(&target, Place::Queue, selection, None, |id| {
+                        Request::QuarantineHold {
+                            id,
+                            reason: reason.clone(),
+                        }
+                    })
+                }
+                QuarantineCommand::Allow { recipient, sender } => {
+                    admin(&target, Request::QuarantineAllow { recipient, sender })
+                }
+                QuarantineCommand::Disallow { recipient, sender } => {
+                    admin(&target, Request::QuarantineDisallow { recipient, sender })
+                }
+                QuarantineCommand::Allowed => admin(&target, Request::QuarantineAllowList),
+                QuarantineCommand::Digest => admin(&target, Request::QuarantineDigest),
                 QuarantineCommand::Show { id, body } => match body.view() {
                     Ok((body, view)) => {
                         admin_view(&target, Request::QuarantineShow { id, body }, view)
@@ -623,11 +795,16 @@ fn main() -> ExitCode {
                         ExitCode::from(2)
                     }
                 },
-                QuarantineCommand::Release { selection, reason } => {
-                    admin_each(&target, Place::Quarantine, selection, reason, |id| {
-                        Request::QuarantineRelease { id }
-                    })
-                }
+                QuarantineCommand::Release {
+                    selection,
+                    reason,
+                    to,
+                } => admin_each(&target, Place::Quarantine, selection, reason, |id| {
+                    Request::QuarantineRelease {
+                        id,
+                        recipient: to.clone(),
+                    }
+                }),
                 QuarantineCommand::Delete { selection, reason } => {
                     admin_each(&target, Place::Quarantine, selection, reason, |id| {
                         Request::QuarantineDelete { id }

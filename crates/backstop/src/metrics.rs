@@ -18,6 +18,8 @@ use tracing::{info, warn};
 /// Where the numbers come from.
 pub struct Sources {
     pub queue: Queue,
+    /// The quarantine's counters and its count per kind.
+    pub quarantine: Arc<crate::quarantine::Runtime>,
     pub delivery: Arc<Counters>,
     pub smtp: Arc<SmtpMetrics>,
     pub memory: Arc<backstop_session::budget::MemoryBudget>,
@@ -40,8 +42,66 @@ impl Sources {
             "The limit on memory for message data in progress.",
             self.memory.limit(),
         );
-        match (self.queue.list(), self.queue.quarantine_list()) {
-            (Ok(entries), Ok(quarantined)) => {
+        let (released, deleted, digests) = self.quarantine.counters.totals();
+        out.single(
+            "quarantine_released_total",
+            Kind::Counter,
+            "Recipients' copies released from quarantine (by the administrator, a release link, or an allow-list).",
+            released,
+        )
+        .single(
+            "quarantine_deleted_total",
+            Kind::Counter,
+            "Quarantined messages or copies deleted by a person (not by retention).",
+            deleted,
+        )
+        .single(
+            "quarantine_digests_sent_total",
+            Kind::Counter,
+            "Quarantine digests queued to recipients.",
+            digests,
+        );
+        // Counted now (a scan of the records, as the queue's gauges are), and kept for the
+        // console.
+        let totals = match self.queue.quarantine_totals() {
+            Ok(totals) => {
+                if let Ok(mut kept) = self.quarantine.totals.lock() {
+                    kept.clone_from(&totals);
+                }
+                totals
+            }
+            Err(e) => {
+                warn!(error = %e, "metrics: cannot read the quarantine");
+                Vec::new()
+            }
+        };
+        out.family(
+            "quarantine_kind_messages",
+            Kind::Gauge,
+            "Messages in quarantine by reason kind.",
+        );
+        for (kind, t) in &totals {
+            out.sample(
+                "quarantine_kind_messages",
+                &[("kind", kind.as_str())],
+                t.messages,
+            );
+        }
+        out.family(
+            "quarantine_kind_bytes",
+            Kind::Gauge,
+            "Octets in quarantine by reason kind.",
+        );
+        for (kind, t) in &totals {
+            out.sample(
+                "quarantine_kind_bytes",
+                &[("kind", kind.as_str())],
+                t.octets,
+            );
+        }
+        let quarantined: u64 = totals.iter().map(|(_, t)| t.messages).sum();
+        match self.queue.list() {
+            Ok(entries) => {
                 let oldest = entries.iter().map(|(_, e)| e.envelope.arrival.0).min();
                 let age = oldest.map_or(0, |a| now.0.saturating_sub(a));
                 out.single(
@@ -60,10 +120,10 @@ impl Sources {
                     "quarantine_messages",
                     Kind::Gauge,
                     "Messages in quarantine.",
-                    quarantined.len(),
+                    quarantined,
                 );
             }
-            (Err(e), _) | (_, Err(e)) => warn!(error = %e, "metrics: cannot read the queue"),
+            Err(e) => warn!(error = %e, "metrics: cannot read the queue"),
         }
         out.finish()
     }

@@ -148,6 +148,8 @@ pub struct Server {
     listeners: Vec<Listener>,
     /// The local submission socket (`backstop sendmail`).
     local: Option<backstop_listener::LocalListener>,
+    /// The quarantine's release pages, when `[quarantine] web` is set.
+    quarantine_web: Option<TcpListener>,
     clock: Arc<dyn Clock>,
 }
 
@@ -180,6 +182,19 @@ impl Server {
                 let socket = crate::metrics::bind(address).await?;
                 announce!(
                     "backstop: metrics on http://{}/metrics",
+                    socket.local_addr()?
+                );
+                Some(socket)
+            }
+            None => None,
+        };
+        let quarantine_web = match config.quarantine.web {
+            Some(address) => {
+                let socket = TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("[quarantine] web: cannot listen on {address}"))?;
+                announce!(
+                    "backstop: quarantine release pages on http://{}",
                     socket.local_addr()?
                 );
                 Some(socket)
@@ -225,6 +240,7 @@ impl Server {
             metrics,
             listeners,
             local,
+            quarantine_web,
             clock,
         })
     }
@@ -260,6 +276,7 @@ impl Server {
             metrics,
             listeners,
             local,
+            quarantine_web,
             clock,
         } = self;
         let config = &setup.config;
@@ -269,7 +286,13 @@ impl Server {
         let shared = Shared::new(&setup, clock, state)?;
         let counters = Arc::new(backstop_delivery::report::Counters::default());
         let smtp_metrics = Arc::new(backstop_listener::metrics::SmtpMetrics::default());
+        let quarantine = Arc::new(crate::quarantine::Runtime::new(
+            config.quarantine.clone(),
+            config.hostname.clone(),
+            config.smtp.local_domains.clone(),
+        )?);
         let sources = Arc::new(crate::metrics::Sources {
+            quarantine: Arc::clone(&quarantine),
             queue: queue.clone(),
             delivery: Arc::clone(&counters),
             smtp: Arc::clone(&smtp_metrics),
@@ -317,10 +340,26 @@ impl Server {
         let expiry = tokio::spawn(expire(
             queue.clone(),
             Retention {
-                quarantine: config.queue.quarantine_retention,
+                quarantine: Arc::clone(&quarantine),
                 sent_ids: config.sent_id_retention,
+                delivery: Arc::clone(&counters),
             },
             Arc::clone(&shared.clock),
+        ));
+        if let Some(socket) = quarantine_web {
+            tokio::spawn(crate::quarantine::web::serve(
+                socket,
+                queue.clone(),
+                Arc::clone(&quarantine),
+                stopping.clone(),
+            ));
+        }
+        tokio::spawn(crate::quarantine::digest::run(
+            queue.clone(),
+            Arc::clone(&quarantine),
+            agents.subscribe(),
+            Arc::clone(&shared.clock),
+            stopping.clone(),
         ));
         let context = smtp_context(&setup, tls, &shared, &queue, &smtp_metrics, None)?;
         let (contexts, current) = watch::channel(Arc::new(context));
@@ -328,6 +367,8 @@ impl Server {
             admin,
             crate::admin::Served {
                 queue: queue.clone(),
+                quarantine: Arc::clone(&quarantine),
+                console: Arc::default(),
                 metrics: sources,
                 smtp: current.clone(),
                 delivery: agents.subscribe(),
@@ -391,10 +432,14 @@ impl Server {
 }
 
 /// How long what expires is kept.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Retention {
-    quarantine: std::time::Duration,
+    /// Each kind's retention; the count of what stays is recorded here for the metrics and
+    /// the console.
+    quarantine: Arc<crate::quarantine::Runtime>,
     sent_ids: std::time::Duration,
+    /// The reports suppressed so far, for the console's history.
+    delivery: Arc<backstop_delivery::report::Counters>,
 }
 
 /// Deletes what has expired, at start and then every hour: quarantined messages past their
@@ -406,9 +451,20 @@ async fn expire(queue: Queue, retention: Retention, clock: Arc<dyn Clock>) {
         every_hour.tick().await;
         let queue = queue.clone();
         let now = clock.now();
+        let runtime = Arc::clone(&retention.quarantine);
+        let sent_ids = retention.sent_ids;
+        let suppressed: u64 = backstop_dsn::gate::Reason::ALL
+            .into_iter()
+            .filter(|r| r.prevents_backscatter())
+            .map(|r| retention.delivery.suppressed(r))
+            .sum();
         let work = move || {
-            let quarantined = queue.expire_quarantine(now, retention.quarantine);
-            let state = queue.expire_state(now, retention.sent_ids);
+            let quarantined = queue.expire_quarantine(now, |kind| runtime.retention(kind));
+            match queue.quarantine_totals() {
+                Ok(totals) => runtime.record_totals(now, totals, suppressed),
+                Err(e) => error!(error = %e, "counting the quarantine"),
+            }
+            let state = queue.expire_state(now, sent_ids);
             (quarantined, state)
         };
         let Ok((quarantined, state)) = tokio::task::spawn_blocking(work).await else {

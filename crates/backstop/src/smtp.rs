@@ -200,6 +200,7 @@ pub(crate) fn smtp_context(
     Ok(Context {
         sink: QueueSink {
             queue: queue.clone(),
+            local_domains: config.smtp.local_domains.clone(),
         },
         policy,
         tls: Some(tls),

@@ -16,9 +16,11 @@ pub enum AdminEndpoint {
     Unix(PathBuf),
     /// HTTP on a loopback address; every request must carry `Authorization: Bearer <token>`,
     /// the token read from `token_file` by the loading step.
+    /// The Unix socket is served too (the CLI on the host uses either).
     Http {
         address: SocketAddr,
         token_file: Located<PathBuf>,
+        socket: PathBuf,
     },
 }
 
@@ -42,7 +44,8 @@ impl Default for RawAdmin {
 
 /// The admin API is never reachable from the network: a Unix socket, or HTTP on loopback.
 pub(crate) fn admin(ctx: &mut Ctx<'_>, raw: RawAdmin, data_dir: &Path) -> AdminEndpoint {
-    let unix = AdminEndpoint::Unix(data_dir.join(&raw.socket));
+    let socket = data_dir.join(&raw.socket);
+    let unix = AdminEndpoint::Unix(socket.clone());
     match (raw.http, raw.token_file) {
         (None, None) => unix,
         (None, Some(t)) => {
@@ -68,6 +71,7 @@ pub(crate) fn admin(ctx: &mut Ctx<'_>, raw: RawAdmin, data_dir: &Path) -> AdminE
             AdminEndpoint::Http {
                 address,
                 token_file: crate::path(ctx, &t),
+                socket,
             }
         }
     }

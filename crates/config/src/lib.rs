@@ -25,6 +25,7 @@ mod ldap;
 mod limits;
 mod listener;
 mod log;
+mod quarantine;
 mod queue;
 mod recipients;
 mod route;
@@ -53,6 +54,7 @@ pub use ldap::{Ldap, LdapBind};
 pub use limits::RateLimits;
 pub use listener::{ListenerConfig, ListenerKind};
 pub use log::Log;
+pub use quarantine::Quarantine;
 pub use queue::{QueueConfig, Retry};
 pub use recipients::{Callahead, CallaheadTtl};
 pub use route::{RouteAuth, RouteConfig, RouteTls};
@@ -78,6 +80,8 @@ pub struct Config {
     pub auth: Auth,
     pub listeners: Vec<ListenerConfig>,
     pub queue: QueueConfig,
+    /// Retention per kind, digests, release pages and their keys.
+    pub quarantine: Quarantine,
     /// The recipient table; `None`: every local part of a local domain is accepted.
     pub recipients: Option<Located<PathBuf>>,
     /// Greylisting of unauthenticated clients, when enabled.
@@ -211,6 +215,7 @@ const TOP_LEVEL: &[&str] = &[
     "auth",
     "listener",
     "queue",
+    "quarantine",
     "recipients",
     "ldap",
     "greylist",
@@ -239,6 +244,7 @@ struct Sections<'t> {
     listener: Option<Value<'t>>,
     auth: Option<Value<'t>>,
     queue: Option<Value<'t>>,
+    quarantine: Option<Value<'t>>,
     recipients: Option<Value<'t>>,
     ldap: Option<Value<'t>>,
     greylist: Option<Value<'t>>,
@@ -305,6 +311,7 @@ fn read(ctx: &mut Ctx<'_>, text: &str) -> Option<Config> {
         listener: section("listener"),
         auth: section("auth"),
         queue: section("queue"),
+        quarantine: section("quarantine"),
         recipients: section("recipients"),
         ldap: section("ldap"),
         greylist: section("greylist"),
@@ -345,6 +352,8 @@ fn read(ctx: &mut Ctx<'_>, text: &str) -> Option<Config> {
     let auth = auth::check(ctx, auth, &listeners, listener_span);
     let queue = read!("queue", raw.queue);
     let queue = queue::check(ctx, queue);
+    let quarantine = read!("quarantine", raw.quarantine);
+    let quarantine = quarantine::check(ctx, quarantine, queue.quarantine_retention, &data_dir);
     let recipients = read!("recipients", raw.recipients);
     let (recipients, callahead) = recipients::check(ctx, recipients, &hostname);
     let ldap = raw.ldap.and_then(|v| read(ctx, v));
@@ -399,6 +408,7 @@ fn read(ctx: &mut Ctx<'_>, text: &str) -> Option<Config> {
         auth,
         listeners,
         queue,
+        quarantine,
         recipients,
         greylist,
         rate_limits,

@@ -141,7 +141,7 @@ fn errors_name_file_line_and_key_in_plain_words() {
     );
     check(
         &format!("{MINIMAL}[smpt]\nmax_recipients = 5\n"),
-        expect!["test.toml:5: smpt: unknown key or section smpt; the known ones are: hostname, data_dir, smtp, tls, auth, listener, queue, recipients, ldap, greylist, rate_limits, delivery, content, filter, route, dns, batv, dkim, sender_checks, dnsbl, bounce_provenance, state, admin, sendmail, metrics, log"],
+        expect!["test.toml:5: smpt: unknown key or section smpt; the known ones are: hostname, data_dir, smtp, tls, auth, listener, queue, quarantine, recipients, ldap, greylist, rate_limits, delivery, content, filter, route, dns, batv, dkim, sender_checks, dnsbl, bounce_provenance, state, admin, sendmail, metrics, log"],
     );
 }
 

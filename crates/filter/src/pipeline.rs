@@ -76,7 +76,7 @@ pub enum Outcome {
     /// Accept the draft (changed or not).
     Accept,
     Refuse(Reply),
-    Quarantine(String),
+    Quarantine(backstop_types::quarantine::Reason),
     Discard(String),
 }
 
@@ -178,7 +178,11 @@ impl Pipeline {
                     return Outcome::Refuse(reply.decided_by(check.scanner.kind()))
                 }
                 Ok(Step::Quarantine(why)) => {
-                    return Outcome::Quarantine(format!("{}: {why}", check.name));
+                    return Outcome::Quarantine(backstop_types::quarantine::Reason::content(
+                        check.scanner.kind(),
+                        &check.name,
+                        why,
+                    ));
                 }
                 Ok(Step::Discard(why)) => {
                     return Outcome::Discard(format!("{}: {why}", check.name))

@@ -14,6 +14,7 @@
 
 use std::net::IpAddr;
 
+use backstop_types::quarantine::Reason;
 use backstop_types::ReversePath;
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dmarc::verify::DmarcParameters;
@@ -83,7 +84,7 @@ pub enum Refusal {
 pub enum Outcome {
     Accept,
     Refuse(Refusal),
-    Quarantine(String),
+    Quarantine(backstop_types::quarantine::Reason),
     /// A lookup failed: try again later.
     TempFail,
 }
@@ -100,7 +101,7 @@ impl std::fmt::Display for Outcome {
             }
             Outcome::Refuse(Refusal::Spf { domain }) => write!(f, "refuse spf {}", Escaped(domain)),
             Outcome::Refuse(Refusal::Iprev { ip }) => write!(f, "refuse iprev {ip}"),
-            Outcome::Quarantine(why) => write!(f, "quarantine {}", Escaped(why)),
+            Outcome::Quarantine(why) => write!(f, "quarantine {}", Escaped(&why.to_string())),
             Outcome::TempFail => f.write_str("tempfail"),
         }
     }
@@ -155,9 +156,9 @@ impl SenderAuth {
     pub async fn check_header_only(&self, client: &Client<'_>, head: &[u8]) -> Checked {
         let mut checked = self.checked(client, head, false).await;
         if let Outcome::Refuse(Refusal::Dmarc { domain }) = &checked.outcome {
-            checked.outcome = Outcome::Quarantine(format!(
+            checked.outcome = Outcome::Quarantine(Reason::dmarc(format!(
                 "DMARC {domain}: fails on SPF alone; DKIM not verified (message larger than max_scan_size)"
-            ));
+            )));
         }
         checked
     }
@@ -189,9 +190,10 @@ impl SenderAuth {
         let iprev_outcome = match (iprev_failed, iprev_unknown, self.actions.iprev_fail) {
             _ if !iprev_decides => None,
             (true, _, Action::Reject) => Some(Outcome::Refuse(Refusal::Iprev { ip: client.ip })),
-            (true, _, _) => Some(Outcome::Quarantine(format!(
-                "no forward-confirmed reverse DNS for {}",
-                client.ip
+            (true, _, _) => Some(Outcome::Quarantine(Reason::content(
+                "iprev",
+                "",
+                format!("no forward-confirmed reverse DNS for {}", client.ip),
             ))),
             (false, true, _) if self.actions.tempfail_on_dns_error => Some(Outcome::TempFail),
             _ => None,
@@ -348,7 +350,7 @@ impl SenderAuth {
     }
 
     fn decide(&self, facts: &Facts<'_>) -> Outcome {
-        let act = |action: Action, refusal: Refusal, why: String| match action {
+        let act = |action: Action, refusal: Refusal, why: Reason| match action {
             Action::Reject => Outcome::Refuse(refusal),
             Action::Quarantine => Outcome::Quarantine(why),
             Action::Accept => Outcome::Accept,
@@ -369,14 +371,14 @@ impl SenderAuth {
                         return act(
                             self.actions.dmarc_reject,
                             refusal,
-                            format!("DMARC fail for {domain} (p=reject)"),
+                            Reason::dmarc(format!("DMARC fail for {domain} (p=reject)")),
                         );
                     }
                     Policy::Quarantine => {
                         return act(
                             self.actions.dmarc_quarantine,
                             refusal,
-                            format!("DMARC fail for {domain} (p=quarantine)"),
+                            Reason::dmarc(format!("DMARC fail for {domain} (p=quarantine)")),
                         );
                     }
                     Policy::None | Policy::Unspecified => {}
@@ -390,7 +392,7 @@ impl SenderAuth {
                 Refusal::Spf {
                     domain: facts.spf_domain.to_owned(),
                 },
-                format!("SPF fail for {}", facts.spf_domain),
+                Reason::content("spf", "", format!("SPF fail for {}", facts.spf_domain)),
             );
         }
         let dns_failed = facts.spf == SpfResult::TempError

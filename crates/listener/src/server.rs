@@ -644,7 +644,7 @@ where
                                 info!(%reply, "proxied: the next hop's reply to the message")
                             }
                             ContentVerdict::Quarantine(reason) => {
-                                info!(reason, "message goes to quarantine")
+                                info!(kind = %reason.kind, reason = %Escaped(&reason.to_string()), "message goes to quarantine")
                             }
                         }
                         session.handle_message(message, verdict);

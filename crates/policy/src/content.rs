@@ -6,6 +6,7 @@ use backstop_filter::content::ContentAction;
 use backstop_filter::pipeline::{Draft, Outcome};
 use backstop_session::{ContentVerdict, Message};
 use backstop_types::budget::Reservation;
+use backstop_types::quarantine::Reason;
 use backstop_types::text::Escaped;
 use backstop_types::{Body, Reply, ReversePath, TrustClass};
 use tracing::{info, warn};
@@ -33,7 +34,11 @@ impl SitePolicy {
                 );
             }
             (ContentAction::Quarantine, Err(v)) => {
-                return ContentVerdict::Quarantine(format!("RFC 5322: {v}"));
+                return ContentVerdict::Quarantine(Reason::content(
+                    "rfc5322",
+                    "",
+                    format!("RFC 5322: {v}"),
+                ));
             }
         }
         let envelope = &message.envelope;

@@ -40,7 +40,8 @@ pub mod state;
 #[cfg(feature = "store")]
 pub mod store;
 
-pub use record::{Entry, QuarantineRecord};
+pub use quarantine::{KindTotals, Page, QuarantineQuery, Released};
+pub use record::{Entry, Held, HeldState, QuarantineRecord};
 #[cfg(feature = "store")]
 pub use schedule::{AfterAttempts, Changes, Notices, RetryPolicy};
 #[cfg(feature = "store")]

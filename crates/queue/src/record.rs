@@ -15,6 +15,7 @@
 
 use std::net::IpAddr;
 
+use backstop_types::quarantine::{Owner, Reason, ReasonKind};
 use backstop_types::{
     Address, Attempt, AuthInfo, BodyType, ClientInfo, Domain, DsnParams, EnhancedStatus, Envelope,
     Notify, Orcpt, Recipient, RecipientState, RemoteReply, Ret, ReversePath, TlsInfo, TrustClass,
@@ -190,36 +191,196 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, RecordError> {
 }
 
 const QUARANTINE_V1: u8 = 1;
+const QUARANTINE_V2: u8 = 2;
 
-/// A quarantined message's record: why and since when.
+/// A quarantined message's record.
+///
+/// - version 1: the envelope, a free-text reason and the time; read as a reason of the kind
+///   its text names, every recipient the administrator's, size 0 ("not known");
+/// - version 2: the envelope, a [`Reason`] (kind, scanner, check, detail), the time, the
+///   message's size, and per recipient its [`Owner`], its [`HeldState`] and whether a digest
+///   has listed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuarantineRecord {
     pub envelope: Envelope,
-    pub reason: String,
+    pub reason: Reason,
     pub at: UnixTime,
+    /// Octets of the stored message; 0 when not known (a version 1 record).
+    pub size: u64,
+    /// One per recipient of the envelope, in the same order.
+    pub held: Vec<Held>,
+}
+
+/// One recipient's copy of a quarantined message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub owner: Owner,
+    pub state: HeldState,
+    /// A digest has listed it to its owner.
+    pub notified: bool,
+}
+
+/// Where one recipient's copy stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeldState {
+    Held,
+    /// Released at this time: a copy went into the queue for this recipient.
+    Released(UnixTime),
+    /// Deleted by its owner at this time.
+    Deleted(UnixTime),
+}
+
+impl QuarantineRecord {
+    /// A new record: every recipient held, owned as `owners` says (the administrator's where
+    /// it says nothing).
+    pub fn new(
+        envelope: Envelope,
+        reason: Reason,
+        at: UnixTime,
+        size: u64,
+        owners: &[Owner],
+    ) -> QuarantineRecord {
+        let held = (0..envelope.recipients.len())
+            .map(|i| Held {
+                owner: owners.get(i).copied().unwrap_or(Owner::Admin),
+                state: HeldState::Held,
+                notified: false,
+            })
+            .collect();
+        QuarantineRecord {
+            envelope,
+            reason,
+            at,
+            size,
+            held,
+        }
+    }
+
+    /// The recipients still held, with their index.
+    pub fn still_held(&self) -> impl Iterator<Item = (usize, &Recipient, &Held)> {
+        self.envelope
+            .recipients
+            .iter()
+            .zip(&self.held)
+            .enumerate()
+            .filter(|(_, (_, h))| h.state == HeldState::Held)
+            .map(|(i, (r, h))| (i, r, h))
+    }
 }
 
 pub fn encode_quarantine(q: &QuarantineRecord) -> Vec<u8> {
     let mut w = Writer(Vec::with_capacity(256));
-    w.u8(QUARANTINE_V1);
+    w.u8(QUARANTINE_V2);
     write_envelope(&mut w, &q.envelope);
-    w.str(&q.reason);
+    w.u8(q.reason.kind.code());
+    w.str(&q.reason.scanner);
+    w.str(&q.reason.check);
+    w.str(&q.reason.detail);
     w.u64(q.at.0);
+    w.u64(q.size);
+    w.u32(q.held.len() as u32);
+    for held in &q.held {
+        w.u8(match held.owner {
+            Owner::Recipient => 0,
+            Owner::Admin => 1,
+        });
+        match held.state {
+            HeldState::Held => {
+                w.u8(0);
+                w.u64(0);
+            }
+            HeldState::Released(at) => {
+                w.u8(1);
+                w.u64(at.0);
+            }
+            HeldState::Deleted(at) => {
+                w.u8(2);
+                w.u64(at.0);
+            }
+        }
+        w.u8(u8::from(held.notified));
+    }
     w.0
 }
 
 pub fn decode_quarantine(bytes: &[u8]) -> Result<QuarantineRecord, RecordError> {
     let mut r = Reader(bytes);
-    match r.u8()? {
-        QUARANTINE_V1 => {}
-        v => return Err(RecordError::UnknownVersion(v)),
-    }
+    let version = r.u8()?;
     let envelope = read_envelope(&mut r)?;
-    Ok(QuarantineRecord {
-        envelope,
-        reason: r.str()?,
-        at: UnixTime(r.u64()?),
-    })
+    let record = match version {
+        QUARANTINE_V1 => {
+            let text = r.str()?;
+            let at = UnixTime(r.u64()?);
+            let count = envelope.recipients.len();
+            QuarantineRecord::new(
+                envelope,
+                reason_of_v1(text),
+                at,
+                0,
+                &vec![Owner::Admin; count],
+            )
+        }
+        QUARANTINE_V2 => {
+            let kind = ReasonKind::from_code(r.u8()?).ok_or(RecordError::Invalid("reason kind"))?;
+            let reason = Reason {
+                kind,
+                scanner: r.str()?,
+                check: r.str()?,
+                detail: r.str()?,
+            };
+            let at = UnixTime(r.u64()?);
+            let size = r.u64()?;
+            let count = r.u32()? as usize;
+            if count != envelope.recipients.len() {
+                return Err(RecordError::Invalid("held count"));
+            }
+            let mut held = Vec::with_capacity(count);
+            for _ in 0..count {
+                let owner = match r.u8()? {
+                    0 => Owner::Recipient,
+                    1 => Owner::Admin,
+                    _ => return Err(RecordError::Invalid("owner")),
+                };
+                let (state, at) = (r.u8()?, UnixTime(r.u64()?));
+                let state = match state {
+                    0 => HeldState::Held,
+                    1 => HeldState::Released(at),
+                    2 => HeldState::Deleted(at),
+                    _ => return Err(RecordError::Invalid("held state")),
+                };
+                let notified = r.u8()? != 0;
+                held.push(Held {
+                    owner,
+                    state,
+                    notified,
+                });
+            }
+            QuarantineRecord {
+                envelope,
+                reason,
+                at,
+                size,
+                held,
+            }
+        }
+        v => return Err(RecordError::UnknownVersion(v)),
+    };
+    if !r.0.is_empty() {
+        return Err(RecordError::Invalid("trailing bytes"));
+    }
+    Ok(record)
+}
+
+/// A version 1 record's free-text reason, as the kind its text shows: the delivery failures
+/// the scheduler wrote, the DMARC verdicts, and content verdicts for the rest.
+fn reason_of_v1(text: String) -> Reason {
+    if text.starts_with("delivery failed:") {
+        Reason::undeliverable(text)
+    } else if text.starts_with("DMARC ") {
+        Reason::dmarc(text)
+    } else {
+        Reason::content("", "", text)
+    }
 }
 
 fn write_attempt(w: &mut Writer, a: &Attempt) {

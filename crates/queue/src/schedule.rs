@@ -9,6 +9,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use backstop_types::quarantine::{Owner, Reason};
 use backstop_types::{
     Attempt, AttemptOutcome, EnhancedStatus, Envelope, QueueId, RecipientState, RemoteReply,
     UnixTime,
@@ -296,7 +297,11 @@ impl Queue {
                         })
                         .map(|((recipient, _), _)| recipient.clone())
                         .collect();
-                    self.put_quarantined(&mut batch, id, &undelivered, &body, reason, now);
+                    // The sender could not be verified (else a report would have gone):
+                    // the administrator's alone, never listed to anyone else.
+                    let owners = vec![Owner::Admin; undelivered.recipients.len()];
+                    let why = Reason::undeliverable(reason.clone());
+                    self.put_quarantined(&mut batch, id, &undelivered, &body, &why, &owners, now);
                     tracing::warn!(queue_id = %id, reason = %backstop_types::text::Escaped(reason), "delivery failed: quarantined, no bounce");
                 }
                 self.remove(&mut batch, id)?;

@@ -282,6 +282,37 @@ impl Queue {
         Ok(out)
     }
 
+    /// Up to `limit` messages after queue id `after` that `admits` lets through, oldest
+    /// first, and the cursor of the next page. Only records are read, never bodies; records
+    /// that cannot be read are left out (moved aside by [`Queue::list`]).
+    pub fn list_page(
+        &self,
+        after: Option<QueueId>,
+        limit: usize,
+        admits: impl Fn(&Entry) -> bool,
+    ) -> Result<crate::quarantine::Page<(QueueId, Entry)>, QueueError> {
+        let start = after.map_or(0, |a| a.0.saturating_add(1)).to_be_bytes();
+        let mut items = Vec::new();
+        let mut last = None;
+        for item in self.inner.db.iterator_cf(
+            self.cf(CF_ENTRIES),
+            IteratorMode::From(&start, rocksdb::Direction::Forward),
+        ) {
+            let (key, value) = item?;
+            let id = id_from_key(&key);
+            if items.len() == limit.max(1) {
+                return Ok(crate::quarantine::Page { items, next: last });
+            }
+            last = Some(id);
+            if let Ok(entry) = record::decode_entry(&value) {
+                if admits(&entry) {
+                    items.push((id, entry));
+                }
+            }
+        }
+        Ok(crate::quarantine::Page { items, next: None })
+    }
+
     /// One message with its body, if it is in the queue.
     pub fn message(&self, id: QueueId) -> Result<Option<StoredMessage>, QueueError> {
         let Some(entry) = self.entry(id)? else {

@@ -145,7 +145,7 @@ pub enum Output {
     /// [`ServerSession::handle_enqueued`].
     Quarantine {
         message: Box<Message>,
-        reason: String,
+        reason: backstop_types::quarantine::Reason,
     },
     /// Store this message durably, then call [`ServerSession::handle_enqueued`]. The client gets
     /// no reply until then.
@@ -321,7 +321,7 @@ pub enum ContentVerdict {
     /// Refuse the message with this reply (5xx, or 4xx when a check could not be made).
     Refuse(backstop_types::Reply),
     /// Accept it into quarantine, for this reason.
-    Quarantine(String),
+    Quarantine(backstop_types::quarantine::Reason),
     /// Tell the client it was taken, and drop it: only for rules an administrator marked
     /// as certain; the reason is logged.
     Discard(String),

@@ -38,7 +38,7 @@ pub trait MessageSink: Send + Sync + 'static {
     fn quarantine(
         &self,
         message: Message,
-        reason: String,
+        reason: backstop_types::quarantine::Reason,
     ) -> impl Future<Output = Result<QueueId, EnqueueFailure>> + Send;
 }
 

@@ -17,6 +17,8 @@
 //!   progress (sessions receiving, deliveries sending), and each holder's share.
 //! - [`body`]: [`Body`], a message's octets: the head (every header field) in memory, a large
 //!   message's rest in a spool file.
+//! - [`quarantine`]: [`quarantine::Reason`], why a message is in quarantine, and
+//!   [`quarantine::Owner`], who may act on each recipient's copy.
 //! - [`clock`]: [`Clock`], the one way to read the time: [`SystemClock`], or [`ManualClock`]
 //!   for tests.
 //!
@@ -33,6 +35,7 @@ pub mod endpoint;
 pub mod envelope;
 pub mod orcpt;
 pub mod prometheus;
+pub mod quarantine;
 pub mod queue_id;
 pub mod reply;
 pub mod secret;

@@ -59,7 +59,8 @@ fn the_admin_token_must_be_private_and_long() {
         setup.admin,
         Admin::Http {
             address: "127.0.0.1:8025".parse().unwrap(),
-            token: "a-long-enough-secret-token".into()
+            token: "a-long-enough-secret-token".into(),
+            socket: setup.config.data_dir.join("admin.sock"),
         }
     );
 }

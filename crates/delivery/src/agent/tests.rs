@@ -141,6 +141,7 @@ async fn local_recipients_land_in_maildirs_and_others_wait() {
     assert!(
         record
             .reason
+            .detail
             .starts_with("delivery failed: carol@elsewhere.example: 451 4.4.7 Message expired"),
         "{}",
         record.reason

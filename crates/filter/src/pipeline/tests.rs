@@ -197,7 +197,11 @@ fn the_first_check_that_does_not_continue_decides() {
     };
     assert_eq!(
         run(&pipeline, &mut draft(MESSAGE)),
-        Outcome::Quarantine("rule body: body matches body".into())
+        Outcome::Quarantine(backstop_types::quarantine::Reason::content(
+            "rule",
+            "rule body",
+            "body matches body"
+        ))
     );
     let discard = Pipeline {
         checks: vec![rule("body", Action::Discard)],

@@ -100,12 +100,10 @@ fn round_trip() {
     plain.envelope.trust = TrustClass::Unverified;
     plain.envelope.recipients[0].notify = Notify::Default;
     assert_eq!(decode_entry(&encode_entry(&plain)), Ok(plain));
-    let q = QuarantineRecord {
-        envelope: sample(),
-        reason: "virus: Eicar-Test-Signature".into(),
-        at: UnixTime(1_795_368_000),
-    };
-    assert_eq!(decode_quarantine(&encode_quarantine(&q)), Ok(q));
+    assert_eq!(
+        decode_quarantine(&encode_quarantine(&sample_quarantine_v2())),
+        Ok(sample_quarantine_v2())
+    );
 }
 
 /// Records written by each version must stay readable by every later version of backstop.
@@ -162,12 +160,72 @@ fn reads_the_committed_v2_fixture() {
     assert_eq!(decode_quarantine(&bytes), Ok(sample_quarantine()));
 }
 
+/// A v1 quarantine record: a free-text reason, read as a content verdict held for the
+/// administrator, size not known.
 fn sample_quarantine() -> QuarantineRecord {
-    QuarantineRecord {
-        envelope: sample(),
-        reason: "content filter: quarantine".into(),
-        at: UnixTime(1_795_368_000),
+    let owners = vec![Owner::Admin; sample().recipients.len()];
+    QuarantineRecord::new(
+        sample(),
+        Reason::content("", "", "content filter: quarantine"),
+        UnixTime(1_795_368_000),
+        0,
+        &owners,
+    )
+}
+
+/// A v2 quarantine record: a structured reason, the size, and per recipient its owner, state
+/// and whether a digest listed it.
+fn sample_quarantine_v2() -> QuarantineRecord {
+    let mut owners = vec![Owner::Recipient; sample().recipients.len()];
+    owners[0] = Owner::Admin;
+    let mut q = QuarantineRecord::new(
+        sample(),
+        Reason::content("clamd", "clamd 127.0.0.1:3310", "Eicar-Test-Signature"),
+        UnixTime(1_795_368_000),
+        48_213,
+        &owners,
+    );
+    q.held[1].state = HeldState::Released(UnixTime(1_795_369_000));
+    q.held[1].notified = true;
+    q
+}
+
+#[test]
+fn reads_the_committed_quarantine_v2_fixture() {
+    if std::env::var_os("BACKSTOP_WRITE_FIXTURES").is_some() {
+        std::fs::write(
+            fixture("quarantine-v2.bin"),
+            encode_quarantine(&sample_quarantine_v2()),
+        )
+        .unwrap();
     }
+    let bytes = std::fs::read(fixture("quarantine-v2.bin")).unwrap();
+    assert_eq!(decode_quarantine(&bytes), Ok(sample_quarantine_v2()));
+}
+
+#[test]
+fn v1_quarantine_reasons_read_as_the_kind_their_text_names() {
+    let mut old = Vec::new();
+    for text in [
+        "delivery failed: a@b: 550 no",
+        "DMARC fail for x (p=quarantine)",
+        "rule x: y",
+    ] {
+        let mut w = Writer(Vec::new());
+        w.u8(1);
+        write_envelope(&mut w, &sample());
+        w.str(text);
+        w.u64(1);
+        old.push(decode_quarantine(&w.0).unwrap().reason.kind);
+    }
+    assert_eq!(
+        old,
+        [
+            ReasonKind::Undeliverable,
+            ReasonKind::Dmarc,
+            ReasonKind::Content
+        ]
+    );
 }
 
 #[test]

@@ -137,10 +137,14 @@ async fn attempts_reschedule_with_backoff_then_finish() {
     let failed = &sample().recipients[0].address;
     assert_eq!(
         record.reason,
-        format!(
+        backstop_types::quarantine::Reason::undeliverable(format!(
             "delivery failed: {failed}: 550 5.0.0 no such user (from mx.example.org[192.0.2.25])"
-        )
+        ))
     );
+    assert!(record
+        .held
+        .iter()
+        .all(|h| h.owner == backstop_types::quarantine::Owner::Admin));
     assert_eq!(body, b"body");
 }
 
@@ -441,12 +445,12 @@ async fn quarantine_after_a_failure_holds_only_the_recipients_not_reached() {
         .collect();
     assert_eq!(held, ["carol@local.test"], "bob has his copy already");
     assert!(
-        record.reason.contains("carol@local.test: 550"),
+        record.reason.detail.contains("carol@local.test: 550"),
         "{}",
         record.reason
     );
     // Released, it goes to carol alone: bob never gets a second copy.
-    assert!(queue.quarantine_release(id, t0).unwrap());
+    assert!(queue.quarantine_release(id, None, t0).unwrap().is_some());
     let queued = queue.list().unwrap();
     assert_eq!(queued.len(), 1);
     let recipients: Vec<String> = queued[0]

@@ -1,0 +1,392 @@
+//! Per-recipient digests: what is newly held for each local mailbox, in one message.
+//!
+//! A digest lists only copies the recipient owns (an inbound verdict on a local mailbox),
+//! still held and not listed before; a suppressed report, a hold, or a copy for a remote
+//! recipient is the administrator's and never appears. It comes from the site's postmaster
+//! address with `Auto-Submitted: auto-generated` and a null return path, DKIM-signed by the
+//! From domain's key, and goes through the queue like any message. Every string taken from a
+//! quarantined message is escaped for HTML and made one line; the HTML has no images and no
+//! link but our release links (a virus verdict has none: it is listed as the administrator's
+//! to release).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use backstop_queue::{HeldState, QuarantineRecord, Queue};
+use backstop_types::quarantine::{Owner, ReasonKind};
+use backstop_types::text::Escaped;
+use backstop_types::{
+    Address, BodyType, ClientInfo, DsnParams, Envelope, Notify, QueueId, Recipient, ReversePath,
+    TrustClass, UnixTime,
+};
+use backstop_web::html::Html;
+use mail_builder::headers::address::Address as MailAddress;
+use mail_builder::headers::raw::Raw;
+use mail_builder::MessageBuilder;
+use tracing::{info, warn};
+
+use super::Runtime;
+
+/// What a digest and a release page show of a held message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shown {
+    pub from: String,
+    pub subject: String,
+    pub date: String,
+    pub sender: String,
+    pub why: String,
+}
+
+impl Shown {
+    /// From the record and the message's header section; every string one line, at most 200
+    /// characters (escaping for HTML is the page's).
+    pub fn of(record: &QuarantineRecord, head: &[u8]) -> Shown {
+        let parsed = mail_parser::MessageParser::new().parse_headers(head);
+        let from = parsed
+            .as_ref()
+            .and_then(|m| m.from())
+            .and_then(|a| a.first())
+            .map(|a| match (a.name(), a.address()) {
+                (Some(name), Some(address)) => format!("{name} <{address}>"),
+                (None, Some(address)) => address.to_owned(),
+                (Some(name), None) => name.to_owned(),
+                (None, None) => String::new(),
+            })
+            .unwrap_or_default();
+        let subject = parsed
+            .as_ref()
+            .and_then(|m| m.subject())
+            .unwrap_or("(no subject)")
+            .to_owned();
+        let date = parsed
+            .as_ref()
+            .and_then(|m| m.date())
+            .map(|d| d.to_rfc822())
+            .unwrap_or_default();
+        let why = match record.reason.kind {
+            ReasonKind::Content if record.reason.is_virus() => {
+                "a virus scanner found malware in it".to_owned()
+            }
+            ReasonKind::Content => format!(
+                "a content check ({}) held it",
+                if record.reason.scanner.is_empty() {
+                    "filter"
+                } else {
+                    &record.reason.scanner
+                }
+            ),
+            ReasonKind::Dmarc => "its sender's domain says it may be forged (DMARC)".to_owned(),
+            ReasonKind::Undeliverable => "it could not be delivered".to_owned(),
+            ReasonKind::Hold => "the administrator is holding it".to_owned(),
+        };
+        let short = |s: &str| {
+            let line: String = s
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            match line.char_indices().nth(200) {
+                Some((at, _)) => format!("{}…", &line[..at]),
+                None => line,
+            }
+        };
+        Shown {
+            from: short(&from),
+            subject: short(&subject),
+            date: short(&date),
+            sender: short(&record.envelope.sender.to_string()),
+            why,
+        }
+    }
+}
+
+/// One item of a digest.
+struct Item {
+    id: QueueId,
+    index: usize,
+    shown: Shown,
+    at: UnixTime,
+    token: Option<String>,
+}
+
+/// A digest ready to queue: its recipient, the message, and what it lists.
+pub struct Digest {
+    pub recipient: Address,
+    pub message: Vec<u8>,
+    pub listed: Vec<(QueueId, usize)>,
+}
+
+/// The digests due now: one per local mailbox with copies it owns, held and not listed yet.
+/// Blocking: it reads the whole quarantine.
+pub fn due(queue: &Queue, runtime: &Runtime, now: UnixTime) -> anyhow::Result<Vec<Digest>> {
+    let mut by_recipient: BTreeMap<String, (Address, Vec<Item>)> = BTreeMap::new();
+    for (id, record) in queue.quarantine_list()? {
+        let mut head = None;
+        for (index, (recipient, held)) in record
+            .envelope
+            .recipients
+            .iter()
+            .zip(&record.held)
+            .enumerate()
+        {
+            let local = runtime.local_domains.contains(recipient.address.domain());
+            if held.owner != Owner::Recipient
+                || held.state != HeldState::Held
+                || held.notified
+                || !local
+            {
+                continue;
+            }
+            if head.is_none() {
+                head = Some(
+                    queue
+                        .quarantine_show(id)?
+                        .map(|(_, body)| body.head().to_vec())
+                        .unwrap_or_default(),
+                );
+            }
+            let item = Item {
+                id,
+                index,
+                shown: Shown::of(&record, head.as_deref().unwrap_or_default()),
+                at: record.at,
+                token: runtime.token_for(id, &record, index, now),
+            };
+            by_recipient
+                .entry(recipient.address.to_string().to_ascii_lowercase())
+                .or_insert_with(|| (recipient.address.clone(), Vec::new()))
+                .1
+                .push(item);
+        }
+    }
+    Ok(by_recipient
+        .into_values()
+        .map(|(recipient, items)| {
+            let message = compose(runtime, &recipient, &items, now);
+            Digest {
+                recipient,
+                message,
+                listed: items.iter().map(|i| (i.id, i.index)).collect(),
+            }
+        })
+        .collect())
+}
+
+/// The digest's From: `[quarantine] digest_from`, else postmaster at the first local domain,
+/// else at the host name.
+pub fn from_address(runtime: &Runtime) -> String {
+    match (&runtime.settings.digest_from, runtime.local_domains.first()) {
+        (Some(from), _) => from.to_string(),
+        (None, Some(domain)) => format!("postmaster@{domain}"),
+        (None, None) => format!("postmaster@{}", runtime.hostname),
+    }
+}
+
+fn compose(runtime: &Runtime, recipient: &Address, items: &[Item], now: UnixTime) -> Vec<u8> {
+    let from = from_address(runtime);
+    let link = |token: &str| {
+        runtime
+            .settings
+            .url
+            .as_ref()
+            .map(|url| format!("{url}/release/{token}"))
+    };
+    let mut text = format!(
+        "{} message(s) addressed to you are held in quarantine at {}.\r\n\
+         They have not been delivered. Each one below says why; a link opens a page where you\r\n\
+         can have it delivered or deleted. Messages you do nothing about are deleted when\r\n\
+         their time in quarantine is over.\r\n\r\n",
+        items.len(),
+        runtime.hostname
+    );
+    let mut html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Held messages</title></head><body>\
+         <p>{} message(s) addressed to you are held in quarantine at {}. They have not been delivered.</p>\
+         <table border=\"1\" cellpadding=\"4\" cellspacing=\"0\">\
+         <tr><th>Held since</th><th>From</th><th>Subject</th><th>Why</th><th></th></tr>",
+        items.len(),
+        Html(&runtime.hostname)
+    );
+    for item in items {
+        let s = &item.shown;
+        let action = match (&item.token, item.token.as_deref().and_then(link)) {
+            (Some(_), Some(url)) => (
+                format!("Review: {url}"),
+                format!("<a href=\"{}\">Review and release</a>", Html(&url)),
+            ),
+            (Some(_), None) => (
+                "Ask your mail administrator to release it.".to_owned(),
+                "Ask your mail administrator".to_owned(),
+            ),
+            (None, _) => (
+                "Only your mail administrator can release it.".to_owned(),
+                "Only your mail administrator can release it".to_owned(),
+            ),
+        };
+        text.push_str(&format!(
+            "* {}\r\n  From: {}\r\n  Subject: {}\r\n  Why: {}\r\n  {}\r\n\r\n",
+            item.at.to_rfc5322(),
+            Escaped(&s.from),
+            Escaped(&s.subject),
+            s.why,
+            action.0
+        ));
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            Html(&item.at.to_rfc5322()),
+            Html(&s.from),
+            Html(&s.subject),
+            Html(&s.why),
+            action.1
+        ));
+    }
+    html.push_str("</table></body></html>");
+    let message_id = format!(
+        "<digest.{}.{}@{}>",
+        now.0,
+        fastrand_suffix(),
+        runtime.hostname
+    );
+    MessageBuilder::new()
+        .from(MailAddress::new_address(Some("Quarantine"), from))
+        .to(MailAddress::new_address(
+            None::<&str>,
+            recipient.to_string(),
+        ))
+        .subject(format!("{} message(s) held for you", items.len()))
+        .header("Auto-Submitted", Raw::new("auto-generated"))
+        .header("X-Auto-Response-Suppress", Raw::new("All"))
+        .header("Date", Raw::new(now.to_rfc5322()))
+        .message_id(message_id.trim_start_matches('<').trim_end_matches('>'))
+        .text_body(text)
+        .html_body(html)
+        .write_to_vec()
+        .unwrap_or_default()
+}
+
+fn fastrand_suffix() -> String {
+    let mut bytes = [0u8; 6];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Signs, queues and marks every digest due now; how many were queued.
+pub async fn send_due(
+    queue: &Queue,
+    runtime: &std::sync::Arc<Runtime>,
+    dkim: &backstop_delivery::dkim::Keys,
+    now: UnixTime,
+) -> anyhow::Result<usize> {
+    let digests = {
+        let (queue, runtime) = (queue.clone(), std::sync::Arc::clone(runtime));
+        tokio::task::spawn_blocking(move || due(&queue, &runtime, now)).await??
+    };
+    let mut sent = 0;
+    for digest in digests {
+        let message = match dkim.sign(&digest.message) {
+            Some(Ok(signature)) => [signature.as_bytes(), &digest.message].concat(),
+            Some(Err(e)) => {
+                warn!(error = %e, "quarantine digest not DKIM-signed");
+                digest.message
+            }
+            None => {
+                warn!(from = %Escaped(&from_address(runtime)), "quarantine digest not DKIM-signed: no [[dkim]] key for its From domain");
+                digest.message
+            }
+        };
+        let envelope = envelope(
+            &digest.recipient,
+            &runtime.hostname,
+            now,
+            message.is_ascii(),
+        );
+        let id = match queue.enqueue(&envelope, message).await {
+            Ok(id) => id,
+            Err(e) => {
+                warn!(to = %Escaped(&digest.recipient.to_string()), error = %e, "quarantine digest not queued; tried again next time");
+                continue;
+            }
+        };
+        for (held, indices) in group(&digest.listed) {
+            let queue = queue.clone();
+            let marked =
+                tokio::task::spawn_blocking(move || queue.quarantine_notified(held, &indices))
+                    .await;
+            if !matches!(marked, Ok(Ok(()))) {
+                warn!(queue_id = %held, "quarantine digest sent but its items not marked: they may be listed again");
+            }
+        }
+        runtime.counters.digest_sent();
+        info!(queue_id = %id, to = %Escaped(&digest.recipient.to_string()), items = digest.listed.len(), "quarantine digest queued");
+        sent += 1;
+    }
+    Ok(sent)
+}
+
+/// The listed items by message.
+fn group(listed: &[(QueueId, usize)]) -> Vec<(QueueId, Vec<usize>)> {
+    let mut out: Vec<(QueueId, Vec<usize>)> = Vec::new();
+    for &(id, index) in listed {
+        match out.iter_mut().find(|(i, _)| *i == id) {
+            Some((_, indices)) => indices.push(index),
+            None => out.push((id, vec![index])),
+        }
+    }
+    out
+}
+
+/// A digest's envelope: from the null sender (nothing ever answers it), to one mailbox.
+fn envelope(to: &Address, hostname: &str, now: UnixTime, ascii: bool) -> Envelope {
+    Envelope {
+        sender: ReversePath::Null,
+        recipients: vec![Recipient {
+            address: to.clone(),
+            notify: Notify::Never,
+            orcpt: None,
+        }],
+        dsn: DsnParams {
+            ret: None,
+            envid: None,
+        },
+        body_type: if ascii {
+            BodyType::SevenBit
+        } else {
+            BodyType::EightBitMime
+        },
+        smtputf8: !to.is_ascii(),
+        client: ClientInfo {
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            helo: hostname.to_owned(),
+            ptr: None,
+            tls: None,
+            auth: None,
+            listener: "quarantine-digest".into(),
+        },
+        arrival: now,
+        trust: TrustClass::LocalNetwork,
+    }
+}
+
+/// Sends the digests every `[quarantine] digest` interval until `shutdown`.
+pub async fn run(
+    queue: Queue,
+    runtime: std::sync::Arc<Runtime>,
+    delivery: tokio::sync::watch::Receiver<backstop_delivery::agent::Agent>,
+    clock: std::sync::Arc<dyn backstop_types::Clock>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(every) = runtime.settings.digest_every else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        let dkim = std::sync::Arc::clone(&delivery.borrow().signing.dkim);
+        match send_due(&queue, &runtime, &dkim, clock.now()).await {
+            Ok(0) => {}
+            Ok(n) => info!(digests = n, "quarantine digests queued"),
+            Err(e) => warn!(error = %e, "quarantine digests"),
+        }
+    }
+}
