@@ -229,7 +229,9 @@ fn quarantine_verbs() {
 
     assert_eq!(
         ok(d, &["quarantine", "release", &keep]),
-        format!("{keep}: released from quarantine into the queue\n")
+        format!(
+            "{keep}: released from quarantine into the queue as {keep} for user@example.test, other@example.test\n"
+        )
     );
     assert!(ok(d, &["queue", "list"]).contains(&keep));
     assert_eq!(
@@ -415,10 +417,12 @@ fn admin_api_over_loopback_http_needs_the_token() {
     let id = send(&server, "over http").to_string();
     assert!(ok(d, &["queue", "list"]).contains(&id));
     assert_eq!(ok(d, &["queue", "hold", &id]), format!("{id}: held\n"));
-    assert!(
-        !d.join("var/admin.sock").exists(),
-        "HTTP replaces the socket"
-    );
+    // The Unix socket is served beside HTTP, its owner's alone.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let socket = std::fs::metadata(d.join("var/admin.sock")).expect("the socket too");
+        assert_eq!(socket.mode() & 0o777, 0o600);
+    }
 
     let raw = |request: String| {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -442,8 +446,10 @@ fn admin_api_over_loopback_http_needs_the_token() {
         body.len()
     ));
     assert!(wrong.starts_with("HTTP/1.1 401 "), "{wrong}");
+    // Any other path is the console, which asks to log in first.
     let path = raw("GET / HTTP/1.1\r\n\r\n".into());
-    assert!(path.starts_with("HTTP/1.1 404 "), "{path}");
+    assert!(path.starts_with("HTTP/1.1 401 "), "{path}");
+    assert!(path.contains("name=\"token\""), "{path}");
     // The refused requests changed nothing.
     assert!(ok(d, &["queue", "list"]).contains(&id));
     let right = raw(format!(

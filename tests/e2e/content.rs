@@ -63,7 +63,7 @@ fn a_quarantine_verdict_keeps_the_message_out_of_delivery() {
     assert!(in_queue.is_empty(), "not in the queue: never delivered");
     assert_eq!(
         record.reason.to_string(),
-        "RFC 5322: no Date: header field (RFC 5322 3.6)"
+        "rfc5322: no Date: header field (RFC 5322 3.6)"
     );
     assert!(String::from_utf8_lossy(body.head()).contains("Subject: sloppy"));
 }

@@ -5,6 +5,7 @@
 //! as a sending MTA, testssl.sh as a TLS scanner) and checks the queue on disk afterwards. Peers that are missing make a
 //! test fail in CI (`CI` set) and skip loudly elsewhere; `cargo xtask test` installs them.
 
+mod browser;
 mod dns;
 mod harness;
 
@@ -31,6 +32,7 @@ mod monitoring;
 mod mx;
 mod postfix;
 mod proxy;
+mod quarantine;
 mod rates;
 mod receive;
 mod recipients;

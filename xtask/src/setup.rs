@@ -151,6 +151,16 @@ pub const TEST_PEERS: &[Requirement] = &[
         package: "testssl.sh",
         present_if: &["/usr/bin/testssl"],
     },
+    // A headless browser and its WebDriver server, for the tests that drive a web page
+    // (tests/e2e/browser.rs).
+    Requirement {
+        package: "chromium",
+        present_if: &["/usr/bin/chromium"],
+    },
+    Requirement {
+        package: "chromium-driver",
+        present_if: &["/usr/bin/chromedriver"],
+    },
     // Node's package manager, for TEST_NPM.
     Requirement {
         package: "npm",

@@ -34,11 +34,7 @@ impl SitePolicy {
                 );
             }
             (ContentAction::Quarantine, Err(v)) => {
-                return ContentVerdict::Quarantine(Reason::content(
-                    "rfc5322",
-                    "",
-                    format!("RFC 5322: {v}"),
-                ));
+                return ContentVerdict::Quarantine(Reason::content("rfc5322", "", v.to_string()));
             }
         }
         let envelope = &message.envelope;
