@@ -15,6 +15,9 @@
 //! - large (only when named): memory with large messages, 200 concurrent 20 MiB transfers and
 //!   a queue of 10 MB messages delivered, and the 5 KB receive rate beside an earlier build
 //!   (`--baseline BINARY`) and Postfix (`bench/large.rs`).
+//! - quarantine (only when named): the console's first page and `quarantine list` with
+//!   100,000 messages held, beside Postfix's `postqueue -p` over as many on hold
+//!   (`bench/quarantine.rs`).
 //!
 //! backstop runs its release build on a fresh data directory (250 only after fsync). Postfix
 //! is a throw-away instance on loopback whose smtpd puts every message on hold (cleanup writes
@@ -25,6 +28,7 @@
 mod delivery;
 mod large;
 mod peers;
+mod quarantine;
 mod sick;
 mod state;
 
@@ -96,6 +100,10 @@ pub fn bench(root: &Path, args: &[String]) -> Result<(), String> {
         let (binary, dir) = prepare(root)?;
         return finish(large::run(&binary, &dir, &args[1..]), &dir);
     }
+    if args.first().map(String::as_str) == Some("quarantine") {
+        let (binary, dir) = prepare(root)?;
+        return finish(quarantine::run(&binary, &dir, &args[1..]), &dir);
+    }
     let (with_receive, with_delivery, with_sick) = match args.first().map(String::as_str) {
         None => (true, true, true),
         Some("receive") => (true, false, false),
@@ -103,7 +111,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<(), String> {
         Some("sick") => (false, false, true),
         Some(other) => {
             return Err(format!(
-                "cargo xtask bench: no part {other:?} (receive, delivery, sick, state, large)"
+                "cargo xtask bench: no part {other:?} (receive, delivery, sick, state, large, quarantine)"
             ))
         }
     };
