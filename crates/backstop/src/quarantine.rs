@@ -200,3 +200,6 @@ fn read_secret(file: &Path) -> anyhow::Result<Vec<u8>> {
     let secret = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     Ok(secret.trim_ascii().to_vec())
 }
+
+#[cfg(test)]
+mod tests;
