@@ -447,7 +447,7 @@ fn admin_api_over_loopback_http_needs_the_token() {
     ));
     assert!(wrong.starts_with("HTTP/1.1 401 "), "{wrong}");
     // Any other path is the console, which asks to log in first.
-    let path = raw("GET / HTTP/1.1\r\n\r\n".into());
+    let path = raw(format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n"));
     assert!(path.starts_with("HTTP/1.1 401 "), "{path}");
     assert!(path.contains("name=\"token\""), "{path}");
     // The refused requests changed nothing.

@@ -321,6 +321,27 @@ fn the_console_and_a_release_link_release_mail_in_a_real_browser() {
     assert!(matches!(states[0].1, HeldState::Released(_)), "{states:?}");
     assert_eq!(states[1].1, HeldState::Held);
 
+    // Another site's page cannot use the console: by its name (DNS rebinding: the Host is
+    // its own), or by a form posted from it.
+    let raw = |request: String| {
+        let mut stream = TcpStream::connect(admin).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let rebound = raw("GET / HTTP/1.1\r\nHost: evil.example:8025\r\n\r\n".into());
+    assert!(rebound.starts_with("HTTP/1.1 421 "), "{rebound}");
+    let body = format!("token={TOKEN}");
+    for header in ["Origin: http://evil.example", "Sec-Fetch-Site: cross-site"] {
+        let posted = raw(format!(
+            "POST /login HTTP/1.1\r\nHost: {admin}\r\n{header}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+        assert!(posted.starts_with("HTTP/1.1 403 "), "{header}: {posted}");
+        assert!(!posted.contains("Set-Cookie"), "{posted}");
+    }
+
     // A form from elsewhere (no CSRF token of this session) does nothing.
     let (status, _) = http(admin, "POST", &format!("/quarantine/{id}"), "action=delete");
     assert_eq!(status, 401, "no session: the login page");
@@ -516,6 +537,11 @@ fn a_digest_is_signed_escaped_and_never_lists_a_suppressed_report() {
         html.contains("&lt;script&gt;alert(&#39;from&#39;)&lt;/script&gt;"),
         "{html}"
     );
+    assert!(
+        html.contains("hxxp[:]//tracker[.]example"),
+        "links made inert: {html}"
+    );
+    assert!(!text.contains("http://tracker"), "{text}");
     assert!(
         !html.contains("tracker.example/x.png\""),
         "no live link from the message: {html}"

@@ -223,6 +223,57 @@ fn clamd_refuses_a_virus_and_names_it() {
     let small = send(&server, &plain("invoice", "small"));
     assert!(small.starts_with("5"), "{small}");
     server.stop();
+
+    // A hold a recipient may lift never carries a virus: a message the RFC 5322 check or a
+    // rule before clamd would quarantine is still scanned, and the virus decides.
+    let server = Server::start(
+        d,
+        &(config(d, "")
+            + &format!(
+                r#"
+[content]
+rfc5322 = "quarantine"
+
+[[filter]]
+type = "header"
+header = "Subject"
+pattern = "(?i)invoice"
+action = "quarantine"
+
+[[filter]]
+type = "clamd"
+address = "unix:{}"
+"#,
+                socket.display()
+            )),
+    );
+    // No Date: the RFC 5322 check would hold it.
+    assert_eq!(
+        send(&server, &infected),
+        "554 5.7.0 Message contains a virus (Backstop-Test-Eicar.UNOFFICIAL)"
+    );
+    // With a Date, the rule would.
+    let dated = infected.replacen(
+        "Subject: invoice\r\n",
+        "Subject: invoice\r\nDate: Tue, 01 Dec 2026 10:00:00 +0000\r\n",
+        1,
+    );
+    assert_eq!(
+        send(&server, &dated),
+        "554 5.7.0 Message contains a virus (Backstop-Test-Eicar.UNOFFICIAL)"
+    );
+    // A clean one the rule holds is held.
+    let held = send(
+        &server,
+        "From: sender@example.org\r\nSubject: invoice\r\nDate: Tue, 01 Dec 2026 10:00:00 +0000\r\n\r\nclean\r\n",
+    );
+    assert!(held.starts_with("250 2.0.0 Ok: queued as"), "{held}");
+    let reason = server.quarantined(crate::harness::queue_id_in(&held));
+    assert!(
+        reason.contains("Subject matches"),
+        "the rule's hold: {reason}"
+    );
+    server.stop();
     drop(clamd);
 }
 

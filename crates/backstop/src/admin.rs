@@ -406,12 +406,20 @@ async fn serve_http(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let token = std::sync::Arc::new(token);
+    let local = listener.local_addr()?;
+    // At most this many clients at once; the rest wait in the listen queue.
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
     loop {
+        let Ok(slot) = std::sync::Arc::clone(&slots).acquire_owned().await else {
+            return Ok(());
+        };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
+                    // Out of file descriptors, say: not a busy loop.
                     warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
             },
@@ -419,6 +427,7 @@ async fn serve_http(
         };
         let (queue, token) = (queue.clone(), std::sync::Arc::clone(&token));
         tokio::spawn(async move {
+            let _slot = slot;
             let limits = backstop_web::http::Limits {
                 max_body: MAX_BODY,
                 ..Default::default()
@@ -427,7 +436,7 @@ async fn serve_http(
                 stream,
                 &limits,
                 std::time::Duration::from_secs(30),
-                |request| http_answer(request, token, queue),
+                |request| http_answer(request, token, queue, local),
             );
             if let Err(e) = exchange.await {
                 warn!(error = %e, "admin HTTP request failed");
@@ -444,10 +453,11 @@ async fn http_answer(
     request: backstop_web::http::Request,
     token: std::sync::Arc<String>,
     queue: Served,
+    local: std::net::SocketAddr,
 ) -> backstop_web::http::Response {
     use backstop_web::http::Method;
     if request.path != "/v1" {
-        return crate::console::answer(request, queue, &token).await;
+        return crate::console::answer(request, queue, &token, local).await;
     }
     let authorized = request
         .header("authorization")

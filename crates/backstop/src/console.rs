@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -62,11 +63,32 @@ fn random_hex() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// One console request (anything on the admin HTTP listener but `POST /v1`).
-pub async fn answer(request: Request, served: Served, token: &str) -> Response {
+/// One console request (anything on the admin HTTP listener but `POST /v1`), on the listener
+/// bound to `local`.
+///
+/// Only a browser that asked for this listener by its own address is answered (a page of
+/// another site that rebinds its name to 127.0.0.1 names itself in `Host`), and a form is
+/// taken only from a page of this origin (`Origin` and `Sec-Fetch-Site`, when the browser
+/// sends them) with the session's CSRF token.
+pub async fn answer(request: Request, served: Served, token: &str, local: SocketAddr) -> Response {
+    if !own_host(request.header("host"), local) {
+        return Response::html(
+            421,
+            page(
+                "backstop: wrong address",
+                &format!(
+                    "<h1>Wrong address</h1><p>Open the console as http://{}/</p>",
+                    Html(&local.to_string())
+                ),
+            ),
+        );
+    }
+    if request.method == Method::Post && !same_origin(&request, local) {
+        tracing::warn!("admin console: a form from another origin refused");
+        return login_page(403, "That form did not come from this console.");
+    }
     if request.path == "/static/style.css" {
-        return Response::text(200, STYLE_CSS)
-            .with_header("Content-Type", "text/css; charset=utf-8");
+        return Response::css(200, STYLE_CSS);
     }
     if request.path == "/login" && request.method == Method::Post {
         let given = request
@@ -77,6 +99,8 @@ pub async fn answer(request: Request, served: Served, token: &str) -> Response {
             .unwrap_or_default();
         if !backstop_types::secret::same_secret(given.as_bytes(), token.as_bytes()) {
             tracing::warn!("admin console: login with a wrong token");
+            // Slows guessing: each wrong try costs a second (and a connection slot).
+            tokio::time::sleep(Duration::from_secs(1)).await;
             return login_page(401, "That token is not the admin token.");
         }
         let (id, csrf) = served.console.open();
@@ -157,6 +181,34 @@ pub async fn answer(request: Request, served: Served, token: &str) -> Response {
             _ => notice(404, "Not found", "There is no such page.", &csrf),
         },
     }
+}
+
+/// Whether `host` (the `Host` field) names the listener itself: its own address and port,
+/// or `localhost` with its port.
+fn own_host(host: Option<&str>, local: SocketAddr) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    if let Ok(address) = host.parse::<SocketAddr>() {
+        return address.port() == local.port() && address.ip().is_loopback();
+    }
+    host.eq_ignore_ascii_case(&format!("localhost:{}", local.port()))
+}
+
+/// Whether a POST comes from a page of this console: `Sec-Fetch-Site`, when sent, says the
+/// same origin (or none: typed by the user), and `Origin`, when sent, names this listener
+/// (`null` is what a browser sends under our `Referrer-Policy: no-referrer`).
+fn same_origin(request: &Request, local: SocketAddr) -> bool {
+    let origin_ok = request.header("origin").is_none_or(|origin| {
+        origin == "null"
+            || origin
+                .strip_prefix("http://")
+                .is_some_and(|host| own_host(Some(host), local))
+    });
+    let site_ok = request
+        .header("sec-fetch-site")
+        .is_none_or(|site| matches!(site, "same-origin" | "none"));
+    origin_ok && site_ok
 }
 
 /// Runs `work` on the queue off the async workers.
@@ -257,7 +309,7 @@ async fn overview(served: &Served, csrf: &str) -> Response {
     let (released, deleted, digests) = runtime.counters.totals();
     let _ = write!(
         body,
-        "</table>\n<p>Since the server started: {released} released, {deleted} deleted by a person, {digests} digests sent. The counts above are from the last hourly retention run.</p>\n"
+        "</table>\n<p>Since the server started: {released} released, {deleted} deleted by a person, {digests} digests sent. The counts above are as last counted (hourly, and at each metrics scrape).</p>\n"
     );
     let history = runtime
         .history

@@ -46,7 +46,7 @@ impl Sources {
         out.single(
             "quarantine_released_total",
             Kind::Counter,
-            "Recipients' copies released from quarantine (by the administrator, a release link, or an allow-list).",
+            "Recipients' copies released from quarantine by the administrator or a release link.",
             released,
         )
         .single(

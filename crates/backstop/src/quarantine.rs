@@ -24,6 +24,8 @@ use backstop_web::token::{Actions, TokenKeys};
 /// What the digests, the release pages and the admin API share.
 pub struct Runtime {
     pub settings: Quarantine,
+    /// `data_dir/quarantine`: the generated key, and when the last digest run was.
+    pub dir: std::path::PathBuf,
     pub keys: TokenKeys,
     pub hostname: String,
     pub local_domains: Vec<Domain>,
@@ -84,12 +86,14 @@ impl Counters {
 impl Runtime {
     pub fn new(
         settings: Quarantine,
+        data_dir: &Path,
         hostname: String,
         local_domains: Vec<Domain>,
     ) -> anyhow::Result<Runtime> {
         let keys = load_keys(&settings.keys)?;
         Ok(Runtime {
             settings,
+            dir: data_dir.join("quarantine"),
             keys,
             hostname,
             local_domains,
@@ -112,8 +116,8 @@ impl Runtime {
             return Actions::NONE;
         }
         let allow = match record.envelope.sender.address() {
-            Some(_) => Actions::ALLOW_SENDER,
-            None => Actions::NONE,
+            Some(_) if record.reason.allow_list_lifts() => Actions::ALLOW_SENDER,
+            _ => Actions::NONE,
         };
         Actions::RELEASE | Actions::DELETE | allow
     }

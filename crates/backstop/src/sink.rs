@@ -18,8 +18,8 @@ pub(crate) struct QueueSink {
 
 impl MessageSink for QueueSink {
     /// Stores the message in quarantine, each recipient's copy owned as [`Reason::owner`]
-    /// says; then the copies of recipients who allow-listed the sender (for a verdict they may
-    /// release themselves) are released at once, into the queue.
+    /// says; then the copies of recipients who allow-listed the sender (for a verdict an
+    /// allow-list lifts: [`Reason::allow_list_lifts`]) are released at once, into the queue.
     fn quarantine(
         &self,
         message: Message,
@@ -36,7 +36,7 @@ impl MessageSink for QueueSink {
             let store = move || {
                 let id =
                     queue.quarantine_new(&message.envelope, &message.body, &reason, &owners)?;
-                if reason.recipient_may_release() {
+                if reason.allow_list_lifts() {
                     release_allowed(&queue, id, &message, &owners);
                 }
                 Ok::<_, QueueError>(id)

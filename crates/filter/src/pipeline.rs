@@ -150,10 +150,60 @@ impl Pipeline {
         self.checks.is_empty()
     }
 
+    /// Whether a virus scanner (clamd) is among the checks.
+    pub fn scans_for_viruses(&self) -> bool {
+        self.checks
+            .iter()
+            .any(|c| matches!(c.scanner, Scanner::Clamd(_)))
+    }
+
+    /// The virus scanners' say on a message something else put in quarantine (sender
+    /// authentication, the RFC 5322 check, a check before them): the clamd checks from the
+    /// `from`th on. A quarantine a recipient may lift must not let a virus through with it:
+    /// `Some(Refuse)` when one refuses (or fails with `on_error = tempfail`),
+    /// `Some(Quarantine)` with the scanner's reason when one says quarantine, `None` when
+    /// they all pass (or there are none).
+    pub async fn virus_verdict(&self, draft: &Draft, from: usize) -> Option<Outcome> {
+        let deadline = Instant::now() + self.deadline;
+        for check in self.checks.iter().skip(from) {
+            if !matches!(check.scanner, Scanner::Clamd(_)) {
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let result = match tokio::time::timeout(left, check.scanner.scan(draft)).await {
+                Ok(result) => result,
+                Err(_) => Err(ScanError::Deadline {
+                    seconds: self.deadline.as_secs(),
+                }),
+            };
+            match result {
+                Ok(Step::Continue(_)) | Ok(Step::Discard(_)) => {}
+                Ok(Step::Refuse(reply)) => return Some(Outcome::Refuse(reply.decided_by("clamd"))),
+                Ok(Step::Quarantine(why)) => {
+                    return Some(Outcome::Quarantine(
+                        backstop_types::quarantine::Reason::content("clamd", &check.name, why),
+                    ))
+                }
+                Err(error) => match check.on_error {
+                    OnError::Tempfail => {
+                        warn!(check = %check.name, %error, "virus check of a message held for another reason failed: 451");
+                        return Some(Outcome::Refuse(
+                            Reply::content_check_unavailable().decided_by("clamd"),
+                        ));
+                    }
+                    OnError::Accept => {
+                        warn!(check = %check.name, %error, "virus check of a message held for another reason failed (on_error = accept)");
+                    }
+                },
+            }
+        }
+        None
+    }
+
     /// Runs the checks on `draft`, applying the changes they ask for.
     pub async fn run(&self, draft: &mut Draft) -> Outcome {
         let deadline = Instant::now() + self.deadline;
-        for check in &self.checks {
+        for (index, check) in self.checks.iter().enumerate() {
             if draft.tail.is_some() && !check.scanner.streams() {
                 warn!(check = %check.name, sender = %draft.envelope.sender, "content check skipped: the message is larger than max_scan_size");
                 continue;
@@ -178,6 +228,13 @@ impl Pipeline {
                     return Outcome::Refuse(reply.decided_by(check.scanner.kind()))
                 }
                 Ok(Step::Quarantine(why)) => {
+                    // The clamd checks after this one still look: a hold a recipient may lift
+                    // must not carry a virus past them.
+                    if !matches!(check.scanner, Scanner::Clamd(_)) {
+                        if let Some(outcome) = self.virus_verdict(draft, index + 1).await {
+                            return outcome;
+                        }
+                    }
                     return Outcome::Quarantine(backstop_types::quarantine::Reason::content(
                         check.scanner.kind(),
                         &check.name,

@@ -34,7 +34,9 @@ impl SitePolicy {
                 );
             }
             (ContentAction::Quarantine, Err(v)) => {
-                return ContentVerdict::Quarantine(Reason::content("rfc5322", "", v.to_string()));
+                return self
+                    .quarantined(message, Reason::content("rfc5322", "", v.to_string()))
+                    .await;
             }
         }
         let envelope = &message.envelope;
@@ -98,7 +100,7 @@ impl SitePolicy {
                 let checked = auth.check_header_only(&client, message.body.head()).await;
                 info!(results = %checked.summary, outcome = %checked.outcome, "sender authentication");
                 if let Some(verdict) = sender_verdict(checked.outcome) {
-                    return verdict;
+                    return self.unless_virus(message, verdict).await;
                 }
                 head.splice(0..0, checked.header.into_bytes());
             }
@@ -145,7 +147,7 @@ impl SitePolicy {
             let checked = auth.check(&client, whole).await;
             info!(results = %checked.summary, outcome = %checked.outcome, "sender authentication");
             if let Some(verdict) = sender_verdict(checked.outcome) {
-                return verdict;
+                return self.unless_virus(message, verdict).await;
             }
             header = Some(checked.header);
         }
@@ -231,6 +233,37 @@ fn verdict(
         Outcome::Refuse(reply) => ContentVerdict::Refuse(reply),
         Outcome::Quarantine(reason) => ContentVerdict::Quarantine(reason),
         Outcome::Discard(reason) => ContentVerdict::Discard(reason),
+    }
+}
+
+impl SitePolicy {
+    /// A quarantine verdict reached before the content checks ran (sender authentication,
+    /// the RFC 5322 check): the virus scanners still look at the message, so that a hold its
+    /// recipient may lift never carries a virus. Other verdicts pass through.
+    async fn unless_virus(&self, message: &Message, verdict: ContentVerdict) -> ContentVerdict {
+        match verdict {
+            ContentVerdict::Quarantine(reason) => self.quarantined(message, reason).await,
+            other => other,
+        }
+    }
+
+    async fn quarantined(&self, message: &Message, reason: Reason) -> ContentVerdict {
+        if !self.content.scans_for_viruses() {
+            return ContentVerdict::Quarantine(reason);
+        }
+        let envelope = message.envelope.clone();
+        let draft = match (message.body.in_memory(), message.body.tail()) {
+            (Some(whole), _) => Draft::new(envelope, whole.to_vec()),
+            (None, Some(tail)) => {
+                Draft::spooled(envelope, message.body.head().to_vec(), tail.clone())
+            }
+            (None, None) => Draft::new(envelope, message.body.head().to_vec()),
+        };
+        match self.content.virus_verdict(&draft, 0).await {
+            Some(Outcome::Refuse(reply)) => ContentVerdict::Refuse(reply),
+            Some(Outcome::Quarantine(virus)) => ContentVerdict::Quarantine(virus),
+            _ => ContentVerdict::Quarantine(reason),
+        }
     }
 }
 

@@ -252,6 +252,19 @@ impl Queue {
         recipient: Option<&str>,
         now: UnixTime,
     ) -> Result<Option<Released>, QueueError> {
+        self.quarantine_release_if(id, recipient, now, |_, _| true)
+    }
+
+    /// [`Queue::quarantine_release`] of the held copies `may(record, index)` allows, decided
+    /// under the update lock (a release page asks whether the copy is still its recipient's
+    /// to release, with the record as it is now).
+    pub fn quarantine_release_if(
+        &self,
+        id: QueueId,
+        recipient: Option<&str>,
+        now: UnixTime,
+        may: impl Fn(&QuarantineRecord, usize) -> bool,
+    ) -> Result<Option<Released>, QueueError> {
         let _guard = self.lock();
         let Some((mut record, body)) = self.quarantine_show(id)? else {
             return Ok(None);
@@ -262,6 +275,7 @@ impl Queue {
                 recipient.is_none_or(|want| r.address.to_string().eq_ignore_ascii_case(want))
             })
             .map(|(i, _, _)| i)
+            .filter(|&i| may(&record, i))
             .collect();
         if chosen.is_empty() {
             return Ok(Some(Released {
@@ -291,7 +305,9 @@ impl Queue {
                 None => body,
                 Some(tail) => {
                     let to = file_of(&self.inner.spool, new);
+                    // The link is durable before the record that names it.
                     std::fs::hard_link(&tail.path, &to)
+                        .and_then(|()| std::fs::File::open(&self.inner.spool)?.sync_all())
                         .map_err(|e| QueueError::Spool(new.to_string(), e))?;
                     Body::spooled(body.head().to_vec(), tail.moved_to(&to))
                 }
@@ -329,13 +345,15 @@ impl Queue {
         Ok(true)
     }
 
-    /// Deletes one recipient's copy (its owner said so); the message goes when no copy is
-    /// held any more. False if that recipient's copy is not held.
+    /// Deletes one recipient's copy (its owner said so, and `may(record, index)` agrees under
+    /// the update lock); the message goes when no copy is held any more. False if that
+    /// recipient's copy is not held, or `may` says no.
     pub fn quarantine_discard(
         &self,
         id: QueueId,
         recipient: &str,
         now: UnixTime,
+        may: impl Fn(&QuarantineRecord, usize) -> bool,
     ) -> Result<bool, QueueError> {
         let _guard = self.lock();
         let Some(mut record) = self.quarantine_record(id)? else {
@@ -345,6 +363,7 @@ impl Queue {
             .still_held()
             .find(|(_, r, _)| r.address.to_string().eq_ignore_ascii_case(recipient))
             .map(|(i, _, _)| i)
+            .filter(|&i| may(&record, i))
         else {
             return Ok(false);
         };

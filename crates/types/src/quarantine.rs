@@ -126,6 +126,15 @@ impl Reason {
         matches!(self.kind, ReasonKind::Content | ReasonKind::Dmarc) && !self.is_virus()
     }
 
+    /// Whether a recipient's allow-list lifts this hold: a content check's verdict on what
+    /// the message says (a rule, rspamd, a milter, the RFC 5322 check), never a virus and
+    /// never a verdict on who sent it (SPF, reverse DNS, DMARC), which the envelope sender
+    /// an allow-list is keyed on could forge its way past.
+    pub fn allow_list_lifts(&self) -> bool {
+        self.kind == ReasonKind::Content
+            && !matches!(self.scanner.as_str(), "clamd" | "spf" | "iprev")
+    }
+
     /// Who owns a recipient's copy of a message quarantined for this reason: the recipient
     /// when it is a local mailbox and the verdict came in with the message; the administrator
     /// otherwise, and always for a suppressed report (the sender could not be verified: any
@@ -189,6 +198,11 @@ mod tests {
         assert_eq!(virus.owner(true), Owner::Recipient);
         assert!(!virus.recipient_may_release());
         assert!(Reason::dmarc("example.com").recipient_may_release());
+        assert!(spam.allow_list_lifts());
+        assert!(!virus.allow_list_lifts());
+        assert!(!Reason::dmarc("example.com").allow_list_lifts());
+        assert!(!Reason::content("spf", "", "SPF fail").allow_list_lifts());
+        assert!(!undeliverable.allow_list_lifts());
     }
 
     #[test]

@@ -123,7 +123,10 @@ pub fn run(binary: &Path, dir: &Path, args: &[String]) -> Result<(), String> {
         }
     };
     println!();
-    println!("{:<52} {:>10} {:>10}", "with the quarantine holding", "median", "slowest");
+    println!(
+        "{:<52} {:>10} {:>10}",
+        "with the quarantine holding", "median", "slowest"
+    );
     let row = |what: &str, (median, slowest): (Duration, Duration)| {
         println!(
             "{what:<52} {:>8.1}ms {:>8.1}ms",
@@ -194,6 +197,9 @@ fn console(admin: SocketAddr, cookie: &str, path: &str) -> Result<(), String> {
     )?;
     match answer.starts_with("HTTP/1.1 200") && answer.contains("</table>") {
         true => Ok(()),
-        false => Err(format!("console {path}: {}", &answer[..answer.len().min(300)])),
+        false => Err(format!(
+            "console {path}: {}",
+            &answer[..answer.len().min(300)]
+        )),
     }
 }

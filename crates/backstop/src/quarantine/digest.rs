@@ -99,6 +99,55 @@ impl Shown {
     }
 }
 
+impl Shown {
+    /// The same with every link and host name made inert (`hxxps[:]//evil[.]example`), as a
+    /// digest shows them: a mail client turns a URL or a host name in text into a live link,
+    /// and a digest comes signed from the postmaster.
+    pub fn defanged(&self) -> Shown {
+        Shown {
+            from: defang(&self.from),
+            subject: defang(&self.subject),
+            date: self.date.clone(),
+            sender: defang(&self.sender),
+            why: self.why.clone(),
+        }
+    }
+}
+
+/// `text` with each word that is or holds a URL or a host name made inert.
+pub(crate) fn defang(text: &str) -> String {
+    text.split(' ')
+        .map(|word| {
+            let lower = word.to_ascii_lowercase();
+            if lower.contains("://") || lower.contains("www.") || host_like(word) {
+                word.replace("http", "hxxp")
+                    .replace("HTTP", "HXXP")
+                    .replace("://", "[:]//")
+                    .replace('.', "[.]")
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether `word` holds a host name: a dot between a letter or digit and a label of two or
+/// more letters (`evil.example`, `paypal.com/login`, `a@b.example`).
+fn host_like(word: &str) -> bool {
+    let chars: Vec<char> = word.chars().collect();
+    chars.iter().enumerate().any(|(i, c)| {
+        *c == '.'
+            && i > 0
+            && chars[i - 1].is_alphanumeric()
+            && chars[i + 1..]
+                .iter()
+                .take_while(|c| c.is_alphabetic())
+                .count()
+                >= 2
+    })
+}
+
 /// One item of a digest.
 struct Item {
     id: QueueId,
@@ -207,7 +256,7 @@ fn compose(runtime: &Runtime, recipient: &Address, items: &[Item], now: UnixTime
         Html(&runtime.hostname)
     );
     for item in items {
-        let s = &item.shown;
+        let s = &item.shown.defanged();
         let action = match (&item.token, item.token.as_deref().and_then(link)) {
             (Some(_), Some(url)) => (
                 format!("Review: {url}"),
@@ -377,9 +426,21 @@ pub async fn run(
     let Some(every) = runtime.settings.digest_every else {
         return;
     };
+    // When the last run was, kept across restarts (a server restarted daily still sends its
+    // daily digests); the first start counts from now.
+    let stamp = runtime.dir.join("digest.last");
     loop {
+        let now = clock.now();
+        let last = match read_stamp(&stamp) {
+            Some(last) if last.0 <= now.0 => last,
+            _ => {
+                write_stamp(&stamp, now);
+                now
+            }
+        };
+        let wait = last.0.saturating_add(every.as_secs()).saturating_sub(now.0);
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(std::time::Duration::from_secs(wait)) => {}
             _ = shutdown.changed() => return,
         }
         let dkim = std::sync::Arc::clone(&delivery.borrow().signing.dkim);
@@ -388,5 +449,21 @@ pub async fn run(
             Ok(n) => info!(digests = n, "quarantine digests queued"),
             Err(e) => warn!(error = %e, "quarantine digests"),
         }
+        write_stamp(&stamp, clock.now());
+    }
+}
+
+fn read_stamp(file: &std::path::Path) -> Option<UnixTime> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.trim().parse().ok().map(UnixTime)
+}
+
+fn write_stamp(file: &std::path::Path, at: UnixTime) {
+    let written = file
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(file, format!("{}\n", at.0)));
+    if let Err(e) = written {
+        warn!(file = %file.display(), error = %e, "cannot keep the time of the last quarantine digest");
     }
 }

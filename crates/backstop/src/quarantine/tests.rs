@@ -18,6 +18,7 @@ fn runtime() -> Runtime {
     let keys = TokenKeys::new(vec![(0, b"0123456789abcdef0123".to_vec())], 0).unwrap();
     Runtime {
         settings,
+        dir: std::path::PathBuf::from("/nonexistent"),
         keys,
         hostname: "mx.example.test".into(),
         local_domains: vec![Domain::parse("example.test").unwrap()],
@@ -53,6 +54,22 @@ fn record(reason: Reason, owner: Owner, at: UnixTime) -> QuarantineRecord {
         trust: TrustClass::Unverified,
     };
     QuarantineRecord::new(envelope, reason, at, 10, &[owner])
+}
+
+#[test]
+fn a_digest_shows_links_and_host_names_inert() {
+    assert_eq!(
+        super::digest::defang("Mailbox full: sign in at https://evil.example/login now."),
+        "Mailbox full: sign in at hxxps[:]//evil[.]example/login now."
+    );
+    assert_eq!(
+        super::digest::defang("see www.evil.example or paypal.com.evil.example, Mr. Smith"),
+        "see www[.]evil[.]example or paypal[.]com[.]evil[.]example, Mr. Smith"
+    );
+    assert_eq!(
+        super::digest::defang("Scammer <scammer@sender.example>"),
+        "Scammer <scammer@sender[.]example>"
+    );
 }
 
 #[test]

@@ -23,6 +23,9 @@ use tracing::{info, warn};
 
 use super::Runtime;
 
+/// Clients served at once.
+const CONNECTIONS: usize = 128;
+
 /// How long a client has to send its request.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -37,7 +40,13 @@ pub async fn serve(
         max_body: 4096,
         ..Limits::default()
     };
+    // At most this many clients at once: the rest wait in the listen queue, and the file
+    // descriptors the SMTP listeners need stay theirs.
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS));
     loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -57,6 +66,7 @@ pub async fn serve(
             if let Err(e) = handled.await {
                 info!(error = %e, "quarantine web: connection ended");
             }
+            drop(slot);
         });
     }
 }
@@ -64,8 +74,7 @@ pub async fn serve(
 /// One request's response.
 pub async fn answer(request: Request, queue: Queue, runtime: Arc<Runtime>) -> Response {
     if request.path == "/static/style.css" {
-        return Response::text(200, STYLE_CSS)
-            .with_header("Content-Type", "text/css; charset=utf-8");
+        return Response::css(200, STYLE_CSS);
     }
     let Some(token) = request.path.strip_prefix("/release/") else {
         return message_page(404, "Not found", "There is nothing here.");
@@ -205,18 +214,23 @@ async fn act(
     let action = action.unwrap_or_default().to_owned();
     let work = {
         let (recipient, action) = (recipient.clone(), action.clone());
+        // Decided again under the queue's lock, on the record as it is then: still held,
+        // still the recipient's, still a verdict it may lift (a second POST, or a copy that
+        // came back as the administrator's, finds nothing).
+        let may = move |record: &QuarantineRecord, index: usize| {
+            Runtime::actions_for(record, index).contains(flag)
+        };
         move || -> Result<bool, backstop_queue::QueueError> {
             match action.as_str() {
-                "delete" => queue.quarantine_discard(id, &recipient, now),
+                "delete" => queue.quarantine_discard(id, &recipient, now, may),
                 _ => {
-                    if action == "allow" {
-                        if let Some(sender) = &sender {
-                            queue.allow_sender(&recipient, sender)?;
-                        }
+                    let released = queue
+                        .quarantine_release_if(id, Some(&recipient), now, may)?
+                        .is_some_and(|r| !r.recipients.is_empty());
+                    if let (true, "allow", Some(sender)) = (released, action.as_str(), &sender) {
+                        queue.allow_sender(&recipient, sender)?;
                     }
-                    Ok(queue
-                        .quarantine_release(id, Some(&recipient), now)?
-                        .is_some_and(|r| !r.recipients.is_empty()))
+                    Ok(released)
                 }
             }
         }

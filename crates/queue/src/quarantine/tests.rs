@@ -111,8 +111,22 @@ async fn a_release_to_one_recipient_queues_a_copy_for_it_alone() {
     assert_eq!(again.unwrap().recipients, Vec::<String>::new());
 
     // The owner of a's copy deletes it; c's stays; the last release takes the old id.
-    assert!(queue.quarantine_discard(id, "a@example.org", t).unwrap());
-    assert!(!queue.quarantine_discard(id, "a@example.org", t).unwrap());
+    assert!(!queue
+        .quarantine_discard(id, "a@example.org", t, |r, i| r.held[i].owner
+            == Owner::Admin)
+        .unwrap());
+    assert!(queue
+        .quarantine_discard(id, "a@example.org", t, |_, _| true)
+        .unwrap());
+    assert!(!queue
+        .quarantine_discard(id, "a@example.org", t, |_, _| true)
+        .unwrap());
+    // A release the check refuses releases nothing (c's copy is the administrator's).
+    let refused = queue
+        .quarantine_release_if(id, None, t, |r, i| r.held[i].owner == Owner::Recipient)
+        .unwrap()
+        .unwrap();
+    assert!(refused.recipients.is_empty());
     let last = queue.quarantine_release(id, None, t).unwrap().unwrap();
     assert_eq!(last.queue_id, id);
     assert_eq!(last.recipients, ["c@elsewhere.example"]);

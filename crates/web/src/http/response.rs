@@ -62,6 +62,11 @@ impl Response {
         )
     }
 
+    /// A stylesheet (`text/css; charset=utf-8`).
+    pub fn css(status: u16, body: &str) -> Response {
+        Response::with_type(status, "text/css; charset=utf-8", body.as_bytes().to_vec())
+    }
+
     /// A JSON document (`application/json`).
     pub fn json(status: u16, body: Vec<u8>) -> Response {
         Response::with_type(status, "application/json", body)
