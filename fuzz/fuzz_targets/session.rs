@@ -145,7 +145,10 @@ impl Driver {
                 } => {
                     assert!(path.starts_with("/incoming"), "{path:?}");
                     assert_eq!(create, !self.spooled.contains_key(&path), "{path:?}");
-                    self.spooled.entry(path).or_default().extend_from_slice(&bytes);
+                    self.spooled
+                        .entry(path)
+                        .or_default()
+                        .extend_from_slice(&bytes);
                 }
                 Output::StartTls => self.session.tls_established(tls()),
                 Output::Authenticate(credentials) => {
@@ -205,7 +208,9 @@ impl Driver {
                     let verdict = match rng.below(8) {
                         0 => ContentVerdict::Refuse(Reply::content_refused("spam")),
                         1 => ContentVerdict::Refuse(Reply::content_check_unavailable()),
-                        2 => ContentVerdict::Quarantine("odd".into()),
+                        2 => ContentVerdict::Quarantine(
+                            backstop_types::quarantine::Reason::content("rule", "rule odd", "odd"),
+                        ),
                         3 => ContentVerdict::Discard("certain".into()),
                         4 => ContentVerdict::Relayed(Reply::ok()),
                         5 => ContentVerdict::AcceptChanged(message.clone()),

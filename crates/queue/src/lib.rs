@@ -40,6 +40,7 @@ pub mod state;
 #[cfg(feature = "store")]
 pub mod store;
 
+#[cfg(feature = "store")]
 pub use quarantine::{KindTotals, Page, QuarantineQuery, Released};
 pub use record::{Entry, Held, HeldState, QuarantineRecord};
 #[cfg(feature = "store")]
