@@ -301,6 +301,17 @@ fn the_console_and_a_release_link_release_mail_in_a_real_browser() {
     let rows = browser.find_all("a.message");
     assert_eq!(rows.len(), 1, "{}", browser.source());
     assert_eq!(rows[0].text(), id.to_string());
+    // By date: held since 2000, yes; before 2000, nothing.
+    browser.goto(&format!(
+        "http://{admin}/quarantine?sender=scammer&since=2000-01-01"
+    ));
+    assert_eq!(browser.find_all("a.message").len(), 1);
+    browser.goto(&format!(
+        "http://{admin}/quarantine?sender=scammer&until=2000-01-01"
+    ));
+    assert!(browser.find_all("a.message").is_empty());
+    browser.goto(&format!("http://{admin}/quarantine?sender=scammer"));
+    let rows = browser.find_all("a.message");
     rows[0].click();
     settle(&browser, |b| {
         b.current_url().ends_with(&format!("/quarantine/{id}"))
@@ -320,6 +331,23 @@ fn the_console_and_a_release_link_release_mail_in_a_real_browser() {
     let states = held(d, id);
     assert!(matches!(states[0].1, HeldState::Released(_)), "{states:?}");
     assert_eq!(states[1].1, HeldState::Held);
+
+    // The allow-list, from the console.
+    browser.goto(&format!("http://{admin}/allow"));
+    browser
+        .find("#allow-recipient")
+        .send_keys("alice@example.test");
+    browser.find("#allow-sender").send_keys("@partner.example");
+    browser.find("#allow").click();
+    let notice = browser.wait_for("#notice", Duration::from_secs(10)).text();
+    assert_eq!(notice, "Done: allow.");
+    let (_, allowed) = server.cli(&["quarantine", "allowed"]);
+    assert!(
+        allowed.contains("alice@example.test <- @partner.example"),
+        "{allowed}"
+    );
+    browser.goto(&format!("http://{admin}/allow"));
+    assert!(browser.source().contains("@partner.example"));
 
     // Another site's page cannot use the console: by its name (DNS rebinding: the Host is
     // its own), or by a form posted from it.

@@ -1053,6 +1053,40 @@ pub fn run_all(
     Ok(())
 }
 
+/// A `--since`/`--until` value (the CLI's, the console's date fields) as a Unix time: a date (`2026-12-01`, midnight UTC) or an age
+/// before now (`24h`, `7d`).
+pub fn when(text: &str) -> Result<u64, String> {
+    let now = backstop_types::Clock::now(&backstop_types::SystemClock).0;
+    if let Ok(age) = backstop_config::parse_duration(text) {
+        return Ok(now.saturating_sub(age.as_secs()));
+    }
+    let parts: Vec<&str> = text.split('-').collect();
+    let number = |s: &str| {
+        s.parse::<i64>()
+            .map_err(|_| format!("{text:?} is neither a date (2026-12-01) nor an age (24h)"))
+    };
+    match parts.as_slice() {
+        [y, m, d] => {
+            let (y, m, d) = (number(y)?, number(m)?, number(d)?);
+            if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+                return Err(format!("{text:?} is not a date"));
+            }
+            // Days since 1970-01-01 (Howard Hinnant's days_from_civil).
+            let y = if m <= 2 { y - 1 } else { y };
+            let era = y.div_euclid(400);
+            let yoe = y - era * 400;
+            let mp = (m + 9) % 12;
+            let doy = (153 * mp + 2) / 5 + d - 1;
+            let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+            let days = era * 146_097 + doe - 719_468;
+            u64::try_from(days * 86_400).map_err(|_| format!("{text:?} is before 1970"))
+        }
+        _ => Err(format!(
+            "{text:?} is neither a date (2026-12-01) nor an age (24h)"
+        )),
+    }
+}
+
 /// Every message in the queue, a page at a time.
 fn every_queued(
     ask: impl Fn(&Request) -> anyhow::Result<serde_json::Value>,

@@ -143,6 +143,7 @@ pub async fn answer(request: Request, served: Served, token: &str, local: Socket
             &request.path,
             field("action"),
             field("recipient"),
+            field("sender"),
             &csrf,
         )
         .await;
@@ -161,17 +162,27 @@ pub async fn answer(request: Request, served: Served, token: &str, local: Socket
         "/" => overview(&served, &csrf).await,
         "/queue" => queue_list(&served, query("after"), query("q"), &csrf).await,
         "/quarantine" => {
+            let day = |name: &str| match query(name) {
+                None => Ok(None),
+                Some(text) => admin::when(&text).map(Some),
+            };
+            let (since, until) = match (day("since"), day("until")) {
+                (Ok(since), Ok(until)) => (since, until),
+                (Err(why), _) | (_, Err(why)) => return notice(400, "Quarantine", &why, &csrf),
+            };
             let filter = QuarantineFilter {
                 after: query("after"),
                 limit: Some(PAGE),
                 sender: query("sender"),
                 recipient: query("recipient"),
                 kind: query("kind"),
-                since: None,
-                until: None,
+                since,
+                until,
             };
-            quarantine_list(&served, filter, &csrf).await
+            let dates = (query("since"), query("until"));
+            quarantine_list(&served, filter, dates, &csrf).await
         }
+        "/allow" => allow_list(&served, &csrf).await,
         path => match (
             path.strip_prefix("/queue/"),
             path.strip_prefix("/quarantine/"),
@@ -222,7 +233,7 @@ async fn blocking<T: Send + 'static>(
 
 fn frame(title: &str, csrf: &str, body: &str) -> String {
     let nav = format!(
-        "<nav><a href=\"/\">Overview</a> · <a href=\"/queue\">Queue</a> · <a href=\"/quarantine\">Quarantine</a>\
+        "<nav><a href=\"/\">Overview</a> · <a href=\"/queue\">Queue</a> · <a href=\"/quarantine\">Quarantine</a> · <a href=\"/allow\">Allow-list</a>\
          <form method=\"post\" action=\"/logout\" class=\"inline\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\">Log out</button></form></nav>\n",
         Html(csrf)
     );
@@ -408,7 +419,12 @@ async fn queue_list(
     Response::html(200, frame("Queue", csrf, &body))
 }
 
-async fn quarantine_list(served: &Served, filter: QuarantineFilter, csrf: &str) -> Response {
+async fn quarantine_list(
+    served: &Served,
+    filter: QuarantineFilter,
+    (since, until): (Option<String>, Option<String>),
+    csrf: &str,
+) -> Response {
     let asked = filter.clone();
     let page = blocking(served, move |queue| admin::quarantine_page(queue, &asked)).await;
     let page = match page {
@@ -430,10 +446,14 @@ async fn quarantine_list(served: &Served, filter: QuarantineFilter, csrf: &str) 
          <label>Sender <input name=\"sender\" id=\"sender\" value=\"{}\"></label> \
          <label>Recipient <input name=\"recipient\" id=\"recipient\" value=\"{}\"></label> \
          <label>Kind <select name=\"kind\">{kinds}</select></label> \
+         <label>Since <input type=\"date\" name=\"since\" value=\"{}\"></label> \
+         <label>Before <input type=\"date\" name=\"until\" value=\"{}\"></label> \
          <button type=\"submit\" id=\"search\">Search</button></form>\n\
          <table><tr><th>ID</th><th>Held since</th><th>Kind</th><th>Size</th><th>Sender</th><th>Held for</th><th>Reason</th></tr>\n",
         value(&filter.sender),
         value(&filter.recipient),
+        value(&since),
+        value(&until),
     );
     for q in &page.items {
         let _ = writeln!(
@@ -455,11 +475,13 @@ async fn quarantine_list(served: &Served, filter: QuarantineFilter, csrf: &str) 
     if let Some(next) = &page.next {
         let _ = writeln!(
             body,
-            "<p><a href=\"/quarantine?after={}&amp;sender={}&amp;recipient={}&amp;kind={}\" id=\"next\">Next page</a></p>",
+            "<p><a href=\"/quarantine?after={}&amp;sender={}&amp;recipient={}&amp;kind={}&amp;since={}&amp;until={}\" id=\"next\">Next page</a></p>",
             percent_encode(next),
             percent_encode(filter.sender.as_deref().unwrap_or_default()),
             percent_encode(filter.recipient.as_deref().unwrap_or_default()),
             percent_encode(filter.kind.as_deref().unwrap_or_default()),
+            percent_encode(since.as_deref().unwrap_or_default()),
+            percent_encode(until.as_deref().unwrap_or_default()),
         );
     }
     Response::html(200, frame("Quarantine", csrf, &body))
@@ -648,12 +670,51 @@ async fn quarantined_message(served: &Served, id: &str, csrf: &str) -> Response 
     Response::html(200, frame(&format!("Held message {}", s.id), csrf, &body))
 }
 
+async fn allow_list(served: &Served, csrf: &str) -> Response {
+    let listed = blocking(served, |queue| Ok(queue.allow_list()?)).await;
+    let listed = match listed {
+        Ok(listed) => listed,
+        Err(e) => return notice(503, "Allow-list", &format!("{e:#}"), csrf),
+    };
+    let mut body = String::from(
+        "<p>A sender (an address or @domain) a recipient takes mail from where a content check would hold it; never a virus, SPF, reverse-DNS or DMARC verdict.</p>\n\
+         <table><tr><th>Recipient</th><th>Sender</th><th></th></tr>\n",
+    );
+    for (recipient, sender) in &listed {
+        let remove = format!(
+            "<form method=\"post\" action=\"/allow\" class=\"inline\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <input type=\"hidden\" name=\"action\" value=\"disallow\"><input type=\"hidden\" name=\"recipient\" value=\"{}\">\
+             <input type=\"hidden\" name=\"sender\" value=\"{}\"><button type=\"submit\">Remove</button></form>",
+            Html(csrf),
+            Html(recipient),
+            Html(sender)
+        );
+        let _ = writeln!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{remove}</td></tr>",
+            Html(recipient),
+            Html(sender)
+        );
+    }
+    let _ = write!(
+        body,
+        "</table>\n<h2>Add</h2>\n<form method=\"post\" action=\"/allow\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+         <input type=\"hidden\" name=\"action\" value=\"allow\">\
+         <label>Recipient <input name=\"recipient\" id=\"allow-recipient\"></label> \
+         <label>Sender <input name=\"sender\" id=\"allow-sender\"></label> \
+         <button type=\"submit\" id=\"allow\">Allow</button></form>\n",
+        Html(csrf)
+    );
+    Response::html(200, frame("Allow-list", csrf, &body))
+}
+
 /// A button's POST: the admin API's request for it, answered as the API answers it.
 async fn act(
     served: &Served,
     path: &str,
     action: Option<String>,
     recipient: Option<String>,
+    sender: Option<String>,
     csrf: &str,
 ) -> Response {
     use admin::Request;
@@ -663,9 +724,24 @@ async fn act(
     ) {
         (Some(id), _) => ("queue", id.to_owned()),
         (_, Some(id)) => ("quarantine", id.to_owned()),
+        _ if path == "/allow" => ("allow", String::new()),
         _ => return notice(404, "Not found", "There is no such action.", csrf),
     };
+    let pair = || {
+        (
+            recipient.clone().unwrap_or_default(),
+            sender.clone().unwrap_or_default(),
+        )
+    };
     let request = match (place, action.as_deref()) {
+        ("allow", Some("allow")) => {
+            let (recipient, sender) = pair();
+            Request::QuarantineAllow { recipient, sender }
+        }
+        ("allow", Some("disallow")) => {
+            let (recipient, sender) = pair();
+            Request::QuarantineDisallow { recipient, sender }
+        }
         ("queue", Some("flush")) => Request::QueueFlush {
             id: Some(id.clone()),
         },
@@ -703,6 +779,7 @@ async fn act(
                             .join(", "))
                         .unwrap_or_default()
                 ),
+                None if id.is_empty() => format!("Done: {}.", action.unwrap_or_default()),
                 None => format!("Done: {} {id}.", action.unwrap_or_default()),
             };
             notice(200, "Done", &what, csrf)
