@@ -629,3 +629,45 @@ fn config_show_hides_password_hashes_and_defaults_are_an_empty_file() {
     assert!(defaults.lines().any(|l| l == "local_domains = []"));
     assert!(!defaults.contains("[[listener]]"));
 }
+
+#[test]
+fn quarantine_settings_are_checked_with_their_line() {
+    check(
+        &format!("[quarantine]\ndigest = \"sometimes\"\n{MINIMAL}"),
+        expect![[
+            r#"test.toml:2: quarantine.digest: "sometimes" is neither "off" nor a duration of at least a minute ("24h")"#
+        ]],
+    );
+    check(
+        &format!("[quarantine]\nurl = \"javascript:alert(1)\"\n{MINIMAL}"),
+        expect![[
+            r#"test.toml:2: quarantine.url: "javascript:alert(1)" is not an http(s) URL like https://quarantine.example.org"#
+        ]],
+    );
+    check(
+        &format!("[quarantine]\nweb = \"localhost\"\n{MINIMAL}"),
+        expect![[
+            r#"test.toml:2: quarantine.web: "localhost" is not an address like 127.0.0.1:8026"#
+        ]],
+    );
+    check(
+        &format!("[quarantine]\nsign_with = 2\n[[quarantine.key]]\nnumber = 0\nsecret_file = \"/k\"\n{MINIMAL}"),
+        expect!["test.toml:2: quarantine.sign_with: the signing key 2 (sign_with) is not among the [[quarantine.key]] numbers"],
+    );
+    let c = parse(
+        &format!("[queue]\nquarantine_retention = \"10d\"\n[quarantine]\nhold_retention = \"90d\"\ndigest = \"off\"\nurl = \"https://q.example.org/\"\n{MINIMAL}"),
+        "test.toml",
+    )
+    .unwrap();
+    let q = &c.quarantine;
+    assert_eq!(q.digest_every, None);
+    assert_eq!(q.url.as_deref(), Some("https://q.example.org"));
+    assert_eq!(
+        q.retention_of(backstop_types::quarantine::ReasonKind::Hold),
+        std::time::Duration::from_secs(90 * 86_400)
+    );
+    assert_eq!(
+        q.retention_of(backstop_types::quarantine::ReasonKind::Content),
+        std::time::Duration::from_secs(10 * 86_400)
+    );
+}
