@@ -1020,21 +1020,7 @@ pub fn run_all(
             })?,
         ),
         Place::Quarantine => {
-            let mut all = Vec::new();
-            let mut after = None;
-            loop {
-                let request = Request::QuarantineList(QuarantineFilter {
-                    after: after.take(),
-                    limit: Some(MAX_PAGE),
-                    ..filter.clone()
-                });
-                let page: QuarantinePage = serde_json::from_value(ask(&request)?)?;
-                all.extend(page.items);
-                match page.next {
-                    Some(next) => after = Some(next),
-                    None => break,
-                }
-            }
+            let all = every_quarantined(ask, &filter)?;
             (
                 Request::QuarantineList(filter),
                 serde_json::to_value(QuarantinePage {
@@ -1107,9 +1093,10 @@ fn every_queued(
     }
 }
 
-/// Everything in quarantine, a page at a time.
+/// Everything in quarantine `filter` selects, a page at a time.
 fn every_quarantined(
     ask: impl Fn(&Request) -> anyhow::Result<serde_json::Value>,
+    filter: &QuarantineFilter,
 ) -> anyhow::Result<Vec<QuarantineSummary>> {
     let mut all = Vec::new();
     let mut after = None;
@@ -1117,7 +1104,7 @@ fn every_quarantined(
         let request = Request::QuarantineList(QuarantineFilter {
             after: after.take(),
             limit: Some(MAX_PAGE),
-            ..Default::default()
+            ..filter.clone()
         });
         let page: QuarantinePage = serde_json::from_value(ask(&request)?)?;
         all.extend(page.items);
@@ -1362,7 +1349,7 @@ pub fn select(
                 (m.id, admitted)
             })
             .collect(),
-        Place::Quarantine => every_quarantined(|r| ask(endpoint, r))?
+        Place::Quarantine => every_quarantined(|r| ask(endpoint, r), &QuarantineFilter::default())?
             .into_iter()
             .map(|q| {
                 let admitted = filter.admits(

@@ -56,11 +56,58 @@ impl Default for RawBatv {
     }
 }
 
+/// A numbered secret (`[[batv.key]]`, `[[quarantine.key]]`).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawBatvKey {
+pub(crate) struct RawBatvKey {
     number: Spanned<u8>,
     secret_file: Spanned<PathBuf>,
+}
+
+/// Numbered keys (0–9, each once) and the one that signs, which must be among them; each
+/// problem at its line. `section` names them in messages (`batv`: `[[batv.key]]`).
+pub(crate) fn numbered_keys(
+    ctx: &mut Ctx<'_>,
+    raw: &[RawBatvKey],
+    sign_with: &Spanned<u8>,
+    section: &str,
+) -> BatvKeys {
+    let mut keys: Vec<(u8, Located<PathBuf>)> = Vec::new();
+    for key in raw {
+        let number = *key.number.get_ref();
+        if number > 9 {
+            ctx.error(
+                key.number.span(),
+                "",
+                format!("key number {number} is not between 0 and 9"),
+            );
+        } else if keys.iter().any(|(n, _)| *n == number) {
+            ctx.error(
+                key.number.span(),
+                "",
+                format!("key {number} is given twice"),
+            );
+        } else {
+            keys.push((number, crate::path(ctx, &key.secret_file)));
+        }
+    }
+    let signing = *sign_with.get_ref();
+    if !keys.iter().any(|(n, _)| *n == signing) {
+        // Without sign_with, key 0 signs: the problem is at the keys the file has.
+        let at = raw.first().map(|k| k.number.span());
+        let spans: Vec<_> = std::iter::once(sign_with.span()).chain(at).collect();
+        ctx.error(
+            Ctx::first_written(&spans),
+            &format!("{section}.sign_with"),
+            format!(
+                "the signing key {signing} (sign_with) is not among the [[{section}.key]] numbers"
+            ),
+        );
+    }
+    BatvKeys::Files {
+        keys,
+        sign_with: signing,
+    }
 }
 
 pub(crate) fn check(ctx: &mut Ctx<'_>, raw: RawBatv, data_dir: &Path) -> Option<Batv> {
@@ -81,37 +128,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, raw: RawBatv, data_dir: &Path) -> Option<
             file: data_dir.join("batv").join("0.key"),
         }
     } else {
-        let mut keys: Vec<(u8, Located<PathBuf>)> = Vec::new();
-        for key in &raw.key {
-            let number = *key.number.get_ref();
-            if number > 9 {
-                ctx.error(
-                    key.number.span(),
-                    "",
-                    format!("key number {number} is not between 0 and 9"),
-                );
-            } else if keys.iter().any(|(n, _)| *n == number) {
-                ctx.error(
-                    key.number.span(),
-                    "",
-                    format!("key {number} is given twice"),
-                );
-            } else {
-                keys.push((number, crate::path(ctx, &key.secret_file)));
-            }
-        }
-        let sign_with = *raw.sign_with.get_ref();
-        if !keys.iter().any(|(n, _)| *n == sign_with) {
-            // Without sign_with, key 0 signs: the problem is at the keys the file has.
-            ctx.error(
-                Ctx::first_written(&[raw.sign_with.span(), raw.key[0].number.span()]),
-                "batv.sign_with",
-                format!(
-                    "the signing key {sign_with} (sign_with) is not among the [[batv.key]] numbers"
-                ),
-            );
-        }
-        BatvKeys::Files { keys, sign_with }
+        numbered_keys(ctx, &raw.key, &raw.sign_with, "batv")
     };
     let mut exempt = Vec::new();
     for e in &raw.exempt {

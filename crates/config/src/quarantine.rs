@@ -2,7 +2,7 @@
 //! the keys that sign release links.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use backstop_types::quarantine::ReasonKind;
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::batv::BatvKeys;
-use crate::error::{Ctx, Located};
+use crate::error::Ctx;
 use crate::units::Seconds;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,14 +58,7 @@ pub(crate) struct RawQuarantine {
     url: Option<Spanned<String>>,
     link_lifetime: Spanned<Seconds>,
     sign_with: Spanned<u8>,
-    key: Vec<RawKey>,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawKey {
-    number: Spanned<u8>,
-    secret_file: Spanned<PathBuf>,
+    key: Vec<crate::batv::RawBatvKey>,
 }
 
 impl Default for RawQuarantine {
@@ -165,28 +158,7 @@ pub(crate) fn check(
             file: data_dir.join("quarantine").join("0.key"),
         }
     } else {
-        let mut keys: Vec<(u8, Located<PathBuf>)> = Vec::new();
-        for key in &raw.key {
-            let number = *key.number.get_ref();
-            if number > 9 || keys.iter().any(|(n, _)| *n == number) {
-                ctx.error(
-                    key.number.span(),
-                    "",
-                    format!("key number {number} is not between 0 and 9, or given twice"),
-                );
-            } else {
-                keys.push((number, crate::path(ctx, &key.secret_file)));
-            }
-        }
-        let sign_with = *raw.sign_with.get_ref();
-        if !keys.iter().any(|(n, _)| *n == sign_with) {
-            ctx.error(
-                Ctx::first_written(&[raw.sign_with.span(), raw.key[0].number.span()]),
-                "quarantine.sign_with",
-                format!("the signing key {sign_with} (sign_with) is not among the [[quarantine.key]] numbers"),
-            );
-        }
-        BatvKeys::Files { keys, sign_with }
+        crate::batv::numbered_keys(ctx, &raw.key, &raw.sign_with, "quarantine")
     };
     Quarantine {
         retention,

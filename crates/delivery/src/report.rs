@@ -6,7 +6,6 @@
 //! name's domain or its closest parent with one (`dkim::Keys::sign_report`), unsigned when
 //! none has a key. Failures no report covers stay with the message, which goes to quarantine.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +14,7 @@ use backstop_dsn::gate::{self, Decision, Event, Reason, Sender};
 use backstop_dsn::render::{Action, RecipientReport, Report};
 use backstop_queue::{Changes, Entry, Notices};
 use backstop_types::prometheus::{Kind, Text};
-use backstop_types::{
-    BodyType, ClientInfo, DsnParams, EnhancedStatus, Envelope, Notify, QueueId, Recipient,
-    RecipientState, ReversePath, TrustClass, UnixTime,
-};
+use backstop_types::{EnhancedStatus, Envelope, QueueId, RecipientState, ReversePath, UnixTime};
 use tracing::{debug, info, warn};
 
 use crate::agent::Agent;
@@ -365,34 +361,7 @@ impl Agent {
             }
             None => rendered,
         };
-        let report = Envelope {
-            sender: ReversePath::Null,
-            recipients: vec![Recipient {
-                address: to.clone(),
-                notify: Notify::Never,
-                orcpt: None,
-            }],
-            dsn: DsnParams {
-                ret: None,
-                envid: None,
-            },
-            body_type: if body.is_ascii() {
-                BodyType::SevenBit
-            } else {
-                BodyType::EightBitMime
-            },
-            smtputf8: !to.is_ascii(),
-            client: ClientInfo {
-                ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-                helo: self.hostname.clone(),
-                ptr: None,
-                tls: None,
-                auth: None,
-                listener: "dsn".into(),
-            },
-            arrival: now,
-            trust: TrustClass::LocalNetwork,
-        };
+        let report = Envelope::own_notice(to, &self.hostname, "dsn", now, body.is_ascii());
         Some((report, body))
     }
 }

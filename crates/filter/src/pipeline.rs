@@ -150,6 +150,22 @@ impl Pipeline {
         self.checks.is_empty()
     }
 
+    /// One check's scan, cut off at the run's `deadline`.
+    async fn scan_within(
+        &self,
+        check: &Check,
+        draft: &Draft,
+        deadline: Instant,
+    ) -> Result<Step, ScanError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, check.scanner.scan(draft)).await {
+            Ok(result) => result,
+            Err(_) => Err(ScanError::Deadline {
+                seconds: self.deadline.as_secs(),
+            }),
+        }
+    }
+
     /// Whether a virus scanner (clamd) is among the checks.
     pub fn scans_for_viruses(&self) -> bool {
         self.checks
@@ -169,13 +185,7 @@ impl Pipeline {
             if !matches!(check.scanner, Scanner::Clamd(_)) {
                 continue;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let result = match tokio::time::timeout(left, check.scanner.scan(draft)).await {
-                Ok(result) => result,
-                Err(_) => Err(ScanError::Deadline {
-                    seconds: self.deadline.as_secs(),
-                }),
-            };
+            let result = self.scan_within(check, draft, deadline).await;
             match result {
                 Ok(Step::Continue(_)) | Ok(Step::Discard(_)) => {}
                 Ok(Step::Refuse(reply)) => return Some(Outcome::Refuse(reply.decided_by("clamd"))),
@@ -208,13 +218,7 @@ impl Pipeline {
                 warn!(check = %check.name, sender = %draft.envelope.sender, "content check skipped: the message is larger than max_scan_size");
                 continue;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let result = match tokio::time::timeout(left, check.scanner.scan(draft)).await {
-                Ok(result) => result,
-                Err(_) => Err(ScanError::Deadline {
-                    seconds: self.deadline.as_secs(),
-                }),
-            };
+            let result = self.scan_within(check, draft, deadline).await;
             // Changes that cannot be made fail the check, as any other nonsense from it does.
             let result = match result {
                 Ok(Step::Continue(changes)) => draft

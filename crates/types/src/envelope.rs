@@ -117,6 +117,48 @@ pub struct Envelope {
     pub trust: TrustClass,
 }
 
+impl Envelope {
+    /// A message this server writes itself (a delivery report, a quarantine digest): from the
+    /// null sender, to one recipient about whom no notice is asked (NOTIFY=NEVER), from
+    /// localhost as `listener`, trusted as the local network. `ascii`: whether its body is.
+    pub fn own_notice(
+        to: &Address,
+        hostname: &str,
+        listener: &str,
+        now: UnixTime,
+        ascii: bool,
+    ) -> Envelope {
+        Envelope {
+            sender: ReversePath::Null,
+            recipients: vec![Recipient {
+                address: to.clone(),
+                notify: Notify::Never,
+                orcpt: None,
+            }],
+            dsn: DsnParams {
+                ret: None,
+                envid: None,
+            },
+            body_type: if ascii {
+                BodyType::SevenBit
+            } else {
+                BodyType::EightBitMime
+            },
+            smtputf8: !to.is_ascii(),
+            client: ClientInfo {
+                ip: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                helo: hostname.to_owned(),
+                ptr: None,
+                tls: None,
+                auth: None,
+                listener: listener.to_owned(),
+            },
+            arrival: now,
+            trust: TrustClass::LocalNetwork,
+        }
+    }
+}
+
 impl UnixTime {
     /// The date in RFC 5322 form in UTC, e.g. `Sun, 22 Nov 2026 17:20:00 +0000`.
     pub fn to_rfc5322(self) -> String {

@@ -10,15 +10,11 @@
 //! to release).
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
 
 use backstop_queue::{HeldState, QuarantineRecord, Queue};
 use backstop_types::quarantine::{Owner, ReasonKind};
 use backstop_types::text::Escaped;
-use backstop_types::{
-    Address, BodyType, ClientInfo, DsnParams, Envelope, Notify, QueueId, Recipient, ReversePath,
-    TrustClass, UnixTime,
-};
+use backstop_types::{Address, Envelope, QueueId, UnixTime};
 use backstop_web::html::Html;
 use mail_builder::headers::address::Address as MailAddress;
 use mail_builder::headers::raw::Raw;
@@ -342,9 +338,10 @@ pub async fn send_due(
                 digest.message
             }
         };
-        let envelope = envelope(
+        let envelope = Envelope::own_notice(
             &digest.recipient,
             &runtime.hostname,
+            "quarantine-digest",
             now,
             message.is_ascii(),
         );
@@ -381,38 +378,6 @@ fn group(listed: &[(QueueId, usize)]) -> Vec<(QueueId, Vec<usize>)> {
         }
     }
     out
-}
-
-/// A digest's envelope: from the null sender (nothing ever answers it), to one mailbox.
-fn envelope(to: &Address, hostname: &str, now: UnixTime, ascii: bool) -> Envelope {
-    Envelope {
-        sender: ReversePath::Null,
-        recipients: vec![Recipient {
-            address: to.clone(),
-            notify: Notify::Never,
-            orcpt: None,
-        }],
-        dsn: DsnParams {
-            ret: None,
-            envid: None,
-        },
-        body_type: if ascii {
-            BodyType::SevenBit
-        } else {
-            BodyType::EightBitMime
-        },
-        smtputf8: !to.is_ascii(),
-        client: ClientInfo {
-            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            helo: hostname.to_owned(),
-            ptr: None,
-            tls: None,
-            auth: None,
-            listener: "quarantine-digest".into(),
-        },
-        arrival: now,
-        trust: TrustClass::LocalNetwork,
-    }
 }
 
 /// Sends the digests every `[quarantine] digest` interval until `shutdown`.
