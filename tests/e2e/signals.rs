@@ -173,6 +173,19 @@ fn a_reload_that_needs_a_restart_is_refused() {
     }
     // Still serving, as before.
     assert_eq!(size(&server), "52428800");
+    // [quarantine] is set up at start too.
+    let refused = server.log().matches("reload refused").count();
+    std::fs::write(&file, text.clone() + "\n[quarantine]\ndigest = \"1h\"\n").unwrap();
+    hangup(&server);
+    while server.log().matches("reload refused").count() == refused {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        server.log().contains("[quarantine] changed"),
+        "{}",
+        server.log()
+    );
     server.stop();
 }
 

@@ -175,5 +175,9 @@ fn needs_restart(old: &Setup, new: &Setup) -> Option<&'static str> {
     if old.state != new.state {
         return Some("[state] changed");
     }
+    if old.quarantine != new.quarantine {
+        // The digests, the release pages, their keys and the retention are set up at start.
+        return Some("[quarantine] changed");
+    }
     None
 }
