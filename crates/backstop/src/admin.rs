@@ -72,7 +72,7 @@ pub enum Request {
         reason: Option<String>,
     },
     /// Let `sender` (an address or `@domain`) through to `recipient` where a content check
-    /// or DMARC would hold its mail.
+    /// would hold its mail (never a virus, SPF, reverse-DNS or DMARC verdict).
     QuarantineAllow {
         recipient: String,
         sender: String,

@@ -222,6 +222,15 @@ fn same_origin(request: &Request, local: SocketAddr) -> bool {
     origin_ok && site_ok
 }
 
+/// A retention as people say it: `30 days`, `12 hours`, `90 minutes`.
+fn span(d: Duration) -> String {
+    match d.as_secs() {
+        s if s % 86_400 == 0 => format!("{} days", s / 86_400),
+        s if s % 3600 == 0 => format!("{} hours", s / 3600),
+        s => format!("{} minutes", s / 60),
+    }
+}
+
 /// Runs `work` on the queue off the async workers.
 async fn blocking<T: Send + 'static>(
     served: &Served,
@@ -311,10 +320,10 @@ async fn overview(served: &Served, csrf: &str) -> Response {
             .unwrap_or_default();
         let _ = writeln!(
             body,
-            "<tr><td><a href=\"/quarantine?kind={kind}\">{kind}</a></td><td>{}</td><td>{}</td><td>{} days</td></tr>",
+            "<tr><td><a href=\"/quarantine?kind={kind}\">{kind}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>",
             t.messages,
             t.octets,
-            runtime.retention(kind).as_secs() / 86_400
+            span(runtime.retention(kind))
         );
     }
     let (released, deleted, digests) = runtime.counters.totals();

@@ -31,6 +31,9 @@ pub struct Setup {
     pub dkim: Arc<backstop_delivery::dkim::Keys>,
     /// BATV keys; `None` when BATV is off.
     pub batv: Option<BatvSource>,
+    /// The keys that sign quarantine release links, when the config names them (`None`: the
+    /// generated one, made on first use by the server).
+    pub quarantine_keys: Option<backstop_web::token::TokenKeys>,
     pub admin: Admin,
 }
 
@@ -163,6 +166,41 @@ fn read_files(config: Config, errors: &mut Vec<ConfigError>) -> Setup {
             }
         }
     });
+    let quarantine_keys = match &config.quarantine.keys {
+        BatvKeys::Generated { .. } => None,
+        BatvKeys::Files { keys, sign_with } => {
+            let mut secrets = Vec::new();
+            for (number, file) in keys {
+                match read(file) {
+                    Ok(secret) => secrets.push((*number, secret.trim_ascii().to_vec())),
+                    Err(e) => report(e),
+                }
+            }
+            // A file that cannot be read is reported already.
+            let complete = secrets.len() == keys.len();
+            match backstop_web::token::TokenKeys::new(secrets, *sign_with) {
+                Ok(keys) if complete => Some(keys),
+                Ok(_) => None,
+                // The signing key's file is the one that could not be read.
+                Err(backstop_web::token::TokenError::NoSigningKey(_)) if !complete => None,
+                Err(e) => {
+                    // Said of the key it is about, or of the first.
+                    let about = match e {
+                        backstop_web::token::TokenError::SecretTooShort(n)
+                        | backstop_web::token::TokenError::DuplicateKeyId(n)
+                        | backstop_web::token::TokenError::KeyIdOutOfRange(n) => {
+                            keys.iter().find(|(k, _)| *k == n).map(|(_, f)| f)
+                        }
+                        _ => None,
+                    };
+                    if let Some(at) = about.or(keys.first().map(|(_, f)| f)) {
+                        report(at.error(format!("quarantine: {e}")));
+                    }
+                    None
+                }
+            }
+        }
+    };
     let admin = match &config.admin {
         AdminEndpoint::Unix(path) => Admin::Unix(path.clone()),
         AdminEndpoint::Http {
@@ -189,6 +227,7 @@ fn read_files(config: Config, errors: &mut Vec<ConfigError>) -> Setup {
         routes,
         dkim: Arc::new(backstop_delivery::dkim::Keys::new(keys)),
         batv,
+        quarantine_keys,
         admin,
         config,
     }

@@ -202,8 +202,8 @@ enum QuarantineCommand {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Let SENDER (an address or @domain) through to RECIPIENT where a content check or DMARC
-    /// would hold its mail (never a virus).
+    /// Let SENDER (an address or @domain) through to RECIPIENT where a content check would
+    /// hold its mail (never a virus, SPF, reverse-DNS or DMARC verdict).
     Allow { recipient: String, sender: String },
     /// Take SENDER off RECIPIENT's allow-list.
     Disallow { recipient: String, sender: String },
@@ -215,7 +215,7 @@ enum QuarantineCommand {
     Delete {
         #[command(flatten)]
         selection: Selection,
-        /// Only messages whose reason contains this (any letter case).
+        /// Only messages whose kind or reason contains this (any letter case).
         #[arg(long)]
         reason: Option<String>,
     },

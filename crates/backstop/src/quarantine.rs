@@ -14,7 +14,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use anyhow::Context as _;
 use backstop_config::{BatvKeys, Quarantine};
 use backstop_queue::{KindTotals, QuarantineRecord};
 use backstop_types::quarantine::{Owner, ReasonKind};
@@ -84,13 +83,19 @@ impl Counters {
 }
 
 impl Runtime {
+    /// `keys`: the configured keys as the loading step read them; `None`: the generated one
+    /// (made on first use).
     pub fn new(
         settings: Quarantine,
+        keys: Option<TokenKeys>,
         data_dir: &Path,
         hostname: String,
         local_domains: Vec<Domain>,
     ) -> anyhow::Result<Runtime> {
-        let keys = load_keys(&settings.keys)?;
+        let keys = match keys {
+            Some(keys) => keys,
+            None => generated_key(&settings.keys)?,
+        };
         Ok(Runtime {
             settings,
             dir: data_dir.join("quarantine"),
@@ -179,30 +184,16 @@ impl Runtime {
     }
 }
 
-/// The release-link keys the config names, or the generated one (made on first use, as
-/// BATV's default key is).
-fn load_keys(keys: &BatvKeys) -> anyhow::Result<TokenKeys> {
+/// The generated release-link key (made on first use, as BATV's default key is).
+fn generated_key(keys: &BatvKeys) -> anyhow::Result<TokenKeys> {
     match keys {
         BatvKeys::Generated { file } => {
             let secret = crate::batv::read_or_make(file)?;
             TokenKeys::new(vec![(0, secret)], 0)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
         }
-        BatvKeys::Files { keys, sign_with } => {
-            let mut loaded = Vec::new();
-            for (number, file) in keys {
-                let secret = read_secret(&file.value)
-                    .with_context(|| format!("{}: quarantine key {number}", file.at))?;
-                loaded.push((*number, secret));
-            }
-            TokenKeys::new(loaded, *sign_with).map_err(|e| anyhow::anyhow!("quarantine keys: {e}"))
-        }
+        BatvKeys::Files { .. } => anyhow::bail!("the configured quarantine keys were not loaded"),
     }
-}
-
-fn read_secret(file: &Path) -> anyhow::Result<Vec<u8>> {
-    let secret = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    Ok(secret.trim_ascii().to_vec())
 }
 
 #[cfg(test)]

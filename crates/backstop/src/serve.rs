@@ -288,6 +288,7 @@ impl Server {
         let smtp_metrics = Arc::new(backstop_listener::metrics::SmtpMetrics::default());
         let quarantine = Arc::new(crate::quarantine::Runtime::new(
             config.quarantine.clone(),
+            setup.quarantine_keys.clone(),
             &data_dir,
             config.hostname.clone(),
             config.smtp.local_domains.clone(),

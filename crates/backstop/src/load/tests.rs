@@ -100,6 +100,15 @@ domains = [\"*\"]
 mx = true
 tls = \"require\"
 tls_ca_file = \"{d}/missing-ca.pem\"
+
+[quarantine]
+sign_with = 2
+[[quarantine.key]]
+number = 2
+secret_file = \"{short}\"
+[[quarantine.key]]
+number = 3
+secret_file = \"{d}/missing.key\"
 ",
         d = d.display(),
         short = short.display()
@@ -110,6 +119,8 @@ tls_ca_file = \"{d}/missing-ca.pem\"
         DIR/test.toml:12: recipients.table: DIR/missing-table: No such file or directory (os error 2)
         DIR/test.toml:18: batv.key.secret_file: batv: key 1 is shorter than 16 bytes
         DIR/test.toml:23: dkim.key_file: DIR/short.key: not a PEM private key: no items found
-        DIR/test.toml:29: route.tls_ca_file: DIR/missing-ca.pem: I/O error: No such file or directory (os error 2)"#]]
+        DIR/test.toml:29: route.tls_ca_file: DIR/missing-ca.pem: I/O error: No such file or directory (os error 2)
+        DIR/test.toml:35: quarantine.key.secret_file: quarantine: token key 2 is shorter than 16 bytes
+        DIR/test.toml:38: quarantine.key.secret_file: DIR/missing.key: No such file or directory (os error 2)"#]]
     .assert_eq(&errors(d, &text));
 }
