@@ -196,13 +196,16 @@ fn quarantine_verbs() {
     {
         let queue = Queue::open(&d.join("var/queue")).unwrap();
         for id in [keep, drop_it] {
-            assert!(queue
-                .quarantine(
-                    id,
-                    &Reason::hold("test: suspicious attachment"),
-                    UnixTime(1_800_000_000)
-                )
-                .unwrap());
+            assert_eq!(
+                queue
+                    .quarantine(
+                        id,
+                        &Reason::hold("test: suspicious attachment"),
+                        UnixTime(1_800_000_000)
+                    )
+                    .unwrap(),
+                backstop_queue::Hold::Held
+            );
         }
     }
     let server = Server::restart(d);
@@ -363,20 +366,26 @@ fn queue_and_quarantine_verbs_take_several_ids_all_stdin_and_filters() {
     {
         let queue = Queue::open(&d.join("var/queue")).unwrap();
         let id = |s: &str| s.parse::<QueueId>().unwrap();
-        assert!(queue
-            .quarantine(
-                id(&virus),
-                &Reason::content("clamd", "clamd", "Eicar-Test-Signature"),
-                UnixTime(1_800_000_000)
-            )
-            .unwrap());
-        assert!(queue
-            .quarantine(
-                id(&odd),
-                &Reason::content("rspamd", "rspamd", "add header"),
-                UnixTime(1_800_000_000)
-            )
-            .unwrap());
+        assert_eq!(
+            queue
+                .quarantine(
+                    id(&virus),
+                    &Reason::content("clamd", "clamd", "Eicar-Test-Signature"),
+                    UnixTime(1_800_000_000)
+                )
+                .unwrap(),
+            backstop_queue::Hold::Held
+        );
+        assert_eq!(
+            queue
+                .quarantine(
+                    id(&odd),
+                    &Reason::content("rspamd", "rspamd", "add header"),
+                    UnixTime(1_800_000_000)
+                )
+                .unwrap(),
+            backstop_queue::Hold::Held
+        );
     }
     let server = Server::restart(d);
     assert_eq!(

@@ -660,11 +660,13 @@ pub(crate) fn answer(
             let reason = backstop_types::quarantine::Reason::hold(
                 reason.unwrap_or_else(|| "held by the administrator".to_owned()),
             );
-            done(
-                queue.quarantine(parse_id(&id)?, &reason, now)?,
-                &id,
-                "in the queue",
-            )?
+            match queue.quarantine(parse_id(&id)?, &reason, now)? {
+                backstop_queue::Hold::Held => serde_json::to_value(Count { count: 1 })?,
+                backstop_queue::Hold::NotQueued => bail!("{id}: not in the queue"),
+                backstop_queue::Hold::BeingDelivered => {
+                    bail!("{id}: a delivery attempt has it now; try again when the attempt is over")
+                }
+            }
         }
         Request::QuarantineAllow { recipient, sender } => {
             let (recipient, sender) = allow_pair(&recipient, &sender)?;

@@ -34,6 +34,8 @@ pub struct Runtime {
     pub totals: Mutex<Vec<(ReasonKind, KindTotals)>>,
     /// One snapshot per retention run (hourly), the last week: the console's "over time".
     pub history: Mutex<VecDeque<Snapshot>>,
+    /// Held while digests are made and queued.
+    pub digests: tokio::sync::Mutex<()>,
 }
 
 /// The backscatter accounting at one time.
@@ -105,6 +107,7 @@ impl Runtime {
             counters: Counters::default(),
             totals: Mutex::new(Vec::new()),
             history: Mutex::new(VecDeque::new()),
+            digests: tokio::sync::Mutex::new(()),
         })
     }
 

@@ -180,7 +180,17 @@ impl Pipeline {
     /// `Some(Quarantine)` with the scanner's reason when one says quarantine, `None` when
     /// they all pass (or there are none).
     pub async fn virus_verdict(&self, draft: &Draft, from: usize) -> Option<Outcome> {
-        let deadline = Instant::now() + self.deadline;
+        self.virus_verdict_by(draft, from, Instant::now() + self.deadline)
+            .await
+    }
+
+    /// [`Pipeline::virus_verdict`] within a run's `deadline` (one deadline for a whole run).
+    async fn virus_verdict_by(
+        &self,
+        draft: &Draft,
+        from: usize,
+        deadline: Instant,
+    ) -> Option<Outcome> {
         for check in self.checks.iter().skip(from) {
             if !matches!(check.scanner, Scanner::Clamd(_)) {
                 continue;
@@ -235,7 +245,9 @@ impl Pipeline {
                     // The clamd checks after this one still look: a hold a recipient may lift
                     // must not carry a virus past them.
                     if !matches!(check.scanner, Scanner::Clamd(_)) {
-                        if let Some(outcome) = self.virus_verdict(draft, index + 1).await {
+                        if let Some(outcome) =
+                            self.virus_verdict_by(draft, index + 1, deadline).await
+                        {
                             return outcome;
                         }
                     }

@@ -41,7 +41,7 @@ pub mod state;
 pub mod store;
 
 #[cfg(feature = "store")]
-pub use quarantine::{KindTotals, Page, QuarantineQuery, Released};
+pub use quarantine::{Hold, KindTotals, Page, QuarantineQuery, Released};
 pub use record::{Entry, Held, HeldState, QuarantineRecord};
 #[cfg(feature = "store")]
 pub use schedule::{AfterAttempts, Changes, Notices, RetryPolicy};

@@ -19,7 +19,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch};
 use crate::record::{self, Entry, HeldState, QuarantineRecord};
 use crate::spool::{file_of, marker, QUARANTINE_MARKER, QUEUED_MARKER};
 use crate::store::{
-    id_from_key, Queue, QueueError, CF_ENTRIES, CF_MESSAGES, CF_QUARANTINE, CF_STATE,
+    id_from_key, Queue, QueueError, CF_DUE, CF_ENTRIES, CF_MESSAGES, CF_QUARANTINE, CF_STATE,
 };
 
 const RECORD: u8 = 0;
@@ -83,6 +83,17 @@ pub struct Released {
     pub recipients: Vec<String>,
 }
 
+/// What an administrator's hold did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    Held,
+    /// Not in the queue.
+    NotQueued,
+    /// A delivery attempt has it now (leased): held now, the attempt's report would find the
+    /// entry gone and what it delivered would stay held, to be delivered again on release.
+    BeingDelivered,
+}
+
 /// Messages and octets held, per reason kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KindTotals {
@@ -91,18 +102,21 @@ pub struct KindTotals {
 }
 
 impl Queue {
-    /// An administrator's hold: moves a queued message's pending recipients into quarantine.
-    /// False if it is not queued.
+    /// An administrator's hold: moves a queued message's pending recipients into quarantine,
+    /// unless a delivery attempt has it now.
     pub fn quarantine(
         &self,
         id: QueueId,
         reason: &Reason,
         now: UnixTime,
-    ) -> Result<bool, QueueError> {
+    ) -> Result<Hold, QueueError> {
         let _guard = self.lock();
         let Some(entry) = self.entry_locked(id)? else {
-            return Ok(false);
+            return Ok(Hold::NotQueued);
         };
+        if self.leased(id, &entry)? {
+            return Ok(Hold::BeingDelivered);
+        }
         let body = self.stored_body(id)?;
         let mut envelope = entry.envelope.clone();
         let pending: Vec<bool> = entry
@@ -121,7 +135,7 @@ impl Queue {
         self.remove(&mut batch, id)?;
         self.write_synced(batch)?;
         tracing::warn!(queue_id = %id, kind = %reason.kind, reason = %backstop_types::text::Escaped(&reason.to_string()), "message quarantined");
-        Ok(true)
+        Ok(Hold::Held)
     }
 
     /// Stores a new message straight into quarantine under a new queue id (an in-session
@@ -530,15 +544,38 @@ impl Queue {
         batch.delete_cf(self.cf(CF_QUARANTINE), marker(id, QUARANTINE_MARKER));
     }
 
-    /// Writes `id` into the queue with `envelope`, every recipient pending and due now.
+    /// Whether a delivery attempt holds `id` now: a lease moved its schedule past the time
+    /// its pending recipients were due (an attempt's report brings the two together again).
+    fn leased(&self, id: QueueId, entry: &Entry) -> Result<bool, QueueError> {
+        let Some(due) = self.inner.db.get_cf(self.cf(CF_DUE), id.to_be_bytes())? else {
+            return Ok(false);
+        };
+        let due = <[u8; 8]>::try_from(due.as_slice()).map_or(0, u64::from_be_bytes);
+        let next = entry
+            .states
+            .iter()
+            .filter_map(|s| match s {
+                backstop_types::RecipientState::Pending { next_attempt, .. } => {
+                    Some(next_attempt.0)
+                }
+                _ => None,
+            })
+            .min();
+        Ok(next.is_some_and(|next| due > next))
+    }
+
+    /// Writes `id` into the queue with `envelope`, every recipient pending and due now. Its
+    /// arrival becomes `now`: a released copy's lifetime counts from its release, or one that
+    /// waited out most of it in quarantine would expire at its first temporary failure.
     fn put_queued(
         &self,
         batch: &mut WriteBatch,
         id: QueueId,
-        envelope: Envelope,
+        mut envelope: Envelope,
         body: &Body,
         now: UnixTime,
     ) -> Result<(), QueueError> {
+        envelope.arrival = now;
         let k = id.to_be_bytes();
         self.put_body(batch, CF_MESSAGES, &k, marker(id, QUEUED_MARKER), body);
         batch.put_cf(

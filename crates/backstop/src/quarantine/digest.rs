@@ -144,6 +144,9 @@ fn host_like(word: &str) -> bool {
     })
 }
 
+/// The most items one digest lists; a recipient with more gets the rest in the next ones.
+const MAX_ITEMS: usize = 200;
+
 /// One item of a digest.
 struct Item {
     id: QueueId,
@@ -163,7 +166,8 @@ pub struct Digest {
 /// The digests due now: one per local mailbox with copies it owns, held and not listed yet.
 /// Blocking: it reads the whole quarantine.
 pub fn due(queue: &Queue, runtime: &Runtime, now: UnixTime) -> anyhow::Result<Vec<Digest>> {
-    let mut by_recipient: BTreeMap<String, (Address, Vec<Item>)> = BTreeMap::new();
+    // Per recipient: its address, the items listed, and how many more wait for a later digest.
+    let mut by_recipient: BTreeMap<String, (Address, Vec<Item>, usize)> = BTreeMap::new();
     for (id, record) in queue.quarantine_list()? {
         let mut head = None;
         for (index, (recipient, held)) in record
@@ -174,12 +178,27 @@ pub fn due(queue: &Queue, runtime: &Runtime, now: UnixTime) -> anyhow::Result<Ve
             .enumerate()
         {
             let local = runtime.local_domains.contains(recipient.address.domain());
+            // Past its retention it is about to go: not worth listing.
+            let retention_over = record
+                .at
+                .0
+                .saturating_add(runtime.retention(record.reason.kind).as_secs())
+                <= now.0;
             if held.owner != Owner::Recipient
                 || held.state != HeldState::Held
                 || held.notified
                 || !local
+                || retention_over
             {
                 continue;
+            }
+            let key = recipient.address.to_string().to_ascii_lowercase();
+            if let Some((_, items, more)) = by_recipient.get_mut(&key) {
+                if items.len() >= MAX_ITEMS {
+                    // The rest stay unlisted, for the next digest.
+                    *more += 1;
+                    continue;
+                }
             }
             if head.is_none() {
                 head = Some(
@@ -197,16 +216,16 @@ pub fn due(queue: &Queue, runtime: &Runtime, now: UnixTime) -> anyhow::Result<Ve
                 token: runtime.token_for(id, &record, index, now),
             };
             by_recipient
-                .entry(recipient.address.to_string().to_ascii_lowercase())
-                .or_insert_with(|| (recipient.address.clone(), Vec::new()))
+                .entry(key)
+                .or_insert_with(|| (recipient.address.clone(), Vec::new(), 0))
                 .1
                 .push(item);
         }
     }
     Ok(by_recipient
         .into_values()
-        .map(|(recipient, items)| {
-            let message = compose(runtime, &recipient, &items, now);
+        .map(|(recipient, items, more)| {
+            let message = compose(runtime, &recipient, &items, more, now);
             Digest {
                 recipient,
                 message,
@@ -226,7 +245,13 @@ pub fn from_address(runtime: &Runtime) -> String {
     }
 }
 
-fn compose(runtime: &Runtime, recipient: &Address, items: &[Item], now: UnixTime) -> Vec<u8> {
+fn compose(
+    runtime: &Runtime,
+    recipient: &Address,
+    items: &[Item],
+    more: usize,
+    now: UnixTime,
+) -> Vec<u8> {
     let from = from_address(runtime);
     let link = |token: &str| {
         runtime
@@ -284,7 +309,17 @@ fn compose(runtime: &Runtime, recipient: &Address, items: &[Item], now: UnixTime
             action.1
         ));
     }
-    html.push_str("</table></body></html>");
+    if more > 0 {
+        text.push_str(&format!(
+            "{more} more held message(s) will be listed in the next digest.\r\n"
+        ));
+        html.push_str(&format!(
+            "</table><p>{more} more held message(s) will be listed in the next digest.</p>"
+        ));
+    } else {
+        html.push_str("</table>");
+    }
+    html.push_str("</body></html>");
     let message_id = format!(
         "<digest.{}.{}@{}>",
         now.0,
@@ -321,6 +356,8 @@ pub async fn send_due(
     dkim: &backstop_delivery::dkim::Keys,
     now: UnixTime,
 ) -> anyhow::Result<usize> {
+    // One run at a time: a manual run beside the scheduled one would list the same items.
+    let _one = runtime.digests.lock().await;
     let digests = {
         let (queue, runtime) = (queue.clone(), std::sync::Arc::clone(runtime));
         tokio::task::spawn_blocking(move || due(&queue, &runtime, now)).await??

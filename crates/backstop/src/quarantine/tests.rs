@@ -25,6 +25,7 @@ fn runtime() -> Runtime {
         counters: Counters::default(),
         totals: Mutex::new(Vec::new()),
         history: Mutex::new(VecDeque::new()),
+        digests: tokio::sync::Mutex::new(()),
     }
 }
 

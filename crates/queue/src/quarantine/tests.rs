@@ -18,7 +18,10 @@ async fn quarantine_keeps_message_and_reason_until_released_or_expired() {
         .await
         .unwrap();
     let t0 = sample().arrival;
-    assert!(queue.quarantine(id, &hold("looks odd"), t0).unwrap());
+    assert_eq!(
+        queue.quarantine(id, &hold("looks odd"), t0).unwrap(),
+        Hold::Held
+    );
     assert!(queue.list().unwrap().is_empty(), "out of the queue");
     assert!(queue.schedule().unwrap().is_empty(), "never delivered");
     let listed = queue.quarantine_list().unwrap();
@@ -40,7 +43,10 @@ async fn quarantine_keeps_message_and_reason_until_released_or_expired() {
     assert_eq!(queue.message(id).unwrap().unwrap().body, b"suspicious");
 
     // Retention per kind: deleted once it has been there long enough, not before.
-    assert!(queue.quarantine(id, &hold("again"), t1).unwrap());
+    assert_eq!(
+        queue.quarantine(id, &hold("again"), t1).unwrap(),
+        Hold::Held
+    );
     let retention = |kind: ReasonKind| match kind {
         ReasonKind::Hold => Duration::from_secs(30 * 86_400),
         _ => Duration::from_secs(1),
@@ -98,6 +104,10 @@ async fn a_release_to_one_recipient_queues_a_copy_for_it_alone() {
     assert_eq!(released.recipients, ["b@example.org"]);
     let copy = queue.message(released.queue_id).unwrap().unwrap();
     assert_eq!(copy.entry.envelope.recipients.len(), 1);
+    assert_eq!(
+        copy.entry.envelope.arrival, t,
+        "its lifetime counts from the release"
+    );
     assert_eq!(copy.body, b"spam?");
     let record = queue.quarantine_record(id).unwrap().unwrap();
     assert_eq!(record.held[1].state, HeldState::Released(t));
@@ -132,6 +142,28 @@ async fn a_release_to_one_recipient_queues_a_copy_for_it_alone() {
     assert_eq!(last.recipients, ["c@elsewhere.example"]);
     assert!(queue.quarantine_record(id).unwrap().is_none());
     assert_eq!(queue.list().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_message_under_delivery_is_not_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path()).unwrap();
+    let id = queue.enqueue(&sample(), b"x".to_vec()).await.unwrap();
+    let now = sample().arrival;
+    let leased = queue.lease_due(now, Duration::from_secs(600), 10).unwrap();
+    assert_eq!(leased.len(), 1);
+    assert_eq!(
+        queue.quarantine(id, &hold("now"), now).unwrap(),
+        Hold::BeingDelivered
+    );
+    assert!(queue.message(id).unwrap().is_some(), "still queued");
+    // Flushed (due now again, as after a lease lost in a crash): no attempt has it.
+    queue.flush(Some(id), now).unwrap();
+    assert_eq!(queue.quarantine(id, &hold("now"), now).unwrap(), Hold::Held);
+    assert_eq!(
+        queue.quarantine(id, &hold("again"), now).unwrap(),
+        Hold::NotQueued
+    );
 }
 
 #[tokio::test]

@@ -189,17 +189,23 @@ async fn a_spooled_message_keeps_its_file_in_quarantine() {
     let now = sample().arrival;
     let body = arriving(&queue, "1-1", b"Subject: q\r\n\r\n", b"rest\r\n");
     let id = queue.enqueue(&sample(), body).await.unwrap();
-    assert!(queue
-        .quarantine(id, &backstop_types::quarantine::Reason::hold("held"), now)
-        .unwrap());
+    assert_eq!(
+        queue
+            .quarantine(id, &backstop_types::quarantine::Reason::hold("held"), now)
+            .unwrap(),
+        crate::Hold::Held
+    );
     let (_, body) = queue.quarantine_show(id).unwrap().unwrap();
     assert_eq!(body.read_all().unwrap(), b"Subject: q\r\n\r\nrest\r\n");
     assert!(queue.quarantine_release(id, None, now).unwrap().is_some());
     let body = queue.message(id).unwrap().unwrap().body;
     assert_eq!(body.read_all().unwrap(), b"Subject: q\r\n\r\nrest\r\n");
-    assert!(queue
-        .quarantine(id, &backstop_types::quarantine::Reason::hold("again"), now)
-        .unwrap());
+    assert_eq!(
+        queue
+            .quarantine(id, &backstop_types::quarantine::Reason::hold("again"), now)
+            .unwrap(),
+        crate::Hold::Held
+    );
     assert_eq!(queue.spool_files().unwrap().len(), 1);
     assert!(queue.quarantine_delete(id).unwrap());
     assert!(queue.spool_files().unwrap().is_empty());
