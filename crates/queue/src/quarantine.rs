@@ -179,13 +179,28 @@ impl Queue {
     /// Everything in quarantine, oldest first (see [`Queue::quarantine_page`] for a page).
     pub fn quarantine_list(&self) -> Result<Vec<(QueueId, QuarantineRecord)>, QueueError> {
         let mut out = Vec::new();
+        self.each_quarantined(|id, record| {
+            out.push((id, record));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` with every quarantined record, oldest first, a page at a time: at most a
+    /// page of records is held at once.
+    pub fn each_quarantined(
+        &self,
+        mut f: impl FnMut(QueueId, QuarantineRecord) -> Result<(), QueueError>,
+    ) -> Result<(), QueueError> {
         let mut after = None;
         loop {
             let page = self.quarantine_page(&QuarantineQuery::default(), after, 10_000)?;
-            out.extend(page.items);
+            for (id, record) in page.items {
+                f(id, record)?;
+            }
             match page.next {
                 Some(next) => after = Some(next),
-                None => return Ok(out),
+                None => return Ok(()),
             }
         }
     }
@@ -247,12 +262,22 @@ impl Queue {
         let Some(record) = self.quarantine_record(id)? else {
             return Ok(None);
         };
-        let db = &self.inner.db;
-        let head = db
-            .get_cf(self.cf(CF_QUARANTINE), key(id, BODY))?
-            .unwrap_or_default();
-        let spooled = db.get_cf(self.cf(CF_QUARANTINE), marker(id, QUARANTINE_MARKER))?;
+        let head = self.quarantine_head(id)?;
+        let spooled = self
+            .inner
+            .db
+            .get_cf(self.cf(CF_QUARANTINE), marker(id, QUARANTINE_MARKER))?;
         Ok(Some((record, self.body_from(id, head, spooled)?)))
+    }
+
+    /// A quarantined message's head (every header field), without its record or the rest of
+    /// its body; empty when it is not there.
+    pub fn quarantine_head(&self, id: QueueId) -> Result<Vec<u8>, QueueError> {
+        Ok(self
+            .inner
+            .db
+            .get_cf(self.cf(CF_QUARANTINE), key(id, BODY))?
+            .unwrap_or_default())
     }
 
     /// Puts a quarantined message back in the queue, due now, for every recipient still held
@@ -419,14 +444,15 @@ impl Queue {
         retention: impl Fn(ReasonKind) -> Duration,
     ) -> Result<usize, QueueError> {
         let mut expired = 0;
-        for (id, record) in self.quarantine_list()? {
+        self.each_quarantined(|id, record| {
             let keep = retention(record.reason.kind);
             if record.at.0.saturating_add(keep.as_secs()) <= now.0 {
                 self.quarantine_delete(id)?;
                 tracing::info!(queue_id = %id, kind = %record.reason.kind, reason = %backstop_types::text::Escaped(&record.reason.to_string()), "quarantine retention over: deleted");
                 expired += 1;
             }
-        }
+            Ok(())
+        })?;
         Ok(expired)
     }
 
@@ -436,12 +462,13 @@ impl Queue {
             .into_iter()
             .map(|k| (k, KindTotals::default()))
             .collect();
-        for (_, record) in self.quarantine_list()? {
+        self.each_quarantined(|_, record| {
             if let Some((_, t)) = totals.iter_mut().find(|(k, _)| *k == record.reason.kind) {
                 t.messages += 1;
                 t.octets += record.size;
             }
-        }
+            Ok(())
+        })?;
         Ok(totals)
     }
 

@@ -168,8 +168,9 @@ pub struct Digest {
 pub fn due(queue: &Queue, runtime: &Runtime, now: UnixTime) -> anyhow::Result<Vec<Digest>> {
     // Per recipient: its address, the items listed, and how many more wait for a later digest.
     let mut by_recipient: BTreeMap<String, (Address, Vec<Item>, usize)> = BTreeMap::new();
-    for (id, record) in queue.quarantine_list()? {
-        let mut head = None;
+    queue.each_quarantined(|id, record| {
+        // What the items show of the message, read and parsed once for all its recipients.
+        let mut shown = None;
         for (index, (recipient, held)) in record
             .envelope
             .recipients
@@ -200,18 +201,14 @@ pub fn due(queue: &Queue, runtime: &Runtime, now: UnixTime) -> anyhow::Result<Ve
                     continue;
                 }
             }
-            if head.is_none() {
-                head = Some(
-                    queue
-                        .quarantine_show(id)?
-                        .map(|(_, body)| body.head().to_vec())
-                        .unwrap_or_default(),
-                );
-            }
+            let shown = match &mut shown {
+                Some(shown) => shown,
+                None => shown.insert(Shown::of(&record, &queue.quarantine_head(id)?)),
+            };
             let item = Item {
                 id,
                 index,
-                shown: Shown::of(&record, head.as_deref().unwrap_or_default()),
+                shown: shown.clone(),
                 at: record.at,
                 token: runtime.token_for(id, &record, index, now),
             };
@@ -221,7 +218,8 @@ pub fn due(queue: &Queue, runtime: &Runtime, now: UnixTime) -> anyhow::Result<Ve
                 .1
                 .push(item);
         }
-    }
+        Ok(())
+    })?;
     Ok(by_recipient
         .into_values()
         .map(|(recipient, items, more)| {
