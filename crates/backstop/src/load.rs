@@ -137,30 +137,22 @@ fn read_files(config: Config, errors: &mut Vec<ConfigError>) -> Setup {
             lifetime_days: b.lifetime_days,
         }),
         BatvKeys::Files { keys, sign_with } => {
-            let mut secrets = Vec::new();
-            for (number, file) in keys {
-                match read(file) {
-                    Ok(secret) => secrets.push((*number, secret.trim_ascii().to_vec())),
-                    Err(e) => report(e),
-                }
-            }
+            let secrets = read_secrets(keys, &mut report);
             if secrets.len() < keys.len() {
                 return None;
             }
             match backstop_batv::Keys::new(&secrets, *sign_with, b.lifetime_days) {
                 Ok(keys) => Some(BatvSource::Keys(Box::new(keys))),
                 Err(e) => {
-                    // Said of the key it is about, or of the first.
                     let about = match e {
                         backstop_batv::KeyError::TooShort(n)
                         | backstop_batv::KeyError::Duplicate(n)
-                        | backstop_batv::KeyError::BadNumber(n) => {
-                            keys.iter().find(|(k, _)| *k == n).map(|(_, f)| f)
-                        }
+                        | backstop_batv::KeyError::BadNumber(n) => Some(n),
                         _ => None,
                     };
-                    let at = about.unwrap_or(&keys[0].1);
-                    report(at.error(format!("batv: {e}")));
+                    if let Some(at) = key_file(keys, about) {
+                        report(at.error(format!("batv: {e}")));
+                    }
                     None
                 }
             }
@@ -169,13 +161,7 @@ fn read_files(config: Config, errors: &mut Vec<ConfigError>) -> Setup {
     let quarantine_keys = match &config.quarantine.keys {
         BatvKeys::Generated { .. } => None,
         BatvKeys::Files { keys, sign_with } => {
-            let mut secrets = Vec::new();
-            for (number, file) in keys {
-                match read(file) {
-                    Ok(secret) => secrets.push((*number, secret.trim_ascii().to_vec())),
-                    Err(e) => report(e),
-                }
-            }
+            let secrets = read_secrets(keys, &mut report);
             // A file that cannot be read is reported already.
             let complete = secrets.len() == keys.len();
             match backstop_web::token::TokenKeys::new(secrets, *sign_with) {
@@ -184,16 +170,13 @@ fn read_files(config: Config, errors: &mut Vec<ConfigError>) -> Setup {
                 // The signing key's file is the one that could not be read.
                 Err(backstop_web::token::TokenError::NoSigningKey(_)) if !complete => None,
                 Err(e) => {
-                    // Said of the key it is about, or of the first.
                     let about = match e {
                         backstop_web::token::TokenError::SecretTooShort(n)
                         | backstop_web::token::TokenError::DuplicateKeyId(n)
-                        | backstop_web::token::TokenError::KeyIdOutOfRange(n) => {
-                            keys.iter().find(|(k, _)| *k == n).map(|(_, f)| f)
-                        }
+                        | backstop_web::token::TokenError::KeyIdOutOfRange(n) => Some(n),
                         _ => None,
                     };
-                    if let Some(at) = about.or(keys.first().map(|(_, f)| f)) {
+                    if let Some(at) = key_file(keys, about) {
                         report(at.error(format!("quarantine: {e}")));
                     }
                     None
@@ -231,6 +214,30 @@ fn read_files(config: Config, errors: &mut Vec<ConfigError>) -> Setup {
         admin,
         config,
     }
+}
+
+/// The secrets of numbered key files (BATV's, the quarantine's), trimmed; a file that cannot
+/// be read is reported and left out.
+fn read_secrets(
+    keys: &[(u8, Located<PathBuf>)],
+    report: &mut impl FnMut(ConfigError),
+) -> Vec<(u8, Vec<u8>)> {
+    let mut secrets = Vec::new();
+    for (number, file) in keys {
+        match read(file) {
+            Ok(secret) => secrets.push((*number, secret.trim_ascii().to_vec())),
+            Err(e) => report(e),
+        }
+    }
+    secrets
+}
+
+/// Where a key problem is said: at the file of key `number`, or of the first key.
+fn key_file(keys: &[(u8, Located<PathBuf>)], number: Option<u8>) -> Option<&Located<PathBuf>> {
+    number
+        .and_then(|n| keys.iter().find(|(k, _)| *k == n))
+        .or(keys.first())
+        .map(|(_, f)| f)
 }
 
 /// A file's bytes; a problem is reported where the config names it.

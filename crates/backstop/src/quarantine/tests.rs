@@ -16,17 +16,14 @@ fn runtime() -> Runtime {
     .unwrap()
     .quarantine;
     let keys = TokenKeys::new(vec![(0, b"0123456789abcdef0123".to_vec())], 0).unwrap();
-    Runtime {
+    Runtime::new(
         settings,
-        dir: std::path::PathBuf::from("/nonexistent"),
-        keys,
-        hostname: "mx.example.test".into(),
-        local_domains: vec![Domain::parse("example.test").unwrap()],
-        counters: Counters::default(),
-        totals: Mutex::new(Vec::new()),
-        history: Mutex::new(VecDeque::new()),
-        digests: tokio::sync::Mutex::new(()),
-    }
+        Some(keys),
+        Path::new("/nonexistent"),
+        "mx.example.test".into(),
+        vec![Domain::parse("example.test").unwrap()],
+    )
+    .unwrap()
 }
 
 fn record(reason: Reason, owner: Owner, at: UnixTime) -> QuarantineRecord {
