@@ -14,7 +14,7 @@ use backstop_types::quarantine::{Owner, Reason};
 use backstop_types::{Address, QueueId};
 
 use crate::browser::Browser;
-use crate::harness::{free_port, hash_password, have, python, Server};
+use crate::harness::{config, free_port, have, python, Server};
 
 const TOKEN: &str = "console-token-0123456789abcdef";
 
@@ -27,20 +27,8 @@ fn quarantine_config(dir: &Path, admin: u16, web: u16, extra: &str) -> String {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    format!(
-        r#"hostname = "mx.backstop.test"
-data_dir = "{data}"
-
-[smtp]
-local_domains = ["example.test"]
-
-[sender_checks]
-enabled = false
-
-[[auth.user]]
-name = "alice"
-password_hash = "{hash}"
-
+    let own = format!(
+        r#"
 [admin]
 http = "127.0.0.1:{admin}"
 token_file = "{token}"
@@ -54,27 +42,11 @@ digest = "off"
 type = "body"
 pattern = "(?i)wire the money"
 action = "quarantine"
-
-[[listener]]
-name = "mx"
-address = "127.0.0.1:0"
-kind = "mx"
-
-[[listener]]
-name = "submission"
-address = "127.0.0.1:0"
-kind = "submission"
-
-[[listener]]
-name = "submissions"
-address = "127.0.0.1:0"
-kind = "submissions"
 {extra}
 "#,
-        data = dir.join("var").display(),
-        hash = hash_password("secret"),
         token = token.display(),
-    )
+    );
+    config(dir, "").replace("[delivery]\npaused = true", "[delivery]\npaused = false") + &own
 }
 
 /// Sends a message the body rule quarantines, from `from` (its header From and Subject as
