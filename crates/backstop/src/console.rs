@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use backstop_types::quarantine::ReasonKind;
 use backstop_types::UnixTime;
-use backstop_web::html::{page, Html, STYLE_CSS};
+use backstop_web::html::{field_table, page, Html, STYLE_CSS};
 use backstop_web::http::{percent_encode, Method, Request, Response};
 
 use crate::admin::{self, QuarantineFilter, Served};
@@ -518,8 +518,7 @@ async fn queue_message(served: &Served, id: &str, csrf: &str) -> Response {
         Err(e) => return notice(400, "Queue", &format!("{e:#}"), csrf),
     };
     let s = &d.summary;
-    let mut body = String::from("<table>\n");
-    for (name, value) in [
+    let mut body = field_table([
         ("ID", s.id.clone()),
         ("Arrival", UnixTime(s.arrival).to_rfc5322()),
         ("Size", s.size.to_string()),
@@ -538,15 +537,8 @@ async fn queue_message(served: &Served, id: &str, csrf: &str) -> Response {
         ),
         ("TLS", d.tls.clone().unwrap_or_else(|| "none".into())),
         ("Trust", d.trust.clone()),
-    ] {
-        let _ = writeln!(
-            body,
-            "<tr><th>{}</th><td>{}</td></tr>",
-            Html(name),
-            Html(&value)
-        );
-    }
-    body.push_str("</table>\n<h2>Recipients</h2>\n<table><tr><th>Recipient</th><th>State</th><th>Attempts</th><th>Next attempt</th><th>Last reply</th></tr>\n");
+    ]);
+    body.push_str("<h2>Recipients</h2>\n<table><tr><th>Recipient</th><th>State</th><th>Attempts</th><th>Next attempt</th><th>Last reply</th></tr>\n");
     for r in &d.recipient_states {
         let _ = writeln!(
             body,
@@ -615,8 +607,7 @@ async fn quarantined_message(served: &Served, id: &str, csrf: &str) -> Response 
         }
         Err(e) => return notice(400, "Quarantine", &format!("{e:#}"), csrf),
     };
-    let mut body = String::from("<table>\n");
-    for (name, value) in [
+    let mut body = field_table([
         ("ID", s.id.clone()),
         ("Held since", UnixTime(s.quarantined).to_rfc5322()),
         ("Kind", s.kind.clone()),
@@ -631,15 +622,8 @@ async fn quarantined_message(served: &Served, id: &str, csrf: &str) -> Response 
                 record.envelope.client.ip, record.envelope.client.helo
             ),
         ),
-    ] {
-        let _ = writeln!(
-            body,
-            "<tr><th>{}</th><td>{}</td></tr>",
-            Html(name),
-            Html(&value)
-        );
-    }
-    body.push_str("</table>\n<h2>Recipients</h2>\n<table><tr><th>Recipient</th><th>Owner</th><th>State</th><th>In a digest</th><th></th></tr>\n");
+    ]);
+    body.push_str("<h2>Recipients</h2>\n<table><tr><th>Recipient</th><th>Owner</th><th>State</th><th>In a digest</th><th></th></tr>\n");
     let path = format!("/quarantine/{}", s.id);
     for h in &s.held {
         let release = if h.state == "held" {

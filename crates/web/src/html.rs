@@ -64,6 +64,20 @@ pub fn page(title: &str, body_html: &str) -> String {
     )
 }
 
+/// A two-column table of named values (a message's fields), both escaped.
+pub fn field_table<'a, V: AsRef<str>>(rows: impl IntoIterator<Item = (&'a str, V)>) -> String {
+    let mut table = String::from("<table>\n");
+    for (name, value) in rows {
+        table.push_str(&format!(
+            "<tr><th>{}</th><td>{}</td></tr>\n",
+            Html(name),
+            Html(value.as_ref())
+        ));
+    }
+    table.push_str("</table>\n");
+    table
+}
+
 /// The stylesheet every page links, to be served at `/static/style.css`: system fonts,
 /// bordered tables, plain buttons.
 pub const STYLE_CSS: &str = "\

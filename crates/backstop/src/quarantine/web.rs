@@ -14,7 +14,7 @@ use std::time::Duration;
 use backstop_queue::{QuarantineRecord, Queue};
 use backstop_types::text::Escaped;
 use backstop_types::{Clock as _, QueueId, UnixTime};
-use backstop_web::html::{page, Html, STYLE_CSS};
+use backstop_web::html::{field_table, page, Html, STYLE_CSS};
 use backstop_web::http::{serve_one, Limits, Method, Request, Response};
 use backstop_web::token::{Actions, Claims};
 use tokio::net::TcpListener;
@@ -151,10 +151,10 @@ fn confirm_page(
 ) -> Response {
     let shown = super::digest::Shown::of(record, head);
     let mut body = format!(
-        "<h1>A message is held for you</h1>\n<p>For <strong>{}</strong>. Nothing has been done yet: choose below.</p>\n<table>\n",
+        "<h1>A message is held for you</h1>\n<p>For <strong>{}</strong>. Nothing has been done yet: choose below.</p>\n",
         Html(&claims.recipient)
     );
-    for (name, value) in [
+    body.push_str(&field_table([
         ("From", shown.from.as_str()),
         ("Subject", shown.subject.as_str()),
         ("Date", shown.date.as_str()),
@@ -162,14 +162,7 @@ fn confirm_page(
         ("Held since", &UnixTime(record.at.0).to_rfc5322()),
         ("Why", shown.why.as_str()),
         ("Size", &format!("{} octets", record.size)),
-    ] {
-        body.push_str(&format!(
-            "<tr><th>{}</th><td>{}</td></tr>\n",
-            Html(name),
-            Html(value)
-        ));
-    }
-    body.push_str("</table>\n");
+    ]));
     for (action, flag, label) in [
         ("release", Actions::RELEASE, "Deliver it to my mailbox"),
         (

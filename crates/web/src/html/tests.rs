@@ -79,3 +79,13 @@ fn the_stylesheet_is_plain() {
     // Nothing the CSP would block or that fetches elsewhere.
     assert!(!STYLE_CSS.contains("url(") && !STYLE_CSS.contains("@import"));
 }
+
+#[test]
+fn a_field_table_escapes_names_and_values() {
+    let table = field_table([("Subject", "<script>x</script>"), ("From", "a & b")]);
+    assert_eq!(
+        table,
+        "<table>\n<tr><th>Subject</th><td>&lt;script&gt;x&lt;/script&gt;</td></tr>\n\
+         <tr><th>From</th><td>a &amp; b</td></tr>\n</table>\n"
+    );
+}
